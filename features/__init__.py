@@ -1,0 +1,1 @@
+"""learnrec features package."""

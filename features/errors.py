@@ -1,0 +1,44 @@
+"""Domain errors of the data layer.
+
+    LearnrecDataError
+    ├── SchemaError          a table breaks its schema (names file, rows, column)
+    ├── DatasetNotFoundError a dataset directory or file is missing
+    └── FeatureStoreError    the Redis feature store cannot answer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class LearnrecDataError(Exception):
+    """Base of every data-layer error."""
+
+
+class SchemaError(LearnrecDataError):
+    """A table breaks its schema.
+
+    Args:
+        file: the file (or table name) the rows came from.
+        column: the offending column.
+        rows: 0-based data-row numbers (first few shown); empty when the whole column is wrong.
+        problem: what is wrong, with the bad value and what to do.
+    """
+
+    def __init__(self, file: str, column: str, rows: Sequence[int], problem: str) -> None:
+        self.file = file
+        self.column = column
+        self.rows = list(rows)
+        self.problem = problem
+        shown = ", ".join(str(r) for r in self.rows[:5])
+        more = f" (and {len(self.rows) - 5} more)" if len(self.rows) > 5 else ""
+        where = f"row {shown}{more}" if len(self.rows) == 1 else f"rows {shown}{more}" if self.rows else "all rows"
+        super().__init__(f"{file}: {where}, column '{column}': {problem}")
+
+
+class DatasetNotFoundError(LearnrecDataError):
+    """A dataset directory or one of its files does not exist."""
+
+
+class FeatureStoreError(LearnrecDataError):
+    """The Redis feature store could not be read or written."""

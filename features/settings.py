@@ -1,0 +1,104 @@
+"""Typed settings for every part of learnrec, read from `LEARNREC_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RedisSettings(BaseModel):
+    """Where the feature store and the streams live."""
+
+    url: str | None = Field(
+        default=None,
+        description="redis:// URL of an existing server (or cluster node); unset = start the embedded one.",
+    )
+    cluster: bool = Field(default=False, description="Treat `url` as a Redis Cluster entry node.")
+    socket_timeout_ms: int = Field(default=50, ge=1, description="Per-command timeout on the request path.")
+    embedded_port: int = Field(default=0, ge=0, description="Port for the embedded server; 0 = a free port.")
+
+
+class MlflowSettings(BaseModel):
+    """Tracking store and registry."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; unset = SQLite store under the data directory.",
+    )
+    experiment: str = Field(default="learnrec", description="Experiment that `learnrec train` logs to.")
+    registered_model: str = Field(
+        default="learnrec-lectures", description="Registered model that holds the champion/challenger."
+    )
+
+
+class ServiceSettings(BaseModel):
+    """The FastAPI service."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    model_alias: str = Field(default="champion", description="Alias of the registered model to serve.")
+    reload_poll_seconds: float = Field(default=10.0, ge=0, description="How often to poll the alias; 0 = never.")
+    api_keys_file: Path | None = Field(default=None, description="JSON file of hashed API keys; unset = dev keys.")
+    admin_key: SecretStr | None = Field(default=None, description="Admin API key (dev default when unset).")
+    experiments_file: Path | None = Field(default=None, description="YAML file of A/B experiments.")
+
+
+class Settings(BaseSettings):
+    """All settings. Environment: `LEARNREC_DATA_DIR`, `LEARNREC_REDIS__URL` (or `REDIS_URL`), ..."""
+
+    model_config = SettingsConfigDict(env_prefix="LEARNREC_", env_nested_delimiter="__", extra="ignore")
+
+    env: str = Field(default="development", description="development | production")
+    data_dir: Path = Field(default=Path("data"), description="Directory learnrec owns: datasets, Redis, MLflow.")
+    seed: int = Field(default=42, description="Seed for everything random.")
+    redis: RedisSettings = RedisSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    service: ServiceSettings = ServiceSettings()
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "LEARNREC_REDIS_URL"),
+        exclude=True,
+        description="Plain `REDIS_URL`, honoured as a shortcut for `redis.url`.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
+        exclude=True,
+        description="Plain `MLFLOW_TRACKING_URI`, honoured as a shortcut for `mlflow.tracking_uri`.",
+    )
+
+    def model_post_init(self, __context: object) -> None:
+        if self.redis.url is None and self.redis_url:
+            self.redis.url = self.redis_url
+        if self.mlflow.tracking_uri is None and self.mlflow_tracking_uri:
+            self.mlflow.tracking_uri = self.mlflow_tracking_uri
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force (the embedded SQLite store when none is set)."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.mlflow_dir / 'mlflow.db').resolve()}"
+
+    def artifact_root(self) -> str:
+        return (self.mlflow_dir / "artifacts").resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing the environment."""
+    return Settings()

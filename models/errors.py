@@ -1,0 +1,23 @@
+"""Domain errors of the models.
+
+    ModelError
+    ├── NotFittedError       used before fit/load
+    ├── NumericalError       NaN/inf in learned parameters or scores
+    └── ModelFormatError     a saved model directory is missing or malformed
+"""
+
+
+class ModelError(Exception):
+    """Base of every model error."""
+
+
+class NotFittedError(ModelError):
+    """The model was used before `fit` or `load`."""
+
+
+class NumericalError(ModelError):
+    """Learned parameters or scores hold NaN or infinity; nothing is logged or registered."""
+
+
+class ModelFormatError(ModelError):
+    """A saved model directory is missing files or was written by another model."""

@@ -1,0 +1,1 @@
+"""learnrec service package."""

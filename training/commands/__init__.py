@@ -1,0 +1,1 @@
+"""Command modules of the `learnrec` CLI, one per stage."""
