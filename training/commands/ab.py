@@ -1,7 +1,271 @@
-"""`learnrec ab` commands."""
+"""`learnrec ab` commands: the A/B report of an experiment and power planning per region."""
 
 from __future__ import annotations
 
+import json
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def _pairs(values: list[str], option: str, cast: type[int] | type[float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for raw in values:
+        name, sep, value = raw.partition("=")
+        name = name.strip()
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = cast(value)
+        except ValueError:
+            kind = "an integer" if cast is int else "a number"
+            raise typer.BadParameter(
+                f"{raw!r}: expected NAME=VALUE with {kind} value", param_hint=option
+            ) from None
+    return out
+
+
+@app.command()
+def report(
+    exposures: Annotated[Path, typer.Option(help="Exposures Parquet export (file or directory of parts).")],
+    events: Annotated[
+        Path, typer.Option(help="Events Parquet (dataset directory, export directory or file).")
+    ],
+    experiment: Annotated[str, typer.Option(help="Experiment key to analyse.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="HTML file to write (JSON next to it); default data_dir/reports/ab-KEY.html."),
+    ] = None,
+    experiments_file: Annotated[
+        Path | None,
+        typer.Option("--experiments", help="Experiments YAML; default settings.service.experiments_file."),
+    ] = None,
+    window_days: Annotated[float, typer.Option(help="Attribution window after an exposure, in days.")] = 7.0,
+    alpha: Annotated[float, typer.Option(help="Significance level (CIs are 1 - alpha).")] = 0.05,
+) -> None:
+    """Attribute outcomes to exposures and write the experiment's HTML + JSON report."""
+    from features.errors import LearnrecDataError
+    from features.settings import get_settings
+    from service.experiments import ExperimentConfigError, load_experiments
+    from training.ab.errors import ABError
+    from training.ab.exposures import read_events, read_exposures
+    from training.ab.report import build_report, region_label, write_report
+    from training.ab.stats import PRIMARY_METRIC
+
+    settings = get_settings()
+    if not 0 < alpha < 1:
+        raise typer.BadParameter(f"must be in (0, 1), got {alpha}", param_hint="--alpha")
+    if not window_days >= 0:
+        raise typer.BadParameter(f"must be >= 0, got {window_days}", param_hint="--window-days")
+    config_path = experiments_file or settings.service.experiments_file
+    if config_path is None:
+        raise _fail("no experiments file: pass --experiments FILE or set LEARNREC_SERVICE__EXPERIMENTS_FILE")
+    out = out or settings.data_dir / "reports" / f"ab-{experiment}.html"
+    try:
+        config = load_experiments(config_path)
+        exp = next((e for e in config.experiments if e.key == experiment), None)
+        if exp is None:
+            known = [e.key for e in config.experiments]
+            raise _fail(f"experiment {experiment!r} is not in {config_path} (known: {known})")
+        with _err.status("reading exposures and events..."):
+            ex_table = read_exposures(exposures)
+            ev_table = read_events(events)
+        with _err.status(f"attributing {ex_table.num_rows:,} exposures, analysing, plotting..."):
+            rep = build_report(
+                ex_table,
+                ev_table,
+                exp,
+                window=timedelta(days=window_days),
+                alpha=alpha,
+                sources={"exposures_path": str(exposures), "events_path": str(events)},
+            )
+            html_path, json_path = write_report(rep, out)
+    except (ExperimentConfigError, LearnrecDataError, ABError) as exc:
+        raise _fail(str(exc)) from None
+
+    table = Table(
+        title=f"{experiment}: {PRIMARY_METRIC}, treatment - control (pp = percentage points)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in ("region", "ctrl", "treat", "n c/t", "lift", "CI", "p adj", "SRM"):
+        table.add_column(col, justify="left" if col == "region" else "right", no_wrap=True)
+    srm = {s["region"]: s for s in rep.data["srm"]}
+    several = len(rep.data["experiment"]["variants"]) > 2
+    for c in rep.data["comparisons"]:
+        if c["metric"] != PRIMARY_METRIC:
+            continue
+        est = c["estimate"]
+        lo, hi = est["abs_ci"]
+        region = c["region"]
+        # region rows: Holm-adjusted across regions; the pooled row: the CMH test itself
+        p_adj = c["p_adjusted"]
+        table.add_row(
+            region_label(region) + (f" [{c['treatment']['variant']}]" if several else ""),
+            _pct(c["control"]["value"]),
+            _pct(c["treatment"]["value"]),
+            f"{c['control']['students']:,}/{c['treatment']['students']:,}",
+            _pp(est["abs_lift"]),
+            f"[{_pp(lo)}, {_pp(hi)}]",
+            "-" if p_adj is None else f"{p_adj:.4f}",
+            "[bold red]MISMATCH[/]" if srm.get(region, {}).get("mismatch") else "ok",
+        )
+    _out.print(table)
+    for s in rep.data["srm"]:
+        if s["mismatch"]:
+            observed = ", ".join(f"{v}={n:,}" for v, n in s["observed"].items())
+            expected = ", ".join(f"{v}={share:.0%}" for v, share in s["expected_share"].items())
+            _err.print(
+                f"[bold red]WARNING: sample-ratio mismatch in {region_label(s['region'])}[/]: "
+                f"observed {observed}, configured {expected}, p={s['p_value']:.2g}; "
+                "do not trust this region's lifts.",
+                highlight=False,
+                soft_wrap=True,
+            )
+    inputs = rep.data["inputs"]
+    _out.print(
+        f"wrote {html_path} and {json_path.name}: {inputs['students']:,} students, "
+        f"{inputs['exposures']:,} exposures, {len(rep.data['experiment']['regions'])} region(s), "
+        f"SRM in {len(rep.srm_regions)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _pp(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:+.2f}"
+
+
+@app.command()
+def power(
+    region: Annotated[
+        list[str], typer.Option("--region", help="NAME=STUDENTS, repeatable (e.g. --region taebaek=500).")
+    ],
+    baseline: Annotated[
+        float, typer.Option(help="Control rate (e.g. enrolment rate 0.2) for every region.")
+    ] = 0.2,
+    region_baseline: Annotated[
+        list[str] | None,
+        typer.Option("--region-baseline", help="NAME=RATE overriding --baseline, repeatable."),
+    ] = None,
+    weeks: Annotated[float, typer.Option(help="Planned duration in weeks.")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Significance level (two-sided).")] = 0.05,
+    power_: Annotated[float, typer.Option("--power", help="Statistical power, 1 - type II error.")] = 0.8,
+    traffic: Annotated[
+        float, typer.Option(help="Share of exposed students that enter the experiment.")
+    ] = 1.0,
+    treatment_share: Annotated[float, typer.Option(help="Share of experiment students in treatment.")] = 0.5,
+    weekly_active: Annotated[
+        float, typer.Option(help="Probability a student is shown recommendations in a given week.")
+    ] = 0.5,
+    target_lift: Annotated[
+        float | None, typer.Option(help="Relative lift to plan a duration for (0.1 = +10%).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Minimum detectable effect per region for a planned duration, and weeks needed for a target lift."""
+    from training.ab.errors import ABError
+    from training.ab.power import plan
+
+    sizes = {k: int(v) for k, v in _pairs(region, "--region", int).items()}
+    overrides = _pairs(region_baseline or [], "--region-baseline", float)
+    unknown = sorted(set(overrides) - set(sizes))
+    if unknown:
+        raise typer.BadParameter(
+            f"regions {unknown} have no --region NAME=STUDENTS", param_hint="--region-baseline"
+        )
+    baselines = {r: overrides.get(r, baseline) for r in sizes}
+    try:
+        rows = plan(
+            sizes,
+            baselines,
+            weeks=weeks,
+            alpha=alpha,
+            power=power_,
+            traffic=traffic,
+            treatment_share=treatment_share,
+            weekly_active=weekly_active,
+            target_lift=target_lift,
+        )
+    except ABError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _out.print_json(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+        return
+
+    from training.ab.report import region_label
+
+    table = Table(
+        title=f"Power: alpha={alpha}, power={power_}, {weeks:g} week(s), weekly active {weekly_active:.0%}, "
+        f"traffic {traffic:.0%}, treatment {treatment_share:.0%}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    cols = ["region", "students", "base", "in test", "MDE", "MDE rel"]
+    if target_lift is not None:
+        cols += [f"need {target_lift:+.0%}", "weeks"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "region" else "right", no_wrap=True)
+    for r in rows:
+        cells = [
+            region_label(r.region),
+            f"{r.students:,}",
+            f"{r.baseline:.1%}",
+            f"{r.n_control + r.n_treatment:,.0f}",
+            "-" if not math.isfinite(r.mde_abs) else f"{100 * r.mde_abs:+.1f}pp",
+            "-" if not math.isfinite(r.mde_rel) else f"{r.mde_rel:+.0%}",
+        ]
+        if target_lift is not None:
+            assert r.needed_control is not None and r.needed_treatment is not None
+            cells.append(f"{math.ceil(r.needed_control) + math.ceil(r.needed_treatment):,}")
+            cells.append("[bold red]never[/]" if r.weeks_needed is None else f"{r.weeks_needed:.1f}")
+        table.add_row(*cells)
+    _out.print(table)
+
+    regional = [r for r in rows if r.region != "pooled"]
+    smallest = min(regional, key=lambda r: r.students)
+    largest = max(regional, key=lambda r: r.students)
+    _out.print(
+        f"Small regions are where power runs out: {region_label(smallest.region)} with {smallest.students:,} "
+        + (
+            f"students can only detect {_pp(smallest.mde_abs)}pp ({smallest.mde_rel:+.0%}) "
+            f"in {weeks:g} week(s)"
+            if math.isfinite(smallest.mde_abs)
+            else f"students cannot detect any lift in {weeks:g} week(s)"
+        )
+        + (
+            f", vs {_pp(largest.mde_abs)}pp in {region_label(largest.region)}."
+            if largest is not smallest
+            else "."
+        )
+        + " Running longer cannot add students a region does not have; judge small regions on the pooled "
+        "(stratified) result and read their own lifts as descriptive.",
+        highlight=False,
+    )
+    never = [r.region for r in regional if r.reachable is False]
+    summary = f"{len(regional)} region(s) planned"
+    if target_lift is not None:
+        summary += f"; {target_lift:+.0%} lift unreachable in {len(never)}: {', '.join(never) or 'none'}"
+    _out.print(summary, highlight=False, soft_wrap=True)

@@ -1,0 +1,222 @@
+"""Outcome attribution, case by case with hand-computed answers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from training.ab.attribution import OUTCOME_COLUMNS, STUDENT_COLUMNS, attribute
+from training.ab.errors import AnalysisInputError
+
+T0 = pd.Timestamp("2025-09-01 10:00", tz="UTC")
+
+
+def X(
+    rid: str, sid: str, lectures: list[str], at: pd.Timestamp, variant: str = "control", exp: str | None = "e"
+):
+    return {
+        "request_id": rid,
+        "student_id": sid,
+        "region": "taebaek",
+        "experiment": exp,
+        "variant": variant,
+        "model_version": "3",
+        "lecture_ids": lectures,
+        "shown_at": at,
+    }
+
+
+_n = iter(range(10**6))
+
+
+def E(sid: str, lecture: str, kind: str, at: pd.Timestamp, rid: str | None = None) -> dict:
+    return {
+        "event_id": f"ev{next(_n)}",
+        "student_id": sid,
+        "lecture_id": lecture,
+        "type": kind,
+        "progress": 1.0 if kind == "complete" else 0.0,
+        "occurred_at": at,
+        "request_id": rid,
+    }
+
+
+def run(exposures: list[dict], events: list[dict], **kw):
+    return attribute(
+        pd.DataFrame(exposures), pd.DataFrame(events, columns=list(E("s", "l", "enrol", T0))), **kw
+    )
+
+
+def outcome(att, sid: str, lecture: str) -> dict:
+    rows = att.outcomes[(att.outcomes["student_id"] == sid) & (att.outcomes["lecture_id"] == lecture)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0].to_dict()
+
+
+def test_enrolment_inside_window_goes_to_the_exposure() -> None:
+    att = run([X("r1", "s1", ["L1", "L2"], T0)], [E("s1", "L2", "enrol", T0 + timedelta(days=2))])
+    o = outcome(att, "s1", "L2")
+    assert o["request_id"] == "r1" and o["via"] == "window" and o["variant"] == "control"
+    assert att.exposures.set_index("request_id").loc["r1", "n_enrolled"] == 1
+
+
+def test_window_bounds_are_inclusive_and_exclude_earlier_enrolments() -> None:
+    w = timedelta(days=7)
+    att = run(
+        [X("r1", "s1", ["A", "B", "C"], T0)],
+        [
+            E("s1", "A", "enrol", T0 + w),  # exactly at the edge: in
+            E("s1", "B", "enrol", T0 + w + timedelta(microseconds=1)),  # just after: out
+            E("s1", "C", "enrol", T0 - timedelta(seconds=1)),  # before the exposure: out
+        ],
+    )
+    assert att.outcomes["lecture_id"].tolist() == ["A"]
+
+
+def test_window_is_configurable() -> None:
+    ex = [X("r1", "s1", ["A"], T0)]
+    ev = [E("s1", "A", "enrol", T0 + timedelta(days=3))]
+    assert len(run(ex, ev, window=timedelta(days=2)).outcomes) == 0
+    assert len(run(ex, ev, window=timedelta(days=3)).outcomes) == 1
+
+
+def test_first_matching_exposure_wins() -> None:
+    att = run(
+        [
+            X("r1", "s1", ["A", "B"], T0),
+            X("r2", "s1", ["B", "C"], T0 + timedelta(days=1)),
+            X("r3", "s1", ["A"], T0 - timedelta(days=10)),  # listed A too, but its window is over
+        ],
+        [E("s1", "B", "enrol", T0 + timedelta(days=2)), E("s1", "A", "enrol", T0 + timedelta(hours=1))],
+    )
+    assert outcome(att, "s1", "B")["request_id"] == "r1"
+    assert outcome(att, "s1", "A")["request_id"] == "r1"
+    n = att.exposures.set_index("request_id")["n_enrolled"]
+    assert n.to_dict() == {"r3": 0, "r1": 2, "r2": 0}
+
+
+def test_tie_on_shown_at_is_broken_by_request_id() -> None:
+    att = run(
+        [X("r9", "s1", ["A"], T0), X("r2", "s1", ["A"], T0)],
+        [E("s1", "A", "enrol", T0 + timedelta(hours=1))],
+    )
+    assert outcome(att, "s1", "A")["request_id"] == "r2"
+
+
+def test_request_id_on_the_event_attributes_directly() -> None:
+    att = run(
+        [X("r1", "s1", ["A"], T0), X("r2", "s1", ["B"], T0 + timedelta(hours=1))],
+        [
+            # the portal tied it to r2, although r1 listed nothing relevant and r2 did not list Z
+            E("s1", "Z", "enrol", T0 + timedelta(days=30), rid="r2"),
+            # tied to r2 although r1 would win by the window rule
+            E("s1", "A", "enrol", T0 + timedelta(hours=2), rid="r2"),
+        ],
+    )
+    assert outcome(att, "s1", "Z")["request_id"] == "r2" and outcome(att, "s1", "Z")["via"] == "request_id"
+    assert outcome(att, "s1", "A")["request_id"] == "r2"
+
+
+def test_request_id_of_another_student_is_not_direct() -> None:
+    att = run(
+        [X("r1", "s1", ["A"], T0), X("r2", "s2", ["A"], T0)],
+        [E("s1", "A", "enrol", T0 + timedelta(hours=1), rid="r2")],
+    )
+    o = outcome(att, "s1", "A")
+    assert o["request_id"] == "r1" and o["via"] == "window"
+    assert (att.students.set_index("student_id")["n_enrolled"]).to_dict() == {"s1": 1, "s2": 0}
+
+
+def test_enrolment_of_a_lecture_never_shown_is_not_attributed() -> None:
+    att = run([X("r1", "s1", ["A"], T0)], [E("s1", "B", "enrol", T0 + timedelta(hours=1))])
+    assert att.outcomes.empty
+    assert not att.students.iloc[0]["enrolled"]
+
+
+def test_re_enrolment_counts_once_at_the_earliest() -> None:
+    att = run(
+        [X("r1", "s1", ["A"], T0), X("r2", "s1", ["A"], T0 + timedelta(days=3))],
+        [E("s1", "A", "enrol", T0 + timedelta(days=1)), E("s1", "A", "enrol", T0 + timedelta(days=4))],
+    )
+    o = outcome(att, "s1", "A")
+    assert o["request_id"] == "r1" and o["enrolled_at"] == T0 + timedelta(days=1)
+    assert att.students.iloc[0]["n_enrolled"] == 1
+
+
+def test_completion_follows_its_attributed_enrolment() -> None:
+    att = run(
+        [X("r1", "s1", ["A", "B", "C"], T0)],
+        [
+            E("s1", "A", "enrol", T0 + timedelta(days=1)),
+            E("s1", "A", "complete", T0 + timedelta(days=40)),  # long after the window: still counts
+            E("s1", "B", "complete", T0 + timedelta(days=2)),  # no attributed enrolment: not counted
+            E("s1", "C", "complete", T0 + timedelta(hours=1)),
+            E("s1", "C", "enrol", T0 + timedelta(hours=2)),  # complete before enrol: not counted
+        ],
+    )
+    assert outcome(att, "s1", "A")["completed_at"] == T0 + timedelta(days=40)
+    assert pd.isna(outcome(att, "s1", "C")["completed_at"])
+    s = att.students.iloc[0]
+    assert (s["n_enrolled"], s["n_completed"], bool(s["completed"])) == (2, 1, True)
+    assert att.exposures.iloc[0]["n_completed"] == 1
+
+
+def test_completion_window() -> None:
+    ex = [X("r1", "s1", ["A"], T0)]
+    ev = [E("s1", "A", "enrol", T0), E("s1", "A", "complete", T0 + timedelta(days=20))]
+    assert run(ex, ev, completion_window=timedelta(days=10)).students.iloc[0]["n_completed"] == 0
+    assert run(ex, ev, completion_window=timedelta(days=20)).students.iloc[0]["n_completed"] == 1
+
+
+def test_per_student_table() -> None:
+    att = run(
+        [
+            X("r1", "s1", ["A"], T0, "challenger"),
+            X("r2", "s1", ["B"], T0 + timedelta(days=1), "challenger"),
+            X("r3", "s2", ["A"], T0 + timedelta(days=2), "control"),
+            X("r4", "s2", ["A"], T0 + timedelta(days=3), "challenger"),  # config changed mid-way
+        ],
+        [E("s1", "B", "enrol", T0 + timedelta(days=1, hours=1))],
+    )
+    assert list(att.students.columns) == list(STUDENT_COLUMNS)
+    assert list(att.outcomes.columns) == list(OUTCOME_COLUMNS)
+    s = att.students.set_index("student_id")
+    assert s.loc["s1", "variant"] == "challenger" and s.loc["s1", "n_exposures"] == 2
+    assert s.loc["s1", "first_shown_at"] == T0 and s.loc["s1", "first_enrolled_at"] == T0 + timedelta(
+        days=1, hours=1
+    )
+    assert s.loc["s2", "variant"] == "control" and s.loc["s2", "n_variants"] == 2
+    assert pd.isna(s.loc["s2", "first_enrolled_at"])
+
+
+def test_duplicates_and_non_experiment_exposures() -> None:
+    att = run(
+        [X("r1", "s1", ["A"], T0), X("r1", "s1", ["A"], T0), X("r0", "s9", ["A"], T0, exp=None)],
+        [E("s1", "A", "enrol", T0 + timedelta(hours=1)), E("s9", "A", "enrol", T0 + timedelta(hours=1))],
+    )
+    assert att.notes["duplicate_exposures_dropped"] == 1
+    assert att.students["student_id"].tolist() == ["s1"]
+    assert len(att.exposures) == 1
+
+
+def test_each_experiment_attributes_separately() -> None:
+    att = run(
+        [X("r1", "s1", ["A"], T0, exp="old"), X("r2", "s1", ["A"], T0 + timedelta(days=1), exp="new")],
+        [E("s1", "A", "enrol", T0 + timedelta(days=2))],
+    )
+    assert sorted(zip(att.outcomes["experiment"], att.outcomes["request_id"], strict=True)) == [
+        ("new", "r2"),
+        ("old", "r1"),
+    ]
+
+
+def test_empty_events_and_missing_columns() -> None:
+    att = run([X("r1", "s1", ["A"], T0)], [])
+    assert att.outcomes.empty and att.students.iloc[0]["n_enrolled"] == 0
+    with pytest.raises(AnalysisInputError, match=r"events: missing column\(s\) \['occurred_at'\]"):
+        attribute(
+            pd.DataFrame([X("r1", "s1", ["A"], T0)]),
+            pd.DataFrame(columns=["student_id", "lecture_id", "type"]),
+        )

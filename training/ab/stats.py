@@ -1,0 +1,644 @@
+"""A/B statistics per region and pooled across regions, with the student as the unit of analysis.
+
+Metrics (per exposed student; each student counts once, in the arm of their first exposure):
+
+- ``enrolment_rate`` (primary): students with >= 1 attributed enrolment / exposed students.
+- ``completion_rate``: students with >= 1 attributed completion / exposed students.
+- ``enrolments_per_student``: attributed enrolments / exposed students (mean of a count).
+- ``completions_per_student``: attributed completions / exposed students (mean of a count).
+- ``completion_per_enrolment``: attributed completions / attributed enrolments (ratio of sums).
+
+Per region, treatment vs control (the control is the experiment's first variant):
+
+- proportions: absolute lift CI by Newcombe's hybrid score interval and relative lift CI by the
+  log-adjusted ratio interval (`statsmodels.stats.proportion.confint_proportions_2indep`); p-value from
+  the pooled two-proportion z-test (`proportions_ztest`), or Fisher's exact test when an expected cell
+  count is below 5 (small regions such as Taebaek);
+- means: Welch's t-test and its CI (`statsmodels.stats.weightstats.CompareMeans`, unequal variances);
+  relative lift CI by the delta method on the log of the ratio of means;
+- ratio of sums: delta-method variance per arm (students are the units, so a student's enrolments are
+  correlated and cannot be treated as independent trials), Wald z CI and test.
+
+Pooled across regions (stratified by region, so a region with a different baseline and a different
+traffic split cannot produce a Simpson's-paradox lift):
+
+- estimate: the stratified difference sum_k w_k (t_k - c_k) / sum_k w_k with Mantel-Haenszel weights
+  w_k = n_t,k n_c,k / (n_t,k + n_c,k) and variance sum_k w_k^2 (v_t,k + v_c,k) / (sum_k w_k)^2.
+  MH weights, not inverse-variance weights, because an inverse-variance weight is infinite when a small
+  region has 0 enrolments in an arm (variance 0), and MH weights do not depend on the outcome;
+  relative lift = (sum_k w_k t_k) / (sum_k w_k c_k) - 1 with a delta-method CI on its log;
+- p-value: for proportions the Cochran-Mantel-Haenszel test (`StratifiedTable.test_null_odds`), reported
+  with the MH pooled odds ratio and the Breslow-Day test of equal odds ratios across regions; for means
+  and ratios the z-test of the stratified difference.
+
+Multiple testing: per metric and treatment, region p-values are adjusted with Holm's step-down method
+(`statsmodels.stats.multitest.multipletests`), which controls the family-wise error rate under any
+dependence; each region is a separate go/no-go decision, so a false "win" in one region is what must be
+bounded, and the number of regions is small (so Holm costs little power vs Benjamini-Hochberg). The
+pooled result is a separate, pre-specified test and is not in the family.
+
+Sample-ratio mismatch: per region (and overall), a chi-square goodness-of-fit test of the students per
+variant against the configured weights (`scipy.stats.chisquare`); p < 0.001 flags a mismatch, in which case
+the assignment or the logging is broken and the lifts in that region should not be trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import StratifiedTable
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+
+from training.ab.errors import AnalysisInputError
+
+Kind = Literal["proportion", "mean", "ratio"]
+POOLED = "pooled"
+SRM_THRESHOLD = 0.001
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric over the per-student outcome table."""
+
+    name: str
+    kind: Kind
+    column: str  # per-student value (bool for proportions, count for means, numerator for ratios)
+    denominator: str | None  # per-student denominator of a ratio metric
+    label: str
+    formula: str
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "enrolment_rate",
+        "proportion",
+        "enrolled",
+        None,
+        "Enrolment rate from recommendations",
+        "students with >= 1 attributed enrolment / exposed students",
+    ),
+    MetricSpec(
+        "completion_rate",
+        "proportion",
+        "completed",
+        None,
+        "Completion rate",
+        "students with >= 1 attributed completion / exposed students",
+    ),
+    MetricSpec(
+        "enrolments_per_student",
+        "mean",
+        "n_enrolled",
+        None,
+        "Enrolments per student",
+        "attributed enrolments / exposed students",
+    ),
+    MetricSpec(
+        "completions_per_student",
+        "mean",
+        "n_completed",
+        None,
+        "Completions per student",
+        "attributed completions / exposed students",
+    ),
+    MetricSpec(
+        "completion_per_enrolment",
+        "ratio",
+        "n_completed",
+        "n_enrolled",
+        "Completion among enrolments",
+        "attributed completions / attributed enrolments",
+    ),
+)
+PRIMARY_METRIC = "enrolment_rate"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One variant's numbers in one stratum."""
+
+    variant: str
+    students: int
+    exposures: int
+    value: float  # the metric's estimate; pooled rows: the region-standardised (MH-weighted) value
+    variance: float  # variance of `value` (input of the pooled estimate; NaN on pooled rows)
+    numerator: float  # successes (proportion), sum of values (mean), sum of numerators (ratio); crude sums
+    denominator: float  # students (proportion, mean) or sum of denominators (ratio); crude sums
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Treatment minus control, with CIs and a p-value (NaN when the data cannot say)."""
+
+    abs_lift: float
+    abs_ci: tuple[float, float]
+    rel_lift: float
+    rel_ci: tuple[float, float]
+    p_value: float
+    test: str
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """One metric, one treatment vs the control, in one region (or pooled).
+
+    ``p_adjusted`` is Holm-adjusted across regions; on the pooled row it is the pooled test's own p-value
+    (the pooled comparison is a single pre-specified test, not part of the regional family).
+    """
+
+    metric: str
+    region: str
+    control: Arm
+    treatment: Arm
+    estimate: Estimate
+    p_adjusted: float = math.nan
+    significant: bool = False
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """Sample-ratio check of one region (or ``pooled`` = all regions)."""
+
+    region: str
+    observed: dict[str, int]
+    expected_share: dict[str, float]
+    chi2: float
+    p_value: float
+    mismatch: bool
+    note: str = ""
+
+
+@dataclass
+class Analysis:
+    """Everything `analyse` computes for one experiment."""
+
+    variants: list[str]
+    control: str
+    regions: list[str]
+    alpha: float
+    comparisons: list[Comparison]
+    srm: list[SrmResult]
+    excluded: dict[str, int]
+
+    @property
+    def srm_regions(self) -> list[str]:
+        """Regions (or ``pooled``) whose sample ratio is off."""
+        return [s.region for s in self.srm if s.mismatch]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN/inf become None)."""
+        out: dict[str, Any] = _clean(asdict(self))
+        return out
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+_NAN2 = (math.nan, math.nan)
+
+
+def _nan_estimate(test: str) -> Estimate:
+    return Estimate(math.nan, _NAN2, math.nan, _NAN2, math.nan, test)
+
+
+def _z(alpha: float) -> float:
+    return float(sps.norm.ppf(1 - alpha / 2))
+
+
+def _log_ratio_ci(
+    t: float, var_t: float, c: float, var_c: float, alpha: float
+) -> tuple[float, tuple[float, float]]:
+    """Relative lift t/c - 1 and its CI by the delta method on log(t/c) (NaN when t or c <= 0)."""
+    if not (t > 0 and c > 0) or not (math.isfinite(var_t) and math.isfinite(var_c)):
+        rel = t / c - 1 if c > 0 else math.nan
+        return rel, _NAN2
+    se = math.sqrt(var_t / t**2 + var_c / c**2)
+    log_r = math.log(t / c)
+    z = _z(alpha)
+    return t / c - 1, (math.exp(log_r - z * se) - 1, math.exp(log_r + z * se) - 1)
+
+
+def compare_proportions(c_t: int, n_t: int, c_c: int, n_c: int, alpha: float = 0.05) -> Estimate:
+    """Treatment vs control rates: Newcombe CI of the difference, log-adjusted CI of the ratio, a p-value.
+
+    Args:
+        c_t: successes in the treatment arm.
+        n_t: students in the treatment arm.
+        c_c: successes in the control arm.
+        n_c: students in the control arm.
+        alpha: 1 - confidence level.
+
+    Returns:
+        The estimate; ``test`` names the test used (``z`` pooled two-proportion z-test, or ``fisher``
+        when an expected cell count is < 5). NaN everywhere when an arm is empty.
+    """
+    if n_t <= 0 or n_c <= 0:
+        return _nan_estimate("insufficient data")
+    p_t, p_c = c_t / n_t, c_c / n_c
+    lo, hi = confint_proportions_2indep(c_t, n_t, c_c, n_c, method="newcomb", compare="diff", alpha=alpha)
+    if c_c > 0:
+        r_lo, r_hi = confint_proportions_2indep(
+            c_t, n_t, c_c, n_c, method="log-adjusted", compare="ratio", alpha=alpha
+        )
+        rel, rel_ci = p_t / p_c - 1, (float(r_lo) - 1, float(r_hi) - 1)
+    else:
+        rel, rel_ci = math.nan, _NAN2  # no control successes: a relative lift has no finite value
+    successes, total = c_t + c_c, n_t + n_c
+    if successes in (0, total):
+        p, test = 1.0, "z"  # both arms all-or-nothing and equal: no evidence of a difference
+    else:
+        expected_min = min(n_t, n_c) * min(successes, total - successes) / total
+        if expected_min < 5:
+            _, p = sps.fisher_exact([[c_t, n_t - c_t], [c_c, n_c - c_c]])
+            test = "fisher"
+        else:
+            _, p = proportions_ztest([c_t, c_c], [n_t, n_c])
+            test = "z"
+    return Estimate(p_t - p_c, (float(lo), float(hi)), rel, rel_ci, float(p), test)
+
+
+def compare_means(x_t: npt.ArrayLike, x_c: npt.ArrayLike, alpha: float = 0.05) -> Estimate:
+    """Welch's t-test and CI of the difference of means; delta-method CI of the relative lift.
+
+    Args:
+        x_t: per-student values, treatment.
+        x_c: per-student values, control.
+        alpha: 1 - confidence level.
+
+    Returns:
+        The estimate (NaN when an arm has fewer than 2 students).
+    """
+    a = np.asarray(x_t, dtype=np.float64)
+    b = np.asarray(x_c, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return _nan_estimate("insufficient data")
+    m_t, m_c = float(a.mean()), float(b.mean())
+    v_t, v_c = float(a.var(ddof=1)) / len(a), float(b.var(ddof=1)) / len(b)
+    if v_t + v_c == 0:
+        # constant values in both arms: the difference is known exactly
+        p = 1.0 if m_t == m_c else 0.0
+        rel = m_t / m_c - 1 if m_c else math.nan
+        return Estimate(m_t - m_c, (m_t - m_c, m_t - m_c), rel, (rel, rel), p, "welch")
+    cm = CompareMeans(DescrStatsW(a), DescrStatsW(b))
+    _, p, _ = cm.ttest_ind(usevar="unequal")
+    lo, hi = cm.tconfint_diff(alpha=alpha, usevar="unequal")
+    rel, rel_ci = _log_ratio_ci(m_t, v_t, m_c, v_c, alpha)
+    return Estimate(m_t - m_c, (float(lo), float(hi)), rel, rel_ci, float(p), "welch")
+
+
+def ratio_of_sums(num: npt.ArrayLike, den: npt.ArrayLike) -> tuple[float, float]:
+    """sum(num) / sum(den) over students and its delta-method variance.
+
+    Args:
+        num: per-student numerators.
+        den: per-student denominators.
+
+    Returns:
+        (ratio, variance); NaN when the denominators sum to 0 or there are fewer than 2 students.
+    """
+    y = np.asarray(num, dtype=np.float64)
+    x = np.asarray(den, dtype=np.float64)
+    n = len(x)
+    if n < 2 or x.sum() == 0:
+        return math.nan, math.nan
+    r = float(y.sum() / x.sum())
+    mx = float(x.mean())
+    cov = np.cov(y, x, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * mx * mx)
+    return r, float(max(var, 0.0))
+
+
+def _wald(d: float, var: float, alpha: float) -> tuple[tuple[float, float], float]:
+    if not math.isfinite(var) or not math.isfinite(d):
+        return _NAN2, math.nan
+    se = math.sqrt(var)
+    z = _z(alpha)
+    if se == 0:
+        return (d, d), (1.0 if d == 0 else 0.0)
+    return (d - z * se, d + z * se), float(2 * sps.norm.sf(abs(d) / se))
+
+
+def compare_ratios(
+    num_t: npt.ArrayLike,
+    den_t: npt.ArrayLike,
+    num_c: npt.ArrayLike,
+    den_c: npt.ArrayLike,
+    alpha: float = 0.05,
+) -> Estimate:
+    """Difference of two ratio-of-sums metrics, delta-method Wald CI and z-test.
+
+    Args:
+        num_t: per-student numerators, treatment.
+        den_t: per-student denominators, treatment.
+        num_c: per-student numerators, control.
+        den_c: per-student denominators, control.
+        alpha: 1 - confidence level.
+
+    Returns:
+        The estimate.
+    """
+    r_t, v_t = ratio_of_sums(num_t, den_t)
+    r_c, v_c = ratio_of_sums(num_c, den_c)
+    if math.isnan(r_t) or math.isnan(r_c):
+        return _nan_estimate("insufficient data")
+    ci, p = _wald(r_t - r_c, v_t + v_c, alpha)
+    rel, rel_ci = _log_ratio_ci(r_t, v_t, r_c, v_c, alpha)
+    return Estimate(r_t - r_c, ci, rel, rel_ci, p, "delta-z")
+
+
+def pooled_difference(pairs: Sequence[tuple[Arm, Arm]], alpha: float = 0.05) -> Estimate:
+    """Stratified (Mantel-Haenszel-weighted) difference of (treatment, control) arms across strata.
+
+    Args:
+        pairs: per stratum, (treatment arm, control arm) with `value` and `variance` set.
+        alpha: 1 - confidence level.
+
+    Returns:
+        The pooled estimate with a Wald CI and z-test p-value; strata with an undefined value are skipped.
+    """
+    rows = [
+        (t.students * c.students / (t.students + c.students), t, c)
+        for t, c in pairs
+        if t.students > 0 and c.students > 0 and math.isfinite(t.value) and math.isfinite(c.value)
+    ]
+    w_sum = sum(w for w, _, _ in rows)
+    if not rows or w_sum == 0:
+        return _nan_estimate("insufficient data")
+    big_t = sum(w * t.value for w, t, _ in rows) / w_sum
+    big_c = sum(w * c.value for w, _, c in rows) / w_sum
+    var_t = sum(w * w * t.variance for w, t, _ in rows) / w_sum**2
+    var_c = sum(w * w * c.variance for w, _, c in rows) / w_sum**2
+    ci, p = _wald(big_t - big_c, var_t + var_c, alpha)
+    rel, rel_ci = _log_ratio_ci(big_t, var_t, big_c, var_c, alpha)
+    extra = {"strata": float(len(rows)), "treatment_value": big_t, "control_value": big_c}
+    return Estimate(big_t - big_c, ci, rel, rel_ci, p, "stratified-z", extra)
+
+
+def cmh(tables: Sequence[tuple[int, int, int, int]], alpha: float = 0.05) -> dict[str, float]:
+    """Cochran-Mantel-Haenszel test over per-stratum (c_t, n_t, c_c, n_c), via statsmodels `StratifiedTable`.
+
+    Args:
+        tables: per stratum, successes and totals of treatment and control.
+        alpha: 1 - confidence level of the pooled odds ratio.
+
+    Returns:
+        ``p_value`` (CMH, no continuity correction), ``odds_ratio`` with ``or_low``/``or_high``, and
+        ``homogeneity_p`` (Breslow-Day); NaN where undefined (e.g. no successes at all).
+    """
+    mats = [
+        np.array([[c_t, n_t - c_t], [c_c, n_c - c_c]], dtype=np.float64)
+        for c_t, n_t, c_c, n_c in tables
+        if n_t > 0 and n_c > 0
+    ]
+    out = dict.fromkeys(("p_value", "odds_ratio", "or_low", "or_high", "homogeneity_p"), math.nan)
+    if not mats:
+        return out
+    successes = sum(m[:, 0].sum() for m in mats)
+    total = sum(m.sum() for m in mats)
+    if successes in (0, total):
+        out["p_value"] = 1.0
+        return out
+    table = StratifiedTable(mats)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        # zero cells in a small stratum make the odds ratio or Breslow-Day undefined: reported as NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["p_value"] = float(table.test_null_odds(correction=False).pvalue)
+        out["odds_ratio"] = float(table.oddsratio_pooled)
+        lo, hi = table.oddsratio_pooled_confint(alpha=alpha)
+        out["or_low"], out["or_high"] = float(lo), float(hi)
+        if len(mats) > 1:
+            with contextlib.suppress(ZeroDivisionError, ValueError, np.linalg.LinAlgError):
+                out["homogeneity_p"] = float(table.test_equal_odds().pvalue)
+    return out
+
+
+def srm_check(
+    observed: Mapping[str, int],
+    shares: Mapping[str, float],
+    region: str = POOLED,
+    threshold: float = SRM_THRESHOLD,
+) -> SrmResult:
+    """Chi-square goodness of fit of students per variant against the configured shares.
+
+    Args:
+        observed: students per variant (variants missing from it count 0).
+        shares: configured share per variant (normalised here).
+        region: label of the stratum.
+        threshold: p-value below which the split is a mismatch.
+
+    Returns:
+        The check; ``mismatch`` is False (with a note) when there are no students.
+    """
+    names = list(shares)
+    obs = np.array([observed.get(v, 0) for v in names], dtype=np.float64)
+    total_share = sum(shares.values())
+    exp_share = {v: shares[v] / total_share for v in names}
+    n = obs.sum()
+    if n == 0:
+        return SrmResult(region, dict.fromkeys(names, 0), exp_share, math.nan, math.nan, False, "no students")
+    expected = np.array([exp_share[v] * n for v in names])
+    chi2, p = sps.chisquare(obs, expected)
+    note = "expected count < 5: chi-square is approximate" if expected.min() < 5 else ""
+    return SrmResult(
+        region,
+        {v: int(o) for v, o in zip(names, obs, strict=True)},
+        exp_share,
+        float(chi2),
+        float(p),
+        bool(p < threshold),
+        note,
+    )
+
+
+def _arm(df: pd.DataFrame, spec: MetricSpec, variant: str) -> Arm:
+    n = len(df)
+    exposures = int(df["n_exposures"].sum())
+    if spec.kind == "proportion":
+        c = int(df[spec.column].sum())
+        p = c / n if n else math.nan
+        return Arm(variant, n, exposures, p, p * (1 - p) / n if n else math.nan, c, n)
+    if spec.kind == "mean":
+        x = df[spec.column].to_numpy(dtype=np.float64)
+        m = float(x.mean()) if n else math.nan
+        v = float(x.var(ddof=1)) / n if n > 1 else math.nan
+        return Arm(variant, n, exposures, m, v, float(x.sum()), n)
+    assert spec.denominator is not None
+    r, v = ratio_of_sums(df[spec.column], df[spec.denominator])
+    return Arm(variant, n, exposures, r, v, float(df[spec.column].sum()), float(df[spec.denominator].sum()))
+
+
+def _compare(spec: MetricSpec, t: pd.DataFrame, c: pd.DataFrame, alpha: float) -> Estimate:
+    if spec.kind == "proportion":
+        return compare_proportions(
+            int(t[spec.column].sum()), len(t), int(c[spec.column].sum()), len(c), alpha
+        )
+    if spec.kind == "mean":
+        return compare_means(t[spec.column], c[spec.column], alpha)
+    assert spec.denominator is not None
+    return compare_ratios(t[spec.column], t[spec.denominator], c[spec.column], c[spec.denominator], alpha)
+
+
+def analyse(
+    students: pd.DataFrame,
+    shares: Mapping[str, float],
+    alpha: float = 0.05,
+    metrics: Sequence[MetricSpec] = METRICS,
+    regions: Sequence[str] | None = None,
+    srm_threshold: float = SRM_THRESHOLD,
+) -> Analysis:
+    """Per-region and pooled comparisons of every treatment against the control, plus SRM checks.
+
+    Args:
+        students: per-student outcomes of ONE experiment (`training.ab.attribution.STUDENT_COLUMNS`).
+        shares: configured variant weights in config order; the first variant is the control.
+        alpha: significance level (CIs are 1 - alpha).
+        metrics: metrics to compute.
+        regions: regions to report (default: the regions present, sorted).
+        srm_threshold: SRM p-value threshold.
+
+    Returns:
+        The analysis. Students seen in more than one variant, or in a variant not in ``shares``, are
+        excluded (counted in ``excluded``).
+
+    Raises:
+        AnalysisInputError: more than one experiment in ``students`` or fewer than 2 variants.
+    """
+    variants = list(shares)
+    if len(variants) < 2:
+        raise AnalysisInputError(f"need a control and at least one treatment, got variants {variants}")
+    if students["experiment"].nunique() > 1:
+        raise AnalysisInputError(
+            f"students of several experiments: {sorted(students['experiment'].unique())}"
+        )
+    mixed = students["n_variants"] > 1
+    unknown = ~students["variant"].isin(variants)
+    excluded = {
+        "mixed_variant_students": int(mixed.sum()),
+        "unknown_variant_students": int((unknown & ~mixed).sum()),
+    }
+    df = students.loc[~mixed & ~unknown]
+    region_list = sorted(df["region"].unique()) if regions is None else list(regions)
+    control = variants[0]
+    # not dict(groupby): a GroupBy has a `keys` attribute, so dict() would treat it as a mapping
+    groups = {key: g for key, g in df.groupby(["region", "variant"], sort=False)}  # noqa: C416
+    empty = df.iloc[0:0]
+
+    srm = [
+        srm_check(
+            {v: len(groups.get((r, v), empty)) for v in variants}, shares, region=r, threshold=srm_threshold
+        )
+        for r in region_list
+    ]
+    srm.append(
+        srm_check(
+            {str(k): int(n) for k, n in df["variant"].value_counts().items()}, shares, POOLED, srm_threshold
+        )
+    )
+
+    comparisons: list[Comparison] = []
+    for spec in metrics:
+        for treatment in variants[1:]:
+            family: list[Comparison] = []
+            pairs: list[tuple[Arm, Arm]] = []
+            for r in region_list:
+                t, c = groups.get((r, treatment), empty), groups.get((r, control), empty)
+                arm_t, arm_c = _arm(t, spec, treatment), _arm(c, spec, control)
+                family.append(Comparison(spec.name, r, arm_c, arm_t, _compare(spec, t, c, alpha)))
+                pairs.append((arm_t, arm_c))
+            _holm(family, alpha)
+            comparisons.extend(family)
+            all_t = df.loc[df["region"].isin(region_list) & (df["variant"] == treatment)]
+            all_c = df.loc[df["region"].isin(region_list) & (df["variant"] == control)]
+            pooled = pooled_difference(pairs, alpha)
+            if spec.kind == "proportion":
+                tables = [(int(t.numerator), t.students, int(c.numerator), c.students) for t, c in pairs]
+                m = cmh(tables, alpha)
+                pooled = Estimate(
+                    pooled.abs_lift,
+                    pooled.abs_ci,
+                    pooled.rel_lift,
+                    pooled.rel_ci,
+                    m.pop("p_value"),
+                    "cmh",
+                    {**pooled.extra, **m},
+                )
+            # pooled arms show the standardised (MH-weighted) values, so treatment - control = the lift
+            arm_c, arm_t = _arm(all_c, spec, control), _arm(all_t, spec, treatment)
+            if "control_value" in pooled.extra:
+                arm_c = replace(arm_c, value=pooled.extra["control_value"], variance=math.nan)
+                arm_t = replace(arm_t, value=pooled.extra["treatment_value"], variance=math.nan)
+            comp = Comparison(spec.name, POOLED, arm_c, arm_t, pooled, pooled.p_value)
+            comp.significant = bool(comp.p_adjusted < alpha)
+            comparisons.append(comp)
+    return Analysis(variants, control, region_list, alpha, comparisons, srm, excluded)
+
+
+def _holm(family: list[Comparison], alpha: float) -> None:
+    """Holm-adjust the family's p-values in place (comparisons without a p-value stay NaN)."""
+    idx = [i for i, c in enumerate(family) if math.isfinite(c.estimate.p_value)]
+    if not idx:
+        return
+    reject, adjusted, _, _ = multipletests(
+        [family[i].estimate.p_value for i in idx], alpha=alpha, method="holm"
+    )
+    for i, rej, adj in zip(idx, reject, adjusted, strict=True):
+        family[i].p_adjusted = float(adj)
+        family[i].significant = bool(rej)
+
+
+def cumulative_rates(students: pd.DataFrame, freq: str = "D") -> pd.DataFrame:
+    """Cumulative enrolment rate per variant over time (for the report's trend plot).
+
+    Args:
+        students: per-student outcomes of one experiment.
+        freq: pandas frequency of the time axis (default daily).
+
+    Returns:
+        Columns ``at`` (period start, UTC), ``variant``, ``exposed`` (students first exposed by the end of
+        the period), ``enrolled`` (of those, with an attributed enrolment by the end of the period), ``rate``.
+    """
+    columns = ["at", "variant", "exposed", "enrolled", "rate"]
+    if students.empty:
+        return pd.DataFrame(columns=columns)
+    first = students["first_shown_at"].dt.floor(freq)
+    enrol = students["first_enrolled_at"].dt.floor(freq)
+    # an enrolment counts from the period the student was exposed in (a tied request may predate it)
+    enrol = enrol.where(enrol >= first, first).where(enrol.notna())
+    last = enrol.max() if enrol.notna().any() else first.max()
+    periods = pd.date_range(first.min(), max(first.max(), last), freq=freq)
+    grid = periods.to_numpy()
+    frames = []
+    for v, g in students.groupby("variant", sort=True):
+        exposed = np.searchsorted(np.sort(first.loc[g.index].to_numpy()), grid, side="right")
+        enrolled = np.searchsorted(np.sort(enrol.loc[g.index].dropna().to_numpy()), grid, side="right")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = np.where(exposed > 0, enrolled / np.maximum(exposed, 1), np.nan)
+        frames.append(
+            pd.DataFrame(
+                {"at": periods, "variant": v, "exposed": exposed, "enrolled": enrolled, "rate": rate}
+            )
+        )
+    return pd.concat(frames, ignore_index=True)[columns]
