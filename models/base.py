@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -120,6 +120,7 @@ class Recommender(ABC):
 
     _catalogue: Catalogue | None = None
     _students: IdMap | None = None
+    _student_feature_names: tuple[str, ...] | None = None
 
     @property
     def catalogue(self) -> Catalogue:
@@ -132,6 +133,17 @@ class Recommender(ABC):
         if self._students is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(data) or load(path) first")
         return self._students
+
+    @property
+    def student_feature_names(self) -> tuple[str, ...]:
+        """Columns of `StudentBatch.features` the model expects (`TrainingData.student_feature_names`)."""
+        if self._student_feature_names is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(data) or load(path) first")
+        return self._student_feature_names
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters and seed as plain JSON values (logged to MLflow, saved with the model)."""
+        return {}
 
     @abstractmethod
     def fit(self, data: TrainingData) -> Self:

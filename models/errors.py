@@ -1,9 +1,10 @@
 """Domain errors of the models.
 
-    ModelError
-    ├── NotFittedError       used before fit/load
-    ├── NumericalError       NaN/inf in learned parameters or scores
-    └── ModelFormatError     a saved model directory is missing or malformed
+ModelError
+├── NotFittedError       used before fit/load
+├── NumericalError       NaN/inf in learned parameters or scores
+├── ModelFormatError     a saved model directory is missing or malformed
+└── RegisteredModelNotFoundError  no such registered model, alias or version (models.loading)
 """
 
 
@@ -21,3 +22,7 @@ class NumericalError(ModelError):
 
 class ModelFormatError(ModelError):
     """A saved model directory is missing files or was written by another model."""
+
+
+class RegisteredModelNotFoundError(ModelError):
+    """The MLflow registry has no such registered model, alias or version."""

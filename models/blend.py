@@ -1,0 +1,466 @@
+"""Learned blend of the other recommenders: a logistic regression on their per-student ranks.
+
+Fitting:
+
+1. `temporal_holdout` removes each student's last lecture(s) (by first enrolment) from the training
+   data; students with too short a history keep everything.
+2. The components are fitted on what is left, and score a sample of the students who had lectures
+   held out.
+3. For each such student the held-out (eligible) lectures are positives; negatives are sampled from
+   the components' top candidates (hard) and from all eligible lectures (random).
+4. Each (student, lecture) pair is described by cheap features: per component its rank among the
+   student's eligible lectures (linear and reciprocal, zero beyond `rank_depth`), whether it is the
+   next episode of a series the student is in, the share of the student's history in its subject,
+   and its global popularity. A scikit-learn `LogisticRegression` learns the weights.
+5. The components are refitted on all the training data.
+
+Scoring computes the same features for every lecture and returns the logistic regression's logit.
+Coefficients are saved as JSON, the components in sub-directories (their own formats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from models.base import Recommender, StudentBatch, TrainingData
+from models.common import check_batch, check_finite, decayed_interactions, next_in_series, normalise_max
+from models.eligibility import eligible_mask
+from models.errors import ModelFormatError, NotFittedError
+from models.item_knn import ItemKNNRecommender
+from models.lightfm_hybrid import LightFMRecommender
+from models.popularity import PopularityRecommender, SegmentPopularityRecommender
+from models.sequence import SequenceRecommender
+from models.serialization import MANIFEST, instantiate, read_model, write_model
+
+#: Models the blend can combine, by registry name.
+COMPONENTS: dict[str, type[Recommender]] = {
+    cls.name: cls
+    for cls in (
+        PopularityRecommender,
+        SegmentPopularityRecommender,
+        ItemKNNRecommender,
+        LightFMRecommender,
+        SequenceRecommender,
+    )
+}
+DEFAULT_COMPONENTS: tuple[str, ...] = ("segment_popularity", "item_knn", "lightfm", "sequence")
+_EXTRA_FEATURES: tuple[str, ...] = ("series_next", "subject_share", "popularity")
+
+
+def _drop_entries(matrix: sp.csr_matrix, keep: npt.NDArray[np.bool_]) -> sp.csr_matrix:
+    """`matrix` without the stored entries where `keep` is False (explicit zeros elsewhere survive)."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[keep]
+    counts = np.bincount(rows, minlength=matrix.shape[0])
+    indptr = np.zeros(matrix.shape[0] + 1, dtype=matrix.indptr.dtype)
+    np.cumsum(counts, out=indptr[1:])
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
+
+
+def temporal_holdout(
+    data: TrainingData, holdout: int = 1, min_remaining: int = 1
+) -> tuple[TrainingData, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Hold out each student's last `holdout` lectures (by first enrolment).
+
+    Args:
+        data: the training data.
+        holdout: lectures held out per student.
+        min_remaining: students with fewer than `holdout + min_remaining` lectures keep all of them.
+
+    Returns:
+        (training data without the held-out lectures, student rows, lecture rows) of the held-out pairs.
+    """
+    lengths = np.fromiter((s.size for s in data.sequences), dtype=np.int64, count=len(data.sequences))
+    chosen = np.flatnonzero(lengths >= holdout + min_remaining)
+    held_rows = np.repeat(chosen, holdout)
+    held_cols = (
+        np.concatenate([data.sequences[r][-holdout:] for r in chosen]).astype(np.int64)
+        if chosen.size
+        else np.zeros(0, np.int64)
+    )
+    n = data.interactions.shape[1]
+    held_keys = np.sort(held_rows * n + held_cols)
+    inter = data.interactions
+    entry_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(inter.indptr))
+    keep = ~np.isin(entry_rows * n + inter.indices.astype(np.int64), held_keys)
+    interactions = _drop_entries(inter, keep)
+    age = data.age_days
+    if np.array_equal(age.indptr, inter.indptr) and np.array_equal(age.indices, inter.indices):
+        age_days = _drop_entries(age, keep)
+    else:
+        age_rows = np.repeat(np.arange(age.shape[0], dtype=np.int64), np.diff(age.indptr))
+        age_days = _drop_entries(age, ~np.isin(age_rows * n + age.indices.astype(np.int64), held_keys))
+    sequences = list(data.sequences)
+    for r in chosen:
+        sequences[r] = sequences[r][:-holdout]
+    train = TrainingData(
+        students=data.students,
+        catalogue=data.catalogue,
+        interactions=interactions,
+        age_days=age_days,
+        sequences=tuple(sequences),
+        student_features=data.student_features,
+        student_feature_names=data.student_feature_names,
+        region=data.region,
+        grade=data.grade,
+    )
+    return train, held_rows, held_cols
+
+
+class BlendRecommender(Recommender):
+    """Logistic-regression blend of component recommenders, trained on a temporal hold-out.
+
+    Args:
+        seed: seeds the components and the negative sampling.
+        components: registry names of the models to blend.
+        component_params: per component name, keyword arguments for its constructor.
+        holdout: lectures held out per student to learn the weights.
+        max_students: at most this many held-out students are used to learn the weights.
+        negatives: sampled negatives per positive.
+        hard_share: share of negatives drawn from the components' top candidates.
+        rank_depth: ranks beyond this count as "not ranked" (feature 0).
+        regularisation: inverse L2 strength `C` of the logistic regression.
+        half_life_days: recency half-life of the popularity feature.
+    """
+
+    name: ClassVar[str] = "blend"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 42,
+        components: Sequence[str] = DEFAULT_COMPONENTS,
+        component_params: Mapping[str, Mapping[str, Any]] | None = None,
+        holdout: int = 1,
+        max_students: int = 5000,
+        negatives: int = 20,
+        hard_share: float = 0.5,
+        rank_depth: int = 100,
+        regularisation: float = 1.0,
+        half_life_days: float | None = 30.0,
+    ) -> None:
+        components = (components,) if isinstance(components, str) else tuple(components)
+        unknown = [c for c in components if c not in COMPONENTS]
+        if unknown or not components or len(set(components)) != len(components):
+            valid = ", ".join(COMPONENTS)
+            raise ValueError(f"components must be distinct names among {valid}; got {', '.join(components)}")
+        extra = set(component_params or {}) - set(components)
+        if extra:
+            raise ValueError(f"component_params names models not in components: {', '.join(sorted(extra))}")
+        if holdout < 1 or max_students < 1 or negatives < 1 or rank_depth < 1:
+            raise ValueError("holdout, max_students, negatives and rank_depth must be >= 1")
+        if not 0 <= hard_share <= 1:
+            raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
+        self.seed = seed
+        self.components = components
+        self.component_params = {k: dict(v) for k, v in (component_params or {}).items()}
+        self.holdout = holdout
+        self.max_students = max_students
+        self.negatives = negatives
+        self.hard_share = hard_share
+        self.rank_depth = rank_depth
+        self.regularisation = regularisation
+        self.half_life_days = half_life_days
+        self._models: dict[str, Recommender] = {}
+        self._coef: dict[str, float] = {}
+        self._intercept = 0.0
+        self._learned = False
+        self._n_pairs = 0
+        self._popularity: npt.NDArray[np.float32] = np.zeros(0, np.float32)
+        self._next: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+
+    # ------------------------------------------------------------------------------------------------
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "components": list(self.components),
+            "component_params": self.component_params,
+            "holdout": self.holdout,
+            "max_students": self.max_students,
+            "negatives": self.negatives,
+            "hard_share": self.hard_share,
+            "rank_depth": self.rank_depth,
+            "regularisation": self.regularisation,
+            "half_life_days": self.half_life_days,
+        }
+
+    def params(self) -> dict[str, Any]:
+        """Flat parameters for MLflow: the blend's own, then each component's as `name.param`."""
+        out = {k: v for k, v in self._init_kwargs().items() if k not in ("components", "component_params")}
+        out["components"] = ",".join(self.components)
+        for name in self.components:
+            model = self._models.get(name) or self._new_component(name)
+            out.update({f"{name}.{k}": v for k, v in model.params().items()})
+        return out
+
+    @property
+    def coefficients(self) -> dict[str, float]:
+        """Learned weight per feature (see `feature_names`)."""
+        self._check_fitted()
+        return dict(self._coef)
+
+    @property
+    def weights_learned(self) -> bool:
+        """False when the hold-out had too few examples and equal rank weights were used instead."""
+        self._check_fitted()
+        return self._learned
+
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the features the logistic regression weighs."""
+        names = [f"{c}:{kind}" for c in self.components for kind in ("rank", "recip")]
+        return (*names, *_EXTRA_FEATURES)
+
+    def _new_component(self, name: str) -> Recommender:
+        kwargs = {"seed": self.seed, **self.component_params.get(name, {})}
+        return COMPONENTS[name](**kwargs)
+
+    def _check_fitted(self) -> None:
+        _ = self.catalogue
+        if not self._models:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(data) or load(path) first")
+
+    @property
+    def models(self) -> dict[str, Recommender]:
+        """The fitted components by name."""
+        self._check_fitted()
+        return dict(self._models)
+
+    # ------------------------------------------------------------------------------------------------
+    def _tops(
+        self, models: Mapping[str, Recommender], batch: StudentBatch, mask: npt.NDArray[np.bool_]
+    ) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]]:
+        """Per component, each student's `rank_depth` best eligible lectures, best first, and validity."""
+        b, n = mask.shape
+        depth = min(self.rank_depth, n)
+        tops: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
+        for name in self.components:
+            masked = np.where(mask, models[name].score(batch), -np.inf)
+            if depth < n:
+                top = np.argpartition(-masked, depth - 1, axis=1)[:, :depth]
+            else:
+                top = np.tile(np.arange(n), (b, 1))
+            top_scores = np.take_along_axis(masked, top, axis=1)
+            order = np.lexsort((top, -top_scores), axis=1)
+            top = np.take_along_axis(top, order, axis=1)
+            tops[name] = (top, np.isfinite(np.take_along_axis(top_scores, order, axis=1)))
+        return tops
+
+    def _planes(
+        self,
+        tops: Mapping[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]],
+        batch: StudentBatch,
+    ) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
+        """(feature name, (b, n) values) for every feature, one plane at a time (bounded memory)."""
+        cat = self.catalogue
+        b, n = len(batch), len(cat.lectures)
+        rows = np.arange(b)[:, None]
+        for name in self.components:
+            top, valid = tops[name]
+            depth = top.shape[1]
+            rank = np.arange(depth, dtype=np.float32)[None, :]
+            linear = np.zeros((b, n), dtype=np.float32)
+            linear[rows, top] = np.where(valid, (depth - rank) / depth, 0.0)
+            yield f"{name}:rank", linear
+            recip = np.zeros((b, n), dtype=np.float32)
+            recip[rows, top] = np.where(valid, 1.0 / (1.0 + rank), 0.0)
+            yield f"{name}:recip", recip
+        history = sp.csr_matrix(batch.history, dtype=np.float32)
+        taken = history.copy()
+        taken.data = (taken.data != 0).astype(np.float32)
+        has_next = np.flatnonzero(self._next >= 0)
+        successor = sp.csr_matrix(
+            (np.ones(has_next.size, np.float32), (has_next, self._next[has_next])), shape=(n, n)
+        )
+        # next episode of anything taken, unless taken itself
+        series_next = (np.asarray((taken @ successor).todense()) > 0).astype(np.float32)
+        series_next[np.asarray(taken.todense()) > 0] = 0.0
+        yield "series_next", series_next
+        subject_of = sp.csr_matrix(
+            (np.ones(n, np.float32), (np.arange(n), cat.subject)), shape=(n, max(len(cat.subjects), 1))
+        )
+        per_subject = np.asarray((history @ subject_of).todense(), dtype=np.float32)
+        totals = per_subject.sum(axis=1, keepdims=True)
+        share = np.divide(per_subject, totals, out=np.zeros_like(per_subject), where=totals > 0)
+        yield "subject_share", share[:, cat.subject]
+        yield "popularity", np.repeat(self._popularity[None, :], b, axis=0)
+
+    def _training_pairs(
+        self,
+        models: Mapping[str, Recommender],
+        train: TrainingData,
+        held_rows: npt.NDArray[np.int64],
+        held_cols: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]:
+        """Feature rows and labels of sampled (student, lecture) pairs of the held-out students."""
+        rng = np.random.default_rng(self.seed)
+        students = np.unique(held_rows)
+        if students.size > self.max_students:
+            students = np.sort(rng.choice(students, size=self.max_students, replace=False))
+        n = len(self.catalogue.lectures)
+        n_features = len(self.feature_names())
+        x_parts: list[npt.NDArray[np.float32]] = []
+        y_parts: list[npt.NDArray[np.int8]] = []
+        chunk = max(1, min(512, 2_000_000 // max(n, 1)))
+        held_order = np.argsort(held_rows, kind="stable")
+        held_rows_sorted, held_cols_sorted = held_rows[held_order], held_cols[held_order]
+        for start in range(0, students.size, chunk):
+            rows = students[start : start + chunk].astype(np.int32)
+            batch = train.batch(rows)
+            mask = eligible_mask(self.catalogue, batch.region, batch.grade, batch.history)
+            tops = self._tops(models, batch, mask)
+            lo = np.searchsorted(held_rows_sorted, rows, side="left")
+            hi = np.searchsorted(held_rows_sorted, rows, side="right")
+            pair_rows: list[npt.NDArray[np.int64]] = []
+            pair_cols: list[npt.NDArray[np.int64]] = []
+            labels: list[npt.NDArray[np.int8]] = []
+            for i in range(len(rows)):
+                # positives: held-out lectures the student could have been recommended
+                pos = held_cols_sorted[lo[i] : hi[i]]
+                pos = np.unique(pos[mask[i, pos]])
+                eligible = np.setdiff1d(np.flatnonzero(mask[i]), pos, assume_unique=True)
+                if pos.size == 0 or eligible.size == 0:
+                    continue
+                want = self.negatives * pos.size
+                pool = np.unique(np.concatenate([top[i][valid[i]] for top, valid in tops.values()]))
+                pool = np.setdiff1d(pool, pos, assume_unique=True)
+                n_hard = min(round(want * self.hard_share), pool.size)
+                hard = rng.choice(pool, size=n_hard, replace=False) if n_hard else np.zeros(0, np.int64)
+                rest = np.setdiff1d(eligible, hard, assume_unique=True)
+                n_rand = min(want - n_hard, rest.size)
+                rand = rng.choice(rest, size=n_rand, replace=False) if n_rand else np.zeros(0, np.int64)
+                cols = np.concatenate([pos, hard, rand]).astype(np.int64)
+                pair_rows.append(np.full(cols.size, i, dtype=np.int64))
+                pair_cols.append(cols)
+                labels.append(
+                    np.concatenate([np.ones(pos.size, np.int8), np.zeros(cols.size - pos.size, np.int8)])
+                )
+            if not pair_rows:
+                continue
+            pr, pc = np.concatenate(pair_rows), np.concatenate(pair_cols)
+            x = np.empty((pr.size, n_features), dtype=np.float32)
+            for j, (_, plane) in enumerate(self._planes(tops, batch)):
+                x[:, j] = plane[pr, pc]
+            x_parts.append(x)
+            y_parts.append(np.concatenate(labels))
+        if not x_parts:
+            return np.zeros((0, n_features), np.float32), np.zeros(0, np.int8)
+        return np.concatenate(x_parts), np.concatenate(y_parts)
+
+    def fit(self, data: TrainingData) -> Self:
+        from sklearn.linear_model import LogisticRegression
+
+        self._catalogue, self._students = data.catalogue, data.students
+        self._student_feature_names = data.student_feature_names
+        self._next = next_in_series(data.catalogue)
+        train, held_rows, held_cols = temporal_holdout(data, self.holdout)
+        self._popularity = normalise_max(
+            np.asarray(decayed_interactions(train, self.half_life_days).sum(axis=0), dtype=np.float32).ravel()
+        )
+        validation_models = {name: self._new_component(name).fit(train) for name in self.components}
+        x, y = self._training_pairs(validation_models, train, held_rows, held_cols)
+        names = self.feature_names()
+        self._n_pairs = int(y.size)
+        if y.size >= 10 and 0 < int(y.sum()) < y.size:
+            lr = LogisticRegression(C=self.regularisation, max_iter=2000, random_state=self.seed)
+            lr.fit(x.astype(np.float64), y)
+            coef = lr.coef_.ravel()
+            check_finite(self.name, coef.astype(np.float32))
+            self._coef = {name: float(c) for name, c in zip(names, coef, strict=True)}
+            self._intercept = float(lr.intercept_[0])
+            self._learned = True
+        else:
+            # too little hold-out data to learn from: fall back to equal weights on the ranks
+            self._coef = {name: (1.0 if name.endswith(":rank") else 0.0) for name in names}
+            self._intercept = 0.0
+            self._learned = False
+        self._popularity = normalise_max(
+            np.asarray(decayed_interactions(data, self.half_life_days).sum(axis=0), dtype=np.float32).ravel()
+        )
+        self._models = {name: self._new_component(name).fit(data) for name in self.components}
+        return self
+
+    # ------------------------------------------------------------------------------------------------
+    def state_width(self) -> int:
+        model = self._models.get(LightFMRecommender.name)
+        return model.state_width() if model is not None else 0
+
+    def student_state(self, rows: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
+        self._check_fitted()
+        model = self._models.get(LightFMRecommender.name)
+        if model is None:
+            return np.zeros((len(rows), 0), dtype=np.float32)
+        return model.student_state(rows)
+
+    def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
+        self._check_fitted()
+        check_batch(self.catalogue, len(self.student_feature_names), batch)
+        if batch.state is not None and self.state_width() == 0:
+            raise ValueError(
+                "batch.state given but this blend keeps no per-student state (no lightfm component)"
+            )
+        mask = eligible_mask(self.catalogue, batch.region, batch.grade, batch.history)
+        z = np.full(mask.shape, np.float32(self._intercept), dtype=np.float32)
+        for name, plane in self._planes(self._tops(self._models, batch, mask), batch):
+            weight = self._coef.get(name, 0.0)
+            if weight:
+                z += np.float32(weight) * plane
+        check_finite(self.name, z)
+        return z
+
+    # ------------------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST).unlink(missing_ok=True)
+        for name, model in self._models.items():
+            model.save(directory / "components" / name)
+        write_model(
+            directory,
+            model=self.name,
+            params=self._init_kwargs(),
+            catalogue=self.catalogue,
+            students=self.students,
+            student_feature_names=self.student_feature_names,
+            arrays={"popularity": self._popularity},
+            extra={
+                "coefficients": self._coef,
+                "intercept": self._intercept,
+                "weights_learned": self._learned,
+                "training_pairs": self._n_pairs,
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        directory = Path(directory)
+        saved = read_model(directory, cls.name)
+        model = instantiate(cls, saved.params, directory)
+        try:
+            model._coef = {str(k): float(v) for k, v in saved.extra["coefficients"].items()}
+            model._intercept = float(saved.extra["intercept"])
+            model._learned = bool(saved.extra["weights_learned"])
+            model._n_pairs = int(saved.extra.get("training_pairs", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFormatError(
+                f"{directory / MANIFEST}: blend coefficients missing or malformed: {exc}"
+            ) from exc
+        model._popularity = saved.array("popularity").astype(np.float32)
+        model._catalogue, model._students = saved.catalogue, saved.students
+        model._student_feature_names = saved.student_feature_names
+        model._next = next_in_series(saved.catalogue)
+        models: dict[str, Recommender] = {}
+        for name in model.components:
+            component = COMPONENTS[name].load(directory / "components" / name)
+            if component.catalogue.lectures != saved.catalogue.lectures:
+                raise ModelFormatError(f"{directory}: component '{name}' was fitted on another catalogue")
+            # share one copy of the id maps instead of one per component
+            component._catalogue, component._students = saved.catalogue, saved.students
+            models[name] = component
+        model._models = models
+        return model

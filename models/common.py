@@ -1,0 +1,131 @@
+"""Small helpers shared by the recommenders: batch checks, recency weights, series lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from models.base import Catalogue, StudentBatch, TrainingData
+from models.errors import NumericalError
+
+
+def check_batch(catalogue: Catalogue, n_student_features: int, batch: StudentBatch) -> None:
+    """Raise ValueError when `batch` does not fit the model's catalogue and feature space.
+
+    Args:
+        catalogue: the model's catalogue.
+        n_student_features: width the model expects for `batch.features`.
+        batch: the batch to score.
+    """
+    b, n = len(batch), len(catalogue.lectures)
+    if batch.history.shape != (b, n):
+        raise ValueError(
+            f"batch.history has shape {batch.history.shape}, expected ({b}, {n}) (students x lectures)"
+        )
+    if batch.features.shape != (b, n_student_features):
+        raise ValueError(
+            f"batch.features has shape {batch.features.shape}, expected ({b}, {n_student_features}): "
+            "encode student features with the model's student_feature_names"
+        )
+    for name in ("region", "grade"):
+        if getattr(batch, name).shape != (b,):
+            raise ValueError(f"batch.{name} must have shape ({b},)")
+    if len(batch.recent) != b:
+        raise ValueError(f"batch.recent has {len(batch.recent)} entries, expected {b}")
+
+
+def aligned_ages(data: TrainingData) -> npt.NDArray[np.float32]:
+    """`age_days` for each stored entry of `interactions`, in the order of `interactions.data`."""
+    inter, age = data.interactions, data.age_days
+    if (
+        inter.indptr.shape == age.indptr.shape
+        and inter.indices.shape == age.indices.shape
+        and np.array_equal(inter.indptr, age.indptr)
+        and np.array_equal(inter.indices, age.indices)
+    ):
+        return np.asarray(age.data, dtype=np.float32)
+    rows = np.repeat(np.arange(inter.shape[0]), np.diff(inter.indptr))
+    return np.asarray(age[rows, inter.indices], dtype=np.float32).ravel()
+
+
+def decayed_interactions(data: TrainingData, half_life_days: float | None) -> sp.csr_matrix:
+    """Interactions weighted by 0.5 ** (age / half-life): recent activity counts more.
+
+    Args:
+        data: the training data.
+        half_life_days: days after which an interaction counts half; None or <= 0: no decay.
+
+    Returns:
+        float32 CSR with the structure of `data.interactions`.
+    """
+    w = sp.csr_matrix(data.interactions, dtype=np.float32, copy=True)
+    if half_life_days is not None and half_life_days > 0:
+        w.data *= np.exp2(-aligned_ages(data) / np.float32(half_life_days)).astype(np.float32)
+    return w
+
+
+def normalise_max(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Scale non-negative scores so the largest is 1 (all-zero stays zero)."""
+    top = float(v.max()) if v.size else 0.0
+    out: npt.NDArray[np.float32] = (v / top).astype(np.float32) if top > 0 else v.astype(np.float32)
+    return out
+
+
+def next_in_series(catalogue: Catalogue) -> npt.NDArray[np.int32]:
+    """For each lecture, the row of the next episode of its series (by position), or -1 for the last."""
+    n = len(catalogue.lectures)
+    order = np.lexsort((np.arange(n), catalogue.series_position, catalogue.series))
+    nxt = np.full(n, -1, dtype=np.int32)
+    same = catalogue.series[order[1:]] == catalogue.series[order[:-1]]
+    nxt[order[:-1][same]] = order[1:][same]
+    return nxt
+
+
+def recent_matrix(
+    recent: Sequence[npt.NDArray[np.int32]], n_lectures: int, window: int, decay: float
+) -> sp.csr_matrix:
+    """(b, n) CSR of the last `window` lectures of each student, weighted decay ** steps-back.
+
+    The latest lecture weighs 1, the one before `decay`, and so on; repeats add up.
+    """
+    b = len(recent)
+    tails = [np.asarray(r[-window:], dtype=np.int32) if window > 0 else np.zeros(0, np.int32) for r in recent]
+    lengths = np.fromiter((t.size for t in tails), dtype=np.int64, count=b)
+    cols = np.concatenate(tails) if b else np.zeros(0, np.int32)
+    rows = np.repeat(np.arange(b), lengths)
+    # steps back from the end of each tail: L-1, ..., 0
+    ends = np.repeat(np.cumsum(lengths), lengths)
+    steps = ends - np.arange(cols.size) - 1
+    weights = np.power(np.float32(decay), steps).astype(np.float32)
+    m = sp.csr_matrix((weights, (rows, cols)), shape=(b, n_lectures), dtype=np.float32)
+    m.sum_duplicates()
+    return m
+
+
+def check_finite(name: str, *arrays: npt.NDArray[np.float32]) -> None:
+    """Raise NumericalError when any array holds NaN or infinity."""
+    for arr in arrays:
+        if arr.size and not np.isfinite(arr).all():
+            raise NumericalError(f"{name}: learned parameters hold NaN or infinity; lower the learning rate")
+
+
+def history_keys(history: sp.csr_matrix) -> npt.NDArray[np.int64]:
+    """Sorted keys row * n_lectures + lecture of the nonzero history entries (for fast membership)."""
+    h = sp.csr_matrix(history)
+    rows = np.repeat(np.arange(h.shape[0], dtype=np.int64), np.diff(h.indptr))
+    taken = h.data != 0
+    keys: npt.NDArray[np.int64] = rows[taken] * np.int64(h.shape[1]) + h.indices[taken].astype(np.int64)
+    keys.sort()
+    return keys
+
+
+def contains(sorted_keys: npt.NDArray[np.int64], keys: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Membership of `keys` in `sorted_keys`."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=np.bool_)
+    pos = np.searchsorted(sorted_keys, keys)
+    pos = np.minimum(pos, sorted_keys.size - 1)
+    return np.asarray(sorted_keys[pos] == keys, dtype=np.bool_)

@@ -1,0 +1,324 @@
+"""LightFM hybrid factorisation: students and lectures are sums of identity and side-feature embeddings.
+
+Each student is represented by their own (identity) embedding plus the embeddings of their side features
+(region, grade, school level, target exam, interests ...); each lecture likewise (subject, provider,
+level, grade band, series). Rows are weighted so the identity part and the feature part each count
+1 / (1 + feature_weight) and feature_weight / (1 + feature_weight); a student or lecture without
+interactions has its identity embedding set to zero after fitting, so it is scored from its features
+alone, which is also how a student the model never saw is scored.
+
+The model's arrays after fit are plain numpy (LightFM is only imported to fit):
+
+* item matrix (no_components + 1, n_lectures): item embeddings transposed plus a row of ones, so that
+  ``scores = state @ item_matrix + item_bias`` is one matrix product;
+* student state (n_students, no_components + 1): embedding sum and bias, what the feature store holds.
+
+Determinism: LightFM's Hogwild updates are only reproducible on one thread, so a seeded model always
+trains with num_threads=1 (`num_threads` applies only when seed is None).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from models.base import Recommender, StudentBatch, TrainingData
+from models.common import check_batch, check_finite
+from models.errors import ModelFormatError, NotFittedError, NumericalError
+from models.serialization import instantiate, read_model, write_model
+
+LOSSES = ("warp", "bpr", "warp-kos")
+
+
+def _weighted_features(
+    features: sp.csr_matrix, feature_weight: float
+) -> tuple[sp.csr_matrix, npt.NDArray[np.float32]]:
+    """Feature part scaled to sum feature_weight / (1 + feature_weight) per row, and identity weights.
+
+    Rows without any feature keep identity weight 1.
+    """
+    f = sp.csr_matrix(features, dtype=np.float32, copy=True)
+    totals = np.asarray(f.sum(axis=1), dtype=np.float32).ravel()
+    has = totals > 0
+    share = np.float32(feature_weight / (1.0 + feature_weight))
+    scale = np.where(has, share / np.where(has, totals, 1.0), 0.0).astype(np.float32)
+    f = sp.csr_matrix(sp.diags(scale) @ f, dtype=np.float32)
+    identity = np.where(has, np.float32(1.0 / (1.0 + feature_weight)), np.float32(1.0)).astype(np.float32)
+    return f, identity
+
+
+def _with_identity(features: sp.csr_matrix, feature_weight: float) -> sp.csr_matrix:
+    f, identity = _weighted_features(features, feature_weight)
+    return sp.csr_matrix(sp.hstack([sp.diags(identity, format="csr"), f], format="csr"), dtype=np.float32)
+
+
+class LightFMRecommender(Recommender):
+    """LightFM hybrid model (WARP by default) with student and lecture side features.
+
+    Args:
+        seed: random seed; when set, training uses one thread so results are reproducible.
+        no_components: embedding size.
+        loss: "warp" (default), "bpr" or "warp-kos".
+        epochs: passes over the interactions.
+        learning_rate: adagrad learning rate.
+        item_alpha: L2 penalty on lecture feature embeddings.
+        user_alpha: L2 penalty on student feature embeddings.
+        max_sampled: WARP negative samples per positive before giving up.
+        feature_weight: weight of the side features relative to the identity feature (0 = pure
+            collaborative filtering; cold-start students then get only biases).
+        use_weights: pass the interaction weights as sample weights (ignored for warp-kos, which
+            does not support them).
+        num_threads: training threads when seed is None.
+    """
+
+    name: ClassVar[str] = "lightfm"
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = 42,
+        no_components: int = 32,
+        loss: str = "warp",
+        epochs: int = 10,
+        learning_rate: float = 0.05,
+        item_alpha: float = 1e-6,
+        user_alpha: float = 1e-6,
+        max_sampled: int = 10,
+        feature_weight: float = 1.0,
+        use_weights: bool = True,
+        num_threads: int = 1,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got '{loss}'")
+        if no_components < 1 or epochs < 1 or num_threads < 1 or max_sampled < 1:
+            raise ValueError("no_components, epochs, max_sampled and num_threads must be >= 1")
+        if feature_weight < 0:
+            raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+        self.seed = seed
+        self.no_components = no_components
+        self.loss = loss
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.item_alpha = item_alpha
+        self.user_alpha = user_alpha
+        self.max_sampled = max_sampled
+        self.feature_weight = feature_weight
+        self.use_weights = use_weights
+        self.num_threads = num_threads
+        self._item_matrix: npt.NDArray[np.float32] | None = None
+        self._item_bias: npt.NDArray[np.float32] = np.zeros(0, np.float32)
+        self._user_state: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
+        self._user_feature_state: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
+        self._item_feature_state: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "no_components": self.no_components,
+            "loss": self.loss,
+            "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+            "item_alpha": self.item_alpha,
+            "user_alpha": self.user_alpha,
+            "max_sampled": self.max_sampled,
+            "feature_weight": self.feature_weight,
+            "use_weights": self.use_weights,
+            "num_threads": self.num_threads,
+        }
+
+    def _threads(self) -> int:
+        return 1 if self.seed is not None else self.num_threads
+
+    def fit(self, data: TrainingData) -> Self:
+        from lightfm import LightFM
+
+        n_students, n_lectures = data.interactions.shape
+        inter = sp.coo_matrix(data.interactions, dtype=np.float32)
+        positive = inter.data > 0
+        rows, cols, weights = inter.row[positive], inter.col[positive], inter.data[positive]
+        ones = sp.coo_matrix((np.ones(rows.size, np.float32), (rows, cols)), shape=inter.shape)
+        sample_weight = None
+        if self.use_weights and self.loss != "warp-kos":
+            sample_weight = sp.coo_matrix((weights, (rows, cols)), shape=inter.shape)
+        user_features = _with_identity(data.student_features, self.feature_weight)
+        item_features = _with_identity(data.catalogue.features, self.feature_weight)
+        model = LightFM(
+            no_components=self.no_components,
+            loss=self.loss,
+            learning_rate=self.learning_rate,
+            item_alpha=self.item_alpha,
+            user_alpha=self.user_alpha,
+            max_sampled=self.max_sampled,
+            random_state=np.random.RandomState(self.seed),
+        )
+        try:
+            model.fit(
+                ones,
+                user_features=user_features,
+                item_features=item_features,
+                sample_weight=sample_weight,
+                epochs=self.epochs,
+                num_threads=self._threads(),
+            )
+        except ValueError as exc:
+            if "finite" in str(exc):
+                raise NumericalError(f"lightfm diverged: {exc}") from exc
+            raise
+        user_emb = np.asarray(model.user_embeddings, dtype=np.float32)
+        user_bias = np.asarray(model.user_biases, dtype=np.float32)
+        item_emb = np.asarray(model.item_embeddings, dtype=np.float32)
+        item_bias = np.asarray(model.item_biases, dtype=np.float32)
+        check_finite(self.name, user_emb, user_bias, item_emb, item_bias)
+        # identity embeddings never updated (no interactions) hold random init noise: zero them so
+        # such students and lectures are scored from their features alone, like unseen ones
+        idle_users = np.flatnonzero(np.bincount(rows, minlength=n_students) == 0)
+        idle_items = np.flatnonzero(np.bincount(cols, minlength=n_lectures) == 0)
+        user_emb[idle_users] = 0.0
+        user_bias[idle_users] = 0.0
+        item_emb[idle_items] = 0.0
+        item_bias[idle_items] = 0.0
+
+        user_state = np.empty((n_students, self.no_components + 1), dtype=np.float32)
+        user_state[:, :-1] = user_features @ user_emb
+        user_state[:, -1] = user_features @ user_bias
+        item_rep = np.asarray(item_features @ item_emb, dtype=np.float32)
+        self._item_matrix = np.ascontiguousarray(
+            np.vstack([item_rep.T, np.ones((1, n_lectures), dtype=np.float32)]), dtype=np.float32
+        )
+        self._item_bias = np.asarray(item_features @ item_bias, dtype=np.float32)
+        self._user_state = user_state
+        self._user_feature_state = np.ascontiguousarray(
+            np.hstack([user_emb[n_students:], user_bias[n_students:, None]]), dtype=np.float32
+        )
+        self._item_feature_state = np.ascontiguousarray(
+            np.hstack([item_emb[n_lectures:], item_bias[n_lectures:, None]]), dtype=np.float32
+        )
+        check_finite(self.name, self._item_matrix, self._item_bias, self._user_state)
+        self._catalogue, self._students = data.catalogue, data.students
+        self._student_feature_names = data.student_feature_names
+        return self
+
+    def _fitted(self) -> npt.NDArray[np.float32]:
+        _ = self.catalogue
+        if self._item_matrix is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(data) or load(path) first")
+        return self._item_matrix
+
+    def state_width(self) -> int:
+        return self.no_components + 1
+
+    def student_state(self, rows: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
+        self._fitted()
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self._user_state.shape[0]):
+            raise IndexError(f"student rows must be in 0..{self._user_state.shape[0] - 1}")
+        out: npt.NDArray[np.float32] = self._user_state[rows]
+        return out
+
+    def feature_state(self, features: sp.csr_matrix) -> npt.NDArray[np.float32]:
+        """States of students the model never saw, from their side features alone.
+
+        Args:
+            features: (b, n_student_features) in the model's `student_feature_names` columns.
+
+        Returns:
+            (b, state_width()) float32.
+        """
+        self._fitted()
+        f, _ = _weighted_features(features, self.feature_weight)
+        out: npt.NDArray[np.float32] = np.asarray(f @ self._user_feature_state, dtype=np.float32)
+        return out
+
+    def lecture_representation(
+        self, features: sp.csr_matrix
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Embeddings and biases of lectures from their side features alone (e.g. a new lecture).
+
+        Args:
+            features: (m, n_lecture_features) in the catalogue's `feature_names` columns.
+
+        Returns:
+            (embeddings (m, no_components), biases (m,)).
+        """
+        self._fitted()
+        f, _ = _weighted_features(features, self.feature_weight)
+        rep = np.asarray(f @ self._item_feature_state, dtype=np.float32)
+        return np.ascontiguousarray(rep[:, :-1]), np.ascontiguousarray(rep[:, -1])
+
+    def score_state(self, state: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Scores from student states (b, state_width()) or one state (state_width(),): one matmul."""
+        item_matrix = self._fitted()
+        out: npt.NDArray[np.float32] = state @ item_matrix
+        out += self._item_bias
+        return out
+
+    def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
+        self._fitted()
+        check_batch(self.catalogue, len(self.student_feature_names), batch)
+        width = self.state_width()
+        if batch.state is not None:
+            state = np.asarray(batch.state, dtype=np.float32)
+            if state.shape != (len(batch), width):
+                raise ValueError(f"batch.state has shape {state.shape}, expected ({len(batch)}, {width})")
+        else:
+            index = np.asarray(batch.index, dtype=np.int64)
+            if index.size and index.max() >= self._user_state.shape[0]:
+                raise ValueError(
+                    f"batch.index holds rows beyond the {self._user_state.shape[0]} known students"
+                )
+            state = np.empty((len(batch), width), dtype=np.float32)
+            known = index >= 0
+            state[known] = self._user_state[index[known]]
+            if not known.all():
+                state[~known] = self.feature_state(sp.csr_matrix(batch.features)[np.flatnonzero(~known)])
+        scores = self.score_state(state)
+        check_finite(self.name, scores)
+        return scores
+
+    def save(self, directory: Path) -> None:
+        item_matrix = self._fitted()
+        write_model(
+            directory,
+            model=self.name,
+            params=self.params(),
+            catalogue=self.catalogue,
+            students=self.students,
+            student_feature_names=self.student_feature_names,
+            arrays={
+                "item_matrix": item_matrix,
+                "item_bias": self._item_bias,
+                "user_state": self._user_state,
+                "user_feature_state": self._user_feature_state,
+                "item_feature_state": self._item_feature_state,
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        saved = read_model(directory, cls.name)
+        model = instantiate(cls, saved.params, directory)
+        model._item_matrix = np.ascontiguousarray(saved.array("item_matrix"), dtype=np.float32)
+        model._item_bias = saved.array("item_bias").astype(np.float32)
+        model._user_state = saved.array("user_state").astype(np.float32)
+        model._user_feature_state = saved.array("user_feature_state").astype(np.float32)
+        model._item_feature_state = saved.array("item_feature_state").astype(np.float32)
+        model._catalogue, model._students = saved.catalogue, saved.students
+        model._student_feature_names = saved.student_feature_names
+        width, n = model.state_width(), len(saved.catalogue.lectures)
+        expected = {
+            "item_matrix": (width, n),
+            "item_bias": (n,),
+            "user_state": (len(saved.students), width),
+            "user_feature_state": (len(saved.student_feature_names), width),
+            "item_feature_state": (len(saved.catalogue.feature_names), width),
+        }
+        for name, shape in expected.items():
+            got = getattr(model, f"_{name}").shape
+            if got != shape:
+                raise ModelFormatError(f"{directory}: '{name}' has shape {got}, expected {shape}")
+        check_finite(cls.name, model._item_matrix, model._user_state)
+        return model

@@ -1,0 +1,251 @@
+"""Sequence-aware recommender: what students take next after what this student took last.
+
+Fitting counts lecture-to-lecture transitions in students' sequences (order of first enrolment): the next
+lecture counts 1, the one after it `skip_weight`, and so on up to `window` steps ahead. Each row of the
+count matrix is normalised into next-lecture shares (with `smoothing` pseudo-counts, so rare lectures
+give weaker evidence). Scoring sums the transition rows of the student's last `recent` lectures,
+weighted `decay` ** steps back (the latest lecture counts most), adds a strong bonus for the next
+unseen episode of each series among those recent lectures, and a small segment-popularity term that
+orders everything else and is the whole answer for a student with no history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from models.base import Recommender, StudentBatch, TrainingData
+from models.common import check_batch, check_finite, contains, history_keys, next_in_series, recent_matrix
+from models.errors import NotFittedError
+from models.popularity import segment_table
+from models.serialization import instantiate, read_model, write_model
+
+
+def transition_matrix(
+    sequences: tuple[npt.NDArray[np.int32], ...], n_lectures: int, window: int, skip_weight: float
+) -> sp.csr_matrix:
+    """Weighted counts of lecture i followed by lecture j within `window` steps, (n, n) float32.
+
+    Args:
+        sequences: per student, lecture rows in order.
+        n_lectures: catalogue size.
+        window: how many steps ahead count (1 = only the immediate successor).
+        skip_weight: weight multiplier per extra step (step s counts skip_weight ** (s - 1)).
+
+    Returns:
+        The count matrix (not normalised).
+    """
+    lengths = np.fromiter((s.size for s in sequences), dtype=np.int64, count=len(sequences))
+    flat = np.concatenate(sequences).astype(np.int64) if sequences else np.zeros(0, np.int64)
+    owner = np.repeat(np.arange(len(sequences)), lengths)
+    src_all: list[npt.NDArray[np.int64]] = []
+    dst_all: list[npt.NDArray[np.int64]] = []
+    w_all: list[npt.NDArray[np.float32]] = []
+    for step in range(1, window + 1):
+        if flat.size <= step:
+            break
+        same = owner[step:] == owner[:-step]
+        src_all.append(flat[:-step][same])
+        dst_all.append(flat[step:][same])
+        w_all.append(np.full(int(same.sum()), skip_weight ** (step - 1), dtype=np.float32))
+    if not src_all:
+        return sp.csr_matrix((n_lectures, n_lectures), dtype=np.float32)
+    counts = sp.csr_matrix(
+        (np.concatenate(w_all), (np.concatenate(src_all), np.concatenate(dst_all))),
+        shape=(n_lectures, n_lectures),
+        dtype=np.float32,
+    )
+    counts.sum_duplicates()
+    counts.setdiag(0)  # a repeated lecture is not a transition
+    counts.eliminate_zeros()
+    return counts
+
+
+class SequenceRecommender(Recommender):
+    """Next-lecture model from transitions and series order, backing off to segment popularity.
+
+    Args:
+        seed: accepted for a uniform constructor; the model is deterministic.
+        window: transition look-ahead in steps.
+        skip_weight: weight of a transition one step further ahead, relative to the previous step.
+        smoothing: pseudo-count added to each row's total before normalising.
+        recent: how many of the student's latest lectures are used at scoring.
+        decay: weight ratio between a recent lecture and the one after it (latest = 1).
+        series_weight: bonus for the next unseen episode of a series the student is in (times the
+            recency weight of the lecture it follows).
+        series_lookahead: how many already-taken episodes to skip looking for the next unseen one.
+        popularity_weight: weight of the segment popularity term (scaled to max 1).
+        half_life_days: recency half-life of the popularity term.
+        shrinkage: segment popularity back-off strength (see `models.popularity.segment_table`).
+    """
+
+    name: ClassVar[str] = "sequence"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 42,
+        window: int = 2,
+        skip_weight: float = 0.5,
+        smoothing: float = 2.0,
+        recent: int = 5,
+        decay: float = 0.5,
+        series_weight: float = 1.0,
+        series_lookahead: int = 3,
+        popularity_weight: float = 0.05,
+        half_life_days: float | None = 30.0,
+        shrinkage: float = 50.0,
+    ) -> None:
+        if window < 1 or recent < 1 or series_lookahead < 1:
+            raise ValueError("window, recent and series_lookahead must be >= 1")
+        if not 0 < decay <= 1 or not 0 <= skip_weight <= 1:
+            raise ValueError("decay must be in (0, 1] and skip_weight in [0, 1]")
+        self.seed = seed
+        self.window = window
+        self.skip_weight = skip_weight
+        self.smoothing = smoothing
+        self.recent = recent
+        self.decay = decay
+        self.series_weight = series_weight
+        self.series_lookahead = series_lookahead
+        self.popularity_weight = popularity_weight
+        self.half_life_days = half_life_days
+        self.shrinkage = shrinkage
+        self._transitions: sp.csr_matrix | None = None
+        self._popularity: npt.NDArray[np.float32] = np.zeros((0, 0, 0), np.float32)
+        self._next: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "window": self.window,
+            "skip_weight": self.skip_weight,
+            "smoothing": self.smoothing,
+            "recent": self.recent,
+            "decay": self.decay,
+            "series_weight": self.series_weight,
+            "series_lookahead": self.series_lookahead,
+            "popularity_weight": self.popularity_weight,
+            "half_life_days": self.half_life_days,
+            "shrinkage": self.shrinkage,
+        }
+
+    def fit(self, data: TrainingData) -> Self:
+        n = len(data.catalogue.lectures)
+        counts = transition_matrix(data.sequences, n, self.window, self.skip_weight)
+        totals = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel() + np.float32(self.smoothing)
+        inv = np.where(totals > 0, 1.0 / np.where(totals > 0, totals, 1.0), 0.0).astype(np.float32)
+        transitions = sp.csr_matrix(sp.diags(inv) @ counts, dtype=np.float32)
+        transitions.sort_indices()
+        check_finite(self.name, transitions.data)
+        self._transitions = transitions
+        self._popularity = segment_table(data, self.half_life_days, self.shrinkage)
+        self._next = next_in_series(data.catalogue)
+        self._catalogue, self._students = data.catalogue, data.students
+        self._student_feature_names = data.student_feature_names
+        return self
+
+    @property
+    def transitions(self) -> sp.csr_matrix:
+        """(n, n) row-normalised next-lecture shares."""
+        _ = self.catalogue
+        if self._transitions is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(data) or load(path) first")
+        return self._transitions
+
+    def _series_bonus(self, batch: StudentBatch, rec: sp.csr_matrix, scores: npt.NDArray[np.float32]) -> None:
+        """Add the next-unseen-episode bonus in place; `rec` = the recency-weighted recent lectures."""
+        n = scores.shape[1]
+        rows = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(rec.indptr))
+        weight = rec.data.astype(np.float32)
+        cand = self._next[rec.indices].astype(np.int64)
+        taken = history_keys(batch.history)
+        recent_keys = np.sort(rows * n + rec.indices.astype(np.int64))
+        for _ in range(self.series_lookahead):
+            live = cand >= 0
+            keys = rows * n + np.where(live, cand, 0)
+            seen = live & (contains(taken, keys) | contains(recent_keys, keys))
+            if not seen.any():
+                break
+            cand = np.where(seen, self._next[np.where(seen, cand, 0)], cand)
+        ok = cand >= 0
+        if not ok.any():
+            return
+        keys = rows[ok] * n + cand[ok]
+        ok_keys_seen = contains(taken, keys) | contains(recent_keys, keys)
+        rows_ok, cand_ok = rows[ok][~ok_keys_seen], cand[ok][~ok_keys_seen]
+        bonus = np.zeros_like(scores)
+        np.maximum.at(bonus, (rows_ok, cand_ok), np.float32(self.series_weight) * weight[ok][~ok_keys_seen])
+        scores += bonus
+
+    def _score_one(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
+        """The request path (one student): same arithmetic as the batch path, without sparse products."""
+        transitions = self.transitions
+        n = transitions.shape[0]
+        tail = np.asarray(batch.recent[0][-self.recent :], dtype=np.int64)
+        scores = np.zeros(n, dtype=np.float32)
+        if tail.size:
+            steps = np.arange(tail.size - 1, -1, -1)
+            lectures, inverse = np.unique(tail, return_inverse=True)
+            weights = np.zeros(lectures.size, dtype=np.float32)
+            np.add.at(weights, inverse, np.power(np.float32(self.decay), steps).astype(np.float32))
+            indptr, indices, data = transitions.indptr, transitions.indices, transitions.data
+            for r, w in zip(lectures.tolist(), weights, strict=True):
+                lo, hi = indptr[r], indptr[r + 1]
+                scores[indices[lo:hi]] += w * data[lo:hi]
+            history = batch.history
+            taken = set(history.indices[history.data != 0].tolist()) | set(lectures.tolist())
+            bonus: dict[int, np.float32] = {}
+            for r, w in zip(lectures.tolist(), weights, strict=True):
+                cand = int(self._next[r])
+                for _ in range(self.series_lookahead):
+                    if cand < 0 or cand not in taken:
+                        break
+                    cand = int(self._next[cand])
+                if cand >= 0 and cand not in taken:
+                    value = np.float32(self.series_weight) * w
+                    bonus[cand] = max(bonus.get(cand, value), value)
+            for cand, value in bonus.items():
+                scores[cand] += value
+        scores += np.float32(self.popularity_weight) * self._popularity[batch.region[0], batch.grade[0]]
+        return scores[None, :]
+
+    def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
+        transitions = self.transitions
+        check_batch(self.catalogue, len(self.student_feature_names), batch)
+        if len(batch) == 1:
+            return self._score_one(batch)
+        n = transitions.shape[0]
+        rec = recent_matrix(batch.recent, n, self.recent, self.decay)
+        scores = np.asarray((rec @ transitions).todense(), dtype=np.float32)
+        self._series_bonus(batch, rec, scores)
+        scores += np.float32(self.popularity_weight) * self._popularity[batch.region, batch.grade]
+        return scores
+
+    def save(self, directory: Path) -> None:
+        transitions = self.transitions
+        write_model(
+            directory,
+            model=self.name,
+            params=self.params(),
+            catalogue=self.catalogue,
+            students=self.students,
+            student_feature_names=self.student_feature_names,
+            arrays={"popularity": self._popularity},
+            sparse={"transitions": transitions},
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        saved = read_model(directory, cls.name)
+        model = instantiate(cls, saved.params, directory)
+        model._transitions = saved.sparse("transitions").astype(np.float32)
+        model._popularity = saved.array("popularity").astype(np.float32)
+        model._next = next_in_series(saved.catalogue)
+        model._catalogue, model._students = saved.catalogue, saved.students
+        model._student_feature_names = saved.student_feature_names
+        return model
