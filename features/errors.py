@@ -1,9 +1,10 @@
 """Domain errors of the data layer.
 
-    LearnrecDataError
-    ├── SchemaError          a table breaks its schema (names file, rows, column)
-    ├── DatasetNotFoundError a dataset directory or file is missing
-    └── FeatureStoreError    the Redis feature store cannot answer
+LearnrecDataError
+├── SchemaError          a table breaks its schema (names file, rows, column)
+├── DatasetNotFoundError a dataset directory or file is missing
+├── FeatureStoreError    the Redis feature store cannot answer
+└── GroundTruthError     a synthetic dataset's ground truth was asked about an unknown student/lecture
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class SchemaError(LearnrecDataError):
     Args:
         file: the file (or table name) the rows came from.
         column: the offending column.
-        rows: 0-based data-row numbers (first few shown); empty when the whole column is wrong.
+        rows: 1-based data-row numbers as a person counts them in the file (row 1 = first data row,
+            header not counted; first few shown); empty when the whole column is wrong.
         problem: what is wrong, with the bad value and what to do.
     """
 
@@ -32,7 +34,13 @@ class SchemaError(LearnrecDataError):
         self.problem = problem
         shown = ", ".join(str(r) for r in self.rows[:5])
         more = f" (and {len(self.rows) - 5} more)" if len(self.rows) > 5 else ""
-        where = f"row {shown}{more}" if len(self.rows) == 1 else f"rows {shown}{more}" if self.rows else "all rows"
+        where = (
+            f"row {shown}{more}"
+            if len(self.rows) == 1
+            else f"rows {shown}{more}"
+            if self.rows
+            else "all rows"
+        )
         super().__init__(f"{file}: {where}, column '{column}': {problem}")
 
 
@@ -42,3 +50,7 @@ class DatasetNotFoundError(LearnrecDataError):
 
 class FeatureStoreError(LearnrecDataError):
     """The Redis feature store could not be read or written."""
+
+
+class GroundTruthError(LearnrecDataError):
+    """A synthetic dataset's ground truth was asked about a student or lecture it does not know."""

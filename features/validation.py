@@ -1,0 +1,615 @@
+"""Validation of the three tables (students, lectures, events) against `features.schemas`.
+
+Every check is vectorised (pandas / pyarrow), so validating three million events takes seconds. The first
+violation found raises `features.errors.SchemaError(file, column, rows, problem)`:
+
+* `rows` are **1-based data-row numbers, as a person counts them in the file**: row 1 is the first data
+  row (the header is not counted), so in a CSV file with a header row N is on line N + 1; in a Parquet
+  file or a DataFrame it is position N - 1.
+* `problem` names the bad value and what to do.
+
+Rules, in the order they are checked:
+
+1. required columns present (`*_REQUIRED` in `features.schemas`); unknown extra columns are dropped;
+2. types: text columns hold text, numeric columns numbers, list columns lists of text, `active` booleans,
+   `occurred_at` timezone-aware timestamps (or ISO 8601 text with an offset). Nothing is coerced
+   silently: the text "0.5" in `progress` is an error, not NaN and not 0.5;
+3. no nulls (and no empty ids) in non-nullable columns;
+4. unique ids (`student_id`, `lecture_id`, `event_id`);
+5. known values: `grade` / lecture `grades` in `GRADES`, `type` in `EVENT_TYPES`, `level` in `LEVELS`,
+   `region` matching `REGION_PATTERN`, lecture `regions` matching it or `"*"`;
+6. ranges: `progress` in 0..1, `series_position` >= 1, `duration_min` > 0 and finite;
+7. references: every event's student and lecture exist (when the id sets are given).
+
+Columns outside `*_REQUIRED` may be missing and then get these documented defaults:
+
+* students: every optional column is null;
+* lectures: `grades` = every grade in `GRADES`, `level` = 1, `series_id` = the lecture's own id,
+  `series_position` = 1, `duration_min` = 1.0 (unknown; a placeholder that keeps the column valid),
+  `regions` = `["*"]` (licensed everywhere), `active` = true;
+* events: `progress` = 1.0 for `complete` and 0.0 for every other type (see `default_progress`),
+  `request_id` = null, `event_id` = a deterministic id from the row's content and row number
+  (see `generated_event_ids`).
+
+The returned DataFrames have exactly the schema's columns, in order, with these dtypes: text `str`,
+lists `object` holding Python lists of `str`, `level` int8, `series_position` int32, `progress` and
+`duration_min` float32, `active` bool, `occurred_at` `datetime64[us, UTC]` (sub-microsecond digits, if
+any, are truncated to the schema's unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.errors import SchemaError
+from features.schemas import (
+    ALL_REGIONS,
+    EVENT_TYPES,
+    EVENTS,
+    EVENTS_REQUIRED,
+    GRADES,
+    LECTURES,
+    LECTURES_REQUIRED,
+    LEVELS,
+    REGION_PATTERN,
+    STUDENTS,
+    STUDENTS_REQUIRED,
+)
+
+TableLike: TypeAlias = pd.DataFrame | pa.Table
+_SHOW_VALUES = 3
+_TS_DTYPE: Final = "datetime64[us, UTC]"
+#: ISO 8601 text that carries its own zone: `Z` or an offset such as `+09:00` / `+0900` / `+09`.
+_ZONE_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+
+def validate_students(table: TableLike, file: str = "students") -> pd.DataFrame:
+    """Check a students table and return it with the exact schema columns and dtypes.
+
+    Args:
+        table: the students as a DataFrame or an Arrow table.
+        file: the file name used in error messages.
+
+    Returns:
+        The validated students (columns and dtypes of `STUDENTS`, index 0..n-1).
+
+    Raises:
+        SchemaError: naming file, 1-based data row(s), column and the bad value.
+    """
+    v = _Validator(table, file, STUDENTS, STUDENTS_REQUIRED)
+    out: dict[str, pd.Series[Any]] = {}
+    out["student_id"] = v.text("student_id", id_column=True)
+    out["region"] = v.text("region")
+    out["grade"] = v.text("grade")
+    for name in ("school_level", "target_exam", "deprivation_band", "age_band"):
+        out[name] = v.text(name)
+    out["interest_subjects"] = v.text_list("interest_subjects")
+    v.unique(out["student_id"], "student_id")
+    v.one_of(out["grade"], "grade", GRADES)
+    v.region_codes(out["region"], "region", allow_all=False)
+    return v.frame(out)
+
+
+def validate_lectures(table: TableLike, file: str = "lectures") -> pd.DataFrame:
+    """Check a lectures table and return it with the exact schema columns and dtypes.
+
+    Missing optional columns get the defaults listed in the module docstring.
+
+    Args:
+        table: the lectures as a DataFrame or an Arrow table.
+        file: the file name used in error messages.
+
+    Returns:
+        The validated lectures (columns and dtypes of `LECTURES`, index 0..n-1).
+
+    Raises:
+        SchemaError: naming file, 1-based data row(s), column and the bad value.
+    """
+    v = _Validator(table, file, LECTURES, LECTURES_REQUIRED)
+    n = v.n
+    out: dict[str, pd.Series[Any]] = {}
+    out["lecture_id"] = v.text("lecture_id", id_column=True)
+    for name in ("title", "provider", "subject"):
+        out[name] = v.text(name)
+    out["grades"] = v.text_list("grades", default=lambda: [list(GRADES) for _ in range(n)])
+    out["level"] = v.integer("level", np.int8, default=1)
+    out["series_id"] = v.text("series_id", id_column=True, default=lambda: out["lecture_id"])
+    out["series_position"] = v.integer("series_position", np.int32, default=1)
+    out["duration_min"] = v.number("duration_min", default=1.0)
+    out["regions"] = v.text_list("regions", default=lambda: [[ALL_REGIONS] for _ in range(n)])
+    out["active"] = v.boolean("active", default=True)
+    v.unique(out["lecture_id"], "lecture_id")
+    v.list_one_of(out["grades"], "grades", GRADES)
+    v.region_codes(out["regions"], "regions", allow_all=True)
+    v.one_of(out["level"], "level", LEVELS)
+    v.at_least(out["series_position"], "series_position", 1, "positions in a series start at 1")
+    v.positive(out["duration_min"], "duration_min")
+    return v.frame(out)
+
+
+def validate_events(
+    table: TableLike,
+    file: str = "events",
+    student_ids: Iterable[str] | None = None,
+    lecture_ids: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Check an events table and return it with the exact schema columns and dtypes.
+
+    Args:
+        table: the events as a DataFrame or an Arrow table.
+        file: the file name used in error messages.
+        student_ids: the known students; when given every event's `student_id` must be among them.
+        lecture_ids: the known lectures; when given every event's `lecture_id` must be among them.
+
+    Returns:
+        The validated events (columns and dtypes of `EVENTS`, index 0..n-1, in the input's row order).
+
+    Raises:
+        SchemaError: naming file, 1-based data row(s), column and the bad value.
+    """
+    v = _Validator(table, file, EVENTS, EVENTS_REQUIRED)
+    out: dict[str, pd.Series[Any]] = {}
+    has_event_id = "event_id" in v.df.columns
+    if has_event_id:
+        out["event_id"] = v.text("event_id", id_column=True)
+    out["student_id"] = v.text("student_id", id_column=True)
+    out["lecture_id"] = v.text("lecture_id", id_column=True)
+    out["type"] = v.text("type")
+    v.one_of(out["type"], "type", EVENT_TYPES)
+    out["progress"] = v.number("progress", default=lambda: default_progress(out["type"]))
+    out["occurred_at"] = v.timestamp("occurred_at")
+    out["request_id"] = v.text("request_id")
+    if not has_event_id:
+        out["event_id"] = generated_event_ids(
+            out["student_id"], out["lecture_id"], out["type"], out["occurred_at"], out["progress"]
+        )
+    v.unique(out["event_id"], "event_id")
+    v.in_range(out["progress"], "progress", 0.0, 1.0)
+    if student_ids is not None:
+        v.known(out["student_id"], "student_id", student_ids, "students")
+    if lecture_ids is not None:
+        v.known(out["lecture_id"], "lecture_id", lecture_ids, "lectures")
+    return v.frame(out)
+
+
+def default_progress(types: pd.Series[Any]) -> pd.Series[Any]:
+    """The progress an event gets when its file has none: 1.0 for `complete`, 0.0 for every other type.
+
+    Args:
+        types: the event types.
+
+    Returns:
+        float32 progress values aligned with `types`.
+    """
+    return pd.Series(np.where(types.to_numpy() == "complete", 1.0, 0.0).astype(np.float32), index=types.index)
+
+
+def generated_event_ids(
+    student_id: pd.Series[Any],
+    lecture_id: pd.Series[Any],
+    type_: pd.Series[Any],
+    occurred_at: pd.Series[Any],
+    progress: pd.Series[Any],
+) -> pd.Series[Any]:
+    """Deterministic event ids for files without an `event_id` column.
+
+    The id is ``"ev-"`` plus 16 hex digits of a 64-bit hash of the 1-based row number and the row's
+    student, lecture, type, timestamp and progress. The same file always gives the same ids; two
+    identical rows still get different ids because their row numbers differ.
+
+    Args:
+        student_id: validated student ids.
+        lecture_id: validated lecture ids.
+        type_: validated event types.
+        occurred_at: validated UTC timestamps.
+        progress: validated progress values.
+
+    Returns:
+        The ids, a `str` Series aligned with the inputs.
+    """
+    n = len(student_id)
+    content = pd.DataFrame(
+        {
+            "row": np.arange(1, n + 1, dtype=np.int64),
+            "student_id": student_id.to_numpy(),
+            "lecture_id": lecture_id.to_numpy(),
+            "type": type_.to_numpy(),
+            "occurred_at": epoch_microseconds(occurred_at),
+            "progress": progress.to_numpy(dtype=np.float32),
+        }
+    )
+    hashes = pd.util.hash_pandas_object(content, index=False).to_numpy(dtype=np.uint64)
+    hex_digits = hashes.astype(">u8").tobytes().hex().encode("ascii")
+    ids = np.char.add("ev-", np.frombuffer(hex_digits, dtype="S16").astype(str)) if n else np.array([], str)
+    return pd.Series(ids, index=student_id.index, dtype="str")
+
+
+def epoch_microseconds(timestamps: pd.Series[Any]) -> npt.NDArray[np.int64]:
+    """Microseconds since 1970-01-01 UTC of timezone-aware timestamps.
+
+    Args:
+        timestamps: a `datetime64[..., tz]` Series.
+
+    Returns:
+        int64 microseconds.
+    """
+    naive_utc = timestamps.astype(_TS_DTYPE).dt.tz_localize(None)
+    return naive_utc.to_numpy(dtype="datetime64[us]").view(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the checks
+
+
+def _rows(mask: npt.NDArray[np.bool_] | pd.Series[bool]) -> list[int]:
+    """1-based data-row numbers where `mask` is true."""
+    return (np.flatnonzero(np.asarray(mask)) + 1).tolist()
+
+
+def _show(values: Sequence[Any] | npt.NDArray[Any]) -> str:
+    """The first few distinct bad values, quoted, for a message."""
+    seen: list[str] = []
+    for value in values:
+        if isinstance(value, np.floating):
+            text = format(value, ".7g")  # float32 values print as entered, not 0.30000001192092896
+        else:
+            text = repr(value.item() if isinstance(value, np.generic) else value)
+        if text not in seen:
+            seen.append(text)
+        if len(seen) > _SHOW_VALUES:
+            break
+    more = ", ..." if len(seen) > _SHOW_VALUES else ""
+    return ", ".join(seen[:_SHOW_VALUES]) + more
+
+
+def _type_name(value: Any) -> str:
+    return "text" if isinstance(value, str) else type(value).__name__
+
+
+def _first(values: pd.Series[Any]) -> Any:
+    """The first value as a plain Python object (numpy scalars print as `np.int64(1)` otherwise)."""
+    value = values.iloc[0]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class _Validator:
+    """Holds one input table and raises `SchemaError` for the first rule it breaks."""
+
+    def __init__(self, table: TableLike, file: str, schema: pa.Schema, required: Sequence[str]) -> None:
+        self.file = file
+        self.schema = schema
+        if isinstance(table, pa.Table):
+            df = table.to_pandas()
+        elif isinstance(table, pd.DataFrame):
+            df = table
+        else:
+            raise TypeError(f"expected a pandas DataFrame or a pyarrow Table, got {type(table).__name__}")
+        self.df = df.reset_index(drop=True)
+        self.n = len(self.df)
+        if self.df.columns.duplicated().any():
+            dupes = sorted({str(c) for c in self.df.columns[self.df.columns.duplicated()]})
+            raise SchemaError(file, dupes[0], [], "the column appears more than once: keep one")
+        missing = [c for c in required if c not in self.df.columns]
+        if missing:
+            have = ", ".join(str(c) for c in self.df.columns) or "none"
+            raise SchemaError(
+                file, missing[0], [], f"required column '{missing[0]}' is missing (columns present: {have})"
+            )
+
+    def fail(self, column: str, mask: npt.NDArray[np.bool_] | pd.Series[bool], problem: str) -> SchemaError:
+        return SchemaError(self.file, column, _rows(mask), problem)
+
+    def nullable(self, name: str) -> bool:
+        return bool(self.schema.field(name).nullable)
+
+    def _column(self, name: str) -> pd.Series[Any]:
+        s: pd.Series[Any] = self.df[name]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            s = s.astype(object)
+        return s
+
+    def _not_null(self, name: str, s: pd.Series[Any]) -> None:
+        if not self.nullable(name):
+            null = s.isna().to_numpy()
+            if null.any():
+                raise self.fail(name, null, f"missing {name}: every row needs a value")
+
+    # -- scalar types --------------------------------------------------------------------------------------
+
+    def text(
+        self, name: str, id_column: bool = False, default: Callable[[], pd.Series[Any]] | None = None
+    ) -> pd.Series[Any]:
+        if name not in self.df.columns:
+            if default is not None:
+                return default().astype("str")
+            return pd.Series([None] * self.n, dtype="str")
+        s = self._column(name)
+        if not (isinstance(s.dtype, pd.StringDtype) or s.isna().all()):
+            kind = pd.api.types.infer_dtype(s, skipna=True) if pd.api.types.is_object_dtype(s.dtype) else None
+            if kind not in ("string", "empty"):
+                bad = (
+                    s.notna() & ~s.map(lambda x: isinstance(x, str), na_action="ignore").astype(bool)
+                ).to_numpy()
+                if bad.any():  # a column of an unusual dtype may still hold only valid values
+                    shown = _first(s[bad])
+                    raise self.fail(
+                        name,
+                        bad,
+                        f"expected text, got {_type_name(shown)} {shown!r} (column type {s.dtype}); "
+                        "store ids and codes as strings",
+                    )
+        out = s.astype("str")
+        self._not_null(name, out)
+        if id_column or not self.nullable(name):
+            blank = (out.str.strip() == "").fillna(False).to_numpy(dtype=bool)
+            if blank.any():
+                raise self.fail(name, blank, f"empty {name}: every row needs a non-blank value")
+        return out
+
+    def number(self, name: str, default: float | Callable[[], pd.Series[Any]]) -> pd.Series[Any]:
+        if name not in self.df.columns:
+            values = default() if callable(default) else pd.Series(np.full(self.n, default))
+            return values.astype(np.float32)
+        s = self._column(name)
+        dtype = s.dtype
+        ok = (pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype)) and not (
+            pd.api.types.is_bool_dtype(dtype)
+        )
+        if not ok and not s.isna().all():
+            kind = pd.api.types.infer_dtype(s, skipna=True) if pd.api.types.is_object_dtype(dtype) else None
+            if kind not in ("floating", "integer", "mixed-integer-float", "empty"):
+                is_num = s.map(
+                    lambda x: isinstance(x, int | float | np.number) and not isinstance(x, bool | np.bool_),
+                    na_action="ignore",
+                )
+                bad = (s.notna() & ~is_num.fillna(False).astype(bool)).to_numpy()
+                if bad.any():  # a column of an unusual dtype may still hold only valid values
+                    shown = _first(s[bad])
+                    raise self.fail(
+                        name,
+                        bad,
+                        f"expected a number, got {_type_name(shown)} {shown!r} (column type {dtype})",
+                    )
+        arr = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        self._not_null(name, pd.Series(arr))
+        infinite = np.isinf(arr)
+        if infinite.any():
+            raise self.fail(name, infinite, f"{name} {_show(arr[infinite])} is not a finite number")
+        return pd.Series(arr.astype(np.float32))
+
+    def integer(self, name: str, dtype: type[np.integer[Any]], default: int) -> pd.Series[Any]:
+        if name not in self.df.columns:
+            return pd.Series(np.full(self.n, default, dtype=dtype))
+        s = self._column(name)
+        sd = s.dtype
+        if pd.api.types.is_bool_dtype(sd) or not (
+            pd.api.types.is_integer_dtype(sd)
+            or pd.api.types.is_float_dtype(sd)
+            or (
+                pd.api.types.is_object_dtype(sd)
+                and pd.api.types.infer_dtype(s, skipna=True) in ("integer", "floating", "empty")
+            )
+        ):
+            is_int = s.map(
+                lambda x: isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_),
+                na_action="ignore",
+            )
+            bad = (s.notna() & ~is_int.fillna(False).astype(bool)).to_numpy()
+            if not bad.any():
+                bad = s.notna().to_numpy()
+            shown = _first(s[bad])
+            raise self.fail(name, bad, f"expected a whole number, got {_type_name(shown)} {shown!r}")
+        self._not_null(name, s)
+        arr = (
+            s.to_numpy(dtype=np.float64, na_value=np.nan)
+            if pd.api.types.is_object_dtype(sd)
+            else s.to_numpy(dtype=np.float64)
+        )
+        fractional = np.isfinite(arr) & (arr != np.floor(arr))
+        if fractional.any() or np.isinf(arr).any():
+            bad = fractional | np.isinf(arr)
+            raise self.fail(name, bad, f"expected a whole number, got {_show(arr[bad])}")
+        info = np.iinfo(dtype)
+        too_big = (arr < info.min) | (arr > info.max)
+        if too_big.any():
+            raise self.fail(name, too_big, f"{name} {_show(arr[too_big])} is out of range")
+        return pd.Series(arr.astype(dtype))
+
+    def boolean(self, name: str, default: bool) -> pd.Series[Any]:
+        if name not in self.df.columns:
+            return pd.Series(np.full(self.n, default, dtype=bool))
+        s = self._column(name)
+        if not pd.api.types.is_bool_dtype(s.dtype) and not s.isna().all():
+            kind = pd.api.types.infer_dtype(s, skipna=True) if pd.api.types.is_object_dtype(s.dtype) else None
+            if kind != "boolean":
+                is_bool = s.map(lambda x: isinstance(x, bool | np.bool_), na_action="ignore")
+                bad = (s.notna() & ~is_bool.fillna(False).astype(bool)).to_numpy()
+                if bad.any():  # a column of an unusual dtype may still hold only valid values
+                    shown = _first(s[bad])
+                    raise self.fail(name, bad, f"expected true or false, got {_type_name(shown)} {shown!r}")
+        self._not_null(name, s)
+        return pd.Series(s.to_numpy(dtype=bool))
+
+    def timestamp(self, name: str) -> pd.Series[Any]:
+        s = self._column(name)
+        self._not_null(name, s)
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            utc: pd.Series[Any] = s.dt.tz_convert("UTC").astype(_TS_DTYPE)
+            return utc
+        if pd.api.types.is_datetime64_dtype(s.dtype):
+            raise SchemaError(
+                self.file, name, [], "timestamps have no time zone: store them timezone-aware in UTC"
+            )
+        if isinstance(s.dtype, pd.StringDtype) or pd.api.types.infer_dtype(s, skipna=True) in (
+            "string",
+            "empty",
+        ):
+            text = s.astype("str")
+            zoned = text.str.strip().str.contains(_ZONE_SUFFIX, regex=True).fillna(True).to_numpy(dtype=bool)
+            parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+            unreadable = (parsed.isna() & text.notna()).to_numpy()
+            if unreadable.any():
+                raise self.fail(
+                    name,
+                    unreadable,
+                    f"cannot read {_show(text[unreadable].to_numpy())} as an ISO 8601 timestamp "
+                    "(e.g. 2025-03-01T09:30:00Z)",
+                )
+            if not zoned.all():
+                raise self.fail(
+                    name,
+                    ~zoned,
+                    f"timestamp {_show(text[~zoned].to_numpy())} has no time zone: add 'Z' or an offset "
+                    "such as '+09:00'",
+                )
+            return parsed.astype(_TS_DTYPE)
+        if pd.api.types.is_object_dtype(s.dtype) and pd.api.types.infer_dtype(s, skipna=True) in (
+            "datetime",
+            "datetime64",
+        ):
+            naive = s.map(lambda x: getattr(x, "tzinfo", None) is None, na_action="ignore")
+            bad = naive.fillna(False).astype(bool).to_numpy()
+            if bad.any():
+                raise self.fail(name, bad, "timestamp has no time zone: store it timezone-aware in UTC")
+            return pd.to_datetime(s, utc=True).astype(_TS_DTYPE)
+        shown = _first(s.dropna())
+        bad = s.notna().to_numpy()
+        raise self.fail(
+            name, bad, f"expected timestamps, got {_type_name(shown)} {shown!r} (column type {s.dtype})"
+        )
+
+    # -- lists ---------------------------------------------------------------------------------------------
+
+    def text_list(self, name: str, default: Callable[[], list[list[str]]] | None = None) -> pd.Series[Any]:
+        if name not in self.df.columns:
+            values: list[Any] = default() if default is not None else [None] * self.n
+            return pd.Series(values, dtype=object)
+        s = self._column(name)
+        # pyarrow would split a plain string into characters, so plain strings are refused up front
+        is_seq = s.map(lambda x: isinstance(x, list | tuple | np.ndarray), na_action="ignore")
+        bad = (s.notna() & ~is_seq.fillna(False).astype(bool)).to_numpy()
+        if bad.any():
+            shown = _first(s[bad])
+            raise self.fail(
+                name, bad, f"expected a list of text, got {_type_name(shown)} {shown!r} (e.g. ['m1', 'm2'])"
+            )
+        try:
+            arr = pa.array(s.to_numpy(dtype=object), type=pa.list_(pa.string()), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            inner_ok = s.map(
+                lambda x: all(isinstance(v, str) or v is None for v in x), na_action="ignore"
+            ).fillna(True)
+            bad = (~inner_ok.astype(bool)).to_numpy()
+            shown = _first(s[bad]) if bad.any() else None
+            raise self.fail(name, bad, f"expected a list of text, got {shown!r}") from None
+        self._not_null(name, s)
+        flat = pc.list_flatten(arr)
+        parents = pc.list_parent_indices(arr).to_numpy()
+        null_items = pc.is_null(flat).to_numpy(zero_copy_only=False)
+        if null_items.any():
+            mask = np.zeros(self.n, dtype=bool)
+            mask[parents[null_items]] = True
+            raise self.fail(name, mask, "a list holds a null item: remove it")
+        if not self.nullable(name):
+            empty = (pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False) == 0) & s.notna()
+            if np.asarray(empty).any():
+                raise self.fail(
+                    name, np.asarray(empty), f"empty list: every row needs at least one {name} value"
+                )
+        return pd.Series(arr.to_pylist(), dtype=object)
+
+    # -- content rules -------------------------------------------------------------------------------------
+
+    def unique(self, s: pd.Series[Any], name: str) -> None:
+        dup = s.duplicated(keep=False).to_numpy()
+        if dup.any():
+            first = _first(s[dup])
+            rows = (s == first).to_numpy()
+            raise self.fail(
+                name,
+                dup,
+                f"duplicate {name} {first!r} (rows {', '.join(map(str, _rows(rows)[:5]))}): "
+                "ids must be unique",
+            )
+
+    def one_of(self, s: pd.Series[Any], name: str, allowed: Sequence[Any]) -> None:
+        bad = (s.notna() & ~s.isin(list(allowed))).to_numpy()
+        if bad.any():
+            raise self.fail(
+                name,
+                bad,
+                f"unknown {name} {_show(s[bad].to_numpy())}: expected one of {', '.join(map(str, allowed))}",
+            )
+
+    def list_one_of(self, s: pd.Series[Any], name: str, allowed: Sequence[str]) -> None:
+        flat = s.explode()
+        bad_items = flat.notna() & ~flat.isin(list(allowed))
+        if bad_items.any():
+            mask = np.zeros(self.n, dtype=bool)
+            mask[np.unique(flat.index[bad_items.to_numpy()].to_numpy())] = True
+            raise self.fail(
+                name,
+                mask,
+                f"unknown {name} value {_show(flat[bad_items].to_numpy())}: "
+                f"expected values from {', '.join(allowed)}",
+            )
+
+    def region_codes(self, s: pd.Series[Any], name: str, allow_all: bool) -> None:
+        values = s.explode() if allow_all else s
+        text = values.astype("str")
+        ok = text.str.fullmatch(REGION_PATTERN).fillna(True).to_numpy(dtype=bool)
+        if allow_all:
+            ok = ok | (text == ALL_REGIONS).fillna(False).to_numpy(dtype=bool)
+        if not ok.all():
+            mask = np.zeros(self.n, dtype=bool)
+            mask[np.unique(values.index[~ok].to_numpy())] = True
+            extra = f" or '{ALL_REGIONS}' for everywhere" if allow_all else ""
+            raise self.fail(
+                name,
+                mask,
+                f"bad region code {_show(text[~ok].to_numpy())}: use lower-case ASCII slugs like 'seoul' or "
+                f"'east_anglian' (pattern {REGION_PATTERN}){extra}",
+            )
+
+    def in_range(self, s: pd.Series[Any], name: str, lo: float, hi: float) -> None:
+        arr = s.to_numpy()
+        bad = (arr < lo) | (arr > hi)
+        if bad.any():
+            raise self.fail(name, bad, f"{name} {_show(arr[bad])} is outside {lo:g}..{hi:g}")
+
+    def at_least(self, s: pd.Series[Any], name: str, lo: int, why: str) -> None:
+        arr = s.to_numpy()
+        bad = arr < lo
+        if bad.any():
+            raise self.fail(name, bad, f"{name} {_show(arr[bad])} is below {lo}: {why}")
+
+    def positive(self, s: pd.Series[Any], name: str) -> None:
+        arr = s.to_numpy()
+        bad = ~(arr > 0)
+        if bad.any():
+            raise self.fail(name, bad, f"{name} {_show(arr[bad])} must be greater than 0")
+
+    def known(self, s: pd.Series[Any], name: str, ids: Iterable[str], table: str) -> None:
+        index = (
+            ids
+            if isinstance(ids, pd.Index)
+            else pd.Index(list(ids) if not isinstance(ids, pd.Series) else ids)
+        )
+        bad = ~s.isin(index).to_numpy()
+        if bad.any():
+            raise self.fail(name, bad, f"unknown {name} {_show(s[bad].to_numpy())}: not in the {table} table")
+
+    def frame(self, columns: dict[str, pd.Series[Any]]) -> pd.DataFrame:
+        data = {f.name: columns[f.name].reset_index(drop=True) for f in self.schema}
+        return pd.DataFrame(data)
