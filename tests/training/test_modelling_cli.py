@@ -1,0 +1,118 @@
+"""`learnrec compare` and `learnrec tune` on a real MLflow store."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from features.settings import Settings
+from mlflow import MlflowClient
+from tests.training import modelling_data
+from training.cli import app
+from training.tracking import KIND_TRIAL, KIND_TUNE, TAG_KIND, find_runs
+
+runner = CliRunner()
+
+
+def _text(output: str) -> str:
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with modelling_data.mlflow_store(tmp_path_factory.mktemp("cli")) as settings:
+        modelling_data.write(settings.datasets_dir / "synthetic")
+        yield settings
+
+
+@pytest.mark.slow
+def test_compare_prints_tables_and_writes_html(store: Settings) -> None:
+    result = runner.invoke(app, ["compare", "--split", "leave_last_n"])
+    assert result.exit_code == 1 and "learnrec train --model all --split leave_last_n" in _text(result.output)
+    for models in (["popularity", "item_knn"], ["popularity"]):  # popularity twice: the latest run counts
+        args = ["train", "--split", "leave_last_n", "--holdout", "2"]
+        result = runner.invoke(app, [*args, *(x for m in models for x in ("-m", m))])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["compare", "--split", "leave_last_n"])
+    assert result.exit_code == 0, result.output
+    text = _text(result.output)
+    path = store.data_dir / "reports" / "compare-leave_last_n.html"
+    assert f"report: {path}" in text.replace("\n", "")
+    assert "compared 2 models" in text
+    for word in ("popularity", "item_knn", "ndcg@10 per region", "seoul", "gimpo", "taebaek", "novelty"):
+        assert word in text
+    page = path.read_text(encoding="utf-8")
+    assert "<h1>Models on the leave_last_n split</h1>" in page and "item_knn" in page
+    png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert png is not None and base64.b64decode(png.group(1)).startswith(b"\x89PNG")
+    # the latest popularity run is the one shown
+    runs = find_runs(MlflowClient(store.tracking_uri()), store.mlflow.experiment, split="leave_last_n")
+    latest_pop = next(r for r in runs if r.data.tags["learnrec.model"] == "popularity")
+    assert latest_pop.info.run_id[:8] in text
+
+
+def test_compare_out_option(store: Settings, tmp_path: Path) -> None:
+    runner.invoke(app, ["train", "-m", "popularity", "--split", "new_students", "--fraction", "0.3"])
+    out = tmp_path / "cmp.html"
+    result = runner.invoke(app, ["compare", "--split", "new_students", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "popularity" in out.read_text(encoding="utf-8")
+
+
+def test_tune_logs_nested_trials_and_best_params(store: Settings) -> None:
+    args = ["tune", "-m", "segment_popularity", "--trials", "3", "--split", "temporal", "--seed", "7"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = _text(result.output)
+    assert "3 trials completed, 0 pruned" in text and "learnrec train --model segment_popularity" in text
+    client = MlflowClient(store.tracking_uri())
+    kinds = (KIND_TUNE, KIND_TRIAL)
+    runs = find_runs(client, store.mlflow.experiment, split="temporal", kinds=kinds)
+    parents = [r for r in runs if r.data.tags[TAG_KIND] == KIND_TUNE]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3 and all(c.data.tags[TAG_KIND] == KIND_TRIAL for c in children)
+    values = [c.data.metrics["ndcg_at_10"] for c in children]
+    assert parent.data.metrics["best_ndcg_at_10"] == pytest.approx(max(values))
+    best = max(children, key=lambda c: c.data.metrics["ndcg_at_10"])
+    for key in ("shrinkage", "half_life_days"):
+        assert float(parent.data.params[f"best.{key}"]) == pytest.approx(float(best.data.params[key]))
+    # the same seed proposes the same parameters
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = find_runs(client, store.mlflow.experiment, split="temporal", kinds=kinds)
+    again = next(
+        r for r in runs if r.data.tags[TAG_KIND] == KIND_TUNE and r.info.run_id != parent.info.run_id
+    )
+    assert {k: v for k, v in again.data.params.items() if k.startswith("best.")} == {
+        k: v for k, v in parent.data.params.items() if k.startswith("best.")
+    }
+
+
+def test_tune_refuses_unknown_model_and_metric(store: Settings) -> None:
+    result = runner.invoke(app, ["tune", "-m", "nope", "--trials", "1"])
+    assert result.exit_code == 2 and "unknown model 'nope'" in _text(result.output)
+    result = runner.invoke(app, ["tune", "-m", "popularity", "--metric", "auc"])
+    assert result.exit_code == 2 and "unknown metric 'auc'" in _text(result.output)
+
+
+def test_train_on_an_explicit_split(store: Settings, tmp_path: Path) -> None:
+    from features.tables import read_dataset
+    from training.splits import temporal
+
+    split = temporal(read_dataset(store.datasets_dir / "synthetic"))
+    train_file, test_file = tmp_path / "train.parquet", tmp_path / "test.csv"
+    split.train.events.to_parquet(train_file)
+    split.test.to_csv(test_file, index=False)
+    args = ["train", "-m", "popularity", "--split", "explicit", "--train-events", str(train_file)]
+    result = runner.invoke(app, [*args, "--test-events", str(test_file), "--no-oracle"])
+    assert result.exit_code == 0, result.output
+    run = find_runs(MlflowClient(store.tracking_uri()), store.mlflow.experiment, split="explicit")[0]
+    assert run.data.params["split.test_events"] == str(test_file)
+    assert run.data.metrics["n_test_students"] == len(split.test_students)

@@ -1,0 +1,140 @@
+"""Splits: deterministic, train and test disjoint where they must be, relevant lectures never in training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.errors import SchemaError
+from features.tables import Dataset
+from tests.training import modelling_data
+from training.errors import SplitError
+from training.splits import Split, explicit, leave_last_n, make_split, new_region, new_students, temporal
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return modelling_data.dataset()
+
+
+def _pairs(events: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(events["student_id"].astype(str), events["lecture_id"].astype(str), strict=True))
+
+
+def _check_relevant(split: Split) -> None:
+    train_pairs = _pairs(split.train.events)
+    relevant = _pairs(split.relevant)
+    assert relevant, "a split must have something to find"
+    assert not relevant & train_pairs, "a relevant lecture is in the student's training history"
+    assert relevant <= _pairs(split.test)
+    assert set(split.test_students) == {s for s, _ in relevant}
+    assert list(split.test_students) == sorted(split.test_students)
+
+
+def _same(a: Split, b: Split) -> None:
+    pd.testing.assert_frame_equal(a.train.events, b.train.events)
+    pd.testing.assert_frame_equal(a.test, b.test)
+    pd.testing.assert_frame_equal(a.relevant, b.relevant)
+    assert a.test_students == b.test_students and a.params == b.params
+
+
+def test_temporal_cutoff_default_quantile(ds: Dataset) -> None:
+    split = temporal(ds)
+    cut = pd.Timestamp(split.params["cutoff"])
+    assert split.as_of is not None and pd.Timestamp(split.as_of) == cut
+    assert (split.train.events["occurred_at"] <= cut).all()
+    assert (split.test["occurred_at"] > cut).all()
+    share = len(split.train.events) / len(ds.events)
+    assert 0.75 <= share <= 0.85  # quantile 0.8 of the event times
+    # every test student was seen before the cutoff
+    assert set(split.test_students) <= set(split.train.events["student_id"])
+    assert not split.cold_start
+    _check_relevant(split)
+    _same(split, temporal(ds))
+
+
+def test_temporal_explicit_cutoff_and_empty_side(ds: Dataset) -> None:
+    split = temporal(ds, cutoff="2025-03-20")
+    assert split.params == {"cutoff": "2025-03-20T00:00:00+00:00"}
+    with pytest.raises(SplitError, match="no test student"):
+        temporal(ds, cutoff="2030-01-01")
+    with pytest.raises(SplitError, match="no training events"):
+        temporal(ds, cutoff="2000-01-01")
+    with pytest.raises(SplitError, match="quantile"):
+        temporal(ds, quantile=1.5)
+
+
+def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:
+    split = leave_last_n(ds, n=2)
+    # a partition of the events
+    assert len(split.train.events) + len(split.test) == len(ds.events)
+    relevant = split.relevant_by_student()
+    first_seen = ds.events.groupby(["student_id", "lecture_id"])["occurred_at"].min()
+    for sid, lectures in relevant.items():
+        assert len(lectures) == 2
+        mine = first_seen.loc[sid].sort_values()
+        assert sorted(lectures) == sorted(mine.index[-2:].tolist())
+    counts = ds.events.groupby("student_id")["lecture_id"].nunique()
+    assert set(split.test_students) == set(counts[counts > 2].index)
+    _check_relevant(split)
+    _same(split, leave_last_n(ds, n=2))
+    with pytest.raises(SplitError, match="n must be"):
+        leave_last_n(ds, n=0)
+
+
+def test_new_students_are_absent_from_training(ds: Dataset) -> None:
+    split = new_students(ds, fraction=0.25, seed=3)
+    held = set(split.test_students)
+    assert len(held) == 15  # 25 % of 60 students
+    assert split.cold_start
+    assert not held & set(split.train.events["student_id"])
+    assert not held & set(split.train.students["student_id"])
+    assert len(split.train.students) == 45
+    _check_relevant(split)
+    _same(split, new_students(ds, fraction=0.25, seed=3))
+    assert new_students(ds, fraction=0.25, seed=4).test_students != split.test_students
+
+
+def test_new_region_holds_out_taebaek(ds: Dataset) -> None:
+    split = new_region(ds)
+    taebaek = set(ds.students.loc[ds.students["region"] == "taebaek", "student_id"])
+    assert set(split.test_students) == taebaek
+    assert not set(split.train.students["region"]) & {"taebaek"}
+    assert split.params == {"region": "taebaek"}
+    _check_relevant(split)
+    with pytest.raises(
+        SplitError, match=r"no student of region 'jeju'.*gimpo \(14\), seoul \(36\), taebaek \(10\)"
+    ):
+        new_region(ds, "jeju")
+
+
+def test_explicit_from_files(ds: Dataset, tmp_path: Path) -> None:
+    reference = temporal(ds)
+    train_file = tmp_path / "train.parquet"
+    test_file = tmp_path / "test.csv"
+    reference.train.events.to_parquet(train_file)
+    reference.test.to_csv(test_file, index=False)
+    split = explicit(ds, train_file, test_file)
+    assert split.name == "explicit"
+    assert split.test_students == reference.test_students
+    assert _pairs(split.relevant) == _pairs(reference.relevant)
+    assert split.params == {"train_events": str(train_file), "test_events": str(test_file)}
+
+
+def test_explicit_file_with_unknown_lecture_names_row(ds: Dataset, tmp_path: Path) -> None:
+    bad = ds.events.head(5).copy()
+    bad.loc[bad.index[3], "lecture_id"] = "NO-SUCH"
+    path = tmp_path / "test.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(SchemaError, match="lecture_id"):
+        explicit(ds, ds.events, path)
+
+
+def test_make_split_dispatch_and_unknown_params(ds: Dataset) -> None:
+    _same(make_split("leave_last_n", ds, n=1), leave_last_n(ds, 1))
+    with pytest.raises(SplitError, match="does not take fraction"):
+        make_split("temporal", ds, fraction=0.2)
+    with pytest.raises(SplitError, match="unknown split 'random'"):
+        make_split("random", ds)

@@ -1,0 +1,396 @@
+"""Offline evaluation of a fitted recommender (or the ground-truth oracle) on a split, overall and per group.
+
+Each test student is scored with the history the split allows (their training events; none for new
+students and new regions), the lectures of that history and every ineligible lecture (inactive, not
+licensed in the region, not suited to the grade) are masked out with `models.eligibility` - the rules
+the service applies - and the top max(ks) lectures are compared with the student's relevant lectures.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from models.errors import NumericalError
+from training.errors import EvaluationError
+from training.metrics import METRICS, ItemStats, grouped, metric_key, per_student, self_information, summarise
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.tables import Dataset
+    from models.base import Catalogue, Recommender, StudentBatch, TrainingData
+    from training.splits import Split
+
+#: Students scored per batch (bounds memory: batch x n_lectures float32 scores).
+BATCH_SIZE = 1024
+#: Name of the ground-truth oracle in reports and MLflow.
+ORACLE = "oracle"
+#: Directory of a synthetic dataset holding the generator's ground truth.
+GROUND_TRUTH_DIR = "ground_truth"
+
+#: `progress(done, total)` callback.
+Progress = Callable[[int, int], None]
+#: `score(student_ids, batch) -> (b, n_lectures)` scores.
+Scorer = Callable[[list[str], "StudentBatch"], npt.NDArray[np.float32]]
+BatchBuilder = Callable[["pd.DataFrame", "pd.DataFrame"], "StudentBatch"]
+
+
+@dataclass
+class EvaluationReport:
+    """What one model achieved on one split.
+
+    Attributes:
+        model: model (registry) name, or "oracle".
+        split: split name.
+        ks: cut-offs evaluated, the primary one first.
+        n_students: test students scored.
+        overall: metric key (``ndcg_at_10``) -> value.
+        by_region: region -> metric key -> value.
+        by_grade: grade -> metric key -> value.
+        n_by_region / n_by_grade: test students per group.
+        split_params: the split's parameters.
+        dataset_fingerprint: fingerprint of the dataset evaluated on.
+        seconds: wall time of the evaluation.
+    """
+
+    model: str
+    split: str
+    ks: tuple[int, ...]
+    n_students: int
+    overall: dict[str, float]
+    by_region: dict[str, dict[str, float]]
+    by_grade: dict[str, dict[str, float]]
+    n_by_region: dict[str, int] = field(default_factory=dict)
+    n_by_grade: dict[str, int] = field(default_factory=dict)
+    split_params: dict[str, Any] = field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for MLflow: ``ndcg_at_10``, ``ndcg_at_10/region/seoul``, ``ndcg_at_10/grade/h1``."""
+        out = dict(self.overall)
+        for kind, groups in (("region", self.by_region), ("grade", self.by_grade)):
+            for group, values in groups.items():
+                out.update({f"{key}/{kind}/{group}": v for key, v in values.items()})
+        out["n_test_students"] = float(self.n_students)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        d = asdict(self)
+        d["ks"] = list(self.ks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationReport:
+        """Inverse of `to_dict`."""
+        return cls(**{**d, "ks": tuple(d["ks"])})
+
+    def to_json(self) -> str:
+        """UTF-8 JSON text (indented, Korean kept as is)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2, sort_keys=True)
+
+    def to_html(self) -> str:
+        """A small self-contained HTML page: overall, per region and per grade tables."""
+        k = self.ks[0]
+        keys = [metric_key(m, kk) for kk in self.ks for m in METRICS]
+        keys = [key for key in keys if key in self.overall]
+
+        def table(title: str, rows: dict[str, dict[str, float]], counts: dict[str, int]) -> str:
+            head = "".join(f"<th>{html.escape(key)}</th>" for key in keys)
+            body = "".join(
+                f"<tr><th>{html.escape(name)}</th><td>{counts.get(name, '')}</td>"
+                + "".join(f"<td>{values.get(key, float('nan')):.4f}</td>" for key in keys)
+                + "</tr>"
+                for name, values in rows.items()
+            )
+            return (
+                f"<h2>{html.escape(title)}</h2><table><tr><th></th><th>students</th>{head}</tr>{body}</table>"
+            )
+
+        ndcg = self.overall.get(metric_key("ndcg", k), 0.0)
+        params = ", ".join(
+            f"{html.escape(str(a))}={html.escape(str(b))}" for a, b in self.split_params.items()
+        )
+        return (
+            "<!doctype html><html lang='ko'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.model)} / {html.escape(self.split)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+            f"<h1>{html.escape(self.model)}: ndcg@{k} = {ndcg:.4f}</h1>"
+            f"<p>split <b>{html.escape(self.split)}</b> ({params}); {self.n_students} test students; "
+            f"dataset {html.escape((self.dataset_fingerprint or '?')[:12])}; {self.seconds:.1f} s</p>"
+            + table("Overall", {"all": self.overall}, {"all": self.n_students})
+            + table("Per region", self.by_region, self.n_by_region)
+            + table("Per grade", self.by_grade, self.n_by_grade)
+            + "</body></html>"
+        )
+
+    def write(self, directory: Path) -> tuple[Path, Path]:
+        """Write `report.json` and `report.html` into `directory`; returns both paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        js, page = directory / "report.json", directory / "report.html"
+        js.write_text(self.to_json() + "\n", encoding="utf-8")
+        page.write_text(self.to_html(), encoding="utf-8")
+        return js, page
+
+
+def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
+    """Lecture popularity (distinct training students) as self-information, subjects, active count.
+
+    Args:
+        catalogue: the model's catalogue (row order of the recommendations).
+        train_events: the split's training events.
+
+    Returns:
+        The statistics for novelty, diversity and coverage.
+    """
+    import pandas as pd
+
+    pairs = train_events[["student_id", "lecture_id"]].astype(str).drop_duplicates()
+    rows = pd.Index(list(catalogue.lectures.ids)).get_indexer(pd.Index(pairs["lecture_id"]))
+    counts = np.bincount(rows[rows >= 0], minlength=len(catalogue.lectures))
+    n_users = int(pairs["student_id"].nunique())
+    return ItemStats(
+        information=self_information(counts, n_users),
+        subject=catalogue.subject.astype(np.int32),
+        n_candidates=int(catalogue.active.sum()),
+    )
+
+
+def _relevant_matrix(split: Split, students: Sequence[str], catalogue: Catalogue) -> sp.csr_matrix:
+    import pandas as pd
+
+    rel = split.relevant
+    rows = pd.Index(list(students)).get_indexer(pd.Index(rel["student_id"].astype(str)))
+    cols = pd.Index(list(catalogue.lectures.ids)).get_indexer(pd.Index(rel["lecture_id"].astype(str)))
+    keep = (rows >= 0) & (cols >= 0)
+    return sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], cols[keep])),
+        shape=(len(students), len(catalogue.lectures)),
+    )
+
+
+def _profiles(dataset: Dataset, ids: Sequence[str]) -> pd.DataFrame:
+    """The students table rows of `ids` in that order (a student missing from it gets only an id)."""
+    table = dataset.students.assign(student_id=dataset.students["student_id"].astype(str))
+    frame = table.set_index("student_id").reindex(list(ids))
+    frame.index.name = "student_id"
+    return frame.reset_index()
+
+
+def _run(
+    name: str,
+    split: Split,
+    dataset: Dataset,
+    catalogue: Catalogue,
+    build: BatchBuilder,
+    score: Scorer,
+    ks: Sequence[int],
+    batch_size: int,
+    progress: Progress | None,
+    fingerprint: str | None,
+) -> EvaluationReport:
+    from models.eligibility import eligible_mask, top_k
+
+    started = time.perf_counter()
+    ks = tuple(dict.fromkeys(int(k) for k in ks))  # the first stays first: it is the primary cut-off
+    if not ks or min(ks) < 1:
+        raise EvaluationError(f"cut-offs must be >= 1, got {ks}")
+    k_max = max(ks)
+    students = list(split.test_students)
+    relevant = _relevant_matrix(split, students, catalogue)
+    has_relevant = np.diff(relevant.indptr) > 0
+    if not has_relevant.all():
+        # relevant lectures missing from the model's catalogue cannot be found: leave those students out
+        students = [s for s, keep in zip(students, has_relevant, strict=True) if keep]
+        relevant = relevant[has_relevant]
+    if not students:
+        raise EvaluationError(
+            f"{name} on {split.name}: no test student has a relevant lecture in the catalogue"
+        )
+    profiles = _profiles(dataset, students)
+    history = split.train.events
+    history = history[history["student_id"].astype(str).isin(set(students))]
+    import pandas as pd
+
+    codes = pd.Index(students).get_indexer(pd.Index(history["student_id"].astype(str)))
+    order = np.argsort(codes, kind="stable")
+    history = history.iloc[order]
+    codes = codes[order]
+
+    recs = np.full((len(students), k_max), -1, dtype=np.int32)
+    for start in range(0, len(students), batch_size):
+        stop = min(start + batch_size, len(students))
+        lo, hi = np.searchsorted(codes, [start, stop])
+        batch = build(profiles.iloc[start:stop], history.iloc[lo:hi])
+        scores = np.asarray(score(students[start:stop], batch), dtype=np.float32)
+        finite = np.isfinite(scores).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise NumericalError(
+                f"{name} scored NaN or infinity for {bad.size} of {scores.shape[0]} students "
+                f"(first: {students[start + int(bad[0])]}); nothing was logged - check the model's "
+                "hyper-parameters (a lower learning rate, more regularisation)"
+            )
+        mask = eligible_mask(catalogue, batch.region, batch.grade, batch.history)
+        recs[start:stop], _ = top_k(scores, mask, k_max)
+        if progress:
+            progress(stop, len(students))
+
+    items = item_stats(catalogue, split.train.events)
+    regions = profiles["region"].astype(str).where(profiles["region"].notna(), "unknown").tolist()
+    grades = profiles["grade"].astype(str).where(profiles["grade"].notna(), "unknown").tolist()
+    overall: dict[str, float] = {}
+    by_region: dict[str, dict[str, float]] = {}
+    by_grade: dict[str, dict[str, float]] = {}
+    for k in ks:
+        values = per_student(recs, relevant, k, items)
+        overall.update(summarise(values, recs, k, items.n_candidates))
+        for target, labels in ((by_region, regions), (by_grade, grades)):
+            for group, metrics in grouped(values, recs, k, items.n_candidates, labels).items():
+                target.setdefault(group, {}).update(metrics)
+    if fingerprint is None:
+        fingerprint = str(dataset.manifest.get("fingerprint") or dataset.fingerprint())
+    return EvaluationReport(
+        model=name,
+        split=split.name,
+        ks=ks,
+        n_students=len(students),
+        overall=overall,
+        by_region=by_region,
+        by_grade=by_grade,
+        n_by_region={r: regions.count(r) for r in by_region},
+        n_by_grade={g: grades.count(g) for g in by_grade},
+        split_params=dict(split.params),
+        dataset_fingerprint=fingerprint,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate(
+    model: Recommender,
+    split: Split,
+    dataset: Dataset,
+    ks: Sequence[int] = (10,),
+    *,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+    fingerprint: str | None = None,
+) -> EvaluationReport:
+    """Evaluate a model fitted on `split.train` on the split's test students.
+
+    Training-set lectures are excluded from each ranking before it is scored (eligibility mask from the
+    student's training history), so the metrics measure what the model adds.
+
+    Args:
+        model: a recommender fitted on the split's training data.
+        split: the split.
+        dataset: the full dataset (profiles of the test students, also of held-out ones; its manifest's
+            fingerprint is recorded).
+        ks: cut-offs.
+        batch_size: students scored at once.
+        progress: optional `progress(done, total)` callback.
+        fingerprint: the dataset's fingerprint when known (else the manifest's, else computed).
+
+    Returns:
+        The report.
+
+    Raises:
+        NumericalError: the model scored NaN or infinity (before anything is logged).
+        EvaluationError: nothing to evaluate.
+    """
+    from features.matrices import build_batch_for_model
+
+    return _run(
+        model.name,
+        split,
+        dataset,
+        model.catalogue,
+        lambda students, events: build_batch_for_model(model, students, events),
+        lambda _ids, batch: model.score(batch),
+        ks,
+        batch_size,
+        progress,
+        fingerprint,
+    )
+
+
+def ground_truth_dir(dataset_dir: Path) -> Path | None:
+    """The ground-truth directory of a synthetic dataset, None when the dataset has none."""
+    path = Path(dataset_dir) / GROUND_TRUTH_DIR
+    return path if path.is_dir() else None
+
+
+def oracle_report(
+    split: Split,
+    dataset: Dataset,
+    dataset_dir: Path,
+    ks: Sequence[int] = (10,),
+    *,
+    data: TrainingData | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+    fingerprint: str | None = None,
+) -> EvaluationReport:
+    """The same evaluation for an oracle that ranks by the generator's true appeal.
+
+    It shows how far the models are from the best a ranking could do on this synthetic data (the
+    oracle knows each student's taste but not their sampling noise, so it does not reach 1).
+
+    Args:
+        split: the split.
+        dataset: the full dataset.
+        dataset_dir: the dataset directory (holding `ground_truth/`).
+        ks: cut-offs.
+        data: the split's training data when already built (its catalogue is used), else built here.
+        batch_size: students scored at once.
+        progress: optional `progress(done, total)` callback.
+        fingerprint: the dataset's fingerprint when known.
+
+    Returns:
+        The oracle's report (model name "oracle").
+
+    Raises:
+        EvaluationError: the dataset has no ground truth.
+    """
+    from features.ground_truth import GroundTruth
+    from features.matrices import build_batch, build_training_data
+
+    if ground_truth_dir(dataset_dir) is None:
+        raise EvaluationError(
+            f"{dataset_dir} has no {GROUND_TRUTH_DIR}/ directory: the oracle needs a synthetic dataset"
+        )
+    truth = GroundTruth.load(Path(dataset_dir))
+    if data is None:
+        data = build_training_data(
+            split.train.students, split.train.lectures, split.train.events, as_of=split.as_of
+        )
+    training = data
+    lecture_ids = list(training.catalogue.lectures.ids)
+
+    def score(ids: list[str], _batch: StudentBatch) -> npt.NDArray[np.float32]:
+        return np.asarray(truth.appeal(ids, lecture_ids), dtype=np.float32)
+
+    return _run(
+        ORACLE,
+        split,
+        dataset,
+        training.catalogue,
+        lambda students, events: build_batch(training, students, events),
+        score,
+        ks,
+        batch_size,
+        progress,
+        fingerprint,
+    )

@@ -1,0 +1,387 @@
+"""Train/test splits of a dataset for offline evaluation: temporal, leave-last-n, new students, new region.
+
+Every split returns a `Split`: the training dataset (students the model may know, all lectures, training
+events), the test events, the test students and the relevant lectures per test student. A lecture is
+relevant to a test student when the student has an event for it in the test events and none in the
+training events: what the student went on to take that the model could not have seen. Lectures in
+the student's training history are never relevant (the evaluation also removes them from the ranking).
+
+All splits are deterministic: the same dataset, parameters and seed give the same split.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from training.errors import SplitError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.tables import Dataset
+
+#: Split names accepted by `make_split` and `learnrec train --split`.
+SPLITS: tuple[str, ...] = ("temporal", "leave_last_n", "new_students", "new_region", "explicit")
+DEFAULT_QUANTILE = 0.8
+DEFAULT_NEW_REGION = "taebaek"
+DEFAULT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split of one dataset.
+
+    Attributes:
+        name: split kind (one of `SPLITS`).
+        train: what the model is fitted on: the students it may know, every lecture, the training events.
+        test: the test events (of test students; may include events of lectures already in training).
+        test_students: ids of the students scored, sorted; each has at least one relevant lecture.
+        relevant: unique (student_id, lecture_id) pairs to find, sorted; lectures of the student's
+            training history are excluded.
+        params: the split's parameters as plain JSON values (logged to MLflow).
+        as_of: end of the training window (temporal split: the cutoff), None = the latest training event.
+        cold_start: the test students are absent from training (scored from profile features only).
+    """
+
+    name: str
+    train: Dataset
+    test: pd.DataFrame
+    test_students: tuple[str, ...]
+    relevant: pd.DataFrame
+    params: dict[str, Any] = field(default_factory=dict)
+    as_of: datetime | None = None
+    cold_start: bool = False
+
+    def relevant_by_student(self) -> dict[str, list[str]]:
+        """Relevant lecture ids per test student (sorted)."""
+        out: dict[str, list[str]] = {s: [] for s in self.test_students}
+        for sid, lid in zip(self.relevant["student_id"], self.relevant["lecture_id"], strict=True):
+            out[str(sid)].append(str(lid))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes of the split (for logs and MLflow params)."""
+        return {
+            "split": self.name,
+            "train_students": int(self.train.events["student_id"].nunique()),
+            "train_events": len(self.train.events),
+            "test_students": len(self.test_students),
+            "test_events": len(self.test),
+            "relevant_pairs": len(self.relevant),
+        }
+
+
+def _pairs(events: pd.DataFrame) -> pd.DataFrame:
+    return events[["student_id", "lecture_id"]].astype(str).drop_duplicates().reset_index(drop=True)
+
+
+def _finish(
+    name: str,
+    ds: Dataset,
+    train_students: pd.DataFrame,
+    train_events: pd.DataFrame,
+    test_events: pd.DataFrame,
+    params: dict[str, Any],
+    *,
+    as_of: datetime | None = None,
+    cold_start: bool = False,
+) -> Split:
+    """Relevant pairs and test students from the train/test events; refuses a split with nothing to test."""
+    from features.tables import Dataset
+
+    if len(train_events) == 0:
+        raise SplitError(f"{name} split leaves no training events: {_hint(name)}")
+    train_pairs = _pairs(train_events)
+    test_pairs = _pairs(test_events)
+    known = set(ds.lectures["lecture_id"].astype(str))
+    test_pairs = test_pairs[test_pairs["lecture_id"].isin(known)]
+    merged = test_pairs.merge(train_pairs, on=["student_id", "lecture_id"], how="left", indicator=True)
+    relevant = (
+        merged.loc[merged["_merge"] == "left_only", ["student_id", "lecture_id"]]
+        .sort_values(["student_id", "lecture_id"], kind="stable")
+        .reset_index(drop=True)
+    )
+    if len(relevant) == 0:
+        raise SplitError(f"{name} split leaves no test student with a new lecture to find: {_hint(name)}")
+    test_students = tuple(sorted(relevant["student_id"].unique().tolist()))
+    test = test_events[test_events["student_id"].astype(str).isin(set(test_students))].reset_index(drop=True)
+    train = Dataset(
+        students=train_students.reset_index(drop=True),
+        lectures=ds.lectures,
+        events=train_events.reset_index(drop=True),
+        manifest={**ds.manifest, "split": name, "split_params": params},
+    )
+    return Split(
+        name=name,
+        train=train,
+        test=test,
+        test_students=test_students,
+        relevant=relevant,
+        params=params,
+        as_of=as_of,
+        cold_start=cold_start,
+    )
+
+
+def _hint(name: str) -> str:
+    return {
+        "temporal": "choose a cutoff (or --quantile) inside the event period",
+        "leave_last_n": "use a smaller n: students need more than n lectures",
+        "new_students": "use a fraction between 0 and 1 that leaves students on both sides",
+        "new_region": "choose a region with students who have events (and keep other regions for training)",
+        "explicit": "check that the test file holds events of lectures the students did not take in training",
+    }.get(name, "check the dataset")
+
+
+def _utc(value: datetime | str) -> pd.Timestamp:
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
+
+
+def temporal(ds: Dataset, cutoff: datetime | str | None = None, quantile: float = DEFAULT_QUANTILE) -> Split:
+    """Global time cutoff: train on events up to the cutoff, test on the later events.
+
+    Test students are those with events on both sides of the cutoff (students who appear only after
+    it are new students, evaluated by `new_students`); their relevant lectures are the ones they started
+    after the cutoff.
+
+    Args:
+        ds: the dataset.
+        cutoff: the cutoff instant (naive = UTC); default the `quantile` of `occurred_at`.
+        quantile: quantile of event times used when `cutoff` is None, in (0, 1).
+
+    Returns:
+        The split; `as_of` is the cutoff.
+
+    Raises:
+        SplitError: a bad quantile, or a cutoff that leaves one side empty.
+    """
+    import pandas as pd
+
+    if not 0.0 < quantile < 1.0:
+        raise SplitError(f"temporal split: quantile must be in (0, 1), got {quantile}")
+    events = ds.events
+    if len(events) == 0:
+        raise SplitError("temporal split: the dataset has no events")
+    times = pd.to_datetime(events["occurred_at"], utc=True)
+    if cutoff is None:
+        # the 'lower' quantile is an actual event time: no float interpolation between instants
+        ordered = np.sort(times.dt.tz_convert(None).to_numpy())
+        cut = pd.Timestamp(ordered[int(np.floor(quantile * (ordered.size - 1)))]).tz_localize(UTC)
+        params: dict[str, Any] = {"quantile": quantile}
+    else:
+        cut = _utc(cutoff)
+        params = {}
+    params["cutoff"] = cut.isoformat()
+    before = (times <= cut).to_numpy()
+    train_events = events[before]
+    seen = set(train_events["student_id"].astype(str))
+    after = events[~before]
+    test_events = after[after["student_id"].astype(str).isin(seen)]
+    return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
+
+
+def leave_last_n(ds: Dataset, n: int = 1) -> Split:
+    """Per student, hold out the n lectures started last (all their events); train on the rest.
+
+    Only students with more than n distinct lectures are tested (the others stay whole in training).
+    Lectures are ordered by the student's first event for them; ties by lecture id.
+
+    Args:
+        ds: the dataset.
+        n: lectures held out per student (>= 1).
+
+    Returns:
+        The split.
+
+    Raises:
+        SplitError: n < 1, or no student has more than n lectures.
+    """
+    import pandas as pd
+
+    if n < 1:
+        raise SplitError(f"leave_last_n split: n must be >= 1, got {n}")
+    events = ds.events.reset_index(drop=True)
+    frame = pd.DataFrame(
+        {
+            "student_id": events["student_id"].astype(str),
+            "lecture_id": events["lecture_id"].astype(str),
+            "t": pd.to_datetime(events["occurred_at"], utc=True),
+        }
+    )
+    first = frame.groupby(["student_id", "lecture_id"], sort=True)["t"].min().reset_index()
+    first = first.sort_values(
+        ["student_id", "t", "lecture_id"], ascending=[True, False, False], kind="stable"
+    )
+    first["rank"] = first.groupby("student_id").cumcount()
+    count = first.groupby("student_id")["lecture_id"].transform("size")
+    held = first[(first["rank"] < n) & (count > n)]
+    key = frame["student_id"] + "\x1f" + frame["lecture_id"]
+    held_keys = set((held["student_id"] + "\x1f" + held["lecture_id"]).tolist())
+    is_test = key.isin(held_keys).to_numpy()
+    return _finish("leave_last_n", ds, ds.students, events[~is_test], events[is_test], {"n": n})
+
+
+def _hold_out_students(name: str, ds: Dataset, held: set[str], params: dict[str, Any]) -> Split:
+    students = ds.students
+    ids = students["student_id"].astype(str)
+    events = ds.events
+    in_test = events["student_id"].astype(str).isin(held).to_numpy()
+    return _finish(
+        name,
+        ds,
+        students[~ids.isin(held).to_numpy()],
+        events[~in_test],
+        events[in_test],
+        params,
+        cold_start=True,
+    )
+
+
+def new_students(ds: Dataset, fraction: float = DEFAULT_FRACTION, seed: int = 42) -> Split:
+    """Hold out a random fraction of the students entirely; they are scored from their profile only.
+
+    Args:
+        ds: the dataset.
+        fraction: share of the students with events to hold out, in (0, 1).
+        seed: random seed of the draw.
+
+    Returns:
+        The split (`cold_start` True).
+
+    Raises:
+        SplitError: a bad fraction or too few students.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise SplitError(f"new_students split: fraction must be in (0, 1), got {fraction}")
+    candidates = np.array(sorted(set(ds.events["student_id"].astype(str))), dtype=object)
+    if candidates.size < 2:
+        raise SplitError("new_students split: needs at least two students with events")
+    size = min(max(1, round(fraction * candidates.size)), candidates.size - 1)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(candidates, size=size, replace=False).tolist())
+    return _hold_out_students("new_students", ds, held, {"fraction": fraction, "seed": seed})
+
+
+def new_region(ds: Dataset, region: str = DEFAULT_NEW_REGION) -> Split:
+    """Hold out every student of one region: a partner region joining the platform (cold start).
+
+    Args:
+        ds: the dataset.
+        region: region code held out (default `taebaek`, the newest partner).
+
+    Returns:
+        The split (`cold_start` True).
+
+    Raises:
+        SplitError: no student of that region (the message lists the regions present).
+    """
+    regions = ds.students["region"].astype(str)
+    held = set(ds.students.loc[(regions == region).to_numpy(), "student_id"].astype(str))
+    if not held:
+        counts = regions.value_counts().sort_index()
+        present = ", ".join(f"{r} ({c})" for r, c in counts.items())
+        raise SplitError(f"new_region split: no student of region '{region}'; regions present: {present}")
+    if len(held) == len(regions):
+        raise SplitError(f"new_region split: every student is in '{region}'; nothing is left to train on")
+    return _hold_out_students("new_region", ds, held, {"region": region})
+
+
+def read_events_file(path: Path | str, ds: Dataset) -> pd.DataFrame:
+    """Read and validate an events file (.parquet or .csv) against the dataset's students and lectures.
+
+    Args:
+        path: the file.
+        ds: the dataset whose students and lectures the events must reference.
+
+    Returns:
+        The validated events.
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        SchemaError: a row breaks the events schema (names file, row, column).
+    """
+    import pandas as pd
+
+    from features.errors import DatasetNotFoundError
+    from features.validation import validate_events
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"events file {path} does not exist")
+    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    return validate_events(
+        frame,
+        str(path),
+        student_ids=pd.Index(ds.students["student_id"].astype(str)),
+        lecture_ids=pd.Index(ds.lectures["lecture_id"].astype(str)),
+    )
+
+
+def explicit(
+    ds: Dataset, train_events: pd.DataFrame | Path | str, test_events: pd.DataFrame | Path | str
+) -> Split:
+    """A split given as two event tables (for comparison with published results).
+
+    Test students absent from the training events are scored as new students.
+
+    Args:
+        ds: the dataset (students and lectures; its own events are not used).
+        train_events: training events, a DataFrame or a .parquet/.csv file.
+        test_events: test events, a DataFrame or a .parquet/.csv file.
+
+    Returns:
+        The split.
+    """
+    params: dict[str, Any] = {}
+    frames = []
+    for role, value in (("train", train_events), ("test", test_events)):
+        if isinstance(value, Path | str):
+            params[f"{role}_events"] = str(value)
+            frames.append(read_events_file(value, ds))
+        else:
+            frames.append(value)
+    train, test = frames
+    cold = not set(test["student_id"].astype(str)) & set(train["student_id"].astype(str))
+    return _finish("explicit", ds, ds.students, train, test, params, cold_start=cold)
+
+
+def make_split(name: str, ds: Dataset, **params: Any) -> Split:
+    """The split `name` of `ds` with keyword parameters (those not used by that split are refused).
+
+    Args:
+        name: one of `SPLITS`.
+        ds: the dataset.
+        **params: the split function's keyword arguments (e.g. `cutoff`, `n`, `fraction`, `region`).
+
+    Returns:
+        The split.
+
+    Raises:
+        SplitError: unknown split name or parameter.
+    """
+    functions: dict[str, Callable[..., Split]] = {
+        "temporal": temporal,
+        "leave_last_n": leave_last_n,
+        "new_students": new_students,
+        "new_region": new_region,
+        "explicit": explicit,
+    }
+    if name not in functions:
+        raise SplitError(f"unknown split '{name}': choose one of {', '.join(SPLITS)}")
+    accepted = [p for p in inspect.signature(functions[name]).parameters if p != "ds"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise SplitError(
+            f"{name} split does not take {', '.join(unknown)}; it takes {', '.join(accepted) or 'nothing'}"
+        )
+    return functions[name](ds, **params)
