@@ -1,7 +1,209 @@
-"""`learnrec feature_store` commands."""
+"""`learnrec features materialize | redis`: write a registered model's per-student state into Redis."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from features.store import MaterializeSummary
+    from models.loading import LoadedModel
+
 app = typer.Typer(no_args_is_help=True)
+
+#: Students whose state is computed per `Recommender.student_state` call (bounded memory per call).
+STATE_CHUNK = 50_000
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@contextmanager
+def progress_bars() -> Iterator[ProgressFn]:
+    """A ``progress(stage, done, total)`` callback: one rich bar per stage on stderr (total 0 = unknown)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:  # pipes and CI logs get the summary only
+
+        def silent(stage: str, done: int, total: int) -> None:
+            return None
+
+        yield silent
+        return
+    bars: Progress = Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total or None)
+        bars.update(tasks[stage], completed=done, total=total or None)
+
+    with bars:
+        yield update
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return typer.Exit(code)
+
+
+def student_states(
+    loaded: LoadedModel, progress: ProgressFn | None = None, chunk: int = STATE_CHUNK
+) -> tuple[tuple[str, ...], Any]:
+    """All students of a loaded model and their state rows, computed in chunks.
+
+    Args:
+        loaded: the registered model version.
+        progress: ``progress(stage, done, total)`` callback.
+        chunk: students per `student_state` call.
+
+    Returns:
+        (student ids, float32 array (n, state_width)).
+    """
+    import numpy as np
+
+    recommender = loaded.recommender
+    ids = recommender.students.ids
+    width = recommender.state_width()
+    states = np.zeros((len(ids), width), dtype=np.float32)
+    if width:
+        for start in range(0, len(ids), chunk):
+            rows = np.arange(start, min(start + chunk, len(ids)), dtype=np.int32)
+            states[rows] = recommender.student_state(rows)
+            if progress:
+                progress("compute", int(rows[-1]) + 1, len(ids))
+    return ids, states
+
+
+def materialize_loaded(
+    loaded: LoadedModel, client: Any, progress: ProgressFn | None = None
+) -> MaterializeSummary:
+    """Materialise a loaded model version's per-student state and switch it on (used by the CLI and demo).
+
+    Args:
+        loaded: the registered model version.
+        client: Redis client (a bulk client: `features.redis_server.connect(settings, bulk=True)`).
+        progress: ``progress(stage, done, total)`` callback.
+
+    Returns:
+        The summary of `FeatureStore.materialize`.
+    """
+    from features.store import FeatureStore
+
+    ids, states = student_states(loaded, progress)
+    return FeatureStore(client).materialize(loaded.model_name, loaded.version, ids, states, progress)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+@app.command("materialize")
+def materialize(
+    alias: Annotated[str, typer.Option(help="Alias of the registered model to materialise.")] = "champion",
+    version: Annotated[
+        str | None, typer.Option(help="Version number to materialise instead of the alias.")
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option("--model-name", help="Registered model (default settings.mlflow.registered_model)."),
+    ] = None,
+) -> None:
+    """Write the per-student state of a registered model version into Redis and switch it on."""
+    from mlflow.exceptions import MlflowException
+    from redis.exceptions import RedisError
+
+    from features.errors import FeatureStoreError
+    from features.redis_server import connect
+    from features.settings import get_settings
+    from models.errors import ModelFormatError, RegisteredModelNotFoundError
+    from models.loading import load_registered
+
+    settings = get_settings()
+    name = model_name or settings.mlflow.registered_model
+    target = version or alias
+    started = time.perf_counter()
+    try:
+        loaded = load_registered(name, target, settings.tracking_uri())
+    except (RegisteredModelNotFoundError, ModelFormatError) as exc:
+        raise fail(str(exc), 2) from None
+    except MlflowException as exc:
+        raise fail(f"MLflow registry at {settings.tracking_uri()}: {exc.message}") from None
+    try:
+        client = connect(settings, bulk=True)
+        with progress_bars() as progress:
+            summary = materialize_loaded(loaded, client, progress)
+    except (FeatureStoreError, RedisError, OSError) as exc:
+        raise fail(f"Redis: {exc}") from None
+    except ValueError as exc:
+        raise fail(f"{name} v{loaded.version}: {exc}", 2) from None
+    seconds = time.perf_counter() - started
+    label = f"{name} v{summary.version}" + (f" ({loaded.alias})" if loaded.alias else "")
+    if summary.state_width == 0:
+        typer.echo(
+            f"{label} keeps no per-student state: nothing to write; active version set "
+            f"(was {summary.previous_version or 'none'}), {summary.removed_keys:,} old keys removed"
+        )
+        return
+    if summary.previous_version == summary.version:
+        memory = f"same version rewritten in place; Redis uses {_mib(summary.memory_after_bytes)}"
+    else:
+        memory = (
+            f"Redis +{_mib(summary.memory_delta_bytes)} ({summary.bytes_per_student:.0f} B/student), "
+            f"{_mib(summary.memory_after_bytes)} in use after clean-up"
+        )
+    typer.echo(
+        f"materialised {label}: {summary.students:,} students x {summary.state_width} float32 in "
+        f"{summary.write_seconds:.1f} s (total {seconds:.1f} s with loading); {memory}; "
+        f"active {summary.previous_version or 'none'} -> {summary.version}; "
+        f"{summary.removed_keys:,} keys of older versions removed"
+    )
+
+
+@app.command("redis")
+def redis_status(
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the embedded redis-server (it saves first).")
+    ] = False,
+) -> None:
+    """Show the Redis in use (embedded server: pid, port, data dir) or stop the embedded server."""
+    from features.redis_server import read_server_file, running_embedded, stop_embedded
+    from features.settings import get_settings
+
+    settings = get_settings()
+    if settings.redis.url:
+        kind = "Redis Cluster" if settings.redis.cluster else "Redis"
+        typer.echo(f"{kind} at {settings.redis.url} (REDIS_URL); no embedded server is used")
+        if stop:
+            raise fail("--stop only stops the embedded server; this Redis is not ours to stop", 2)
+        return
+    directory = settings.redis_dir
+    if stop:
+        recorded = read_server_file(directory)
+        if stop_embedded(directory):
+            typer.echo(f"stopped embedded redis-server pid {recorded.pid if recorded else '?'} ({directory})")
+        else:
+            typer.echo(f"no embedded redis-server running for {directory}")
+        return
+    server = running_embedded(directory)
+    if server is None:
+        typer.echo(
+            f"embedded redis-server not running ({directory}); it starts with the first command needing it"
+        )
+    else:
+        typer.echo(f"embedded redis-server pid {server.pid} at {server.url} (data {directory})")

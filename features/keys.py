@@ -1,0 +1,224 @@
+"""Redis key layout of the feature store: pure key builders, one place for every key learnrec writes.
+
+Every key starts with ``lr:``. All keys of one student carry the same hash tag ``{s:<student_id>}``, so in
+a Redis Cluster they land in one slot: a request reads them in one pipeline from one node, and the event
+script (`features.store`) updates them atomically. Ids are encoded as UTF-8 (Korean ids are fine).
+
+========================================  ======  ===========================================================
+key                                       type    value
+========================================  ======  ===========================================================
+``lr:{s:<student_id>}:profile``           string  JSON object: region, grade, school_level, target_exam,
+                                                  interest_subjects (UTF-8, no TTL)
+``lr:{s:<student_id>}:hist``              hash    lecture_id -> interaction weight as decimal text
+                                                  (complete 1.0, progress 0.3 + 0.5 p, enrol 0.25, drop 0.1;
+                                                  the weights of `features.matrices`)
+``lr:{s:<student_id>}:pairs``             hash    lecture_id -> ``"<max stage>|<last event µs>|<drop 0/1>"``:
+                                                  what the event script needs to recompute a weight exactly as
+                                                  the batch pipeline does when events arrive out of order
+``lr:{s:<student_id>}:recent``            list    lecture ids the student enrolled in, oldest first, no
+                                                  duplicates (a re-enrolment moves to the end), at most
+                                                  ``recent_len`` (default 20)
+``lr:{s:<student_id>}:m:<model>:<ver>``   string  model state of one registered model version: float32
+                                                  little-endian bytes (``state_width * 4`` bytes; LightFM:
+                                                  the student's embedding and bias)
+``lr:{s:<student_id>}:evt:<event_id>``    string  idempotency marker of an applied event, TTL
+                                                  ``event_ttl_seconds`` (90 days): ``"0"`` applied to the
+                                                  state, ``"1"`` also appended to the events stream
+``lr:active:<model>``                     string  version whose state namespace is complete and in force
+                                                  (switched by `FeatureStore.materialize` after all writes)
+``lr:stream:events``                      stream  every applied event (fields: event_id, student_id,
+                                                  lecture_id, type, progress, occurred_at ISO 8601 UTC,
+                                                  request_id or "")
+``lr:stream:exposures``                   stream  every answered recommendation (fields written by
+                                                  ``service.experiments.exposure_fields``)
+========================================  ======  ===========================================================
+
+The two streams are read by consumer groups (`features.streams.export_stream`, group ``export`` by default)
+that acknowledge an entry only after it is in an fsynced Parquet file. Model and version names are
+restricted to ``[A-Za-z0-9_.-]`` so a version namespace can be matched by a ``SCAN`` pattern without
+ambiguity.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = b"lr"
+EVENTS_STREAM = b"lr:stream:events"
+EXPOSURES_STREAM = b"lr:stream:exposures"
+#: Stream names accepted by the CLI -> stream key.
+STREAMS: dict[str, bytes] = {"events": EVENTS_STREAM, "exposures": EXPOSURES_STREAM}
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _text(value: str, what: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value.encode("utf-8")
+
+
+def check_name(value: str, what: str) -> bytes:
+    """Encode a model name, version or stream name, refusing characters that would break key patterns.
+
+    Args:
+        value: the name.
+        what: what it is, for the error message ("model name", "version").
+
+    Returns:
+        The UTF-8 bytes of `value`.
+
+    Raises:
+        ValueError: `value` is empty or holds a character outside ``[A-Za-z0-9_.-]``.
+    """
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} is not allowed: use letters, digits, '_', '.', '-' only")
+    return value.encode("ascii")
+
+
+def student_tag(student_id: str) -> bytes:
+    """The hash tag ``{s:<student_id>}`` shared by all keys of one student.
+
+    Args:
+        student_id: the student's opaque id.
+
+    Returns:
+        The tag bytes, braces included.
+    """
+    return b"{s:" + _text(student_id, "student_id") + b"}"
+
+
+def _student_key(student_id: str, suffix: bytes) -> bytes:
+    return PREFIX + b":" + student_tag(student_id) + b":" + suffix
+
+
+def profile(student_id: str) -> bytes:
+    """Key of the student's profile (JSON string).
+
+    Args:
+        student_id: the student's id.
+
+    Returns:
+        ``lr:{s:<student_id>}:profile``.
+    """
+    return _student_key(student_id, b"profile")
+
+
+def history(student_id: str) -> bytes:
+    """Key of the student's interaction weights (hash lecture_id -> weight).
+
+    Args:
+        student_id: the student's id.
+
+    Returns:
+        ``lr:{s:<student_id>}:hist``.
+    """
+    return _student_key(student_id, b"hist")
+
+
+def pairs(student_id: str) -> bytes:
+    """Key of the per-lecture aggregates the event script keeps (hash lecture_id -> "stage|µs|drop").
+
+    Args:
+        student_id: the student's id.
+
+    Returns:
+        ``lr:{s:<student_id>}:pairs``.
+    """
+    return _student_key(student_id, b"pairs")
+
+
+def recent(student_id: str) -> bytes:
+    """Key of the student's recent enrolments (list, oldest first).
+
+    Args:
+        student_id: the student's id.
+
+    Returns:
+        ``lr:{s:<student_id>}:recent``.
+    """
+    return _student_key(student_id, b"recent")
+
+
+def model_state(student_id: str, model_name: str, version: str) -> bytes:
+    """Key of the student's state under one model version's namespace (float32 bytes).
+
+    Args:
+        student_id: the student's id.
+        model_name: registered model name.
+        version: model version.
+
+    Returns:
+        ``lr:{s:<student_id>}:m:<model>:<version>``.
+    """
+    return _student_key(
+        student_id, b"m:" + check_name(model_name, "model name") + b":" + check_name(version, "version")
+    )
+
+
+def model_state_suffix(model_name: str, version: str) -> bytes:
+    """The common end of all state keys of one model version (``:m:<model>:<version>``).
+
+    Args:
+        model_name: registered model name.
+        version: model version.
+
+    Returns:
+        The suffix bytes.
+    """
+    return b":m:" + check_name(model_name, "model name") + b":" + check_name(version, "version")
+
+
+def model_state_pattern(model_name: str) -> bytes:
+    """``SCAN MATCH`` pattern of the state keys of every version of one model.
+
+    Args:
+        model_name: registered model name.
+
+    Returns:
+        ``lr:{s:*}:m:<model>:*``.
+    """
+    return PREFIX + b":{s:*}:m:" + check_name(model_name, "model name") + b":*"
+
+
+def event_marker(student_id: str, event_id: str) -> bytes:
+    """Key of the idempotency marker of one event (same slot as the student's state).
+
+    Args:
+        student_id: the student the event belongs to.
+        event_id: the event's unique id.
+
+    Returns:
+        ``lr:{s:<student_id>}:evt:<event_id>``.
+    """
+    return _student_key(student_id, b"evt:" + _text(event_id, "event_id"))
+
+
+def active_version(model_name: str) -> bytes:
+    """Key of the pointer to the model version whose state is complete and in force.
+
+    Args:
+        model_name: registered model name.
+
+    Returns:
+        ``lr:active:<model>``.
+    """
+    return PREFIX + b":active:" + check_name(model_name, "model name")
+
+
+def stream(name: str) -> bytes:
+    """Stream key of a stream name accepted by the CLI.
+
+    Args:
+        name: "events" or "exposures".
+
+    Returns:
+        The stream key.
+
+    Raises:
+        ValueError: unknown stream name.
+    """
+    try:
+        return STREAMS[name]
+    except KeyError:
+        raise ValueError(f"unknown stream {name!r}: expected one of {', '.join(STREAMS)}") from None

@@ -1,0 +1,817 @@
+"""The Redis feature store: per-student online state, versioned model state, idempotent event intake.
+
+Key layout: `features.keys`. Reads of one student (or a batch) are one pipeline (`transaction=False`), so
+a request costs one round trip. Events are applied per student by one Lua script whose keys all share the
+student's hash tag (atomic, and legal in a Redis Cluster); the interaction weights are those of
+`features.matrices` (complete 1.0 > progress 0.3 + 0.5 p > enrol 0.25; a pair whose latest event is a
+drop weighs 0.1), recomputed from the furthest stage reached and the latest event so that events
+arriving late or out of order give the batch pipeline's weight. Applied events go to the events stream.
+
+Event intake is exactly-once into the state and at-least-once into the stream: the script marks an event
+``"0"`` (applied), the store XADDs it and then confirms the marker as ``"1"``; a retry of an event whose
+marker is still ``"0"`` (the process or Redis failed in between) is not applied again but is streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from features import keys
+from features.errors import FeatureStoreError, SchemaError
+from features.matrices import DROP_WEIGHT, PROGRESS_SLOPE, STAGE_WEIGHT
+from features.schemas import EVENT_TYPES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: `progress(stage, done, total)` callback that long operations call as they go.
+Progress = Callable[[str, int, int], None]
+
+#: Students per pipeline in bulk writes (bounded memory on both sides, few round trips).
+WRITE_CHUNK = 2_000
+#: Keys per SCAN step and per UNLINK when removing old versions (1M old keys: ~10 s).
+SCAN_COUNT = 10_000
+
+# One script call per student: KEYS = hist, pairs, recent, then one marker per event of that student.
+# ARGV = recent_len, ttl, enrol weight, progress base, progress slope, complete weight, drop weight, then
+# (lecture_id, type, progress, occurred_at µs) per event. Returns per event 1 applied, 0 duplicate,
+# 2 duplicate applied earlier but not yet confirmed in the stream.
+_APPLY_LUA = """
+local recent_len = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local w_enrol, w_prog, slope = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local w_complete, w_drop = tonumber(ARGV[6]), tonumber(ARGV[7])
+local out = {}
+local enrolled = false
+for i = 1, #KEYS - 3 do
+  local marker = KEYS[3 + i]
+  local base = 8 + 4 * (i - 1)
+  local seen = redis.call('GET', marker)
+  if seen then
+    if seen == '0' then out[i] = 2 else out[i] = 0 end
+  else
+    local lecture, typ = ARGV[base], ARGV[base + 1]
+    local p, ts_text = tonumber(ARGV[base + 2]), ARGV[base + 3]
+    local ts = tonumber(ts_text)
+    local stage = 0
+    if typ == 'enrol' then
+      stage = w_enrol
+    elseif typ == 'progress' then
+      if p < 0 then p = 0 elseif p > 1 then p = 1 end
+      stage = w_prog + slope * p
+    elseif typ == 'complete' then
+      stage = w_complete
+    end
+    local max_stage, last_text, drop = stage, ts_text, 0
+    if typ == 'drop' then drop = 1 end
+    local old = redis.call('HGET', KEYS[2], lecture)
+    if old then
+      local a, b, c = string.match(old, '^([^|]*)|([^|]*)|([^|]*)$')
+      if tonumber(a) > max_stage then max_stage = tonumber(a) end
+      -- the latest event decides whether a drop lowers the weight; ties go to the later arrival
+      if ts < tonumber(b) then last_text = b; drop = tonumber(c) end
+    end
+    local w = max_stage
+    if w <= 0 or (drop == 1 and w < w_complete) then w = w_drop end
+    redis.call('HSET', KEYS[2], lecture, string.format('%.9g', max_stage) .. '|' .. last_text .. '|' .. drop)
+    redis.call('HSET', KEYS[1], lecture, string.format('%.9g', w))
+    if typ == 'enrol' then
+      redis.call('LREM', KEYS[3], 0, lecture)
+      redis.call('RPUSH', KEYS[3], lecture)
+      enrolled = true
+    end
+    redis.call('SET', marker, '0', 'EX', ttl)
+    out[i] = 1
+  end
+end
+if enrolled then redis.call('LTRIM', KEYS[3], -recent_len, -1) end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class StudentProfile:
+    """What the portal tells us about a student (no names, no national ids)."""
+
+    student_id: str
+    region: str
+    grade: str
+    school_level: str | None = None
+    target_exam: str | None = None
+    interest_subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    """Everything the request path needs about one student, read in one round trip.
+
+    Attributes:
+        profile: the stored profile, None when the portal never sent one.
+        history: lecture_id -> interaction weight (training history seeded plus online events).
+        recent: lectures enrolled most recently, oldest first, at most ``recent_len``.
+        state: model state (float32 bytes) under the model version asked for; None when absent or not asked.
+    """
+
+    profile: StudentProfile | None
+    history: dict[str, float]
+    recent: tuple[str, ...]
+    state: bytes | None
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """One learning event as the portal reports it (already validated by the service)."""
+
+    event_id: str
+    student_id: str
+    lecture_id: str
+    type: str
+    progress: float
+    occurred_at: datetime
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MaterializeSummary:
+    """What `FeatureStore.materialize` wrote and what it cost.
+
+    Attributes:
+        model_name: registered model name.
+        version: version now active.
+        previous_version: version active before (None if none).
+        students: state keys written.
+        state_width: float32 values per student.
+        seconds: total wall time (writes, switch, clean-up).
+        write_seconds: time spent writing the state keys.
+        payload_bytes: state bytes written (students * width * 4).
+        memory_delta_bytes: growth of Redis ``used_memory`` from before to after the writes (before
+            old versions were removed): what this version costs in Redis memory.
+        memory_after_bytes: ``used_memory`` at the end (old versions removed).
+        removed_keys: state keys of other versions removed.
+    """
+
+    model_name: str
+    version: str
+    previous_version: str | None
+    students: int
+    state_width: int
+    seconds: float
+    write_seconds: float
+    payload_bytes: int
+    memory_delta_bytes: int
+    memory_after_bytes: int
+    removed_keys: int
+
+    @property
+    def bytes_per_student(self) -> float:
+        """Redis memory per student of this version (``memory_delta_bytes / students``)."""
+        return self.memory_delta_bytes / self.students if self.students else 0.0
+
+
+def _is_cluster(client: Any) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def used_memory(client: Any) -> int:
+    """Redis ``used_memory`` in bytes (summed over the primaries of a cluster).
+
+    Args:
+        client: a standalone or cluster client.
+
+    Returns:
+        Bytes used.
+    """
+    if _is_cluster(client):
+        from redis.cluster import RedisCluster
+
+        per_node = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        if "used_memory" in per_node:  # a single primary answers with its own dict
+            return int(per_node["used_memory"])
+        return sum(int(info["used_memory"]) for info in per_node.values())
+    return int(client.info("memory")["used_memory"])
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _epoch_us(moment: datetime) -> int:
+    """Microseconds since the epoch (naive times are taken as UTC, as `features.matrices` does)."""
+    delta = _utc(moment) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def event_fields(event: EventIn) -> dict[str, str]:
+    """The events-stream fields of one event (all text; decoded by `features.streams.record_decoder`).
+
+    Args:
+        event: the event.
+
+    Returns:
+        Field -> value: ``occurred_at`` is ISO 8601 UTC with microseconds, ``request_id`` "" when None.
+    """
+    return {
+        "event_id": event.event_id,
+        "student_id": event.student_id,
+        "lecture_id": event.lecture_id,
+        "type": event.type,
+        "progress": repr(float(event.progress)),
+        "occurred_at": _utc(event.occurred_at).isoformat(timespec="microseconds"),
+        "request_id": event.request_id or "",
+    }
+
+
+def _check_event(i: int, event: EventIn) -> None:
+    for name in ("event_id", "student_id", "lecture_id"):
+        value = getattr(event, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"event {i}: {name} must be a non-empty string, got {value!r}")
+    if event.type not in EVENT_TYPES:
+        raise ValueError(f"event {i}: type {event.type!r} is not one of {', '.join(EVENT_TYPES)}")
+    if not (isinstance(event.progress, int | float) and math.isfinite(event.progress)):
+        raise ValueError(f"event {i}: progress must be a finite number in 0..1, got {event.progress!r}")
+    if not 0.0 <= float(event.progress) <= 1.0:
+        raise ValueError(f"event {i}: progress {event.progress!r} is outside 0..1")
+    if not isinstance(event.occurred_at, datetime):
+        raise ValueError(f"event {i}: occurred_at must be a datetime, got {event.occurred_at!r}")
+
+
+def _profile_json(profile: StudentProfile) -> bytes:
+    if not profile.student_id or not isinstance(profile.student_id, str):
+        raise ValueError(f"profile: student_id must be a non-empty string, got {profile.student_id!r}")
+    for name in ("region", "grade"):
+        value = getattr(profile, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"profile of {profile.student_id!r}: {name} must be a non-empty string")
+    record: dict[str, Any] = {"region": profile.region, "grade": profile.grade}
+    if profile.school_level is not None:
+        record["school_level"] = profile.school_level
+    if profile.target_exam is not None:
+        record["target_exam"] = profile.target_exam
+    if profile.interest_subjects:
+        record["interest_subjects"] = list(profile.interest_subjects)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _profile_from(student_id: str, raw: bytes | None) -> StudentProfile | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        return StudentProfile(
+            student_id=student_id,
+            region=str(record["region"]),
+            grade=str(record["grade"]),
+            school_level=record.get("school_level"),
+            target_exam=record.get("target_exam"),
+            interest_subjects=tuple(str(s) for s in record.get("interest_subjects", ())),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FeatureStoreError(
+            f"profile of student {student_id!r} in Redis ({keys.profile(student_id)!r}) is corrupt: {exc}; "
+            "send the profile again (PUT /students/{id})"
+        ) from exc
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _weight_text(weight: float) -> str:
+    return f"{weight:.9g}"
+
+
+class FeatureStore:
+    """Per-student online state and model state in Redis (standalone or cluster).
+
+    Args:
+        client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` with bytes responses
+            (`features.redis_server.connect`).
+        recent_len: how many recent enrolments are kept per student.
+        event_ttl_seconds: how long an event id is remembered for idempotency (default 90 days).
+    """
+
+    def __init__(self, client: Any, *, recent_len: int = 20, event_ttl_seconds: int = 90 * 86400) -> None:
+        if recent_len < 1:
+            raise ValueError(f"recent_len must be >= 1, got {recent_len}")
+        if event_ttl_seconds < 1:
+            raise ValueError(f"event_ttl_seconds must be >= 1, got {event_ttl_seconds}")
+        self.client = client
+        self.recent_len = int(recent_len)
+        self.event_ttl_seconds = int(event_ttl_seconds)
+        self._script_sha: str | None = None
+        self._weights = [
+            repr(float(STAGE_WEIGHT["enrol"])),
+            repr(float(STAGE_WEIGHT["progress"])),
+            repr(float(PROGRESS_SLOPE)),
+            repr(float(STAGE_WEIGHT["complete"])),
+            repr(float(DROP_WEIGHT)),
+        ]
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def _queue_read(self, pipe: Any, student_id: str, state_key: bytes | None) -> None:
+        pipe.get(keys.profile(student_id))
+        pipe.hgetall(keys.history(student_id))
+        pipe.lrange(keys.recent(student_id), 0, -1)
+        if state_key is not None:
+            pipe.get(state_key)
+
+    def _record(self, student_id: str, replies: Sequence[Any], with_state: bool) -> StudentRecord:
+        raw_profile, raw_hist, raw_recent = replies[0], replies[1], replies[2]
+        try:
+            history = {_decode(k): float(v) for k, v in (raw_hist or {}).items()}
+        except ValueError as exc:
+            raise FeatureStoreError(f"history of student {student_id!r} in Redis is corrupt: {exc}") from exc
+        return StudentRecord(
+            profile=_profile_from(student_id, raw_profile),
+            history=history,
+            recent=tuple(_decode(x) for x in raw_recent or ()),
+            state=replies[3] if with_state else None,
+        )
+
+    def _state_version(self, model_name: str | None, version: str | None) -> str | None:
+        if model_name is None:
+            return None
+        return version if version is not None else self.active_version(model_name)
+
+    def read_student(
+        self, student_id: str, model_name: str | None = None, version: str | None = None
+    ) -> StudentRecord:
+        """Profile, history, recent lectures and model state of one student in one round trip.
+
+        Args:
+            student_id: the student.
+            model_name: registered model whose state to read (None = no state).
+            version: its version; None = the active version (costs one more round trip).
+
+        Returns:
+            The record; an unknown student gives an empty record (no profile, no history).
+
+        Raises:
+            redis.exceptions.RedisError: Redis cannot answer.
+            FeatureStoreError: a stored value is corrupt.
+        """
+        return self.read_students([student_id], model_name, version)[0]
+
+    def read_students(
+        self, student_ids: Sequence[str], model_name: str | None = None, version: str | None = None
+    ) -> list[StudentRecord]:
+        """`read_student` for many students in one pipeline.
+
+        Args:
+            student_ids: the students.
+            model_name: registered model whose state to read (None = no state).
+            version: its version; None = the active version (one more round trip).
+
+        Returns:
+            One record per id, in order.
+        """
+        ids = list(student_ids)
+        if not ids:
+            return []
+        version = self._state_version(model_name, version)
+        with_state = model_name is not None and version is not None
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            state_key = None
+            if model_name is not None and version is not None:
+                state_key = keys.model_state(sid, model_name, version)
+            self._queue_read(pipe, sid, state_key)
+        replies = pipe.execute()
+        step = 4 if with_state else 3
+        return [
+            self._record(sid, replies[i * step : (i + 1) * step], with_state) for i, sid in enumerate(ids)
+        ]
+
+    def get_profile(self, student_id: str) -> StudentProfile | None:
+        """The stored profile of a student.
+
+        Args:
+            student_id: the student.
+
+        Returns:
+            The profile, None when none was stored.
+        """
+        return _profile_from(student_id, self.client.get(keys.profile(student_id)))
+
+    def active_version(self, model_name: str) -> str | None:
+        """The model version whose state is complete and in force.
+
+        Args:
+            model_name: registered model name.
+
+        Returns:
+            The version, None when nothing was materialised for the model.
+        """
+        raw = self.client.get(keys.active_version(model_name))
+        return None if raw is None else _decode(raw)
+
+    # -- profiles -------------------------------------------------------------------------------------
+
+    def put_profiles(self, profiles: Iterable[StudentProfile]) -> int:
+        """Store (replace) profiles, pipelined in chunks.
+
+        Args:
+            profiles: the profiles.
+
+        Returns:
+            How many were stored.
+
+        Raises:
+            ValueError: a profile lacks its id, region or grade (nothing of its chunk is written).
+        """
+        count = 0
+        batch: list[tuple[bytes, bytes]] = []
+        for profile in profiles:
+            batch.append((keys.profile(profile.student_id), _profile_json(profile)))
+            if len(batch) >= WRITE_CHUNK:
+                count += self._set_many(batch)
+                batch = []
+        if batch:
+            count += self._set_many(batch)
+        return count
+
+    def _set_many(self, pairs: Sequence[tuple[bytes, bytes]]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in pairs:
+            pipe.set(key, value)
+        pipe.execute()
+        return len(pairs)
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def _sha(self, reload: bool = False) -> str:
+        if self._script_sha is None or reload:
+            self._script_sha = _decode(self.client.script_load(_APPLY_LUA))
+        return self._script_sha
+
+    def _script_call(self, student_id: str, batch: Sequence[EventIn]) -> tuple[list[bytes], list[str]]:
+        call_keys = [keys.history(student_id), keys.pairs(student_id), keys.recent(student_id)]
+        call_keys += [keys.event_marker(student_id, e.event_id) for e in batch]
+        args = [str(self.recent_len), str(self.event_ttl_seconds), *self._weights]
+        for e in batch:
+            args += [e.lecture_id, e.type, repr(float(e.progress)), str(_epoch_us(e.occurred_at))]
+        return call_keys, args
+
+    def _run_scripts(self, groups: Sequence[tuple[str, list[EventIn]]]) -> list[list[int]]:
+        """Run the event script once per student in one pipeline; reload the script if Redis forgot it."""
+        from redis.exceptions import NoScriptError
+
+        calls = [self._script_call(sid, batch) for sid, batch in groups]
+        if _is_cluster(self.client):
+            return self._run_scripts_cluster(calls)
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            sha = self._sha(reload=attempt > 0)
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                call_keys, args = calls[i]
+                pipe.evalsha(sha, len(call_keys), *call_keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    missing.append(i)  # the script did not run: safe to run again
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = [int(x) for x in reply]
+            if not missing:
+                break
+            todo = missing
+        else:
+            raise FeatureStoreError("Redis keeps forgetting the event script (SCRIPT FLUSH in a loop?)")
+        return results
+
+    def _run_scripts_cluster(self, calls: Sequence[tuple[list[bytes], list[str]]]) -> list[list[int]]:
+        """Cluster variant: redis-py's cluster pipeline refuses EVALSHA, so pipeline per node instead.
+
+        A call refused by its node (MOVED/ASK after a resharding, NOSCRIPT on a new node) did not run and
+        is sent again through the cluster client, which follows redirections.
+        """
+        from redis.exceptions import NoScriptError, ResponseError
+
+        sha = self._sha()
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (call_keys, _) in enumerate(calls):
+            node = self.client.get_node_from_key(call_keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        results: list[Any] = [None] * len(calls)
+        again: list[int] = []
+        for node, rows in by_node.values():
+            pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+            for i in rows:
+                call_keys, args = calls[i]
+                pipe.evalsha(sha, len(call_keys), *call_keys, *args)
+            for i, reply in zip(rows, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, ResponseError):
+                    again.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = [int(x) for x in reply]
+        for i in again:
+            call_keys, args = calls[i]
+            try:
+                reply = self.client.evalsha(self._sha(), len(call_keys), *call_keys, *args)
+            except NoScriptError:
+                reply = self.client.evalsha(self._sha(reload=True), len(call_keys), *call_keys, *args)
+            results[i] = [int(x) for x in reply]
+        return results
+
+    def apply_events(self, events: Sequence[EventIn]) -> list[bool]:
+        """Apply events to the students' state, idempotently by event id, and append them to the stream.
+
+        Per student, one Lua script updates the weights, the recent list and the event markers
+        atomically; all students go in one pipeline. Then the applied events are XADDed to
+        ``lr:stream:events`` and their markers confirmed.
+
+        Args:
+            events: the events, in arrival order (validated by the caller; re-checked here).
+
+        Returns:
+            Per event, True when applied now, False when its event id was seen before (in an earlier call
+            or earlier in this one).
+
+        Raises:
+            ValueError: an event is malformed (names the event and field; nothing is written).
+            redis.exceptions.RedisError: Redis failed; events may be partly applied, and retrying the same
+                events is safe.
+        """
+        from features.streams import append
+
+        events = list(events)
+        for i, event in enumerate(events):
+            _check_event(i, event)
+        positions: dict[str, list[int]] = {}
+        seen: set[tuple[str, str]] = set()
+        for i, event in enumerate(events):
+            key = (event.student_id, event.event_id)
+            if key not in seen:
+                seen.add(key)
+                positions.setdefault(event.student_id, []).append(i)
+        status = [0] * len(events)
+        groups = list(positions.items())
+        for start in range(0, len(groups), WRITE_CHUNK):
+            chunk = groups[start : start + WRITE_CHUNK]
+            replies = self._run_scripts([(sid, [events[i] for i in rows]) for sid, rows in chunk])
+            for (_, rows), codes in zip(chunk, replies, strict=True):
+                for i, code in zip(rows, codes, strict=True):
+                    status[i] = code
+        to_stream = [i for i, code in enumerate(status) if code in (1, 2)]
+        if to_stream:
+            append(self.client, keys.EVENTS_STREAM, [event_fields(events[i]) for i in to_stream])
+            pipe = self.client.pipeline(transaction=False)
+            for i in to_stream:
+                pipe.set(
+                    keys.event_marker(events[i].student_id, events[i].event_id), b"1", xx=True, keepttl=True
+                )
+            pipe.execute()
+        return [code == 1 for code in status]
+
+    # -- bulk -----------------------------------------------------------------------------------------
+
+    def seed_history(
+        self, events: pd.DataFrame, profiles: Iterable[StudentProfile], progress: Progress | None = None
+    ) -> int:
+        """Load profiles and the history of past events in bulk (pipelined), replacing what students had.
+
+        Weights, per-lecture aggregates and recent lists are computed as `apply_events` would have left
+        them after applying `events` in time order; event markers are not written (re-sending an old
+        event later does not change its weight).
+
+        Args:
+            events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
+            profiles: profiles to store.
+            progress: ``progress(stage, done, total)`` callback.
+
+        Returns:
+            Number of students whose history was written.
+
+        Raises:
+            SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
+        """
+        import pandas as pd
+
+        n_profiles = self.put_profiles(profiles)
+        if progress:
+            progress("profiles", n_profiles, n_profiles)
+        if len(events) == 0:
+            return 0
+        for col in ("student_id", "lecture_id", "type", "occurred_at"):
+            if col not in events.columns:
+                raise SchemaError("events", col, [], f"column '{col}' is missing")
+        types = events["type"].astype(str)
+        unknown = ~types.isin(EVENT_TYPES)
+        if unknown.any():
+            rows = (np.flatnonzero(unknown.to_numpy()) + 1).tolist()
+            raise SchemaError(
+                "events", "type", rows,
+                f"unknown event type '{types[unknown].iloc[0]}': expected one of {', '.join(EVENT_TYPES)}",
+            )  # fmt: skip
+        try:
+            when = pd.to_datetime(events["occurred_at"], utc=True)
+        except (ValueError, TypeError) as exc:
+            raise SchemaError("events", "occurred_at", [], f"cannot read as timestamps: {exc}") from exc
+        if when.isna().any():
+            rows = (np.flatnonzero(when.isna().to_numpy()) + 1).tolist()
+            raise SchemaError(
+                "events", "occurred_at", rows, "missing timestamp: every event needs occurred_at"
+            )
+        p = (
+            events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
+            if "progress" in events.columns
+            else np.zeros(len(events))
+        )
+        frame = pd.DataFrame(
+            {
+                "s": events["student_id"].astype(str).to_numpy(),
+                "l": events["lecture_id"].astype(str).to_numpy(),
+                "type": types.to_numpy(),
+                "t": (when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1),
+                "row": np.arange(len(events)),
+            }
+        )
+        stage = np.zeros(len(frame))
+        stage[frame["type"].to_numpy() == "enrol"] = STAGE_WEIGHT["enrol"]
+        is_progress = frame["type"].to_numpy() == "progress"
+        stage[is_progress] = STAGE_WEIGHT["progress"] + PROGRESS_SLOPE * np.clip(p[is_progress], 0.0, 1.0)
+        stage[frame["type"].to_numpy() == "complete"] = STAGE_WEIGHT["complete"]
+        frame["stage"] = stage
+        frame = frame.sort_values(["t", "row"], kind="stable")  # time order; ties keep table order
+        grouped = frame.groupby(["s", "l"], sort=False)
+        pairs = grouped.agg(max_stage=("stage", "max"), last_t=("t", "last"), last_type=("type", "last"))
+        drop = (pairs["last_type"] == "drop").to_numpy()
+        weight = pairs["max_stage"].to_numpy().copy()
+        weight[(weight <= 0) | (drop & (weight < STAGE_WEIGHT["complete"]))] = DROP_WEIGHT
+        pairs = pairs.assign(weight=weight, drop=drop.astype(int)).reset_index()
+        enrols = frame[frame["type"] == "enrol"].drop_duplicates(["s", "l"], keep="last")
+        recent = enrols.groupby("s", sort=False)["l"].agg(lambda x: list(x)[-self.recent_len :])
+
+        students = pairs.groupby("s", sort=False)
+        total = students.ngroups
+        done = 0
+        pipe = self.client.pipeline(transaction=False)
+        queued = 0
+        for sid, block in students:
+            sid = str(sid)
+            hist_key, pairs_key, recent_key = keys.history(sid), keys.pairs(sid), keys.recent(sid)
+            lectures = block["l"].tolist()
+            for key in (hist_key, pairs_key, recent_key):  # one key per DEL: a cluster pipeline needs it
+                pipe.delete(key)
+            pipe.hset(
+                hist_key,
+                mapping=dict(zip(lectures, map(_weight_text, block["weight"].tolist()), strict=True)),
+            )
+            aggregates = zip(
+                block["max_stage"].tolist(), block["last_t"].tolist(), block["drop"].tolist(), strict=True
+            )
+            pipe.hset(
+                pairs_key,
+                mapping={
+                    lec: f"{_weight_text(m)}|{t}|{d}"
+                    for lec, (m, t, d) in zip(lectures, aggregates, strict=True)
+                },
+            )
+            order = recent.get(sid)
+            if order:
+                pipe.rpush(recent_key, *order)
+            queued += 1
+            if queued >= WRITE_CHUNK:
+                pipe.execute()
+                done += queued
+                queued = 0
+                pipe = self.client.pipeline(transaction=False)
+                if progress:
+                    progress("history", done, total)
+        if queued:
+            pipe.execute()
+            done += queued
+        if progress:
+            progress("history", done, total)
+        return done
+
+    def materialize(
+        self,
+        model_name: str,
+        version: str,
+        student_ids: Sequence[str],
+        states: npt.NDArray[np.float32],
+        progress: Progress | None = None,
+    ) -> MaterializeSummary:
+        """Write one model version's per-student state, switch the version on, remove older versions.
+
+        The state keys are written under the version's namespace in pipelined chunks; only when all are
+        written does ``lr:active:<model>`` point to `version` (one SET: readers see the old version or
+        the complete new one, never a half-written one). Then the state keys of every other version of
+        the model are removed (SCAN + UNLINK).
+
+        Args:
+            model_name: registered model name.
+            version: the version being materialised.
+            student_ids: the model's students, one per row of `states`.
+            states: (len(student_ids), width) float32 (`Recommender.student_state`).
+            progress: ``progress(stage, done, total)`` callback.
+
+        Returns:
+            Counts, time and Redis memory.
+
+        Raises:
+            ValueError: bad names, shapes, duplicate ids or non-finite values (nothing written).
+        """
+        started = time.perf_counter()
+        suffix = keys.model_state_suffix(model_name, version)
+        pointer = keys.active_version(model_name)
+        ids = list(student_ids)
+        matrix = np.asarray(states)
+        if matrix.ndim != 2 or matrix.shape[0] != len(ids):
+            raise ValueError(
+                f"states must be (len(student_ids)={len(ids)}, width) but has shape {matrix.shape}"
+            )
+        matrix = np.ascontiguousarray(matrix, dtype="<f4")
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise ValueError(
+                f"state of student {ids[row]!r} (row {row}) holds NaN or inf: refusing to materialise "
+                f"{model_name} v{version}"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError("student_ids holds duplicates: each student must appear once")
+        width = int(matrix.shape[1])
+        n = len(ids) if width else 0
+
+        memory_before = used_memory(self.client)
+        write_started = time.perf_counter()
+        cluster = _is_cluster(self.client)
+        for start in range(0, n, WRITE_CHUNK):
+            stop = min(start + WRITE_CHUNK, n)
+            block = matrix[start:stop].tobytes()
+            row_bytes = width * 4
+            mapping = {
+                keys.PREFIX + b":" + keys.student_tag(ids[r]) + suffix: block[
+                    (r - start) * row_bytes : (r - start + 1) * row_bytes
+                ]
+                for r in range(start, stop)
+            }
+            if cluster:
+                self.client.mset_nonatomic(mapping)
+            else:
+                self.client.mset(mapping)
+            if progress:
+                progress("state", stop, n)
+        write_seconds = time.perf_counter() - write_started
+        memory_written = used_memory(self.client)
+
+        previous_raw = self.client.set(pointer, version.encode("ascii"), get=True)
+        previous = None if previous_raw is None else _decode(previous_raw)
+        removed = self._remove_other_versions(model_name, suffix, progress)
+        return MaterializeSummary(
+            model_name=model_name,
+            version=version,
+            previous_version=previous,
+            students=n,
+            state_width=width,
+            seconds=time.perf_counter() - started,
+            write_seconds=write_seconds,
+            payload_bytes=n * width * 4,
+            memory_delta_bytes=memory_written - memory_before,
+            memory_after_bytes=used_memory(self.client),
+            removed_keys=removed,
+        )
+
+    def _remove_other_versions(self, model_name: str, keep_suffix: bytes, progress: Progress | None) -> int:
+        removed = 0
+        batch: list[bytes] = []
+        marker = keys.model_state_suffix(model_name, "x")[:-1]  # b":m:<model>:"
+        for key in self.client.scan_iter(match=keys.model_state_pattern(model_name), count=SCAN_COUNT):
+            # the pattern can also match an event marker whose id contains ":m:<model>:"; a state key is
+            # exactly "lr:{s:<id>}:m:<model>:<version>" with no ':' in the version
+            head, _, tail = key.rpartition(marker)
+            if not head.endswith(b"}") or b":" in tail:
+                continue
+            if not key.endswith(keep_suffix):
+                batch.append(key)
+                if len(batch) >= SCAN_COUNT:
+                    removed += int(self.client.unlink(*batch))
+                    batch = []
+                    if progress:
+                        progress("clean-up", removed, 0)
+        if batch:
+            removed += int(self.client.unlink(*batch))
+        if progress:
+            progress("clean-up", removed, removed)
+        return removed

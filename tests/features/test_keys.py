@@ -1,0 +1,76 @@
+"""Key builders of the feature store, on exact bytes (the layout is a contract with running Redis data)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.crc import key_slot
+
+from features import keys
+
+
+def test_student_keys_exact_bytes():
+    assert keys.profile("s001") == b"lr:{s:s001}:profile"
+    assert keys.history("s001") == b"lr:{s:s001}:hist"
+    assert keys.pairs("s001") == b"lr:{s:s001}:pairs"
+    assert keys.recent("s001") == b"lr:{s:s001}:recent"
+    assert keys.model_state("s001", "learnrec-lectures", "3") == b"lr:{s:s001}:m:learnrec-lectures:3"
+    assert keys.event_marker("s001", "e-42") == b"lr:{s:s001}:evt:e-42"
+
+
+def test_global_keys_exact_bytes():
+    assert keys.active_version("learnrec-lectures") == b"lr:active:learnrec-lectures"
+    assert keys.EVENTS_STREAM == b"lr:stream:events"
+    assert keys.EXPOSURES_STREAM == b"lr:stream:exposures"
+    assert keys.stream("events") == b"lr:stream:events"
+    assert keys.stream("exposures") == b"lr:stream:exposures"
+    assert keys.model_state_pattern("lightfm") == b"lr:{s:*}:m:lightfm:*"
+    assert keys.model_state_suffix("lightfm", "12") == b":m:lightfm:12"
+
+
+def test_korean_ids_are_utf8():
+    assert keys.history("학생-7") == "lr:{s:학생-7}:hist".encode()
+    assert keys.event_marker("학생-7", "이벤트") == "lr:{s:학생-7}:evt:이벤트".encode()
+
+
+@pytest.mark.parametrize("student_id", ["s001", "학생-7", "x" * 200, "a:b"])
+def test_all_keys_of_a_student_share_one_cluster_slot(student_id: str):
+    slots = {
+        key_slot(k)
+        for k in (
+            keys.profile(student_id),
+            keys.history(student_id),
+            keys.pairs(student_id),
+            keys.recent(student_id),
+            keys.model_state(student_id, "m", "1"),
+            keys.model_state(student_id, "other", "9"),
+            keys.event_marker(student_id, "e1"),
+            keys.event_marker(student_id, "완전히 다른 id"),
+        )
+    }
+    assert slots == {key_slot(keys.student_tag(student_id)[1:-1])}
+
+
+def test_different_students_spread_over_slots():
+    assert len({key_slot(keys.history(f"s{i}")) for i in range(200)}) > 150
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "v*", "v 1", "ver{1}", "버전"])
+def test_model_and_version_names_that_would_break_patterns_are_refused(bad: str):
+    with pytest.raises(ValueError, match="not allowed"):
+        keys.model_state("s1", bad, "1")
+    with pytest.raises(ValueError, match="not allowed"):
+        keys.model_state("s1", "m", bad)
+    with pytest.raises(ValueError, match="not allowed"):
+        keys.active_version(bad)
+
+
+def test_empty_ids_are_refused():
+    with pytest.raises(ValueError, match="student_id must be a non-empty string"):
+        keys.history("")
+    with pytest.raises(ValueError, match="event_id must be a non-empty string"):
+        keys.event_marker("s1", "")
+
+
+def test_unknown_stream_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown stream 'clicks': expected one of events, exposures"):
+        keys.stream("clicks")

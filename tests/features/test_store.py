@@ -1,0 +1,373 @@
+"""The feature store on a real redis-server: one-round-trip reads, idempotent events, materialisation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from features import keys
+from features.errors import FeatureStoreError, SchemaError
+from features.matrices import build_training_data
+from features.store import EventIn, FeatureStore, StudentProfile
+from tests.training.modelling_data import lectures as lecture_table
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts what it sends: one pipeline = one send = one round trip."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def _event(i: int, student: str, lecture: str, kind: str, progress: float = 0.0, day: float = 0.0) -> EventIn:
+    return EventIn(f"e{i}", student, lecture, kind, progress, T0 + timedelta(days=day))
+
+
+def _random_events(rng: np.random.Generator, n_students: int = 12, n_events: int = 400) -> pd.DataFrame:
+    lectures = lecture_table()["lecture_id"].tolist()
+    kinds = rng.choice(["enrol", "progress", "complete", "drop"], size=n_events, p=[0.35, 0.35, 0.15, 0.15])
+    frame = pd.DataFrame(
+        {
+            "event_id": [f"e{i:04d}" for i in range(n_events)],
+            "student_id": [f"s{int(x):02d}" for x in rng.integers(0, n_students, n_events)],
+            "lecture_id": [lectures[int(x)] for x in rng.integers(0, 8, n_events)],  # few lectures: repeats
+            "type": kinds,
+            "progress": np.where(kinds == "progress", rng.uniform(0, 1, n_events), 0.0).astype("float32"),
+            # whole minutes: no two events of a pair share a timestamp, so order is unambiguous
+            "occurred_at": [
+                T0 + timedelta(minutes=int(m)) for m in rng.permutation(n_events * 10)[:n_events]
+            ],
+            "request_id": None,
+        }
+    )
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)
+    return frame
+
+
+def _batch_weights(events: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Interaction weights as the training pipeline (features.matrices) computes them."""
+    students = pd.DataFrame(
+        {"student_id": sorted(events["student_id"].unique()), "region": "seoul", "grade": "h1"}
+    )
+    data = build_training_data(students, lecture_table(), events)
+    out: dict[str, dict[str, float]] = {}
+    coo = data.interactions.tocoo()
+    for r, c, w in zip(coo.row, coo.col, coo.data, strict=True):
+        out.setdefault(data.students.ids[r], {})[data.catalogue.lectures.ids[c]] = float(w)
+    return out
+
+
+def _events_in(frame: pd.DataFrame) -> list[EventIn]:
+    return [
+        EventIn(
+            r.event_id, r.student_id, r.lecture_id, r.type, float(r.progress), r.occurred_at.to_pydatetime()
+        )
+        for r in frame.itertuples()
+    ]
+
+
+# -- reads and profiles ------------------------------------------------------------------------------------
+
+
+def test_unknown_student_reads_as_empty(redis_client):
+    record = FeatureStore(redis_client).read_student("nobody", "m", "1")
+    assert record.profile is None and record.history == {} and record.recent == () and record.state is None
+
+
+def test_profiles_round_trip_with_korean_text(redis_client):
+    store = FeatureStore(redis_client)
+    profiles = [
+        StudentProfile("s1", "seoul", "h2", "high", "수능", ("수학", "영어")),
+        StudentProfile("s2", "taebaek", "oos"),
+    ]
+    assert store.put_profiles(profiles) == 2
+    assert store.get_profile("s1") == profiles[0]
+    assert store.get_profile("s2") == profiles[1]
+    assert store.get_profile("s3") is None
+    assert "수능".encode() in redis_client.get(b"lr:{s:s1}:profile")  # stored as readable UTF-8 JSON
+    store.put_profiles([StudentProfile("s1", "gimpo", "h3")])  # replaces, attributes not merged
+    assert store.get_profile("s1") == StudentProfile("s1", "gimpo", "h3")
+
+
+def test_a_profile_without_region_is_refused(redis_client):
+    with pytest.raises(ValueError, match="profile of 's9': region must be a non-empty string"):
+        FeatureStore(redis_client).put_profiles([StudentProfile("s9", "", "h1")])
+
+
+def test_a_corrupt_profile_is_a_store_error_naming_the_student(redis_client):
+    redis_client.set(keys.profile("s1"), b"{not json")
+    with pytest.raises(FeatureStoreError, match=r"profile of student 's1' .* is corrupt"):
+        FeatureStore(redis_client).read_student("s1")
+
+
+def test_read_student_is_one_round_trip(redis_server):
+    pool = redis.ConnectionPool(connection_class=CountingConnection, port=redis_server.port)
+    client = redis.Redis(connection_pool=pool)
+    client.flushall()
+    store = FeatureStore(client)
+    store.put_profiles([StudentProfile("s1", "seoul", "h1")])
+    store.apply_events([_event(1, "s1", "MATH-1", "enrol")])
+    store.materialize("m", "1", ["s1"], np.ones((1, 3), dtype=np.float32))
+    CountingConnection.sends = 0
+    record = store.read_student("s1", "m", "1")
+    assert CountingConnection.sends == 1
+    assert record.profile is not None and record.history == {"MATH-1": 0.25}
+    assert np.frombuffer(record.state, dtype="<f4").tolist() == [1.0, 1.0, 1.0]
+    CountingConnection.sends = 0
+    records = store.read_students(["s1", "s2", "s3"], "m", "1")
+    assert CountingConnection.sends == 1 and len(records) == 3 and records[1].history == {}
+    client.close()
+
+
+def test_version_none_reads_the_active_version(redis_client):
+    store = FeatureStore(redis_client)
+    store.materialize("m", "4", ["s1"], np.full((1, 2), 4, dtype=np.float32))
+    assert store.active_version("m") == "4"
+    assert np.frombuffer(store.read_student("s1", "m").state, "<f4").tolist() == [4.0, 4.0]
+    assert store.read_student("s1").state is None  # no model asked: no state
+    assert store.read_student("s1", "other").state is None  # nothing materialised for it
+
+
+# -- events ------------------------------------------------------------------------------------------------
+
+
+def test_events_give_the_weights_of_the_training_pipeline_in_any_arrival_order(redis_client):
+    rng = np.random.default_rng(3)
+    frame = _random_events(rng)
+    expected = _batch_weights(frame)
+    events = _events_in(frame)
+    order = rng.permutation(len(events))  # late and out-of-order arrivals
+    store = FeatureStore(redis_client)
+    for chunk in np.array_split(order, 7):
+        assert all(store.apply_events([events[i] for i in chunk]))
+    records = store.read_students(sorted(expected))
+    for sid, record in zip(sorted(expected), records, strict=True):
+        assert record.history.keys() == expected[sid].keys(), sid
+        for lecture, weight in expected[sid].items():
+            assert record.history[lecture] == pytest.approx(weight, abs=1e-6), (sid, lecture)
+
+
+def test_stage_rules(redis_client):
+    store = FeatureStore(redis_client)
+    store.apply_events(
+        [
+            _event(1, "s", "A", "enrol", day=0),
+            _event(2, "s", "A", "progress", 0.5, day=1),  # 0.3 + 0.5 * 0.5
+            _event(3, "s", "B", "enrol", day=0),
+            _event(4, "s", "B", "complete", 1.0, day=1),
+            _event(5, "s", "B", "drop", day=2),  # a completed lecture keeps 1.0
+            _event(6, "s", "C", "progress", 0.9, day=0),
+            _event(7, "s", "C", "drop", day=1),  # dropped: 0.1
+            _event(8, "s", "D", "drop", day=0),  # only a drop: still history, 0.1
+        ]
+    )
+    assert store.read_student("s").history == pytest.approx({"A": 0.55, "B": 1.0, "C": 0.1, "D": 0.1})
+    store.apply_events([_event(9, "s", "C", "progress", 0.2, day=3)])  # back after the drop: furthest stage
+    assert store.read_student("s").history["C"] == pytest.approx(0.75)
+    store.apply_events([_event(10, "s", "A", "drop", day=0.5)])  # a drop older than the latest event
+    assert store.read_student("s").history["A"] == pytest.approx(0.55)
+
+
+def test_events_are_idempotent_by_event_id_and_streamed_once(redis_client):
+    store = FeatureStore(redis_client)
+    batch = [
+        _event(1, "s1", "A", "enrol"),
+        _event(2, "s1", "A", "complete", 1.0, day=1),
+        _event(1, "s1", "A", "enrol"),
+    ]
+    assert store.apply_events(batch) == [True, True, False]  # a repeat inside one call is a duplicate
+    assert store.apply_events(batch) == [False, False, False]
+    assert store.read_student("s1").history == {"A": 1.0}
+    entries = redis_client.xrange(keys.EVENTS_STREAM)
+    assert [e[1][b"event_id"] for e in entries] == [b"e1", b"e2"]
+    fields = entries[1][1]
+    assert fields[b"type"] == b"complete" and fields[b"request_id"] == b""
+    assert fields[b"occurred_at"] == b"2025-03-02T00:00:00.000000+00:00"
+    ttl = redis_client.ttl(keys.event_marker("s1", "e1"))
+    assert 89 * 86400 < ttl <= 90 * 86400
+    assert redis_client.get(keys.event_marker("s1", "e1")) == b"1"  # confirmed: in the stream
+
+
+def test_recent_lectures_keep_enrolment_order_without_duplicates_and_are_trimmed(redis_client):
+    store = FeatureStore(redis_client, recent_len=3)
+    store.apply_events([_event(i, "s1", f"L{i}", "enrol", day=i) for i in range(5)])
+    assert store.read_student("s1").recent == ("L2", "L3", "L4")
+    store.apply_events([_event(10, "s1", "L3", "enrol", day=9), _event(11, "s1", "L4", "complete", day=9)])
+    assert store.read_student("s1").recent == ("L2", "L4", "L3")  # a re-enrolment moves to the end
+
+
+def test_a_failure_between_state_and_stream_is_healed_by_the_retry(redis_client):
+    """Regression: an event applied to the state whose XADD failed must reach the stream on retry."""
+    store = FeatureStore(redis_client)
+    redis_client.set(keys.EVENTS_STREAM, b"not a stream")  # XADD now fails with WRONGTYPE
+    event = _event(1, "s1", "A", "enrol")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        store.apply_events([event])
+    assert redis_client.get(keys.event_marker("s1", "e1")) == b"0"  # applied, not yet streamed
+    redis_client.delete(keys.EVENTS_STREAM)
+    assert store.apply_events([event]) == [False]  # not applied twice ...
+    assert store.read_student("s1").recent == ("A",)
+    assert redis_client.xlen(keys.EVENTS_STREAM) == 1  # ... but streamed now
+    assert store.apply_events([event]) == [False]
+    assert redis_client.xlen(keys.EVENTS_STREAM) == 1
+
+
+def test_script_cache_flush_is_survived(redis_client):
+    store = FeatureStore(redis_client)
+    store.apply_events([_event(1, "s1", "A", "enrol")])
+    redis_client.script_flush()
+    assert store.apply_events([_event(2, "s1", "B", "enrol")]) == [True]
+    assert store.read_student("s1").recent == ("A", "B")
+
+
+def test_malformed_events_are_refused_before_anything_is_written(redis_client):
+    store = FeatureStore(redis_client)
+    good = _event(1, "s1", "A", "enrol")
+    for bad, message in (
+        (_event(2, "s1", "A", "watch"), "event 1: type 'watch' is not one of enrol, progress"),
+        (_event(2, "s1", "A", "progress", 1.5), r"event 1: progress 1\.5 is outside 0\.\.1"),
+        (_event(2, "s1", "A", "progress", float("nan")), "event 1: progress must be a finite number"),
+        (_event(2, "", "A", "enrol"), "event 1: student_id must be a non-empty string"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            store.apply_events([good, bad])
+    assert redis_client.dbsize() == 0
+
+
+def test_redis_down_raises_and_the_retry_after_restart_applies(redis_client, redis_server):
+    store = FeatureStore(redis_server.client(socket_timeout=0.5, retry=None))
+    event = _event(1, "s1", "A", "complete", 1.0)
+    with redis_server.down():
+        with pytest.raises(redis.exceptions.ConnectionError):
+            store.apply_events([event])
+        with pytest.raises(redis.exceptions.ConnectionError):
+            store.read_student("s1")
+    assert store.apply_events([event]) == [True]
+    assert store.read_student("s1").history == {"A": 1.0}
+
+
+def test_state_survives_a_redis_restart(redis_client, redis_server):
+    store = FeatureStore(redis_client)
+    store.put_profiles([StudentProfile("s1", "seoul", "h1")])
+    store.apply_events([_event(1, "s1", "A", "enrol")])
+    redis_server.restart()
+    again = FeatureStore(redis_server.client())
+    record = again.read_student("s1")
+    assert record.profile == StudentProfile("s1", "seoul", "h1") and record.history == {"A": 0.25}
+    assert again.apply_events([_event(1, "s1", "A", "enrol")]) == [False]  # markers persisted too
+
+
+# -- bulk --------------------------------------------------------------------------------------------------
+
+
+def test_seed_history_equals_the_training_pipeline_and_the_online_path(redis_client, redis_server):
+    rng = np.random.default_rng(11)
+    frame = _random_events(rng)
+    expected = _batch_weights(frame)
+    store = FeatureStore(redis_client, recent_len=4)
+    calls: list[tuple[str, int, int]] = []
+    n = store.seed_history(frame, [StudentProfile("s00", "seoul", "m3")], progress=lambda *a: calls.append(a))
+    assert n == len(expected) and calls[-1] == ("history", n, n)
+    seeded = store.read_students(sorted(expected))
+    for sid, record in zip(sorted(expected), seeded, strict=True):
+        assert record.history == pytest.approx(expected[sid], abs=1e-6), sid
+    assert seeded[0].profile == StudentProfile("s00", "seoul", "m3")
+
+    # the online path from scratch gives the same history, aggregates and recent lists
+    online_client = redis_server.client(db=1)
+    online_client.flushdb()
+    online = FeatureStore(online_client, recent_len=4)
+    online.apply_events(_events_in(frame.sort_values("occurred_at")))
+    for sid, record in zip(sorted(expected), online.read_students(sorted(expected)), strict=True):
+        assert record.recent == seeded[sorted(expected).index(sid)].recent, sid
+        assert redis_client.hgetall(keys.pairs(sid)) == online_client.hgetall(keys.pairs(sid)), sid
+    online_client.flushdb()
+    online_client.close()
+
+
+def test_seed_history_replaces_earlier_state(redis_client):
+    store = FeatureStore(redis_client)
+    store.apply_events([_event(1, "s1", "OLD", "enrol")])
+    frame = pd.DataFrame(
+        {"student_id": ["s1"], "lecture_id": ["NEW"], "type": ["complete"], "occurred_at": [T0]}
+    )
+    assert store.seed_history(frame, []) == 1
+    record = store.read_student("s1")
+    assert record.history == {"NEW": 1.0} and record.recent == ()
+
+
+def test_seed_history_names_bad_rows(redis_client):
+    store = FeatureStore(redis_client)
+    frame = pd.DataFrame(
+        {
+            "student_id": ["s1", "s2"],
+            "lecture_id": ["A", "B"],
+            "type": ["enrol", "watch"],
+            "occurred_at": [T0, T0],
+        }
+    )
+    with pytest.raises(SchemaError, match=r"events: row 2, column 'type': unknown event type 'watch'"):
+        store.seed_history(frame, [])
+    with pytest.raises(SchemaError, match="column 'occurred_at' is missing"):
+        store.seed_history(frame.drop(columns="occurred_at"), [])
+    assert redis_client.dbsize() == 0
+
+
+def test_materialize_writes_switches_and_cleans_up(redis_client):
+    store = FeatureStore(redis_client)
+    ids = [f"s{i}" for i in range(5_000)]
+    states = np.random.default_rng(0).normal(size=(5_000, 33)).astype(np.float32)
+    stages: list[str] = []
+    first = store.materialize("lightfm", "1", ids, states, progress=lambda s, d, t: stages.append(s))
+    assert first.students == 5_000 and first.state_width == 33 and first.previous_version is None
+    assert first.payload_bytes == 5_000 * 33 * 4 and first.removed_keys == 0
+    assert 132 < first.bytes_per_student < 400  # 132 B of floats plus key and allocator overhead
+    assert "state" in stages and "clean-up" in stages
+    assert redis_client.get(keys.model_state("s42", "lightfm", "1")) == states[42].astype("<f4").tobytes()
+    assert store.active_version("lightfm") == "1"
+
+    store.materialize("other", "7", ids[:10], states[:10])  # another model is never touched
+    redis_client.set(b"lr:{s:s1}:evt:x:m:lightfm:1", b"1")  # an event id that looks like a state key
+    second = store.materialize("lightfm", "2", ids[:100], states[:100] * 2)
+    assert second.previous_version == "1" and second.removed_keys == 5_000
+    assert store.active_version("lightfm") == "2"
+    assert redis_client.exists(keys.model_state("s42", "lightfm", "1")) == 0
+    assert redis_client.exists(keys.model_state("s4999", "lightfm", "2")) == 0
+    state = store.read_student("s42", "lightfm", "2").state
+    assert np.array_equal(np.frombuffer(state, "<f4"), states[42] * 2)
+    assert redis_client.exists(keys.model_state("s3", "other", "7")) == 1
+    assert redis_client.exists(b"lr:{s:s1}:evt:x:m:lightfm:1") == 1
+
+
+def test_materialize_refuses_bad_input_before_writing(redis_client):
+    store = FeatureStore(redis_client)
+    good = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"states must be \(len\(student_ids\)=3, width\)"):
+        store.materialize("m", "1", ["a", "b", "c"], good)
+    bad = good.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"state of student 'b' \(row 1\) holds NaN"):
+        store.materialize("m", "1", ["a", "b"], bad)
+    with pytest.raises(ValueError, match="duplicates"):
+        store.materialize("m", "1", ["a", "a"], good)
+    with pytest.raises(ValueError, match="version 'v:1' is not allowed"):
+        store.materialize("m", "v:1", ["a", "b"], good)
+    assert redis_client.dbsize() == 0
+
+
+def test_materialize_of_a_stateless_model_only_switches_the_version(redis_client):
+    store = FeatureStore(redis_client)
+    store.materialize("m", "1", ["a"], np.ones((1, 2), dtype=np.float32))
+    summary = store.materialize("m", "2", ["a", "b"], np.zeros((2, 0), dtype=np.float32))
+    assert summary.students == 0 and summary.removed_keys == 1 and store.active_version("m") == "2"
+    assert store.read_student("a", "m").state is None
