@@ -1,4 +1,4 @@
-"""`learnrec features materialize | redis`: write a registered model's per-student state into Redis."""
+"""`learnrec features materialize | seed | redis`: model state and online state in Redis."""
 
 from __future__ import annotations
 
@@ -207,3 +207,73 @@ def redis_status(
         )
     else:
         typer.echo(f"embedded redis-server pid {server.pid} at {server.url} (data {directory})")
+
+
+def profiles_from_table(students: Any) -> Iterator[Any]:
+    """`StudentProfile`s from a students table (`features.schemas.STUDENTS` columns)."""
+    from features.store import StudentProfile
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    for row in students.itertuples(index=False):
+        interests = row.interest_subjects
+        yield StudentProfile(
+            student_id=row.student_id,
+            region=row.region,
+            grade=row.grade,
+            school_level=text(row.school_level),
+            target_exam=text(row.target_exam),
+            interest_subjects=tuple(interests) if interests is not None else (),
+        )
+
+
+def seed_dataset(dataset_dir: Any, client: Any, progress: ProgressFn | None = None) -> tuple[int, int]:
+    """Load a dataset's profiles and event history into the online state (used by the CLI and demo).
+
+    Args:
+        dataset_dir: dataset directory (`features.tables.read_dataset`).
+        client: Redis client (a bulk client).
+        progress: ``progress(stage, done, total)`` callback.
+
+    Returns:
+        (students, events) written.
+    """
+    from features.store import FeatureStore
+    from features.tables import read_dataset
+
+    dataset = read_dataset(dataset_dir)
+    FeatureStore(client).seed_history(dataset.events, profiles_from_table(dataset.students), progress)
+    return len(dataset.students), len(dataset.events)
+
+
+@app.command("seed")
+def seed(
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset directory (default <data_dir>/datasets/synthetic).")
+    ] = None,
+) -> None:
+    """Load a dataset's student profiles and event history into the online state in Redis."""
+    from pathlib import Path
+
+    from redis.exceptions import RedisError
+
+    from features.errors import LearnrecDataError
+    from features.redis_server import connect
+    from features.settings import get_settings
+
+    settings = get_settings()
+    directory = Path(dataset) if dataset else settings.datasets_dir / "synthetic"
+    started = time.perf_counter()
+    try:
+        client = connect(settings, bulk=True)
+        with progress_bars() as progress:
+            students, events = seed_dataset(directory, client, progress)
+    except LearnrecDataError as exc:
+        raise fail(str(exc), 2) from None
+    except RedisError as exc:
+        raise fail(f"Redis is not reachable: {exc}") from None
+    typer.echo(
+        f"seeded the online state of {students:,} students from {events:,} events of {directory} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
