@@ -11,8 +11,14 @@ import pyarrow as pa
 #: Grades in school order; `oos` is out-of-school youth, `adult` a learner outside school grades (OULAD).
 GRADES: tuple[str, ...] = ("m1", "m2", "m3", "h1", "h2", "h3", "oos", "adult")
 GRADE_LABELS_KO: dict[str, str] = {
-    "m1": "중1", "m2": "중2", "m3": "중3", "h1": "고1", "h2": "고2", "h3": "고3",
-    "oos": "학교 밖 청소년", "adult": "성인",
+    "m1": "중1",
+    "m2": "중2",
+    "m3": "중3",
+    "h1": "고1",
+    "h2": "고2",
+    "h3": "고3",
+    "oos": "학교 밖 청소년",
+    "adult": "성인",
 }
 #: Event types of the learning funnel.
 EVENT_TYPES: tuple[str, ...] = ("enrol", "progress", "complete", "drop")
