@@ -25,8 +25,8 @@ from models.errors import ModelFormatError, RegisteredModelNotFoundError
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
     from mlflow import MlflowClient
+
     from models.base import Recommender
 
 #: Names of the pyfunc artifacts (keys of `mlflow.pyfunc.log_model(artifacts=...)`) and their files.

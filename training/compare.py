@@ -20,9 +20,8 @@ from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, TAG_K, TAG_KIND, TAG
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    from rich.table import Table
-
     from mlflow import MlflowClient
+    from rich.table import Table
 
 #: Accuracy metrics drawn in the first chart (all in [0, 1]).
 ACCURACY: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate")

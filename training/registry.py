@@ -25,10 +25,10 @@ from training.errors import PromotionRefused, TrackingError
 from training.tracking import KIND_MODEL, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_SPLIT
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
     from features.settings import Settings
-    from mlflow import MlflowClient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

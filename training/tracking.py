@@ -34,11 +34,11 @@ from training.errors import TrackingError
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+    from mlflow import MlflowClient
     from mlflow.entities import Run
 
     from features.settings import Settings
     from features.tables import Dataset
-    from mlflow import MlflowClient
     from models.base import Recommender, TrainingData
     from training.evaluate import EvaluationReport
     from training.splits import Split
@@ -93,8 +93,9 @@ def configure(settings: Settings | None = None) -> MlflowClient:
         A client bound to `settings.tracking_uri()`.
     """
     import mlflow
-    from features.settings import get_settings
     from mlflow import MlflowClient
+
+    from features.settings import get_settings
 
     settings = settings or get_settings()
     uri = settings.tracking_uri()
@@ -325,9 +326,9 @@ def log_pyfunc(artifacts: Mapping[str, str], example_student: str | None) -> Any
     Returns:
         MLflow's ModelInfo (``model_uri`` is ``models:/m-...``).
     """
+    import mlflow
     import pandas as pd
 
-    import mlflow
     import models
     from models.pyfunc import ENTRY_SCRIPT, signature
 
@@ -380,11 +381,10 @@ def log_dataset_inputs(split: Split, dataset_dir: Path | None, fingerprint: str,
     """
     from functools import cached_property
 
+    import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.pandas_dataset import PandasDataset
     from mlflow.models import infer_signature
-
-    import mlflow
 
     class EventsDataset(PandasDataset):  # type: ignore[misc]
         @cached_property

@@ -141,9 +141,9 @@ def tune(
     Raises:
         TrainingError: unknown model, or no trial completed.
     """
+    import mlflow
     import optuna
 
-    import mlflow
     from models import get_model_class
     from models.errors import NumericalError
     from training.evaluate import evaluate

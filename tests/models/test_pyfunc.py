@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import mlflow
 from features.settings import Settings
 from features.tables import read_dataset
 from models.pyfunc import LearnrecRecommender

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from features.settings import Settings
-from mlflow import MlflowClient
 from tests.training import modelling_data
 from training.cli import app
 from training.tracking import KIND_TRIAL, KIND_TUNE, TAG_KIND, find_runs

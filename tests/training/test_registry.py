@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from features.settings import Settings, get_settings
-from mlflow import MlflowClient
 from models.errors import RegisteredModelNotFoundError
 from models.loading import load_registered, resolve_alias
 from tests.training import modelling_data

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-import mlflow
 from features.settings import Settings
 from features.tables import read_dataset
-from mlflow import MlflowClient
 from models import MODELS
 from models.base import StudentBatch
 from models.popularity import PopularityRecommender

@@ -181,7 +181,7 @@ def validate(
 def synth(
     students: Annotated[
         int | None,
-        typer.Option(min=1, help="Total students, spread over regions like the platform today (default: ~43k)."),
+        typer.Option(min=1, help="Total students, spread over regions like the platform (default ~43k)."),
     ] = None,
     lectures: Annotated[int, typer.Option(min=1, help="Number of lectures.")] = 5_000,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: settings.seed).")] = None,
@@ -190,9 +190,8 @@ def synth(
     ] = None,
 ) -> None:
     """Generate a synthetic Seoul Learn-like dataset (deterministic for a seed)."""
-    from features.synth import generate, scaled_config
-
     from features.settings import get_settings
+    from features.synth import generate, scaled_config
 
     settings = get_settings()
     out = out or settings.datasets_dir / "synthetic"

@@ -259,6 +259,7 @@ def _client(settings: Settings) -> Any:
     import logging
 
     import mlflow  # configures its loggers on import: quieten them after that
+
     from training import tracking
 
     logging.getLogger(mlflow.__name__).setLevel(logging.WARNING)
