@@ -40,10 +40,17 @@ class ServiceSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     model_alias: str = Field(default="champion", description="Alias of the registered model to serve.")
-    reload_poll_seconds: float = Field(default=10.0, ge=0, description="How often to poll the alias; 0 = never.")
-    api_keys_file: Path | None = Field(default=None, description="JSON file of hashed API keys; unset = dev keys.")
+    reload_poll_seconds: float = Field(
+        default=10.0, ge=0, description="How often to poll the alias; 0 = never."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="JSON file of hashed API keys; unset = dev keys."
+    )
     admin_key: SecretStr | None = Field(default=None, description="Admin API key (dev default when unset).")
     experiments_file: Path | None = Field(default=None, description="YAML file of A/B experiments.")
+    log_hash_key: SecretStr | None = Field(
+        default=None, description="HMAC key for student ids in logs; unset = a random key per process."
+    )
 
 
 class Settings(BaseSettings):
@@ -52,7 +59,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEARNREC_", env_nested_delimiter="__", extra="ignore")
 
     env: str = Field(default="development", description="development | production")
-    data_dir: Path = Field(default=Path("data"), description="Directory learnrec owns: datasets, Redis, MLflow.")
+    data_dir: Path = Field(
+        default=Path("data"), description="Directory learnrec owns: datasets, Redis, MLflow."
+    )
     seed: int = Field(default=42, description="Seed for everything random.")
     redis: RedisSettings = RedisSettings()
     mlflow: MlflowSettings = MlflowSettings()

@@ -1,9 +1,84 @@
-"""Top-level `learnrec` commands of this stage."""
+"""`learnrec serve`, `learnrec mlflow-ui` and `learnrec api-key`: run the API, the MLflow UI, make keys."""
 
 from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+
+    @app.command()
+    def serve(
+        host: Annotated[str | None, typer.Option(help="Interface (default: settings.service.host).")] = None,
+        port: Annotated[int | None, typer.Option(help="Port (default: settings.service.port).")] = None,
+        log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    ) -> None:
+        """Run the recommendation API with uvicorn (embedded Redis unless REDIS_URL is set)."""
+        import uvicorn
+
+        from features.settings import get_settings
+        from service.errors import ServiceConfigError
+        from service.logs import configure_logging
+        from service.main import create_app
+
+        settings = get_settings()
+        configure_logging(log_level.upper(), everything=True)
+        try:
+            api = create_app(settings)
+        except ServiceConfigError as exc:
+            typer.echo(f"refusing to start: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        bind_host = host or settings.service.host
+        bind_port = port or settings.service.port
+        typer.echo(f"learnrec API on http://{bind_host}:{bind_port} (docs: /docs); Ctrl-C stops", err=True)
+        # our middleware logs every request as JSON; uvicorn's own access log would repeat it in text
+        level = log_level.lower()
+        uvicorn.run(api, host=bind_host, port=bind_port, log_config=None, access_log=False, log_level=level)
+
+    @app.command("mlflow-ui")
+    def mlflow_ui(
+        host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    ) -> None:
+        """Open the MLflow UI on the project's tracking store (the same registry `serve` loads from)."""
+        from features.settings import get_settings
+
+        settings = get_settings()
+        uri = settings.tracking_uri()
+        if uri.startswith("sqlite:"):
+            settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "mlflow", "ui",
+            "--backend-store-uri", uri,
+            "--default-artifact-root", settings.artifact_root(),
+            "--host", host,
+            "--port", str(port),
+        ]  # fmt: skip
+        typer.echo(f"MLflow UI on http://{host}:{port} for {uri}; Ctrl-C to stop", err=True)
+        sys.stderr.flush()
+        # become `mlflow ui` (no wrapper process): signals reach MLflow and its workers directly
+        os.execv(sys.executable, cmd)
+
+    @app.command("api-key")
+    def api_key(
+        name: Annotated[str, typer.Option(help="Client name, e.g. portal-taebaek.")],
+        region: Annotated[
+            list[str], typer.Option(help="Region the key may read and write (repeat; '*' = all).")
+        ],
+        admin: Annotated[bool, typer.Option(help="May call /admin routes.")] = False,
+    ) -> None:
+        """Make a new API key: prints the key once (give it to the client) and the entry for the keys file."""
+        from service.auth import hash_key
+
+        key = secrets.token_urlsafe(32)
+        entry = {"name": name, "sha256": hash_key(key), "regions": region, "admin": admin}
+        typer.echo(f"key (shown once): {key}")
+        typer.echo('add to the keys file (settings.service.api_keys_file) under "keys":')
+        typer.echo(json.dumps(entry, ensure_ascii=False))

@@ -1,0 +1,252 @@
+"""What routes take: the app state, the caller's key, the model in force, the guarded feature store."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from features.settings import Settings
+from service.auth import ApiClient, KeyRing
+from service.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    InvalidFieldError,
+    NoModelError,
+    StoreUnavailableError,
+)
+from service.logs import StudentHasher
+from service.metrics import Metrics
+from service.model_manager import ModelManager
+from service.ranking import RankingModel
+
+if TYPE_CHECKING:
+    from features.store import EventIn, FeatureStore, StudentProfile, StudentRecord
+
+logger = logging.getLogger("learnrec.service.store")
+T = TypeVar("T")
+
+#: After a failed feature-store call, reads skip Redis for this long (answers are degraded at once
+#: instead of each waiting for its own timeout); then one request tries again.
+BREAKER_COOLDOWN_SECONDS = 0.5
+#: Records kept in process for degraded answers (region, grade and history "as far as known").
+RECORD_CACHE_SIZE = 20_000
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    from features.errors import FeatureStoreError
+
+    return (RedisError, FeatureStoreError, OSError)
+
+
+class GuardedStore:
+    """The feature store behind a small circuit breaker, with a bounded cache of the records last read.
+
+    Reads never raise: on failure they return the cached record (or None) flagged degraded. Writes raise
+    `StoreUnavailableError` (503) so the client retries; nothing is half-acknowledged.
+    """
+
+    def __init__(
+        self, store: FeatureStore | None, metrics: Metrics, *, unavailable: str | None = None
+    ) -> None:
+        self.store = store
+        self._metrics = metrics
+        self._errors = _store_errors()
+        self._open_until = 0.0
+        self._unavailable = unavailable or "feature store not configured"
+        self._cache: OrderedDict[str, StudentRecord] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._up = True
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self._metrics.redis_errors.labels(operation=operation).inc()
+        self._metrics.redis_up.set(0)
+        self._open_until = time.monotonic() + BREAKER_COOLDOWN_SECONDS
+        if self._up:  # log the transition, not every failed request
+            logger.error(
+                "feature store unavailable; answering degraded",
+                extra={"operation": operation, "error": repr(exc)},
+            )
+        self._up = False
+
+    def _succeeded(self) -> None:
+        self._open_until = 0.0
+        if not self._up:
+            logger.info("feature store reachable again; normal answers resume")
+        self._up = True
+        self._metrics.redis_up.set(1)
+
+    @property
+    def up(self) -> bool:
+        return self._up and self.store is not None
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def read_student(
+        self, student_id: str, model_name: str, version: str
+    ) -> tuple[StudentRecord | None, bool]:
+        """(record, degraded): the record, or if the store cannot answer the last one seen (None if never)."""
+        if self.store is not None and time.monotonic() >= self._open_until:
+            try:
+                record = self.store.read_student(student_id, model_name, version)
+            except self._errors as exc:
+                self._failed("read_student", exc)
+            else:
+                self._succeeded()
+                self._remember(student_id, record)
+                return record, False
+        with self._cache_lock:
+            return self._cache.get(student_id), True
+
+    def ping(self) -> bool:
+        """True when Redis answers PING now (used by /readyz; bypasses the breaker)."""
+        if self.store is None:
+            return False
+        try:
+            ok = bool(self.store.client.ping())
+        except self._errors as exc:
+            self._failed("ping", exc)
+            return False
+        self._succeeded()
+        return ok
+
+    # -- writes (and reads that must not be guessed) ----------------------------------------------
+
+    def _call(self, operation: str, fn: Callable[[FeatureStore], T]) -> T:
+        """Run `fn` on the store; a store failure becomes a 503 telling the client to retry."""
+        if self.store is None:
+            raise StoreUnavailableError(
+                f"feature store unavailable ({self._unavailable}): nothing was stored; retry later"
+            )
+        try:
+            result = fn(self.store)
+        except self._errors as exc:
+            self._failed(operation, exc)
+            raise StoreUnavailableError(
+                f"feature store unavailable during {operation}: the request may not be stored; "
+                "retry it unchanged (event ids make retries safe)"
+            ) from exc
+        self._succeeded()
+        return result
+
+    def get_profiles(self, student_ids: list[str]) -> dict[str, StudentProfile]:
+        """Registered profiles of these students (absent ids are left out)."""
+
+        def read(store: FeatureStore) -> dict[str, StudentProfile]:
+            # one pipeline for the whole batch (it also reads histories: cheaper than a round trip each)
+            records = store.read_students(student_ids)
+            pairs = zip(student_ids, records, strict=True)
+            return {sid: r.profile for sid, r in pairs if r.profile is not None}
+
+        return self._call("read_students", read)
+
+    def put_profile(self, profile: StudentProfile) -> None:
+        self._call("put_profiles", lambda store: store.put_profiles([profile]))
+        self.forget([profile.student_id])
+
+    def apply_events(self, events: list[EventIn]) -> list[bool]:
+        """Store events; per event True = new, False = duplicate event_id."""
+        try:
+            applied = self._call("apply_events", lambda store: store.apply_events(events))
+        except ValueError as exc:  # the store re-checks what the API validated: a mismatch is a 422
+            raise InvalidFieldError(("body", "events"), str(exc)) from exc
+        self.forget(sorted({e.student_id for e in events}))
+        return list(applied)
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    def _remember(self, student_id: str, record: StudentRecord) -> None:
+        if record.profile is None and not record.history:
+            return  # nothing worth knowing when Redis is down
+        with self._cache_lock:
+            self._cache[student_id] = record
+            self._cache.move_to_end(student_id)
+            if len(self._cache) > RECORD_CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def forget(self, student_ids: list[str]) -> None:
+        """Drop cached records that a write just made stale."""
+        with self._cache_lock:
+            for sid in student_ids:
+                self._cache.pop(sid, None)
+
+
+@dataclass
+class AppState:
+    """Everything the routes share; built by the lifespan, stored at `app.state.learnrec`."""
+
+    settings: Settings
+    keys: KeyRing
+    metrics: Metrics
+    models: ModelManager
+    store: GuardedStore
+    hash_student: StudentHasher
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.learnrec
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Client API key. Each key is scoped to partner region(s); admin routes need an admin key.",
+)
+
+
+async def require_client(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiClient:
+    """The calling client, or 401."""
+    state: AppState = request.app.state.learnrec
+    if not key:
+        raise AuthenticationError("missing API key: send it in the X-API-Key header")
+    client = state.keys.authenticate(key)
+    if client is None:
+        raise AuthenticationError("unknown API key (X-API-Key)")
+    request.state.client = client.name
+    return client
+
+
+ClientDep = Annotated[ApiClient, Depends(require_client)]
+
+
+async def require_admin(client: ClientDep) -> ApiClient:
+    """The calling client when it holds an admin key, or 403."""
+    if not client.admin:
+        raise ForbiddenError(f"admin route: key '{client.name}' is not an admin key")
+    return client
+
+
+AdminDep = Annotated[ApiClient, Depends(require_admin)]
+
+
+def require_model(state: AppState) -> RankingModel:
+    """The model version serving now (one reference for the whole request), or 503.
+
+    Called inside routes rather than as a dependency, so a malformed request gets its 422 first.
+    """
+    model = state.models.current
+    if model is None:
+        raise NoModelError(state.models.unavailable_reason())
+    return model
+
+
+def check_region(client: ApiClient, region: str | None, what: str) -> None:
+    """403 when `client` may not touch a student of `region`."""
+    if not client.may_access(region):
+        allowed = ", ".join(sorted(client.regions))
+        raise ForbiddenError(f"{what} belongs to region '{region}'; key '{client.name}' serves {allowed}")

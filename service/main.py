@@ -1,0 +1,268 @@
+"""The FastAPI app factory and its lifespan: keys, Redis, the model by alias, the alias poller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from features.settings import Settings, get_settings
+from service.auth import KeyRing
+from service.deps import AppState, GuardedStore
+from service.errors import InvalidFieldError, ServiceError
+from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
+from service.metrics import Metrics
+from service.model_manager import ModelManager
+from service.routes import admin, events, health, recommendations, students
+from service.schemas import EventItem, EventsIn
+
+logger = logging.getLogger("learnrec.service")
+
+#: How long start-up waits for the first model load before serving without it.
+STARTUP_LOAD_WAIT_SECONDS = 60.0
+
+DESCRIPTION = """
+Lecture recommendations for Seoul Learn (서울런) and its partner regions.
+
+* `GET /recommendations` ranks lectures for a student (never one already taken, always licensed in the
+  student's region and suited to the grade), each with a reason.
+* `POST /events` reports what students do; the next recommendation reflects it.
+* `PUT /students/{student_id}` registers the profile used for new students.
+
+Every call but the health checks needs an `X-API-Key`; keys are scoped to partner regions. Send an
+`X-Request-ID` to trace a call (one is generated otherwise); it comes back as a header and in the body.
+"""
+
+TAGS = [
+    {"name": "recommendations", "description": "Ranked lectures for a student."},
+    {"name": "events", "description": "Learning events from the portal."},
+    {"name": "students", "description": "Student profiles (cold start, eligibility)."},
+    {"name": "admin", "description": "Model status and reload (admin keys)."},
+    {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
+]
+
+
+class RequestContext:
+    """ASGI middleware: request id in and out, latency histogram per route template, one access log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = logging.getLogger("learnrec.service.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        request_id = accept_request_id(incoming)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # never a bare crash: the client gets JSON with the request id to quote, the log gets the trace
+            # the route template, not the path: paths carry student ids
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.log.exception("unhandled error", extra={"route": route})
+            if not response_started:
+                body = orjson.dumps({"detail": f"internal error; quote request id {request_id}"})
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.request_latency.labels(route=template, method=method, status=str(status)).observe(
+                elapsed
+            )
+            self.log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": scope.get("state", {}).get("client"),
+                },
+            )
+            request_id_var.reset(token)
+
+
+def _connect_store(settings: Settings) -> tuple[Any, Any, str | None]:
+    """(FeatureStore or None, connection or None, why unavailable); never raises (Redis down = degraded)."""
+    try:
+        from features.redis_server import connect
+        from features.store import FeatureStore
+
+        connection = connect(settings)
+    except Exception as exc:
+        logger.error("feature store unavailable at start-up; answering degraded", extra={"error": repr(exc)})
+        return None, None, repr(exc)
+    return FeatureStore(connection), connection, None
+
+
+def _close(connection: Any) -> None:
+    # the embedded redis-server is a daemon shared with the CLI: close our connections, leave it running
+    with contextlib.suppress(Exception):
+        connection.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Keys are checked here (a refused configuration raises `ServiceConfigError` now);
+    Redis and the model are opened by the lifespan, which never fails on them (see /readyz).
+
+    Args:
+        settings: settings to use (default: `get_settings()`).
+
+    Returns:
+        The app.
+    """
+    settings = settings or get_settings()
+    configure_logging()
+    keys = KeyRing.from_settings(settings)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn's access log would print every path and query in clear, student ids included; our
+        # middleware logs requests by route template instead, however the app is launched
+        logging.getLogger("uvicorn.access").disabled = True
+        store, connection, why = await asyncio.to_thread(_connect_store, settings)
+        guarded = GuardedStore(store, metrics, unavailable=why)
+        manager = ModelManager(
+            settings.mlflow.registered_model, settings.service.model_alias, settings.tracking_uri(), metrics
+        )
+        hash_key = settings.service.log_hash_key
+        app.state.learnrec = AppState(
+            settings=settings,
+            keys=keys,
+            metrics=metrics,
+            models=manager,
+            store=guarded,
+            hash_student=StudentHasher(hash_key.get_secret_value().encode("utf-8") if hash_key else None),
+        )
+        # a registry that hangs must not hold the port closed: after the wait the load goes on in the
+        # background and the version is swapped in when it arrives (/readyz says when)
+        first_load = asyncio.ensure_future(asyncio.to_thread(manager.check))
+        await asyncio.wait({first_load}, timeout=STARTUP_LOAD_WAIT_SECONDS)
+        if not first_load.done():
+            logger.warning(
+                "model still loading after %.0f s; serving 503 until it is in", STARTUP_LOAD_WAIT_SECONDS
+            )
+        elif manager.current is None:
+            logger.warning("starting without a model: %s", manager.unavailable_reason())
+        poller = None
+        if settings.service.reload_poll_seconds > 0:
+            poller = asyncio.create_task(manager.poll(settings.service.reload_poll_seconds))
+        logger.info(
+            "service started",
+            extra={
+                "env": settings.env,
+                "keys": keys.source,
+                "model_version": manager.current.version if manager.current else None,
+                "redis": store is not None,
+            },
+        )
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            if not first_load.done():
+                first_load.cancel()  # the worker thread finishes on its own; nobody waits for it
+            if connection is not None:
+                await asyncio.to_thread(_close, connection)
+
+    app = FastAPI(
+        title="learnrec",
+        version="0.1.0",
+        summary="Lecture recommendations for Seoul Learn (서울런) and partner regions.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContext, metrics=metrics)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, InvalidFieldError):
+            detail: Any = [{"type": exc.kind, "loc": list(exc.loc), "msg": exc.detail}]
+        else:
+            detail = exc.detail
+        headers = {"WWW-Authenticate": "APIKey"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:
+            # FastAPI answers a body it cannot decode (not UTF-8) with a bare 400; malformed input is a 422
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not UTF-8 encoded JSON"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    for module in (recommendations, events, students, admin, health):
+        app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            # POST /events reads its body item by item, so FastAPI does not see the model: add it
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (EventsIn, EventItem):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                model_schema.pop("$defs", None)
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,96 @@
+"""Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: Latency buckets (seconds) around the < 50 ms target of /recommendations.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Every metric the service exports."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_latency = Histogram(
+            "learnrec_request_duration_seconds",
+            "Time to answer an HTTP request, by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "learnrec_recommendations_total",
+            "Recommendation answers, by source (model, profile, popular_region, popular_global ...).",
+            ["source"],
+            registry=r,
+        )
+        self.fallback = Counter(
+            "learnrec_recommendations_fallback_total",
+            "Answers for students the model never saw (profile features or popularity lists).",
+            ["source"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "learnrec_recommendations_degraded_total",
+            "Answers given without the feature store (Redis down or slow).",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "learnrec_redis_errors_total",
+            "Feature-store calls that failed or timed out, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.events = Counter(
+            "learnrec_events_total",
+            "Events received, by outcome (accepted, duplicate, rejected).",
+            ["status"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "learnrec_model_info",
+            "The model version being served (value 1).",
+            ["model", "version", "alias", "run_id"],
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "learnrec_model_loaded", "1 when a model version is loaded and serving.", registry=r
+        )
+        self.model_reloads = Counter(
+            "learnrec_model_reloads_total", "Model versions loaded and swapped in.", registry=r
+        )
+        self.model_reload_failures = Counter(
+            "learnrec_model_reload_failures_total",
+            "Model versions that failed to load (the previous one kept serving), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "learnrec_model_score_errors_total",
+            "Requests where the model failed to score and popularity lists answered instead.",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "learnrec_redis_up", "1 when the last feature-store call succeeded.", registry=r
+        )
+
+    def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
+        """Point the info gauge at the version now serving (only one series at value 1)."""
+        self.model_info.clear()
+        self.model_info.labels(model=model, version=version, alias=alias, run_id=run_id).set(1)
+        self.model_loaded.set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

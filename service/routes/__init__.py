@@ -1,0 +1,1 @@
+"""One APIRouter per resource: recommendations, events, students, admin, health."""

@@ -1,0 +1,110 @@
+"""GET /recommendations: the ranked lectures for one student."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from service.deps import ClientDep, StateDep, check_region, require_model
+from service.errors import InvalidFieldError
+from service.ranking import REASON_TEXT
+from service.schemas import ID_PATTERN, ErrorOut, ModelRef, Recommendation, RecommendationsOut
+
+logger = logging.getLogger("learnrec.service.recommendations")
+
+router = APIRouter(prefix="/recommendations", tags=["recommendations"])
+
+
+@router.get(
+    "",
+    response_model=RecommendationsOut,
+    responses={
+        401: {"model": ErrorOut, "description": "Missing or unknown API key."},
+        403: {"model": ErrorOut, "description": "The student belongs to a region this key does not serve."},
+        503: {"model": ErrorOut, "description": "No model version is loaded yet."},
+    },
+)
+def get_recommendations(
+    request: Request,
+    state: StateDep,
+    client: ClientDep,
+    student_id: Annotated[
+        str,
+        Query(pattern=ID_PATTERN, description="Opaque student id.", examples=["s000123"]),
+    ],
+    k: Annotated[int, Query(ge=1, le=100, description="How many lectures to return.")] = 10,
+    subject: Annotated[
+        str | None,
+        Query(min_length=1, max_length=20, description="Only lectures of this subject.", examples=["수학"]),
+    ] = None,
+) -> RecommendationsOut:
+    """Ranked lectures for a student, with a reason each; never a lecture already taken, unlicensed or
+    unsuited to the grade. Students the model never saw get profile-based or popular lectures
+    (`fallback`); when Redis is down the answer comes from in-process popularity lists (`degraded`)."""
+    model = require_model(state)
+    if subject is not None and subject not in model.subject_index:
+        raise InvalidFieldError(
+            ("query", "subject"),
+            f"unknown subject '{subject}': expected one of {', '.join(model.subjects)}",
+        )
+    record, degraded = state.store.read_student(student_id, model.model_name, model.version)
+    profile = record.profile if record is not None else None
+    if profile is not None:
+        check_region(client, profile.region, "this student")
+    ranked = model.rank(
+        student_id,
+        record,
+        k,
+        subject=subject,
+        # an unregistered student (or one Redis cannot tell us about) of a single-region key
+        # belongs to that region: its popularity lists and licences apply
+        region_hint=client.only_region if profile is None else None,
+        degraded=degraded,
+    )
+    m = state.metrics
+    m.recommendations.labels(source=ranked.source).inc()
+    if ranked.fallback:
+        m.fallback.labels(source=ranked.source).inc()
+    if degraded:
+        m.degraded.inc()
+    if ranked.model_error:
+        m.model_errors.inc()
+        logger.error("model failed to score; popularity answered", extra={"error": ranked.model_error})
+    ids = model.catalogue.lectures.ids
+    items = [
+        Recommendation(
+            rank=i + 1,
+            lecture_id=ids[r],
+            title=model.titles[r],
+            subject=model.subject_of[r],
+            provider=model.providers[r],
+            score=s,
+            reason=reason,  # type: ignore[arg-type]  # values of REASON_TEXT
+            reason_text=REASON_TEXT[reason],
+        )
+        for i, (r, s, reason) in enumerate(zip(ranked.rows, ranked.scores, ranked.reasons, strict=True))
+    ]
+    logger.info(
+        "recommendations",
+        extra={
+            "student": state.hash_student(student_id),
+            "client": client.name,
+            "k": k,
+            "returned": len(items),
+            "source": ranked.source,
+            "fallback": ranked.fallback,
+            "degraded": degraded,
+            "model_version": model.version,
+        },
+    )
+    return RecommendationsOut(
+        request_id=request.state.request_id,
+        student_id=student_id,
+        model=ModelRef(name=model.model_name, version=model.version, alias=model.alias, run_id=model.run_id),
+        source=ranked.source,  # type: ignore[arg-type]
+        fallback=ranked.fallback,
+        degraded=degraded,
+        items=items,
+    )

@@ -1,0 +1,292 @@
+"""The API over real HTTP: a uvicorn server, a real redis-server, a real MLflow registry and trained model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RedisServerControl
+from tests.service.conftest import ADMIN, PORTAL, TAEBAEK
+from tests.service.live import LiveServer, LogLines
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _recommend(client: httpx.Client, student_id: str, k: int = 10, **params: Any) -> dict[str, Any]:
+    r = client.get("/recommendations", params={"student_id": student_id, "k": k, **params}, headers=PORTAL)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _event(event_id: str, student_id: str, lecture_id: str, kind: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "student_id": student_id,
+        "lecture_id": lecture_id,
+        "type": kind,
+        "occurred_at": NOW.isoformat(),
+        **extra,
+    }
+
+
+def test_recommend_complete_then_recommend_again(client: httpx.Client) -> None:
+    # s001 (seoul, h2) took ENG-B-1 and ENG-B-2 in training
+    first = _recommend(client, "s001")
+    ids = [item["lecture_id"] for item in first["items"]]
+    assert first["source"] == "model" and not first["fallback"] and not first["degraded"]
+    assert first["model"] == {
+        "name": "learnrec-lectures",
+        "version": "1",
+        "alias": "champion",
+        "run_id": first["model"]["run_id"],
+    }
+    assert ids[0] == "ENG-B-3" and first["items"][0]["reason"] == "next_in_series"
+    assert (
+        first["items"][0]["title"] == "영어 독해 기본 3강"
+        and first["items"][0]["reason_text"] == "시리즈 다음 강의"
+    )
+    assert [item["rank"] for item in first["items"]] == list(range(1, len(ids) + 1))
+    # never taken, retired or unsuited lectures
+    assert not {"ENG-B-1", "ENG-B-2", "RETIRED-1", "M3-ONLY-1"} & set(ids)
+
+    events = [_event("it-1", "s001", "ENG-B-3", "enrol"), _event("it-2", "s001", "ENG-B-3", "complete")]
+    r = client.post("/events", json={"events": events}, headers=PORTAL)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2
+
+    again = [item["lecture_id"] for item in _recommend(client, "s001")["items"]]
+    assert "ENG-B-3" not in again
+    assert again[0] == "ENG-B-4"
+
+
+def test_events_are_validated_item_by_item_and_idempotent(client: httpx.Client) -> None:
+    good = _event("v-1", "s010", "KOR-D-1", "progress", progress=0.4)
+    batch = [
+        good,
+        _event("v-2", "s010", "KOR-D-2", "progress", progress=1.5),
+        {k: v for k, v in _event("v-3", "s010", "KOR-D-2", "enrol").items() if k != "occurred_at"},
+        _event("v-4", "s010", "KOR-D-2", "enrol", occurred_at="2025-09-01T10:00:00"),  # no time zone
+        _event("v-5", "s010", "KOR-D-2", "watch"),
+        _event("v-6", "s010", "KOR-D-2", "progress"),
+        _event("v-7", "s010", "KOR-D-2", "enrol", colour="blue"),
+        _event("v-8", "s010", "KOR-D-2", "enrol", occurred_at=(NOW + timedelta(days=2)).isoformat()),
+        "not an object",
+        _event("v-9", "s 010", "KOR-D-2", "enrol"),
+    ]
+    r = client.post("/events", json={"events": batch}, headers=PORTAL)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (1, 0, 9)
+    items = body["items"]
+    assert [i["index"] for i in items] == list(range(10))
+    assert items[0] == {"index": 0, "event_id": "v-1", "status": "accepted", "errors": []}
+    fields = {i["index"]: [e["field"] for e in i["errors"]] for i in items}
+    assert fields[1] == ["progress"]
+    assert fields[2] == ["occurred_at"]
+    assert fields[3] == ["occurred_at"]
+    assert fields[4] == ["type"]
+    assert fields[5] == ["progress"]
+    assert fields[6] == ["colour"]
+    assert fields[7] == ["occurred_at"]
+    assert fields[8] == ["(item)"]
+    assert fields[9] == ["student_id"]
+    assert items[1]["event_id"] == "v-2"
+
+    # the same event again is a no-op, reported as a duplicate
+    r = client.post(
+        "/events", json={"events": [good, _event("v-10", "s010", "KOR-D-2", "enrol")]}, headers=PORTAL
+    )
+    assert [i["status"] for i in r.json()["items"]] == ["duplicate", "accepted"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ([], ["body", "events"]),
+        ({"events": []}, ["body", "events"]),
+        ({"events": "x"}, ["body", "events"]),
+        ({"events": [{}], "extra": 1}, ["body", "extra"]),
+        ({"events": [{}] * 1001}, ["body", "events"]),
+    ],
+)
+def test_malformed_event_batches_are_422_naming_the_field(
+    client: httpx.Client, body: Any, loc: list[str]
+) -> None:
+    r = client.post("/events", json=body, headers=PORTAL)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == loc
+
+
+def test_invalid_json_is_422(client: httpx.Client) -> None:
+    r = client.post("/events", content=b"{nope", headers={**PORTAL, "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"student_id": "s001", "k": 0}, "k"),
+        ({"student_id": "s001", "k": 101}, "k"),
+        ({"student_id": "s001", "k": "ten"}, "k"),
+        ({"k": 5}, "student_id"),
+        ({"student_id": "has space"}, "student_id"),
+        ({"student_id": "s001", "subject": "연금술"}, "subject"),
+    ],
+)
+def test_bad_query_is_422_naming_the_field(client: httpx.Client, params: dict[str, Any], field: str) -> None:
+    r = client.get("/recommendations", params=params, headers=PORTAL)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail[0]["loc"] == ["query", field], detail
+
+
+def test_subject_filter(client: httpx.Client) -> None:
+    body = _recommend(client, "s002", subject="과학")
+    assert body["items"] and {i["subject"] for i in body["items"]} == {"과학"}
+
+
+def test_keys_are_required_and_scoped_to_regions(client: httpx.Client) -> None:
+    assert client.get("/recommendations", params={"student_id": "s001"}).status_code == 401
+    r = client.get("/recommendations", params={"student_id": "s001"}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+    # s001 is a seoul student: the taebaek key may neither read nor write it
+    r = client.get("/recommendations", params={"student_id": "s001"}, headers=TAEBAEK)
+    assert r.status_code == 403 and "seoul" in r.json()["detail"]
+    r = client.post("/events", json={"events": [_event("x-1", "s001", "MATH-A-1", "enrol")]}, headers=TAEBAEK)
+    assert r.status_code == 403
+    r = client.put("/students/s001", json={"region": "taebaek", "grade": "h1"}, headers=TAEBAEK)
+    assert r.status_code == 403
+    r = client.put("/students/new-seoul", json={"region": "seoul", "grade": "h1"}, headers=TAEBAEK)
+    assert r.status_code == 403
+    # nothing was written by the refused calls
+    assert client.get("/students/s001", headers=PORTAL).json()["region"] == "seoul"
+    assert client.get("/students/new-seoul", headers=PORTAL).status_code == 404
+    # its own students are fine (s045 is a taebaek student)
+    r = client.get("/recommendations", params={"student_id": "s045"}, headers=TAEBAEK)
+    assert r.status_code == 200 and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in r.json()["items"]]
+
+
+def test_admin_routes_refuse_portal_keys(client: httpx.Client) -> None:
+    assert client.post("/admin/reload").status_code == 401
+    r = client.post("/admin/reload", headers=PORTAL)
+    assert r.status_code == 403 and "admin" in r.json()["detail"]
+    assert client.get("/admin/model", headers=TAEBAEK).status_code == 403
+    r = client.post("/admin/reload", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["serving"]["version"] == "1" and not r.json()["changed"]
+    status = client.get("/admin/model", headers=ADMIN).json()
+    assert (
+        status["alias"] == "champion" and status["serving"]["version"] == "1" and status["last_error"] is None
+    )
+
+
+def test_register_student_then_cold_start(client: httpx.Client) -> None:
+    profile = {"region": "taebaek", "grade": "h1", "school_level": "high", "interest_subjects": ["과학"]}
+    r = client.put("/students/tb-new-1", json=profile, headers=TAEBAEK)
+    assert r.status_code == 200 and r.json()["created"] is True
+    r = client.put("/students/tb-new-1", json={**profile, "grade": "h2"}, headers=TAEBAEK)
+    assert r.json()["created"] is False and r.json()["grade"] == "h2"
+    body = _recommend(client, "tb-new-1", k=5)
+    assert body["fallback"] and not body["degraded"]
+    assert body["source"] in {"profile", "popular_region_grade", "popular_region"}
+    assert len(body["items"]) == 5 and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in body["items"]]
+    # a new partner region the model never saw: no 500, only lectures licensed everywhere
+    r = client.put("/students/gg-1", json={"region": "gangneung", "grade": "oos"}, headers=PORTAL)
+    assert r.status_code == 200
+    body = _recommend(client, "gg-1", k=5)
+    assert body["fallback"] and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in body["items"]]
+
+
+def test_unknown_unregistered_student_gets_global_popular(client: httpx.Client) -> None:
+    body = _recommend(client, "never-seen-anywhere", k=4)
+    assert body["fallback"] and body["source"] == "popular_global" and len(body["items"]) == 4
+    assert {i["reason"] for i in body["items"]} == {"popular_overall"}
+
+
+@pytest.mark.parametrize(
+    ("profile", "field"),
+    [
+        ({"region": "Seoul!", "grade": "h1"}, "region"),
+        ({"region": "seoul", "grade": "h9"}, "grade"),
+        ({"region": "seoul"}, "grade"),
+        ({"region": "seoul", "grade": "h1", "name": "김철수"}, "name"),
+        ({"region": "seoul", "grade": "h1", "interest_subjects": "수학"}, "interest_subjects"),
+    ],
+)
+def test_bad_profile_is_422_naming_the_field(
+    client: httpx.Client, profile: dict[str, Any], field: str
+) -> None:
+    r = client.put("/students/s999", json=profile, headers=PORTAL)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_request_id_logs_and_metrics(api: tuple[LiveServer, httpx.Client, LogLines]) -> None:
+    _, client, logs = api
+    r = client.get(
+        "/recommendations", params={"student_id": "s003"}, headers={**PORTAL, "X-Request-ID": "trace-42"}
+    )
+    assert r.headers["X-Request-ID"] == "trace-42" and r.json()["request_id"] == "trace-42"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    lines = [x for x in logs.records() if x.get("request_id") == "trace-42"]
+    assert {x["msg"] for x in lines} >= {"recommendations", "request"}
+    rec_line = next(x for x in lines if x["msg"] == "recommendations")
+    assert rec_line["student"].startswith("s_") and rec_line["client"] == "dev-portal"
+    text = logs.text()
+    # keys never logged; student ids only as a keyed hash
+    for secret in ("dev-portal-key", "dev-taebaek-key", "dev-admin-key", '"s003"', '"s001"', "tb-new-1"):
+        assert secret not in text
+
+    metrics = client.get("/metrics").text
+    assert (
+        'learnrec_request_duration_seconds_bucket{le="0.005",method="GET",route="/recommendations",status="200"}'
+        in metrics
+    )
+    assert (
+        'learnrec_model_info{alias="champion",model="learnrec-lectures"' in metrics
+        and 'version="1"' in metrics
+    )
+    assert "learnrec_recommendations_fallback_total{" in metrics
+    assert 'learnrec_events_total{status="accepted"}' in metrics
+    assert "learnrec_recommendations_degraded_total" in metrics
+    assert "learnrec_model_reload_failures_total" in metrics
+
+
+def test_health_and_openapi(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["redis"]
+    spec = client.get("/openapi.json").json()
+    assert {"/recommendations", "/events", "/students/{student_id}", "/admin/reload", "/readyz"} <= set(
+        spec["paths"]
+    )
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    example = spec["components"]["schemas"]["RecommendationsOut"]["examples"][0]
+    assert example["items"][0]["title"] == "수학 개념 완성 2강: 이차방정식"
+    body = spec["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    assert (
+        body["schema"]["$ref"] == "#/components/schemas/EventsIn"
+        and "EventItem" in spec["components"]["schemas"]
+    )
+    responses = spec["paths"]["/recommendations"]["get"]["responses"]
+    assert {"200", "401", "403", "422", "503"} <= set(responses)
+
+
+def test_one_redis_round_trip_per_recommendation(
+    client: httpx.Client, redis_server: RedisServerControl
+) -> None:
+    """Regression guard: the request path reads the student in one pipeline and nothing else."""
+    _recommend(client, "s005")  # warm the connection (a new one sends CLIENT SETINFO)
+    probe = redis_server.client()
+    try:
+        before = probe.info("stats")["total_commands_processed"]
+        _recommend(client, "s005")
+        after = probe.info("stats")["total_commands_processed"]
+    finally:
+        probe.close()
+    # GET profile, HGETALL history, LRANGE recent, GET model state (one pipeline) + our first INFO
+    assert after - before == 4 + 1

@@ -1,0 +1,138 @@
+"""Ranking rules on a real fitted model: eligibility, series continuation, cold start, degraded."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.matrices import build_training_data
+from features.store import StudentProfile, StudentRecord
+from models.loading import LoadedModel
+from models.sequence import SequenceRecommender
+from service.ranking import RankingModel
+from tests.service import data
+
+
+def _fallback(events: list[dict[str, Any]]) -> dict[str, Any]:
+    region = {s["student_id"]: s["region"] for s in data.students()}
+    grade = {s["student_id"]: s["grade"] for s in data.students()}
+    overall: Counter[str] = Counter()
+    by_region: dict[str, Counter[str]] = {}
+    by_rg: dict[str, Counter[str]] = {}
+    for e in events:
+        sid, lid = e["student_id"], e["lecture_id"]
+        overall[lid] += 1
+        by_region.setdefault(region[sid], Counter())[lid] += 1
+        by_rg.setdefault(f"{region[sid]}|{grade[sid]}", Counter())[lid] += 1
+    return {
+        "global": [x for x, _ in overall.most_common()],
+        "by_region": {r: [x for x, _ in c.most_common()] for r, c in by_region.items()},
+        "by_region_grade": {r: [x for x, _ in c.most_common()] for r, c in by_rg.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def ranking() -> RankingModel:
+    events = data.events()
+    training = build_training_data(
+        pd.DataFrame(data.students()), pd.DataFrame(data.lectures()), pd.DataFrame(events)
+    )
+    loaded = LoadedModel(
+        model_name="m", version="1", alias="champion", run_id="r1",
+        recommender=SequenceRecommender().fit(training), lectures=data.lectures_table(),
+        fallback=_fallback(events),
+    )  # fmt: skip
+    return RankingModel.prepare(loaded)
+
+
+def _record(
+    region: str | None = "seoul",
+    grade: str = "h1",
+    history: dict[str, float] | None = None,
+    recent: tuple[str, ...] = (),
+) -> StudentRecord:
+    profile = None
+    if region is not None:
+        profile = StudentProfile("x", region, grade, "high", "수능", ("수학",))
+    return StudentRecord(profile=profile, history=history or {}, recent=recent, state=None)
+
+
+def _ids(ranking: RankingModel, rows: list[int]) -> list[str]:
+    return [ranking.catalogue.lectures.ids[r] for r in rows]
+
+
+def test_prepared_arrays(ranking: RankingModel) -> None:
+    cat = ranking.catalogue
+    row = cat.lectures.get("MATH-A-2")
+    assert ranking.titles[row] == "수학 개념 완성 2강"
+    assert ranking.subject_of[row] == "수학" and ranking.providers[row] == "EBS"
+    assert ranking.next_row[cat.lectures.get("MATH-A-1")] == row
+    assert ranking.next_row[cat.lectures.get("MATH-A-5")] == -1
+    assert ranking.region_code("*") == -1 and ranking.region_code("nowhere") == -1
+
+
+def test_known_student_never_gets_taken_unlicensed_unsuited_or_retired(ranking: RankingModel) -> None:
+    history = {"MATH-A-1": 1.0, "MATH-A-2": 1.0}
+    out = ranking.rank("s041", _record("taebaek", "h2", history, ("MATH-A-1", "MATH-A-2")), 100)
+    ids = _ids(ranking, out.rows)
+    assert out.source == "model" and not out.fallback
+    assert not {"MATH-A-1", "MATH-A-2", "SEOUL-ONLY-1", "M3-ONLY-1", "RETIRED-1"} & set(ids)
+    assert ids[0] == "MATH-A-3" and out.reasons[0] == "next_in_series"
+    assert len(ids) == len(set(ids))
+    assert all(np.isfinite(out.scores))
+
+
+def test_series_continuation_skips_taken_and_dropped(ranking: RankingModel) -> None:
+    # took 1..3 of MATH-A, then dropped ENG-B-1: continue maths at 4, not English
+    history = {"MATH-A-1": 1.0, "MATH-A-2": 1.0, "MATH-A-3": 1.0, "ENG-B-1": 0.1}
+    recent = ("MATH-A-1", "MATH-A-2", "MATH-A-3", "ENG-B-1")
+    out = ranking.rank("new-1", _record("seoul", "h1", history, recent), 5)
+    ids = _ids(ranking, out.rows)
+    assert ids[0] == "MATH-A-4" and out.reasons[0] == "next_in_series"
+    assert "ENG-B-2" not in ids[:1]
+
+
+def test_k_one_and_subject_filter(ranking: RankingModel) -> None:
+    rec = _record("seoul", "h1", {"MATH-A-1": 1.0}, ("MATH-A-1",))
+    assert _ids(ranking, ranking.rank("x", rec, 1).rows) == ["MATH-A-2"]
+    out = ranking.rank("x", rec, 10, subject="영어")
+    assert out.rows and all(ranking.subject_of[r] == "영어" for r in out.rows)
+
+
+def test_unseen_student_with_profile_is_scored_from_features_or_popularity(ranking: RankingModel) -> None:
+    out = ranking.rank("never-seen", _record("taebaek", "h1"), 5)
+    assert out.fallback
+    assert out.source in {"profile", "popular_region_grade", "popular_region"}
+    assert "SEOUL-ONLY-1" not in _ids(ranking, out.rows)
+
+
+def test_unknown_unregistered_student_gets_global_popular(ranking: RankingModel) -> None:
+    out = ranking.rank("nobody", _record(None), 5)
+    assert out.fallback and out.source == "popular_global"
+    assert len(out.rows) == 5 and set(out.reasons) == {"popular_overall"}
+    # unknown region: only lectures licensed everywhere
+    assert "SEOUL-ONLY-1" not in _ids(ranking, out.rows)
+    assert out.scores == sorted(out.scores, reverse=True)
+
+
+def test_degraded_without_record_uses_region_hint(ranking: RankingModel) -> None:
+    out = ranking.rank("s001", None, 5, region_hint="seoul")
+    assert out.source == "popular_region" and not out.fallback
+    out = ranking.rank("zzz", None, 5)
+    assert out.source == "popular_global" and out.fallback
+    # a record remembered in process still filters (history, region, grade) but the lists answer
+    history = {"MATH-A-1": 1.0}
+    out = ranking.rank("s001", _record("taebaek", "h1", history, ("MATH-A-1",)), 19, degraded=True)
+    ids = _ids(ranking, out.rows)
+    assert out.source.startswith("popular_") and "MATH-A-1" not in ids and "SEOUL-ONLY-1" not in ids
+    assert ids[0] == "MATH-A-2" and out.reasons[0] == "next_in_series"
+
+
+def test_wrong_state_width_is_ignored(ranking: RankingModel) -> None:
+    rec = StudentRecord(profile=None, history={"KOR-D-1": 1.0}, recent=("KOR-D-1",), state=b"\x00" * 12)
+    out = ranking.rank("s003", rec, 3)
+    assert out.model_error is None and _ids(ranking, out.rows)[0] == "KOR-D-2"
