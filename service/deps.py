@@ -22,6 +22,8 @@ from service.errors import (
     NoModelError,
     StoreUnavailableError,
 )
+from service.experiments import ExperimentRegistry
+from service.exposures import ExposureWriter
 from service.logs import StudentHasher
 from service.metrics import Metrics
 from service.model_manager import ModelManager
@@ -109,6 +111,19 @@ class GuardedStore:
         with self._cache_lock:
             return self._cache.get(student_id), True
 
+    def read_state(self, student_id: str, model_name: str, version: str) -> bytes | None:
+        """The student's model state under another version (one GET); None when absent or Redis fails."""
+        if self.store is None or time.monotonic() < self._open_until:
+            return None
+        from features import keys
+
+        try:
+            raw = self.store.client.get(keys.model_state(student_id, model_name, version))
+        except self._errors as exc:
+            self._failed("read_state", exc)
+            return None
+        return bytes(raw) if raw is not None else None
+
     def ping(self) -> bool:
         """True when Redis answers PING now (used by /readyz; bypasses the breaker)."""
         if self.store is None:
@@ -193,6 +208,10 @@ class AppState:
     store: GuardedStore
     hash_student: StudentHasher
     extras: dict[str, Any] = field(default_factory=dict)
+    #: A/B experiments in force; replaced whole when the file changes (after the variants' models load).
+    experiments: ExperimentRegistry = field(default_factory=ExperimentRegistry.empty)
+    #: Where answered recommendations are logged (None: not logged, e.g. before the lifespan ran).
+    exposures: ExposureWriter | None = None
 
 
 def get_state(request: Request) -> AppState:

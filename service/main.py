@@ -1,4 +1,5 @@
-"""The FastAPI app factory and its lifespan: keys, Redis, the model by alias, the alias poller."""
+"""The FastAPI app factory and its lifespan: keys, Redis, the model by alias, the alias poller, A/B
+experiments (file watcher) and the exposure writer."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from features.settings import Settings, get_settings
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
-from service.errors import InvalidFieldError, ServiceError
+from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
+from service.experiments import ExperimentConfigError, ExperimentRegistry
+from service.exposures import ExposureWriter
 from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
 from service.metrics import Metrics
 from service.model_manager import ModelManager
@@ -33,6 +36,8 @@ logger = logging.getLogger("learnrec.service")
 
 #: How long start-up waits for the first model load before serving without it.
 STARTUP_LOAD_WAIT_SECONDS = 60.0
+#: How often the experiments file is checked for changes (one stat; re-read only when it changed).
+EXPERIMENTS_CHECK_SECONDS = 1.0
 
 DESCRIPTION = """
 Lecture recommendations for Seoul Learn (서울런) and its partner regions.
@@ -147,6 +152,53 @@ def _close(connection: Any) -> None:
         connection.close()
 
 
+def _load_experiments(settings: Settings) -> ExperimentRegistry | None:
+    """The experiments file as a watched registry (None when none is configured); a bad file is refused."""
+    path = settings.service.experiments_file
+    if path is None:
+        return None
+    try:
+        # never re-read on the request path: `_watch_experiments` stats the file and swaps configs
+        return ExperimentRegistry.load(path, check_interval=float("inf"))
+    except ExperimentConfigError as exc:
+        raise ServiceConfigError(f"experiments (service.experiments_file): {exc}") from None
+
+
+def _serving(watched: ExperimentRegistry) -> ExperimentRegistry:
+    """A frozen copy of the watched registry's config for the request path (no file checks at all)."""
+    return ExperimentRegistry(watched.config)
+
+
+async def _watch_experiments(
+    watched: ExperimentRegistry, manager: ModelManager, state: AppState, interval: float
+) -> None:
+    """Reload the experiments file when it changes: load the variants' models first, then put it in force."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            changed = await asyncio.to_thread(watched.reload_if_changed)
+            if not changed:
+                if watched.last_error is not None and watched.last_error != state.extras.get(
+                    "experiments_error"
+                ):
+                    state.metrics.experiments_reload_failures.inc()
+                state.extras["experiments_error"] = watched.last_error
+                continue
+            state.extras["experiments_error"] = None
+            manager.set_variant_refs(watched.models())
+            await asyncio.to_thread(manager.check)
+            state.experiments = _serving(watched)
+            logger.info(
+                "experiments in force",
+                extra={
+                    "experiments": [e.key for e in watched.experiments],
+                    "variant_models": sorted(manager.variants),
+                },
+            )
+        except Exception:  # a bug here must not stop the watcher (nor the service)
+            logger.exception("experiments watcher crashed; retrying")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Keys are checked here (a refused configuration raises `ServiceConfigError` now);
     Redis and the model are opened by the lifespan, which never fails on them (see /readyz).
@@ -160,6 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging()
     keys = KeyRing.from_settings(settings)
+    watched = _load_experiments(settings)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -172,14 +225,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager = ModelManager(
             settings.mlflow.registered_model, settings.service.model_alias, settings.tracking_uri(), metrics
         )
+        if watched is not None:
+            manager.set_variant_refs(watched.models())  # the first check loads them with the champion
+        exposures = ExposureWriter(store.client if store is not None else None, metrics)
+        exposures.start()
         hash_key = settings.service.log_hash_key
-        app.state.learnrec = AppState(
+        app.state.learnrec = state = AppState(
             settings=settings,
             keys=keys,
             metrics=metrics,
             models=manager,
             store=guarded,
             hash_student=StudentHasher(hash_key.get_secret_value().encode("utf-8") if hash_key else None),
+            experiments=_serving(watched) if watched is not None else ExperimentRegistry.empty(),
+            exposures=exposures,
         )
         # a registry that hangs must not hold the port closed: after the wait the load goes on in the
         # background and the version is swapped in when it arrives (/readyz says when)
@@ -194,6 +253,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         poller = None
         if settings.service.reload_poll_seconds > 0:
             poller = asyncio.create_task(manager.poll(settings.service.reload_poll_seconds))
+        watcher = None
+        if watched is not None:
+            watcher = asyncio.create_task(
+                _watch_experiments(watched, manager, state, EXPERIMENTS_CHECK_SECONDS)
+            )
         logger.info(
             "service started",
             extra={
@@ -201,15 +265,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "keys": keys.source,
                 "model_version": manager.current.version if manager.current else None,
                 "redis": store is not None,
+                "experiments": [e.key for e in state.experiments.experiments],
+                "variant_models": {ref: m.version for ref, m in manager.variants.items()},
             },
         )
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            for task in (poller, watcher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await asyncio.to_thread(exposures.close)  # last flush before the connection closes
             if not first_load.done():
                 first_load.cancel()  # the worker thread finishes on its own; nobody waits for it
             if connection is not None:

@@ -86,6 +86,40 @@ class Metrics:
             "learnrec_redis_up", "1 when the last feature-store call succeeded.", registry=r
         )
 
+        self.exposures = Counter(
+            "learnrec_exposures_total",
+            "Exposures (answers shown) by outcome: written to the Redis stream, or dropped (queue full, "
+            "Redis down too long).",
+            ["outcome"],
+            registry=r,
+        )
+        self.exposure_queue = Gauge(
+            "learnrec_exposure_queue_depth", "Exposures waiting to be written to Redis.", registry=r
+        )
+        self.assignments = Counter(
+            "learnrec_experiment_answers_total",
+            "Recommendation answers by experiment and variant (none/none = no experiment, champion).",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.variant_fallback = Counter(
+            "learnrec_experiment_variant_unavailable_total",
+            "Answers whose variant's model was not loaded: the champion answered (variant still recorded).",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.variant_models = Gauge(
+            "learnrec_variant_model_info",
+            "Model versions loaded for experiment variants (value 1), by reference (alias or version).",
+            ["model", "ref", "version"],
+            registry=r,
+        )
+        self.experiments_reload_failures = Counter(
+            "learnrec_experiments_reload_failures_total",
+            "Changes of the experiments file refused (missing or invalid); the previous config stays.",
+            registry=r,
+        )
+
     def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
         """Point the info gauge at the version now serving (only one series at value 1)."""
         self.model_info.clear()

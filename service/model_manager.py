@@ -1,5 +1,8 @@
 """Loads the registered model by alias, and swaps in a new version atomically when the alias moves.
 
+It also holds the models experiment variants serve (other aliases such as ``challenger``, or pinned
+version numbers), loaded and hot-swapped the same way; `get(ref)` returns the one for a variant.
+
 A request takes one reference to the `ServingModel` in force (`manager.current`) and uses it to the end,
 so a swap never changes a model under a running request; the old version is freed when the last request
 holding it finishes. A version that fails to load (or to prepare for ranking) leaves the old one serving;
@@ -12,8 +15,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -88,10 +91,30 @@ class ModelManager:
         self.last_error: str | None = None
         self.failed_version: str | None = None
         self._failed_at = float("-inf")
+        # experiment variants: reference (alias or version) -> model; replaced whole, never mutated
+        self._wanted: frozenset[str] = frozenset()
+        self._variants: Mapping[str, RankingModel] = {}
+        self.variant_errors: dict[str, str] = {}
+        self._variant_failed: dict[str, tuple[str, float]] = {}
 
     @property
     def current(self) -> RankingModel | None:
         return self._current
+
+    @property
+    def variants(self) -> Mapping[str, RankingModel]:
+        """Models loaded for experiment variants, by reference (alias or version number)."""
+        return self._variants
+
+    def set_variant_refs(self, refs: Iterable[str]) -> None:
+        """The model references experiment variants need; the next `check` loads them (and drops others)."""
+        self._wanted = frozenset(r for r in refs if r != self.alias)
+
+    def get(self, ref: str) -> RankingModel | None:
+        """The model serving ``ref`` (the followed alias, another alias, or a version), None if not loaded."""
+        if ref == self.alias:
+            return self._current
+        return self._variants.get(ref)
 
     def unavailable_reason(self) -> str:
         """Why nothing is serving, in words a client can act on."""
@@ -106,32 +129,40 @@ class ModelManager:
     def check(self, *, force: bool = False) -> CheckResult:
         """Resolve the alias; load and swap in its version when it differs from the one serving.
 
+        The models of experiment variants (`set_variant_refs`) are checked the same way right after.
+
         A version that failed before is retried by the poller only after `RETRY_FAILED_SECONDS` (it
         would most likely fail the same way every poll); `force` (admin reload) retries it at once.
         """
         with self._lock:
-            self.last_check = datetime.now(UTC)
-            previous = self._current
-            try:
-                version = self._resolver(self.model_name, self.alias, self.tracking_uri)
-            except Exception as exc:  # the registry being down must not stop the service
-                return self._failed(previous, None, "registry_unreachable", f"cannot resolve alias: {exc!r}")
-            if version is None:
-                if previous is None:
-                    self.last_error = None
-                    return CheckResult(False, None)
-                # the alias was removed: keep serving what we have rather than nothing
-                logger.warning(
-                    "alias no longer set; keeping the loaded version",
-                    extra={"model": self.model_name, "alias": self.alias, "version": previous.version},
-                )
-                return CheckResult(False, previous)
-            if previous is not None and previous.version == version:
-                return CheckResult(False, previous)
-            recently_failed = time.monotonic() - self._failed_at < RETRY_FAILED_SECONDS
-            if version == self.failed_version and recently_failed and not force:
-                return CheckResult(False, previous, error=self.last_error)
-            return self._load(version, previous)
+            result = self._check_champion(force)
+            if self._wanted or self._variants:
+                self._check_variants(force)
+        return result
+
+    def _check_champion(self, force: bool) -> CheckResult:
+        self.last_check = datetime.now(UTC)
+        previous = self._current
+        try:
+            version = self._resolver(self.model_name, self.alias, self.tracking_uri)
+        except Exception as exc:  # the registry being down must not stop the service
+            return self._failed(previous, None, "registry_unreachable", f"cannot resolve alias: {exc!r}")
+        if version is None:
+            if previous is None:
+                self.last_error = None
+                return CheckResult(False, None)
+            # the alias was removed: keep serving what we have rather than nothing
+            logger.warning(
+                "alias no longer set; keeping the loaded version",
+                extra={"model": self.model_name, "alias": self.alias, "version": previous.version},
+            )
+            return CheckResult(False, previous)
+        if previous is not None and previous.version == version:
+            return CheckResult(False, previous)
+        recently_failed = time.monotonic() - self._failed_at < RETRY_FAILED_SECONDS
+        if version == self.failed_version and recently_failed and not force:
+            return CheckResult(False, previous, error=self.last_error)
+        return self._load(version, previous)
 
     def _load(self, version: str, previous: RankingModel | None) -> CheckResult:
         started = time.perf_counter()
@@ -184,6 +215,97 @@ class ModelManager:
             },
         )
         return CheckResult(False, previous, error=message)
+
+    def _check_variants(self, force: bool) -> None:
+        """Load or swap the model of every wanted variant reference; a failure keeps what was loaded."""
+        wanted = self._wanted
+        loaded = {ref: m for ref, m in self._variants.items() if ref in wanted}
+        self.variant_errors = {ref: e for ref, e in self.variant_errors.items() if ref in wanted}
+        for ref in sorted(wanted):
+            pinned = ref.isdigit()
+            try:
+                version = ref if pinned else self._resolver(self.model_name, ref, self.tracking_uri)
+            except Exception as exc:
+                self._variant_failed_load(
+                    ref, None, "registry_unreachable", f"cannot resolve {ref!r}: {exc!r}"
+                )
+                continue
+            if version is None:
+                if ref not in loaded:
+                    self.variant_errors[ref] = f"alias {ref!r} of '{self.model_name}' is not set"
+                continue  # a removed alias keeps its loaded version, like the champion
+            have = loaded.get(ref)
+            if have is not None and have.version == version:
+                continue
+            failed = self._variant_failed.get(ref)
+            if (
+                failed is not None
+                and failed[0] == version
+                and time.monotonic() - failed[1] < RETRY_FAILED_SECONDS
+                and not force
+            ):
+                continue
+            prepared = self._prepared(ref, version, loaded)
+            if prepared is None:
+                continue
+            loaded[ref] = prepared
+            self._variants = dict(loaded)  # install each as soon as it is ready
+            self.variant_errors.pop(ref, None)
+            self._variant_failed.pop(ref, None)
+            logger.info(
+                "variant model loaded and serving",
+                extra={
+                    "model": self.model_name,
+                    "ref": ref,
+                    "version": version,
+                    "previous_version": have.version if have else None,
+                },
+            )
+        self._variants = loaded
+        self._metrics.variant_models.clear()
+        for ref, m in loaded.items():
+            self._metrics.variant_models.labels(model=self.model_name, ref=ref, version=m.version).set(1)
+
+    def _prepared(self, ref: str, version: str, loaded: Mapping[str, RankingModel]) -> RankingModel | None:
+        """The version ready to serve under ``ref``: shared with a loaded one when possible, else loaded."""
+        alias = None if ref.isdigit() else ref
+        for m in (self._current, *loaded.values()):
+            if m is not None and m.version == version:
+                # same version already in memory: share its arrays, only the reported alias differs
+                return replace(m, alias=alias)
+        try:
+            loaded_model = self._loader(self.model_name, version, self.tracking_uri)
+        except Exception as exc:
+            self._variant_failed_load(
+                ref, version, "load_error", f"version {version} failed to load: {exc!r}"
+            )
+            return None
+        try:
+            prepared = RankingModel.prepare(loaded_model, alias=alias)
+        except Exception as exc:
+            self._variant_failed_load(
+                ref, version, "prepare_error", f"version {version} cannot be served: {exc!r}"
+            )
+            return None
+        self._metrics.model_reloads.inc()
+        return prepared if prepared.alias == alias else replace(prepared, alias=alias)
+
+    def _variant_failed_load(self, ref: str, version: str | None, reason: str, message: str) -> None:
+        self.variant_errors[ref] = message
+        if version is not None:
+            self._variant_failed[ref] = (version, time.monotonic())
+        self._metrics.model_reload_failures.labels(reason=reason).inc()
+        logger.error(
+            "variant model reload failed; %s",
+            "its previous version keeps serving" if ref in self._variants else "the champion answers for it",
+            extra={
+                "model": self.model_name,
+                "ref": ref,
+                "version": version,
+                "reason": reason,
+                "error": message,
+            },
+        )
 
     async def poll(self, interval: float) -> None:
         """Check the alias every `interval` seconds until cancelled (loads run in a worker thread)."""

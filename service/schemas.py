@@ -73,6 +73,8 @@ class RecommendationsOut(BaseModel):
                     "source": "model",
                     "fallback": False,
                     "degraded": False,
+                    "experiment": "lightfm-v2-partners",
+                    "variant": "control",
                     "items": [
                         {
                             "rank": 1,
@@ -112,6 +114,16 @@ class RecommendationsOut(BaseModel):
     fallback: bool = Field(description="True when the model never saw this student (cold start).")
     degraded: bool = Field(
         description="True when the feature store did not answer: popularity lists, filtered as far as known."
+    )
+    experiment: str | None = Field(
+        default=None,
+        description="Key of the A/B experiment the student is in; null = none (the champion answered).",
+        examples=["lightfm-v2-partners"],
+    )
+    variant: str | None = Field(
+        default=None,
+        description="The student's variant in `experiment` (sticky); null when in no experiment.",
+        examples=["control"],
     )
     items: list[Recommendation]
 

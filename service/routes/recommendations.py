@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from service.deps import ClientDep, StateDep, check_region, require_model
+from service.deps import AppState, ClientDep, StateDep, check_region, require_model
 from service.errors import InvalidFieldError
-from service.ranking import REASON_TEXT
+from service.experiments import Assignment, exposure_fields
+from service.ranking import REASON_TEXT, RankingModel
 from service.schemas import ID_PATTERN, ErrorOut, ModelRef, Recommendation, RecommendationsOut
 
 logger = logging.getLogger("learnrec.service.recommendations")
@@ -42,17 +45,37 @@ def get_recommendations(
 ) -> RecommendationsOut:
     """Ranked lectures for a student, with a reason each; never a lecture already taken, unlicensed or
     unsuited to the grade. Students the model never saw get profile-based or popular lectures
-    (`fallback`); when Redis is down the answer comes from in-process popularity lists (`degraded`)."""
-    model = require_model(state)
-    if subject is not None and subject not in model.subject_index:
+    (`fallback`); when Redis is down the answer comes from in-process popularity lists (`degraded`).
+    A student in an A/B experiment gets the model of their (sticky) variant; `experiment` and `variant`
+    say which, null when none (the champion answered). Every answer is logged as an exposure."""
+    champion = require_model(state)
+    if subject is not None and subject not in champion.subject_index:
         raise InvalidFieldError(
             ("query", "subject"),
-            f"unknown subject '{subject}': expected one of {', '.join(model.subjects)}",
+            f"unknown subject '{subject}': expected one of {', '.join(champion.subjects)}",
         )
+    experiments = state.experiments  # one snapshot for the whole request
+    # a single-region key tells the region before Redis does: the variant's model (and its state) is
+    # then read in the request's one round trip
+    region = client.only_region
+    assignment = experiments.assign(student_id, region) if region is not None else None
+    model = _variant_model(state, champion, assignment, subject)
     record, degraded = state.store.read_student(student_id, model.model_name, model.version)
     profile = record.profile if record is not None else None
     if profile is not None:
         check_region(client, profile.region, "this student")
+        if region is None:
+            region = profile.region
+            assignment = experiments.assign(student_id, region)
+            variant = _variant_model(state, champion, assignment, subject)
+            if variant is not model:
+                model = variant
+                if record is not None and model.state_width and not degraded:
+                    # only students of multi-region keys in a variant whose model keeps per-student
+                    # state pay this second round trip
+                    record = replace(
+                        record, state=state.store.read_state(student_id, model.model_name, model.version)
+                    )
     ranked = model.rank(
         student_id,
         record,
@@ -65,6 +88,10 @@ def get_recommendations(
     )
     m = state.metrics
     m.recommendations.labels(source=ranked.source).inc()
+    m.assignments.labels(
+        experiment=assignment.experiment if assignment else "none",
+        variant=assignment.variant if assignment else "none",
+    ).inc()
     if ranked.fallback:
         m.fallback.labels(source=ranked.source).inc()
     if degraded:
@@ -97,8 +124,22 @@ def get_recommendations(
             "fallback": ranked.fallback,
             "degraded": degraded,
             "model_version": model.version,
+            "experiment": assignment.experiment if assignment else None,
+            "variant": assignment.variant if assignment else None,
         },
     )
+    if state.exposures is not None:
+        state.exposures.submit(
+            exposure_fields(
+                request.state.request_id,
+                student_id,
+                region or "",
+                assignment,
+                model.version,
+                (item.lecture_id for item in items),
+                datetime.now(UTC),
+            )
+        )
     return RecommendationsOut(
         request_id=request.state.request_id,
         student_id=student_id,
@@ -106,5 +147,23 @@ def get_recommendations(
         source=ranked.source,  # type: ignore[arg-type]
         fallback=ranked.fallback,
         degraded=degraded,
+        experiment=assignment.experiment if assignment else None,
+        variant=assignment.variant if assignment else None,
         items=items,
     )
+
+
+def _variant_model(
+    state: AppState, champion: RankingModel, assignment: Assignment | None, subject: str | None
+) -> RankingModel:
+    """The model serving the student's variant; the champion when none, or when it is not loaded (counted:
+    the answer still records the variant, as intention to treat, with the version that really answered)."""
+    if assignment is None:
+        return champion
+    model = state.models.get(assignment.model)
+    if model is None or (subject is not None and subject not in model.subject_index):
+        state.metrics.variant_fallback.labels(
+            experiment=assignment.experiment, variant=assignment.variant
+        ).inc()
+        return champion
+    return model

@@ -1,0 +1,173 @@
+"""Exposure logging off the request path: a bounded in-process queue flushed to the Redis stream in batches.
+
+Why a background batcher: the exposure (the lectures actually shown) is only known once the answer is
+ranked, after the one feature-store read of the request, so it cannot ride in that pipeline; a second
+XADD round trip per request would add ~0.1-1 ms and, worse, a Redis stall would stall answers. Instead the
+route appends the exposure's fields to a bounded queue (O(1), no I/O) and one daemon thread XADDs whatever
+has gathered, in one pipeline, a few milliseconds after the first item arrives. While Redis fails, the
+batch is put back (ahead of newer items) and retried after a pause; what does not fit in the queue is
+dropped and counted (`learnrec_exposures_total{outcome="dropped"}`): losing exposures is preferable to
+holding answers or growing memory without bound. At shutdown the queue is flushed once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from service.metrics import Metrics
+
+logger = logging.getLogger("learnrec.service.exposures")
+
+#: After the first queued exposure, wait this long for others to join the batch.
+FLUSH_INTERVAL_SECONDS = 0.005
+#: Most exposures per XADD pipeline.
+MAX_BATCH = 500
+#: Most exposures held while Redis is slow or down (about 300 bytes each).
+QUEUE_CAPACITY = 20_000
+#: Pause before retrying after a failed flush.
+RETRY_PAUSE_SECONDS = 0.5
+
+
+class ExposureWriter:
+    """Queues exposures and writes them to the exposures stream from one background thread.
+
+    Args:
+        client: Redis client (None when the feature store is unavailable: everything is dropped, counted).
+        metrics: where written / dropped counts and the queue depth go.
+        stream: stream key (default `features.keys.EXPOSURES_STREAM`).
+        capacity: most exposures held in memory.
+        flush_interval: batching delay after the first queued exposure.
+        max_batch: most exposures per pipeline.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        metrics: Metrics,
+        *,
+        stream: bytes | None = None,
+        capacity: int = QUEUE_CAPACITY,
+        flush_interval: float = FLUSH_INTERVAL_SECONDS,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        from features import keys
+
+        self.client = client
+        self.stream = stream if stream is not None else keys.EXPOSURES_STREAM
+        self.capacity = capacity
+        self.flush_interval = flush_interval
+        self.max_batch = max_batch
+        self._metrics = metrics
+        self._queue: deque[Mapping[str, str]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._failing = False
+        self._thread: threading.Thread | None = None
+
+    # -- request path ------------------------------------------------------------------------------
+
+    def submit(self, fields: Mapping[str, str]) -> bool:
+        """Queue one exposure (never blocks, never raises); False when it was dropped (queue full)."""
+        if self.client is None:
+            self._metrics.exposures.labels(outcome="dropped").inc()
+            return False
+        with self._lock:
+            if len(self._queue) >= self.capacity:
+                accepted = False
+            else:
+                self._queue.append(fields)
+                accepted = True
+        if not accepted:
+            self._metrics.exposures.labels(outcome="dropped").inc()
+            return False
+        self._wake.set()
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Exposures queued and not yet written."""
+        return len(self._queue)
+
+    # -- background --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the flushing thread (idempotent)."""
+        if self._thread is None and self.client is not None:
+            self._thread = threading.Thread(target=self._run, name="learnrec-exposures", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread after a last flush of what is queued (bounded by `timeout`)."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._stop:
+                deadline = time.monotonic() + 2.0
+                while self._queue and time.monotonic() < deadline and self.flush():
+                    pass
+                with self._lock:
+                    lost = len(self._queue)
+                    self._queue.clear()
+                if lost:
+                    self._metrics.exposures.labels(outcome="dropped").inc(lost)
+                    logger.error("exposures lost at shutdown: Redis did not take them", extra={"lost": lost})
+                return
+            time.sleep(self.flush_interval)  # let concurrent answers join this batch
+            self._wake.clear()
+            while self._queue and not self._stop:
+                if not self.flush():
+                    time.sleep(RETRY_PAUSE_SECONDS)
+                    break
+            if self._queue:
+                self._wake.set()  # left over after a failure (or stop requested): go round again
+
+    def flush(self) -> bool:
+        """Write one batch (up to `max_batch`) now; False when Redis failed (the batch is queued again)."""
+        from features.streams import append
+
+        with self._lock:
+            n = min(len(self._queue), self.max_batch)
+            batch = [self._queue.popleft() for _ in range(n)]
+        self._metrics.exposure_queue.set(len(self._queue))
+        if not batch:
+            return True
+        try:
+            append(self.client, self.stream, batch)
+        except Exception as exc:  # Redis down, timeout, ...: keep the batch, count what cannot be kept
+            self._metrics.redis_errors.labels(operation="xadd_exposures").inc()
+            self._requeue(batch)
+            if not self._failing:
+                logger.error(
+                    "cannot write exposures; holding them in memory and retrying",
+                    extra={"error": repr(exc), "pending": len(self._queue)},
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            logger.info("exposures written again", extra={"pending": len(self._queue)})
+        self._failing = False
+        self._metrics.exposures.labels(outcome="written").inc(len(batch))
+        return True
+
+    def _requeue(self, batch: list[Mapping[str, str]]) -> None:
+        with self._lock:
+            room = self.capacity - len(self._queue)
+            keep = batch[:room] if room > 0 else []
+            self._queue.extendleft(reversed(keep))  # the oldest go first again, in their order
+            dropped = len(batch) - len(keep)
+            depth = len(self._queue)
+        if dropped:
+            self._metrics.exposures.labels(outcome="dropped").inc(dropped)
+        self._metrics.exposure_queue.set(depth)

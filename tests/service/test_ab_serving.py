@@ -1,0 +1,261 @@
+"""A/B serving over HTTP: variant models, sticky arms, exposures in the Redis stream and their export."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import redis
+import yaml
+
+from features import keys
+from service.experiments import ExperimentRegistry, exposure_fields
+from service.exposures import ExposureWriter
+from service.metrics import Metrics
+from tests.conftest import RedisServerControl
+from tests.service.conftest import PORTAL, TAEBAEK, Registry, running, seed, service_settings, wait_for
+from tests.service.live import LogLines
+
+GIMPO = [f"g{i:03d}" for i in range(40)]
+SEOUL = [f"s{i:03d}" for i in range(10)]
+TAEBAEK_IDS = [f"s{i:03d}" for i in range(40, 60)]
+
+
+def _experiment(
+    key: str, regions: list[str], control: str = "champion", treatment: str = "challenger"
+) -> Any:
+    return {
+        "key": key,
+        "regions": regions,
+        "start": "2020-01-01T00:00:00Z",
+        "end": "2100-01-01T00:00:00Z",
+        "variants": [
+            {"name": "control", "weight": 50, "model": control},
+            {"name": "treatment", "weight": 50, "model": treatment},
+        ],
+    }
+
+
+def _write(path: Path, experiments: list[Any]) -> None:
+    # write then rename: the watcher never reads a half-written file
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"experiments": experiments}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@pytest.fixture(scope="module")
+def ab(
+    registry: Registry, redis_server: RedisServerControl, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[httpx.Client, Path, LogLines]]:
+    """A live service with one experiment in gimpo (control = champion v1, treatment = challenger v2)."""
+    seed(redis_server)
+    registry.set_alias(registry.versions["lightfm"], "challenger")
+    path = tmp_path_factory.mktemp("ab") / "experiments.yaml"
+    _write(path, [_experiment("gimpo-lightfm", ["gimpo"])])
+    try:
+        with running(service_settings(registry, redis_server.url, experiments_file=path)) as (
+            _,
+            client,
+            logs,
+        ):
+            for sid in GIMPO:
+                r = client.put(f"/students/{sid}", json={"region": "gimpo", "grade": "h1"}, headers=PORTAL)
+                assert r.status_code == 200, r.text
+            yield client, path, logs
+    finally:
+        registry.client().delete_registered_model_alias("learnrec-lectures", "challenger")
+
+
+def _get(client: httpx.Client, sid: str, headers: dict[str, str] = PORTAL, **params: Any) -> dict[str, Any]:
+    r = client.get("/recommendations", params={"student_id": sid, "k": 5, **params}, headers=headers)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _exposures(redis_server: RedisServerControl) -> dict[str, dict[str, str]]:
+    c = redis_server.client(decode_responses=True)
+    try:
+        entries = c.xrange(keys.EXPOSURES_STREAM)
+    finally:
+        c.close()
+    return {fields["request_id"]: fields for _, fields in entries}
+
+
+def test_variants_sticky_and_champion_outside(
+    ab: tuple[httpx.Client, Path, LogLines], registry: Registry
+) -> None:
+    client, _, _ = ab
+    champion, challenger = registry.versions["sequence"], registry.versions["lightfm"]
+    expected = ExperimentRegistry.load(ab[1])
+    seen: dict[str, str] = {}
+    for sid in GIMPO:
+        body = _get(client, sid)
+        want = expected.assign(sid, "gimpo")
+        assert want is not None
+        assert (body["experiment"], body["variant"]) == ("gimpo-lightfm", want.variant)
+        version = champion if want.variant == "control" else challenger
+        assert body["model"]["version"] == version
+        assert body["model"]["alias"] == ("champion" if want.variant == "control" else "challenger")
+        seen[sid] = body["variant"]
+    assert set(seen.values()) == {"control", "treatment"}  # 40 students, 50/50: both arms get some
+    for sid in GIMPO[:10]:  # sticky
+        assert _get(client, sid)["variant"] == seen[sid]
+    for sid in SEOUL:
+        body = _get(client, sid)
+        assert body["experiment"] is None and body["variant"] is None
+        assert body["model"]["version"] == champion and body["model"]["alias"] == "champion"
+    # subject filter works with the variant's model too
+    treated = next(s for s, v in seen.items() if v == "treatment")
+    body = _get(client, treated, subject="수학")
+    assert body["variant"] == "treatment" and all(i["subject"] == "수학" for i in body["items"])
+
+
+def test_exposures_in_stream_and_exported(
+    ab: tuple[httpx.Client, Path, LogLines],
+    registry: Registry,
+    redis_server: RedisServerControl,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, _, _ = ab
+    before = datetime.now(UTC)
+    answers = [_get(client, sid) for sid in (GIMPO[0], GIMPO[1], SEOUL[0])]
+    ids = {a["request_id"] for a in answers}
+    assert wait_for(lambda: ids <= set(_exposures(redis_server)), timeout=5)
+    stream = _exposures(redis_server)
+    for a, region in zip(answers, ("gimpo", "gimpo", "seoul"), strict=True):
+        f = stream[a["request_id"]]
+        assert set(f) == {
+            "request_id", "student_id", "region", "experiment", "variant", "model_version", "lecture_ids",
+            "shown_at",
+        }  # fmt: skip
+        assert f["student_id"] == a["student_id"] and f["region"] == region
+        assert f["experiment"] == (a["experiment"] or "") and f["variant"] == (a["variant"] or "")
+        assert f["model_version"] == a["model"]["version"]
+        assert json.loads(f["lecture_ids"]) == [i["lecture_id"] for i in a["items"]]
+        shown = datetime.fromisoformat(f["shown_at"])
+        assert before <= shown <= datetime.now(UTC)
+
+    metrics = client.get("/metrics").text
+    assert 'learnrec_exposures_total{outcome="written"}' in metrics
+    assert 'learnrec_experiment_answers_total{experiment="gimpo-lightfm"' in metrics
+
+    from typer.testing import CliRunner
+
+    from features.settings import get_settings
+    from training.ab.exposures import EXPOSURES, read_exposures
+    from training.cli import app
+
+    monkeypatch.setenv("LEARNREC_REDIS__URL", redis_server.url)
+    monkeypatch.setenv("LEARNREC_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        out = tmp_path / "exposures"
+        result = CliRunner().invoke(app, ["events", "export", "--stream", "exposures", "--out", str(out)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*.parquet"))
+    assert files
+    for file in files:
+        assert pq.read_schema(file).remove_metadata().equals(EXPOSURES)
+    table = read_exposures(out)
+    rows = {r["request_id"]: r for r in table.to_pylist()}
+    assert len(rows) == table.num_rows  # no duplicates
+    for a in answers:
+        row = rows[a["request_id"]]
+        assert row["experiment"] == a["experiment"] and row["variant"] == a["variant"]
+        assert row["lecture_ids"] == [i["lecture_id"] for i in a["items"]]
+        assert row["model_version"] == a["model"]["version"]
+
+
+def test_config_change_picked_up_without_restart(
+    ab: tuple[httpx.Client, Path, LogLines], registry: Registry
+) -> None:
+    client, path, _ = ab
+    champion, challenger = registry.versions["sequence"], registry.versions["lightfm"]
+    sid = TAEBAEK_IDS[0]
+    assert _get(client, sid, TAEBAEK)["experiment"] is None
+    # a second experiment in taebaek whose treatment pins a version number
+    _write(
+        path,
+        [
+            _experiment("gimpo-lightfm", ["gimpo"]),
+            _experiment("taebaek-pinned", ["taebaek"], treatment=challenger),
+        ],
+    )
+    try:
+        assert wait_for(lambda: _get(client, sid, TAEBAEK)["experiment"] == "taebaek-pinned", timeout=10)
+        registry_now = ExperimentRegistry.load(path)
+        arms: set[str] = set()
+        for s in TAEBAEK_IDS:  # the single-region key path: the variant is known before Redis is read
+            body = _get(client, s, TAEBAEK)
+            want = registry_now.assign(s, "taebaek")
+            assert want is not None and body["variant"] == want.variant
+            assert body["model"]["version"] == (champion if want.variant == "control" else challenger)
+            arms.add(body["variant"])
+        assert arms == {"control", "treatment"}
+        # a broken file keeps the config in force
+        path.write_text("experiments: [{key: 'Bad Key'}]\n", encoding="utf-8")
+        time.sleep(2.5)
+        assert _get(client, sid, TAEBAEK)["experiment"] == "taebaek-pinned"
+        assert "learnrec_experiments_reload_failures_total 1.0" in client.get("/metrics").text
+    finally:
+        _write(path, [_experiment("gimpo-lightfm", ["gimpo"])])
+    assert wait_for(lambda: _get(client, sid, TAEBAEK)["experiment"] is None, timeout=10)
+
+
+def test_writer_holds_exposures_while_redis_is_down(redis_server: RedisServerControl) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    client = redis_server.client(socket_timeout=1.0)
+    client.delete(keys.EXPOSURES_STREAM)
+    metrics = Metrics()
+    writer = ExposureWriter(client, metrics, capacity=3)
+    now = datetime.now(UTC)
+    fields = [exposure_fields(f"r{i}", f"s{i}", "seoul", None, "1", ["L1"], now) for i in range(5)]
+    try:
+        with redis_server.down():
+            assert all(writer.submit(f) for f in fields[:3])
+            assert not writer.submit(fields[3])  # full: dropped, counted
+            assert not writer.flush()  # Redis down: the batch goes back into the queue
+            assert writer.pending == 3
+        assert writer.flush()
+        assert writer.submit(fields[4]) and writer.flush()
+        ids = [f[b"request_id"].decode() for _, f in client.xrange(keys.EXPOSURES_STREAM)]
+        assert ids == ["r0", "r1", "r2", "r4"]  # in order, none lost but the one the queue refused
+        text = metrics.render().decode()
+        assert 'learnrec_exposures_total{outcome="dropped"} 1.0' in text
+        assert 'learnrec_exposures_total{outcome="written"} 4.0' in text
+        assert 'learnrec_redis_errors_total{operation="xadd_exposures"} 1.0' in text
+    finally:
+        client.close()
+
+
+def test_writer_thread_flushes_and_drains_on_close(redis_server: RedisServerControl) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    client: redis.Redis[bytes] = redis_server.client()
+    client.delete(keys.EXPOSURES_STREAM)
+    writer = ExposureWriter(client, Metrics())
+    writer.start()
+    now = datetime.now(UTC)
+    try:
+        writer.submit(exposure_fields("t0", "s0", "seoul", None, "1", ["L1"], now))
+        assert wait_for(lambda: client.xlen(keys.EXPOSURES_STREAM) == 1, timeout=2)
+        for i in range(1, 50):
+            writer.submit(exposure_fields(f"t{i}", "s0", "seoul", None, "1", ["L1"], now))
+        writer.close()
+        assert client.xlen(keys.EXPOSURES_STREAM) == 50
+    finally:
+        writer.close()
+        client.close()
