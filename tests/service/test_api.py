@@ -279,14 +279,23 @@ def test_health_and_openapi(client: httpx.Client) -> None:
 def test_one_redis_round_trip_per_recommendation(
     client: httpx.Client, redis_server: RedisServerControl
 ) -> None:
-    """Regression guard: the request path reads the student in one pipeline and nothing else."""
+    """Regression guard: the request path reads the student in one pipeline and nothing else.
+
+    Exposures are written by a background batcher (XADD, off the request path), so they are left out
+    of the count, as are the probe's own INFO calls.
+    """
+
+    def reads() -> int:
+        stats = probe.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_xadd"))
+
     _recommend(client, "s005")  # warm the connection (a new one sends CLIENT SETINFO)
     probe = redis_server.client()
     try:
-        before = probe.info("stats")["total_commands_processed"]
+        before = reads()
         _recommend(client, "s005")
-        after = probe.info("stats")["total_commands_processed"]
+        after = reads()
     finally:
         probe.close()
-    # GET profile, HGETALL history, LRANGE recent, GET model state (one pipeline) + our first INFO
-    assert after - before == 4 + 1
+    # GET profile, HGETALL history, LRANGE recent, GET model state: one pipeline
+    assert after - before == 4
