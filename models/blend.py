@@ -2,16 +2,20 @@
 
 Fitting:
 
-1. `temporal_holdout` removes each student's last lecture(s) (by first enrolment) from the training
-   data; students with too short a history keep everything.
+1. `time_holdout` (default) cuts the training data at a global time cutoff (the most recent
+   `holdout_share` of the interactions are held out), the shape of the temporal evaluation: what
+   students take next is mostly new series, which a leave-last-one hold-out (`temporal_holdout`, used
+   when `holdout_share` is 0: each student's last lecture(s) by first enrolment) under-represents.
 2. The components are fitted on what is left, and score a sample of the students who had lectures
    held out.
 3. For each such student the held-out (eligible) lectures are positives; negatives are sampled from
    the components' top candidates (hard) and from all eligible lectures (random).
 4. Each (student, lecture) pair is described by cheap features: per component its rank among the
-   student's eligible lectures (linear and reciprocal, zero beyond `rank_depth`), whether it is the
-   next episode of a series the student is in, the share of the student's history in its subject,
-   and its global popularity. A scikit-learn `LogisticRegression` learns the weights.
+   student's eligible lectures (linear and reciprocal, zero beyond `rank_depth`) and its score scaled
+   to [0, 1] over those lectures, whether it is the next episode of a series the student is in, whether
+   its series is one the student started, its reach (share of its series' students who took it), the
+   share of the student's history in its subject, and its global popularity. A scikit-learn
+   `LogisticRegression` learns the weights.
 5. The components are refitted on all the training data.
 
 Scoring computes the same features for every lecture and returns the logistic regression's logit.
@@ -29,7 +33,16 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from models.base import Recommender, StudentBatch, TrainingData
-from models.common import check_batch, check_finite, decayed_interactions, next_in_series, normalise_max
+from models.common import (
+    aligned_ages,
+    check_batch,
+    check_finite,
+    decayed_interactions,
+    next_in_series,
+    normalise_max,
+    series_similarity_and_reach,
+    started_series,
+)
 from models.eligibility import eligible_mask
 from models.errors import ModelFormatError, NotFittedError
 from models.item_knn import ItemKNNRecommender
@@ -50,7 +63,7 @@ COMPONENTS: dict[str, type[Recommender]] = {
     )
 }
 DEFAULT_COMPONENTS: tuple[str, ...] = ("segment_popularity", "item_knn", "lightfm", "sequence")
-_EXTRA_FEATURES: tuple[str, ...] = ("series_next", "subject_share", "popularity")
+_EXTRA_FEATURES: tuple[str, ...] = ("series_next", "subject_share", "popularity", "reach", "series_started")
 
 
 def _drop_entries(matrix: sp.csr_matrix, keep: npt.NDArray[np.bool_]) -> sp.csr_matrix:
@@ -60,6 +73,65 @@ def _drop_entries(matrix: sp.csr_matrix, keep: npt.NDArray[np.bool_]) -> sp.csr_
     indptr = np.zeros(matrix.shape[0] + 1, dtype=matrix.indptr.dtype)
     np.cumsum(counts, out=indptr[1:])
     return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
+
+
+def time_holdout(
+    data: TrainingData, share: float = 0.2
+) -> tuple[TrainingData, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Hold out every interaction of the last `share` of the training window's activity (a global cutoff).
+
+    This mimics the temporal evaluation split: a global time cutoff at the `1 - share` quantile of the
+    interactions' last activity (`age_days`); the pairs after it are held out, the ones before it train
+    the components. Only students with interactions on both sides are returned as held-out students
+    (like the temporal split's test students); students with fewer than two lectures keep everything.
+    Ages of what remains are counted from the cutoff.
+
+    Args:
+        data: the training data.
+        share: share of the interactions (most recent first) held out, in (0, 1).
+
+    Returns:
+        (training data before the cutoff, student rows, lecture rows) of the held-out pairs.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    inter = data.interactions
+    ages = aligned_ages(data)
+    n = inter.shape[1]
+    if ages.size == 0:
+        return data, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cut = np.float32(np.quantile(ages, share, method="lower"))
+    entry_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(inter.indptr))
+    # like `temporal_holdout`: a student with fewer than two lectures in sequence keeps everything
+    lengths = np.fromiter((q.size for q in data.sequences), dtype=np.int64, count=len(data.sequences))
+    held = (ages < cut) & (lengths >= 2)[entry_rows]  # more recent than the cutoff
+    before = np.bincount(entry_rows[~held], minlength=inter.shape[0]) > 0
+    use = held & before[entry_rows]
+    held_rows, held_cols = entry_rows[use], inter.indices[use].astype(np.int64)
+    interactions = _drop_entries(inter, ~held)
+    age_days = sp.csr_matrix(
+        (np.maximum(ages[~held] - cut, 0.0).astype(np.float32), interactions.indices, interactions.indptr),
+        shape=inter.shape,
+    )
+    held_keys = np.sort(entry_rows[held] * n + inter.indices[held].astype(np.int64))
+    sequences = []
+    for r, seq in enumerate(data.sequences):
+        keys = r * n + seq.astype(np.int64)
+        pos = np.minimum(np.searchsorted(held_keys, keys), max(held_keys.size - 1, 0))
+        gone = held_keys[pos] == keys if held_keys.size else np.zeros(seq.size, dtype=np.bool_)
+        sequences.append(seq[~gone])
+    train = TrainingData(
+        students=data.students,
+        catalogue=data.catalogue,
+        interactions=interactions,
+        age_days=age_days,
+        sequences=tuple(sequences),
+        student_features=data.student_features,
+        student_feature_names=data.student_feature_names,
+        region=data.region,
+        grade=data.grade,
+    )
+    return train, held_rows, held_cols
 
 
 def temporal_holdout(
@@ -119,7 +191,9 @@ class BlendRecommender(Recommender):
         seed: seeds the components and the negative sampling.
         components: registry names of the models to blend.
         component_params: per component name, keyword arguments for its constructor.
-        holdout: lectures held out per student to learn the weights.
+        holdout: lectures held out per student to learn the weights (when `holdout_share` is 0).
+        holdout_share: > 0: learn the weights on a global time cutoff instead (`time_holdout`), holding
+            out this share of the most recent interactions - the shape of the temporal evaluation.
         max_students: at most this many held-out students are used to learn the weights.
         negatives: sampled negatives per positive.
         hard_share: share of negatives drawn from the components' top candidates.
@@ -143,6 +217,7 @@ class BlendRecommender(Recommender):
         rank_depth: int = 100,
         regularisation: float = 1.0,
         half_life_days: float | None = 30.0,
+        holdout_share: float = 0.2,
     ) -> None:
         components = (components,) if isinstance(components, str) else tuple(components)
         unknown = [c for c in components if c not in COMPONENTS]
@@ -154,6 +229,8 @@ class BlendRecommender(Recommender):
             raise ValueError(f"component_params names models not in components: {', '.join(sorted(extra))}")
         if holdout < 1 or max_students < 1 or negatives < 1 or rank_depth < 1:
             raise ValueError("holdout, max_students, negatives and rank_depth must be >= 1")
+        if not 0 <= holdout_share < 1:
+            raise ValueError(f"holdout_share must be in [0, 1), got {holdout_share}")
         if not 0 <= hard_share <= 1:
             raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
         self.seed = seed
@@ -166,6 +243,7 @@ class BlendRecommender(Recommender):
         self.rank_depth = rank_depth
         self.regularisation = regularisation
         self.half_life_days = half_life_days
+        self.holdout_share = holdout_share
         self._models: dict[str, Recommender] = {}
         self._coef: dict[str, float] = {}
         self._intercept = 0.0
@@ -173,6 +251,7 @@ class BlendRecommender(Recommender):
         self._n_pairs = 0
         self._popularity: npt.NDArray[np.float32] = np.zeros(0, np.float32)
         self._next: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+        self._reach: npt.NDArray[np.float32] = np.zeros(0, np.float32)
 
     # ------------------------------------------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
@@ -187,6 +266,7 @@ class BlendRecommender(Recommender):
             "rank_depth": self.rank_depth,
             "regularisation": self.regularisation,
             "half_life_days": self.half_life_days,
+            "holdout_share": self.holdout_share,
         }
 
     def params(self) -> dict[str, Any]:
@@ -212,7 +292,7 @@ class BlendRecommender(Recommender):
 
     def feature_names(self) -> tuple[str, ...]:
         """Names of the features the logistic regression weighs."""
-        names = [f"{c}:{kind}" for c in self.components for kind in ("rank", "recip")]
+        names = [f"{c}:{kind}" for c in self.components for kind in ("rank", "recip", "score")]
         return (*names, *_EXTRA_FEATURES)
 
     def _new_component(self, name: str) -> Recommender:
@@ -233,13 +313,19 @@ class BlendRecommender(Recommender):
     # ------------------------------------------------------------------------------------------------
     def _tops(
         self, models: Mapping[str, Recommender], batch: StudentBatch, mask: npt.NDArray[np.bool_]
-    ) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]]:
-        """Per component, each student's `rank_depth` best eligible lectures, best first, and validity."""
+    ) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.float32]]]:
+        """Per component, each student's `rank_depth` best eligible lectures, best first, validity, and
+        the scores scaled to [0, 1] over the student's eligible lectures (min 0, max 1)."""
         b, n = mask.shape
         depth = min(self.rank_depth, n)
-        tops: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
+        tops: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.float32]]] = {}
         for name in self.components:
-            masked = np.where(mask, models[name].score(batch), -np.inf)
+            raw = models[name].score(batch)
+            masked = np.where(mask, raw, -np.inf)
+            lo = np.where(mask, raw, np.inf).min(axis=1, keepdims=True)
+            hi = masked.max(axis=1, keepdims=True)
+            span = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
+            scaled = np.where(mask, (raw - np.where(np.isfinite(lo), lo, 0.0)) / span, 0.0).astype(np.float32)
             if depth < n:
                 top = np.argpartition(-masked, depth - 1, axis=1)[:, :depth]
             else:
@@ -247,12 +333,12 @@ class BlendRecommender(Recommender):
             top_scores = np.take_along_axis(masked, top, axis=1)
             order = np.lexsort((top, -top_scores), axis=1)
             top = np.take_along_axis(top, order, axis=1)
-            tops[name] = (top, np.isfinite(np.take_along_axis(top_scores, order, axis=1)))
+            tops[name] = (top, np.isfinite(np.take_along_axis(top_scores, order, axis=1)), scaled)
         return tops
 
     def _planes(
         self,
-        tops: Mapping[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]],
+        tops: Mapping[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.float32]]],
         batch: StudentBatch,
     ) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
         """(feature name, (b, n) values) for every feature, one plane at a time (bounded memory)."""
@@ -260,7 +346,7 @@ class BlendRecommender(Recommender):
         b, n = len(batch), len(cat.lectures)
         rows = np.arange(b)[:, None]
         for name in self.components:
-            top, valid = tops[name]
+            top, valid, scaled = tops[name]
             depth = top.shape[1]
             rank = np.arange(depth, dtype=np.float32)[None, :]
             linear = np.zeros((b, n), dtype=np.float32)
@@ -269,6 +355,7 @@ class BlendRecommender(Recommender):
             recip = np.zeros((b, n), dtype=np.float32)
             recip[rows, top] = np.where(valid, 1.0 / (1.0 + rank), 0.0)
             yield f"{name}:recip", recip
+            yield f"{name}:score", scaled
         history = sp.csr_matrix(batch.history, dtype=np.float32)
         taken = history.copy()
         taken.data = (taken.data != 0).astype(np.float32)
@@ -288,6 +375,9 @@ class BlendRecommender(Recommender):
         share = np.divide(per_subject, totals, out=np.zeros_like(per_subject), where=totals > 0)
         yield "subject_share", share[:, cat.subject]
         yield "popularity", np.repeat(self._popularity[None, :], b, axis=0)
+        yield "reach", np.repeat(self._reach[None, :], b, axis=0)
+        started = np.asarray(started_series(history, cat.series).todense(), dtype=np.float32)
+        yield "series_started", started[:, cat.series]
 
     def _training_pairs(
         self,
@@ -326,7 +416,7 @@ class BlendRecommender(Recommender):
                 if pos.size == 0 or eligible.size == 0:
                     continue
                 want = self.negatives * pos.size
-                pool = np.unique(np.concatenate([top[i][valid[i]] for top, valid in tops.values()]))
+                pool = np.unique(np.concatenate([top[i][valid[i]] for top, valid, _ in tops.values()]))
                 pool = np.setdiff1d(pool, pos, assume_unique=True)
                 n_hard = min(round(want * self.hard_share), pool.size)
                 hard = rng.choice(pool, size=n_hard, replace=False) if n_hard else np.zeros(0, np.int64)
@@ -357,10 +447,14 @@ class BlendRecommender(Recommender):
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
-        train, held_rows, held_cols = temporal_holdout(data, self.holdout)
+        if self.holdout_share > 0:
+            train, held_rows, held_cols = time_holdout(data, self.holdout_share)
+        else:
+            train, held_rows, held_cols = temporal_holdout(data, self.holdout)
         self._popularity = normalise_max(
             np.asarray(decayed_interactions(train, self.half_life_days).sum(axis=0), dtype=np.float32).ravel()
         )
+        _, self._reach = series_similarity_and_reach(train.interactions, data.catalogue.series, 10.0)
         validation_models = {name: self._new_component(name).fit(train) for name in self.components}
         x, y = self._training_pairs(validation_models, train, held_rows, held_cols)
         names = self.feature_names()
@@ -381,6 +475,7 @@ class BlendRecommender(Recommender):
         self._popularity = normalise_max(
             np.asarray(decayed_interactions(data, self.half_life_days).sum(axis=0), dtype=np.float32).ravel()
         )
+        _, self._reach = series_similarity_and_reach(data.interactions, data.catalogue.series, 10.0)
         self._models = {name: self._new_component(name).fit(data) for name in self.components}
         return self
 
@@ -427,7 +522,7 @@ class BlendRecommender(Recommender):
             catalogue=self.catalogue,
             students=self.students,
             student_feature_names=self.student_feature_names,
-            arrays={"popularity": self._popularity},
+            arrays={"popularity": self._popularity, "reach": self._reach},
             extra={
                 "coefficients": self._coef,
                 "intercept": self._intercept,
@@ -451,6 +546,7 @@ class BlendRecommender(Recommender):
                 f"{directory / MANIFEST}: blend coefficients missing or malformed: {exc}"
             ) from exc
         model._popularity = saved.array("popularity").astype(np.float32)
+        model._reach = saved.array("reach").astype(np.float32)
         model._catalogue, model._students = saved.catalogue, saved.students
         model._student_feature_names = saved.student_feature_names
         model._next = next_in_series(saved.catalogue)

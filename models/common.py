@@ -129,3 +129,78 @@ def contains(sorted_keys: npt.NDArray[np.int64], keys: npt.NDArray[np.int64]) ->
     pos = np.searchsorted(sorted_keys, keys)
     pos = np.minimum(pos, sorted_keys.size - 1)
     return np.asarray(sorted_keys[pos] == keys, dtype=np.bool_)
+
+
+def row_max1(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Scale each row of non-negative scores so its largest is 1 (all-zero rows stay zero)."""
+    if v.size == 0:
+        return v.astype(np.float32)
+    top = v.max(axis=1, keepdims=True)
+    out: npt.NDArray[np.float32] = (v / np.where(top > 0, top, 1.0)).astype(np.float32)
+    return out
+
+
+def series_onehot(series: npt.NDArray[np.int32]) -> sp.csr_matrix:
+    """(n_lectures, n_series) 0/1 CSR: lecture -> its series."""
+    n = series.size
+    n_series = int(series.max()) + 1 if n else 0
+    return sp.csr_matrix(
+        (np.ones(n, dtype=np.float32), (np.arange(n), series)), shape=(n, n_series), dtype=np.float32
+    )
+
+
+def started_series(
+    history: sp.csr_matrix, series: npt.NDArray[np.int32], onehot: sp.csr_matrix | None = None
+) -> sp.csr_matrix:
+    """(b, n_series) 0/1 CSR: the series of which each student took at least one episode.
+
+    Args:
+        history: (b, n_lectures) interactions.
+        series: (n_lectures,) series index per lecture.
+        onehot: `series_onehot(series)` when the caller keeps one (saves rebuilding it per request).
+
+    Returns:
+        float32 CSR.
+    """
+    took = sp.csr_matrix(sp.csr_matrix(history) != 0, dtype=np.float32)
+    lookup = series_onehot(series) if onehot is None else onehot
+    return sp.csr_matrix((took @ lookup) > 0, dtype=np.float32)
+
+
+def series_similarity_and_reach(
+    interactions: sp.csr_matrix, series: npt.NDArray[np.int32], shrinkage: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Series-to-series similarity from shared students, and each episode's reach in its series.
+
+    Two series are similar when the same students start both: co-occurrence / (sqrt(audience_i *
+    audience_j) + shrinkage), the diagonal zeroed. An episode's reach is the share of the students of its
+    series who took it (early episodes reach more: students stop walking a series).
+
+    Args:
+        interactions: (n_students, n_lectures) training interactions.
+        series: (n_lectures,) series index per lecture.
+        shrinkage: pseudo-count damping the similarity of series with few students.
+
+    Returns:
+        ((n_series, n_series) similarity, (n_lectures,) reach in [0, 1]), float32.
+    """
+    started = started_series(interactions, series)
+    audience = np.asarray(started.sum(axis=0), dtype=np.float64).ravel()
+    co = np.asarray((started.T @ started).todense(), dtype=np.float64)
+    sim = co / (np.sqrt(np.outer(audience, audience)) + shrinkage)
+    np.fill_diagonal(sim, 0.0)
+    takers = np.asarray((sp.csr_matrix(interactions) != 0).sum(axis=0), dtype=np.float64).ravel()
+    reach = takers / np.maximum(audience[series], 1.0) if series.size else np.zeros(0)
+    return sim.astype(np.float32), reach.astype(np.float32)
+
+
+def series_sequences(
+    sequences: Sequence[npt.NDArray[np.int32]], series: npt.NDArray[np.int32]
+) -> tuple[npt.NDArray[np.int32], ...]:
+    """Per student, the series in the order first started (from lecture sequences)."""
+    out = []
+    for seq in sequences:
+        s = series[np.asarray(seq, dtype=np.int64)]
+        _, first = np.unique(s, return_index=True)
+        out.append(s[np.sort(first)].astype(np.int32))
+    return tuple(out)

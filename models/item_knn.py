@@ -4,8 +4,17 @@ Each lecture is the column of the student x lecture interaction matrix; scikit-l
 `NearestNeighbors` (cosine, brute force on the sparse matrix) finds its `neighbours` most similar
 lectures, kept as a sparse similarity matrix S (row = lecture, columns = its neighbours). A student's
 score is `history @ S`: the summed similarity of each lecture to what the student already took,
-weighted by how far they got. A tiny popularity term breaks ties and ranks lectures for students
-without history.
+weighted by how far they got.
+
+On series-structured catalogues the lecture-level neighbours of a lecture are mostly the other episodes
+of its own series, so `history @ S` mainly re-recommends the series a student is already in - a small
+share of what students take next (most new lectures come from series they have not started yet). A
+series-level term fixes that: series are similar when the same students start both (co-occurrence
+shrunk by `series_shrinkage` and divided by the geometric mean of their audiences), the student's
+series score (their started series @ series similarity, own series excluded, scaled to max 1) is spread
+over each series' episodes by the episode's *reach* (share of the series' students who took it), so the
+first episodes of a likely next series rank first. A segment (region x grade) popularity term,
+also weighted by reach, ranks lectures for students without history and orders the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +27,16 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from models.base import Recommender, StudentBatch, TrainingData
-from models.common import check_batch, check_finite, decayed_interactions, normalise_max
+from models.common import (
+    check_batch,
+    check_finite,
+    decayed_interactions,
+    row_max1,
+    series_onehot,
+    series_similarity_and_reach,
+    started_series,
+)
+from models.popularity import segment_table
 from models.serialization import instantiate, read_model, write_model
 
 
@@ -32,7 +50,12 @@ class ItemKNNRecommender(Recommender):
         half_life_days: recency half-life applied to the interactions before computing similarity
             (None: no decay).
         binary: compute similarity on 0/1 interactions instead of their weights.
-        popularity_weight: weight of the popularity tie-breaker (popularity scaled to max 1).
+        popularity_weight: weight of the segment popularity term (scaled to max 1 per student).
+        lecture_weight: weight of the lecture-level neighbour term (scaled to max 1 per student).
+        series_weight: weight of the series-level term (scaled to max 1 per student).
+        series_shrinkage: pseudo-count added to the series co-occurrence normaliser (damps rare series).
+        popularity_half_life_days: recency half-life of the segment popularity.
+        shrinkage: segment popularity back-off strength (see `models.popularity.segment_table`).
     """
 
     name: ClassVar[str] = "item_knn"
@@ -45,7 +68,12 @@ class ItemKNNRecommender(Recommender):
         min_similarity: float = 0.0,
         half_life_days: float | None = None,
         binary: bool = False,
-        popularity_weight: float = 1e-3,
+        popularity_weight: float = 1.0,
+        lecture_weight: float = 1.0,
+        series_weight: float = 1.0,
+        series_shrinkage: float = 10.0,
+        popularity_half_life_days: float | None = 30.0,
+        shrinkage: float = 50.0,
     ) -> None:
         if neighbours < 1:
             raise ValueError(f"neighbours must be >= 1, got {neighbours}")
@@ -55,6 +83,14 @@ class ItemKNNRecommender(Recommender):
         self.half_life_days = half_life_days
         self.binary = binary
         self.popularity_weight = popularity_weight
+        self.lecture_weight = lecture_weight
+        self.series_weight = series_weight
+        self.series_shrinkage = series_shrinkage
+        self.popularity_half_life_days = popularity_half_life_days
+        self.shrinkage = shrinkage
+        self._series_similarity: npt.NDArray[np.float32] | None = None
+        self._reach: npt.NDArray[np.float32] | None = None
+        self._onehot: sp.csr_matrix | None = None
         self._similarity: sp.csr_matrix | None = None
         self._popularity: npt.NDArray[np.float32] | None = None
 
@@ -66,6 +102,11 @@ class ItemKNNRecommender(Recommender):
             "half_life_days": self.half_life_days,
             "binary": self.binary,
             "popularity_weight": self.popularity_weight,
+            "lecture_weight": self.lecture_weight,
+            "series_weight": self.series_weight,
+            "series_shrinkage": self.series_shrinkage,
+            "popularity_half_life_days": self.popularity_half_life_days,
+            "shrinkage": self.shrinkage,
         }
 
     def fit(self, data: TrainingData) -> Self:
@@ -105,10 +146,25 @@ class ItemKNNRecommender(Recommender):
         similarity.sort_indices()
         check_finite(self.name, similarity.data)
         self._similarity = similarity
-        self._popularity = normalise_max(np.asarray(data.interactions.sum(axis=0), dtype=np.float32).ravel())
+        self._fit_series(data)
+        self._popularity = segment_table(data, self.popularity_half_life_days, self.shrinkage)
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names
         return self
+
+    def _fit_series(self, data: TrainingData) -> None:
+        """Series similarity from who started which series, and each episode's reach in its series."""
+        # own series get no series-level score (diagonal zero): continuation is the lecture term's job
+        self._series_similarity, self._reach = series_similarity_and_reach(
+            data.interactions, data.catalogue.series, self.series_shrinkage
+        )
+        check_finite(self.name, self._series_similarity, self._reach)
+
+    def _series_lookup(self) -> sp.csr_matrix:
+        """The catalogue's lecture -> series one-hot, built once."""
+        if self._onehot is None:
+            self._onehot = series_onehot(self.catalogue.series)
+        return self._onehot
 
     @property
     def similarity(self) -> sp.csr_matrix:
@@ -121,14 +177,24 @@ class ItemKNNRecommender(Recommender):
         similarity = self.similarity
         assert self._popularity is not None
         check_batch(self.catalogue, len(self.student_feature_names), batch)
+        assert self._series_similarity is not None and self._reach is not None
         history = sp.csr_matrix(batch.history, dtype=np.float32)
-        scores = np.asarray((history @ similarity).todense(), dtype=np.float32)
-        scores += np.float32(self.popularity_weight) * self._popularity[None, :]
-        return scores
+        series = self.catalogue.series
+        lecture = row_max1(np.asarray((history @ similarity).todense(), dtype=np.float32))
+        started = started_series(history, series, self._series_lookup())
+        by_series = row_max1(np.asarray(started @ self._series_similarity, dtype=np.float32))
+        popularity = row_max1(self._popularity[batch.region, batch.grade])
+        scores = np.float32(self.lecture_weight) * lecture
+        scores += self._reach[None, :] * (
+            np.float32(self.series_weight) * by_series[:, series]
+            + np.float32(self.popularity_weight) * popularity
+        )
+        return scores.astype(np.float32)
 
     def save(self, directory: Path) -> None:
         similarity = self.similarity
         assert self._popularity is not None
+        assert self._series_similarity is not None and self._reach is not None
         write_model(
             directory,
             model=self.name,
@@ -136,7 +202,11 @@ class ItemKNNRecommender(Recommender):
             catalogue=self.catalogue,
             students=self.students,
             student_feature_names=self.student_feature_names,
-            arrays={"popularity": self._popularity},
+            arrays={
+                "popularity": self._popularity,
+                "series_similarity": self._series_similarity,
+                "reach": self._reach,
+            },
             sparse={"similarity": similarity},
         )
 
@@ -146,6 +216,8 @@ class ItemKNNRecommender(Recommender):
         model = instantiate(cls, saved.params, directory)
         model._similarity = saved.sparse("similarity").astype(np.float32)
         model._popularity = saved.array("popularity").astype(np.float32)
+        model._series_similarity = saved.array("series_similarity").astype(np.float32)
+        model._reach = saved.array("reach").astype(np.float32)
         model._catalogue, model._students = saved.catalogue, saved.students
         model._student_feature_names = saved.student_feature_names
         return model

@@ -7,6 +7,14 @@ give weaker evidence). Scoring sums the transition rows of the student's last `r
 weighted `decay` ** steps back (the latest lecture counts most), adds a strong bonus for the next
 unseen episode of each series among those recent lectures, and a small segment-popularity term that
 orders everything else and is the whole answer for a student with no history.
+
+Most of what students take next comes from series they have not started yet, and a new series is
+entered at its first episodes. Two series-level terms rank those: series-to-series transitions (the
+order students start series in, e.g. a subject's curriculum order; `series_window` steps, decayed
+`series_decay` per step back in the student's own series order) and series co-occurrence similarity
+(series started by the same students). Each is scaled to max 1 per student and spread over a series'
+episodes by their *reach* (share of the series' students who took the episode), then added, weighted
+`series_transition_weight` and `series_similarity_weight`, to the lecture-level score scaled to max 1.
 """
 
 from __future__ import annotations
@@ -19,7 +27,19 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from models.base import Recommender, StudentBatch, TrainingData
-from models.common import check_batch, check_finite, contains, history_keys, next_in_series, recent_matrix
+from models.common import (
+    check_batch,
+    check_finite,
+    contains,
+    history_keys,
+    next_in_series,
+    recent_matrix,
+    row_max1,
+    series_onehot,
+    series_sequences,
+    series_similarity_and_reach,
+    started_series,
+)
 from models.errors import NotFittedError
 from models.popularity import segment_table
 from models.serialization import instantiate, read_model, write_model
@@ -81,6 +101,12 @@ class SequenceRecommender(Recommender):
         popularity_weight: weight of the segment popularity term (scaled to max 1).
         half_life_days: recency half-life of the popularity term.
         shrinkage: segment popularity back-off strength (see `models.popularity.segment_table`).
+        series_transition_weight: weight of the series-to-series transition term (0 = off).
+        series_similarity_weight: weight of the series co-occurrence term (0 = off).
+        series_window: look-ahead (in started series) of the series transitions.
+        series_skip_weight: weight per extra step of a series transition.
+        series_decay: weight ratio between a started series and the one started after it.
+        series_shrinkage: pseudo-count damping the similarity of series with few students.
     """
 
     name: ClassVar[str] = "sequence"
@@ -99,9 +125,17 @@ class SequenceRecommender(Recommender):
         popularity_weight: float = 0.05,
         half_life_days: float | None = 30.0,
         shrinkage: float = 50.0,
+        series_transition_weight: float = 0.5,
+        series_similarity_weight: float = 0.125,
+        series_window: int = 3,
+        series_skip_weight: float = 0.7,
+        series_decay: float = 0.7,
+        series_shrinkage: float = 10.0,
     ) -> None:
-        if window < 1 or recent < 1 or series_lookahead < 1:
-            raise ValueError("window, recent and series_lookahead must be >= 1")
+        if window < 1 or recent < 1 or series_lookahead < 1 or series_window < 1:
+            raise ValueError("window, recent, series_lookahead and series_window must be >= 1")
+        if not 0 < series_decay <= 1 or not 0 <= series_skip_weight <= 1:
+            raise ValueError("series_decay must be in (0, 1] and series_skip_weight in [0, 1]")
         if not 0 < decay <= 1 or not 0 <= skip_weight <= 1:
             raise ValueError("decay must be in (0, 1] and skip_weight in [0, 1]")
         self.seed = seed
@@ -115,6 +149,16 @@ class SequenceRecommender(Recommender):
         self.popularity_weight = popularity_weight
         self.half_life_days = half_life_days
         self.shrinkage = shrinkage
+        self.series_transition_weight = series_transition_weight
+        self.series_similarity_weight = series_similarity_weight
+        self.series_window = series_window
+        self.series_skip_weight = series_skip_weight
+        self.series_decay = series_decay
+        self.series_shrinkage = series_shrinkage
+        self._series_transitions: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
+        self._series_similarity: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
+        self._reach: npt.NDArray[np.float32] = np.zeros(0, np.float32)
+        self._onehot: sp.csr_matrix | None = None
         self._transitions: sp.csr_matrix | None = None
         self._popularity: npt.NDArray[np.float32] = np.zeros((0, 0, 0), np.float32)
         self._next: npt.NDArray[np.int32] = np.zeros(0, np.int32)
@@ -132,6 +176,12 @@ class SequenceRecommender(Recommender):
             "popularity_weight": self.popularity_weight,
             "half_life_days": self.half_life_days,
             "shrinkage": self.shrinkage,
+            "series_transition_weight": self.series_transition_weight,
+            "series_similarity_weight": self.series_similarity_weight,
+            "series_window": self.series_window,
+            "series_skip_weight": self.series_skip_weight,
+            "series_decay": self.series_decay,
+            "series_shrinkage": self.series_shrinkage,
         }
 
     def fit(self, data: TrainingData) -> Self:
@@ -145,9 +195,26 @@ class SequenceRecommender(Recommender):
         self._transitions = transitions
         self._popularity = segment_table(data, self.half_life_days, self.shrinkage)
         self._next = next_in_series(data.catalogue)
+        series = data.catalogue.series
+        n_series = int(series.max()) + 1 if series.size else 0
+        counts = transition_matrix(
+            series_sequences(data.sequences, series), n_series, self.series_window, self.series_skip_weight
+        )
+        totals = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel() + np.float32(self.smoothing)
+        self._series_transitions = np.asarray((sp.diags(1.0 / totals) @ counts).todense(), dtype=np.float32)
+        self._series_similarity, self._reach = series_similarity_and_reach(
+            data.interactions, series, self.series_shrinkage
+        )
+        check_finite(self.name, self._series_transitions, self._series_similarity, self._reach)
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names
         return self
+
+    def _series_lookup(self) -> sp.csr_matrix:
+        """The catalogue's lecture -> series one-hot, built once."""
+        if self._onehot is None:
+            self._onehot = series_onehot(self.catalogue.series)
+        return self._onehot
 
     @property
     def transitions(self) -> sp.csr_matrix:
@@ -182,6 +249,29 @@ class SequenceRecommender(Recommender):
         np.maximum.at(bonus, (rows_ok, cand_ok), np.float32(self.series_weight) * weight[ok][~ok_keys_seen])
         scores += bonus
 
+    def _with_series_terms(
+        self, batch: StudentBatch, scores: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Lecture-level scores scaled to max 1 plus the reach-weighted series-level terms."""
+        if self.series_transition_weight == 0 and self.series_similarity_weight == 0:
+            return scores
+        series = self.catalogue.series
+        n_series = self._series_transitions.shape[0]
+        by_series = np.zeros((len(batch), n_series), dtype=np.float32)
+        if self.series_transition_weight:
+            order = series_sequences(batch.recent, series)
+            rec = recent_matrix(order, n_series, self.recent, self.series_decay)
+            by_series += np.float32(self.series_transition_weight) * row_max1(
+                np.asarray(rec @ self._series_transitions, dtype=np.float32)
+            )
+        if self.series_similarity_weight:
+            started = started_series(batch.history, series, self._series_lookup())
+            by_series += np.float32(self.series_similarity_weight) * row_max1(
+                np.asarray(started @ self._series_similarity, dtype=np.float32)
+            )
+        out: npt.NDArray[np.float32] = row_max1(scores) + self._reach[None, :] * by_series[:, series]
+        return out
+
     def _score_one(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
         """The request path (one student): same arithmetic as the batch path, without sparse products."""
         transitions = self.transitions
@@ -212,7 +302,7 @@ class SequenceRecommender(Recommender):
             for cand, value in bonus.items():
                 scores[cand] += value
         scores += np.float32(self.popularity_weight) * self._popularity[batch.region[0], batch.grade[0]]
-        return scores[None, :]
+        return self._with_series_terms(batch, scores[None, :])
 
     def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
         transitions = self.transitions
@@ -224,7 +314,7 @@ class SequenceRecommender(Recommender):
         scores = np.asarray((rec @ transitions).todense(), dtype=np.float32)
         self._series_bonus(batch, rec, scores)
         scores += np.float32(self.popularity_weight) * self._popularity[batch.region, batch.grade]
-        return scores
+        return self._with_series_terms(batch, scores)
 
     def save(self, directory: Path) -> None:
         transitions = self.transitions
@@ -235,7 +325,12 @@ class SequenceRecommender(Recommender):
             catalogue=self.catalogue,
             students=self.students,
             student_feature_names=self.student_feature_names,
-            arrays={"popularity": self._popularity},
+            arrays={
+                "popularity": self._popularity,
+                "series_transitions": self._series_transitions,
+                "series_similarity": self._series_similarity,
+                "reach": self._reach,
+            },
             sparse={"transitions": transitions},
         )
 
@@ -246,6 +341,9 @@ class SequenceRecommender(Recommender):
         model._transitions = saved.sparse("transitions").astype(np.float32)
         model._popularity = saved.array("popularity").astype(np.float32)
         model._next = next_in_series(saved.catalogue)
+        model._series_transitions = saved.array("series_transitions").astype(np.float32)
+        model._series_similarity = saved.array("series_similarity").astype(np.float32)
+        model._reach = saved.array("reach").astype(np.float32)
         model._catalogue, model._students = saved.catalogue, saved.students
         model._student_feature_names = saved.student_feature_names
         return model
