@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import typer
 
-from training.commands import ab, bench, data, demo, events, feature_store, modelling, serve, simulate
+from training.commands import (
+    ab,
+    bench,
+    data,
+    demo,
+    events,
+    feature_store,
+    modelling,
+    retrain,
+    serve,
+    simulate,
+)
 
 app = typer.Typer(
     name="learnrec",
@@ -20,7 +31,8 @@ app.add_typer(data.app, name="data", help="Generate, import and validate dataset
 app.add_typer(feature_store.app, name="features", help="Materialise model features into Redis.")
 app.add_typer(events.app, name="events", help="Export the event stream to Parquet.")
 app.add_typer(ab.app, name="ab", help="A/B experiment analysis and planning.")
-modelling.register(app)  # train, tune, compare, promote, retrain
+modelling.register(app)  # train, tune, compare, promote
+retrain.register(app)  # retrain
 simulate.register(app)  # simulate
 serve.register(app)  # serve, mlflow-ui
 demo.register(app)  # demo

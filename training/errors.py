@@ -4,7 +4,9 @@
     ├── SplitError           a split cannot be made from this data (names the split and what is missing)
     ├── EvaluationError      a model or oracle cannot be evaluated on a split
     ├── TrackingError        the MLflow store holds something unexpected (missing run, tag, artifact)
-    └── PromotionRefused     an alias move was refused (worse candidate, different evaluation)
+    ├── PromotionRefused     an alias move was refused (worse candidate, different evaluation)
+    ├── SimulationError      a simulation cannot run (no ground truth, no students, the service refused)
+    └── RetrainError         a retraining step cannot go on (no new events, a changed state file)
 
 Numeric garbage from a model raises `models.errors.NumericalError` before anything is logged.
 """
@@ -30,3 +32,11 @@ class TrackingError(TrainingError):
 
 class PromotionRefused(TrainingError):
     """Moving an alias was refused; the message gives both numbers and how to override (--force)."""
+
+
+class SimulationError(TrainingError):
+    """A simulation cannot run: no ground truth, no students in the regions, the service refused it."""
+
+
+class RetrainError(TrainingError):
+    """A step of `learnrec retrain` cannot go on; the message says which step and what to do."""

@@ -43,6 +43,9 @@ TAG_BY = "learnrec.by"
 TAG_FORCED = "learnrec.forced"
 TAG_REASON = "learnrec.reason"
 TAG_METRIC = "learnrec.metric"
+#: A run that evaluates a registered version again on another split/dataset (`learnrec retrain`).
+KIND_REEVALUATION = "reevaluation"
+TAG_REEVALUATION_OF = "learnrec.reevaluation_of"
 #: Tags copied from the training run onto a registered version (shown in the registry UI).
 VERSION_TAGS: tuple[str, ...] = (TAG_MODEL, TAG_SPLIT, TAG_FINGERPRINT)
 
@@ -192,6 +195,50 @@ def candidate(client: MlflowClient, model_name: str, version: str) -> Candidate:
     )
 
 
+def reevaluation(client: MlflowClient, held: Candidate, like: Candidate) -> Candidate | None:
+    """The latest re-evaluation of `held` on `like`'s evaluation (same split and dataset), if any.
+
+    `learnrec retrain` evaluates the champion's model again on the new dataset version's split and logs
+    it as a run of kind ``reevaluation`` tagged with the champion's version, in the experiment of the
+    candidate's run; this finds it so the guard compares like with like.
+
+    Args:
+        client: the MLflow client.
+        held: the version holding the alias.
+        like: the candidate whose evaluation (split, fingerprint) the re-evaluation must match.
+
+    Returns:
+        `held` with the re-evaluation's run and metrics, or None when there is none.
+    """
+    if not (like.split and like.fingerprint):
+        return None
+    experiment_id = client.get_run(like.run_id).info.experiment_id
+    clauses = [
+        "attributes.status = 'FINISHED'",
+        f"tags.`{TAG_KIND}` = '{KIND_REEVALUATION}'",
+        f"tags.`{TAG_REEVALUATION_OF}` = '{held.version}'",
+        f"tags.`{TAG_SPLIT}` = '{like.split}'",
+        f"tags.`{TAG_FINGERPRINT}` = '{like.fingerprint}'",
+    ]
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    return Candidate(
+        version=held.version,
+        run_id=run.info.run_id,
+        model=held.model,
+        split=like.split,
+        fingerprint=like.fingerprint,
+        metrics={k: float(v) for k, v in run.data.metrics.items()},
+    )
+
+
 def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
     """The version `alias` points to, None when the model or alias does not exist."""
     from mlflow.exceptions import MlflowException
@@ -284,6 +331,9 @@ def promote(
     if held_version == new.version:
         return None
     held = candidate(client, model_name, held_version) if held_version else None
+    if held is not None and alias == CHAMPION and not new.same_evaluation(held):
+        # `learnrec retrain` re-evaluates the champion on the candidate's split: compare on that instead
+        held = reevaluation(client, held, new) or held
     reason = check_promotion(new, held, alias, metric, force)
     who = current_user(by)
     overall = {k: v for k, v in new.metrics.items() if "/" not in k}

@@ -1,0 +1,405 @@
+"""The simulation engine: in-process state vs the real feature store, reproducibility, A/A and A/B runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.ground_truth import GroundTruth
+from features.store import EventIn, FeatureStore, StudentProfile
+from features.synth import SynthConfig, generate
+from models.base import Recommender, StudentBatch, TrainingData
+from models.loading import LoadedModel
+from training.errors import SimulationError
+from training.simulate import (
+    InProcessBackend,
+    OnlineState,
+    Population,
+    SimConfig,
+    default_start,
+    experiment_for,
+    load_population,
+    pair_probabilities,
+    prepare_models,
+    repeat_experiment,
+    simulate,
+)
+
+REGIONS = ("gimpo", "taebaek")
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset with its ground truth (330 students, 150 lectures; < 1 s)."""
+    out = tmp_path_factory.mktemp("sim") / "synthetic"
+    generate(SynthConfig(region_sizes={"seoul": 100, "gimpo": 150, "taebaek": 80}, lectures=150, seed=3), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def population(dataset_dir: Path) -> Population:
+    return load_population(dataset_dir, REGIONS)
+
+
+@pytest.fixture(scope="module")
+def training(dataset_dir: Path) -> tuple[TrainingData, Any]:
+    from features.matrices import build_training_data
+    from features.tables import read_dataset
+
+    ds = read_dataset(dataset_dir)
+    return build_training_data(ds.students, ds.lectures, ds.events), ds
+
+
+def _loaded(model: Recommender, data: TrainingData, ds: Any, version: str) -> LoadedModel:
+    from training.tracking import fallback_lists, lectures_table
+
+    return LoadedModel(
+        model_name="sim-test", version=version, alias=None, run_id=None, recommender=model,
+        lectures=lectures_table(ds.lectures), fallback=fallback_lists(data),
+    )  # fmt: skip
+
+
+class TruthRecommender(Recommender):
+    """Scores by the hidden truth (sign +1, an oracle) or against it (sign -1): a planted difference."""
+
+    name = "truth"
+
+    def __init__(self, truth: GroundTruth, data: TrainingData, sign: float) -> None:
+        self.truth, self.sign = truth, sign
+        self._catalogue, self._students = data.catalogue, data.students
+        self._student_feature_names = data.student_feature_names
+
+    def fit(self, data: TrainingData) -> TruthRecommender:
+        return self
+
+    def score(self, batch: StudentBatch) -> Any:
+        out = np.zeros((len(batch), len(self.catalogue.lectures)), dtype=np.float32)
+        known = batch.index >= 0
+        if known.any():
+            ids = [self.students.ids[i] for i in batch.index[known]]
+            out[known] = self.sign * self.truth.appeal(ids, list(self.catalogue.lectures.ids))
+        return out
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path) -> TruthRecommender:
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def models(training: tuple[TrainingData, Any], dataset_dir: Path) -> dict[str, Any]:
+    from models import PopularityRecommender, SequenceRecommender
+
+    data, ds = training
+    truth = GroundTruth.load(dataset_dir)
+    return prepare_models(
+        {
+            "sequence": _loaded(SequenceRecommender(seed=1).fit(data), data, ds, "1"),
+            "popularity": _loaded(PopularityRecommender(seed=1).fit(data), data, ds, "2"),
+            "oracle": _loaded(TruthRecommender(truth, data, 1.0), data, ds, "3"),
+            "anti": _loaded(TruthRecommender(truth, data, -1.0), data, ds, "4"),
+        }
+    )
+
+
+def _config(**kw: Any) -> SimConfig:
+    base = {"regions": REGIONS, "days": 5, "students_per_day": 60, "seed": 11}
+    return SimConfig(**{**base, **kw})
+
+
+def _key(events: list[EventIn]) -> list[tuple[Any, ...]]:
+    return [
+        (e.event_id, e.student_id, e.lecture_id, e.type, e.progress, e.occurred_at, e.request_id)
+        for e in events
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the online state twin
+
+
+def _events() -> Iterator[EventIn]:
+    t = datetime(2025, 5, 1, 9, tzinfo=UTC)
+    spec = [
+        ("a", "L1", "enrol", 0.0, 0), ("a", "L1", "progress", 0.4, 10), ("a", "L2", "enrol", 0.0, 20),
+        ("a", "L2", "drop", 0.0, 30),  # dropped before completion: 0.1
+        ("a", "L3", "enrol", 0.0, 40), ("a", "L3", "complete", 1.0, 50), ("a", "L3", "drop", 0.0, 60),
+        ("a", "L4", "enrol", 0.0, 70), ("a", "L1", "enrol", 0.0, 80),  # re-enrolment moves L1 to the end
+        ("b", "L1", "progress", 0.7, 5), ("b", "L1", "drop", 0.0, 3),  # a late drop that is older: ignored
+        ("b", "L5", "drop", 0.0, 7),  # a drop alone
+    ]  # fmt: skip
+    for i, (s, lec, kind, p, minutes) in enumerate(spec):
+        yield EventIn(f"x{i}", s, lec, kind, p, t + timedelta(minutes=minutes))
+
+
+def test_online_state_is_the_feature_store(redis_client: Any) -> None:
+    """The in-process twin gives exactly the records the real Redis store gives, seed and events alike."""
+    base = datetime(2025, 4, 1, tzinfo=UTC)
+    seed_events = pd.DataFrame(
+        {
+            "event_id": ["s1", "s2", "s3", "s4", "s5"],
+            "student_id": ["a", "a", "a", "b", "c"],
+            "lecture_id": ["L9", "L9", "L8", "L9", "L7"],
+            "type": ["enrol", "complete", "enrol", "progress", "drop"],
+            "progress": [0.0, 1.0, 0.0, 0.35, 0.0],
+            "occurred_at": [base + timedelta(hours=h) for h in (1, 2, 3, 4, 5)],
+        }
+    )
+    profiles = [
+        StudentProfile("a", "gimpo", "h1", "high", "수능", ("수학",)),
+        StudentProfile("b", "taebaek", "m2"),
+    ]
+    store = FeatureStore(redis_client, recent_len=3)
+    state = OnlineState(recent_len=3)
+    store.seed_history(seed_events, profiles)
+    state.seed(seed_events, profiles)
+    events = list(_events())
+    events.append(events[0])  # a retry: a duplicate
+    assert state.apply(events) == store.apply_events(events)
+    for sid in ("a", "b", "c", "nobody"):
+        expected = store.read_student(sid)
+        got = state.record(sid)
+        assert got.history == expected.history, sid
+        assert got.recent == expected.recent, sid
+        assert got.profile == expected.profile, sid
+    assert state.record("a").recent == ("L3", "L4", "L1")
+
+
+def test_fork_is_independent(population: Population) -> None:
+    sid = population.student_ids[0]
+    before = population.state.record(sid)
+    fork = population.state.fork()
+    fork.apply([EventIn("f1", sid, "lec-new", "enrol", 0.0, datetime(2026, 3, 2, tzinfo=UTC))])
+    assert "lec-new" in fork.record(sid).history
+    assert population.state.record(sid) == before
+
+
+def test_pair_probabilities_are_the_ground_truth(population: Population) -> None:
+    truth = population.truth
+    students = list(population.student_ids[:7])
+    lectures = list(population.lecture_rows)[:5]
+    enrol = truth.enrol_probability(students, lectures)
+    complete = truth.complete_probability(students, lectures)
+    s_rows = np.repeat(truth.student_rows(students), len(lectures))
+    l_rows = np.tile(truth.lecture_rows(lectures), len(students))
+    pe, pc = pair_probabilities(truth, s_rows, l_rows)
+    np.testing.assert_allclose(pe.reshape(enrol.shape), enrol, rtol=1e-6)
+    np.testing.assert_allclose(pc.reshape(complete.shape), complete, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_default_start_follows_the_data_and_stays_in_the_past() -> None:
+    now = datetime(2026, 11, 25, 8, tzinfo=UTC)
+    start = default_start(datetime(2026, 2, 28, 14, 59, tzinfo=UTC), 14, now)
+    assert start == datetime(2026, 2, 28, 15, tzinfo=UTC)  # 2026-03-01 00:00 KST
+    late = default_start(datetime(2026, 11, 24, tzinfo=UTC), 14, now)
+    assert late + timedelta(days=14) <= now
+    assert (late + timedelta(hours=9)).hour == 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"regions": ()}, "regions is empty"),
+        ({"regions": ("Gimpo",)}, "lower-case"),
+        ({"days": 0}, "days"),
+        ({"k": 101}, "k must be"),
+        ({"run": "bad name"}, "run name"),
+        ({"start": datetime(2026, 1, 1)}, "timezone"),
+    ],
+)
+def test_config_refuses_bad_values(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(**kw)
+
+
+def test_population_needs_students_of_the_regions(dataset_dir: Path) -> None:
+    with pytest.raises(SimulationError, match=r"no student of region.*incheon"):
+        load_population(dataset_dir, ["incheon"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# runs
+
+
+def test_fast_path_is_reproducible(population: Population, models: dict[str, Any]) -> None:
+    def run(seed: int) -> tuple[Any, InProcessBackend]:
+        backend = InProcessBackend(population.state.fork(), models, "sequence")
+        return simulate(_config(seed=seed), population, backend), backend
+
+    first, b1 = run(11)
+    again, b2 = run(11)
+    other, _ = run(12)
+    assert first.enrolments > 20 and first.completions > 0
+    assert _key(first.events) == _key(again.events)
+    assert b1.exposures == b2.exposures
+    assert _key(first.events) != _key(other.events)
+    # time order, the simulated clock, the request id of the list on every event
+    times = [e.occurred_at for e in first.events]
+    assert times == sorted(times)
+    assert first.start <= times[0] and times[-1] < first.end
+    shown = {x["request_id"] for x in b1.exposures}
+    assert {e.request_id for e in first.events} <= shown
+    assert len({e.event_id for e in first.events}) == len(first.events)
+    assert first.posted.accepted == len(first.events) and first.posted.duplicates == 0
+
+
+def test_aa_arms_differ_only_by_assignment(population: Population, models: dict[str, Any]) -> None:
+    """Identical variants give the outcomes the model gives alone: assignment itself changes nothing."""
+    config = _config()
+    start = default_start(population.last_event, config.days)
+    config = replace(config, start=start)
+    exp = experiment_for("aa", REGIONS, {"a1": 1.0, "a2": 1.0}, start, start + timedelta(days=config.days))
+    same = {"sequence": models["sequence"], "a1": models["sequence"], "a2": models["sequence"]}
+    with_experiment = InProcessBackend(population.state.fork(), same, "sequence", [exp])
+    alone = InProcessBackend(population.state.fork(), same, "sequence")
+    a = simulate(config, population, with_experiment)
+    b = simulate(config, population, alone)
+    assert _key(a.events) == _key(b.events)
+    assert set(a.arms) == {"aa/a1", "aa/a2"} and set(b.arms) == {"-"}
+    assert [x["lecture_ids"] for x in with_experiment.exposures] == [
+        x["lecture_ids"] for x in alone.exposures
+    ]
+
+
+def test_aa_repetitions_show_no_systematic_difference(population: Population, models: dict[str, Any]) -> None:
+    same = {"control": models["sequence"], "treatment": models["sequence"]}
+    summary = repeat_experiment(population, same, {"control": 0.5, "treatment": 0.5}, _config(), 5)
+    again = repeat_experiment(population, same, {"control": 0.5, "treatment": 0.5}, _config(), 2)
+    assert again.rows == [r for r in summary.rows if r["rep"] < 2]  # deterministic given the seed
+    pooled = summary.p_values("enrolment_rate", "pooled")
+    assert len(pooled) == 5 and all(0 < p <= 1 for p in pooled)
+    assert np.median(pooled) > 0.1  # not systematically small
+    # each repetition re-randomises: the arms hold different students each time
+    assert len({(r["control_students"], r["treatment_students"]) for r in summary.rows}) > 1
+    assert all(not r["srm_mismatch"] for r in summary.rows)
+
+
+def test_ab_detects_a_planted_difference(population: Population, models: dict[str, Any]) -> None:
+    arms = {"control": models["anti"], "treatment": models["oracle"]}
+    summary = repeat_experiment(population, arms, {"control": 0.5, "treatment": 0.5}, _config(), 2)
+    pooled = [r for r in summary.rows if r["metric"] == "enrolment_rate" and r["region"] == "pooled"]
+    assert len(pooled) == 2
+    for row in pooled:
+        assert row["significant"] and row["abs_lift"] > 0.1, row
+    rates = {(r["metric"], r["region"]): r for r in summary.rates()}
+    assert rates[("enrolment_rate", "pooled")]["significant_up"] == 1.0
+    assert rates[("enrolment_rate", "gimpo")]["significant_up"] == 1.0  # the larger region on its own
+
+
+def test_backend_refuses_unknown_models(population: Population, models: dict[str, Any]) -> None:
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    exp = experiment_for("x", REGIONS, {"a1": 1.0, "a2": 1.0}, start, start + timedelta(days=2))
+    with pytest.raises(SimulationError, match=r"\['a1', 'a2'\]"):
+        InProcessBackend(population.state.fork(), {"sequence": models["sequence"]}, "sequence", [exp])
+    with pytest.raises(SimulationError, match="default model"):
+        InProcessBackend(population.state.fork(), {"sequence": models["sequence"]}, "champion")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# over real HTTP, against the real app
+
+
+@pytest.mark.slow
+def test_http_run_flows_through_the_service_and_its_streams(
+    tmp_path: Path, redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI drives the live app: profiles, lists, events; the streams' export holds the run; a report."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from features.settings import Settings
+    from service.main import create_app
+    from tests.service.live import LiveServer
+    from tests.training.modelling_data import mlflow_store
+    from training.cli import app as cli
+    from training.commands.feature_store import seed_dataset
+
+    monkeypatch.setenv("LEARNREC_REDIS__URL", redis_url)
+    with mlflow_store(tmp_path) as settings:
+        dataset = settings.datasets_dir / "synthetic"
+        generate(
+            SynthConfig(region_sizes={"seoul": 60, "gimpo": 90, "taebaek": 40}, lectures=120, seed=5), dataset
+        )
+        runner = CliRunner()
+        trained = runner.invoke(
+            cli, ["train", "-m", "sequence", "-m", "popularity", "--register", "--no-oracle"]
+        )
+        assert trained.exit_code == 0, trained.output
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+        name = settings.mlflow.registered_model
+        aliases = dict(client.get_registered_model(name).aliases)
+        other = next(str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")
+                     if str(mv.version) != str(aliases["champion"]))  # fmt: skip
+        client.set_registered_model_alias(name, "challenger", other)
+        seed_dataset(dataset, redis_client)
+        now = datetime.now(UTC)
+        experiments = tmp_path / "experiments.yaml"
+        experiments.write_text(
+            "experiments:\n"
+            "  - key: sim-http\n"
+            "    regions: [gimpo, taebaek]\n"
+            f"    start: {(now - timedelta(hours=1)).isoformat()}\n"
+            f"    end: {(now + timedelta(days=1)).isoformat()}\n"
+            "    variants:\n"
+            "      - {name: control, weight: 50, model: champion}\n"
+            "      - {name: treatment, weight: 50, model: challenger}\n",
+            encoding="utf-8",
+        )
+        service = Settings(
+            data_dir=settings.data_dir, redis={"url": redis_url},
+            mlflow={"tracking_uri": settings.tracking_uri(), "registered_model": name},
+            service={"experiments_file": experiments, "reload_poll_seconds": 0},
+        )  # fmt: skip
+        with LiveServer(create_app(service)) as live:
+            args = ["simulate", "--url", live.url, "--api-key", "dev-portal-key", "--days", "3",
+                    "--students-per-day", "40", "--run", "httptest", "--seed", "3",
+                    "--experiments", str(experiments)]  # fmt: skip
+            result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        out = result.output
+        assert "sim-http/control" in out and "sim-http/treatment" in out
+        export = settings.data_dir / "exports" / "httptest"
+        events = pd.read_parquet(export / "events")
+        exposures = pd.read_parquet(export / "exposures")
+        assert len(exposures) == 3 * 40
+        assert set(exposures["experiment"]) == {"sim-http"}
+        assert set(events["event_id"].str.split(".").str[1]) == {"httptest"}
+        assert events["request_id"].isin(set(exposures["request_id"])).all()
+        assert (events["occurred_at"] < pd.Timestamp(now) - timedelta(days=1)).all()  # simulated time
+        report = json.loads((settings.data_dir / "reports" / "ab-sim-http-httptest.json").read_text("utf-8"))
+        assert report["inputs"]["exposures"] == 3 * 40
+        # the in-process fast path is the same service: same seed, same lists, same events
+        from models.loading import load_registered
+        from service.experiments import load_experiments
+
+        pop = load_population(dataset, REGIONS)
+        start = default_start(pop.last_event, 3)
+        exp = load_experiments(experiments).experiments[0]
+        exp = exp.model_copy(update={"start": start, "end": start + timedelta(days=3)})
+        uri = settings.tracking_uri()
+        loaded = {ref: load_registered(name, ref, uri) for ref in ("champion", "challenger")}
+        backend = InProcessBackend(pop.state.fork(), prepare_models(loaded), "champion", [exp])
+        fast = simulate(SimConfig(REGIONS, days=3, students_per_day=40, seed=3, run="httptest"), pop, backend)
+        assert {(e.event_id, e.occurred_at) for e in fast.events} == set(
+            zip(events["event_id"], events["occurred_at"].dt.to_pydatetime(), strict=True)
+        )
+        shown = {r["request_id"]: list(r["lecture_ids"]) for r in backend.exposures}
+        assert shown == {r.request_id: list(r.lecture_ids) for r in exposures.itertuples()}
+        # the run's consumer groups are gone: they must not hold back stream trimming
+        assert all(g["name"] != b"simulate-httptest" for g in redis_client.xinfo_groups(b"lr:stream:events"))
