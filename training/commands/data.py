@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
+from training.commands.console import progress_bars
 
+if TYPE_CHECKING:
     from features.tables import Dataset
 
 app = typer.Typer(no_args_is_help=True)
@@ -24,39 +24,6 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------------------------------------
 # shared helpers
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A `progress(stage, done, total)` callback drawing one rich bar per stage on stderr."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:  # pipes and CI logs get the summary only, not redraw noise
-
-        def silent(stage: str, done: int, total: int) -> None:
-            return None
-
-        yield silent
-        return
-    bars: Progress = Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bars.add_task(stage, total=total)
-        bars.update(tasks[stage], completed=done, total=total)
-
-    with bars:
-        yield update
 
 
 @contextmanager
@@ -118,7 +85,7 @@ def oulad(
     source = source or _default_oulad_source()
     out = out or get_settings().datasets_dir / "oulad"
     started = time.perf_counter()
-    with _data_errors(), _progress() as progress:
+    with _data_errors(), progress_bars() as progress:
         ds, report = load_oulad(source, progress=progress)
         fingerprint = _write(ds, out, progress)
     for line in report.lines():
@@ -141,7 +108,7 @@ def import_files(
     from features.event_files import load_event_files
 
     started = time.perf_counter()
-    with _data_errors(), _progress() as progress:
+    with _data_errors(), progress_bars() as progress:
         ds = load_event_files(events, students, lectures, progress=progress)
         fingerprint = _write(ds, out, progress)
     defaults = ds.manifest.get("defaults", {})
@@ -162,7 +129,7 @@ def validate(
     from features.tables import read_dataset
 
     started = time.perf_counter()
-    with _data_errors(), _progress() as progress:
+    with _data_errors(), progress_bars() as progress:
         progress("validating", 0, 1)
         ds = read_dataset(directory, validate=True)
         fingerprint = ds.fingerprint()
@@ -196,7 +163,7 @@ def synth(
     settings = get_settings()
     out = out or settings.datasets_dir / "synthetic"
     started = time.perf_counter()
-    with _data_errors(), _progress() as progress:
+    with _data_errors(), progress_bars() as progress:
         summary = generate(
             scaled_config(students, lectures, settings.seed if seed is None else seed), out, progress
         )

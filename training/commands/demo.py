@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
         from features.settings import get_settings
         from features.tables import read_dataset
         from models.loading import load_registered, resolve_alias
+        from training.commands.console import progress_bars
         from training.commands.data import synth
-        from training.commands.feature_store import materialize_loaded, progress_bars, seed_dataset
+        from training.commands.feature_store import materialize_loaded, seed_dataset
         from training.commands.modelling import train
 
         settings = get_settings()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from training.commands.feature_store import fail, progress_bars
+from training.commands.console import fail, progress_bars
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
+from training.commands.console import ProgressFn, fail, progress_bars
 
+if TYPE_CHECKING:
     from features.store import MaterializeSummary
     from models.loading import LoadedModel
 
@@ -19,47 +18,6 @@ app = typer.Typer(no_args_is_help=True)
 
 #: Students whose state is computed per `Recommender.student_state` call (bounded memory per call).
 STATE_CHUNK = 50_000
-
-ProgressFn = Callable[[str, int, int], None]
-
-
-@contextmanager
-def progress_bars() -> Iterator[ProgressFn]:
-    """A ``progress(stage, done, total)`` callback: one rich bar per stage on stderr (total 0 = unknown)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:  # pipes and CI logs get the summary only
-
-        def silent(stage: str, done: int, total: int) -> None:
-            return None
-
-        yield silent
-        return
-    bars: Progress = Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bars.add_task(stage, total=total or None)
-        bars.update(tasks[stage], completed=done, total=total or None)
-
-    with bars:
-        yield update
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the Exit to raise."""
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    return typer.Exit(code)
 
 
 def student_states(
