@@ -1,9 +1,152 @@
-"""Top-level `learnrec` commands of this stage."""
+"""`learnrec bench`: data, training and serving benchmarks; writes bench/results/ and bench/RESULTS.md."""
 
 from __future__ import annotations
 
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from training.benchmarks.runner import BenchOptions, SuiteResult
+
+SUITES = ("data", "train", "serve")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+
+    @app.command()
+    def bench(
+        suite: Annotated[str, typer.Option(help="data | train | serve | all")] = "all",
+        large: Annotated[
+            bool, typer.Option("--large", help="1,000,000 students x 20,000 lectures instead of the default.")
+        ] = False,
+        out: Annotated[
+            Path, typer.Option(help="Results directory (JSON per suite; RESULTS.md goes next to it).")
+        ] = Path("bench/results"),
+        budget_minutes: Annotated[
+            float, typer.Option(min=0.01, help="Time budget per item; past it the item is skipped.")
+        ] = 20.0,
+        model: Annotated[
+            list[str] | None, typer.Option("--model", "-m", help="train: only this model (repeatable).")
+        ] = None,
+        serve_model: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="serve: models trained for the champion (repeatable; default all; large lightfm)."
+            ),
+        ] = None,
+        seconds: Annotated[int, typer.Option(min=1, help="serve: length of each wrk run.")] = 20,
+        students: Annotated[
+            int | None, typer.Option(min=6, help="Override the number of students (a custom size).")
+        ] = None,
+        lectures: Annotated[
+            int | None, typer.Option(min=1, help="Override the number of lectures (a custom size).")
+        ] = None,
+        memory_gib: Annotated[
+            float | None,
+            typer.Option(help="Memory budget per item (RSS); default: available memory less 3 GiB."),
+        ] = None,
+        data_root: Annotated[
+            Path | None, typer.Option(help="Scratch directory (default DATA_DIR/bench).")
+        ] = None,
+    ) -> None:
+        """Measure data generation, training and serving; results with machine, commit and command."""
+        import datetime as dt
+
+        from features.settings import get_settings
+        from training.benchmarks import report
+        from training.benchmarks.runner import BenchOptions
+
+        wanted = SUITES if suite == "all" else (suite,)
+        if any(s not in SUITES for s in wanted):
+            raise typer.BadParameter(f"unknown suite '{suite}': choose data, train, serve or all")
+        settings = get_settings()
+
+        def say(line: str) -> None:
+            typer.echo(line, err=True)
+
+        opts = BenchOptions(
+            data_root=(data_root or settings.data_dir / "bench").resolve(),
+            large=large,
+            budget_s=budget_minutes * 60,
+            say=say,
+            seed=settings.seed,
+            students=students,
+            lectures=lectures,
+            models=tuple(model) if model else None,
+            serve_models=tuple(serve_model) if serve_model else None,
+            serve_seconds=seconds,
+            memory_budget=int(memory_gib * 2**30) if memory_gib else None,
+        )
+        if model:
+            from training.benchmarks.train_bench import model_names
+
+            try:
+                model_names(opts)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--model") from None
+        command = shlex.join(["learnrec", *sys.argv[1:]])
+        machine = report.machine_info()
+        say(
+            f"learnrec bench {', '.join(wanted)} ({opts.size_label}) on {machine['cpu_model']}, "
+            f"{machine['nproc']} cores, load {machine['loadavg'][0]}; scratch {opts.data_root}"
+        )
+        started = time.perf_counter()
+        results: list[tuple[SuiteResult, Path]] = []
+        for name in wanted:
+            suite_started = dt.datetime.now(dt.UTC)
+            result = _run_suite(name, opts)
+            if name == "train" and model:
+                result.variant = "models-" + "-".join(model)
+            elif name == "serve" and serve_model:
+                result.variant = "champion-from-" + "-".join(serve_model)
+            path = report.write_suite(result, out, command=command, started_at=suite_started, machine=machine)
+            results.append((result, path))
+            say(f"{name}: wrote {path}")
+        markdown = report.write_markdown(out)
+        typer.echo("")
+        for result, _ in results:
+            for line in _summary_lines(result):
+                typer.echo(line)
+        bad = [i for r, _ in results for i in r.items if i.status == "failed"]
+        elapsed = time.perf_counter() - started
+        n_items = sum(len(r.items) for r, _ in results)
+        typer.echo(
+            f"bench {', '.join(wanted)} ({opts.size_label}): {n_items} items in {elapsed / 60:.1f} min, "
+            f"{len(bad)} failed; results in {out} and {markdown}"
+        )
+        if bad:
+            raise typer.Exit(1)
+
+
+def _run_suite(name: str, opts: BenchOptions) -> SuiteResult:
+    from training.benchmarks import data_bench, serve_bench, train_bench
+
+    runner = {"data": data_bench.run, "train": train_bench.run, "serve": serve_bench.run}[name]
+    return runner(opts)
+
+
+def _summary_lines(result: SuiteResult) -> list[str]:
+    lines = []
+    for item in result.items:
+        if item.ok and "rps" in item.metrics:
+            m = item.metrics
+            lines.append(
+                f"{result.suite:>5} {item.item:<40} {m['rps']:8,.0f} req/s  p50 {m['p50_ms']:.1f} ms  "
+                f"p99 {m['p99_ms']:.1f} ms  errors {m['errors']:,}"
+            )
+        elif item.ok:
+            peak = item.peak_rss_bytes / 2**20
+            line = f"{result.suite:>5} {item.item:<40} {item.seconds:8.1f} s  {peak:8,.0f} MiB"
+            lines.append(line + (f"  {item.reason}" if item.reason else ""))
+        else:
+            lines.append(f"{result.suite:>5} {item.item:<40} {item.reason}")
+    for key, value in result.summary.items():
+        if key.endswith("_text"):
+            lines.append(f"{result.suite:>5} {key.removesuffix('_text')}: {value}")
+    return lines

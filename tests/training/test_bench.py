@@ -1,0 +1,278 @@
+"""Smoke runs of the benchmark machinery on tiny sizes: subprocess items, budgets, wrk, results files.
+
+Nothing here asserts a time or a speed: benchmarks measure, tests check that the measuring works.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from training.benchmarks import data_bench, report, serve_bench, train_bench
+from training.benchmarks.load import run_wrk
+from training.benchmarks.runner import (
+    BenchOptions,
+    ItemResult,
+    Phase,
+    SuiteResult,
+    run_item,
+    run_measured,
+    skipped,
+)
+
+STUDENTS, LECTURES = 60, 40
+
+
+@pytest.fixture(scope="module")
+def tiny_opts(tmp_path_factory: pytest.TempPathFactory) -> BenchOptions:
+    return BenchOptions(
+        data_root=tmp_path_factory.mktemp("bench"),
+        students=STUDENTS,
+        lectures=LECTURES,
+        models=("popularity",),
+    )
+
+
+@pytest.fixture(scope="module")
+def data_result(tiny_opts: BenchOptions) -> SuiteResult:
+    return data_bench.run(tiny_opts)
+
+
+def test_data_suite_measures_generation_and_reading_in_subprocesses(data_result: SuiteResult) -> None:
+    generate, read = data_result.items
+    assert [generate.item, read.item] == ["generate", "read + validate"]
+    assert generate.ok and read.ok, (generate.reason, read.reason)
+    assert generate.metrics["students"] == STUDENTS
+    assert generate.metrics["lectures"] == LECTURES
+    assert generate.metrics["events"] == read.metrics["events"] == data_result.dataset["events"] > 0
+    assert generate.metrics["tables_bytes"] > 0
+    for row in (generate, read):
+        # the child's own peak: at least what the interpreter with numpy and pyarrow holds
+        assert row.peak_rss_bytes > 20 * 2**20
+    for step in ("read", "validate", "fingerprint"):
+        assert read.metrics[f"{step}_s"] >= 0
+        assert read.metrics[f"{step}_peak_rss_bytes"] > 0
+
+
+def test_train_suite_reuses_the_dataset_and_scores(tiny_opts: BenchOptions, data_result: SuiteResult) -> None:
+    result = train_bench.run(tiny_opts)
+    assert [i.item for i in result.items] == ["matrices", "fit popularity"]  # no "prep: generate"
+    matrices, fit = result.items
+    assert matrices.ok and fit.ok, (matrices.reason, fit.reason)
+    assert matrices.metrics["students"] == STUDENTS
+    assert matrices.metrics["interactions"] > 0
+    m = fit.metrics
+    assert m["model"] == "popularity"
+    assert m["score_students"] == STUDENTS  # 1,000 asked, only 60 exist
+    assert m["score_students_per_s"] > 0
+    assert m["single_calls"] == STUDENTS
+    assert m["model_bytes"] > 0
+    assert fit.peak_rss_bytes >= m["fit_peak_rss_bytes"] > 0
+
+    out = tiny_opts.data_root / "results"
+    machine = report.machine_info()
+    for suite in (data_result, result):
+        report.write_suite(
+            suite, out, command="learnrec bench --students 60", started_at=_now(), machine=machine
+        )
+    payload = json.loads((out / "train-custom-60x40.json").read_text(encoding="utf-8"))
+    assert payload["command"] == "learnrec bench --students 60"
+    assert payload["machine"]["nproc"] >= 1 and payload["machine"]["memory_bytes"] > 0
+    assert payload["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert set(payload["git"]) == {"commit", "dirty"}
+    markdown = report.write_markdown(out).read_text(encoding="utf-8")
+    assert markdown.index("## data — custom-60x40") < markdown.index("## train — custom-60x40")
+    assert "Command: `learnrec bench --students 60`" in markdown
+    assert "| popularity |" in markdown and "| generate |" in markdown and "| validate |" in markdown
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def test_subsample_keeps_a_share_of_the_students_with_all_their_events(
+    data_result: SuiteResult, tiny_opts: BenchOptions, tmp_path: Path
+) -> None:
+    from features.tables import read_dataset
+
+    source = data_bench.dataset_dir(tiny_opts)
+    params = {"source": str(source), "out": str(tmp_path / "sub"), "fraction": 0.5, "seed": 3}
+    row = run_item("train", "subsample", params, budget_s=120)
+    assert row.ok, row.reason
+    full, sub = read_dataset(source), read_dataset(tmp_path / "sub")  # validated: references hold
+    kept = set(sub.students["student_id"])
+    assert 0 < len(kept) < STUDENTS and row.metrics["students"] == len(kept)
+    assert len(sub.lectures) == LECTURES
+    expected = full.events[full.events["student_id"].isin(kept)]
+    assert len(sub.events) == len(expected) == row.metrics["events"]
+    assert sub.manifest["subsample"] == {"source": str(source), "fraction": 0.5, "seed": 3}
+
+
+def test_train_suite_steps_down_and_reports_every_attempt(
+    data_result: SuiteResult, tiny_opts: BenchOptions
+) -> None:
+    # a budget no item can meet (imports alone take longer): every attempt is skipped, none is lost
+    opts = BenchOptions(
+        data_root=tiny_opts.data_root, students=STUDENTS, lectures=LECTURES, models=("popularity",),
+        budget_s=0.05, step_fractions=(0.5,),
+    )  # fmt: skip
+    result = train_bench.run(opts)
+    items = [(i.item, i.status) for i in result.items]
+    assert items == [
+        (f"matrices ({STUDENTS} students)", "skipped"),
+        ("prep: subsample 50% of the students", "skipped"),
+        ("fit popularity", "skipped"),
+    ]
+    assert "time budget" in result.items[0].reason
+    assert "no size of the matrices fitted" in result.items[-1].reason
+
+
+def test_an_item_past_its_time_budget_is_killed() -> None:
+    measured = run_measured([sys.executable, "-c", "import time; time.sleep(60)"], budget_s=0.3)
+    assert measured.timed_out
+    assert measured.returncode < 0  # killed by a signal, not finished
+
+
+def test_an_item_past_its_memory_budget_is_killed() -> None:
+    hog = "import numpy as np, time; a = np.ones(50_000_000); time.sleep(60)"  # 400 MB
+    measured = run_measured([sys.executable, "-c", hog], memory_budget=150 * 2**20, budget_s=60)
+    assert measured.out_of_memory and not measured.timed_out
+    assert measured.returncode < 0
+
+
+def test_a_failing_item_is_a_failed_row_naming_the_error(tmp_path: Path) -> None:
+    row = run_item("train", "model", {"dir": str(tmp_path / "missing"), "model": "popularity"}, budget_s=120)
+    assert row.status == "failed"
+    assert "DatasetNotFoundError" in row.reason and "missing" in row.reason
+
+
+def test_a_failed_item_keeps_the_metrics_of_the_phases_it_finished(
+    data_result: SuiteResult, tiny_opts: BenchOptions
+) -> None:
+    """Regression: checkpoints went to the child's __main__ copy of the runner and were lost."""
+    params = {"dir": str(data_bench.dataset_dir(tiny_opts)), "model": "no-such-model"}
+    row = run_item("train", "model", params, budget_s=120)
+    assert row.status == "failed" and "no-such-model" in row.reason
+    assert row.metrics["students"] == STUDENTS and row.metrics["build_s"] >= 0
+    assert (
+        row.peak_rss_bytes >= row.metrics["process_peak_rss_bytes"] > row.metrics["build_peak_rss_bytes"] / 2
+    )
+
+
+def test_an_unknown_item_is_refused() -> None:
+    row = run_item("data", "no-such-item", {}, budget_s=60)
+    assert row.status == "failed" and "no-such-item" in row.reason
+
+
+def test_phase_peak_covers_the_phase_and_the_process_peak_survives_resets() -> None:
+    from training.benchmarks.runner import process_peak, rss_bytes
+
+    with Phase() as big:
+        block = np.ones(30_000_000)  # 240 MB
+        del block
+    if not big.peak_is_phase:
+        pytest.skip("this kernel does not allow resetting the peak RSS mark")
+    with Phase() as small:
+        pass
+    assert big.peak_rss_bytes - small.peak_rss_bytes > 150 * 2**20
+    assert process_peak() >= big.peak_rss_bytes > rss_bytes()[0]
+
+
+def test_report_shows_skipped_and_partial_rows(tmp_path: Path) -> None:
+    result = SuiteResult("train", "large", {"students": 1_000_000, "lectures": 20_000, "events": 5})
+    result.items.append(skipped("train", "fit blend", "not run in this test"))
+    reason = "skipped: exceeded the time budget of 20 min (killed)"
+    killed = ItemResult(
+        "train", "fit lightfm", "skipped", reason, 1200.0, 2**30, {}, {"build_s": 12.5, "read_s": 3.0}
+    )
+    result.items.append(killed)
+    report.write_suite(result, tmp_path / "results", command="learnrec bench --large", started_at=_now(),
+                       machine=report.machine_info())  # fmt: skip
+    text = report.render(tmp_path / "results")
+    assert "skipped: not run in this test" in text
+    assert "skipped: exceeded the time budget of 20 min (killed) (finished: matrices 12.5 s)" in text
+    assert "1,000,000 students" in text
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        _Recorder.seen.append((self.path, self.headers.get("X-API-Key")))
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Recorder.seen = []
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_wrk_rotates_paths_sends_the_key_and_reports_percentiles(http_server: str) -> None:
+    result = run_wrk(http_server, ["/a?x=1", "/b"], label="max", api_key="k-1", seconds=1, connections=2)
+    assert result.requests > 0 and result.errors == 0
+    assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms <= result.max_ms
+    paths = {p for p, _ in _Recorder.seen}
+    assert paths == {"/a?x=1", "/b"}
+    assert {k for _, k in _Recorder.seen} == {"k-1"}
+
+    fixed = run_wrk(http_server, ["/c"], label="fixed", seconds=1, connections=2, rate=40)
+    assert fixed.target_rps == 40
+    assert 0 < fixed.requests <= 60  # held near 40/s, far below what the closed loop above managed
+
+
+def test_serve_helpers_pick_students_and_dev_keys(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
+    from service.auth import DEV_KEYS
+
+    paths = serve_bench.recommendation_paths(data_bench.dataset_dir(tiny_opts), 25, seed=1)
+    assert len(paths) == len(set(paths)) == 25
+    assert all(p.startswith("/recommendations?student_id=s") and p.endswith("&k=10") for p in paths)
+    assert paths == serve_bench.recommendation_paths(data_bench.dataset_dir(tiny_opts), 25, seed=1)
+    portal, admin = serve_bench.dev_keys()
+    assert not DEV_KEYS[portal][2] and DEV_KEYS[admin][2]
+    env = serve_bench.bench_env(Path("/x/serve"))
+    assert env["LEARNREC_DATA_DIR"] == "/x/serve" and "REDIS_URL" not in env
+
+
+def test_seed_item_loads_profiles_and_history_into_a_real_redis(
+    data_result: SuiteResult, tiny_opts: BenchOptions, redis_client: object, redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    from features import keys
+
+    env = {**serve_bench.bench_env(tmp_path), "LEARNREC_REDIS__URL": redis_url}
+    row = run_item("serve", "seed", {"dir": str(data_bench.dataset_dir(tiny_opts))}, budget_s=120, env=env)
+    assert row.ok, row.reason
+    assert row.metrics["students"] == STUDENTS
+    assert 0 < row.metrics["students_with_history"] <= STUDENTS
+    assert row.metrics["redis_bytes"] > 0
+    assert isinstance(redis_client, redis.Redis)
+    assert redis_client.exists(keys.profile("s0000001")) == 1

@@ -1,0 +1,204 @@
+"""Data suite: synthetic generation (time, peak RSS, events/s, bytes on disk), then reading and validating it.
+
+Items run in their own processes (`training.benchmarks.runner`): ``generate`` calls
+`features.synth.generate` on `features.synth.scaled_config`; ``read`` times `features.tables.read_dataset`
+without validation, then `features.tables.validated` and `Dataset.fingerprint` separately (the three
+steps `learnrec train` takes before it builds its matrices).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from training.benchmarks.runner import (
+    BenchOptions,
+    ItemFn,
+    ItemResult,
+    Phase,
+    Progress,
+    SuiteResult,
+    checkpoint,
+    describe,
+    run_item,
+    skipped,
+)
+
+SUITE = "data"
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _generate(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+    from features.synth import generate, scaled_config
+    from features.tables import TABLE_FILES
+
+    config = scaled_config(params["students"], params["lectures"], params["seed"])
+    out = Path(params["out"])
+    with Phase() as phase:
+        summary = generate(config, out, progress)
+    tables = sum(_tree_bytes(out / f) for f in TABLE_FILES.values())
+    total = _tree_bytes(out)
+    return {
+        "students": summary.students,
+        "lectures": summary.lectures,
+        "series": summary.series,
+        "events": summary.events,
+        "event_types": dict(summary.event_types),
+        "generate_s": phase.seconds,
+        "generate_peak_rss_bytes": phase.peak_rss_bytes,
+        "events_per_s": summary.events / phase.seconds if phase.seconds else 0.0,
+        "tables_bytes": tables,
+        "ground_truth_bytes": total - tables,
+    }
+
+
+def _read(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+    from features.tables import read_dataset, validated
+
+    directory = Path(params["dir"])
+    metrics: dict[str, Any] = {}
+    with Phase() as read:
+        ds = read_dataset(directory, validate=False)
+    metrics.update(ds.sizes, read_s=read.seconds, read_peak_rss_bytes=read.peak_rss_bytes)
+    checkpoint(metrics)
+    progress("read", 1, 3)
+    with Phase() as check:
+        ds = validated(ds)
+    metrics.update(validate_s=check.seconds, validate_peak_rss_bytes=check.peak_rss_bytes)
+    checkpoint(metrics)
+    progress("validate", 2, 3)
+    with Phase() as fingerprint:
+        ds.fingerprint()
+    metrics.update(fingerprint_s=fingerprint.seconds, fingerprint_peak_rss_bytes=fingerprint.peak_rss_bytes)
+    progress("fingerprint", 3, 3)
+    return metrics
+
+
+#: Items the runner can start in a child process.
+ITEMS: dict[str, ItemFn] = {"generate": _generate, "read": _read}
+
+
+def generate_params(opts: BenchOptions, out: Path) -> dict[str, Any]:
+    """Parameters of the ``generate`` item for the size in `opts`."""
+    students, lectures = opts.size
+    return {"students": students, "lectures": lectures, "seed": opts.seed, "out": str(out)}
+
+
+def dataset_dir(opts: BenchOptions) -> Path:
+    """Where the benchmarks keep the generated dataset of the size in `opts` (shared by the suites)."""
+    from features.synth import scaled_config
+
+    students, lectures = opts.size
+    config = scaled_config(students, lectures, opts.seed)
+    return opts.data_root / "datasets" / f"synth-{config.students}x{config.lectures}-seed{opts.seed}"
+
+
+def dataset_matches(directory: Path, opts: BenchOptions) -> bool:
+    """True when `directory` holds a complete dataset generated with the config and generator of today."""
+    from features.synth import GENERATOR_VERSION, scaled_config
+    from features.tables import MANIFEST_FILE
+
+    manifest_file = directory / MANIFEST_FILE
+    if not manifest_file.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    students, lectures = opts.size
+    expected = scaled_config(students, lectures, opts.seed).as_dict()
+    generator = manifest.get("generator", {})
+    return bool(manifest.get("config") == expected and generator.get("version") == GENERATOR_VERSION)
+
+
+def dataset_sizes(directory: Path) -> dict[str, int]:
+    """Students, lectures and events recorded in a dataset's manifest."""
+    from features.tables import MANIFEST_FILE
+
+    manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return {k: int(v) for k, v in manifest.get("sizes", {}).items()}
+
+
+def ensure_dataset(opts: BenchOptions) -> tuple[Path, ItemResult | None]:
+    """The dataset of the size in `opts`, generated (and measured) only when it is not there yet.
+
+    Returns:
+        (its directory, the ``generate`` row when it had to be generated, else None).
+    """
+    directory = dataset_dir(opts)
+    if dataset_matches(directory, opts):
+        opts.say(f"  dataset {directory} already generated: reused")
+        return directory, None
+    opts.say(f"  generating the dataset {directory} first")
+    row = run_item(
+        SUITE,
+        "generate",
+        generate_params(opts, directory),
+        budget_s=opts.budget_s,
+        memory_budget=opts.memory_budget,
+        label="prep: generate",
+    )
+    opts.say(describe(row))
+    return directory, row
+
+
+def run(opts: BenchOptions) -> SuiteResult:
+    """Generate the dataset of the size in `opts`, then read and validate it, each in its own process.
+
+    Args:
+        opts: size, budget, scratch directory, progress printer.
+
+    Returns:
+        Rows ``generate`` and ``read + validate``.
+    """
+    students, lectures = opts.size
+    directory = dataset_dir(opts)
+    result = SuiteResult(SUITE, opts.size_label)
+    opts.say(
+        f"data suite ({opts.size_label}): {students or 'default regions (43,300)'} students x "
+        f"{lectures:,} lectures -> {directory}"
+    )
+    gen = run_item(
+        SUITE,
+        "generate",
+        generate_params(opts, directory),
+        budget_s=opts.budget_s,
+        memory_budget=opts.memory_budget,
+    )
+    opts.say(describe(gen))
+    result.items.append(gen)
+    if gen.ok:
+        read = run_item(
+            SUITE,
+            "read",
+            {"dir": str(directory)},
+            budget_s=opts.budget_s,
+            memory_budget=opts.memory_budget,
+            label="read + validate",
+        )
+        opts.say(describe(read))
+        result.items.append(read)
+        m = gen.metrics
+        result.dataset = {"students": m["students"], "lectures": m["lectures"], "events": m["events"]}
+        result.summary = {
+            "generate_s": m["generate_s"],
+            "generate_peak_rss_bytes": gen.peak_rss_bytes,
+            "events_per_s": m["events_per_s"],
+        }
+        if read.ok:
+            result.summary["read_validate_s"] = read.metrics["read_s"] + read.metrics["validate_s"]
+    else:
+        result.items.append(skipped(SUITE, "read + validate", "the dataset was not generated"))
+    result.notes.append(
+        "generate = features.synth.generate(scaled_config(students, lectures, seed)); the process peak "
+        "includes interpreter and imports. read = read_dataset(validate=False) (Parquet -> pandas, events "
+        "sorted), validate = features.tables.validated, fingerprint = Dataset.fingerprint."
+    )
+    return result

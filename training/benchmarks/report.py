@@ -1,0 +1,390 @@
+"""Benchmark results: one JSON per suite and size in bench/results/, and bench/RESULTS.md rendered from them.
+
+Every JSON carries the machine (CPU model, cores, memory, Python and library versions, load average
+before and after), the date, the git commit and the exact command, so a figure is never separated from
+where and how it was measured. RESULTS.md is regenerated from all JSON files in the results directory
+after every run, so results of different suites and sizes sit side by side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.benchmarks.runner import SuiteResult
+
+#: Order of the sections in RESULTS.md.
+SUITE_ORDER = ("data", "train", "serve")
+_LIBRARIES = (
+    "numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "lightfm-next", "fastapi", "uvicorn", "redis",
+)  # fmt: skip
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and software the figures were measured on.
+
+    Returns:
+        nproc, usable cores, memory, CPU model, OS, Python and library versions, load average now.
+    """
+    versions: dict[str, str] = {}
+    for lib in _LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "nproc": os.cpu_count() or 0,
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory_bytes": _memory_bytes(),
+        "cpu_model": _cpu_model(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": versions,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def git_info(repo: Path = _REPO) -> dict[str, Any]:
+    """Commit of the code measured and whether the working tree had uncommitted changes.
+
+    Returns:
+        ``{"commit": sha or None, "dirty": bool or None}``.
+    """
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not refresh (write) the index of someone else's checkout
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, env=env, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, env=env, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def suite_file(out_dir: Path, suite: str, size: str, variant: str = "") -> Path:
+    """``<out_dir>/<suite>-<size>[-<variant>].json``."""
+    return out_dir / (f"{suite}-{size}-{variant}.json" if variant else f"{suite}-{size}.json")
+
+
+def write_suite(
+    result: SuiteResult,
+    out_dir: Path,
+    *,
+    command: str,
+    started_at: dt.datetime,
+    machine: Mapping[str, Any],
+) -> Path:
+    """Write one suite's results as JSON (replacing the previous file of that suite and size).
+
+    Args:
+        result: what the suite measured.
+        out_dir: results directory (bench/results).
+        command: the exact command line that ran it.
+        started_at: when the suite started (UTC).
+        machine: `machine_info()` taken when the run started (its load average is kept as "before").
+
+    Returns:
+        The file written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    after = machine_info()
+    payload = {
+        "suite": result.suite,
+        "size": result.size,
+        "command": command,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": git_info(),
+        "machine": {**machine, "loadavg_before": machine.get("loadavg"), "loadavg_after": after["loadavg"]},
+        **{k: v for k, v in result.as_dict().items() if k not in ("suite", "size")},
+    }
+    payload["machine"].pop("loadavg", None)
+    path = suite_file(out_dir, result.suite, result.size, result.variant)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _mib(n: float | None) -> str:
+    if not n:
+        return "-"
+    if n >= 10 * 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    if n < 2**20:
+        return f"{n / 2**10:,.0f} KiB"
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.2f}" if x < 10 else f"{x:,.1f}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.2f}"
+
+
+def _n(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _status(item: Mapping[str, Any]) -> str | None:
+    """The reason text of a row that did not run (None when it ran)."""
+    return None if item["status"] == "ok" else str(item["reason"])
+
+
+_READ_STEPS = {
+    "read": "features.tables.read_dataset(validate=False): Parquet -> pandas, events sorted",
+    "validate": "features.tables.validated: types, ids, enums, ranges, references",
+    "fingerprint": "Dataset.fingerprint() (what learnrec train logs)",
+}
+
+
+def _data_tables(payload: Mapping[str, Any]) -> list[str]:
+    rows: list[list[str]] = []
+    for item in payload["items"]:
+        m = item["metrics"]
+        why = _status(item)
+        if item["item"].startswith("read"):
+            for step in ("read", "validate", "fingerprint"):
+                if f"{step}_s" not in m:
+                    if why:
+                        rows.append([step, why, "-", "-", "-", _READ_STEPS[step]])
+                        why = None
+                    continue
+                rate = m["events"] / m[f"{step}_s"] if m[f"{step}_s"] else None
+                rows.append([
+                    step, _s(m[f"{step}_s"]), _s(item["seconds"]) if step == "read" else "",
+                    _mib(m[f"{step}_peak_rss_bytes"]), f"{_n(rate)} events/s", _READ_STEPS[step],
+                ])  # fmt: skip
+        elif why:
+            rows.append([item["item"], why, _s(item["seconds"]), _mib(item["peak_rss_bytes"]), "-", "-"])
+        else:
+            rows.append([
+                item["item"], _s(m["generate_s"]), _s(item["seconds"]), _mib(item["peak_rss_bytes"]),
+                f"{_n(m['events_per_s'])} events/s",
+                f"{m['events']:,} events, {m['series']:,} series; tables {_mib(m['tables_bytes'])} on disk "
+                f"(+ ground truth {_mib(m['ground_truth_bytes'])})",
+            ])  # fmt: skip
+    return _table(["step", "time s", "process wall s", "peak RSS", "throughput", "notes"], rows)
+
+
+def _train_tables(payload: Mapping[str, Any]) -> list[str]:
+    rows: list[list[str]] = []
+    for item in payload["items"]:
+        m = item["metrics"]
+        why = _status(item)
+        if why:
+            phases = (("build_s", "matrices"), ("fit_s", "fit"))
+            done = [f"{label} {_s(m[key])} s" for key, label in phases if key in m]
+            note = why + (f" (finished: {', '.join(done)})" if done else "")
+            rows.append([
+                item["item"].removeprefix("fit "), "-", "-", _mib(item["peak_rss_bytes"]), "-", "-", "-",
+                _s(item["seconds"]), note,
+            ])  # fmt: skip
+        elif "fit_s" in m:
+            note = item["reason"] or ""
+            rows.append([
+                item["item"].removeprefix("fit "), _s(m["fit_s"]), _mib(m["fit_peak_rss_bytes"]),
+                _mib(item["peak_rss_bytes"]), _n(m["score_students_per_s"]),
+                f"{_ms(m['single_p50_ms'])} / {_ms(m['single_p99_ms'])}", _mib(m["model_bytes"]),
+                _s(item["seconds"]), note,
+            ])  # fmt: skip
+        elif "build_s" in m:
+            rows.append([
+                "(matrices)", _s(m["build_s"]), _mib(m["build_peak_rss_bytes"]), _mib(item["peak_rss_bytes"]),
+                "-", "-", _mib(m["matrices_bytes"]), _s(item["seconds"]),
+                f"read {_s(m['read_s'])} s; {m['students']:,} students x {m['lectures']:,} lectures, "
+                f"{m['interactions']:,} interactions from {m['events']:,} events",
+            ])  # fmt: skip
+        elif "generate_s" in m:
+            rows.append([
+                item["item"], _s(m["generate_s"]), "-", _mib(item["peak_rss_bytes"]), "-", "-", "-",
+                _s(item["seconds"]), "dataset was missing: generated first",
+            ])  # fmt: skip
+    header = [
+        "model", "fit s", "peak RSS in fit", "process peak RSS", "score students/s (1,000 at once)",
+        "1 student p50 / p99 ms", "size (model / matrices)", "process wall s", "notes",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    s = payload.get("summary", {})
+    if s:
+        lines.append("Headline (same server, same run):")
+        lines.append("")
+        for key, text in (
+            ("ratio_text", "throughput /recommendations ÷ /healthz"),
+            ("p99_text", "p99 of /recommendations at half the maximum rate"),
+            ("service_rss_text", "service RSS"),
+            ("redis_text", "Redis memory"),
+            ("champion_text", "champion served"),
+        ):
+            if key in s:
+                lines.append(f"- {text}: {s[key]}")
+        lines.append("")
+    prep: list[list[str]] = []
+    load: list[list[str]] = []
+    for item in payload["items"]:
+        m = item["metrics"]
+        why = _status(item)
+        if "rps" in m or (why and item["item"].startswith("wrk")):
+            if why:
+                load.append([item["item"], why, "", "", "", "", "", "", "", ""])
+                continue
+            target = m.get("target_rps")
+            load.append([
+                item["item"], str(m.get("connections", "")), _n(target) if target else "max", _n(m["rps"]),
+                _ms(m["p50_ms"]), _ms(m["p95_ms"]), _ms(m["p99_ms"]), _ms(m["max_ms"]),
+                f"{m['errors']:,} / {m['requests']:,}", str(m.get("redis_forks", "-")),
+            ])  # fmt: skip
+        else:
+            prep.append([
+                item["item"], why or _s(item["seconds"]), _mib(item["peak_rss_bytes"]) if not why else "-",
+                str(m.get("note", "")) if not why else "",
+            ])  # fmt: skip
+    if prep:
+        lines += _table(["step", "time s", "peak RSS", "notes"], prep)
+        lines.append("")
+    if load:
+        header = ["wrk run", "connections", "target rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms",
+                  "max ms", "errors / requests", "Redis forks during the run"]  # fmt: skip
+        lines += _table(header, load)
+    return lines
+
+
+_RENDER = {"data": _data_tables, "train": _train_tables, "serve": _serve_tables}
+
+
+def _machine_line(payload: Mapping[str, Any]) -> str:
+    m = payload["machine"]
+    git = payload.get("git", {})
+    commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+    before, after = m.get("loadavg_before") or [], m.get("loadavg_after") or []
+    return (
+        f"{m['cpu_model']}, {m['nproc']} cores ({m['usable_cpus']} usable), {_mib(m['memory_bytes'])} RAM; "
+        f"Python {m['python']}; {m['os']}. Load average before {before[0] if before else '?'}, after "
+        f"{after[0] if after else '?'} (other work on the machine shows here). Commit {commit}; "
+        f"{payload['started_at']} to {payload['finished_at']} UTC."
+    )
+
+
+def render(out_dir: Path) -> str:
+    """RESULTS.md for every suite JSON in `out_dir` (data, train, serve; default size before large).
+
+    Args:
+        out_dir: the results directory.
+
+    Returns:
+        The Markdown text.
+    """
+    payloads = []
+    for path in sorted(out_dir.glob("*.json")):
+        try:
+            payloads.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+
+    def order(p: Mapping[str, Any]) -> tuple[int, int, str]:
+        suite = SUITE_ORDER.index(p["suite"]) if p["suite"] in SUITE_ORDER else len(SUITE_ORDER)
+        size = {"default": 0, "large": 1}.get(p["size"], 2)
+        return suite, size, p["size"] + p.get("variant", "")
+
+    lines = [
+        "# learnrec benchmarks",
+        "",
+        "Generated by `learnrec bench` (`make bench`) from the JSON files in `bench/results/`; do not edit "
+        "by hand, rerun the command. Each item runs in its own process, so its peak RSS (`ru_maxrss` of that "
+        "process; per phase from `/proc/self/status` VmHWM after resetting it) is its own. Times are wall "
+        "clock on the machine named under each section, which is shared with other work: compare figures "
+        "within one run, and read the load average next to them.",
+        "",
+        "Sizes: *default* = the platform's regions today (43,300 students: Seoul 35,000 and five partner "
+        "regions) x 5,000 lectures; *large* = 1,000,000 students x 20,000 lectures (`--large`).",
+        "",
+    ]
+    if not payloads:
+        lines.append("No results yet: run `learnrec bench`.")
+    for p in sorted(payloads, key=order):
+        d = p.get("dataset") or {}
+        sizes = ", ".join(f"{v:,} {k}" for k, v in d.items())
+        lines += [
+            f"## {p['suite']} — {p['size']}"
+            + (f", {p['variant'].replace('-', ' ')}" if p.get("variant") else "")
+            + (f" ({sizes})" if sizes else ""),
+            "",
+            f"Command: `{p['command']}`",
+            "",
+            f"Machine: {_machine_line(p)}",
+            "",
+        ]
+        lines += _RENDER.get(p["suite"], lambda _: [])(p)
+        lines.append("")
+        for note in p.get("notes", []):
+            lines.append(f"- {note}")
+        if p.get("notes"):
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_markdown(out_dir: Path) -> Path:
+    """Regenerate ``RESULTS.md`` next to the results directory (bench/results -> bench/RESULTS.md).
+
+    Args:
+        out_dir: the results directory.
+
+    Returns:
+        The Markdown file written.
+    """
+    path = out_dir.parent / "RESULTS.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(out_dir), encoding="utf-8")
+    return path

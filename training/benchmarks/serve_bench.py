@@ -1,0 +1,684 @@
+"""Serve suite: the real service over HTTP, driven by wrk, with a real redis-server and the champion.
+
+Everything goes through the command line, as an operator would, in a scratch data directory
+(``LEARNREC_DATA_DIR=<data_root>/serve-<size>``, wiped at the start):
+
+1. ``learnrec train --model ... --register --dataset D --no-oracle``: the champion (timed, peak RSS);
+2. the students' profiles and training history into Redis (`FeatureStore.seed_history`, what the portal's
+   past events would have left there; a measured item: there is no CLI for it);
+3. ``learnrec features materialize``: the champion's per-student state (time; Redis bytes per student);
+   then wait until Redis has finished the snapshot / AOF rewrite the bulk load set off;
+4. ``learnrec serve``: time until ``/readyz`` answers 200;
+5. wrk against that one server: maximum throughput of ``/recommendations`` (rotating over many students)
+   and of ``/healthz``, their ratio (target >= 0.70), then latency of ``/recommendations`` at a fixed
+   rate of half the maximum (target p99 < 20 ms; 30 ms at the large size); the service's RSS.
+
+The service logs every request (JSON, level info) to ``service.log`` in the scratch directory, as in
+production. wrk runs with one thread, leaving the other core to the service and Redis. Redis forks
+(snapshots, AOF rewrites) during each run are counted: with a large dataset a snapshot competes for the
+CPU. When ``learnrec train`` does not fit the budgets at the full size (the large size), the champion is
+trained on the largest subsample of the students that fits (`train_bench.Datasets`), with the whole
+catalogue, and Redis memory is also extrapolated to all the students.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.benchmarks.data_bench import dataset_sizes, ensure_dataset
+from training.benchmarks.runner import (
+    STATUS_OK,
+    BenchOptions,
+    ItemFn,
+    ItemResult,
+    Phase,
+    Progress,
+    SuiteResult,
+    default_memory_budget,
+    describe,
+    run_item,
+    run_measured,
+    skipped,
+)
+
+SUITE = "serve"
+RATIO_TARGET = 0.70
+P99_TARGET_MS = {"default": 20.0, "large": 30.0}
+#: Students the load rotates over (a random sample of the dataset's students).
+PATH_STUDENTS = 5_000
+#: Recommendations asked per request.
+K = 10
+#: Open connections of the maximum-throughput runs and of the fixed-rate run.
+MAX_CONNECTIONS = 16
+FIXED_CONNECTIONS = 8
+WARMUP_SECONDS = 5
+READY_TIMEOUT_S = 600.0
+#: Environment variables that would point the bench at someone else's Redis or MLflow.
+_FOREIGN_ENV = (
+    "REDIS_URL", "LEARNREC_REDIS_URL", "LEARNREC_REDIS__URL", "LEARNREC_REDIS__CLUSTER",
+    "MLFLOW_TRACKING_URI", "LEARNREC_MLFLOW__TRACKING_URI", "LEARNREC_SERVICE__API_KEYS_FILE", "LEARNREC_ENV",
+)  # fmt: skip
+
+
+def _learnrec() -> list[str]:
+    return [sys.executable, "-m", "training.cli"]
+
+
+def _seed(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+    """Profiles and training history of every student into the embedded Redis of the scratch dir."""
+    import pandas as pd
+
+    from features.redis_server import connect
+    from features.settings import get_settings
+    from features.store import FeatureStore, StudentProfile, used_memory
+    from features.tables import read_dataset
+
+    ds = read_dataset(Path(params["dir"]), validate=False)
+
+    def text(value: Any) -> str | None:
+        return None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+    students = ds.students
+    columns = {c: students[c].tolist() if c in students.columns else [None] * len(students) for c in (
+        "student_id", "region", "grade", "school_level", "target_exam", "interest_subjects",
+    )}  # fmt: skip
+    profiles = [
+        StudentProfile(
+            str(sid), str(region), str(grade), text(level), text(exam), tuple(str(x) for x in subjects or ())
+        )
+        for sid, region, grade, level, exam, subjects in zip(*columns.values(), strict=True)
+    ]
+    client = connect(get_settings(), bulk=True)
+    before = used_memory(client)
+    with Phase() as phase:
+        written = FeatureStore(client).seed_history(ds.events, profiles, progress)
+    after = used_memory(client)
+    return {
+        "students": len(profiles),
+        "students_with_history": written,
+        "events": len(ds.events),
+        "seed_s": phase.seconds,
+        "redis_bytes": after - before,
+        "redis_bytes_per_student": (after - before) / max(len(profiles), 1),
+        "note": f"{len(profiles):,} profiles, {written:,} histories from {len(ds.events):,} events",
+    }
+
+
+#: Items the runner can start in a child process.
+ITEMS: dict[str, ItemFn] = {"seed": _seed}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers of the parent
+
+
+def bench_env(data_dir: Path) -> dict[str, str]:
+    """This process's environment with the scratch data dir, development keys and no foreign Redis/MLflow."""
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
+    env["LEARNREC_DATA_DIR"] = str(data_dir)
+    env["LEARNREC_ENV"] = "development"
+    return env
+
+
+def dev_keys() -> tuple[str, str]:
+    """(portal key for every region, admin key) among the service's development keys."""
+    from features.schemas import ALL_REGIONS
+    from service.auth import DEV_KEYS
+
+    portal = next(k for k, (_, regions, admin) in DEV_KEYS.items() if ALL_REGIONS in regions and not admin)
+    admin = next(k for k, (_, _, is_admin) in DEV_KEYS.items() if is_admin)
+    return portal, admin
+
+
+def recommendation_paths(dataset: Path, n: int, seed: int, k: int = K) -> list[str]:
+    """``/recommendations?student_id=...&k=...`` for `n` students sampled from the dataset (seeded)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from features.tables import TABLE_FILES
+
+    ids = pq.read_table(dataset / TABLE_FILES["students"], columns=["student_id"]).column(0).to_pylist()
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(ids), size=min(n, len(ids)), replace=False)
+    return [f"/recommendations?student_id={ids[i]}&k={k}" for i in chosen]
+
+
+def http_get(url: str, api_key: str | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; connection errors give status 0."""
+    request = urllib.request.Request(url, headers={"X-API-Key": api_key} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a running process, in bytes."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _redis_client(redis_dir: Path) -> Any:
+    from redis import Redis
+
+    from features.redis_server import running_embedded
+
+    server = running_embedded(redis_dir)
+    if server is None:
+        raise RuntimeError(f"no embedded redis-server is running for {redis_dir}")
+    return Redis.from_url(server.url, socket_timeout=30)
+
+
+def _used_memory(redis_dir: Path) -> int:
+    from features.store import used_memory
+
+    return used_memory(_redis_client(redis_dir))
+
+
+@dataclass
+class _Service:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def start_service(
+    env: Mapping[str, str], log: Path, timeout_s: float = READY_TIMEOUT_S
+) -> tuple[_Service, float]:
+    """Start ``learnrec serve`` on a free port and wait until ``/readyz`` answers 200.
+
+    Returns:
+        The running service and the seconds it took to become ready.
+
+    Raises:
+        RuntimeError: it exited or was not ready in time (the message quotes the end of its log).
+    """
+    from features.redis_server import free_port
+
+    port = free_port()
+    sink = log.open("ab")
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*_learnrec(), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
+        env=dict(env), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    sink.close()
+    service = _Service(proc, f"http://127.0.0.1:{port}", log)
+    while time.perf_counter() - started < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"learnrec serve exited with {proc.returncode}: {_tail(log)}")
+        status, _ = http_get(service.url + "/readyz", timeout=2.0)
+        if status == 200:
+            return service, time.perf_counter() - started
+        time.sleep(0.25)
+    stop_service(service)
+    raise RuntimeError(f"learnrec serve was not ready within {timeout_s:.0f} s: {_tail(log)}")
+
+
+def stop_service(service: _Service) -> None:
+    """SIGTERM (graceful), then SIGKILL after 20 s."""
+    if service.proc.poll() is not None:
+        return
+    service.proc.send_signal(signal.SIGTERM)
+    try:
+        service.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+        service.proc.wait(timeout=10)
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(line.strip()[:300] for line in text[-lines:])
+
+
+def sample_responses(url: str, paths: list[str], api_key: str, n: int = 200) -> dict[str, Any]:
+    """GET `n` of the paths one at a time: status codes, answer sources, and unloaded latency."""
+    statuses: Counter[int] = Counter()
+    sources: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
+    items: list[int] = []
+    latencies: list[float] = []
+    for path in paths[:n]:
+        started = time.perf_counter()
+        status, body = http_get(url + path, api_key)
+        latencies.append(1000 * (time.perf_counter() - started))
+        statuses[status] += 1
+        if status == 200:
+            answer = json.loads(body)
+            sources[str(answer.get("source"))] += 1
+            items.append(len(answer.get("items", [])))
+            for flag in ("fallback", "degraded"):
+                if answer.get(flag):
+                    flags[flag] += 1
+    latencies.sort()
+    return {
+        "requests": sum(statuses.values()),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "sources": dict(sources),
+        "fallback": flags["fallback"],
+        "degraded": flags["degraded"],
+        "mean_items": sum(items) / len(items) if items else 0.0,
+        "p50_ms": latencies[len(latencies) // 2] if latencies else 0.0,
+    }
+
+
+def _champion(env: Mapping[str, str], data_dir: Path) -> dict[str, Any]:
+    """The registered champion's version and the recommender behind it (from the MLflow registry)."""
+    from mlflow import MlflowClient
+
+    from features.settings import Settings
+
+    settings = Settings(data_dir=data_dir)
+    client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
+    name = env.get("LEARNREC_MLFLOW__REGISTERED_MODEL", settings.mlflow.registered_model)
+    version = client.get_model_version_by_alias(name, "champion")
+    run = client.get_run(version.run_id) if version.run_id else None
+    model = run.data.tags.get("learnrec.model", "?") if run else "?"
+    return {"registered_model": name, "version": str(version.version), "model": model}
+
+
+def _train_champion(
+    opts: BenchOptions, models: list[str], full: Path, env: Mapping[str, str], log: Path, result: SuiteResult
+) -> Path | None:
+    """``learnrec train --register`` on the full dataset, stepping down to subsamples past a budget.
+
+    Returns:
+        The dataset the champion was trained on (the one to serve), or None when no size fitted.
+    """
+    from training.benchmarks.train_bench import Datasets, fractions_for
+
+    fractions = fractions_for(opts)
+    datasets = Datasets(opts, full, result)
+    tried: list[str] = []
+    for fraction in fractions:
+        dataset = datasets.get(fraction)
+        if dataset is None:
+            return None
+        n = dataset_sizes(dataset)["students"]
+        argv = [*_learnrec(), "train", *[a for m in models for a in ("--model", m)], "--register",
+                "--dataset", str(dataset), "--no-oracle"]  # fmt: skip
+        label = "train --register" + (f" ({n:,} students)" if len(fractions) > 1 else "")
+        opts.say(f"  learnrec train --model {' '.join(models)} --register on {n:,} students ...")
+        row = _step(label, argv, env, opts, log)
+        if row.ok and tried:
+            row.reason = f"on {fraction:.0%} of the students: {'; '.join(tried)}"
+        opts.say(describe(row))
+        result.items.append(row)
+        if row.ok:
+            return dataset
+        if row.status != "skipped":
+            return None
+        tried.append(f"{n:,} students {row.reason.removeprefix('skipped: ')}")
+    return None
+
+
+def _step(name: str, argv: list[str], env: Mapping[str, str], opts: BenchOptions, log: Path) -> ItemResult:
+    """One CLI command, measured (time, peak RSS), its output kept in `log` and its last line as the note."""
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"\n$ {' '.join(argv[2:]) if argv[:2] == _learnrec()[:2] else ' '.join(argv)}\n")
+    memory = opts.memory_budget or default_memory_budget()
+    measured = run_measured(argv, env=env, budget_s=opts.budget_s, capture=True, memory_budget=memory)
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(measured.output)
+    last = next((ln.strip() for ln in reversed(measured.output.splitlines()) if ln.strip()), "")
+    row = ItemResult(
+        SUITE, name, STATUS_OK, "", measured.seconds, measured.peak_rss_bytes, {"argv": argv[2:]}
+    )
+    row.metrics = {"note": last[:400], "output_tail": measured.output[-4000:]}
+    if measured.timed_out:
+        row.status, row.reason = "skipped", f"skipped: exceeded the time budget of {opts.budget_s / 60:g} min"
+    elif measured.out_of_memory:
+        budget = f"{(memory or 0) / 2**30:.1f} GiB"
+        row.status, row.reason = "skipped", f"skipped: exceeded the memory budget of {budget} (killed)"
+    elif measured.returncode != 0:
+        row.status, row.reason = "failed", f"failed: exit {measured.returncode}: {last[:300]}"
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the suite
+
+
+def redis_persistence(redis_dir: Path) -> dict[str, int]:
+    """Forks so far and whether a snapshot or AOF rewrite is running (INFO persistence and stats)."""
+    client = _redis_client(redis_dir)
+    info = {**client.info("persistence"), **client.info("stats")}
+    return {
+        "total_forks": int(info.get("total_forks", 0)),
+        "busy": int(info.get("rdb_bgsave_in_progress", 0)) + int(info.get("aof_rewrite_in_progress", 0)),
+    }
+
+
+def wait_redis_quiet(redis_dir: Path, timeout_s: float = 600.0) -> float:
+    """Wait until no snapshot or AOF rewrite runs (the bulk load triggers them); the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s and redis_persistence(redis_dir)["busy"]:
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
+def drive(
+    url: str, paths: list[str], api_key: str, seconds: int, opts: BenchOptions, redis_dir: Path | None = None
+) -> tuple[list[Any], dict[str, int]]:
+    """The three wrk runs on one server: max /recommendations, max /healthz, /recommendations at half.
+
+    Args:
+        url: the service.
+        paths: /recommendations paths to rotate over.
+        api_key: sent as X-API-Key.
+        seconds: length of each run.
+        opts: the printer.
+        redis_dir: the embedded Redis, to count its forks (snapshots, AOF rewrites) during each run.
+
+    Returns:
+        The `LoadResult` of each run (after a warm-up run that is not reported), and per run label the
+        number of Redis forks during it (a snapshot of a large dataset competes for the CPU).
+    """
+    from training.benchmarks.load import run_wrk
+
+    def forks() -> int:
+        return redis_persistence(redis_dir)["total_forks"] if redis_dir is not None else 0
+
+    warmup = min(WARMUP_SECONDS, seconds)
+    opts.say(f"  wrk: warm-up {warmup} s, then {seconds} s per run ...")
+    run_wrk(url, paths, label="warm-up", api_key=api_key, seconds=warmup, connections=MAX_CONNECTIONS)
+    results: list[Any] = []
+    during: dict[str, int] = {}
+    plan: list[tuple[str, list[str], int, bool]] = [
+        ("max /recommendations", paths, MAX_CONNECTIONS, False),
+        ("max /healthz", ["/healthz"], MAX_CONNECTIONS, False),
+        ("/recommendations at half the maximum", paths, FIXED_CONNECTIONS, True),
+    ]
+    for label, run_paths, connections, half in plan:
+        if half and results[0].rps <= 0:
+            raise RuntimeError("no /recommendations request completed in the maximum-throughput run")
+        before = forks()
+        results.append(
+            run_wrk(
+                url,
+                run_paths,
+                label=label,
+                api_key=api_key,
+                seconds=seconds,
+                connections=connections,
+                rate=results[0].rps / 2 if half else None,
+            )
+        )
+        during[label] = forks() - before
+    return results, during
+
+
+def _load_row(load: Any, redis_forks: int) -> ItemResult:
+    return ItemResult(
+        SUITE, load.label, STATUS_OK, "", load.duration_s, 0, {"connections": load.connections},
+        {**load.as_dict(), "redis_forks": redis_forks},
+    )  # fmt: skip
+
+
+def run(opts: BenchOptions) -> SuiteResult:
+    """Train and register a champion, load Redis, start the service and measure it with wrk.
+
+    Args:
+        opts: size, models for the champion, wrk run length, budget, scratch directory, printer.
+
+    Returns:
+        Rows of the preparation steps and of each wrk run; the summary holds the ratio, the p99 at half
+        the maximum rate and their targets, the service RSS and Redis memory per student.
+    """
+    from training.benchmarks.load import ensure_wrk
+
+    result = SuiteResult(SUITE, opts.size_label)
+    target_p99 = P99_TARGET_MS["large" if opts.large else "default"]
+    models = list(opts.serve_models or (("lightfm",) if opts.large else ("all",)))
+    opts.say(f"serve suite ({opts.size_label}): champion from `learnrec train --model {' '.join(models)}`")
+    try:
+        ensure_wrk()
+        portal_key, admin_key = dev_keys()
+    except (RuntimeError, ImportError, StopIteration) as exc:
+        reason = f"not ready to run: {exc}"
+        result.items.append(skipped(SUITE, "serve", reason))
+        result.notes.append(reason)
+        return result
+
+    dataset, prep = ensure_dataset(opts)
+    if prep is not None:
+        result.items.append(prep)
+        if not prep.ok:
+            result.items.append(skipped(SUITE, "serve", "the dataset was not generated"))
+            return result
+    result.dataset = dataset_sizes(dataset)
+    data_dir = opts.data_root / f"serve-{opts.size_label}"
+    _wipe(data_dir)
+    env = bench_env(data_dir)
+    log = data_dir / "bench-steps.log"
+
+    def failed(row: ItemResult) -> bool:
+        opts.say(describe(row))
+        result.items.append(row)
+        return not row.ok
+
+    full_dataset = dataset
+    served = _train_champion(opts, models, full_dataset, env, log, result)
+    if served is None:
+        return _finish(result, data_dir)
+    dataset = served
+    n_served = dataset_sizes(dataset)["students"]
+    champion = _champion(env, data_dir)
+    result.summary["champion"] = champion
+    result.summary["champion_text"] = (
+        f"{champion['model']} ({champion['registered_model']} v{champion['version']}), the best by ndcg@10 "
+        f"of `learnrec train --model {' '.join(models)}`"
+    )
+
+    opts.say("  loading profiles and history into Redis ...")
+    seed = run_item(
+        SUITE,
+        "seed",
+        {"dir": str(dataset)},
+        budget_s=opts.budget_s,
+        memory_budget=opts.memory_budget,
+        label="seed history",
+        env=env,
+    )
+    if failed(seed):
+        return _finish(result, data_dir)
+    redis_dir = data_dir / "redis"
+    before = _used_memory(redis_dir)
+    opts.say("  learnrec features materialize ...")
+    mat = _step("features materialize", [*_learnrec(), "features", "materialize"], env, opts, log)
+    if failed(mat):
+        return _finish(result, data_dir)
+    after = _used_memory(redis_dir)
+    n_state = _materialised_students(mat.metrics["note"])
+    mat.metrics.update(redis_bytes=after - before, students=n_state)
+
+    # the bulk load makes Redis snapshot and rewrite its AOF; the service is measured once that is over
+    quiet_s = wait_redis_quiet(redis_dir)
+    if quiet_s > 1:
+        opts.say(f"  waited {quiet_s:.0f} s for Redis to finish its snapshot / AOF rewrite")
+    service: _Service | None = None
+    try:
+        opts.say("  learnrec serve ...")
+        try:
+            service, ready_s = start_service(env, data_dir / "service.log")
+        except RuntimeError as exc:
+            result.items.append(ItemResult(SUITE, "start service", "failed", f"failed: {exc}"))
+            return _finish(result, data_dir)
+        memory = process_memory(service.proc.pid)
+        ready_rss = memory.get("VmRSS", 0)
+        start_row = ItemResult(
+            SUITE, "start service (until /readyz 200)", STATUS_OK, "", ready_s, memory.get("VmHWM", 0), {},
+            {"note": f"RSS when ready {ready_rss / 2**20:,.0f} MiB", "rss_bytes": ready_rss},
+        )  # fmt: skip
+        failed(start_row)
+        paths = recommendation_paths(dataset, PATH_STUDENTS, opts.seed)
+        sample = sample_responses(service.url, paths, portal_key)
+        sample_row = ItemResult(
+            SUITE, "sample requests (1 client)", STATUS_OK, "", 0.0, 0, {},
+            {**sample, "note": f"{sample['statuses']} statuses, sources {sample['sources']}, "
+             f"{sample['fallback']} fallback, {sample['degraded']} degraded, p50 {sample['p50_ms']:.1f} ms"},
+        )  # fmt: skip
+        if sample["statuses"].get("200", 0) != sample["requests"]:
+            sample_row.status = "failed"
+            sample_row.reason = f"failed: not every request answered 200: {sample['statuses']}"
+        if failed(sample_row):
+            return _finish(result, data_dir)
+
+        seconds = opts.serve_seconds
+        try:
+            loads, forks = drive(service.url, paths, portal_key, seconds, opts, redis_dir)
+        except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
+            failed(ItemResult(SUITE, "wrk", "failed", f"failed: {' '.join(str(exc).split())[:300]}"))
+            return _finish(result, data_dir)
+        for load in loads:
+            failed(_load_row(load, forks[load.label]))
+        recs, health, fixed = loads
+        memory = process_memory(service.proc.pid)
+        _, admin_body = http_get(service.url + "/admin/model", admin_key)
+    finally:
+        if service is not None:
+            stop_service(service)
+        _stop_redis(redis_dir)
+
+    rate = fixed.target_rps or 0.0
+    ratio = recs.rps / health.rps if health.rps else 0.0
+    n_students = n_served or 1
+    n_full = int(result.dataset.get("students", 0)) or n_students
+    seed_bytes = int(seed.metrics["redis_bytes"])
+    state_bytes = int(mat.metrics["redis_bytes"])
+    result.summary.update(
+        recommendations_rps=recs.rps,
+        healthz_rps=health.rps,
+        ratio=ratio,
+        ratio_target=RATIO_TARGET,
+        ratio_met=ratio >= RATIO_TARGET,
+        fixed_rate_target_rps=rate,
+        fixed_rate_achieved_rps=fixed.rps,
+        p50_ms=fixed.p50_ms,
+        p95_ms=fixed.p95_ms,
+        p99_ms=fixed.p99_ms,
+        p99_target_ms=target_p99,
+        p99_met=fixed.p99_ms < target_p99,
+        errors=recs.errors + health.errors + fixed.errors,
+        service_rss_bytes=memory.get("VmRSS", 0),
+        service_peak_rss_bytes=memory.get("VmHWM", 0),
+        redis_history_bytes_per_student=seed_bytes / n_students,
+        redis_state_bytes_per_student=state_bytes / n_state if n_state else None,
+        redis_used_bytes=before + state_bytes,
+        materialize_s=mat.seconds,
+        redis_quiet_wait_s=quiet_s,
+        redis_forks_during_runs=forks,
+        students_served=n_served,
+        admin_model=_json_or_text(admin_body),
+    )
+    s = result.summary
+    result.summary["ratio_text"] = (
+        f"{ratio:.2f} ({recs.rps:,.0f} ÷ {health.rps:,.0f} requests/s); target >= {RATIO_TARGET:.2f}: "
+        + ("met" if s["ratio_met"] else "NOT met")
+    )
+    result.summary["p99_text"] = (
+        f"p50 {fixed.p50_ms:.1f} / p95 {fixed.p95_ms:.1f} / p99 {fixed.p99_ms:.1f} ms at {fixed.rps:,.0f} "
+        f"requests/s (asked {rate:,.0f}); target p99 < {target_p99:.0f} ms: "
+        + ("met" if s["p99_met"] else "NOT met")
+    )
+    result.summary["service_rss_text"] = (
+        f"{s['service_rss_bytes'] / 2**20:,.0f} MiB after the runs "
+        f"(peak {s['service_peak_rss_bytes'] / 2**20:,.0f} MiB)"
+    )
+    per_state = s["redis_state_bytes_per_student"]
+    state_text = (
+        f"model state {per_state:,.0f} B/student"
+        if per_state is not None
+        else "no model state (the champion keeps none)"
+    )
+    result.summary["redis_text"] = (
+        f"{s['redis_used_bytes'] / 2**20:,.1f} MiB used; profiles + history "
+        f"{s['redis_history_bytes_per_student']:,.0f} B/student, {state_text}; "
+        f"materialise took {mat.seconds:.1f} s"
+    )
+    if n_served < n_full:
+        per_student = s["redis_history_bytes_per_student"] + (per_state or 0.0)
+        s["redis_projected_full_bytes"] = per_student * n_full
+        result.summary["redis_text"] += (
+            f"; projected for all {n_full:,} students: {per_student * n_full / 2**30:,.1f} GiB (extrapolated "
+            f"from the {n_served:,} served)"
+        )
+        result.notes.append(
+            f"The champion was trained on {n_served:,} of the {n_full:,} students (the full size did not fit "
+            "the budgets, see the train rows), with the whole catalogue; the service knows those students."
+        )
+    if s["errors"]:
+        result.notes.append(
+            f"{s['errors']:,} requests failed (non-2xx, timeouts or socket errors) in the wrk runs."
+        )
+    result.notes.append(
+        f"wrk 1 thread; maximum runs {MAX_CONNECTIONS} connections for {seconds} s each after a warm-up; "
+        "fixed rate = half the measured maximum of /recommendations, requests sent on a schedule "
+        f"(start + n / rate) over {FIXED_CONNECTIONS} connections; latency percentiles from wrk's histogram "
+        "(from when a request is written). /recommendations "
+        f"rotates over {len(paths):,} random students of the dataset with k={K}, key X-API-Key (dev key "
+        "for every region). One uvicorn worker; the service logs every request (info) to service.log."
+    )
+    return _finish(result, data_dir)
+
+
+def _materialised_students(note: str) -> int | None:
+    found = re.search(r"([\d,]+) students x \d+ float32", note)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", errors="replace")[:500]
+
+
+def _wipe(data_dir: Path) -> None:
+    """Remove the scratch data dir of a previous run (stopping its embedded Redis first)."""
+    _stop_redis(data_dir / "redis")
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+
+
+def _stop_redis(redis_dir: Path) -> None:
+    from features.redis_server import stop_embedded
+
+    if redis_dir.is_dir():
+        stop_embedded(redis_dir)
+
+
+def _finish(result: SuiteResult, data_dir: Path) -> SuiteResult:
+    _stop_redis(data_dir / "redis")
+    result.notes.append(f"Logs of the steps and the service: {data_dir}/bench-steps.log, service.log.")
+    return result
