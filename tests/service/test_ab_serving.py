@@ -218,9 +218,11 @@ def test_writer_holds_exposures_while_redis_is_down(redis_server: RedisServerCon
     if not redis_server.running:
         redis_server.start()
     client = redis_server.client(socket_timeout=1.0)
-    client.delete(keys.EXPOSURES_STREAM)
+    # A stream of its own: writers of apps from other tests share this server and may flush late.
+    stream = b"test:exposures:redis-down"
+    client.delete(stream)
     metrics = Metrics()
-    writer = ExposureWriter(client, metrics, capacity=3)
+    writer = ExposureWriter(client, metrics, stream=stream, capacity=3)
     now = datetime.now(UTC)
     fields = [exposure_fields(f"r{i}", f"s{i}", "seoul", None, "1", ["L1"], now) for i in range(5)]
     try:
@@ -231,7 +233,7 @@ def test_writer_holds_exposures_while_redis_is_down(redis_server: RedisServerCon
             assert writer.pending == 3
         assert writer.flush()
         assert writer.submit(fields[4]) and writer.flush()
-        ids = [f[b"request_id"].decode() for _, f in client.xrange(keys.EXPOSURES_STREAM)]
+        ids = [f[b"request_id"].decode() for _, f in client.xrange(stream)]
         assert ids == ["r0", "r1", "r2", "r4"]  # in order, none lost but the one the queue refused
         text = metrics.render().decode()
         assert 'learnrec_exposures_total{outcome="dropped"} 1.0' in text
@@ -245,17 +247,18 @@ def test_writer_thread_flushes_and_drains_on_close(redis_server: RedisServerCont
     if not redis_server.running:
         redis_server.start()
     client: redis.Redis[bytes] = redis_server.client()
-    client.delete(keys.EXPOSURES_STREAM)
-    writer = ExposureWriter(client, Metrics())
+    stream = b"test:exposures:drain"
+    client.delete(stream)
+    writer = ExposureWriter(client, Metrics(), stream=stream)
     writer.start()
     now = datetime.now(UTC)
     try:
         writer.submit(exposure_fields("t0", "s0", "seoul", None, "1", ["L1"], now))
-        assert wait_for(lambda: client.xlen(keys.EXPOSURES_STREAM) == 1, timeout=2)
+        assert wait_for(lambda: client.xlen(stream) == 1, timeout=2)
         for i in range(1, 50):
             writer.submit(exposure_fields(f"t{i}", "s0", "seoul", None, "1", ["L1"], now))
         writer.close()
-        assert client.xlen(keys.EXPOSURES_STREAM) == 50
+        assert client.xlen(stream) == 50
     finally:
         writer.close()
         client.close()
