@@ -270,6 +270,18 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
         ):
             if key in s:
                 lines.append(f"- {text}: {s[key]}")
+        saturated = [
+            i for i in payload["items"]
+            if i["item"] == "max /recommendations" and i["status"] == "ok" and i["metrics"].get("errors")
+        ]  # fmt: skip
+        for i in saturated:
+            m = i["metrics"]
+            lines.append(
+                f"- caution: the maximum-throughput run of /recommendations had {m['errors']:,} failed "
+                f"requests of {m['requests']:,} (wrk's 2 s timeout): the service collapsed under "
+                f"{m['connections']} concurrent connections, so the ratio and the 'half the maximum' rate "
+                "describe that collapse"
+            )
         lines.append("")
     prep: list[list[str]] = []
     load: list[list[str]] = []

@@ -441,6 +441,7 @@ class BenchOptions:
         serve_seconds: serve suite: length of each wrk run.
         serve_models: serve suite: models trained for the champion (`learnrec train --model`).
         memory_budget: RSS in bytes at which an item is killed (None: `default_memory_budget()` per item).
+        serve_env: serve suite: extra environment of the service process only (e.g. thread limits).
         step_fractions: train suite: shares of the students to step down through when the matrices or a
             model do not fit the budgets (None: `train_bench.LARGE_FRACTIONS` at the large size, else none).
     """
@@ -457,6 +458,7 @@ class BenchOptions:
     serve_models: tuple[str, ...] | None = None
     memory_budget: int | None = None
     step_fractions: tuple[float, ...] | None = None
+    serve_env: dict[str, str] | None = None
 
     @property
     def size(self) -> tuple[int | None, int]:

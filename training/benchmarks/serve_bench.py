@@ -494,6 +494,10 @@ def run(opts: BenchOptions) -> SuiteResult:
     n_served = dataset_sizes(dataset)["students"]
     champion = _champion(env, data_dir)
     result.summary["champion"] = champion
+    if opts.serve_env:
+        result.notes.append(
+            "The service ran with " + ", ".join(f"{k}={v}" for k, v in opts.serve_env.items()) + " set."
+        )
     result.summary["champion_text"] = (
         f"{champion['model']} ({champion['registered_model']} v{champion['version']}), the best by ndcg@10 "
         f"of `learnrec train --model {' '.join(models)}`"
@@ -529,7 +533,7 @@ def run(opts: BenchOptions) -> SuiteResult:
     try:
         opts.say("  learnrec serve ...")
         try:
-            service, ready_s = start_service(env, data_dir / "service.log")
+            service, ready_s = start_service({**env, **(opts.serve_env or {})}, data_dir / "service.log")
         except RuntimeError as exc:
             result.items.append(ItemResult(SUITE, "start service", "failed", f"failed: {exc}"))
             return _finish(result, data_dir)
@@ -596,6 +600,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         redis_used_bytes=before + state_bytes,
         materialize_s=mat.seconds,
         redis_quiet_wait_s=quiet_s,
+        service_env=dict(opts.serve_env or {}),
         redis_forks_during_runs=forks,
         students_served=n_served,
         admin_model=_json_or_text(admin_body),

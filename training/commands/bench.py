@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         seconds: Annotated[int, typer.Option(min=1, help="serve: length of each wrk run.")] = 20,
+        serve_env: Annotated[
+            list[str] | None,
+            typer.Option(help="serve: NAME=VALUE in the service's environment only (repeatable)."),
+        ] = None,
         students: Annotated[
             int | None, typer.Option(min=6, help="Override the number of students (a custom size).")
         ] = None,
@@ -90,6 +94,13 @@ def register(app: typer.Typer) -> None:
                 model_names(opts)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--model") from None
+        extra_env: dict[str, str] = {}
+        for pair in serve_env or []:
+            name, sep, value = pair.partition("=")
+            if not sep or not name:
+                raise typer.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="--serve-env")
+            extra_env[name] = value
+        opts.serve_env = extra_env or None
         command = shlex.join(["learnrec", *sys.argv[1:]])
         machine = report.machine_info()
         say(
@@ -103,8 +114,10 @@ def register(app: typer.Typer) -> None:
             result = _run_suite(name, opts)
             if name == "train" and model:
                 result.variant = "models-" + "-".join(model)
-            elif name == "serve" and serve_model:
-                result.variant = "champion-from-" + "-".join(serve_model)
+            elif name == "serve" and (serve_model or extra_env):
+                parts = ["champion-from-" + "-".join(serve_model)] if serve_model else []
+                parts += [f"{k}={v}" for k, v in extra_env.items()]
+                result.variant = "-".join(parts)
             path = report.write_suite(result, out, command=command, started_at=suite_started, machine=machine)
             results.append((result, path))
             say(f"{name}: wrote {path}")
