@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from features.durable import fsync_dir
 from features.errors import FeatureStoreError, SchemaError
 
 if TYPE_CHECKING:
@@ -203,15 +204,6 @@ def record_decoder(schema: pa.Schema, source: str = "stream") -> Decoder:
 # -- files -----------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _file_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(name)}-(\d+)-(\d+)-(\d+)-(\d+)\.parquet$")
 
@@ -246,7 +238,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], hook: CommitHook | N
     if hook:
         hook("written", tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_parquet(path: Path, table: pa.Table, hook: CommitHook | None) -> None:

@@ -39,6 +39,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError
 from features.ground_truth import (
     EXAM_GOALS,
@@ -60,7 +61,7 @@ from features.ground_truth import (
 from features.schemas import EVENT_TYPES, EVENTS, GRADES, REGION_PATTERN, STUDENTS
 from features.synth_calendar import DAY_S, US, Window, daily_intensity, hour_cdf, suneung_day, window_for
 from features.synth_catalogue import PROVIDER_NAMES, SynthCatalogue, build_catalogue
-from features.synth_io import RECORD, EventBuckets, fixed_ids, fsync_dir, swap_in, take_strings
+from features.synth_io import RECORD, EventBuckets, fixed_ids, take_strings
 from features.tables import DATASET_FORMAT, MANIFEST_FILE, TABLE_FILES
 
 #: Students per region of the platform (Seoul Learn and its partner regions).

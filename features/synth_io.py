@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -105,45 +102,3 @@ class EventBuckets:
         records: npt.NDArray[Any] = np.fromfile(self._path(b), dtype=RECORD)
         self._path(b).unlink()
         return records
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries to disk (best effort).
-
-    Args:
-        path: the directory.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; durability is best effort there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def swap_in(tmp: Path, directory: Path) -> None:
-    """Move the complete `tmp` directory to `directory`, replacing an existing dataset.
-
-    The old dataset is renamed aside first and put back if the rename of `tmp` fails.
-
-    Args:
-        tmp: the finished dataset directory (a sibling of `directory`).
-        directory: where the dataset belongs.
-    """
-    if not directory.exists():
-        tmp.rename(directory)
-        fsync_dir(directory.parent)
-        return
-    old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-    directory.rename(old)
-    try:
-        tmp.rename(directory)
-    except BaseException:
-        old.rename(directory)  # put the previous dataset back
-        raise
-    fsync_dir(directory.parent)
-    shutil.rmtree(old, ignore_errors=True)

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.validation import epoch_microseconds, validate_events, validate_lectures, validate_students
@@ -162,19 +162,6 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; durability is best effort there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Events in dataset order: by `occurred_at`, then `event_id` (ties broken deterministically).
 
@@ -248,33 +235,16 @@ def write_dataset(
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if progress:
             progress("writing", 4, steps)
-        _swap_in(tmp, directory)
+        swap_in(tmp, directory)
         if progress:
             progress("writing", steps, steps)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def _swap_in(tmp: Path, directory: Path) -> None:
-    """Move the complete `tmp` directory to `directory`, replacing an existing dataset."""
-    if not directory.exists():
-        tmp.rename(directory)
-        _fsync_dir(directory.parent)
-        return
-    old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-    directory.rename(old)
-    try:
-        tmp.rename(directory)
-    except BaseException:
-        old.rename(directory)  # put the previous dataset back
-        raise
-    _fsync_dir(directory.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def validated(ds: Dataset, progress: Progress | None = None) -> Dataset:
