@@ -27,6 +27,7 @@ Coefficients are saved as JSON, the components in sub-directories (their own for
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -84,15 +85,16 @@ def _drop_entries(matrix: sp.csr_matrix, keep: npt.NDArray[np.bool_]) -> sp.csr_
 def time_holdout(
     data: TrainingData, share: float = 0.2, *, days: float | None = None
 ) -> tuple[TrainingData, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Hold out every interaction of the end of the training window (a global time cutoff).
+    """Hold out what students started at the end of the training window (a global time cutoff).
 
     This mimics the temporal evaluation split: a global time cutoff, `days` before the end of the
-    training window (pairs last active within the last `days` days are held out, like the split's test
-    horizon) or at the `1 - share` quantile of the interactions' last activity (`age_days`), whichever
-    is later (holds out less); the pairs after it are held out, the ones before it train the
-    components. Only students with interactions on both sides are returned as held-out students (like
-    the temporal split's test students); students with fewer than two lectures keep everything. Ages of
-    what remains are counted from the cutoff.
+    training window (like the split's test horizon) or at the `1 - share` quantile of the interactions'
+    last activity (`age_days`), whichever is later (holds out less). Like the split, the pairs a
+    student started after the cutoff are held out (when `first_age_days` is known; else the pairs last
+    active after it); the others train the components, a lecture still in progress at the cutoff
+    counting as taken. Only students with interactions on both sides are returned as held-out students
+    (like the temporal split's test students); students with fewer than two lectures keep everything.
+    Ages of what remains are counted from the cutoff.
 
     Args:
         data: the training data.
@@ -119,7 +121,13 @@ def time_holdout(
     entry_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(inter.indptr))
     # like `temporal_holdout`: a student with fewer than two lectures in sequence keeps everything
     lengths = np.fromiter((q.size for q in data.sequences), dtype=np.int64, count=len(data.sequences))
-    held = (ages < cut) & (lengths >= 2)[entry_rows]  # more recent than the cutoff
+    first = (
+        None
+        if data.first_age_days is None
+        else aligned_ages(dataclasses.replace(data, age_days=data.first_age_days))
+    )
+    # started after the cutoff (the split's relevant pairs); without first ages: last active after it
+    held = ((ages if first is None else first) < cut) & (lengths >= 2)[entry_rows]
     before = np.bincount(entry_rows[~held], minlength=inter.shape[0]) > 0
     use = held & before[entry_rows]
     held_rows, held_cols = entry_rows[use], inter.indices[use].astype(np.int64)
@@ -127,6 +135,18 @@ def time_holdout(
     age_days = sp.csr_matrix(
         (np.maximum(ages[~held] - cut, 0.0).astype(np.float32), interactions.indices, interactions.indptr),
         shape=inter.shape,
+    )
+    first_age_days = (
+        None
+        if first is None
+        else sp.csr_matrix(
+            (
+                np.maximum(first[~held] - cut, 0.0).astype(np.float32),
+                interactions.indices,
+                interactions.indptr,
+            ),
+            shape=inter.shape,
+        )
     )
     held_keys = np.sort(entry_rows[held] * n + inter.indices[held].astype(np.int64))
     sequences = []
@@ -145,6 +165,7 @@ def time_holdout(
         student_feature_names=data.student_feature_names,
         region=data.region,
         grade=data.grade,
+        first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
 
@@ -182,6 +203,11 @@ def temporal_holdout(
     else:
         age_rows = np.repeat(np.arange(age.shape[0], dtype=np.int64), np.diff(age.indptr))
         age_days = _drop_entries(age, ~np.isin(age_rows * n + age.indices.astype(np.int64), held_keys))
+    first_age_days = None
+    if data.first_age_days is not None:
+        first_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(data.first_age_days.indptr))
+        first_keys = first_rows * n + data.first_age_days.indices.astype(np.int64)
+        first_age_days = _drop_entries(data.first_age_days, ~np.isin(first_keys, held_keys))
     sequences = list(data.sequences)
     for r in chosen:
         sequences[r] = sequences[r][:-holdout]
@@ -195,6 +221,7 @@ def temporal_holdout(
         student_feature_names=data.student_feature_names,
         region=data.region,
         grade=data.grade,
+        first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
 

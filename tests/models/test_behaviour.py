@@ -276,10 +276,15 @@ def test_temporal_holdout_removes_last_lectures(blocks: Blocks):
     )
 
 
-def _with_ages(data: TrainingData, ages: np.ndarray) -> TrainingData:
+def _with_ages(data: TrainingData, last: np.ndarray, first: np.ndarray | None = None) -> TrainingData:
     inter = data.interactions
-    age_days = sp.csr_matrix((ages.astype(np.float32), inter.indices, inter.indptr), shape=inter.shape)
-    return dataclasses.replace(data, age_days=age_days)
+
+    def matrix(values: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((values.astype(np.float32), inter.indices, inter.indptr), shape=inter.shape)
+
+    return dataclasses.replace(
+        data, age_days=matrix(last), first_age_days=None if first is None else matrix(first)
+    )
 
 
 def test_time_holdout_days_holds_out_the_last_days(blocks: Blocks):
@@ -307,6 +312,19 @@ def test_time_holdout_days_holds_out_the_last_days(blocks: Blocks):
     capped, capped_rows, _ = time_holdout(data, 0.2, days=1000)
     shared, shared_rows, _ = time_holdout(data, 0.2)
     assert capped.interactions.nnz == shared.interactions.nnz and np.array_equal(capped_rows, shared_rows)
+    # with first ages known, a lecture started before the cutoff and still active after it stays in
+    # training (as the temporal split keeps it in the history): only what was started after is held out
+    started = _with_ages(blocks.data, ages, np.where(ages < 6, ages + 4, ages))  # ages 0 and 3 began at 4, 7
+    kept, kept_rows, _ = time_holdout(started, 0.0, days=6)
+    began = (ages < 2) & (lengths[entry_rows] >= 2)
+    assert kept.interactions.nnz == inter.nnz - int(began.sum())
+    assert kept_rows.size == int(began.sum())  # each such student has a lecture begun before
+    assert kept.first_age_days is not None and kept.first_age_days.nnz == kept.interactions.nnz
+    # in progress at the cutoff: age 0 from it; began 7 - 6 = 1 day before it
+    assert np.array_equal(np.sort(kept.age_days.data), np.sort(np.maximum(ages[~began] - 6, 0)))
+    assert sorted(kept.first_age_days.data.tolist()) == sorted(
+        np.maximum(np.where(ages < 6, ages + 4, ages)[~began] - 6, 0).tolist()
+    )
     with pytest.raises(ValueError, match="days"):
         time_holdout(data, 0.2, days=-1)
     with pytest.raises(ValueError, match="share"):
