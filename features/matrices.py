@@ -314,12 +314,15 @@ class _Pairs:
         weight: npt.NDArray[np.float32],
         first_seen: npt.NDArray[np.int64],
         last_seen: npt.NDArray[np.int64],
+        first_any: npt.NDArray[np.int64] | None = None,
     ) -> None:
         self.student = student
         self.lecture = lecture
         self.weight = weight
         self.first_seen = first_seen
         self.last_seen = last_seen
+        #: time of the pair's first event of any type (first_seen prefers the first enrolment)
+        self.first_any = first_seen if first_any is None else first_any
 
 
 def _aggregate_events(
@@ -396,6 +399,7 @@ def _aggregate_events(
         weight=weight.astype(np.float32),
         first_seen=first_seen,
         last_seen=t[ends],
+        first_any=first_any,
     )
 
 
@@ -563,6 +567,7 @@ def build_training_data(
     interactions = _pairs_matrix(pairs, pairs.weight, shape)
     age = np.maximum((end - pairs.last_seen) / _SECONDS_PER_DAY, 0.0).astype(np.float32)
     age_days = _pairs_matrix(pairs, age, shape)
+    first_age = np.maximum((end - pairs.first_any) / _SECONDS_PER_DAY, 0.0).astype(np.float32)
 
     vocabulary = _student_feature_vocabulary(students)
     student_features = _encode_students(
@@ -579,6 +584,7 @@ def build_training_data(
         interactions=interactions,
         age_days=age_days,
         sequences=_sequences(pairs, n_students),
+        first_age_days=_pairs_matrix(pairs, first_age, shape),
         student_features=student_features,
         student_feature_names=vocabulary,
         region=region,

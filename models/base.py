@@ -77,6 +77,9 @@ class TrainingData:
     student_feature_names: tuple[str, ...]
     region: npt.NDArray[np.int32]  # (n_students,) index into catalogue.regions
     grade: npt.NDArray[np.int32]  # (n_students,) index into catalogue.grades
+    #: (n_students, n_lectures) float32 days between the pair's FIRST event and the end of the training
+    #: window (structure of `interactions`); None when not known (time hold-outs then use `age_days`).
+    first_age_days: sp.csr_matrix | None = None
 
     def batch(self, rows: npt.NDArray[np.int32]) -> StudentBatch:
         """The training students at `rows`, with their full training history."""

@@ -2,10 +2,13 @@
 
 Fitting:
 
-1. `time_holdout` (default) cuts the training data at a global time cutoff (the most recent
-   `holdout_share` of the interactions are held out), the shape of the temporal evaluation: what
-   students take next is mostly new series, which a leave-last-one hold-out (`temporal_holdout`, used
-   when `holdout_share` is 0: each student's last lecture(s) by first enrolment) under-represents.
+1. `time_holdout` (default) cuts the training data at a global time cutoff, the shape of the temporal
+   evaluation: by default `holdout_days` before the end of the training window, so the weights learn
+   to predict the same length of future as the evaluation's test horizon (and the served model until
+   its next retrain), but never more than the most recent `holdout_share` of the interactions (a short
+   history keeps enough to fit the components on); with `holdout_days` None that share is held out.
+   A leave-last-one hold-out (`temporal_holdout`, used when both are 0: each student's last
+   lecture(s) by first enrolment) under-represents the new series students start.
 2. The components are fitted on what is left, and score a sample of the students who had lectures
    held out.
 3. For each such student the held-out (eligible) lectures are positives; negatives are sampled from
@@ -24,6 +27,7 @@ Coefficients are saved as JSON, the components in sub-directories (their own for
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -63,6 +67,9 @@ COMPONENTS: dict[str, type[Recommender]] = {
     )
 }
 DEFAULT_COMPONENTS: tuple[str, ...] = ("segment_popularity", "item_knn", "lightfm", "sequence")
+#: Length of the weights' validation window: the temporal split's default test horizon
+#: (`training.splits.DEFAULT_HORIZON_DAYS`, the retrain cadence), so the blend learns the same task.
+DEFAULT_HOLDOUT_DAYS = 14.0
 _EXTRA_FEATURES: tuple[str, ...] = ("series_next", "subject_share", "popularity", "reach", "series_started")
 
 
@@ -76,35 +83,51 @@ def _drop_entries(matrix: sp.csr_matrix, keep: npt.NDArray[np.bool_]) -> sp.csr_
 
 
 def time_holdout(
-    data: TrainingData, share: float = 0.2
+    data: TrainingData, share: float = 0.2, *, days: float | None = None
 ) -> tuple[TrainingData, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Hold out every interaction of the last `share` of the training window's activity (a global cutoff).
+    """Hold out what students started at the end of the training window (a global time cutoff).
 
-    This mimics the temporal evaluation split: a global time cutoff at the `1 - share` quantile of the
-    interactions' last activity (`age_days`); the pairs after it are held out, the ones before it train
-    the components. Only students with interactions on both sides are returned as held-out students
+    This mimics the temporal evaluation split: a global time cutoff, `days` before the end of the
+    training window (like the split's test horizon) or at the `1 - share` quantile of the interactions'
+    last activity (`age_days`), whichever is later (holds out less). Like the split, the pairs a
+    student started after the cutoff are held out (when `first_age_days` is known; else the pairs last
+    active after it); the others train the components, a lecture still in progress at the cutoff
+    counting as taken. Only students with interactions on both sides are returned as held-out students
     (like the temporal split's test students); students with fewer than two lectures keep everything.
     Ages of what remains are counted from the cutoff.
 
     Args:
         data: the training data.
-        share: share of the interactions (most recent first) held out, in (0, 1).
+        share: share of the interactions (most recent first) held out, in (0, 1); with `days`, the most
+            that is held out (0 = no limit).
+        days: length of the held-out window in days (> 0), counted back from the end of the training
+            window; a pair last active exactly `days` before the end stays in training.
 
     Returns:
         (training data before the cutoff, student rows, lecture rows) of the held-out pairs.
     """
-    if not 0.0 < share < 1.0:
+    if not (0.0 < share < 1.0 or (days is not None and share == 0.0)):
         raise ValueError(f"share must be in (0, 1), got {share}")
+    if days is not None and not (np.isfinite(days) and days > 0):
+        raise ValueError(f"days must be a positive number, got {days}")
     inter = data.interactions
     ages = aligned_ages(data)
     n = inter.shape[1]
     if ages.size == 0:
         return data, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    cut = np.float32(np.quantile(ages, share, method="lower"))
+    cut = np.float32(np.quantile(ages, share, method="lower")) if share > 0 else np.float32(np.inf)
+    if days is not None:
+        cut = min(cut, np.float32(days))
     entry_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(inter.indptr))
     # like `temporal_holdout`: a student with fewer than two lectures in sequence keeps everything
     lengths = np.fromiter((q.size for q in data.sequences), dtype=np.int64, count=len(data.sequences))
-    held = (ages < cut) & (lengths >= 2)[entry_rows]  # more recent than the cutoff
+    first = (
+        None
+        if data.first_age_days is None
+        else aligned_ages(dataclasses.replace(data, age_days=data.first_age_days))
+    )
+    # started after the cutoff (the split's relevant pairs); without first ages: last active after it
+    held = ((ages if first is None else first) < cut) & (lengths >= 2)[entry_rows]
     before = np.bincount(entry_rows[~held], minlength=inter.shape[0]) > 0
     use = held & before[entry_rows]
     held_rows, held_cols = entry_rows[use], inter.indices[use].astype(np.int64)
@@ -112,6 +135,18 @@ def time_holdout(
     age_days = sp.csr_matrix(
         (np.maximum(ages[~held] - cut, 0.0).astype(np.float32), interactions.indices, interactions.indptr),
         shape=inter.shape,
+    )
+    first_age_days = (
+        None
+        if first is None
+        else sp.csr_matrix(
+            (
+                np.maximum(first[~held] - cut, 0.0).astype(np.float32),
+                interactions.indices,
+                interactions.indptr,
+            ),
+            shape=inter.shape,
+        )
     )
     held_keys = np.sort(entry_rows[held] * n + inter.indices[held].astype(np.int64))
     sequences = []
@@ -130,6 +165,7 @@ def time_holdout(
         student_feature_names=data.student_feature_names,
         region=data.region,
         grade=data.grade,
+        first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
 
@@ -167,6 +203,11 @@ def temporal_holdout(
     else:
         age_rows = np.repeat(np.arange(age.shape[0], dtype=np.int64), np.diff(age.indptr))
         age_days = _drop_entries(age, ~np.isin(age_rows * n + age.indices.astype(np.int64), held_keys))
+    first_age_days = None
+    if data.first_age_days is not None:
+        first_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(data.first_age_days.indptr))
+        first_keys = first_rows * n + data.first_age_days.indices.astype(np.int64)
+        first_age_days = _drop_entries(data.first_age_days, ~np.isin(first_keys, held_keys))
     sequences = list(data.sequences)
     for r in chosen:
         sequences[r] = sequences[r][:-holdout]
@@ -180,6 +221,7 @@ def temporal_holdout(
         student_feature_names=data.student_feature_names,
         region=data.region,
         grade=data.grade,
+        first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
 
@@ -191,9 +233,15 @@ class BlendRecommender(Recommender):
         seed: seeds the components and the negative sampling.
         components: registry names of the models to blend.
         component_params: per component name, keyword arguments for its constructor.
-        holdout: lectures held out per student to learn the weights (when `holdout_share` is 0).
-        holdout_share: > 0: learn the weights on a global time cutoff instead (`time_holdout`), holding
-            out this share of the most recent interactions - the shape of the temporal evaluation.
+        holdout: lectures held out per student to learn the weights (when `holdout_days` and
+            `holdout_share` are both 0/None).
+        holdout_days: > 0: learn the weights on a global time cutoff (`time_holdout`) this many days
+            before the end of the training window, holding out what students did in those days - the
+            temporal evaluation's test horizon (default 14, the split's default). None or 0: use
+            `holdout_share` alone.
+        holdout_share: the most recent share of the interactions held out: the hold-out without
+            `holdout_days` (a window of whatever length that share spans), the most it may hold out
+            with it (0 = no limit).
         max_students: at most this many held-out students are used to learn the weights.
         negatives: sampled negatives per positive.
         hard_share: share of negatives drawn from the components' top candidates.
@@ -218,6 +266,7 @@ class BlendRecommender(Recommender):
         regularisation: float = 1.0,
         half_life_days: float | None = 30.0,
         holdout_share: float = 0.2,
+        holdout_days: float | None = DEFAULT_HOLDOUT_DAYS,
     ) -> None:
         components = (components,) if isinstance(components, str) else tuple(components)
         unknown = [c for c in components if c not in COMPONENTS]
@@ -231,6 +280,12 @@ class BlendRecommender(Recommender):
             raise ValueError("holdout, max_students, negatives and rank_depth must be >= 1")
         if not 0 <= holdout_share < 1:
             raise ValueError(f"holdout_share must be in [0, 1), got {holdout_share}")
+        if holdout_days is not None and (
+            isinstance(holdout_days, bool)
+            or not isinstance(holdout_days, int | float)
+            or not (np.isfinite(holdout_days) and holdout_days >= 0)
+        ):
+            raise ValueError(f"holdout_days must be a number of days >= 0 or None, got {holdout_days!r}")
         if not 0 <= hard_share <= 1:
             raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
         self.seed = seed
@@ -244,6 +299,7 @@ class BlendRecommender(Recommender):
         self.regularisation = regularisation
         self.half_life_days = half_life_days
         self.holdout_share = holdout_share
+        self.holdout_days = float(holdout_days) if holdout_days else None
         self._models: dict[str, Recommender] = {}
         self._coef: dict[str, float] = {}
         self._intercept = 0.0
@@ -267,6 +323,7 @@ class BlendRecommender(Recommender):
             "regularisation": self.regularisation,
             "half_life_days": self.half_life_days,
             "holdout_share": self.holdout_share,
+            "holdout_days": self.holdout_days,
         }
 
     def params(self) -> dict[str, Any]:
@@ -447,7 +504,9 @@ class BlendRecommender(Recommender):
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
-        if self.holdout_share > 0:
+        if self.holdout_days:
+            train, held_rows, held_cols = time_holdout(data, self.holdout_share, days=self.holdout_days)
+        elif self.holdout_share > 0:
             train, held_rows, held_cols = time_holdout(data, self.holdout_share)
         else:
             train, held_rows, held_cols = temporal_holdout(data, self.holdout)

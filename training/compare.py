@@ -1,7 +1,8 @@
 """Side by side: the latest run of each model on one evaluation, as terminal tables and an HTML page.
 
-Only runs of the same split and dataset fingerprint are comparable; by default the evaluation of the most
-recent run is taken and runs of other datasets are counted as skipped. The oracle (ground truth) is
+Only runs of the same split, split parameters (cutoff, test horizon ...) and dataset fingerprint are
+comparable; by default the evaluation of the most recent run is taken and runs of other datasets or
+split parameters are counted as skipped. The oracle (ground truth) is
 shown as a reference row when it was logged.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.metrics import METRICS, metric_key
-from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, TAG_K, TAG_KIND, TAG_MODEL, find_runs
+from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, TAG_K, TAG_KIND, TAG_MODEL, find_runs, param_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,6 +53,8 @@ class Comparison:
     k: int
     fingerprint: str | None
     runs: list[ComparedRun] = field(default_factory=list)
+    #: the split parameters the runs share (``name -> value`` as logged, without the ``split.`` prefix).
+    split_params: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
 
     @property
@@ -63,10 +67,29 @@ class Comparison:
         return values.get(key)
 
 
+def _split_params(run: Any) -> dict[str, str]:
+    """The split parameters a run was evaluated with (not the split's sizes), as logged."""
+    params = {
+        key.removeprefix("split."): value
+        for key, value in run.data.params.items()
+        if key.startswith("split.") and not key.startswith("split.n_")
+    }
+    if run.data.params.get("split") == "temporal":
+        # runs logged before the test horizon existed tested every later event
+        params.setdefault("horizon_days", param_value(None))
+    return params
+
+
 def collect(
-    client: MlflowClient, experiment: str, split: str, *, k: int | None = None, fingerprint: str | None = None
+    client: MlflowClient,
+    experiment: str,
+    split: str,
+    *,
+    k: int | None = None,
+    fingerprint: str | None = None,
+    split_params: Mapping[str, Any] | None = None,
 ) -> Comparison:
-    """The latest finished run per model (and the oracle) of `split` on one dataset.
+    """The latest finished run per model (and the oracle) of `split` on one dataset and split parameters.
 
     Args:
         client: the MLflow client.
@@ -74,6 +97,8 @@ def collect(
         split: split name.
         k: cut-off to show (default: the newest run's primary k).
         fingerprint: dataset fingerprint (prefix) to compare on (default: the newest run's).
+        split_params: split parameters the runs must have been evaluated with (e.g. ``horizon_days``;
+            None = unbounded); the others are those of the newest such run.
 
     Returns:
         The comparison (no runs when nothing matches).
@@ -81,16 +106,19 @@ def collect(
     runs = find_runs(client, experiment, split=split)
     if fingerprint:
         runs = [r for r in runs if r.data.tags.get(TAG_FINGERPRINT, "").startswith(fingerprint)]
+    wanted = {name: param_value(value) for name, value in (split_params or {}).items()}
+    runs = [r for r in runs if all(_split_params(r).get(n) == v for n, v in wanted.items())]
     if not runs:
         return Comparison(experiment, split, k or 10, fingerprint)
     newest = runs[0]
     fp = newest.data.tags.get(TAG_FINGERPRINT)
+    evaluation = _split_params(newest)
     k = k or int(newest.data.tags.get(TAG_K, "10"))
-    comparison = Comparison(experiment, split, k, fp)
+    comparison = Comparison(experiment, split, k, fp, split_params=evaluation)
     seen: set[str] = set()
     for run in runs:  # newest first: the first run of a model is its latest
         tags = run.data.tags
-        if tags.get(TAG_FINGERPRINT) != fp:
+        if tags.get(TAG_FINGERPRINT) != fp or _split_params(run) != evaluation:
             comparison.skipped += 1
             continue
         model = tags.get(TAG_MODEL, "?")
@@ -181,10 +209,19 @@ def _metric_table(comparison: Comparison, title: str, names: tuple[str, ...], ex
     return table
 
 
+def _describe(params: Mapping[str, str]) -> str:
+    """The test horizon of a temporal evaluation for a title ("" when there is none)."""
+    if "horizon_days" not in params:
+        return ""
+    value = params["horizon_days"]
+    return " (all later events)" if value == "null" else f" ({value}-day horizon)"
+
+
 def terminal_tables(comparison: Comparison, metric: str = "ndcg") -> list[Table]:
     """Rich tables: accuracy and beyond-accuracy metrics per model, then `metric` per model and region."""
     k = comparison.k
-    head = f"{comparison.split} split, k={k}, dataset {(comparison.fingerprint or '?')[:12]}"
+    split = f"{comparison.split} split{_describe(comparison.split_params)}"
+    head = f"{split}, k={k}, dataset {(comparison.fingerprint or '?')[:12]}"
     accuracy = _metric_table(comparison, f"{head}: accuracy@{k}", ACCURACY, extra=False)
     others = tuple(m for m in METRICS if m not in ACCURACY)
     beyond = _metric_table(comparison, f"coverage, novelty and diversity@{k}", others, extra=True)
@@ -296,14 +333,18 @@ def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path
             f"src='data:image/png;base64,{_png(chart(comparison, metric))}'>"
         )
     )
-    skipped = f"; {comparison.skipped} runs on other datasets not shown" if comparison.skipped else ""
+    skipped = (
+        f"; {comparison.skipped} runs of other datasets or split parameters not shown"
+        if comparison.skipped
+        else ""
+    )
     page = (
         "<!doctype html><html lang='ko'><head><meta charset='utf-8'>"
         f"<title>learnrec: {esc(comparison.split)} comparison</title>"
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>"
         "</head><body>"
-        f"<h1>Models on the {esc(comparison.split)} split</h1>"
+        f"<h1>Models on the {esc(comparison.split)} split{esc(_describe(comparison.split_params))}</h1>"
         f"<p>experiment <b>{esc(comparison.experiment)}</b>, dataset "
         f"<code>{esc((comparison.fingerprint or '?')[:16])}</code>, k = {k}, "
         f"generated {datetime.now(UTC).isoformat(timespec='seconds')}{skipped}</p>"

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 #: Split names accepted by `make_split` and `learnrec train --split`.
 SPLITS: tuple[str, ...] = ("temporal", "leave_last_n", "new_students", "new_region", "explicit")
 DEFAULT_QUANTILE = 0.8
+#: Days after the temporal cutoff whose events are tested: what a student does until the next retrain
+#: (`learnrec retrain`), and the length of an A/B experiment. None (or 0) tests every later event.
+DEFAULT_HORIZON_DAYS = 14
 DEFAULT_NEW_REGION = "taebaek"
 DEFAULT_FRACTION = 0.2
 
@@ -132,7 +135,7 @@ def _finish(
 
 def _hint(name: str) -> str:
     return {
-        "temporal": "choose a cutoff (or --quantile) inside the event period",
+        "temporal": "choose a cutoff (or --quantile) inside the event period, or a longer --horizon-days",
         "leave_last_n": "use a smaller n: students need more than n lectures",
         "new_students": "use a fraction between 0 and 1 that leaves students on both sides",
         "new_region": "choose a region with students who have events (and keep other regions for training)",
@@ -147,28 +150,54 @@ def _utc(value: datetime | str) -> pd.Timestamp:
     return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
 
 
-def temporal(ds: Dataset, cutoff: datetime | str | None = None, quantile: float = DEFAULT_QUANTILE) -> Split:
-    """Global time cutoff: train on events up to the cutoff, test on the later events.
+def _horizon(value: float | None) -> float | None:
+    """The test horizon in days: a positive finite number, or None (0 and None both mean unbounded)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SplitError(f"temporal split: horizon_days must be a number of days, got {value!r}")
+    days = float(value)
+    if not np.isfinite(days) or days < 0:
+        raise SplitError(
+            f"temporal split: horizon_days must be a positive number of days (0 or None = unbounded), "
+            f"got {value!r}"
+        )
+    return days or None
 
-    Test students are those with events on both sides of the cutoff (students who appear only after
-    it are new students, evaluated by `new_students`); their relevant lectures are the ones they started
-    after the cutoff.
+
+def temporal(
+    ds: Dataset,
+    cutoff: datetime | str | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    horizon_days: float | None = DEFAULT_HORIZON_DAYS,
+) -> Split:
+    """Global time cutoff: train on events up to the cutoff, test on the events of the next `horizon_days`.
+
+    Training events are those at or before the cutoff; test events those in (cutoff, cutoff + horizon]
+    (after the cutoff, up to and including its end). Test students are those with events on both sides
+    of the cutoff (students who appear only after it are new students, evaluated by `new_students`);
+    their relevant lectures are the ones they started within the horizon. The horizon is the time a
+    served model has to be right: until the next retrain; an unbounded horizon asks which series a
+    student starts months later.
 
     Args:
         ds: the dataset.
         cutoff: the cutoff instant (naive = UTC); default the `quantile` of `occurred_at`.
         quantile: quantile of event times used when `cutoff` is None, in (0, 1).
+        horizon_days: length of the test window in days (fractions allowed); None or 0 = every event
+            after the cutoff.
 
     Returns:
-        The split; `as_of` is the cutoff.
+        The split; `as_of` is the cutoff; `params["horizon_days"]` the horizon (None = unbounded).
 
     Raises:
-        SplitError: a bad quantile, or a cutoff that leaves one side empty.
+        SplitError: a bad quantile or horizon, or a cutoff that leaves one side empty.
     """
     import pandas as pd
 
     if not 0.0 < quantile < 1.0:
         raise SplitError(f"temporal split: quantile must be in (0, 1), got {quantile}")
+    horizon = _horizon(horizon_days)
     events = ds.events
     if len(events) == 0:
         raise SplitError("temporal split: the dataset has no events")
@@ -182,10 +211,15 @@ def temporal(ds: Dataset, cutoff: datetime | str | None = None, quantile: float 
         cut = _utc(cutoff)
         params = {}
     params["cutoff"] = cut.isoformat()
+    # whole days log as integers (14, not 14.0); None = unbounded
+    params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
     before = (times <= cut).to_numpy()
     train_events = events[before]
     seen = set(train_events["student_id"].astype(str))
-    after = events[~before]
+    later = ~before
+    if horizon is not None:
+        later &= (times <= cut + pd.Timedelta(days=horizon)).to_numpy()
+    after = events[later]
     test_events = after[after["student_id"].astype(str).isin(seen)]
     return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from features.matrices import build_batch, build_training_data
 from models import (
@@ -19,7 +20,7 @@ from models import (
     SequenceRecommender,
 )
 from models.base import TrainingData
-from models.blend import temporal_holdout
+from models.blend import temporal_holdout, time_holdout
 from models.errors import ModelFormatError, NumericalError
 from models.sequence import transition_matrix
 from tests.models.data import LIGHTFM_TEST, TEST_PARAMS, Blocks, make_events, sequential_dataset
@@ -273,3 +274,70 @@ def test_temporal_holdout_removes_last_lectures(blocks: Blocks):
         for t, s in zip(train.sequences, blocks.data.sequences, strict=True)
         if len(s) > 1
     )
+
+
+def _with_ages(data: TrainingData, last: np.ndarray, first: np.ndarray | None = None) -> TrainingData:
+    inter = data.interactions
+
+    def matrix(values: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((values.astype(np.float32), inter.indices, inter.indptr), shape=inter.shape)
+
+    return dataclasses.replace(
+        data, age_days=matrix(last), first_age_days=None if first is None else matrix(first)
+    )
+
+
+def test_time_holdout_days_holds_out_the_last_days(blocks: Blocks):
+    # each student's k-th lecture (by storage order) was last active 3 * k days before the end
+    inter = blocks.data.interactions
+    ages = np.concatenate([3.0 * np.arange(n) for n in np.diff(inter.indptr)])
+    data = _with_ages(blocks.data, ages)
+    train, rows, cols = time_holdout(data, 0.0, days=6)
+    entry_rows = np.repeat(np.arange(inter.shape[0]), np.diff(inter.indptr))
+    lengths = np.array([s.size for s in data.sequences])
+    # ages 0 and 3 are held out (6 days exactly stays in training), for students with >= 2 lectures
+    held = (ages < 6) & (lengths[entry_rows] >= 2)
+    assert train.interactions.nnz == inter.nnz - int(held.sum())
+    # held-out students are those with something left before the cutoff (3+ lectures here)
+    returned = held & (lengths[entry_rows] >= 3)
+    expected = zip(entry_rows[returned].tolist(), inter.indices[returned].tolist(), strict=True)
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == sorted(expected)
+    # what remains ages from the validation cutoff
+    assert np.array_equal(np.sort(train.age_days.data), np.sort(np.maximum(ages[~held] - 6, 0)))
+    assert all(
+        len(t) == len(s) - int(held[entry_rows == r].sum())
+        for r, (t, s) in enumerate(zip(train.sequences, data.sequences, strict=True))
+    )
+    # the share caps the window: a window longer than the history holds out only that share
+    capped, capped_rows, _ = time_holdout(data, 0.2, days=1000)
+    shared, shared_rows, _ = time_holdout(data, 0.2)
+    assert capped.interactions.nnz == shared.interactions.nnz and np.array_equal(capped_rows, shared_rows)
+    # with first ages known, a lecture started before the cutoff and still active after it stays in
+    # training (as the temporal split keeps it in the history): only what was started after is held out
+    started = _with_ages(blocks.data, ages, np.where(ages < 6, ages + 4, ages))  # ages 0 and 3 began at 4, 7
+    kept, kept_rows, _ = time_holdout(started, 0.0, days=6)
+    began = (ages < 2) & (lengths[entry_rows] >= 2)
+    assert kept.interactions.nnz == inter.nnz - int(began.sum())
+    assert kept_rows.size == int(began.sum())  # each such student has a lecture begun before
+    assert kept.first_age_days is not None and kept.first_age_days.nnz == kept.interactions.nnz
+    # in progress at the cutoff: age 0 from it; began 7 - 6 = 1 day before it
+    assert np.array_equal(np.sort(kept.age_days.data), np.sort(np.maximum(ages[~began] - 6, 0)))
+    assert sorted(kept.first_age_days.data.tolist()) == sorted(
+        np.maximum(np.where(ages < 6, ages + 4, ages)[~began] - 6, 0).tolist()
+    )
+    with pytest.raises(ValueError, match="days"):
+        time_holdout(data, 0.2, days=-1)
+    with pytest.raises(ValueError, match="share"):
+        time_holdout(data, 0.0)
+
+
+def test_blend_holdout_days(sequential: TrainingData, tmp_path: Path):
+    assert BlendRecommender().holdout_days == 14.0
+    assert BlendRecommender(holdout_days=0).holdout_days is None
+    for bad in (-1, float("nan"), "14"):
+        with pytest.raises(ValueError, match="holdout_days"):
+            BlendRecommender(holdout_days=bad)  # type: ignore[arg-type]
+    model = BlendRecommender(seed=1, holdout_days=7, **TEST_PARAMS["blend"]).fit(sequential)
+    assert model.params()["holdout_days"] == 7.0
+    model.save(tmp_path)
+    assert BlendRecommender.load(tmp_path).holdout_days == 7.0

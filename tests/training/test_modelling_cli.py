@@ -116,3 +116,48 @@ def test_train_on_an_explicit_split(store: Settings, tmp_path: Path) -> None:
     run = find_runs(MlflowClient(store.tracking_uri()), store.mlflow.experiment, split="explicit")[0]
     assert run.data.params["split.test_events"] == str(test_file)
     assert run.data.metrics["n_test_students"] == len(split.test_students)
+
+
+def test_compare_shows_one_test_horizon(store: Settings) -> None:
+    base = ["train", "-m", "popularity", "--split", "temporal", "--experiment", "horizons", "--no-oracle"]
+    for days in ("7", "0"):
+        result = runner.invoke(app, [*base, "--horizon-days", days])
+        assert result.exit_code == 0, result.output
+    client = MlflowClient(store.tracking_uri())
+    runs = find_runs(client, "horizons", split="temporal")
+    assert sorted(r.data.params["split.horizon_days"] for r in runs) == ["7", "null"]
+    # the newest run's evaluation (unbounded); the 7-day run is another evaluation
+    text = _text(runner.invoke(app, ["compare", "--split", "temporal", "--experiment", "horizons"]).output)
+    assert (
+        "temporal split (all later events)" in text and "1 runs of other datasets or split parameters" in text
+    )
+    result = runner.invoke(app, ["compare", "--experiment", "horizons", "--horizon-days", "7"])
+    assert result.exit_code == 0, result.output
+    text = _text(result.output)
+    assert "temporal split (7-day horizon)" in text and "compared 1 models" in text
+    seven = next(r for r in runs if r.data.params["split.horizon_days"] == "7")
+    assert seven.info.run_id[:8] in text
+    result = runner.invoke(app, ["compare", "--experiment", "horizons", "--horizon-days", "28"])
+    assert result.exit_code == 1 and "no finished runs" in _text(result.output)
+
+
+def test_horizon_days_is_a_temporal_option(store: Settings) -> None:
+    result = runner.invoke(
+        app, ["train", "-m", "popularity", "--split", "new_students", "--horizon-days", "7"]
+    )
+    assert result.exit_code == 2 and "applies to the temporal split" in _text(result.output)
+    result = runner.invoke(app, ["train", "-m", "popularity", "--split", "temporal", "--horizon-days", "-3"])
+    assert result.exit_code == 1 and "horizon_days" in _text(result.output)
+
+
+def test_the_blend_learns_on_the_split_horizon() -> None:
+    from training.commands.modelling import split_model_params
+    from training.splits import temporal
+
+    ds = modelling_data.dataset()
+    split = temporal(ds, horizon_days=7)
+    assert split_model_params("blend", {}, split) == {"holdout_days": 7}
+    assert split_model_params("blend", {}, temporal(ds, horizon_days=None)) == {"holdout_days": None}
+    assert split_model_params("blend", {"holdout_days": 3}, split) == {"holdout_days": 3}
+    assert split_model_params("blend", {"holdout_share": 0.1}, split) == {"holdout_share": 0.1}
+    assert split_model_params("lightfm", {}, split) == {}

@@ -11,7 +11,16 @@ from features.errors import SchemaError
 from features.tables import Dataset
 from tests.training import modelling_data
 from training.errors import SplitError
-from training.splits import Split, explicit, leave_last_n, make_split, new_region, new_students, temporal
+from training.splits import (
+    DEFAULT_HORIZON_DAYS,
+    Split,
+    explicit,
+    leave_last_n,
+    make_split,
+    new_region,
+    new_students,
+    temporal,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +66,79 @@ def test_temporal_cutoff_default_quantile(ds: Dataset) -> None:
 
 def test_temporal_explicit_cutoff_and_empty_side(ds: Dataset) -> None:
     split = temporal(ds, cutoff="2025-03-20")
-    assert split.params == {"cutoff": "2025-03-20T00:00:00+00:00"}
+    assert split.params == {"cutoff": "2025-03-20T00:00:00+00:00", "horizon_days": 14}
     with pytest.raises(SplitError, match="no test student"):
         temporal(ds, cutoff="2030-01-01")
     with pytest.raises(SplitError, match="no training events"):
         temporal(ds, cutoff="2000-01-01")
     with pytest.raises(SplitError, match="quantile"):
         temporal(ds, quantile=1.5)
+
+
+def test_temporal_horizon_limits_the_test_window(ds: Dataset) -> None:
+    assert DEFAULT_HORIZON_DAYS == 14
+    default = temporal(ds)
+    assert default.params["horizon_days"] == 14
+    unbounded = temporal(ds, horizon_days=None)
+    assert unbounded.params["horizon_days"] is None
+    cut = pd.Timestamp(default.params["cutoff"])
+    for days in (7, 14, 2.5):
+        split = temporal(ds, horizon_days=days)
+        assert split.params["horizon_days"] == days and split.params["cutoff"] == default.params["cutoff"]
+        end = cut + pd.Timedelta(days=days)
+        assert (split.test["occurred_at"] > cut).all() and (split.test["occurred_at"] <= end).all()
+        # the same training side; the test side is the unbounded one cut at the horizon
+        pd.testing.assert_frame_equal(split.train.events, unbounded.train.events)
+        later = unbounded.test[unbounded.test["occurred_at"] <= end]
+        assert _pairs(split.test) == _pairs(later[later["student_id"].isin(split.test_students)])
+        assert _pairs(split.relevant) <= _pairs(unbounded.relevant)
+        _check_relevant(split)
+        _same(split, temporal(ds, horizon_days=days))
+    short, full = temporal(ds, horizon_days=7), unbounded
+    assert len(short.relevant) < len(full.relevant)
+    # 0 is unbounded too; make_split passes the horizon on
+    _same(temporal(ds, horizon_days=0), unbounded)
+    _same(make_split("temporal", ds, horizon_days=7), short)
+
+
+def test_temporal_horizon_boundaries(ds: Dataset) -> None:
+    cut = pd.Timestamp("2025-03-20T00:00:00Z")
+    events = pd.DataFrame(
+        {
+            "event_id": ["a", "b", "c", "d", "e"],
+            "student_id": ["s000"] * 5,
+            "lecture_id": ["MATH-1", "MATH-2", "MATH-3", "MATH-4", "MATH-5"],
+            "type": ["enrol"] * 5,
+            "progress": [0.0] * 5,
+            "occurred_at": [
+                cut - pd.Timedelta(days=1),
+                cut,  # at the cutoff: training
+                cut + pd.Timedelta(seconds=1),
+                cut + pd.Timedelta(days=3),  # exactly at the end of a 3-day horizon: tested
+                cut + pd.Timedelta(days=3, seconds=1),  # just after it: not tested
+            ],
+            "request_id": [None] * 5,
+        }
+    )
+    small = Dataset(students=ds.students, lectures=ds.lectures, events=events, manifest=ds.manifest)
+    split = temporal(small, cutoff=cut.isoformat(), horizon_days=3)
+    assert set(split.train.events["lecture_id"]) == {"MATH-1", "MATH-2"}
+    assert split.relevant["lecture_id"].tolist() == ["MATH-3", "MATH-4"]
+    assert split.params == {"cutoff": "2025-03-20T00:00:00+00:00", "horizon_days": 3}
+    assert temporal(small, cutoff=cut.isoformat(), horizon_days=None).relevant["lecture_id"].tolist() == [
+        "MATH-3",
+        "MATH-4",
+        "MATH-5",
+    ]
+    # a horizon that ends before the student's next lecture leaves nothing to test
+    with pytest.raises(SplitError, match="--horizon-days"):
+        temporal(small, cutoff=(cut + pd.Timedelta(seconds=1)).isoformat(), horizon_days=1)
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("inf"), "14", True])
+def test_temporal_refuses_a_bad_horizon(ds: Dataset, bad: object) -> None:
+    with pytest.raises(SplitError, match="horizon_days"):
+        temporal(ds, horizon_days=bad)  # type: ignore[arg-type]
 
 
 def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:

@@ -39,6 +39,13 @@ CutoffOpt = Annotated[
     str | None, typer.Option(help="temporal: cutoff instant (ISO, UTC); default a quantile.")
 ]
 QuantileOpt = Annotated[float | None, typer.Option(help="temporal: quantile of event times (default 0.8).")]
+HorizonOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--horizon-days",
+        help="temporal: days after the cutoff whose events are tested (default 14; 0 = all later events).",
+    ),
+]
 HoldoutOpt = Annotated[
     int | None, typer.Option("--holdout", help="leave_last_n: lectures held out (default 1).")
 ]
@@ -140,6 +147,7 @@ def _split_params(
     cutoff: str | None,
     quantile: float | None,
     holdout: int | None,
+    horizon_days: float | None = None,
     fraction: float | None,
     region: str | None,
     train_events: Path | None,
@@ -156,6 +164,7 @@ def _split_params(
     given = {
         "--cutoff": ("temporal", "cutoff", cutoff),
         "--quantile": ("temporal", "quantile", quantile),
+        "--horizon-days": ("temporal", "horizon_days", horizon_days),
         "--holdout": ("leave_last_n", "n", holdout),
         "--fraction": ("new_students", "fraction", fraction),
         "--region": ("new_region", "region", region),
@@ -175,6 +184,18 @@ def _split_params(
         )
     if split == "new_students":
         params["seed"] = seed
+    return params
+
+
+def split_model_params(name: str, params: dict[str, Any], split: Split) -> dict[str, Any]:
+    """A model's keyword arguments for `split`: the blend learns its weights on the split's horizon.
+
+    On the temporal split the blend's validation window (`holdout_days`) is the split's test horizon
+    (None for an unbounded one: the blend then holds out a share of the latest interactions), unless
+    `--param` sets `holdout_days` or `holdout_share`. The test events are never looked at.
+    """
+    if name == "blend" and split.name == "temporal" and not {"holdout_days", "holdout_share"} & set(params):
+        return {"holdout_days": split.params.get("horizon_days"), **params}
     return params
 
 
@@ -334,7 +355,8 @@ def run_training(
             try:
                 try:
                     factory: Callable[..., Recommender] = get_model_class(name)
-                    model = factory(seed=seed, **params.get(name, {}))
+                    kwargs = split_model_params(name, params.get(name, {}), prepared.split)
+                    model = factory(seed=seed, **kwargs)
                 except TypeError as exc:
                     raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
                 started = time.perf_counter()
@@ -464,6 +486,7 @@ def train(
     metric: Annotated[str, typer.Option(help="Metric that picks the champion with --register.")] = "ndcg",
     cutoff: CutoffOpt = None,
     quantile: QuantileOpt = None,
+    horizon_days: HorizonOpt = None,
     holdout: HoldoutOpt = None,
     fraction: FractionOpt = None,
     region: RegionOpt = None,
@@ -487,8 +510,8 @@ def train(
         raise typer.BadParameter("must be >= 1", param_hint="--k")
     seed = settings.seed if seed is None else seed
     split_params = _split_params(
-        split, cutoff=cutoff, quantile=quantile, holdout=holdout, fraction=fraction, region=region,
-        train_events=train_events, test_events=test_events, seed=seed,
+        split, cutoff=cutoff, quantile=quantile, horizon_days=horizon_days, holdout=holdout,
+        fraction=fraction, region=region, train_events=train_events, test_events=test_events, seed=seed,
     )  # fmt: skip
     model_params = parse_params(param, names)
     dataset_dir = _dataset_dir(dataset, settings)
@@ -538,6 +561,7 @@ def tune(
     seed: SeedOpt = None,
     cutoff: CutoffOpt = None,
     quantile: QuantileOpt = None,
+    horizon_days: HorizonOpt = None,
     holdout: HoldoutOpt = None,
     fraction: FractionOpt = None,
     region: RegionOpt = None,
@@ -565,8 +589,8 @@ def tune(
         raise typer.BadParameter("--trials and --k must be >= 1")
     seed = settings.seed if seed is None else seed
     split_params = _split_params(
-        split, cutoff=cutoff, quantile=quantile, holdout=holdout, fraction=fraction, region=region,
-        train_events=train_events, test_events=test_events, seed=seed,
+        split, cutoff=cutoff, quantile=quantile, horizon_days=horizon_days, holdout=holdout,
+        fraction=fraction, region=region, train_events=train_events, test_events=test_events, seed=seed,
     )  # fmt: skip
     base = parse_params(param, [model])[model]
     dataset_dir = _dataset_dir(dataset, settings)
@@ -589,7 +613,8 @@ def tune(
             result = run_study(
                 model, prepared.split, prepared.dataset, prepared.data, trials=trials,
                 experiment_id=experiment_id, fingerprint=prepared.fingerprint,
-                dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed, base_params=base,
+                dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed,
+                base_params=split_model_params(model, base, prepared.split),
                 on_trial=on_trial,
             )  # fmt: skip
     except (LearnrecDataError, TrainingError) as exc:
@@ -601,6 +626,8 @@ def tune(
         table.add_row(name, f"{value:.6g}" if isinstance(value, float) else str(value))
     _out.print(table)
     args = " ".join(f"--param {n}={json.dumps(v)}" for n, v in sorted(result.best_params.items()))
+    if horizon_days is not None:
+        args = f"--horizon-days {horizon_days:g} {args}"
     _out.print(
         f"retrain it with: learnrec train --model {model} --split {split} {args}",
         highlight=False,
@@ -629,15 +656,37 @@ def compare(
     out: Annotated[
         Path | None, typer.Option(help="HTML file (default <data_dir>/reports/compare-SPLIT.html).")
     ] = None,
+    horizon_days: Annotated[
+        float | None,
+        typer.Option(
+            "--horizon-days",
+            help="temporal: compare runs tested on this horizon (0 = unbounded; default: the newest run's).",
+        ),
+    ] = None,
 ) -> None:
-    """Show the latest run of each model side by side (per region too) and write an HTML page with charts."""
+    """Show the latest run of each model side by side (per region too) and write an HTML page with charts.
+
+    Only runs of one evaluation are shown: the same dataset and the same split parameters (cutoff,
+    horizon ...) as the newest matching run.
+    """
     from training.compare import collect, terminal_tables, write_html
 
     settings = _settings()
     experiment = experiment or settings.mlflow.experiment
+    wanted: dict[str, Any] = {}
+    if horizon_days is not None:
+        if split != "temporal":
+            raise typer.BadParameter(
+                f"--horizon-days applies to the temporal split, not {split}", param_hint="--horizon-days"
+            )
+        if horizon_days < 0:
+            raise typer.BadParameter("must be >= 0 (0 = unbounded)", param_hint="--horizon-days")
+        wanted["horizon_days"] = (
+            None if horizon_days == 0 else int(horizon_days) if horizon_days.is_integer() else horizon_days
+        )
     client = _client(settings)
     with _err.status("reading runs..."):
-        comparison = collect(client, experiment, split, k=k, fingerprint=fingerprint)
+        comparison = collect(client, experiment, split, k=k, fingerprint=fingerprint, split_params=wanted)
     if not comparison.runs:
         raise _fail(
             f"no finished runs on the {split} split in experiment '{experiment}' "
@@ -648,7 +697,11 @@ def compare(
     path = out or settings.data_dir / "reports" / f"compare-{split}.html"
     with _err.status("drawing charts..."):
         write_html(comparison, path, metric)
-    skipped = f" ({comparison.skipped} runs on other datasets not shown)" if comparison.skipped else ""
+    skipped = (
+        f" ({comparison.skipped} runs of other datasets or split parameters not shown)"
+        if comparison.skipped
+        else ""
+    )
     _out.print(
         f"compared {len(comparison.runs)} models on the {split} split{skipped}; report: {path}",
         soft_wrap=True,
