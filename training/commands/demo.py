@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"champion: {loaded.model_name} v{loaded.version} ({loaded.recommender.name})", err=True)
 
         _step(4, total, f"A/B experiment: champion vs challenger in {', '.join(EXPERIMENT_REGIONS)}")
-        experiments, regions = _experiment(settings, str(loaded.version))
+        experiments, regions, key = _experiment(settings, str(loaded.version))
 
         client = connect(settings, bulk=True)
         _step(5, total, "load student profiles and history into Redis (online state)")
@@ -230,7 +230,7 @@ def register(app: typer.Typer) -> None:
             f"Play the two-week A/B experiment ({EXPERIMENT_DAYS} simulated days, "
             f"{', '.join(regions)}) against the running service, from another shell:\n\n"
             f"  {simulate_command(settings, experiments, regions)}\n\n"
-            f"It writes the report to {reports}/ab-<experiment>-{SIMULATE_RUN}.html (+ .json) and the "
+            f"It writes the report to {reports}/ab-{key}-{SIMULATE_RUN}.html (+ .json) and the "
             f"exported Parquet to {settings.data_dir / 'exports' / SIMULATE_RUN}/ (README: "
             "'Recomputing a report').\n",
             err=True,
@@ -243,8 +243,12 @@ def register(app: typer.Typer) -> None:
             os.execv(sys.executable, [sys.executable, "-m", "training.cli", "serve"])
 
 
-def _experiment(settings: Settings, champion: str) -> tuple[Path, tuple[str, ...]]:
-    """Step 4: the challenger and the experiments file (or the user's own file); returns (file, regions)."""
+def _experiment(settings: Settings, champion: str) -> tuple[Path, tuple[str, ...], str]:
+    """Step 4: the challenger and the experiments file (or the user's own file).
+
+    Returns:
+        (experiments file, regions, experiment key; ``<experiment>`` for the user's own file).
+    """
     from service.experiments import ExperimentConfigError, load_experiments
     from training.commands.modelling import _client
 
@@ -256,7 +260,7 @@ def _experiment(settings: Settings, champion: str) -> tuple[Path, tuple[str, ...
             raise typer.BadParameter(str(exc), param_hint="LEARNREC_SERVICE__EXPERIMENTS_FILE") from None
         regions = tuple(dict.fromkeys(r for e in config.experiments for r in e.regions))
         typer.echo(f"serving the experiments of {own} (LEARNREC_SERVICE__EXPERIMENTS_FILE)", err=True)
-        return own, regions or EXPERIMENT_REGIONS
+        return own, regions or EXPERIMENT_REGIONS, "<experiment>"
     version, model, moved = register_challenger(settings, _client(settings), champion)
     typer.echo(
         f"challenger: v{version} ({model})" + (" (alias set now)" if moved else " (alias already set)"),
@@ -268,4 +272,4 @@ def _experiment(settings: Settings, champion: str) -> tuple[Path, tuple[str, ...
         f"{exp.start:%Y-%m-%d %H:%M} to {exp.end:%Y-%m-%d %H:%M} UTC, written to {exp.path}",
         err=True,
     )
-    return exp.path, exp.regions
+    return exp.path, exp.regions, exp.key
