@@ -782,11 +782,11 @@ def simulate(
                 if lid in taken or not blocks["enrol"][p] < pe * examine[p]:
                     continue
                 taken.add(lid)
-                arm.enrolments += 1
                 out = _funnel(run, visit, lid, p, blocks, float(z[p]), pc, b, answer.request_id)
                 for event in out:
-                    if event.occurred_at < end:
+                    if event.occurred_at < end:  # counted as sent: an enrolment after the end is censored
                         heapq.heappush(pending, (event.occurred_at, event.event_id, event))
+                        arm.enrolments += event.type == "enrol"
                         arm.completions += event.type == "complete"
                     else:
                         result.censored += 1
