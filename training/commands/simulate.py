@@ -268,7 +268,8 @@ def _repeat(
     _out.print(table)
     _out.print(
         "signif. = share of runs with p < alpha (up/down: by the sign of the lift); lift and p are means "
-        "over runs (treatment - control); MDE = smallest lift of a rate the sample detects with 80% power",
+        "over runs (treatment - control); MDE = smallest lift the sample detects with 80% power (regions "
+        "at alpha / regions): the sample allows a region's comparison when |lift| exceeds it",
         highlight=False,
     )
     primary = REPEAT_METRICS[0]
