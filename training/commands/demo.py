@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="Train and log the models even when a champion is registered.")
         ] = False,
     ) -> None:
-        """Generate and validate the default dataset, train and register models, fill Redis, serve."""
+        """Generate and validate the default dataset, train and register models, set up an A/B test, serve."""
         from features.redis_server import connect
         from features.settings import get_settings
         from features.tables import read_dataset
