@@ -254,8 +254,10 @@ def _repeat(
         f"alpha {alpha} (regions Holm-adjusted)",
         **_TABLE,
     )
-    for col in ("metric", "region", "n c/t", "signif.", "up", "down", "lift", "MDE", "p"):
-        table.add_column(col, justify="left" if col in ("metric", "region") else "right", no_wrap=True)
+    for col in ("metric", "region"):  # names may wrap in a narrow terminal; numbers are never cut
+        table.add_column(col, justify="left", overflow="fold")
+    for col in ("n c/t", "signif.", "up", "down", "lift", "MDE", "p"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     for r in summary.rates():
         table.add_row(
             _SHORT.get(r["metric"], r["metric"]), r["region"],
