@@ -782,11 +782,11 @@ def simulate(
                 if lid in taken or not blocks["enrol"][p] < pe * examine[p]:
                     continue
                 taken.add(lid)
-                arm.enrolments += 1
                 out = _funnel(run, visit, lid, p, blocks, float(z[p]), pc, b, answer.request_id)
                 for event in out:
-                    if event.occurred_at < end:
+                    if event.occurred_at < end:  # counted as sent: an enrolment after the end is censored
                         heapq.heappush(pending, (event.occurred_at, event.event_id, event))
+                        arm.enrolments += event.type == "enrol"
                         arm.completions += event.type == "complete"
                     else:
                         result.censored += 1
@@ -1274,7 +1274,7 @@ def experiment_for(
 #: Columns of `RepeatSummary.rows`.
 REPEAT_COLUMNS = (
     "rep", "seed", "metric", "region", "control_students", "treatment_students", "control_value",
-    "treatment_value", "abs_lift", "p_value", "p_adjusted", "significant", "srm_mismatch",
+    "treatment_value", "abs_lift", "p_value", "p_adjusted", "significant", "srm_mismatch", "lift_se",
 )  # fmt: skip
 
 
@@ -1302,11 +1302,13 @@ class RepeatSummary:
         """Per (metric, region): share of repetitions significant, significant up / down, mean lift and p.
 
         Regions with no test in a repetition (too few students) count in ``tested`` only when they had one.
-        For rates, ``mde`` is the smallest absolute lift the mean arm sizes detect with 80% power at the
-        mean control rate (`training.ab.power.mde`), at alpha / regions for a region (Holm's first step,
-        the strictest) and at alpha pooled: the sample "allows" the comparison when the lift exceeds it.
+        ``mde`` is the smallest absolute lift the sample detects with 80% power, at alpha / regions for a
+        region (Holm's first step, the strictest) and at alpha pooled: the sample "allows" the comparison
+        when the lift exceeds it. For rates from the mean arm sizes and control rate
+        (`training.ab.power.mde`); for means from the mean standard error of the difference
+        (`training.ab.power.mde_mean`).
         """
-        from training.ab.power import mde
+        from training.ab.power import mde, mde_mean
 
         kinds = {"enrolment_rate", "completion_rate"}
         regions = len({r["region"] for r in self.rows} - {"pooled"})
@@ -1337,9 +1339,13 @@ class RepeatSummary:
             )
             n_c, n_t = out[-1]["mean_control_students"], out[-1]["mean_treatment_students"]
             base = float(np.mean([r["control_value"] for r in rows]))
+            level = self.alpha if region == "pooled" else self.alpha / max(regions, 1)
             if metric in kinds and 0 < base < 1:
-                level = self.alpha if region == "pooled" else self.alpha / max(regions, 1)
                 out[-1]["mde"] = mde(n_c, n_t, base, alpha=level)
+            elif metric not in kinds:
+                ses = [r.get("lift_se", math.nan) for r in rows]
+                ses = [x for x in ses if math.isfinite(x)]
+                out[-1]["mde"] = mde_mean(float(np.mean(ses)), alpha=level) if ses else math.nan
         return out
 
     def p_values(self, metric: str, region: str) -> list[float]:
@@ -1452,6 +1458,7 @@ def repeat_experiment(
                     "p_adjusted": float(c.p_adjusted),
                     "significant": bool(c.significant),
                     "srm_mismatch": bool(srm.get(c.region, False)),
+                    "lift_se": _lift_se(c, alpha),
                 }
             )
         if progress:
@@ -1473,6 +1480,19 @@ def repeat_experiment(
         ),
         seconds=time.perf_counter() - started,
     )
+
+
+def _lift_se(c: Any, alpha: float) -> float:
+    """Standard error of a comparison's difference: from the arms' variances, or (pooled) from its Wald CI."""
+    from scipy.stats import norm
+
+    v = c.control.variance + c.treatment.variance
+    if math.isfinite(v):
+        return math.sqrt(v)
+    lo, hi = c.estimate.abs_ci
+    if c.estimate.test != "stratified-z" or not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.nan
+    return float((hi - lo) / (2 * norm.ppf(1 - alpha / 2)))
 
 
 def prepare_models(loaded: Mapping[str, Any]) -> dict[str, RankingModel]:

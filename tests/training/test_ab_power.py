@@ -24,6 +24,18 @@ def test_mde_matches_statsmodels(n_c: int, n_t: int, p0: float) -> None:
     assert NormalIndPower().power(h, nobs1=n_t, alpha=0.05, ratio=n_c / n_t) == pytest.approx(0.8, abs=1e-4)
 
 
+def test_mde_of_a_mean_matches_statsmodels() -> None:
+    """Two-sided z power: a difference of mde_mean(se) has 80% power when its standard error is se."""
+    se = 0.1
+    d = power.mde_mean(se, alpha=0.05, power=0.8)
+    assert d == pytest.approx(2.8016 * se, rel=1e-4)
+    # statsmodels: noncentrality = effect size * sqrt(nobs1 / 2) with equal arms; make it d / se
+    assert NormalIndPower().power(effect_size=d / se * math.sqrt(2), nobs1=1, alpha=0.05) == pytest.approx(
+        0.8, abs=1e-3
+    )
+    assert math.isnan(power.mde_mean(0.0)) and math.isnan(power.mde_mean(math.nan))
+
+
 def test_required_sizes_match_statsmodels() -> None:
     n_c, n_t = power.required_sizes(0.2, 0.1, alpha=0.05, power=0.8)
     h = proportion_effectsize(0.22, 0.2)

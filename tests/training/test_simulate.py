@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -312,94 +312,206 @@ def test_backend_refuses_unknown_models(population: Population, models: dict[str
 # over real HTTP, against the real app
 
 
-@pytest.mark.slow
-def test_http_run_flows_through_the_service_and_its_streams(
-    tmp_path: Path, redis_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The CLI drives the live app: profiles, lists, events; the streams' export holds the run; a report."""
+@dataclass
+class HttpRun:
+    """One `learnrec simulate --url` run against the live app, set up as `learnrec demo` sets it up."""
+
+    settings: Any
+    experiments: Path
+    key: str
+    export: Path
+    report_path: Path
+    report: dict[str, Any]
+    output: str
+    now: datetime
+    groups_left: list[Any]
+
+
+@pytest.fixture(scope="module")
+def http_run(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[HttpRun]:
+    """Train and register two models, set up the demo's challenger and experiment, serve, simulate 3 days."""
     import json
 
     from typer.testing import CliRunner
 
+    from features.redis_server import connect
     from features.settings import Settings
     from service.main import create_app
     from tests.service.live import LiveServer
     from tests.training.modelling_data import mlflow_store
     from training.cli import app as cli
+    from training.commands.demo import register_challenger, write_experiment
     from training.commands.feature_store import seed_dataset
+    from training.commands.modelling import _client
 
-    monkeypatch.setenv("LEARNREC_REDIS__URL", redis_url)
-    with mlflow_store(tmp_path) as settings:
-        dataset = settings.datasets_dir / "synthetic"
-        generate(
-            SynthConfig(region_sizes={"seoul": 60, "gimpo": 90, "taebaek": 40}, lectures=120, seed=5), dataset
-        )
-        runner = CliRunner()
-        trained = runner.invoke(
-            cli, ["train", "-m", "sequence", "-m", "popularity", "--register", "--no-oracle"]
-        )
-        assert trained.exit_code == 0, trained.output
-        from mlflow import MlflowClient
+    tmp_path = tmp_path_factory.mktemp("http")
+    redis_client = redis_server.client()
+    redis_client.flushall()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEARNREC_REDIS__URL", redis_server.url)  # before the settings are read (and cached)
+        with mlflow_store(tmp_path) as settings:
+            dataset = settings.datasets_dir / "synthetic"
+            generate(
+                SynthConfig(region_sizes={"seoul": 60, "gimpo": 90, "taebaek": 40}, lectures=120, seed=5),
+                dataset,
+            )
+            runner = CliRunner()
+            trained = runner.invoke(
+                cli, ["train", "-m", "sequence", "-m", "popularity", "--register", "--no-oracle"]
+            )
+            assert trained.exit_code == 0, trained.output
+            mlflow = _client(settings)
+            name = settings.mlflow.registered_model
+            champion = str(mlflow.get_registered_model(name).aliases["champion"])
+            challenger, model, moved = register_challenger(settings, mlflow, champion)
+            assert moved and challenger != champion
+            assert register_challenger(settings, mlflow, champion) == (challenger, model, False)  # kept
+            seed_dataset(dataset, redis_client)
+            now = datetime.now(UTC)
+            experiment = write_experiment(
+                settings.data_dir / "experiments.yaml",
+                champion,
+                challenger,
+                "popularity",
+                now - timedelta(hours=1),
+            )
+            service = Settings(
+                data_dir=settings.data_dir, redis={"url": redis_server.url},
+                mlflow={"tracking_uri": settings.tracking_uri(), "registered_model": name},
+                service={"experiments_file": experiment.path, "reload_poll_seconds": 0},
+            )  # fmt: skip
+            with LiveServer(create_app(service)) as live:
+                args = ["simulate", "--url", live.url, "--api-key", "dev-portal-key", "--days", "3",
+                        "--students-per-day", "40", "--run", "httptest", "--seed", "3",
+                        "--experiments", str(experiment.path)]  # fmt: skip
+                result = runner.invoke(cli, args)
+            assert result.exit_code == 0, result.output
+            assert "A/B report" in result.output, result.output
+            groups = connect(settings, bulk=True).xinfo_groups(b"lr:stream:events")
+            report = settings.data_dir / "reports" / f"ab-{experiment.key}-httptest.json"
+            yield HttpRun(
+                settings, experiment.path, experiment.key, settings.data_dir / "exports" / "httptest",
+                report, json.loads(report.read_text("utf-8")), result.output, now, groups,
+            )  # fmt: skip
+    redis_client.close()
 
-        client = MlflowClient(tracking_uri=settings.tracking_uri(), registry_uri=settings.tracking_uri())
-        name = settings.mlflow.registered_model
-        aliases = dict(client.get_registered_model(name).aliases)
-        other = next(str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")
-                     if str(mv.version) != str(aliases["champion"]))  # fmt: skip
-        client.set_registered_model_alias(name, "challenger", other)
-        seed_dataset(dataset, redis_client)
-        now = datetime.now(UTC)
-        experiments = tmp_path / "experiments.yaml"
-        experiments.write_text(
-            "experiments:\n"
-            "  - key: sim-http\n"
-            "    regions: [gimpo, taebaek]\n"
-            f"    start: {(now - timedelta(hours=1)).isoformat()}\n"
-            f"    end: {(now + timedelta(days=1)).isoformat()}\n"
-            "    variants:\n"
-            "      - {name: control, weight: 50, model: champion}\n"
-            "      - {name: treatment, weight: 50, model: challenger}\n",
-            encoding="utf-8",
-        )
-        service = Settings(
-            data_dir=settings.data_dir, redis={"url": redis_url},
-            mlflow={"tracking_uri": settings.tracking_uri(), "registered_model": name},
-            service={"experiments_file": experiments, "reload_poll_seconds": 0},
-        )  # fmt: skip
-        with LiveServer(create_app(service)) as live:
-            args = ["simulate", "--url", live.url, "--api-key", "dev-portal-key", "--days", "3",
-                    "--students-per-day", "40", "--run", "httptest", "--seed", "3",
-                    "--experiments", str(experiments)]  # fmt: skip
-            result = runner.invoke(cli, args)
-        assert result.exit_code == 0, result.output
-        out = result.output
-        assert "sim-http/control" in out and "sim-http/treatment" in out
-        export = settings.data_dir / "exports" / "httptest"
-        events = pd.read_parquet(export / "events")
-        exposures = pd.read_parquet(export / "exposures")
-        assert len(exposures) == 3 * 40
-        assert set(exposures["experiment"]) == {"sim-http"}
-        assert set(events["event_id"].str.split(".").str[1]) == {"httptest"}
-        assert events["request_id"].isin(set(exposures["request_id"])).all()
-        assert (events["occurred_at"] < pd.Timestamp(now) - timedelta(days=1)).all()  # simulated time
-        report = json.loads((settings.data_dir / "reports" / "ab-sim-http-httptest.json").read_text("utf-8"))
-        assert report["inputs"]["exposures"] == 3 * 40
-        # the in-process fast path is the same service: same seed, same lists, same events
-        from models.loading import load_registered
-        from service.experiments import load_experiments
 
-        pop = load_population(dataset, REGIONS)
-        start = default_start(pop.last_event, 3)
-        exp = load_experiments(experiments).experiments[0]
-        exp = exp.model_copy(update={"start": start, "end": start + timedelta(days=3)})
-        uri = settings.tracking_uri()
-        loaded = {ref: load_registered(name, ref, uri) for ref in ("champion", "challenger")}
-        backend = InProcessBackend(pop.state.fork(), prepare_models(loaded), "champion", [exp])
-        fast = simulate(SimConfig(REGIONS, days=3, students_per_day=40, seed=3, run="httptest"), pop, backend)
-        assert {(e.event_id, e.occurred_at) for e in fast.events} == set(
-            zip(events["event_id"], events["occurred_at"].dt.to_pydatetime(), strict=True)
-        )
-        shown = {r["request_id"]: list(r["lecture_ids"]) for r in backend.exposures}
-        assert shown == {r.request_id: list(r.lecture_ids) for r in exposures.itertuples()}
-        # the run's consumer groups are gone: they must not hold back stream trimming
-        assert all(g["name"] != b"simulate-httptest" for g in redis_client.xinfo_groups(b"lr:stream:events"))
+@pytest.mark.slow
+def test_http_run_flows_through_the_service_and_its_streams(http_run: HttpRun) -> None:
+    """The CLI drives the live app: profiles, lists, events; the streams' export holds the run; a report."""
+    from models.loading import load_registered
+    from service.experiments import load_experiments
+
+    settings, key, now = http_run.settings, http_run.key, http_run.now
+    assert f"{key}/champion" in http_run.output and f"{key}/challenger" in http_run.output
+    events = pd.read_parquet(http_run.export / "events")
+    exposures = pd.read_parquet(http_run.export / "exposures")
+    assert len(exposures) == 3 * 40
+    assert set(exposures["experiment"]) == {key}
+    assert set(events["event_id"].str.split(".").str[1]) == {"httptest"}
+    assert events["request_id"].isin(set(exposures["request_id"])).all()
+    assert (events["occurred_at"] < pd.Timestamp(now) - timedelta(days=1)).all()  # simulated time
+    assert http_run.report["inputs"]["exposures"] == 3 * 40
+    # the in-process fast path is the same service: same seed, same lists, same events
+    dataset = settings.datasets_dir / "synthetic"
+    pop = load_population(dataset, REGIONS)
+    start = default_start(pop.last_event, 3)
+    exp = load_experiments(http_run.experiments).experiments[0]
+    exp = exp.model_copy(update={"start": start, "end": start + timedelta(days=3)})
+    uri, name = settings.tracking_uri(), settings.mlflow.registered_model
+    loaded = {ref: load_registered(name, ref, uri) for ref in ("champion", "challenger")}
+    backend = InProcessBackend(pop.state.fork(), prepare_models(loaded), "champion", [exp])
+    fast = simulate(SimConfig(REGIONS, days=3, students_per_day=40, seed=3, run="httptest"), pop, backend)
+    assert {(e.event_id, e.occurred_at) for e in fast.events} == set(
+        zip(events["event_id"], events["occurred_at"].dt.to_pydatetime(), strict=True)
+    )
+    shown = {r["request_id"]: list(r["lecture_ids"]) for r in backend.exposures}
+    assert shown == {r.request_id: list(r.lecture_ids) for r in exposures.itertuples()}
+    # the run's consumer groups are gone: they must not hold back stream trimming
+    assert all(g["name"] != b"simulate-httptest" for g in http_run.groups_left)
+
+
+def _readme_recipe() -> str:
+    """The README's "Recomputing a report" code block (the one that reads the Parquet files)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text("utf-8")
+    section = readme.split("## Recomputing a report", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("python")]
+    return next(b for b in blocks if "read_parquet" in b)
+
+
+@pytest.mark.slow
+def test_report_is_recomputable_from_the_parquet_exports(
+    http_run: HttpRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's pandas recipe, run on the exported Parquet, gives every count and value of the report."""
+    report = http_run.report
+    space: dict[str, Any] = {"EXPORT": http_run.export, "KEY": http_run.key, "REPORT": http_run.report_path}
+    exec(compile(_readme_recipe(), "README.md", "exec"), space)  # the documented recipe, as documented
+    arms, students = space["arms"], space["students"]
+    assert "pooled: lift" in capsys.readouterr().out
+    assert report["inputs"]["exposures"] == len(space["ex"]) == 3 * 40
+    assert report["inputs"]["students"] == space["ex"]["student_id"].nunique()
+    assert report["inputs"]["attributed_enrolments"] == len(space["enrolled"]) > 0
+    assert report["inputs"]["attributed_completions"] == len(space["completed"]) > 0
+    assert report["data_quality"]["mixed_variant_students"] == 0
+    columns = {  # metric -> (numerator column, denominator column) of the recomputed arms
+        "enrolment_rate": ("enrolled", "students"),
+        "completion_rate": ("completed", "students"),
+        "enrolments_per_student": ("enrolments", "students"),
+        "completions_per_student": ("completions", "students"),
+        "completion_per_enrolment": ("completions", "enrolments"),
+    }
+    checked = 0
+    for c in report["comparisons"]:
+        num, den = columns[c["metric"]]
+        if c["region"] == "pooled":
+            both = arms.groupby("variant").sum()  # pooled rows: crude sums over the regions
+            for side in ("control", "treatment"):
+                row = both.loc[c[side]["variant"]]
+                assert (c[side]["students"], c[side]["exposures"]) == (row["students"], row["exposures"])
+                assert (c[side]["numerator"], c[side]["denominator"]) == (row[num], row[den])
+            if den == "students":  # the pooled value: Mantel-Haenszel-weighted over the regions
+                per = arms[num] / arms[den]
+                n = arms["students"].unstack("variant")
+                t, k = c["treatment"]["variant"], c["control"]["variant"]
+                w = n[t] * n[k] / (n[t] + n[k])
+                for side, v in (("treatment", t), ("control", k)):
+                    value = (w * per.xs(v, level="variant")).sum() / w.sum()
+                    assert c[side]["value"] == pytest.approx(value, rel=1e-12)
+                assert c["estimate"]["abs_lift"] == pytest.approx(
+                    c["treatment"]["value"] - c["control"]["value"], rel=1e-12, abs=1e-15
+                )
+            checked += 1
+            continue
+        for side in ("control", "treatment"):
+            key = (c["region"], c[side]["variant"])
+            row = arms.loc[key] if key in arms.index else None
+            got = (0, 0, 0.0, 0.0) if row is None else (row["students"], row["exposures"], row[num], row[den])
+            assert (
+                c[side]["students"],
+                c[side]["exposures"],
+                c[side]["numerator"],
+                c[side]["denominator"],
+            ) == got
+            if row is not None and row[den]:
+                assert c[side]["value"] == pytest.approx(row[num] / row[den], rel=1e-12)
+        checked += 1
+    assert checked == len(columns) * (len(REGIONS) + 1)
+    # the per-region tests of the primary metric and of the rate, recomputed with SciPy alone
+    from scipy import stats as sps
+
+    for c in report["comparisons"]:
+        if c["region"] == "pooled" or c["metric"] not in ("enrolments_per_student", "enrolment_rate"):
+            continue
+        g = students.loc[students["region"] == c["region"]]
+        t = g.loc[g["variant"] == c["treatment"]["variant"], "enrolments"]
+        k = g.loc[g["variant"] == c["control"]["variant"], "enrolments"]
+        if c["metric"] == "enrolments_per_student":
+            p = sps.ttest_ind(t, k, equal_var=False).pvalue
+        elif c["estimate"]["test"] == "fisher":
+            p = sps.fisher_exact([[(t > 0).sum(), (t == 0).sum()], [(k > 0).sum(), (k == 0).sum()]]).pvalue
+        else:  # pooled two-proportion z-test
+            x, n = (t > 0).sum() + (k > 0).sum(), len(t) + len(k)
+            se = np.sqrt(x / n * (1 - x / n) * (1 / len(t) + 1 / len(k)))
+            p = 2 * sps.norm.sf(abs((t > 0).mean() - (k > 0).mean()) / se)
+        assert c["estimate"]["p_value"] == pytest.approx(p, rel=1e-9)

@@ -121,6 +121,24 @@ def mde(
     return math.sin(angle) ** 2 - baseline
 
 
+def mde_mean(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest difference of two means detectable (two-sided, normal approximation) at a standard error.
+
+    Args:
+        se: standard error of the difference, ``sqrt(var_t / n_t + var_c / n_c)``.
+        alpha: significance level.
+        power: 1 - type II error.
+
+    Returns:
+        ``(z_{1 - alpha/2} + z_power) * se``; NaN when ``se`` is not a positive finite number.
+    """
+    from scipy.stats import norm
+
+    if not (math.isfinite(se) and se > 0):
+        return math.nan
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * se)
+
+
 def required_sizes(
     baseline: float,
     lift_rel: float,

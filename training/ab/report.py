@@ -446,9 +446,10 @@ with shown_at ≤ occurred_at ≤ shown_at + {window} days, given to the <i>earl
 its attributed enrolment.</li>
 <li><b>Per student</b>: enrolled = at least one attributed enrolment; completed = at least one attributed
 completion; counts of each.</li>
-<li><b>Metrics</b> per region and variant: enrolment rate = enrolled students / exposed students;
-completion rate = completed students / exposed students; enrolments (completions) per student = their sum
-/ exposed students; completion among enrolments = Σ completions / Σ enrolments.</li>
+<li><b>Metrics</b> per region and variant: enrolments (completions) per student = their sum / exposed
+students (enrolments per student is the primary metric); enrolment rate = enrolled students / exposed
+students; completion rate = completed students / exposed students; completion among enrolments =
+Σ completions / Σ enrolments.</li>
 <li><b>Per-region tests</b> (treatment − control): rates: Newcombe CI of the difference, log-adjusted CI of
 the ratio, pooled two-proportion z-test (Fisher's exact test when an expected cell is below 5); means:
 Welch t-test and CI; ratio of sums: delta-method variance per arm and a z-test. p-values are adjusted

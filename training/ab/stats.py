@@ -2,11 +2,22 @@
 
 Metrics (per exposed student; each student counts once, in the arm of their first exposure):
 
-- ``enrolment_rate`` (primary): students with >= 1 attributed enrolment / exposed students.
-- ``completion_rate``: students with >= 1 attributed completion / exposed students.
-- ``enrolments_per_student``: attributed enrolments / exposed students (mean of a count).
+- ``enrolments_per_student`` (primary): attributed enrolments / exposed students (mean of a count).
+- ``enrolment_rate``: students with >= 1 attributed enrolment / exposed students.
 - ``completions_per_student``: attributed completions / exposed students (mean of a count).
+- ``completion_rate``: students with >= 1 attributed completion / exposed students.
 - ``completion_per_enrolment``: attributed completions / attributed enrolments (ratio of sums).
+
+Why enrolments per student is primary: it is what the programme wants more of (lectures students start
+because of their recommendations), its unit is the randomised one (the student, so exposures a model
+might add or lose do not move the denominator), and it does not saturate. The enrolment rate does: a
+student shown ten lectures on each of a few visits enrols at least once with high probability whatever
+the model (about two thirds within two weeks in the simulation), so a much better model moves the rate
+little while it moves the count a lot. In 200 repeated simulations of the default two-week experiment
+in Gimpo and Taebaek (popularity vs blend, ~770 students per arm, `bench/AB.md`) the pooled test finds
+the better model in 93% of runs on the count and in 28% on the rate, never the worse one, with an A/A
+false-positive rate of 5.0% on the count (5.5% on the rate). Completions are the final outcome but come
+days later (censored at the end of the window) and are rarer, so they are secondary.
 
 Per region, treatment vs control (the control is the experiment's first variant):
 
@@ -78,8 +89,36 @@ class MetricSpec:
     label: str
     formula: str
 
+    def show(self, x: float | None) -> str:
+        """A value as people read it: a rate in percent, a mean or ratio with three decimals."""
+        if x is None or not math.isfinite(x):
+            return "-"
+        return f"{100 * x:.1f}%" if self.kind == "proportion" else f"{x:.3f}"
+
+    def show_lift(self, x: float | None) -> str:
+        """A difference: percentage points for a rate, plain for a mean or ratio."""
+        if x is None or not math.isfinite(x):
+            return "-"
+        return f"{100 * x:+.2f}pp" if self.kind == "proportion" else f"{x:+.3f}"
+
+
+def metric(name: str) -> MetricSpec:
+    """The metric called ``name`` (one of `METRICS`)."""
+    found = next((m for m in METRICS if m.name == name), None)
+    if found is None:
+        raise AnalysisInputError(f"unknown metric {name!r}; known: {[m.name for m in METRICS]}")
+    return found
+
 
 METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "enrolments_per_student",
+        "mean",
+        "n_enrolled",
+        None,
+        "Enrolments from recommendations per student",
+        "attributed enrolments / exposed students",
+    ),
     MetricSpec(
         "enrolment_rate",
         "proportion",
@@ -87,22 +126,6 @@ METRICS: tuple[MetricSpec, ...] = (
         None,
         "Enrolment rate from recommendations",
         "students with >= 1 attributed enrolment / exposed students",
-    ),
-    MetricSpec(
-        "completion_rate",
-        "proportion",
-        "completed",
-        None,
-        "Completion rate",
-        "students with >= 1 attributed completion / exposed students",
-    ),
-    MetricSpec(
-        "enrolments_per_student",
-        "mean",
-        "n_enrolled",
-        None,
-        "Enrolments per student",
-        "attributed enrolments / exposed students",
     ),
     MetricSpec(
         "completions_per_student",
@@ -113,6 +136,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "attributed completions / exposed students",
     ),
     MetricSpec(
+        "completion_rate",
+        "proportion",
+        "completed",
+        None,
+        "Completion rate",
+        "students with >= 1 attributed completion / exposed students",
+    ),
+    MetricSpec(
         "completion_per_enrolment",
         "ratio",
         "n_completed",
@@ -121,7 +152,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "attributed completions / attributed enrolments",
     ),
 )
-PRIMARY_METRIC = "enrolment_rate"
+PRIMARY_METRIC = "enrolments_per_student"
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def report(
     from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, region_label, write_report
-    from training.ab.stats import PRIMARY_METRIC
+    from training.ab.stats import PRIMARY_METRIC, metric
 
     settings = get_settings()
     if not 0 < alpha < 1:
@@ -99,8 +99,10 @@ def report(
     except (ExperimentConfigError, LearnrecDataError, ABError) as exc:
         raise _fail(str(exc)) from None
 
+    primary = metric(PRIMARY_METRIC)
+    unit = " (pp = percentage points)" if primary.kind == "proportion" else ""
     table = Table(
-        title=f"{experiment}: {PRIMARY_METRIC}, treatment - control (pp = percentage points)",
+        title=f"{experiment}: {primary.label} ({PRIMARY_METRIC}), treatment - control{unit}",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
@@ -119,11 +121,11 @@ def report(
         p_adj = c["p_adjusted"]
         table.add_row(
             region_label(region) + (f" [{c['treatment']['variant']}]" if several else ""),
-            _pct(c["control"]["value"]),
-            _pct(c["treatment"]["value"]),
+            primary.show(c["control"]["value"]),
+            primary.show(c["treatment"]["value"]),
             f"{c['control']['students']:,}/{c['treatment']['students']:,}",
-            _pp(est["abs_lift"]),
-            f"[{_pp(lo)}, {_pp(hi)}]",
+            primary.show_lift(est["abs_lift"]),
+            f"[{primary.show_lift(lo)}, {primary.show_lift(hi)}]",
             "-" if p_adj is None else f"{p_adj:.4f}",
             "[bold red]MISMATCH[/]" if srm.get(region, {}).get("mismatch") else "ok",
         )
@@ -147,10 +149,6 @@ def report(
         highlight=False,
         soft_wrap=True,
     )
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
 
 
 def _pp(x: float | None) -> str:

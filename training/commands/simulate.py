@@ -30,8 +30,8 @@ _SHORT = {
     "enrolments_per_student": "enrols/student",
     "completions_per_student": "completes/stud.",
 }
-#: Metrics of the repeated runs (the primary one first).
-REPEAT_METRICS = ("enrolment_rate", "completion_rate", "enrolments_per_student", "completions_per_student")
+#: Metrics of the repeated runs (the primary one, `training.ab.stats.PRIMARY_METRIC`, first).
+REPEAT_METRICS = ("enrolments_per_student", "enrolment_rate", "completions_per_student", "completion_rate")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -254,8 +254,10 @@ def _repeat(
         f"alpha {alpha} (regions Holm-adjusted)",
         **_TABLE,
     )
-    for col in ("metric", "region", "n c/t", "signif.", "up", "down", "lift", "MDE", "p"):
-        table.add_column(col, justify="left" if col in ("metric", "region") else "right", no_wrap=True)
+    for col in ("metric", "region"):  # names may wrap in a narrow terminal; numbers are never cut
+        table.add_column(col, justify="left", overflow="fold")
+    for col in ("n c/t", "signif.", "up", "down", "lift", "MDE", "p"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     for r in summary.rates():
         table.add_row(
             _SHORT.get(r["metric"], r["metric"]), r["region"],
@@ -268,16 +270,18 @@ def _repeat(
     _out.print(table)
     _out.print(
         "signif. = share of runs with p < alpha (up/down: by the sign of the lift); lift and p are means "
-        "over runs (treatment - control); MDE = smallest lift of a rate the sample detects with 80% power",
+        "over runs (treatment - control); MDE = smallest lift the sample detects with 80% power (regions "
+        "at alpha / regions): the sample allows a region's comparison when |lift| exceeds it",
         highlight=False,
     )
-    pooled = summary.p_values("enrolment_rate", "pooled")
+    primary = REPEAT_METRICS[0]
+    pooled = summary.p_values(primary, "pooled")
     uniform = ""
     if kind == "A/A" and len(pooled) >= 5:
         from scipy import stats
 
         ks = stats.kstest(pooled, "uniform")
-        uniform = f"; pooled enrolment p-values vs uniform: KS p = {ks.pvalue:.3f}"
+        uniform = f"; pooled {primary} p-values vs uniform: KS p = {ks.pvalue:.3f}"
     path = (
         json_out or settings.data_dir / "reports" / f"simulate-{kind.replace('/', '')}-{config.run_name}.json"
     )
@@ -286,12 +290,17 @@ def _repeat(
     document["models"] = labels
     document["dataset"] = str(dataset_dir)
     path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    rate = next(r for r in summary.rates() if r["metric"] == "enrolment_rate" and r["region"] == "pooled")
-    what = "false-positive rate" if kind == "A/A" else "detection rate (treatment better)"
-    value = rate["significant"] if kind == "A/A" else rate["significant_up"]
+    rate = next(r for r in summary.rates() if r["metric"] == primary and r["region"] == "pooled")
+    if kind == "A/A":
+        what = f"false-positive rate {_pct(rate['significant'])}"
+    else:
+        what = (
+            f"significant {_pct(rate['significant'])} (treatment better {_pct(rate['significant_up'])}, "
+            f"worse {_pct(rate['significant_down'])})"
+        )
     _out.print(
         f"{kind} {labels['control']} vs {labels['treatment']}: {repetitions} runs in "
-        f"{time.perf_counter() - started:.0f} s; pooled enrolment-rate {what} {_pct(value)}{uniform}; "
+        f"{time.perf_counter() - started:.0f} s; pooled {primary}: {what}{uniform}; "
         f"results {path}",
         highlight=False,
         soft_wrap=True,
@@ -386,8 +395,10 @@ def _http(
 
 def _print_run(result: SimResult) -> None:
     table = Table(title=f"run {result.run}: per experiment arm", **_TABLE)
-    for col in ("experiment/variant", "visits", "students", "shown", "enrols", "completes", "enrol/visit"):
-        table.add_column(col, justify="left" if col == "experiment/variant" else "right")
+    label_width = max((len(label) for label in result.arms), default=0)
+    table.add_column("experiment/variant", no_wrap=True, min_width=label_width)  # never cut a label
+    for col in ("visits", "students", "shown", "enrols", "completes", "enrol/visit"):
+        table.add_column(col, justify="right")
     for label, arm in sorted(result.arms.items()):
         table.add_row(
             label, f"{arm.visits:,}", f"{len(arm.students):,}", f"{arm.shown:,}", f"{arm.enrolments:,}",
@@ -415,7 +426,7 @@ def _report(
     from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, write_report
-    from training.ab.stats import PRIMARY_METRIC
+    from training.ab.stats import PRIMARY_METRIC, metric
 
     seen = sorted({label.split("/")[0] for label in result.arms if label != "-"})
     if key is None:
@@ -442,12 +453,11 @@ def _report(
     pooled = next(
         c for c in rep.data["comparisons"] if c["metric"] == PRIMARY_METRIC and c["region"] == "pooled"
     )
-    est = pooled["estimate"]
-    lift = est["abs_lift"]
     p = pooled["p_adjusted"]
+    lift = metric(PRIMARY_METRIC).show_lift(pooled["estimate"]["abs_lift"])
     return (
-        f"A/B report {html_path}: pooled {PRIMARY_METRIC} {pooled['treatment']['variant']} - "
-        f"{pooled['control']['variant']} = {'-' if lift is None else f'{100 * lift:+.2f}pp'}, "
+        f"A/B report {html_path} (+ .json): pooled {PRIMARY_METRIC} {pooled['treatment']['variant']} - "
+        f"{pooled['control']['variant']} = {lift}, "
         f"p = {'-' if p is None else f'{p:.4f}'}"
     )
 
