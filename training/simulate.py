@@ -1138,6 +1138,31 @@ def mark_streams(client: Any, run: str) -> dict[str, str]:
     return out
 
 
+def set_aside_previous_export(out_dir: Path, now: datetime | None = None) -> Path | None:
+    """Move the export of an earlier run of the same name aside, so a run's directory holds that run only.
+
+    A rerun with the same ``--run`` (the demo prints one fixed command) would otherwise add its files to
+    the earlier run's, and the report read from the directory would mix both. Nothing is deleted.
+
+    Args:
+        out_dir: the run's export directory.
+        now: time stamp of the new name (default now).
+
+    Returns:
+        Where the earlier export went (``<name>.before-<UTC time>`` beside it), or None when there was none.
+    """
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return None
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    aside = out_dir.with_name(f"{out_dir.name}.before-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out_dir.with_name(f"{out_dir.name}.before-{stamp}-{n}")
+    out_dir.rename(aside)
+    return aside
+
+
 @dataclass(frozen=True)
 class RunExport:
     """Where an HTTP run's streams were exported."""

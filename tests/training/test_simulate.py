@@ -29,6 +29,7 @@ from training.simulate import (
     pair_probabilities,
     prepare_models,
     repeat_experiment,
+    set_aside_previous_export,
     simulate,
 )
 
@@ -515,3 +516,20 @@ def test_report_is_recomputable_from_the_parquet_exports(
             se = np.sqrt(x / n * (1 - x / n) * (1 / len(t) + 1 / len(k)))
             p = 2 * sps.norm.sf(abs((t > 0).mean() - (k > 0).mean()) / se)
         assert c["estimate"]["p_value"] == pytest.approx(p, rel=1e-9)
+
+
+def test_a_rerun_sets_the_earlier_export_aside(tmp_path: Path) -> None:
+    out = tmp_path / "exports" / "demo"
+    assert set_aside_previous_export(out) is None  # nothing there yet
+    (out / "events").mkdir(parents=True)
+    (out / "events" / "part-1.parquet").write_bytes(b"first run")
+    when = datetime(2026, 11, 25, 11, 30, tzinfo=UTC)
+    aside = set_aside_previous_export(out, now=when)
+    assert aside == tmp_path / "exports" / "demo.before-20261125T113000"
+    assert (aside / "events" / "part-1.parquet").read_bytes() == b"first run"  # kept, not deleted
+    assert not out.exists()  # the new run starts from an empty directory
+    (out / "events").mkdir(parents=True)
+    (out / "events" / "part-1.parquet").write_bytes(b"second run")
+    second = set_aside_previous_export(out, now=when)  # same second: a distinct name
+    assert second == tmp_path / "exports" / "demo.before-20261125T113000-2"
+    assert (second / "events" / "part-1.parquet").read_bytes() == b"second run"

@@ -329,10 +329,20 @@ def _http(
     from features.errors import FeatureStoreError
     from features.redis_server import connect
     from training.errors import SimulationError
-    from training.simulate import HttpBackend, export_run, load_population, mark_streams, simulate
+    from training.simulate import (
+        HttpBackend,
+        export_run,
+        load_population,
+        mark_streams,
+        set_aside_previous_export,
+        simulate,
+    )
 
     started = time.perf_counter()
     out_dir = out or settings.data_dir / "exports" / config.run_name
+    aside = set_aside_previous_export(out_dir)
+    if aside is not None:
+        _out.print(f"an earlier export of run '{config.run_name}' was moved to {aside}", highlight=False)
     with _progress() as progress:
         task = progress.add_task(f"loading {dataset_dir}", total=None)
         population = load_population(dataset_dir, config.regions)
