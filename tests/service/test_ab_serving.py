@@ -21,7 +21,16 @@ from service.experiments import ExperimentRegistry, exposure_fields
 from service.exposures import ExposureWriter
 from service.metrics import Metrics
 from tests.conftest import RedisServerControl
-from tests.service.conftest import PORTAL, TAEBAEK, Registry, running, seed, service_settings, wait_for
+from tests.service.conftest import (
+    PORTAL,
+    TAEBAEK,
+    Registry,
+    answer,
+    running,
+    seed,
+    service_settings,
+    wait_for,
+)
 from tests.service.live import LogLines
 
 GIMPO = [f"g{i:03d}" for i in range(40)]
@@ -76,9 +85,7 @@ def ab(
 
 def _get(client: httpx.Client, sid: str, headers: dict[str, str] = PORTAL, **params: Any) -> dict[str, Any]:
     r = client.get("/recommendations", params={"student_id": sid, "k": 5, **params}, headers=headers)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    return answer(r)
 
 
 def _exposures(redis_server: RedisServerControl) -> dict[str, dict[str, str]]:
