@@ -22,6 +22,7 @@ from service.exposures import ExposureWriter
 from service.metrics import Metrics
 from tests.conftest import RedisServerControl
 from tests.service.conftest import (
+    ADMIN,
     PORTAL,
     TAEBAEK,
     Registry,
@@ -183,6 +184,49 @@ def test_exposures_in_stream_and_exported(
         assert row["experiment"] == a["experiment"] and row["variant"] == a["variant"]
         assert row["lecture_ids"] == [i["lecture_id"] for i in a["items"]]
         assert row["model_version"] == a["model"]["version"]
+
+
+def test_variant_models_shown_in_admin_model_and_readyz(
+    ab: tuple[httpx.Client, Path, LogLines], registry: Registry
+) -> None:
+    client, path, _ = ab
+    challenger = registry.versions["lightfm"]
+
+    def variants() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        admin = client.get("/admin/model", headers=ADMIN)
+        ready = client.get("/readyz")
+        assert admin.status_code == 200 and ready.status_code == 200
+        return admin.json()["variants"], ready.json()["variants"]
+
+    in_admin, in_ready = variants()
+    assert in_admin == in_ready
+    assert len(in_admin) == 1
+    v = in_admin[0]
+    assert (v["ref"], v["name"], v["version"], v["alias"], v["status"], v["error"]) == (
+        "challenger",
+        "learnrec-lectures",
+        challenger,
+        "challenger",
+        "serving",
+        None,
+    )
+    assert datetime.fromisoformat(v["loaded_at"]) <= datetime.now(UTC)
+    assert client.get("/admin/model", headers=ADMIN).json()["loaded_at"] is not None  # the champion's
+    # an alias nobody set: listed as unavailable (the champion answers for it); readiness is unaffected
+    _write(
+        path,
+        [_experiment("gimpo-lightfm", ["gimpo"]), _experiment("taebaek-x", ["taebaek"], treatment="nope")],
+    )
+    try:
+        assert wait_for(lambda: len(variants()[0]) == 2, timeout=10)
+        missing = next(x for x in variants()[0] if x["ref"] == "nope")
+        assert (
+            missing["status"] == "unavailable" and missing["version"] is None and "nope" in missing["error"]
+        )
+        assert client.get("/readyz").json()["ready"] is True
+    finally:
+        _write(path, [_experiment("gimpo-lightfm", ["gimpo"])])
+    assert wait_for(lambda: [x["ref"] for x in variants()[0]] == ["challenger"], timeout=10)
 
 
 def test_config_change_picked_up_without_restart(
