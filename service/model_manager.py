@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from service.metrics import Metrics
 from service.ranking import RankingModel
+from service.schemas import VariantState
 
 if TYPE_CHECKING:
     from models.loading import LoadedModel
@@ -58,7 +59,7 @@ class VariantStatus:
 
     ref: str
     model: RankingModel | None
-    status: str
+    status: VariantState
     error: str | None = None
 
 

@@ -20,6 +20,7 @@ Grade = Literal["m1", "m2", "m3", "h1", "h2", "h3", "oos", "adult"]
 EventType = Literal["enrol", "progress", "complete", "drop"]
 Reason = Literal["next_in_series", "similar_students", "popular_in_region", "popular_overall"]
 Source = Literal["model", "profile", "history", "popular_region_grade", "popular_region", "popular_global"]
+VariantState = Literal["serving", "serving_previous", "unavailable"]
 
 assert set(Grade.__args__) == set(GRADES)  # type: ignore[attr-defined]  # keep in step with the data model
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
@@ -269,7 +270,7 @@ class VariantModelOut(BaseModel):
     alias: str | None = Field(default=None, examples=["challenger"])
     run_id: str | None = None
     loaded_at: datetime | None = Field(default=None, description="When this version was put in service.")
-    status: Literal["serving", "serving_previous", "unavailable"] = Field(
+    status: VariantState = Field(
         description=(
             "serving: loaded; serving_previous: the version the reference points at now failed to load, the "
             "previous one keeps serving; unavailable: nothing loaded, the champion answers for the variant."

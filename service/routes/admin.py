@@ -41,7 +41,7 @@ def variant_models(manager: ModelManager) -> list[VariantModelOut]:
                 alias=m.alias if m else None,
                 run_id=m.run_id if m else None,
                 loaded_at=m.loaded_at if m else None,
-                status=v.status,  # type: ignore[arg-type]  # the literals of VariantStatus
+                status=v.status,
                 error=v.error,
             )
         )
