@@ -51,6 +51,15 @@ class ServiceSettings(BaseModel):
     log_hash_key: SecretStr | None = Field(
         default=None, description="HMAC key for student ids in logs; unset = a random key per process."
     )
+    native_threads: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Threads of the BLAS/OpenMP pools (OpenBLAS, MKL, OpenMP) in the service process; 0 = the "
+            "libraries' own default (one per core). One request scores one student: extra threads only "
+            "contend with the other requests for the cores."
+        ),
+    )
 
 
 class Settings(BaseSettings):

@@ -44,6 +44,7 @@ from models.common import (
     decayed_interactions,
     next_in_series,
     normalise_max,
+    series_onehot,
     series_similarity_and_reach,
     started_series,
 )
@@ -308,6 +309,7 @@ class BlendRecommender(Recommender):
         self._popularity: npt.NDArray[np.float32] = np.zeros(0, np.float32)
         self._next: npt.NDArray[np.int32] = np.zeros(0, np.int32)
         self._reach: npt.NDArray[np.float32] = np.zeros(0, np.float32)
+        self._lookup_cache: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix] | None = None
 
     # ------------------------------------------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
@@ -367,6 +369,22 @@ class BlendRecommender(Recommender):
         self._check_fitted()
         return dict(self._models)
 
+    def _lookups(self) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+        """(successor (n, n): lecture -> next episode, lecture -> subject, lecture -> series) one-hots,
+        built once per fitted or loaded model (scoring one student must not rebuild them)."""
+        if self._lookup_cache is None:
+            cat = self.catalogue
+            n = len(cat.lectures)
+            has_next = np.flatnonzero(self._next >= 0)
+            successor = sp.csr_matrix(
+                (np.ones(has_next.size, np.float32), (has_next, self._next[has_next])), shape=(n, n)
+            )
+            subject_of = sp.csr_matrix(
+                (np.ones(n, np.float32), (np.arange(n), cat.subject)), shape=(n, max(len(cat.subjects), 1))
+            )
+            self._lookup_cache = (successor, subject_of, series_onehot(cat.series))
+        return self._lookup_cache
+
     # ------------------------------------------------------------------------------------------------
     def _tops(
         self, models: Mapping[str, Recommender], batch: StudentBatch, mask: npt.NDArray[np.bool_]
@@ -416,24 +434,18 @@ class BlendRecommender(Recommender):
         history = sp.csr_matrix(batch.history, dtype=np.float32)
         taken = history.copy()
         taken.data = (taken.data != 0).astype(np.float32)
-        has_next = np.flatnonzero(self._next >= 0)
-        successor = sp.csr_matrix(
-            (np.ones(has_next.size, np.float32), (has_next, self._next[has_next])), shape=(n, n)
-        )
+        successor, subject_of, onehot = self._lookups()
         # next episode of anything taken, unless taken itself
         series_next = (np.asarray((taken @ successor).todense()) > 0).astype(np.float32)
         series_next[np.asarray(taken.todense()) > 0] = 0.0
         yield "series_next", series_next
-        subject_of = sp.csr_matrix(
-            (np.ones(n, np.float32), (np.arange(n), cat.subject)), shape=(n, max(len(cat.subjects), 1))
-        )
         per_subject = np.asarray((history @ subject_of).todense(), dtype=np.float32)
         totals = per_subject.sum(axis=1, keepdims=True)
         share = np.divide(per_subject, totals, out=np.zeros_like(per_subject), where=totals > 0)
         yield "subject_share", share[:, cat.subject]
         yield "popularity", np.repeat(self._popularity[None, :], b, axis=0)
         yield "reach", np.repeat(self._reach[None, :], b, axis=0)
-        started = np.asarray(started_series(history, cat.series).todense(), dtype=np.float32)
+        started = np.asarray(started_series(history, cat.series, onehot).todense(), dtype=np.float32)
         yield "series_started", started[:, cat.series]
 
     def _training_pairs(
@@ -504,6 +516,7 @@ class BlendRecommender(Recommender):
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
+        self._lookup_cache = None
         if self.holdout_days:
             train, held_rows, held_cols = time_holdout(data, self.holdout_share, days=self.holdout_days)
         elif self.holdout_share > 0:
@@ -609,6 +622,7 @@ class BlendRecommender(Recommender):
         model._catalogue, model._students = saved.catalogue, saved.students
         model._student_feature_names = saved.student_feature_names
         model._next = next_in_series(saved.catalogue)
+        model._lookup_cache = None
         models: dict[str, Recommender] = {}
         for name in model.components:
             component = COMPONENTS[name].load(directory / "components" / name)

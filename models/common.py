@@ -162,9 +162,24 @@ def started_series(
     Returns:
         float32 CSR.
     """
-    took = sp.csr_matrix(sp.csr_matrix(history) != 0, dtype=np.float32)
-    lookup = series_onehot(series) if onehot is None else onehot
-    return sp.csr_matrix((took @ lookup) > 0, dtype=np.float32)
+    h = sp.csr_matrix(history)
+    n_series = onehot.shape[1] if onehot is not None else (int(series.max()) + 1 if series.size else 0)
+    taken = h.data != 0
+    rows = np.repeat(np.arange(h.shape[0], dtype=np.int64), np.diff(h.indptr))[taken]
+    # one entry per (student, series) pair, in row then series order (no sparse product: this runs for
+    # every request)
+    keys = np.unique(rows * n_series + series[h.indices[taken]])
+    counts = (
+        np.bincount(keys // max(n_series, 1), minlength=h.shape[0])
+        if keys.size
+        else np.zeros(h.shape[0], np.int64)
+    )
+    indptr = np.zeros(h.shape[0] + 1, dtype=np.int32)
+    np.cumsum(counts, out=indptr[1:])
+    return sp.csr_matrix(
+        (np.ones(keys.size, dtype=np.float32), (keys % max(n_series, 1)).astype(np.int32), indptr),
+        shape=(h.shape[0], n_series),
+    )
 
 
 def series_similarity_and_reach(

@@ -214,7 +214,8 @@ class AppState:
     exposures: ExposureWriter | None = None
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in the threadpool (a thread hop per request)
     state: AppState = request.app.state.learnrec
     return state
 

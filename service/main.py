@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -133,6 +134,27 @@ class RequestContext:
             request_id_var.reset(token)
 
 
+#: Environment variables the BLAS/OpenMP pools read when their library is loaded.
+NATIVE_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_native_threads(threads: int) -> None:
+    """Cap the process's BLAS/OpenMP thread pools at `threads` (0: leave the libraries' defaults).
+
+    Libraries already loaded (numpy's and scipy's OpenBLAS) are capped through threadpoolctl; the
+    environment variables cover those a model loads later. Under concurrent requests each one scoring a
+    single student, a pool of one thread per core only makes requests fight for the cores: the large
+    serve bench fell from 601 to 19 requests/s with OpenBLAS's default.
+    """
+    if threads <= 0:
+        return
+    from threadpoolctl import threadpool_limits
+
+    for name in NATIVE_THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    threadpool_limits(limits=threads)
+
+
 def _connect_store(settings: Settings) -> tuple[Any, Any, str | None]:
     """(FeatureStore or None, connection or None, why unavailable); never raises (Redis down = degraded)."""
     try:
@@ -220,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn's access log would print every path and query in clear, student ids included; our
         # middleware logs requests by route template instead, however the app is launched
         logging.getLogger("uvicorn.access").disabled = True
+        limit_native_threads(settings.service.native_threads)  # before the model loads its libraries
         store, connection, why = await asyncio.to_thread(_connect_store, settings)
         guarded = GuardedStore(store, metrics, unavailable=why)
         manager = ModelManager(
@@ -267,6 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "redis": store is not None,
                 "experiments": [e.key for e in state.experiments.experiments],
                 "variant_models": {ref: m.version for ref, m in manager.variants.items()},
+                "native_threads": settings.service.native_threads or "library default",
             },
         )
         try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from service.metrics import Metrics
 from service.ranking import RankingModel
+from service.schemas import VariantState
 
 if TYPE_CHECKING:
     from models.loading import LoadedModel
@@ -45,6 +46,21 @@ def _default_resolver(model_name: str, alias: str, tracking_uri: str) -> str | N
     from models.loading import resolve_alias
 
     return resolve_alias(model_name, alias, tracking_uri)
+
+
+@dataclass(frozen=True)
+class VariantStatus:
+    """One model reference the experiments need: what serves it, or why nothing does.
+
+    ``status``: ``serving`` (loaded, last check fine), ``serving_previous`` (loaded, but the version the
+    reference points at now failed to load: the previous one keeps serving), ``unavailable`` (nothing
+    loaded: the champion answers for its variants).
+    """
+
+    ref: str
+    model: RankingModel | None
+    status: VariantState
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,18 @@ class ModelManager:
     def variants(self) -> Mapping[str, RankingModel]:
         """Models loaded for experiment variants, by reference (alias or version number)."""
         return self._variants
+
+    def variant_status(self) -> list[VariantStatus]:
+        """Every reference the experiments need (and any still loaded), by reference."""
+        loaded, errors = self._variants, dict(self.variant_errors)
+        out = []
+        for ref in sorted(self._wanted | set(loaded)):
+            model, error = loaded.get(ref), errors.get(ref)
+            if model is None:
+                out.append(VariantStatus(ref, None, "unavailable", error or "not loaded yet"))
+            else:
+                out.append(VariantStatus(ref, model, "serving_previous" if error else "serving", error))
+        return out
 
     def set_variant_refs(self, refs: Iterable[str]) -> None:
         """The model references experiment variants need; the next `check` loads them (and drops others)."""
@@ -272,7 +300,7 @@ class ModelManager:
         for m in (self._current, *loaded.values()):
             if m is not None and m.version == version:
                 # same version already in memory: share its arrays, only the reported alias differs
-                return replace(m, alias=alias)
+                return replace(m, alias=alias, loaded_at=datetime.now(UTC))
         try:
             loaded_model = self._loader(self.model_name, version, self.tracking_uri)
         except Exception as exc:

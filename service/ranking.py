@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,6 +86,8 @@ class RankingModel:
     state_width: int
     all_regions_row: int  # row of "*" in the region vocabulary (never a student's region), -1 when absent
     _empty_features: sp.csr_matrix = field(repr=False)
+    #: When this version was put in service (under this alias).
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def n_lectures(self) -> int:

@@ -20,6 +20,7 @@ Grade = Literal["m1", "m2", "m3", "h1", "h2", "h3", "oos", "adult"]
 EventType = Literal["enrol", "progress", "complete", "drop"]
 Reason = Literal["next_in_series", "similar_students", "popular_in_region", "popular_overall"]
 Source = Literal["model", "profile", "history", "popular_region_grade", "popular_region", "popular_global"]
+VariantState = Literal["serving", "serving_previous", "unavailable"]
 
 assert set(Grade.__args__) == set(GRADES)  # type: ignore[attr-defined]  # keep in step with the data model
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
@@ -260,6 +261,24 @@ class EventsOut(BaseModel):
     items: list[EventResult]
 
 
+class VariantModelOut(BaseModel):
+    """A model version loaded for A/B experiment variants (by the reference the experiments file names)."""
+
+    ref: str = Field(description="Alias or pinned version named by the experiments.", examples=["challenger"])
+    name: str = Field(examples=["learnrec-lectures"])
+    version: str | None = Field(default=None, description="Null when nothing is loaded.", examples=["4"])
+    alias: str | None = Field(default=None, examples=["challenger"])
+    run_id: str | None = None
+    loaded_at: datetime | None = Field(default=None, description="When this version was put in service.")
+    status: VariantState = Field(
+        description=(
+            "serving: loaded; serving_previous: the version the reference points at now failed to load, the "
+            "previous one keeps serving; unavailable: nothing loaded, the champion answers for the variant."
+        )
+    )
+    error: str | None = Field(default=None, description="Why the last load failed or nothing is loaded.")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"] = "ok"
 
@@ -272,6 +291,10 @@ class ReadyOut(BaseModel):
     redis: bool
     model: ModelRef | None = None
     detail: str | None = Field(default=None, description="What is missing, when not ready.")
+    variants: list[VariantModelOut] = Field(
+        default_factory=list,
+        description="Models of A/B experiment variants (informative: the champion answers for missing ones).",
+    )
 
 
 class ModelStatusOut(BaseModel):
@@ -279,9 +302,13 @@ class ModelStatusOut(BaseModel):
 
     serving: ModelRef | None
     alias: str
+    loaded_at: datetime | None = Field(default=None, description="When the serving version was loaded.")
     last_check: datetime | None = None
     last_error: str | None = None
     failed_version: str | None = None
+    variants: list[VariantModelOut] = Field(
+        default_factory=list, description="Models loaded (or wanted) for A/B experiment variants."
+    )
 
 
 class ReloadOut(BaseModel):

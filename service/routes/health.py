@@ -8,7 +8,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import StateDep
-from service.schemas import HealthOut, ModelRef, ReadyOut
+from service.routes.admin import model_ref, variant_models
+from service.schemas import HealthOut, ReadyOut
 
 router = APIRouter(tags=["health"])
 
@@ -37,10 +38,9 @@ async def readyz(state: StateDep) -> JSONResponse:
         ready=not missing,
         model_loaded=model is not None,
         redis=redis_ok,
-        model=ModelRef(name=model.model_name, version=model.version, alias=model.alias, run_id=model.run_id)
-        if model
-        else None,
+        model=model_ref(model),
         detail="; ".join(missing) or None,
+        variants=variant_models(state.models),
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
 

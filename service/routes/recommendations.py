@@ -1,19 +1,29 @@
-"""GET /recommendations: the ranked lectures for one student."""
+"""GET /recommendations: the ranked lectures for one student.
+
+The route is a coroutine that hands the blocking part (the one Redis round trip, scoring) to the
+threadpool in one hop, and answers JSON bytes built with orjson: FastAPI would otherwise run a `def`
+route and the validation of its returned model in two hops and rebuild the body through pydantic. The
+body has exactly the shape of `RecommendationsOut`, which stays the documented `response_model`
+(tests validate real answers against it and fuzz the OpenAPI).
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from service.auth import ApiClient
 from service.deps import AppState, ClientDep, StateDep, check_region, require_model
 from service.errors import InvalidFieldError
 from service.experiments import Assignment, exposure_fields
-from service.ranking import REASON_TEXT, RankingModel
-from service.schemas import ID_PATTERN, ErrorOut, ModelRef, Recommendation, RecommendationsOut
+from service.ranking import REASON_TEXT, Ranked, RankingModel
+from service.schemas import ID_PATTERN, ErrorOut, RecommendationsOut
 
 logger = logging.getLogger("learnrec.service.recommendations")
 
@@ -29,7 +39,7 @@ router = APIRouter(prefix="/recommendations", tags=["recommendations"])
         503: {"model": ErrorOut, "description": "No model version is loaded yet."},
     },
 )
-def get_recommendations(
+async def get_recommendations(
     request: Request,
     state: StateDep,
     client: ClientDep,
@@ -42,7 +52,7 @@ def get_recommendations(
         str | None,
         Query(min_length=1, max_length=20, description="Only lectures of this subject.", examples=["수학"]),
     ] = None,
-) -> RecommendationsOut:
+) -> Response:
     """Ranked lectures for a student, with a reason each; never a lecture already taken, unlicensed or
     unsuited to the grade. Students the model never saw get profile-based or popular lectures
     (`fallback`); when Redis is down the answer comes from in-process popularity lists (`degraded`).
@@ -54,6 +64,22 @@ def get_recommendations(
             ("query", "subject"),
             f"unknown subject '{subject}': expected one of {', '.join(champion.subjects)}",
         )
+    body = await run_in_threadpool(
+        _answer, state, client, champion, student_id, k, subject, request.state.request_id
+    )
+    return Response(body, media_type="application/json")
+
+
+def _answer(
+    state: AppState,
+    client: ApiClient,
+    champion: RankingModel,
+    student_id: str,
+    k: int,
+    subject: str | None,
+    request_id: str,
+) -> bytes:
+    """The blocking part of the request (worker thread): read, rank, count, log, queue the exposure."""
     experiments = state.experiments  # one snapshot for the whole request
     # a single-region key tells the region before Redis does: the variant's model (and its state) is
     # then read in the request's one round trip
@@ -86,12 +112,11 @@ def get_recommendations(
         region_hint=client.only_region if profile is None else None,
         degraded=degraded,
     )
+    experiment = assignment.experiment if assignment else None
+    variant_name = assignment.variant if assignment else None
     m = state.metrics
     m.recommendations.labels(source=ranked.source).inc()
-    m.assignments.labels(
-        experiment=assignment.experiment if assignment else "none",
-        variant=assignment.variant if assignment else "none",
-    ).inc()
+    m.assignments.labels(experiment=experiment or "none", variant=variant_name or "none").inc()
     if ranked.fallback:
         m.fallback.labels(source=ranked.source).inc()
     if degraded:
@@ -100,57 +125,81 @@ def get_recommendations(
         m.model_errors.inc()
         logger.error("model failed to score; popularity answered", extra={"error": ranked.model_error})
     ids = model.catalogue.lectures.ids
-    items = [
-        Recommendation(
-            rank=i + 1,
-            lecture_id=ids[r],
-            title=model.titles[r],
-            subject=model.subject_of[r],
-            provider=model.providers[r],
-            score=s,
-            reason=reason,  # type: ignore[arg-type]  # values of REASON_TEXT
-            reason_text=REASON_TEXT[reason],
-        )
-        for i, (r, s, reason) in enumerate(zip(ranked.rows, ranked.scores, ranked.reasons, strict=True))
-    ]
+    lecture_ids = [ids[r] for r in ranked.rows]
     logger.info(
         "recommendations",
         extra={
             "student": state.hash_student(student_id),
             "client": client.name,
             "k": k,
-            "returned": len(items),
+            "returned": len(lecture_ids),
             "source": ranked.source,
             "fallback": ranked.fallback,
             "degraded": degraded,
             "model_version": model.version,
-            "experiment": assignment.experiment if assignment else None,
-            "variant": assignment.variant if assignment else None,
+            "experiment": experiment,
+            "variant": variant_name,
         },
     )
     if state.exposures is not None:
         state.exposures.submit(
             exposure_fields(
-                request.state.request_id,
+                request_id,
                 student_id,
                 region or "",
                 assignment,
                 model.version,
-                (item.lecture_id for item in items),
+                lecture_ids,
                 datetime.now(UTC),
             )
         )
-    return RecommendationsOut(
-        request_id=request.state.request_id,
-        student_id=student_id,
-        model=ModelRef(name=model.model_name, version=model.version, alias=model.alias, run_id=model.run_id),
-        source=ranked.source,  # type: ignore[arg-type]
-        fallback=ranked.fallback,
-        degraded=degraded,
-        experiment=assignment.experiment if assignment else None,
-        variant=assignment.variant if assignment else None,
-        items=items,
+    return orjson.dumps(
+        answer_body(request_id, student_id, model, ranked, lecture_ids, degraded, experiment, variant_name)
     )
+
+
+def answer_body(
+    request_id: str,
+    student_id: str,
+    model: RankingModel,
+    ranked: Ranked,
+    lecture_ids: list[str],
+    degraded: bool,
+    experiment: str | None,
+    variant: str | None,
+) -> dict[str, Any]:
+    """The answer as `RecommendationsOut` serialises it (same keys, same order), from plain values."""
+    titles, subjects, providers = model.titles, model.subject_of, model.providers
+    return {
+        "request_id": request_id,
+        "student_id": student_id,
+        "model": {
+            "name": model.model_name,
+            "version": model.version,
+            "alias": model.alias,
+            "run_id": model.run_id,
+        },
+        "source": ranked.source,
+        "fallback": ranked.fallback,
+        "degraded": degraded,
+        "experiment": experiment,
+        "variant": variant,
+        "items": [
+            {
+                "rank": i,
+                "lecture_id": lecture_id,
+                "title": titles[r],
+                "subject": subjects[r],
+                "provider": providers[r],
+                "score": float(score),
+                "reason": reason,
+                "reason_text": REASON_TEXT[reason],
+            }
+            for i, (lecture_id, r, score, reason) in enumerate(
+                zip(lecture_ids, ranked.rows, ranked.scores, ranked.reasons, strict=True), start=1
+            )
+        ],
+    }
 
 
 def _variant_model(

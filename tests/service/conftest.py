@@ -147,6 +147,22 @@ def client(api: tuple[LiveServer, httpx.Client, LogLines]) -> httpx.Client:
     return api[1]
 
 
+def answer(r: httpx.Response) -> dict[str, Any]:
+    """A 200 answer of GET /recommendations, checked against its documented response model.
+
+    The route builds its JSON without pydantic (the hot path): the body must parse strictly as
+    `RecommendationsOut` and be byte for byte what that model would serialise.
+    """
+    from service.schemas import RecommendationsOut
+
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    parsed = RecommendationsOut.model_validate_json(r.content, strict=True)
+    assert parsed.model_dump_json().encode() == r.content
+    body: dict[str, Any] = r.json()
+    return body
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
     import time
 

@@ -21,7 +21,17 @@ from service.experiments import ExperimentRegistry, exposure_fields
 from service.exposures import ExposureWriter
 from service.metrics import Metrics
 from tests.conftest import RedisServerControl
-from tests.service.conftest import PORTAL, TAEBAEK, Registry, running, seed, service_settings, wait_for
+from tests.service.conftest import (
+    ADMIN,
+    PORTAL,
+    TAEBAEK,
+    Registry,
+    answer,
+    running,
+    seed,
+    service_settings,
+    wait_for,
+)
 from tests.service.live import LogLines
 
 GIMPO = [f"g{i:03d}" for i in range(40)]
@@ -76,9 +86,7 @@ def ab(
 
 def _get(client: httpx.Client, sid: str, headers: dict[str, str] = PORTAL, **params: Any) -> dict[str, Any]:
     r = client.get("/recommendations", params={"student_id": sid, "k": 5, **params}, headers=headers)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    return answer(r)
 
 
 def _exposures(redis_server: RedisServerControl) -> dict[str, dict[str, str]]:
@@ -176,6 +184,57 @@ def test_exposures_in_stream_and_exported(
         assert row["experiment"] == a["experiment"] and row["variant"] == a["variant"]
         assert row["lecture_ids"] == [i["lecture_id"] for i in a["items"]]
         assert row["model_version"] == a["model"]["version"]
+
+
+def test_variant_models_shown_in_admin_model_and_readyz(
+    ab: tuple[httpx.Client, Path, LogLines], registry: Registry
+) -> None:
+    client, path, _ = ab
+    challenger = registry.versions["lightfm"]
+
+    def variants() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        admin = client.get("/admin/model", headers=ADMIN)
+        ready = client.get("/readyz")
+        assert admin.status_code == 200 and ready.status_code == 200
+        return admin.json()["variants"], ready.json()["variants"]
+
+    in_admin, in_ready = variants()
+    assert in_admin == in_ready
+    assert len(in_admin) == 1
+    v = in_admin[0]
+    assert (v["ref"], v["name"], v["version"], v["alias"], v["status"], v["error"]) == (
+        "challenger",
+        "learnrec-lectures",
+        challenger,
+        "challenger",
+        "serving",
+        None,
+    )
+    assert datetime.fromisoformat(v["loaded_at"]) <= datetime.now(UTC)
+    assert client.get("/admin/model", headers=ADMIN).json()["loaded_at"] is not None  # the champion's
+    # an alias nobody set: listed as unavailable (the champion answers for it); readiness is unaffected
+    _write(
+        path,
+        [_experiment("gimpo-lightfm", ["gimpo"]), _experiment("taebaek-x", ["taebaek"], treatment="nope")],
+    )
+    try:
+
+        def attempted() -> dict[str, Any] | None:  # listed at once as "not loaded yet", then tried
+            found = [x for x in variants()[0] if x["ref"] == "nope" and "nope" in (x["error"] or "")]
+            return found[0] if found else None
+
+        assert wait_for(lambda: attempted() is not None, timeout=10)
+        missing = attempted()
+        assert missing is not None and len(variants()[0]) == 2
+        assert (
+            missing["status"] == "unavailable" and missing["version"] is None and "nope" in missing["error"]
+        )
+        assert client.get("/readyz").json()["ready"] is True
+    finally:
+        _write(path, [_experiment("gimpo-lightfm", ["gimpo"])])
+    assert wait_for(lambda: [x["ref"] for x in variants()[0]] == ["challenger"], timeout=10)
+    # the variant list follows the file at once; the config is put in force once its models are checked
+    assert wait_for(lambda: _get(client, TAEBAEK_IDS[0], TAEBAEK)["experiment"] is None, timeout=10)
 
 
 def test_config_change_picked_up_without_restart(

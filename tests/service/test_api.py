@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServerControl
-from tests.service.conftest import ADMIN, PORTAL, TAEBAEK
+from tests.service.conftest import ADMIN, PORTAL, TAEBAEK, Registry, answer, running, service_settings
 from tests.service.live import LiveServer, LogLines
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -17,9 +17,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 def _recommend(client: httpx.Client, student_id: str, k: int = 10, **params: Any) -> dict[str, Any]:
     r = client.get("/recommendations", params={"student_id": student_id, "k": k, **params}, headers=PORTAL)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    return answer(r)
 
 
 def _event(event_id: str, student_id: str, lecture_id: str, kind: str, **extra: Any) -> dict[str, Any]:
@@ -254,6 +252,34 @@ def test_request_id_logs_and_metrics(api: tuple[LiveServer, httpx.Client, LogLin
     assert 'learnrec_events_total{status="accepted"}' in metrics
     assert "learnrec_recommendations_degraded_total" in metrics
     assert "learnrec_model_reload_failures_total" in metrics
+
+
+def test_native_thread_pools_are_capped_in_the_running_service(
+    api: tuple[LiveServer, httpx.Client, LogLines], registry: Registry, redis_server: RedisServerControl
+) -> None:
+    """BLAS pools run one thread by default (service.native_threads), and the setting moves it.
+
+    BLAS thread counts are process-wide, so the test process sees the running service's. (OpenMP's
+    count is per thread: the service caps it through OMP_NUM_THREADS for the runtime a model loads; this
+    process loaded its own OpenMP runtime earlier, when the fixtures trained the models.)
+    """
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    _, client, _ = api
+    _recommend(client, "s003")  # the model has scored: every library it needs is loaded
+    assert blas_threads() == {1}
+    assert {os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")} == {"1"}
+    with running(service_settings(registry, redis_server.url, native_threads=2)) as (_, other, _logs):
+        _recommend(other, "s003")
+        # a pool started with one thread cannot grow in this process; libraries loaded from now on get 2
+        assert blas_threads() <= {1, 2} and os.environ["OPENBLAS_NUM_THREADS"] == "2"
+    with running(service_settings(registry, redis_server.url)) as (_, other, _logs):
+        assert blas_threads() == {1}
 
 
 def test_health_and_openapi(client: httpx.Client) -> None:

@@ -330,3 +330,23 @@ def test_bad_new_file_keeps_the_previous_config(tmp_path: Path) -> None:
     _touch_later(path, 4)
     assert reg.assign("s1", "seoul", DURING) is None
     assert reg.last_error is None
+
+
+def test_variant_status_of_the_model_manager() -> None:
+    """Serving, serving the previous version after a failed load, or unavailable (champion answers)."""
+    from types import SimpleNamespace
+
+    from service.metrics import Metrics
+    from service.model_manager import ModelManager
+
+    manager = ModelManager("learnrec-lectures", "champion", "sqlite:///unused.db", Metrics())
+    manager.set_variant_refs({"champion", "challenger", "7", "nope"})  # the followed alias is not a variant
+    old = SimpleNamespace(version="3")
+    manager._variants = {"challenger": old, "7": SimpleNamespace(version="7")}  # type: ignore[dict-item]
+    manager.variant_errors = {"challenger": "version 5 failed to load: boom"}
+    status = {v.ref: (v.model, v.status, v.error) for v in manager.variant_status()}
+    assert status == {
+        "7": (manager.variants["7"], "serving", None),
+        "challenger": (old, "serving_previous", "version 5 failed to load: boom"),
+        "nope": (None, "unavailable", "not loaded yet"),
+    }

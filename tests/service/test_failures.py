@@ -23,6 +23,7 @@ from tests.service.conftest import (
     PORTAL,
     TAEBAEK,
     Registry,
+    answer,
     running,
     seed,
     service_settings,
@@ -32,9 +33,7 @@ from tests.service.conftest import (
 
 def _get(client: httpx.Client, student_id: str, headers: dict[str, str] = PORTAL) -> dict[str, Any]:
     r = client.get("/recommendations", params={"student_id": student_id, "k": 10}, headers=headers)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    return answer(r)
 
 
 def test_redis_down_degrades_then_recovers(registry: Registry, redis_server: RedisServerControl) -> None:
