@@ -416,6 +416,8 @@ class PartitionedDataset:
     _order: npt.NDArray[np.int64]
     _bounds: npt.NDArray[np.int64]
     _generate_ids: bool
+    _batches: list[pa.RecordBatch] | None = None
+    _offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
     def partitions(self) -> Iterator[EventPartition]:
         """The partitions one after the other, each validated when it is produced.
@@ -427,8 +429,25 @@ class PartitionedDataset:
             picked = self._order[self._bounds[k] : self._bounds[k + 1]]
             yield EventPartition(k + 1, self.n_partitions, self._events(picked), picked + 1)
 
+    def _take(self, picked: npt.NDArray[np.int64]) -> pa.Table:
+        """Rows `picked` (ascending) of the events, taken batch by batch (a take over the whole chunked
+        table would first concatenate it: a copy of the table per partition)."""
+        if self._batches is None:
+            self._batches = self._table.to_batches()
+            lengths = np.array([b.num_rows for b in self._batches], dtype=np.int64)
+            self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        cuts = np.searchsorted(picked, self._offsets)
+        pieces = [
+            batch.take(pa.array(picked[cuts[i] : cuts[i + 1]] - self._offsets[i], type=pa.int64()))
+            for i, batch in enumerate(self._batches)
+            if cuts[i + 1] > cuts[i]
+        ]
+        if not pieces:
+            return self._table.slice(0, 0)
+        return pa.Table.from_batches(pieces, schema=self._table.schema)
+
     def _events(self, picked: npt.NDArray[np.int64]) -> pd.DataFrame:
-        part = self._table.take(pa.array(picked, type=pa.int64()))
+        part = self._take(picked)
         columns = {}
         for name in part.column_names:
             column = part.column(name)
