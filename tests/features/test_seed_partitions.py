@@ -211,3 +211,11 @@ def test_missing_column_is_named(tmp_path: Path, redis_client: redis.Redis):
     with pytest.raises(SchemaError, match=r"column 'occurred_at': required column 'occurred_at' is missing"):
         seed_partitioned(directory, redis_client)
     assert redis_client.dbsize() == 0
+
+
+def test_a_dataset_without_events_seeds_the_profiles_only(tmp_path: Path, redis_client: redis.Redis):
+    ds = _dataset()
+    directory = write_dataset(Dataset(ds.students, ds.lectures, ds.events.iloc[:0], {}), tmp_path / "empty")
+    summary = seed_partitioned(directory, redis_client, partition_events=10)
+    assert (summary.students, summary.histories, summary.events, summary.partitions) == (40, 0, 0, 1)
+    assert redis_client.dbsize() == 40
