@@ -604,11 +604,33 @@ class FeatureStore:
         Raises:
             SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
         """
-        import pandas as pd
-
         n_profiles = self.put_profiles(profiles)
         if progress:
             progress("profiles", n_profiles, n_profiles)
+        return self.seed_events(events, progress)
+
+    def seed_events(
+        self, events: pd.DataFrame, progress: Progress | None = None, label: str = "history"
+    ) -> int:
+        """The history part of `seed_history`: replace the history of the students found in `events`.
+
+        Students are independent: seeding disjoint groups of students one after the other (every event of
+        a student in the same group, each group in dataset order) leaves what one call with all the
+        events leaves (`features.tables.read_partitioned`).
+
+        Args:
+            events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
+            progress: ``progress(stage, done, total)`` callback, counting students.
+            label: the stage name given to `progress`.
+
+        Returns:
+            Number of students whose history was written.
+
+        Raises:
+            SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
+        """
+        import pandas as pd
+
         if len(events) == 0:
             return 0
         for col in ("student_id", "lecture_id", "type", "occurred_at"):
@@ -696,12 +718,12 @@ class FeatureStore:
                 queued = 0
                 pipe = self.client.pipeline(transaction=False)
                 if progress:
-                    progress("history", done, total)
+                    progress(label, done, total)
         if queued:
             pipe.execute()
             done += queued
         if progress:
-            progress("history", done, total)
+            progress(label, done, total)
         return done
 
     def materialize(

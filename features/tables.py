@@ -23,20 +23,29 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
-from features.schemas import EVENTS, LECTURES, STUDENTS
-from features.validation import epoch_microseconds, validate_events, validate_lectures, validate_students
+from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED, LECTURES, STUDENTS
+from features.validation import (
+    _show,
+    epoch_microseconds,
+    generated_event_ids,
+    validate_events,
+    validate_lectures,
+    validate_students,
+)
 
 log = logging.getLogger(__name__)
 
@@ -297,22 +306,8 @@ def _read_parquet(path: Path, name: str) -> pd.DataFrame:
     return frame
 
 
-def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
-    """Read a dataset directory written by `write_dataset` (or by hand with the same layout).
-
-    Args:
-        directory: the dataset directory.
-        validate: check every table against its schema and the events' references (recommended; a few
-            seconds for millions of events).
-
-    Returns:
-        The dataset, events sorted by (occurred_at, event_id).
-
-    Raises:
-        DatasetNotFoundError: the directory or one of its four files is missing (the message names it).
-        SchemaError: a table breaks its schema, or the manifest is not valid JSON.
-    """
-    directory = Path(directory)
+def _open_dataset(directory: Path) -> dict[str, Any]:
+    """Check that a dataset directory and its four files exist; its manifest."""
     if not directory.is_dir():
         # a crash between the two renames of `write_dataset` leaves the previous dataset aside, complete
         aside = sorted(directory.parent.glob(f".{directory.name}.old-*")) if directory.parent.is_dir() else []
@@ -333,6 +328,26 @@ def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
         raise SchemaError(str(manifest_path), "*", [], f"not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise SchemaError(str(manifest_path), "*", [], "expected a JSON object at the top level")
+    return manifest
+
+
+def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
+    """Read a dataset directory written by `write_dataset` (or by hand with the same layout).
+
+    Args:
+        directory: the dataset directory.
+        validate: check every table against its schema and the events' references (recommended; a few
+            seconds for millions of events).
+
+    Returns:
+        The dataset, events sorted by (occurred_at, event_id).
+
+    Raises:
+        DatasetNotFoundError: the directory or one of its four files is missing (the message names it).
+        SchemaError: a table breaks its schema, or the manifest is not valid JSON.
+    """
+    directory = Path(directory)
+    manifest = _open_dataset(directory)
     frames = {name: _read_parquet(directory / file, name) for name, file in TABLE_FILES.items()}
     if validate:
         students = validate_students(frames["students"], str(directory / TABLE_FILES["students"]))
@@ -346,3 +361,286 @@ def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
     else:
         students, lectures, events = frames["students"], frames["lectures"], frames["events"]
     return Dataset(students, lectures, sort_events(events), manifest)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading the events in student partitions
+
+#: Events per partition of `read_partitioned` by default (what is held in pandas at a time).
+PARTITION_EVENTS = 1_000_000
+#: Columns of the events read dictionary-encoded (few distinct values, many rows).
+_DICTIONARY_COLUMNS = ("student_id", "lecture_id", "type")
+
+
+@dataclass(frozen=True)
+class EventPartition:
+    """The events of one group of students, validated, in dataset order.
+
+    Attributes:
+        number: 1-based partition number.
+        count: partitions in all.
+        events: the events of the partition's students (schema `EVENTS`, as `read_dataset` returns them,
+            sorted by (occurred_at, event_id)); every event of these students is here.
+        rows: 1-based row numbers in the events file of `events`' rows, aligned with them.
+    """
+
+    number: int
+    count: int
+    events: pd.DataFrame
+    rows: npt.NDArray[np.int64]
+
+
+@dataclass
+class PartitionedDataset:
+    """A dataset whose events are read in disjoint groups of students (`read_partitioned`).
+
+    The students and lectures are held in pandas; the events are held as one Arrow table with the ids and
+    types dictionary-encoded, and each partition goes to pandas only while it is used.
+
+    Attributes:
+        students: validated students.
+        lectures: validated lectures.
+        manifest: the manifest.
+        events_file: the events file (named in errors).
+        n_events: events in the file.
+        n_partitions: partitions the events are split into.
+    """
+
+    students: pd.DataFrame
+    lectures: pd.DataFrame
+    manifest: dict[str, Any]
+    events_file: str
+    n_events: int
+    n_partitions: int
+    _table: pa.Table
+    _order: npt.NDArray[np.int64]
+    _bounds: npt.NDArray[np.int64]
+    _generate_ids: bool
+    _batches: list[pa.RecordBatch] | None = None
+    _offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+
+    def partitions(self) -> Iterator[EventPartition]:
+        """The partitions one after the other, each validated when it is produced.
+
+        Raises:
+            SchemaError: a partition breaks the events' schema (rows are the file's row numbers).
+        """
+        for k in range(self.n_partitions):
+            picked = self._order[self._bounds[k] : self._bounds[k + 1]]
+            yield EventPartition(k + 1, self.n_partitions, self._events(picked), picked + 1)
+
+    def _take(self, picked: npt.NDArray[np.int64]) -> pa.Table:
+        """Rows `picked` (ascending) of the events, taken batch by batch (a take over the whole chunked
+        table would first concatenate it: a copy of the table per partition)."""
+        if self._batches is None:
+            self._batches = self._table.to_batches()
+            lengths = np.array([b.num_rows for b in self._batches], dtype=np.int64)
+            self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        cuts = np.searchsorted(picked, self._offsets)
+        pieces = [
+            batch.take(pa.array(picked[cuts[i] : cuts[i + 1]] - self._offsets[i], type=pa.int64()))
+            for i, batch in enumerate(self._batches)
+            if cuts[i + 1] > cuts[i]
+        ]
+        if not pieces:
+            return self._table.slice(0, 0)
+        return pa.Table.from_batches(pieces, schema=self._table.schema)
+
+    def _events(self, picked: npt.NDArray[np.int64]) -> pd.DataFrame:
+        part = self._take(picked)
+        columns = {}
+        for name in part.column_names:
+            column = part.column(name)
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            columns[name] = column
+        frame = pa.table(columns).to_pandas()
+        try:
+            events = validate_events(frame, self.events_file)
+        except SchemaError as exc:
+            rows = [int(picked[r - 1]) + 1 for r in exc.rows]
+            raise SchemaError(exc.file, exc.column, sorted(rows), exc.problem) from None
+        if self._generate_ids:  # the ids the whole file would get (they hash the row number)
+            events["event_id"] = generated_event_ids(
+                events["student_id"], events["lecture_id"], events["type"], events["occurred_at"],
+                events["progress"], row_numbers=picked + 1,
+            )  # fmt: skip
+        return sort_events(events)
+
+
+def _dictionary_codes(table: pa.Table, name: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
+    """Per row the code of a (unified) dictionary column (-1 = null) and the dictionary's values."""
+    column = table.column(name)
+    if column.num_chunks == 0:
+        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
+    codes = np.concatenate(
+        [pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    ).astype(np.int32, copy=False)
+    values = column.chunks[0].dictionary.to_numpy(zero_copy_only=False)
+    return codes, values
+
+
+def _rows_of(mask: npt.NDArray[np.bool_]) -> list[int]:
+    return (np.flatnonzero(mask) + 1).tolist()
+
+
+def _check_dictionary_column(
+    file: str, name: str, codes: npt.NDArray[np.int32], values: npt.NDArray[Any]
+) -> None:
+    """Nulls and blank values of a dictionary column (the rules of `validate_events` for ids and codes)."""
+    null = codes < 0
+    if null.any():
+        raise SchemaError(file, name, _rows_of(null), f"missing {name}: every row needs a value")
+    blank_values = np.fromiter((not str(v).strip() for v in values), dtype=bool, count=len(values))
+    if blank_values.any():
+        blank = blank_values[codes]
+        if blank.any():
+            raise SchemaError(file, name, _rows_of(blank), f"empty {name}: every row needs a non-blank value")
+
+
+def _check_unknown(
+    file: str,
+    name: str,
+    codes: npt.NDArray[np.int32],
+    values: npt.NDArray[Any],
+    known: pd.Index,
+    problem: str,
+) -> None:
+    """Rows whose dictionary value is not among `known`: raise naming file, rows, column and values."""
+    unknown_values = known.get_indexer(pd.Index(values, dtype=object)) < 0
+    if unknown_values.any():
+        unknown = unknown_values[codes]
+        if unknown.any():
+            shown = _show(values[codes[unknown]])
+            raise SchemaError(file, name, _rows_of(unknown), f"unknown {name} {shown}: {problem}")
+
+
+def _check_event_ids(file: str, table: pa.Table) -> None:
+    """Event ids: no nulls, no blanks, no duplicates, over the whole file (8 bytes per event held)."""
+    column = table.column("event_id")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return  # not text: the partition's validation names the rows
+    if column.null_count:
+        null = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in column.chunks])
+        raise SchemaError(file, "event_id", _rows_of(null), "missing event_id: every row needs a value")
+    hashes = np.empty(len(column), dtype=np.uint64)
+    start = 0
+    for chunk in column.chunks:
+        blank = pc.equal(pc.utf8_trim_whitespace(chunk), "").to_numpy(zero_copy_only=False)
+        if blank.any():
+            mask = np.zeros(len(column), dtype=bool)
+            mask[start : start + len(chunk)] = blank
+            raise SchemaError(
+                file, "event_id", _rows_of(mask), "empty event_id: every row needs a non-blank value"
+            )
+        hashes[start : start + len(chunk)] = pd.util.hash_array(
+            chunk.to_numpy(zero_copy_only=False), categorize=False
+        )
+        start += len(chunk)
+    ordered = np.sort(hashes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    if repeated.size == 0:
+        return
+    # equal hashes: compare the ids themselves (a 64-bit collision is not a duplicate)
+    candidates = np.flatnonzero(np.isin(hashes, repeated))
+    ids = pd.Series(column.take(pa.array(candidates)).to_numpy(zero_copy_only=False), index=candidates)
+    duplicated = ids[ids.duplicated(keep=False)]
+    if len(duplicated):
+        first = duplicated.iloc[0]
+        rows = (duplicated.index[duplicated == first].to_numpy() + 1).tolist()
+        mask = np.zeros(len(column), dtype=bool)
+        mask[duplicated.index.to_numpy()] = True
+        raise SchemaError(
+            file, "event_id", _rows_of(mask),
+            f"duplicate event_id {first!r} (rows {', '.join(map(str, rows[:5]))}): ids must be unique",
+        )  # fmt: skip
+
+
+def read_partitioned(
+    directory: Path | str, *, partition_events: int = PARTITION_EVENTS, partitions: int | None = None
+) -> PartitionedDataset:
+    """Read a dataset for a pass over its events in disjoint groups of students, in bounded memory.
+
+    The students and lectures are read and validated as `read_dataset` does. The events file is read
+    with pyarrow (ids and types dictionary-encoded: a few bytes per event) and checked at once for what
+    needs the whole file: missing or blank ids and types, unknown students, lectures and event types,
+    duplicate event ids. Each partition is then converted to pandas and validated (every other rule of
+    `features.validation.validate_events`) only when it is produced. Students are split by their code
+    in the events' dictionary modulo the number of partitions, so every event of a student is in one
+    partition; within a partition the events are in dataset order, so a per-student computation gives
+    what it gives on `read_dataset`'s events.
+
+    Args:
+        directory: the dataset directory.
+        partition_events: events per partition (on average); the number of partitions follows from it.
+        partitions: the number of partitions instead (1 = everything at once).
+
+    Returns:
+        The partitioned dataset.
+
+    Raises:
+        DatasetNotFoundError: the directory or one of its files is missing.
+        SchemaError: a table breaks its schema (the file, 1-based row(s) of the file and column named).
+    """
+    directory = Path(directory)
+    manifest = _open_dataset(directory)
+    students = validate_students(
+        _read_parquet(directory / TABLE_FILES["students"], "students"),
+        str(directory / TABLE_FILES["students"]),
+    )
+    lectures = validate_lectures(
+        _read_parquet(directory / TABLE_FILES["lectures"], "lectures"),
+        str(directory / TABLE_FILES["lectures"]),
+    )
+    path = directory / TABLE_FILES["events"]
+    file = str(path)
+    try:
+        schema = pq.read_schema(path)
+        names = list(schema.names)
+        if len(set(names)) != len(names):
+            dupe = sorted({n for n in names if names.count(n) > 1})[0]
+            raise SchemaError(file, dupe, [], "the column appears more than once: keep one")
+        missing = [c for c in EVENTS_REQUIRED if c not in names]
+        if missing:
+            raise SchemaError(
+                file, missing[0], [], f"required column '{missing[0]}' is missing (columns present: "
+                f"{', '.join(names) or 'none'})",
+            )  # fmt: skip
+        columns = [f.name for f in EVENTS if f.name in names]
+        text = [
+            c for c in _DICTIONARY_COLUMNS
+            if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)
+        ]  # fmt: skip
+        table = pq.read_table(path, columns=columns, read_dictionary=text)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(file, "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset") from exc
+    n = table.num_rows
+    if len(text) < len(_DICTIONARY_COLUMNS):
+        # ids or types that are not text: the whole file goes through `validate_events`, which names the rows
+        validate_events(table, file, pd.Index(students["student_id"]), pd.Index(lectures["lecture_id"]))
+        raise SchemaError(file, "*", [], "student_id, lecture_id and type must be stored as text")
+    table = table.unify_dictionaries()
+    student_codes, student_values = _dictionary_codes(table, "student_id")
+    for name, known, problem in (
+        ("student_id", pd.Index(students["student_id"]), "not in the students table"),
+        ("lecture_id", pd.Index(lectures["lecture_id"]), "not in the lectures table"),
+        ("type", pd.Index(EVENT_TYPES), f"expected one of {', '.join(EVENT_TYPES)}"),
+    ):
+        codes, values = (
+            (student_codes, student_values) if name == "student_id" else _dictionary_codes(table, name)
+        )
+        _check_dictionary_column(file, name, codes, values)
+        _check_unknown(file, name, codes, values, known, problem)
+        del codes, values
+    has_ids = "event_id" in columns
+    if has_ids:
+        _check_event_ids(file, table)
+    count = max(1, partitions if partitions is not None else -(-n // max(1, partition_events)))
+    part = (student_codes % count).astype(np.int32) if count > 1 else np.zeros(n, dtype=np.int32)
+    del student_codes
+    order = np.argsort(part, kind="stable").astype(np.int64, copy=False)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=count))]).astype(np.int64)
+    return PartitionedDataset(
+        students, lectures, manifest, file, n, count, table, order, bounds, _generate_ids=not has_ids
+    )

@@ -201,6 +201,7 @@ def generated_event_ids(
     type_: pd.Series[Any],
     occurred_at: pd.Series[Any],
     progress: pd.Series[Any],
+    row_numbers: npt.NDArray[np.int64] | None = None,
 ) -> pd.Series[Any]:
     """Deterministic event ids for files without an `event_id` column.
 
@@ -214,14 +215,19 @@ def generated_event_ids(
         type_: validated event types.
         occurred_at: validated UTC timestamps.
         progress: validated progress values.
+        row_numbers: the rows' 1-based numbers in their file (default 1..n: the inputs are the whole
+            file); a part of a file read on its own passes its rows' numbers to get the same ids.
 
     Returns:
         The ids, a `str` Series aligned with the inputs.
     """
     n = len(student_id)
+    rows = np.arange(1, n + 1, dtype=np.int64) if row_numbers is None else np.asarray(row_numbers, np.int64)
+    if rows.shape != (n,):
+        raise ValueError(f"row_numbers must hold one number per event ({n}), got shape {rows.shape}")
     content = pd.DataFrame(
         {
-            "row": np.arange(1, n + 1, dtype=np.int64),
+            "row": rows,
             "student_id": student_id.to_numpy(),
             "lecture_id": lecture_id.to_numpy(),
             "type": type_.to_numpy(),

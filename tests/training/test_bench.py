@@ -276,3 +276,20 @@ def test_seed_item_loads_profiles_and_history_into_a_real_redis(
     assert row.metrics["redis_bytes"] > 0
     assert isinstance(redis_client, redis.Redis)
     assert redis_client.exists(keys.profile("s0000001")) == 1
+
+
+def test_answer_sources_are_read_from_the_metrics_and_shared_out() -> None:
+    text = (
+        "# HELP learnrec_recommendations_total Recommendation answers, by source\n"
+        "# TYPE learnrec_recommendations_total counter\n"
+        'learnrec_recommendations_total{source="model"} 120.0\n'
+        'learnrec_recommendations_total{source="profile"} 75.0\n'
+        'learnrec_recommendations_created{source="model"} 1.7e+09\n'
+        'learnrec_recommendations_fallback_total{source="profile"} 75.0\n'
+    )
+    after = serve_bench.parse_answer_sources(text)
+    assert after == {"model": 120, "profile": 75}
+    shares = serve_bench.source_shares({"model": 20}, {**after, "popular_region": 5})
+    assert list(shares) == ["model", "profile", "popular_region"]
+    assert shares == pytest.approx({"model": 100 / 180, "profile": 75 / 180, "popular_region": 5 / 180})
+    assert serve_bench.source_shares({}, {}) == {}

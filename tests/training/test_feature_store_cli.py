@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -211,3 +212,30 @@ def test_redis_status_with_a_configured_url(redis_env: Settings, redis_url: str)
     assert result.exit_code == 0 and f"Redis at {redis_url}" in result.output
     refused = runner.invoke(app, ["features", "redis", "--stop"])
     assert refused.exit_code == 2 and "not ours to stop" in refused.output
+
+
+def test_seed_loads_every_student_in_partitions(redis_env: Settings, redis_client, tmp_path: Path):
+    directory = modelling_data.write(tmp_path / "ds")
+    result = runner.invoke(app, ["features", "seed", "--dataset", str(directory), "--partition-events", "40"])
+    assert result.exit_code == 0, result.output
+    out = _text(result.output)
+    assert re.search(r"seeded the online state of 60 students \(60 with a history\) from \d+ events of ", out)
+    assert re.search(r"in \d+ partition\(s\) in [\d.]+ s$", out), out
+    partitions = int(re.search(r"in (\d+) partition", out).group(1))  # type: ignore[union-attr]
+    assert partitions > 1
+    record = FeatureStore(redis_client).read_student("s000")
+    assert record.profile is not None and record.profile.region == "seoul" and record.history
+
+
+def test_seed_names_the_bad_row_of_the_events_file(redis_env: Settings, redis_client, tmp_path: Path):
+    directory = modelling_data.write(tmp_path / "ds")
+    events = pq.read_table(directory / "events.parquet")
+    ids = events["student_id"].to_pylist()
+    ids[9] = "ghost"
+    events = events.set_column(events.schema.get_field_index("student_id"), "student_id", pa.array(ids))
+    pq.write_table(events, directory / "events.parquet")
+    result = runner.invoke(app, ["features", "seed", "--dataset", str(directory)])
+    assert result.exit_code == 2
+    out = _text(result.output)
+    assert f"{directory / 'events.parquet'}: row 10, column 'student_id': unknown student_id 'ghost'" in out
+    assert redis_client.dbsize() == 0

@@ -266,6 +266,7 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
             ("p99_text", "p99 of /recommendations at half the maximum rate"),
             ("service_rss_text", "service RSS"),
             ("redis_text", "Redis memory"),
+            ("sources_text", "answers by source"),
             ("champion_text", "champion served"),
         ):
             if key in s:

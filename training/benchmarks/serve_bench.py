@@ -4,8 +4,8 @@ Everything goes through the command line, as an operator would, in a scratch dat
 (``LEARNREC_DATA_DIR=<data_root>/serve-<size>``, wiped at the start):
 
 1. ``learnrec train --model ... --register --dataset D --no-oracle``: the champion (timed, peak RSS);
-2. the students' profiles and training history into Redis (`FeatureStore.seed_history`, what the portal's
-   past events would have left there; a measured item: there is no CLI for it);
+2. every student's profile and training history into Redis (`seed_partitioned`, what ``learnrec features
+   seed`` does: a group of students at a time, so memory stays bounded at any size; a measured item);
 3. ``learnrec features materialize``: the champion's per-student state (time; Redis bytes per student);
    then wait until Redis has finished the snapshot / AOF rewrite the bulk load set off;
 4. ``learnrec serve``: time until ``/readyz`` answers 200;
@@ -18,7 +18,10 @@ production. wrk runs with one thread, leaving the other core to the service and 
 (snapshots, AOF rewrites) during each run are counted: with a large dataset a snapshot competes for the
 CPU. When ``learnrec train`` does not fit the budgets at the full size (the large size), the champion is
 trained on the largest subsample of the students that fits (`train_bench.Datasets`), with the whole
-catalogue, and Redis memory is also extrapolated to all the students.
+catalogue; every student of the full dataset is still seeded and served, and the load rotates over students
+of the full dataset: those the model never saw are answered from their profile (the model's user features)
+or from the popularity lists. The share of answers by source (model / profile / history / popularity) is
+read from the service's ``/metrics`` over the wrk runs.
 """
 
 from __future__ import annotations
@@ -80,41 +83,26 @@ def _learnrec() -> list[str]:
 
 def _seed(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
     """Profiles and training history of every student into the embedded Redis of the scratch dir."""
-    import pandas as pd
-
     from features.redis_server import connect
     from features.settings import get_settings
-    from features.store import FeatureStore, StudentProfile, used_memory
-    from features.tables import read_dataset
+    from features.store import used_memory
+    from training.commands.feature_store import seed_partitioned
 
-    ds = read_dataset(Path(params["dir"]), validate=False)
-
-    def text(value: Any) -> str | None:
-        return None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-
-    students = ds.students
-    columns = {c: students[c].tolist() if c in students.columns else [None] * len(students) for c in (
-        "student_id", "region", "grade", "school_level", "target_exam", "interest_subjects",
-    )}  # fmt: skip
-    profiles = [
-        StudentProfile(
-            str(sid), str(region), str(grade), text(level), text(exam), tuple(str(x) for x in subjects or ())
-        )
-        for sid, region, grade, level, exam, subjects in zip(*columns.values(), strict=True)
-    ]
     client = connect(get_settings(), bulk=True)
     before = used_memory(client)
     with Phase() as phase:
-        written = FeatureStore(client).seed_history(ds.events, profiles, progress)
+        summary = seed_partitioned(Path(params["dir"]), client, progress)
     after = used_memory(client)
     return {
-        "students": len(profiles),
-        "students_with_history": written,
-        "events": len(ds.events),
+        "students": summary.students,
+        "students_with_history": summary.histories,
+        "events": summary.events,
+        "partitions": summary.partitions,
         "seed_s": phase.seconds,
         "redis_bytes": after - before,
-        "redis_bytes_per_student": (after - before) / max(len(profiles), 1),
-        "note": f"{len(profiles):,} profiles, {written:,} histories from {len(ds.events):,} events",
+        "redis_bytes_per_student": (after - before) / max(summary.students, 1),
+        "note": f"{summary.students:,} profiles, {summary.histories:,} histories from {summary.events:,} "
+        f"events, in {summary.partitions} partitions of students",
     }
 
 
@@ -289,6 +277,29 @@ def sample_responses(url: str, paths: list[str], api_key: str, n: int = 200) -> 
         "mean_items": sum(items) / len(items) if items else 0.0,
         "p50_ms": latencies[len(latencies) // 2] if latencies else 0.0,
     }
+
+
+_ANSWERS = re.compile(r'^learnrec_recommendations_total\{source="([^"]*)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+
+
+def parse_answer_sources(metrics_text: str) -> dict[str, int]:
+    """Answers by source from the Prometheus text of ``/metrics`` (``learnrec_recommendations_total``)."""
+    return {source: int(float(n)) for source, n in _ANSWERS.findall(metrics_text)}
+
+
+def answer_sources(url: str) -> dict[str, int]:
+    """Recommendation answers so far by source (model, profile, history, popular_*), from ``/metrics``."""
+    status, body = http_get(url + "/metrics")
+    return parse_answer_sources(body.decode("utf-8", errors="replace")) if status == 200 else {}
+
+
+def source_shares(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, float]:
+    """Share of the answers by source between two `answer_sources` readings (largest first)."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    total = sum(v for v in delta.values() if v > 0)
+    if not total:
+        return {}
+    return {k: v / total for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def _champion(env: Mapping[str, str], data_dir: Path) -> dict[str, Any]:
@@ -507,7 +518,7 @@ def run(opts: BenchOptions) -> SuiteResult:
     seed = run_item(
         SUITE,
         "seed",
-        {"dir": str(dataset)},
+        {"dir": str(full_dataset)},
         budget_s=opts.budget_s,
         memory_budget=opts.memory_budget,
         label="seed history",
@@ -544,7 +555,8 @@ def run(opts: BenchOptions) -> SuiteResult:
             {"note": f"RSS when ready {ready_rss / 2**20:,.0f} MiB", "rss_bytes": ready_rss},
         )  # fmt: skip
         failed(start_row)
-        paths = recommendation_paths(dataset, PATH_STUDENTS, opts.seed)
+        paths = recommendation_paths(full_dataset, PATH_STUDENTS, opts.seed)
+        sources_before = answer_sources(service.url)
         sample = sample_responses(service.url, paths, portal_key)
         sample_row = ItemResult(
             SUITE, "sample requests (1 client)", STATUS_OK, "", 0.0, 0, {},
@@ -566,6 +578,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         for load in loads:
             failed(_load_row(load, forks[load.label]))
         recs, health, fixed = loads
+        shares = source_shares(sources_before, answer_sources(service.url))
         memory = process_memory(service.proc.pid)
         _, admin_body = http_get(service.url + "/admin/model", admin_key)
     finally:
@@ -575,8 +588,8 @@ def run(opts: BenchOptions) -> SuiteResult:
 
     rate = fixed.target_rps or 0.0
     ratio = recs.rps / health.rps if health.rps else 0.0
-    n_students = n_served or 1
-    n_full = int(result.dataset.get("students", 0)) or n_students
+    n_full = int(result.dataset.get("students", 0)) or n_served
+    n_seeded = int(seed.metrics.get("students", 0)) or n_full
     seed_bytes = int(seed.metrics["redis_bytes"])
     state_bytes = int(mat.metrics["redis_bytes"])
     result.summary.update(
@@ -595,14 +608,19 @@ def run(opts: BenchOptions) -> SuiteResult:
         errors=recs.errors + health.errors + fixed.errors,
         service_rss_bytes=memory.get("VmRSS", 0),
         service_peak_rss_bytes=memory.get("VmHWM", 0),
-        redis_history_bytes_per_student=seed_bytes / n_students,
+        redis_history_bytes_per_student=seed_bytes / max(n_seeded, 1),
         redis_state_bytes_per_student=state_bytes / n_state if n_state else None,
         redis_used_bytes=before + state_bytes,
+        redis_used_bytes_per_student=(before + state_bytes) / max(n_seeded, 1),
+        seed_s=seed.seconds,
+        seed_peak_rss_bytes=seed.peak_rss_bytes,
         materialize_s=mat.seconds,
         redis_quiet_wait_s=quiet_s,
         service_env=dict(opts.serve_env or {}),
         redis_forks_during_runs=forks,
-        students_served=n_served,
+        students_served=n_seeded,
+        students_in_model=n_served,
+        answer_sources=shares,
         admin_model=_json_or_text(admin_body),
     )
     s = result.summary
@@ -626,20 +644,24 @@ def run(opts: BenchOptions) -> SuiteResult:
         else "no model state (the champion keeps none)"
     )
     result.summary["redis_text"] = (
-        f"{s['redis_used_bytes'] / 2**20:,.1f} MiB used; profiles + history "
-        f"{s['redis_history_bytes_per_student']:,.0f} B/student, {state_text}; "
-        f"materialise took {mat.seconds:.1f} s"
+        f"{s['redis_used_bytes'] / 2**20:,.1f} MiB used for {n_seeded:,} students "
+        f"({s['redis_used_bytes_per_student']:,.0f} B/student in all, measured); profiles + history "
+        f"{s['redis_history_bytes_per_student']:,.0f} B/student, {state_text}"
+        + (f" ({n_state:,} students in the model)" if n_state and n_state < n_seeded else "")
+        + f"; seeding took {seed.seconds:.0f} s, materialise {mat.seconds:.1f} s"
+    )
+    result.summary["sources_text"] = (
+        ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + " of the answers in the wrk runs"
+        if shares
+        else "not reported by the service"
     )
     if n_served < n_full:
-        per_student = s["redis_history_bytes_per_student"] + (per_state or 0.0)
-        s["redis_projected_full_bytes"] = per_student * n_full
-        result.summary["redis_text"] += (
-            f"; projected for all {n_full:,} students: {per_student * n_full / 2**30:,.1f} GiB (extrapolated "
-            f"from the {n_served:,} served)"
-        )
         result.notes.append(
             f"The champion was trained on {n_served:,} of the {n_full:,} students (the full size did not fit "
-            "the budgets, see the train rows), with the whole catalogue; the service knows those students."
+            f"the budgets, see the train rows), with the whole catalogue. All {n_seeded:,} students were "
+            "seeded and the load rotates over students of the full dataset: those the model never saw are "
+            "answered from their profile (the model's user features: source 'profile') or, without one, "
+            f"from their history or the popularity lists. Answers by source: {s['sources_text']}."
         )
     if s["errors"]:
         result.notes.append(

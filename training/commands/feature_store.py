@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -186,29 +187,100 @@ def profiles_from_table(students: Any) -> Iterator[Any]:
         )
 
 
+@dataclass(frozen=True)
+class SeedSummary:
+    """What `seed_partitioned` wrote.
+
+    Attributes:
+        students: profiles written (every student of the dataset).
+        histories: students whose history was written (those with events).
+        events: events read.
+        partitions: groups of students the events were seeded in.
+        seconds: wall time, reading and validating included.
+    """
+
+    students: int
+    histories: int
+    events: int
+    partitions: int
+    seconds: float
+
+
+def seed_partitioned(
+    dataset_dir: Any,
+    client: Any,
+    progress: ProgressFn | None = None,
+    *,
+    partition_events: int | None = None,
+    partitions: int | None = None,
+) -> SeedSummary:
+    """Load a dataset's profiles and event history into the online state, a group of students at a time.
+
+    The events are read with pyarrow and checked over the whole file before anything is written
+    (`features.tables.read_partitioned`); then the profiles are stored and each partition of students is
+    converted to pandas, validated and seeded on its own, so memory is bounded by the partition size, not
+    by the dataset. The Redis state is the one `FeatureStore.seed_history` leaves with all events at once.
+
+    Args:
+        dataset_dir: dataset directory.
+        client: Redis client (a bulk client).
+        progress: ``progress(stage, done, total)`` callback (one bar per partition).
+        partition_events: events per partition (default `features.tables.PARTITION_EVENTS`).
+        partitions: the number of partitions instead.
+
+    Returns:
+        Counts and time.
+
+    Raises:
+        LearnrecDataError: the dataset is missing or breaks its schema (a partition's errors name the
+            rows of the events file; partitions before it are already seeded).
+    """
+    from features.store import FeatureStore
+    from features.tables import PARTITION_EVENTS, read_partitioned
+
+    started = time.perf_counter()
+    dataset = read_partitioned(
+        dataset_dir, partition_events=partition_events or PARTITION_EVENTS, partitions=partitions
+    )
+    store = FeatureStore(client)
+    n_students = store.put_profiles(profiles_from_table(dataset.students))
+    if progress:
+        progress("profiles", n_students, n_students)
+    histories = 0
+    for part in dataset.partitions():
+        histories += store.seed_events(part.events, progress, label=f"partition {part.number}/{part.count}")
+    return SeedSummary(
+        n_students, histories, dataset.n_events, dataset.n_partitions, time.perf_counter() - started
+    )
+
+
 def seed_dataset(dataset_dir: Any, client: Any, progress: ProgressFn | None = None) -> tuple[int, int]:
     """Load a dataset's profiles and event history into the online state (used by the CLI and demo).
 
     Args:
-        dataset_dir: dataset directory (`features.tables.read_dataset`).
+        dataset_dir: dataset directory (`features.tables.read_partitioned`).
         client: Redis client (a bulk client).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
         (students, events) written.
     """
-    from features.store import FeatureStore
-    from features.tables import read_dataset
-
-    dataset = read_dataset(dataset_dir)
-    FeatureStore(client).seed_history(dataset.events, profiles_from_table(dataset.students), progress)
-    return len(dataset.students), len(dataset.events)
+    summary = seed_partitioned(dataset_dir, client, progress)
+    return summary.students, summary.events
 
 
 @app.command("seed")
 def seed(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset directory (default <data_dir>/datasets/synthetic).")
+    ] = None,
+    partition_events: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Events per partition: students are seeded in groups holding about this many events "
+            "(bounds memory; default 1,000,000).",
+        ),
     ] = None,
 ) -> None:
     """Load a dataset's student profiles and event history into the online state in Redis."""
@@ -222,16 +294,16 @@ def seed(
 
     settings = get_settings()
     directory = Path(dataset) if dataset else settings.datasets_dir / "synthetic"
-    started = time.perf_counter()
     try:
         client = connect(settings, bulk=True)
         with progress_bars() as progress:
-            students, events = seed_dataset(directory, client, progress)
+            summary = seed_partitioned(directory, client, progress, partition_events=partition_events)
     except LearnrecDataError as exc:
         raise fail(str(exc), 2) from None
     except RedisError as exc:
         raise fail(f"Redis is not reachable: {exc}") from None
     typer.echo(
-        f"seeded the online state of {students:,} students from {events:,} events of {directory} "
-        f"in {time.perf_counter() - started:.1f} s"
+        f"seeded the online state of {summary.students:,} students ({summary.histories:,} with a history) "
+        f"from {summary.events:,} events of {directory} in {summary.partitions:,} partition(s) "
+        f"in {summary.seconds:.1f} s"
     )
