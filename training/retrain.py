@@ -487,7 +487,8 @@ def _carry_ground_truth(base: Path, target: Path) -> None:
 def split_params(options: RetrainOptions, append: dict[str, Any]) -> dict[str, Any]:
     """The split's keyword arguments; a temporal split without any tests on the new events.
 
-    With no cutoff or quantile given, the temporal cutoff falls just before the first appended event:
+    With no cutoff or quantile given (a test horizon may be), the temporal cutoff falls just before the
+    first appended event:
     the models learn from everything the dataset held before, and are compared on what students did
     since, which no model has seen (the champion was trained on an earlier part of the same history).
 
@@ -503,7 +504,7 @@ def split_params(options: RetrainOptions, append: dict[str, Any]) -> dict[str, A
     params = dict(options.split_params)
     if options.split == "new_students":
         params.setdefault("seed", options.seed)
-    if options.split == "temporal" and not params:
+    if options.split == "temporal" and not {"cutoff", "quantile"} & set(params):
         first = pd.Timestamp(append["first_new_event"]) - pd.Timedelta(microseconds=1)
         params["cutoff"] = first.isoformat()
     return params
@@ -563,6 +564,7 @@ def _train(ctx: _Context) -> dict[str, Any]:
     from models import get_model_class
     from training import tracking
     from training.evaluate import evaluate
+    from training.splits import split_model_params
 
     state, options = ctx.state, ctx.state.options
     client = _client(ctx)
@@ -576,7 +578,7 @@ def _train(ctx: _Context) -> dict[str, Any]:
     ds, fingerprint, split, data = _prepared(ctx)
     factory: Callable[..., Recommender] = get_model_class(options.model)
     try:
-        model = factory(seed=options.seed, **options.params)
+        model = factory(seed=options.seed, **split_model_params(options.model, options.params, split))
     except TypeError as exc:
         raise RetrainError(f"{options.model}: bad hyper-parameter ({exc})") from None
     started = time.perf_counter()

@@ -419,3 +419,15 @@ def make_split(name: str, ds: Dataset, **params: Any) -> Split:
             f"{name} split does not take {', '.join(unknown)}; it takes {', '.join(accepted) or 'nothing'}"
         )
     return functions[name](ds, **params)
+
+
+def split_model_params(name: str, params: dict[str, Any], split: Split) -> dict[str, Any]:
+    """A model's keyword arguments for `split`: the blend learns its weights on the split's horizon.
+
+    On the temporal split the blend's validation window (`holdout_days`) is the split's test horizon
+    (None for an unbounded one: the blend then holds out a share of the latest interactions), unless
+    `--param` sets `holdout_days` or `holdout_share`. The test events are never looked at.
+    """
+    if name == "blend" and split.name == "temporal" and not {"holdout_days", "holdout_share"} & set(params):
+        return {"holdout_days": split.params.get("horizon_days"), **params}
+    return params

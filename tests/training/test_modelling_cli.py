@@ -151,8 +151,7 @@ def test_horizon_days_is_a_temporal_option(store: Settings) -> None:
 
 
 def test_the_blend_learns_on_the_split_horizon() -> None:
-    from training.commands.modelling import split_model_params
-    from training.splits import temporal
+    from training.splits import split_model_params, temporal
 
     ds = modelling_data.dataset()
     split = temporal(ds, horizon_days=7)

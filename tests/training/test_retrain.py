@@ -26,6 +26,7 @@ from training.retrain import (
     latest_version,
     next_version,
     run_retrain,
+    split_params,
 )
 
 MODEL_NAME = "learnrec-lectures"
@@ -115,6 +116,18 @@ def test_snippet_is_a_valid_experiment() -> None:
     assert "taebaek" in text and "2026-12-15T00:00:00Z" in text
     with pytest.raises(ValueError, match="share"):
         experiment_snippet("3", "7", "taebaek", 1.5, start, 14)
+
+
+def test_split_cutoff_defaults_to_the_first_new_event_with_or_without_a_horizon() -> None:
+    append = {"first_new_event": "2026-03-01T00:00:00+00:00"}
+    just_before = "2026-02-28T23:59:59.999999+00:00"
+
+    def options(**split: Any) -> RetrainOptions:
+        return RetrainOptions(dataset="d", events_dir="e", model="sequence", split_params=split)
+
+    assert split_params(options(), append) == {"cutoff": just_before}
+    assert split_params(options(horizon_days=7), append) == {"horizon_days": 7, "cutoff": just_before}
+    assert split_params(options(quantile=0.5), append) == {"quantile": 0.5}  # asked for: no default cutoff
 
 
 @pytest.mark.slow

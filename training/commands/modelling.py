@@ -187,18 +187,6 @@ def _split_params(
     return params
 
 
-def split_model_params(name: str, params: dict[str, Any], split: Split) -> dict[str, Any]:
-    """A model's keyword arguments for `split`: the blend learns its weights on the split's horizon.
-
-    On the temporal split the blend's validation window (`holdout_days`) is the split's test horizon
-    (None for an unbounded one: the blend then holds out a share of the latest interactions), unless
-    `--param` sets `holdout_days` or `holdout_share`. The test events are never looked at.
-    """
-    if name == "blend" and split.name == "temporal" and not {"holdout_days", "holdout_share"} & set(params):
-        return {"holdout_days": split.params.get("horizon_days"), **params}
-    return params
-
-
 @dataclass
 class Prepared:
     """A dataset, its split and the split's training data."""
@@ -337,7 +325,7 @@ def run_training(
     """
     from models import get_model_class
     from models.errors import ModelError
-    from training import tracking
+    from training import splits, tracking
     from training.evaluate import evaluate, ground_truth_dir, oracle_report
     from training.metrics import metric_key
 
@@ -355,7 +343,7 @@ def run_training(
             try:
                 try:
                     factory: Callable[..., Recommender] = get_model_class(name)
-                    kwargs = split_model_params(name, params.get(name, {}), prepared.split)
+                    kwargs = splits.split_model_params(name, params.get(name, {}), prepared.split)
                     model = factory(seed=seed, **kwargs)
                 except TypeError as exc:
                     raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
@@ -570,7 +558,7 @@ def tune(
 ) -> None:
     """Search hyper-parameters with Optuna (seeded TPE); each trial is a nested MLflow run."""
     from features.errors import LearnrecDataError
-    from training import tracking
+    from training import splits, tracking
     from training.errors import TrainingError
     from training.metrics import METRICS
     from training.tuning import SPACES
@@ -614,7 +602,7 @@ def tune(
                 model, prepared.split, prepared.dataset, prepared.data, trials=trials,
                 experiment_id=experiment_id, fingerprint=prepared.fingerprint,
                 dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed,
-                base_params=split_model_params(model, base, prepared.split),
+                base_params=splits.split_model_params(model, base, prepared.split),
                 on_trial=on_trial,
             )  # fmt: skip
     except (LearnrecDataError, TrainingError) as exc:

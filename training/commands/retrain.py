@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from training.commands.modelling import HorizonOpt
+
 if TYPE_CHECKING:
     from features.settings import Settings
     from training.retrain import RetrainOptions, RetrainState
@@ -89,6 +91,7 @@ def retrain(
     quantile: Annotated[
         float | None, typer.Option(help="temporal: quantile of event times instead of the cutoff.")
     ] = None,
+    horizon_days: HorizonOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default settings.seed).")] = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default settings').")] = None,
     export: Annotated[bool, typer.Option(help="Export the events stream first.")] = True,
@@ -117,12 +120,13 @@ def retrain(
         raise typer.BadParameter(f"must be in (0, 1), got {share}", param_hint="--share")
     path = state_file or state_path(settings)
     split_params: dict[str, Any] | None = None
-    if cutoff is not None or quantile is not None:
+    temporal = {"cutoff": cutoff, "quantile": quantile, "horizon_days": horizon_days}
+    if any(v is not None for v in temporal.values()):
         if (split or "temporal") != "temporal":
             raise typer.BadParameter(
-                "--cutoff and --quantile apply to the temporal split", param_hint="--split"
+                "--cutoff, --quantile and --horizon-days apply to the temporal split", param_hint="--split"
             )
-        split_params = {k: v for k, v in (("cutoff", cutoff), ("quantile", quantile)) if v is not None}
+        split_params = {k: v for k, v in temporal.items() if v is not None}
     given = {
         "dataset": str(dataset.resolve()) if dataset else None,
         "events_dir": str(events_dir.resolve()) if events_dir else None,
