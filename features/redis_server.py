@@ -94,11 +94,33 @@ def redis_executable() -> str:
     return exe
 
 
+#: Highest port handed out: Redis Cluster refuses a port above it (its bus listens on port + 10000).
+MAX_PORT = 55_535
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now, at most `MAX_PORT` (so a cluster node can use it).
+
+    The kernel's ephemeral range (often 32768-60999) reaches above `MAX_PORT`; such a pick is returned
+    to the kernel and another asked for, then random ports below are tried.
+    """
+    import random
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port <= MAX_PORT:
+            return port
+    for _ in range(1000):
+        port = random.randint(20_000, MAX_PORT)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise FeatureStoreError(f"no free TCP port at or below {MAX_PORT} on 127.0.0.1")
 
 
 def _quote(value: str) -> str:

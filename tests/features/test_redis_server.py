@@ -16,6 +16,7 @@ import redis
 
 from features.errors import FeatureStoreError
 from features.redis_server import (
+    MAX_PORT,
     SERVER_FILE,
     connect,
     free_port,
@@ -169,3 +170,9 @@ def test_request_path_client_fails_fast_when_redis_is_down(tmp_path: Path):
     with pytest.raises(redis.exceptions.ConnectionError):
         client.get("x")
     assert time.perf_counter() - started < 1.0
+
+
+def test_free_ports_suit_a_cluster_node() -> None:
+    # Redis Cluster refuses ports above 55535; the kernel's ephemeral range reaches 60999
+    ports = [free_port() for _ in range(200)]
+    assert all(1024 < p <= MAX_PORT for p in ports)
