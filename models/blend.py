@@ -156,16 +156,11 @@ def time_holdout(
         pos = np.minimum(np.searchsorted(held_keys, keys), max(held_keys.size - 1, 0))
         gone = held_keys[pos] == keys if held_keys.size else np.zeros(seq.size, dtype=np.bool_)
         sequences.append(seq[~gone])
-    train = TrainingData(
-        students=data.students,
-        catalogue=data.catalogue,
+    train = dataclasses.replace(
+        data,
         interactions=interactions,
         age_days=age_days,
         sequences=tuple(sequences),
-        student_features=data.student_features,
-        student_feature_names=data.student_feature_names,
-        region=data.region,
-        grade=data.grade,
         first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
@@ -212,16 +207,11 @@ def temporal_holdout(
     sequences = list(data.sequences)
     for r in chosen:
         sequences[r] = sequences[r][:-holdout]
-    train = TrainingData(
-        students=data.students,
-        catalogue=data.catalogue,
+    train = dataclasses.replace(
+        data,
         interactions=interactions,
         age_days=age_days,
         sequences=tuple(sequences),
-        student_features=data.student_features,
-        student_feature_names=data.student_feature_names,
-        region=data.region,
-        grade=data.grade,
         first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
