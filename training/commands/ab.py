@@ -11,17 +11,13 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from training.commands.console import fail
 
 app = typer.Typer(no_args_is_help=True)
 _out = Console()
 _err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 def _pairs(values: list[str], option: str, cast: type[int] | type[float]) -> dict[str, float]:
@@ -75,14 +71,14 @@ def report(
         raise typer.BadParameter(f"must be >= 0, got {window_days}", param_hint="--window-days")
     config_path = experiments_file or settings.service.experiments_file
     if config_path is None:
-        raise _fail("no experiments file: pass --experiments FILE or set LEARNREC_SERVICE__EXPERIMENTS_FILE")
+        raise fail("no experiments file: pass --experiments FILE or set LEARNREC_SERVICE__EXPERIMENTS_FILE")
     out = out or settings.data_dir / "reports" / f"ab-{experiment}.html"
     try:
         config = load_experiments(config_path)
         exp = next((e for e in config.experiments if e.key == experiment), None)
         if exp is None:
             known = [e.key for e in config.experiments]
-            raise _fail(f"experiment {experiment!r} is not in {config_path} (known: {known})")
+            raise fail(f"experiment {experiment!r} is not in {config_path} (known: {known})")
         with _err.status("reading exposures and events..."):
             ex_table = read_exposures(exposures)
             ev_table = read_events(events)
@@ -97,7 +93,7 @@ def report(
             )
             html_path, json_path = write_report(rep, out)
     except (ExperimentConfigError, LearnrecDataError, ABError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     primary = metric(PRIMARY_METRIC)
     unit = " (pp = percentage points)" if primary.kind == "proportion" else ""
@@ -207,7 +203,7 @@ def power(
             target_lift=target_lift,
         )
     except ABError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         _out.print_json(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
         return

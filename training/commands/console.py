@@ -47,7 +47,26 @@ def progress_bars() -> Iterator[ProgressFn]:
         yield update
 
 
+def task_progress() -> Progress:
+    """A rich `Progress` on stderr (spinner, description, bar, done/total, elapsed) for commands that add
+    their own tasks; `progress_bars` is the simpler ``progress(stage, done, total)`` form."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True),
+    )  # fmt: skip
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the Exit to raise."""
+    """Print ``error: message`` on stderr (whitespace runs collapsed) and return the Exit to raise."""
     typer.echo(f"error: {' '.join(message.split())}", err=True)
     return typer.Exit(code)

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from training.commands.console import fail, task_progress
+
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
@@ -65,31 +67,6 @@ ExperimentOpt = Annotated[
     str | None, typer.Option(help="MLflow experiment (default settings.mlflow.experiment).")
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of models and splits (default settings.seed).")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=code)
-
-
-def _progress() -> Progress:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=_err,
-    )
 
 
 def _parse_value(raw: str) -> Any:
@@ -332,7 +309,7 @@ def run_training(
     settings = _settings()
     key = metric_key(metric, ks[0])
     results: list[Trained] = []
-    with _progress() as progress:
+    with task_progress() as progress:
         prepared = prepare(dataset_dir, split_name, split_params, progress)
         client = _client(settings)
         experiment_id = tracking.ensure_experiment(client, experiment, settings)
@@ -511,7 +488,7 @@ def train(
             experiment=experiment, seed=seed, register=register, oracle=oracle, metric=metric,
         )  # fmt: skip
     except (LearnrecDataError, TrainingError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _out.print(_summary_table(results, ks))
     done = [r for r in results if r.report is not None and r.model != "oracle"]
     failed = [r for r in results if r.error]
@@ -585,7 +562,7 @@ def tune(
     experiment = experiment or settings.mlflow.experiment
     started = time.perf_counter()
     try:
-        with _progress() as progress:
+        with task_progress() as progress:
             prepared = prepare(dataset_dir, split, split_params, progress)
             client = _client(settings)
             experiment_id = tracking.ensure_experiment(client, experiment, settings)
@@ -606,7 +583,7 @@ def tune(
                 on_trial=on_trial,
             )  # fmt: skip
     except (LearnrecDataError, TrainingError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(title=f"best {model} parameters (trial {result.best_trial})", **TABLE_STYLE)
     table.add_column("parameter")
     table.add_column("value", justify="right")
@@ -676,7 +653,7 @@ def compare(
     with _err.status("reading runs..."):
         comparison = collect(client, experiment, split, k=k, fingerprint=fingerprint, split_params=wanted)
     if not comparison.runs:
-        raise _fail(
+        raise fail(
             f"no finished runs on the {split} split in experiment '{experiment}' "
             f"({settings.tracking_uri()}): run `learnrec train --model all --split {split}` first"
         )
@@ -762,9 +739,9 @@ def promote(
             client, name, version, alias, metric=metric, force=force, by=by, settings=settings
         )
     except PromotionRefused as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except TrackingError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if move is None:
         _out.print(f"'{name}'@{alias} already points at v{version}; nothing to do")
         return

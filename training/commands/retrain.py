@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from training.commands.console import fail, task_progress
 from training.commands.modelling import HorizonOpt
 
 if TYPE_CHECKING:
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 _out = Console()
 _err = Console(stderr=True)
 _TABLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=code)
 
 
 def _params(values: list[str] | None) -> dict[str, Any] | None:
@@ -149,16 +145,16 @@ def retrain(
                 f"resuming retraining {state.id} after {', '.join(state.steps) or 'no step'} ({path})",
                 highlight=False,
             )
-        with _progress() as progress:
+        with task_progress() as progress:
             state = run_retrain(state, settings, _callback(progress))
     except (TrainingError, LearnrecDataError) as exc:
-        raise _fail(f"{exc}{_resume_hint(path)}") from None
+        raise fail(f"{exc}{_resume_hint(path)}") from None
     except RedisError as exc:
-        raise _fail(
+        raise fail(
             f"Redis (events stream) failed: {exc}; rerun, or pass --no-export{_resume_hint(path)}"
         ) from None
     except MlflowException as exc:
-        raise _fail(f"MLflow at {settings.tracking_uri()}: {exc.message}{_resume_hint(path)}") from None
+        raise fail(f"MLflow at {settings.tracking_uri()}: {exc.message}{_resume_hint(path)}") from None
     _print_outcome(settings, state, region, share, days)
     _out.print(
         f"retrain {state.id}: {state.outcome} in {time.perf_counter() - started:.0f} s (state {path})",
@@ -207,12 +203,6 @@ def _new_options(settings: Settings, given: dict[str, Any], export: bool) -> Ret
         experiment=given["experiment"] or settings.mlflow.experiment,
         export=export,
     )
-
-
-def _progress() -> Any:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=_err)
 
 
 def _callback(progress: Any) -> Any:

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from training.commands.console import fail, task_progress
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -32,27 +34,6 @@ _SHORT = {
 }
 #: Metrics of the repeated runs (the primary one, `training.ab.stats.PRIMARY_METRIC`, first).
 REPEAT_METRICS = ("enrolments_per_student", "enrolment_rate", "completions_per_student", "completion_rate")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=code)
-
-
-def _progress() -> Progress:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=_err,
-    )  # fmt: skip
 
 
 def _callback(progress: Progress, description: str) -> Any:
@@ -188,7 +169,7 @@ def simulate(
             _http(settings, config, dataset_dir, url, api_key, concurrency, register, report,
                   experiments_file, experiment, out)  # fmt: skip
     except (LearnrecDataError, SimulationError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,7 +210,7 @@ def _repeat(
 
     started = time.perf_counter()
     kind = "A/A" if control == treatment else "A/B"
-    with _progress() as progress:
+    with task_progress() as progress:
         task = progress.add_task(f"loading {dataset_dir} and the models", total=None)
         population = load_population(dataset_dir, config.regions)
         loaded = _load(settings, [control, treatment])
@@ -343,7 +324,7 @@ def _http(
     aside = set_aside_previous_export(out_dir)
     if aside is not None:
         _out.print(f"an earlier export of run '{config.run_name}' was moved to {aside}", highlight=False)
-    with _progress() as progress:
+    with task_progress() as progress:
         task = progress.add_task(f"loading {dataset_dir}", total=None)
         population = load_population(dataset_dir, config.regions)
         progress.update(
