@@ -133,22 +133,13 @@ def time_holdout(
     use = held & before[entry_rows]
     held_rows, held_cols = entry_rows[use], inter.indices[use].astype(np.int64)
     interactions = _drop_entries(inter, ~held)
-    age_days = sp.csr_matrix(
-        (np.maximum(ages[~held] - cut, 0.0).astype(np.float32), interactions.indices, interactions.indptr),
-        shape=inter.shape,
-    )
-    first_age_days = (
-        None
-        if first is None
-        else sp.csr_matrix(
-            (
-                np.maximum(first[~held] - cut, 0.0).astype(np.float32),
-                interactions.indices,
-                interactions.indptr,
-            ),
-            shape=inter.shape,
-        )
-    )
+
+    def shifted(values: npt.NDArray[np.float32]) -> sp.csr_matrix:  # ages of the kept pairs, from the cutoff
+        kept = np.maximum(values[~held] - cut, 0.0).astype(np.float32)
+        return sp.csr_matrix((kept, interactions.indices, interactions.indptr), shape=inter.shape)
+
+    age_days = shifted(ages)
+    first_age_days = None if first is None else shifted(first)
     held_keys = np.sort(entry_rows[held] * n + inter.indices[held].astype(np.int64))
     sequences = []
     for r, seq in enumerate(data.sequences):
@@ -164,6 +155,13 @@ def time_holdout(
         first_age_days=first_age_days,
     )
     return train, held_rows, held_cols
+
+
+def _without_pairs(matrix: sp.csr_matrix, keys: npt.NDArray[np.int64]) -> sp.csr_matrix:
+    """`matrix` without the entries whose ``row * n_cols + col`` is in the sorted `keys`."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    flat = rows * matrix.shape[1] + matrix.indices.astype(np.int64)
+    return _drop_entries(matrix, ~np.isin(flat, keys))
 
 
 def temporal_holdout(
@@ -189,21 +187,9 @@ def temporal_holdout(
     )
     n = data.interactions.shape[1]
     held_keys = np.sort(held_rows * n + held_cols)
-    inter = data.interactions
-    entry_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(inter.indptr))
-    keep = ~np.isin(entry_rows * n + inter.indices.astype(np.int64), held_keys)
-    interactions = _drop_entries(inter, keep)
-    age = data.age_days
-    if np.array_equal(age.indptr, inter.indptr) and np.array_equal(age.indices, inter.indices):
-        age_days = _drop_entries(age, keep)
-    else:
-        age_rows = np.repeat(np.arange(age.shape[0], dtype=np.int64), np.diff(age.indptr))
-        age_days = _drop_entries(age, ~np.isin(age_rows * n + age.indices.astype(np.int64), held_keys))
-    first_age_days = None
-    if data.first_age_days is not None:
-        first_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(data.first_age_days.indptr))
-        first_keys = first_rows * n + data.first_age_days.indices.astype(np.int64)
-        first_age_days = _drop_entries(data.first_age_days, ~np.isin(first_keys, held_keys))
+    interactions = _without_pairs(data.interactions, held_keys)
+    age_days = _without_pairs(data.age_days, held_keys)
+    first_age_days = None if data.first_age_days is None else _without_pairs(data.first_age_days, held_keys)
     sequences = list(data.sequences)
     for r in chosen:
         sequences[r] = sequences[r][:-holdout]
