@@ -578,6 +578,36 @@ class GroundTruth:
         """
         return self._compute(student_ids, lecture_ids, "complete")
 
+    def pair_probabilities(
+        self, student_rows: IntArray, lecture_rows: IntArray
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Enrol and completion probabilities of aligned (student, lecture) pairs, by ground-truth row.
+
+        The diagonal of `enrol_probability` / `complete_probability`, computed pair by pair with the same
+        functions (e.g. a simulated day's lists at once, not a students x lectures matrix).
+
+        Args:
+            student_rows: ground-truth rows of the students, one per pair.
+            lecture_rows: ground-truth rows of the lectures, aligned.
+
+        Returns:
+            (enrol, complete) probabilities, float64.
+        """
+        students = self.students.take(student_rows)
+        lectures = self.lectures.take(lecture_rows)
+        appeal = appeal_pairs(students, lectures, self.weights)
+        enrol = enrol_from_appeal(appeal, students.outside.astype(np.float64))
+        complete = complete_from_appeal(
+            appeal,
+            students.diligence,
+            students.outside,
+            students.level,
+            lectures.level,
+            lectures.duration,
+            self.weights,
+        )
+        return enrol, complete
+
     def _compute(self, student_ids: Sequence[str], lecture_ids: Sequence[str], what: str) -> FloatArray:
         students, lectures = self._select(student_ids, lecture_ids)
         n_s, n_l = len(students), len(lectures)

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from features.ground_truth import GroundTruth, appeal_pairs, complete_from_appeal, enrol_from_appeal
+from features.ground_truth import GroundTruth
 from features.matrices import DROP_WEIGHT, PROGRESS_SLOPE, STAGE_WEIGHT
 from features.store import EventIn, StudentProfile, StudentRecord
 from features.synth_calendar import KST_OFFSET_S, hour_cdf
@@ -470,38 +470,6 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
     )
 
 
-def pair_probabilities(
-    truth: GroundTruth, student_rows: npt.NDArray[np.int64], lecture_rows: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Enrol and completion probabilities of aligned (student, lecture) pairs.
-
-    The diagonal of `GroundTruth.enrol_probability` / `complete_probability`, computed pair by pair with
-    the same functions (a day's lists at once, not a students x lectures matrix).
-
-    Args:
-        truth: the ground truth.
-        student_rows: ground-truth rows of the students, one per pair.
-        lecture_rows: ground-truth rows of the lectures, aligned.
-
-    Returns:
-        (enrol, complete) probabilities, float64.
-    """
-    students = truth.students.take(student_rows)
-    lectures = truth.lectures.take(lecture_rows)
-    appeal = appeal_pairs(students, lectures, truth.weights)
-    enrol = enrol_from_appeal(appeal, students.outside.astype(np.float64))
-    complete = complete_from_appeal(
-        appeal,
-        students.diligence,
-        students.outside,
-        students.level,
-        lectures.level,
-        lectures.duration,
-        truth.weights,
-    )
-    return enrol, complete
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the engine
 
@@ -704,8 +672,8 @@ def _day_probabilities(
                 unknown += 1
     if not s_rows:
         return np.zeros(0), np.zeros(0), unknown
-    enrol, complete = pair_probabilities(
-        population.truth, np.asarray(s_rows, dtype=np.int64), np.asarray(l_rows, dtype=np.int64)
+    enrol, complete = population.truth.pair_probabilities(
+        np.asarray(s_rows, dtype=np.int64), np.asarray(l_rows, dtype=np.int64)
     )
     return enrol, complete, unknown
 

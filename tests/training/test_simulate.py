@@ -26,7 +26,6 @@ from training.simulate import (
     default_start,
     experiment_for,
     load_population,
-    pair_probabilities,
     prepare_models,
     repeat_experiment,
     set_aside_previous_export,
@@ -192,7 +191,7 @@ def test_pair_probabilities_are_the_ground_truth(population: Population) -> None
     complete = truth.complete_probability(students, lectures)
     s_rows = np.repeat(truth.student_rows(students), len(lectures))
     l_rows = np.tile(truth.lecture_rows(lectures), len(students))
-    pe, pc = pair_probabilities(truth, s_rows, l_rows)
+    pe, pc = truth.pair_probabilities(s_rows, l_rows)
     np.testing.assert_allclose(pe.reshape(enrol.shape), enrol, rtol=1e-6)
     np.testing.assert_allclose(pc.reshape(complete.shape), complete, rtol=1e-6)
 
