@@ -33,6 +33,10 @@ key                                       type    value
                                                   ``service.experiments.exposure_fields``)
 ========================================  ======  ===========================================================
 
+Every key of a student starts with `STUDENT_PREFIX` and every version pointer with `ACTIVE_PREFIX`: the
+service's answer cache asks Redis to report writes under these two prefixes (`features.key_changes`), and
+`student_of` turns a reported key back into its student.
+
 The two streams are read by consumer groups (`features.streams.export_stream`, group ``export`` by default)
 that acknowledge an entry only after it is in an fsynced Parquet file. Model and version names are
 restricted to ``[A-Za-z0-9_.-]`` so a version namespace can be matched by a ``SCAN`` pattern without
@@ -44,6 +48,9 @@ from __future__ import annotations
 import re
 
 PREFIX = b"lr"
+#: The start of every key of one student (``lr:{s:``), and of every active-version pointer.
+STUDENT_PREFIX = PREFIX + b":{s:"
+ACTIVE_PREFIX = PREFIX + b":active:"
 EVENTS_STREAM = b"lr:stream:events"
 EXPOSURES_STREAM = b"lr:stream:exposures"
 #: Stream names accepted by the CLI -> stream key.
@@ -90,6 +97,26 @@ def student_tag(student_id: str) -> bytes:
 
 def _student_key(student_id: str, suffix: bytes) -> bytes:
     return PREFIX + b":" + student_tag(student_id) + b":" + suffix
+
+
+def student_of(key: bytes) -> str | None:
+    """The student a key belongs to (the inverse of the student key builders), None for other keys.
+
+    Args:
+        key: a Redis key, e.g. ``lr:{s:s000123}:hist``.
+
+    Returns:
+        The student id (``s000123``), or None when `key` is not a student's key.
+    """
+    if not key.startswith(STUDENT_PREFIX):
+        return None
+    end = key.find(b"}", len(STUDENT_PREFIX))
+    if end <= len(STUDENT_PREFIX):
+        return None
+    try:
+        return key[len(STUDENT_PREFIX) : end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def profile(student_id: str) -> bytes:
@@ -203,7 +230,7 @@ def active_version(model_name: str) -> bytes:
     Returns:
         ``lr:active:<model>``.
     """
-    return PREFIX + b":active:" + check_name(model_name, "model name")
+    return ACTIVE_PREFIX + check_name(model_name, "model name")
 
 
 def stream(name: str) -> bytes:

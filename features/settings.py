@@ -51,6 +51,15 @@ class ServiceSettings(BaseModel):
     log_hash_key: SecretStr | None = Field(
         default=None, description="HMAC key for student ids in logs; unset = a random key per process."
     )
+    answer_cache_size: int = Field(
+        default=20_000,
+        ge=0,
+        description=(
+            "Students whose computed answers the service keeps in memory (about 1.5 KB each at k=10) until "
+            "Redis reports that their keys changed (service.answer_cache); 0 = off. Always off with Redis "
+            "Cluster."
+        ),
+    )
     native_threads: int = Field(
         default=1,
         ge=0,

@@ -14,6 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from features.settings import Settings
+from service.answer_cache import AnswerCache
 from service.auth import ApiClient, KeyRing
 from service.errors import (
     AuthenticationError,
@@ -58,9 +59,16 @@ class GuardedStore:
     """
 
     def __init__(
-        self, store: FeatureStore | None, metrics: Metrics, *, unavailable: str | None = None
+        self,
+        store: FeatureStore | None,
+        metrics: Metrics,
+        *,
+        unavailable: str | None = None,
+        written: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.store = store
+        #: told which students a write through this store changed (the answer cache drops them)
+        self._written = written
         self._metrics = metrics
         self._errors = _store_errors()
         self._open_until = 0.0
@@ -191,10 +199,12 @@ class GuardedStore:
                 self._cache.popitem(last=False)
 
     def forget(self, student_ids: list[str]) -> None:
-        """Drop cached records that a write just made stale."""
+        """Drop cached records (and, through `written`, answers) that a write just made stale."""
         with self._cache_lock:
             for sid in student_ids:
                 self._cache.pop(sid, None)
+        if self._written is not None:
+            self._written(student_ids)
 
 
 @dataclass
@@ -212,6 +222,9 @@ class AppState:
     experiments: ExperimentRegistry = field(default_factory=ExperimentRegistry.empty)
     #: Where answered recommendations are logged (None: not logged, e.g. before the lifespan ran).
     exposures: ExposureWriter | None = None
+    #: Answers kept until Redis reports a change to the student's keys (off until the lifespan's listener
+    #: says reports flow).
+    answers: AnswerCache = field(default_factory=lambda: AnswerCache(0))
 
 
 async def get_state(request: Request) -> AppState:
@@ -222,7 +235,11 @@ async def get_state(request: Request) -> AppState:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
+#: Name of the API key's security scheme in the OpenAPI document.
+API_KEY_SCHEME = "APIKeyHeader"
+
 api_key_header = APIKeyHeader(
+    scheme_name=API_KEY_SCHEME,
     name="X-API-Key",
     auto_error=False,
     description="Client API key. Each key is scoped to partner region(s); admin routes need an admin key.",
@@ -231,7 +248,15 @@ api_key_header = APIKeyHeader(
 
 async def require_client(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> ApiClient:
     """The calling client, or 401."""
-    state: AppState = request.app.state.learnrec
+    return _client(request, request.app.state.learnrec, key)
+
+
+def client_of(request: Request, state: AppState) -> ApiClient:
+    """The calling client, or 401: `require_client` for a route that reads the header itself."""
+    return _client(request, state, request.headers.get("x-api-key"))
+
+
+def _client(request: Request, state: AppState, key: str | None) -> ApiClient:
     if not key:
         raise AuthenticationError("missing API key: send it in the X-API-Key header")
     client = state.keys.authenticate(key)

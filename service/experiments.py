@@ -542,15 +542,35 @@ def exposure_fields(
     array in rank order; ``shown_at`` is ISO 8601 in UTC; ``experiment`` and ``variant`` are empty strings
     when the student is in no experiment.
     """
-    if shown_at.tzinfo is None:
-        raise ValueError("shown_at must be timezone-aware (UTC)")
+    return stamped_exposure(
+        answer_exposure(student_id, region, assignment, model_version, lecture_ids), request_id, shown_at
+    )
+
+
+def answer_exposure(
+    student_id: str,
+    region: str,
+    assignment: Assignment | None,
+    model_version: str,
+    lecture_ids: Iterable[str],
+) -> dict[str, str]:
+    """The fields of `exposure_fields` that belong to the answer (shared by every request it serves)."""
     return {
-        "request_id": request_id,
         "student_id": student_id,
         "region": region,
         "experiment": assignment.experiment if assignment else "",
         "variant": assignment.variant if assignment else "",
         "model_version": str(model_version),
         "lecture_ids": json.dumps(list(lecture_ids), ensure_ascii=False, separators=(",", ":")),
+    }
+
+
+def stamped_exposure(answer: dict[str, str], request_id: str, shown_at: datetime) -> dict[str, str]:
+    """`answer_exposure` fields completed with the request that showed them and when."""
+    if shown_at.tzinfo is None:
+        raise ValueError("shown_at must be timezone-aware (UTC)")
+    return {
+        "request_id": request_id,
+        **answer,
         "shown_at": shown_at.astimezone(UTC).isoformat(timespec="microseconds"),
     }

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.settings import Settings, get_settings
+from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
 from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
@@ -121,16 +122,16 @@ class RequestContext:
             self.metrics.request_latency.labels(route=template, method=method, status=str(status)).observe(
                 elapsed
             )
-            self.log.info(
-                "request",
-                extra={
-                    "method": method,
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "client": scope.get("state", {}).get("client"),
-                },
-            )
+            state = scope.get("state", {})
+            extra = {
+                "method": method,
+                "route": template,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client": state.get("client"),
+            }
+            fields = state.get("log_fields")  # what the route adds to its one line (never student ids)
+            self.log.info("request", extra={**extra, **fields} if fields else extra)
             request_id_var.reset(token)
 
 
@@ -166,6 +167,21 @@ def _connect_store(settings: Settings) -> tuple[Any, Any, str | None]:
         logger.error("feature store unavailable at start-up; answering degraded", extra={"error": repr(exc)})
         return None, None, repr(exc)
     return FeatureStore(connection), connection, None
+
+
+def _listen_for_changes(connection: Any, answers: AnswerCache) -> Any:
+    """Start the listener that keeps the answer cache honest; None (cache off) without Redis, with a
+    cluster or with size 0."""
+    if connection is None or answers.capacity <= 0:
+        return None
+    from features.key_changes import KeyChangeListener, supported
+
+    if not supported(connection):
+        logger.info("answer cache off: key-change tracking is not implemented for Redis Cluster")
+        return None
+    listener = KeyChangeListener(connection, answers)
+    listener.start()
+    return listener
 
 
 def _close(connection: Any) -> None:
@@ -244,7 +260,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.getLogger("uvicorn.access").disabled = True
         limit_native_threads(settings.service.native_threads)  # before the model loads its libraries
         store, connection, why = await asyncio.to_thread(_connect_store, settings)
-        guarded = GuardedStore(store, metrics, unavailable=why)
+        answers = AnswerCache(settings.service.answer_cache_size)
+        metrics.answer_cache_entries.set_function(lambda: len(answers))
+        metrics.answer_cache_live.set_function(lambda: int(answers.enabled))
+        listener = _listen_for_changes(connection, answers)
+        guarded = GuardedStore(store, metrics, unavailable=why, written=answers.invalidate)
         manager = ModelManager(
             settings.mlflow.registered_model, settings.service.model_alias, settings.tracking_uri(), metrics
         )
@@ -262,6 +282,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hash_student=StudentHasher(hash_key.get_secret_value().encode("utf-8") if hash_key else None),
             experiments=_serving(watched) if watched is not None else ExperimentRegistry.empty(),
             exposures=exposures,
+            answers=answers,
         )
         # a registry that hangs must not hold the port closed: after the wait the load goes on in the
         # background and the version is swapped in when it arrives (/readyz says when)
@@ -302,6 +323,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await asyncio.to_thread(exposures.close)  # last flush before the connection closes
+            if listener is not None:
+                await asyncio.to_thread(listener.close)
             if not first_load.done():
                 first_load.cancel()  # the worker thread finishes on its own; nobody waits for it
             if connection is not None:

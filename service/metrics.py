@@ -47,6 +47,22 @@ class Metrics:
             "Answers given without the feature store (Redis down or slow).",
             registry=r,
         )
+        self.answer_cache = Counter(
+            "learnrec_answer_cache_total",
+            "Recommendation answers by answer-cache outcome (hit: kept answer; miss: read Redis and ranked).",
+            ["outcome"],
+            registry=r,
+        )
+        self.answer_cache_entries = Gauge(
+            "learnrec_answer_cache_students",
+            "Students with answers in the answer cache.",
+            registry=r,
+        )
+        self.answer_cache_live = Gauge(
+            "learnrec_answer_cache_live",
+            "1 while Redis reports key changes and the answer cache is in use, else 0.",
+            registry=r,
+        )
         self.redis_errors = Counter(
             "learnrec_redis_errors_total",
             "Feature-store calls that failed or timed out, by operation.",

@@ -27,6 +27,22 @@ def test_global_keys_exact_bytes():
     assert keys.model_state_suffix("lightfm", "12") == b":m:lightfm:12"
 
 
+def test_student_of_inverts_every_student_key():
+    for key in (
+        keys.profile("s001"),
+        keys.history("s001"),
+        keys.recent("s001"),
+        keys.model_state("s001", "lightfm", "3"),
+        keys.event_marker("s001", "e-1"),
+    ):
+        assert keys.student_of(key) == "s001"
+    assert keys.student_of(keys.history("학생-7")) == "학생-7"
+    assert keys.student_of(keys.history("a:b")) == "a:b"
+    assert keys.STUDENT_PREFIX == b"lr:{s:" and keys.ACTIVE_PREFIX == b"lr:active:"
+    for other in (keys.active_version("m"), keys.EVENTS_STREAM, b"lr:{s:}:hist", b"lr:{s:\xff}:hist", b"x"):
+        assert keys.student_of(other) is None
+
+
 def test_korean_ids_are_utf8():
     assert keys.history("학생-7") == "lr:{s:학생-7}:hist".encode()
     assert keys.event_marker("학생-7", "이벤트") == "lr:{s:학생-7}:evt:이벤트".encode()

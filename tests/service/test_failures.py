@@ -41,6 +41,8 @@ def test_redis_down_degrades_then_recovers(registry: Registry, redis_server: Red
     with running(service_settings(registry, redis_server.url)) as (_, client, logs):
         assert not _get(client, "s001")["degraded"]  # s001 is now known "as far as known" in process
         with redis_server.down():
+            # s001's kept answer goes as soon as the key-change listener sees the connection drop
+            assert wait_for(lambda: _get(client, "s001")["degraded"], timeout=5)
             body = _get(client, "s001")
             ids = [i["lecture_id"] for i in body["items"]]
             assert body["degraded"] and body["source"].startswith("popular_")
@@ -80,17 +82,19 @@ def test_slow_redis_answers_degraded_fast(registry: Registry, redis_server: Redi
     seed(redis_server)
     with running(service_settings(registry, redis_server.url)) as (_, client, _logs):
         assert not _get(client, "s002")["degraded"]
+        # s002's answer is now kept: while Redis merely pauses (no write can change it) it still serves
+        assert not _get(client, "s002")["degraded"]
         pauser = redis_server.client()
         pauser.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # Redis stops answering clients for 1.5 s
         try:
             started = time.perf_counter()
-            body = _get(client, "s002")
+            body = _get(client, "s003")  # not kept: needs Redis
             elapsed = time.perf_counter() - started
             assert body["degraded"] and elapsed < 1.0, elapsed  # not the 1.5 s pause
         finally:
             pauser.execute_command("CLIENT", "UNPAUSE")
             pauser.close()
-        assert wait_for(lambda: not _get(client, "s002")["degraded"], timeout=10)
+        assert wait_for(lambda: not _get(client, "s003")["degraded"], timeout=10)
 
 
 def test_alias_moves_under_load_without_failed_requests(

@@ -1,0 +1,184 @@
+"""Answers already computed, kept in process until Redis reports that the student's keys changed.
+
+Why: ranking one student costs 1-2 ms of CPU (the Redis round trip, the worker-thread hop, scoring every
+lecture), while the answer only changes when the student's keys change (an event, a profile, a new state
+namespace) or when the models or experiments serving change. The portal asks for the same student's list
+on every page view. A repeat request is answered from here, on the event loop, without Redis or scoring.
+
+Why it is safe: `features.key_changes.KeyChangeListener` has Redis push the name of every key written
+under the student prefixes, by any client, and the cache drops that student's answers; writes through
+this process are dropped at once as well (`invalidate` after the write). Entries are used only while that
+report stream is live: `live(False)` (connection lost, Redis down) empties the cache and turns it off, and
+`live(True)` empties it again, since what changed meanwhile went unreported.
+
+A race the cache closes: a request misses, reads Redis, and while it ranks, an event changes the student
+and its invalidation arrives. Storing the answer then would keep a stale answer for good. So a request
+takes a `ticket` before it reads Redis and `put` refuses the answer when the student was invalidated (or
+the cache emptied or the serving models changed) after the ticket. The last invalidation of each student is
+remembered in a bounded table; a ticket older than what that table forgot is refused too.
+
+Entries are keyed by student, then by what else the answer depends on: k, subject, the key's single
+region (it decides unregistered students' region) and the serving models and experiments (`serving`:
+any change empties the cache). Degraded answers and answers where the model failed are never stored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from service.experiments import Assignment
+from service.ranking import Ranked, RankingModel
+
+#: The last invalidation of this many students is remembered against in-flight misses.
+TOMBSTONES_PER_ENTRY = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One computed answer, with what every request that serves it needs again.
+
+    `tail` is the JSON body after its first field: ``"request_id"`` comes first, the rest (student id,
+    model, items...) is the same for every request served from this answer.
+    """
+
+    model: RankingModel
+    ranked: Ranked
+    degraded: bool
+    #: the student's registered region (None: no profile), for the key's region check
+    region: str | None
+    assignment: Assignment | None
+    #: the student's variant model was not loaded: the champion answered (counted per answer)
+    variant_fell_back: bool
+    lecture_ids: list[str]
+    tail: bytes
+    #: exposure stream fields but ``request_id`` and ``shown_at``
+    exposure: dict[str, str]
+
+    @property
+    def cacheable(self) -> bool:
+        return not self.degraded and not self.ranked.model_error
+
+    def body(self, request_id: str) -> bytes:
+        """The JSON body for one request. Request ids are tokens of ``[A-Za-z0-9._:-]``: no escaping."""
+        return b'{"request_id":"' + request_id.encode("ascii") + b'",' + self.tail
+
+
+class AnswerCache:
+    """Answers by student (least recently used first out), invalidated by key changes.
+
+    Thread-safe: hits are read on the event loop, answers put from worker threads, invalidations come from
+    the listener thread.
+
+    Args:
+        capacity: most students kept (0 turns the cache off).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._students: OrderedDict[str, dict[Hashable, Answer]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._live = False
+        self._serving: tuple[Any, ...] = ()
+        #: bumped by every invalidation; tickets are values of it
+        self._seq = 0
+        #: student -> seq of their last invalidation (bounded: the oldest are forgotten)
+        self._tombstones: OrderedDict[str, int] = OrderedDict()
+        #: tickets at or below this may predate a forgotten tombstone
+        self._forgotten = 0
+        #: bumped when everything is dropped: older tickets are refused
+        self._epoch = 0
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._live and self.capacity > 0
+
+    def __len__(self) -> int:
+        return len(self._students)
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def get(self, student_id: str, variant: Hashable, serving: tuple[Any, ...]) -> Answer | None:
+        """The stored answer, or None (counted as a miss when the cache is on)."""
+        if not self._live or self.capacity <= 0:
+            return None
+        with self._lock:
+            if not _same(serving, self._serving):
+                self._drop_all()
+                self._serving = serving
+            answers = self._students.get(student_id)
+            answer = answers.get(variant) if answers is not None else None
+            if answer is None:
+                self.misses += 1
+                return None
+            self._students.move_to_end(student_id)
+            self.hits += 1
+            return answer
+
+    def ticket(self) -> tuple[int, int]:
+        """Taken before reading Redis for an answer that may be `put`."""
+        return self._epoch, self._seq
+
+    def put(
+        self,
+        student_id: str,
+        variant: Hashable,
+        serving: tuple[Any, ...],
+        answer: Answer,
+        ticket: tuple[int, int],
+    ) -> bool:
+        """Store `answer` unless something it was computed from may have changed since `ticket`."""
+        if not answer.cacheable or not self._live or self.capacity <= 0:
+            return False
+        epoch, seq = ticket
+        with self._lock:
+            if epoch != self._epoch or not _same(serving, self._serving) or seq < self._forgotten:
+                return False
+            if self._tombstones.get(student_id, -1) > seq:  # invalidated after the ticket
+                return False
+            self._students.setdefault(student_id, {})[variant] = answer
+            self._students.move_to_end(student_id)
+            while len(self._students) > self.capacity:
+                self._students.popitem(last=False)
+            return True
+
+    # -- what Redis reports -------------------------------------------------------------------------
+
+    def invalidate(self, student_ids: list[str]) -> None:
+        """Drop these students' answers: their keys changed."""
+        with self._lock:
+            self._seq += 1
+            for sid in student_ids:
+                self._students.pop(sid, None)
+                self._tombstones[sid] = self._seq
+                self._tombstones.move_to_end(sid)
+            limit = max(self.capacity, 1) * TOMBSTONES_PER_ENTRY
+            while len(self._tombstones) > limit:
+                _, forgotten = self._tombstones.popitem(last=False)
+                self._forgotten = max(self._forgotten, forgotten)
+
+    def clear(self) -> None:
+        """Drop every answer (a flush, a version pointer switched)."""
+        with self._lock:
+            self._drop_all()
+
+    def live(self, up: bool) -> None:
+        """Whether key changes are being reported; either way, what is held can no longer be trusted."""
+        with self._lock:
+            self._drop_all()
+            self._live = up
+
+    def _drop_all(self) -> None:
+        self._students.clear()
+        self._tombstones.clear()
+        self._epoch += 1
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """The same serving objects (identity: models and experiment registries are replaced, never mutated)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))

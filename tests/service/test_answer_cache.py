@@ -1,0 +1,212 @@
+"""The answer cache: unit rules in memory, Redis's key-change reports against a real redis-server, and the
+service over HTTP answering from the cache until a write (by it or by anyone else) changes the student."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from features.key_changes import KeyChangeListener
+from service.answer_cache import Answer, AnswerCache
+from service.ranking import Ranked
+from tests.conftest import RedisServerControl
+from tests.service.conftest import PORTAL, Registry, answer, running, seed, service_settings, wait_for
+
+SERVING = (object(), object(), object())
+
+
+def _answer(tag: str = "a", *, degraded: bool = False, model_error: str | None = None) -> Answer:
+    ranked = Ranked([0], [1.0], ["popular_overall"], "model", False, model_error)
+    return Answer(
+        model=None,  # type: ignore[arg-type]  # not used by the cache
+        ranked=ranked,
+        degraded=degraded,
+        region="seoul",
+        assignment=None,
+        variant_fell_back=False,
+        lecture_ids=["L1"],
+        tail=b'"student_id":"' + tag.encode() + b'"}',
+        exposure={},
+    )
+
+
+def _live(capacity: int = 10) -> AnswerCache:
+    cache = AnswerCache(capacity)
+    cache.live(True)
+    cache.get("nobody", 1, SERVING)  # a request's miss sets the serving objects before any put
+    return cache
+
+
+def test_hit_after_put_and_body_puts_the_request_id_first() -> None:
+    cache = _live()
+    cache.hits = cache.misses = 0
+    assert cache.get("s1", (10, None, None), SERVING) is None
+    assert cache.put("s1", (10, None, None), SERVING, _answer("s1"), cache.ticket())
+    hit = cache.get("s1", (10, None, None), SERVING)
+    assert hit is not None and hit.body("r-1") == b'{"request_id":"r-1","student_id":"s1"}'
+    assert cache.get("s1", (5, None, None), SERVING) is None  # another k is another answer
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_off_until_live_and_emptied_on_every_transition() -> None:
+    cache = AnswerCache(10)
+    assert not cache.put("s1", 1, SERVING, _answer(), cache.ticket())  # reports not flowing yet
+    cache.live(True)
+    cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    cache.live(False)
+    assert cache.get("s1", 1, SERVING) is None and len(cache) == 0
+    assert not cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    cache.live(True)
+    assert len(cache) == 0 and cache.enabled
+    assert not AnswerCache(0).enabled
+
+
+def test_invalidate_drops_the_student_and_refuses_answers_read_before_it() -> None:
+    cache = _live()
+    cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    cache.put("s2", 1, SERVING, _answer(), cache.ticket())
+    ticket = cache.ticket()  # a request starts reading s1 and s3 ...
+    cache.invalidate(["s1"])  # ... an event for s1 lands meanwhile
+    assert cache.get("s1", 1, SERVING) is None and cache.get("s2", 1, SERVING) is not None
+    assert not cache.put("s1", 1, SERVING, _answer(), ticket)  # would be stale for good
+    assert cache.put("s3", 1, SERVING, _answer(), ticket)  # another student: fine
+    assert cache.put("s1", 1, SERVING, _answer(), cache.ticket())  # read after the change: fine
+
+
+def test_a_ticket_older_than_forgotten_tombstones_is_refused() -> None:
+    cache = _live(capacity=1)  # remembers 2 tombstones
+    ticket = cache.ticket()
+    cache.invalidate(["a"])
+    cache.invalidate(["b"])
+    cache.invalidate(["c"])  # "a" is forgotten: was s9 invalidated? the cache cannot tell
+    assert not cache.put("s9", 1, SERVING, _answer(), ticket)
+    assert cache.put("s9", 1, SERVING, _answer(), cache.ticket())
+
+
+def test_clear_and_serving_changes_empty_it_and_refuse_older_tickets() -> None:
+    cache = _live()
+    ticket = cache.ticket()
+    cache.put("s1", 1, SERVING, _answer(), ticket)
+    cache.clear()
+    assert cache.get("s1", 1, SERVING) is None
+    assert not cache.put("s1", 1, SERVING, _answer(), ticket)
+    cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    reloaded = (object(), SERVING[1], SERVING[2])  # a new champion version
+    ticket = cache.ticket()
+    assert cache.get("s1", 1, reloaded) is None and len(cache) == 0
+    assert not cache.put("s2", 1, SERVING, _answer(), ticket)  # computed by the old version
+
+
+def test_degraded_or_failed_answers_are_not_kept_and_capacity_evicts_least_recent() -> None:
+    cache = _live(capacity=2)
+    assert not cache.put("s1", 1, SERVING, _answer(degraded=True), cache.ticket())
+    assert not cache.put("s1", 1, SERVING, _answer(model_error="boom"), cache.ticket())
+    for sid in ("s1", "s2"):
+        cache.put(sid, 1, SERVING, _answer(), cache.ticket())
+    cache.get("s1", 1, SERVING)  # s1 used: s2 is now the least recent
+    cache.put("s3", 1, SERVING, _answer(), cache.ticket())
+    assert cache.get("s2", 1, SERVING) is None and cache.get("s1", 1, SERVING) is not None
+    assert len(cache) == 2
+
+
+class Sink:
+    """Records what the listener reports (the real `AnswerCache` implements the same three calls)."""
+
+    def __init__(self) -> None:
+        self.students: list[str] = []
+        self.clears = 0
+        self.states: list[bool] = []
+        self.lock = threading.Lock()
+
+    def invalidate(self, student_ids: list[str]) -> None:
+        with self.lock:
+            self.students += student_ids
+
+    def clear(self) -> None:
+        with self.lock:
+            self.clears += 1
+
+    def live(self, up: bool) -> None:
+        with self.lock:
+            self.states.append(up)
+
+
+@pytest.fixture
+def listener(redis_client: Any) -> Any:
+    sink = Sink()
+    listener = KeyChangeListener(redis_client, sink)
+    listener.start()
+    assert wait_for(lambda: sink.states == [True], timeout=5)
+    yield listener, sink
+    listener.close()
+
+
+def test_listener_reports_writes_by_any_client(listener: Any, redis_server: RedisServerControl) -> None:
+    from features import keys
+
+    _, sink = listener
+    other = redis_server.client()  # another instance, a CLI command, redis-cli: all the same to Redis
+    try:
+        other.set(keys.profile("s-7"), b"{}")
+        other.hset(keys.history("학생-7"), "L1", "1.0")
+        other.set(b"unrelated", b"1")  # outside the prefixes: not reported
+        assert wait_for(lambda: sink.students == ["s-7", "학생-7"], timeout=5)
+        clears = sink.clears
+        other.set(keys.active_version("learnrec-lectures"), b"2")  # a state namespace switched
+        assert wait_for(lambda: sink.clears == clears + 1, timeout=5)
+        other.flushall()
+        assert wait_for(lambda: sink.clears == clears + 2, timeout=5)
+    finally:
+        other.close()
+
+
+def test_listener_goes_dead_with_redis_and_live_again_after(
+    listener: Any, redis_server: RedisServerControl
+) -> None:
+    handle, sink = listener
+    with redis_server.down():
+        assert wait_for(lambda: sink.states[-1] is False, timeout=5)
+        assert not handle.up
+        time.sleep(1.0)  # reconnection attempts fail quietly meanwhile
+        assert sink.states == [True, False]
+    assert wait_for(lambda: sink.states == [True, False, True], timeout=10)
+
+
+def _recommend(client: httpx.Client, student_id: str) -> dict[str, Any]:
+    r = client.get("/recommendations", params={"student_id": student_id, "k": 10}, headers=PORTAL)
+    return answer(r)
+
+
+def _cache_metric(client: httpx.Client, outcome: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'learnrec_answer_cache_total{{outcome="{outcome}"}}'):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_service_answers_from_cache_until_another_writer_changes_the_student(
+    registry: Registry, redis_server: RedisServerControl
+) -> None:
+    """A completion written by someone else (another instance, a backfill) reaches this instance's
+    answers through Redis's report, without any call to this service."""
+    from datetime import UTC, datetime
+
+    from features.store import EventIn
+
+    store = seed(redis_server)
+    with running(service_settings(registry, redis_server.url)) as (_, client, _logs):
+        assert wait_for(lambda: "learnrec_answer_cache_live 1.0" in client.get("/metrics").text, timeout=5)
+        first = _recommend(client, "s001")
+        top = first["items"][0]["lecture_id"]
+        hits = _cache_metric(client, "hit")
+        again = _recommend(client, "s001")
+        assert again["items"] == first["items"] and again["request_id"] != first["request_id"]
+        assert _cache_metric(client, "hit") == hits + 1
+        store.apply_events([EventIn("other-1", "s001", top, "complete", 1.0, datetime.now(UTC))])
+        assert wait_for(
+            lambda: top not in [i["lecture_id"] for i in _recommend(client, "s001")["items"]], timeout=5
+        )
