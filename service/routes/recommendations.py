@@ -32,7 +32,7 @@ from service.answer_cache import Answer
 from service.auth import ApiClient
 from service.deps import API_KEY_SCHEME, AppState, check_region, client_of, require_model
 from service.errors import InvalidFieldError
-from service.experiments import Assignment, answer_exposure, stamped_exposure
+from service.experiments import Assignment, ExperimentRegistry, answer_exposure, stamped_exposure
 from service.ranking import REASON_TEXT, Ranked, RankingModel
 from service.schemas import ID_PATTERN, ErrorOut, RecommendationsOut
 
@@ -144,12 +144,15 @@ async def get_recommendations(request: Request) -> Response:
         )
     request_id: str = request.state.request_id
     # what the answer depends on besides the student's keys (objects replaced whole, never mutated)
-    serving = (champion, state.models.variants, state.experiments)
+    experiments = state.experiments
+    serving = (champion, state.models.variants, experiments)
     variant = (k, subject, client.only_region)
     answer = state.answers.get(student_id, variant, serving)
     if answer is None:
         ticket = state.answers.ticket()
-        answer = await run_in_threadpool(_answer, state, client, champion, student_id, k, subject)
+        answer = await run_in_threadpool(
+            _answer, state, client, champion, experiments, student_id, k, subject
+        )
         state.answers.put(student_id, variant, serving, answer, ticket)
         cached = False
     else:
@@ -163,12 +166,13 @@ def _answer(
     state: AppState,
     client: ApiClient,
     champion: RankingModel,
+    experiments: ExperimentRegistry,
     student_id: str,
     k: int,
     subject: str | None,
 ) -> Answer:
-    """The blocking part of a request the cache could not answer (worker thread): read Redis, rank."""
-    experiments = state.experiments  # one snapshot for the whole request
+    """The blocking part of a request the cache could not answer (worker thread): read Redis, rank.
+    `experiments` is the request's one snapshot (the one its answer is kept under)."""
     # a single-region key tells the region before Redis does: the variant's model (and its state) is
     # then read in the request's one round trip
     region = client.only_region

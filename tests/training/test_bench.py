@@ -293,3 +293,7 @@ def test_answer_sources_are_read_from_the_metrics_and_shared_out() -> None:
     assert list(shares) == ["model", "profile", "popular_region"]
     assert shares == pytest.approx({"model": 100 / 180, "profile": 75 / 180, "popular_region": 5 / 180})
     assert serve_bench.source_shares({}, {}) == {}
+    cache = (
+        'learnrec_answer_cache_total{outcome="hit"} 90.0\nlearnrec_answer_cache_total{outcome="miss"} 10.0\n'
+    )
+    assert serve_bench.parse_counter(text + cache, "learnrec_answer_cache_total") == {"hit": 90, "miss": 10}

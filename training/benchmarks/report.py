@@ -267,6 +267,7 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
             ("service_rss_text", "service RSS"),
             ("redis_text", "Redis memory"),
             ("sources_text", "answers by source"),
+            ("cache_text", "answer cache"),
             ("champion_text", "champion served"),
         ):
             if key in s:

@@ -279,22 +279,30 @@ def sample_responses(url: str, paths: list[str], api_key: str, n: int = 200) -> 
     }
 
 
-_ANSWERS = re.compile(r'^learnrec_recommendations_total\{source="([^"]*)"\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+def parse_counter(metrics_text: str, metric: str) -> dict[str, int]:
+    """A counter with one label, by label value, from the Prometheus text of ``/metrics``."""
+    pattern = re.compile(rf'^{re.escape(metric)}\{{[a-z_]+="([^"]*)"\}}\s+([0-9.eE+-]+)$', re.MULTILINE)
+    return {value: int(float(n)) for value, n in pattern.findall(metrics_text)}
 
 
 def parse_answer_sources(metrics_text: str) -> dict[str, int]:
     """Answers by source from the Prometheus text of ``/metrics`` (``learnrec_recommendations_total``)."""
-    return {source: int(float(n)) for source, n in _ANSWERS.findall(metrics_text)}
+    return parse_counter(metrics_text, "learnrec_recommendations_total")
 
 
-def answer_sources(url: str) -> dict[str, int]:
-    """Recommendation answers so far by source (model, profile, history, popular_*), from ``/metrics``."""
+def answer_counts(url: str) -> dict[str, dict[str, int]]:
+    """Recommendation answers so far by source (model, profile, history, popular_*) and by answer-cache
+    outcome (hit, miss), from ``/metrics``."""
     status, body = http_get(url + "/metrics")
-    return parse_answer_sources(body.decode("utf-8", errors="replace")) if status == 200 else {}
+    text = body.decode("utf-8", errors="replace") if status == 200 else ""
+    return {
+        "source": parse_answer_sources(text),
+        "cache": parse_counter(text, "learnrec_answer_cache_total"),
+    }
 
 
 def source_shares(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, float]:
-    """Share of the answers by source between two `answer_sources` readings (largest first)."""
+    """Share of the answers by source between two `answer_counts` readings (largest first)."""
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     total = sum(v for v in delta.values() if v > 0)
     if not total:
@@ -419,6 +427,9 @@ def drive(
     def forks() -> int:
         return redis_persistence(redis_dir)["total_forks"] if redis_dir is not None else 0
 
+    opts.say(f"  every path once ({len(paths):,} students) ...")
+    for path in paths:  # the answer cache then holds every student the runs ask for
+        http_get(url + path, api_key)
     warmup = min(WARMUP_SECONDS, seconds)
     opts.say(f"  wrk: warm-up {warmup} s, then {seconds} s per run ...")
     run_wrk(url, paths, label="warm-up", api_key=api_key, seconds=warmup, connections=MAX_CONNECTIONS)
@@ -556,7 +567,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         )  # fmt: skip
         failed(start_row)
         paths = recommendation_paths(full_dataset, PATH_STUDENTS, opts.seed)
-        sources_before = answer_sources(service.url)
+        counts_before = answer_counts(service.url)
         sample = sample_responses(service.url, paths, portal_key)
         sample_row = ItemResult(
             SUITE, "sample requests (1 client)", STATUS_OK, "", 0.0, 0, {},
@@ -578,7 +589,9 @@ def run(opts: BenchOptions) -> SuiteResult:
         for load in loads:
             failed(_load_row(load, forks[load.label]))
         recs, health, fixed = loads
-        shares = source_shares(sources_before, answer_sources(service.url))
+        counts_after = answer_counts(service.url)
+        shares = source_shares(counts_before["source"], counts_after["source"])
+        cache_shares = source_shares(counts_before["cache"], counts_after["cache"])
         memory = process_memory(service.proc.pid)
         _, admin_body = http_get(service.url + "/admin/model", admin_key)
     finally:
@@ -621,6 +634,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         students_served=n_seeded,
         students_in_model=n_served,
         answer_sources=shares,
+        answer_cache=cache_shares,
         admin_model=_json_or_text(admin_body),
     )
     s = result.summary
@@ -655,6 +669,11 @@ def run(opts: BenchOptions) -> SuiteResult:
         if shares
         else "not reported by the service"
     )
+    result.summary["cache_text"] = (
+        f"{cache_shares.get('hit', 0.0):.1%} of the answers in the wrk runs came from the answer cache"
+        if cache_shares
+        else "answer cache off"
+    )
     if n_served < n_full:
         result.notes.append(
             f"The champion was trained on {n_served:,} of the {n_full:,} students (the full size did not fit "
@@ -668,6 +687,8 @@ def run(opts: BenchOptions) -> SuiteResult:
             f"{s['errors']:,} requests failed (non-2xx, timeouts or socket errors) in the wrk runs."
         )
     result.notes.append(
+        f"Every path was asked once before the wrk runs (the answer cache then holds every student, as it "
+        f"holds a portal's returning students); {s['cache_text']}. "
         f"wrk 1 thread; maximum runs {MAX_CONNECTIONS} connections for {seconds} s each after a warm-up; "
         "fixed rate = half the measured maximum of /recommendations, requests sent on a schedule "
         f"(start + n / rate) over {FIXED_CONNECTIONS} connections; latency percentiles from wrk's histogram "
