@@ -671,8 +671,8 @@ def run(opts: BenchOptions) -> SuiteResult:
     )
     result.summary["cache_text"] = (
         f"{cache_shares.get('hit', 0.0):.1%} of the answers in the wrk runs came from the answer cache"
-        if cache_shares
-        else "answer cache off"
+        if cache_shares.get("hit")
+        else "answer cache off or empty: every answer was computed"
     )
     if n_served < n_full:
         result.notes.append(
