@@ -57,6 +57,8 @@ class Answer:
     tail: bytes
     #: exposure stream fields but ``request_id`` and ``shown_at``
     exposure: dict[str, str]
+    #: the fields the answer adds to each request's access log line but ``cached`` (no student id in clear)
+    log_fields: dict[str, Any]
 
     @property
     def cacheable(self) -> bool:

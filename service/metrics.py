@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,6 +24,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._answer_counters: dict[tuple[str, str | None, str | None, bool], tuple[Any, ...]] = {}
         r = self.registry
         self.request_latency = Histogram(
             "learnrec_request_duration_seconds",
@@ -135,6 +138,24 @@ class Metrics:
             "Changes of the experiments file refused (missing or invalid); the previous config stays.",
             registry=r,
         )
+
+    def count_answer(self, source: str, experiment: str | None, variant: str | None, cached: bool) -> None:
+        """Count one recommendation answer by source, experiment variant and answer-cache outcome.
+
+        On every request, so the labelled counters are looked up once per combination (a handful: sources
+        x variants x hit/miss) and kept: `labels()` costs more than the three increments together.
+        """
+        key = (source, experiment, variant, cached)
+        counters = self._answer_counters.get(key)
+        if counters is None:
+            counters = (
+                self.recommendations.labels(source=source),
+                self.assignments.labels(experiment=experiment or "none", variant=variant or "none"),
+                self.answer_cache.labels(outcome="hit" if cached else "miss"),
+            )
+            self._answer_counters[key] = counters
+        for counter in counters:
+            counter.inc()
 
     def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
         """Point the info gauge at the version now serving (only one series at value 1)."""

@@ -158,7 +158,7 @@ async def get_recommendations(request: Request) -> Response:
     else:
         check_region(client, answer.region, "this student")
         cached = True
-    _account(state, request, student_id, k, answer, cached)
+    _account(state, request, answer, cached)
     return Response(answer.body(request_id), media_type="application/json")
 
 
@@ -220,20 +220,30 @@ def _answer(
             answer_fields(student_id, model, ranked, lecture_ids, degraded, experiment, variant_name)
         )[1:],  # the body after `{`: `Answer.body` puts the request id first
         exposure=answer_exposure(student_id, region or "", assignment, model.version, lecture_ids),
+        log_fields={
+            "student": state.hash_student(student_id),
+            "k": k,
+            "returned": len(lecture_ids),
+            "source": ranked.source,
+            "fallback": ranked.fallback,
+            "degraded": degraded,
+            "model_version": model.version,
+            "experiment": experiment,
+            "variant": variant_name,
+        },
     )
 
 
-def _account(
-    state: AppState, request: Request, student_id: str, k: int, answer: Answer, cached: bool
-) -> None:
+def _account(state: AppState, request: Request, answer: Answer, cached: bool) -> None:
     """Count, log and record the exposure of one answer (a computed or a cached one alike)."""
     ranked, assignment = answer.ranked, answer.assignment
-    experiment = assignment.experiment if assignment else None
-    variant_name = assignment.variant if assignment else None
     m = state.metrics
-    m.recommendations.labels(source=ranked.source).inc()
-    m.assignments.labels(experiment=experiment or "none", variant=variant_name or "none").inc()
-    m.answer_cache.labels(outcome="hit" if cached else "miss").inc()
+    m.count_answer(
+        ranked.source,
+        assignment.experiment if assignment else None,
+        assignment.variant if assignment else None,
+        cached,
+    )
     if ranked.fallback:
         m.fallback.labels(source=ranked.source).inc()
     if answer.degraded:
@@ -244,18 +254,7 @@ def _account(
         m.model_errors.inc()
         logger.error("model failed to score; popularity answered", extra={"error": ranked.model_error})
     # these fields join the request's one access log line (`service.main.RequestContext`)
-    request.state.log_fields = {
-        "student": state.hash_student(student_id),
-        "k": k,
-        "returned": len(answer.lecture_ids),
-        "source": ranked.source,
-        "fallback": ranked.fallback,
-        "degraded": answer.degraded,
-        "cached": cached,
-        "model_version": answer.model.version,
-        "experiment": experiment,
-        "variant": variant_name,
-    }
+    request.state.log_fields = {**answer.log_fields, "cached": cached}
     if state.exposures is not None:
         state.exposures.submit(stamped_exposure(answer.exposure, request.state.request_id, datetime.now(UTC)))
 

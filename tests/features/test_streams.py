@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features import keys
+from features import keys, streams
 from features.errors import FeatureStoreError
 from features.schemas import EVENTS
 from features.store import EventIn, FeatureStore, event_fields
@@ -85,6 +85,26 @@ def test_export_writes_every_event_once_with_the_events_schema(redis_client, tmp
     more = export_stream(redis_client, keys.EVENTS_STREAM, "export", tmp_path, schema=EVENTS)
     assert more.rows == 4 and len(more.files) == 1
     assert len(_exported_ids(tmp_path)) == 29
+
+
+def test_append_writes_every_record_in_order_across_chunks(redis_client, monkeypatch):
+    monkeypatch.setattr(streams, "APPEND_CHUNK", 2)  # 5 records = 3 script calls
+    records = [{"n": str(i), "title": f"수학 {i}강", "empty": ""} for i in range(5)] + [{"only": 7}]
+    ids = append(redis_client, b"lr:stream:test", records)
+    entries = redis_client.xrange(b"lr:stream:test")
+    assert [entry_id for entry_id, _ in entries] == ids and len(ids) == 6
+    assert parse_id(ids[0]) < parse_id(ids[-1])
+    assert entries[3][1] == {b"n": b"3", b"title": "수학 3강".encode(), b"empty": b""}  # fields in order
+    assert list(entries[3][1]) == [b"n", b"title", b"empty"]
+    assert entries[5][1] == {b"only": b"7"}
+    assert append(redis_client, b"lr:stream:test", []) == []
+
+
+def test_append_reloads_its_script_when_redis_forgot_it(redis_client):
+    append(redis_client, b"lr:stream:test", [{"a": "1"}])
+    redis_client.script_flush()  # as after a restart without persistence, or a new cluster node
+    append(redis_client, b"lr:stream:test", [{"a": "2"}])
+    assert [fields for _, fields in redis_client.xrange(b"lr:stream:test")] == [{b"a": b"1"}, {b"a": b"2"}]
 
 
 def test_entries_written_before_the_group_existed_are_exported(redis_client, tmp_path: Path):
@@ -167,7 +187,7 @@ _CRASHING_EXPORT = """
 import os, signal, sys
 from pathlib import Path
 import redis
-from features import keys
+from features import keys, streams
 from features.schemas import EVENTS
 from features.streams import export_stream
 

@@ -31,6 +31,7 @@ def _answer(tag: str = "a", *, degraded: bool = False, model_error: str | None =
         lecture_ids=["L1"],
         tail=b'"student_id":"' + tag.encode() + b'"}',
         exposure={},
+        log_fields={},
     )
 
 
