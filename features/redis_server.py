@@ -193,6 +193,7 @@ def _probe(port: int, timeout: float = 0.5) -> dict[str, Any] | None:
         info: dict[str, Any] = dict(client.info("server"))
         config = client.config_get("dir")
         directory = config.get(b"dir") or config.get("dir")
+        client.ping()  # INFO and CONFIG answer while the data set loads; PING does not (LOADING)
     except redis.exceptions.BusyLoadingError:
         raise
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
@@ -418,8 +419,9 @@ def start_embedded(
                 if _wait_up(recorded, timeout):
                     return recorded
                 raise FeatureStoreError(
-                    f"redis-server pid {recorded.pid} of {directory} runs but does not answer on port "
-                    f"{recorded.port}; stop it (kill {recorded.pid}) and retry. Log: {_log_tail(directory)}"
+                    f"redis-server pid {recorded.pid} of {directory} runs but did not answer on port "
+                    f"{recorded.port} within {timeout:.0f} s (still loading a large data set? the log says "
+                    f"so); wait, or stop it (kill {recorded.pid}) and retry. Log: {_log_tail(directory)}"
                 )
             (directory / SERVER_FILE).unlink(missing_ok=True)  # stale record of a dead server
         attempts = 1 if port else 3

@@ -28,6 +28,8 @@ from features.redis_server import (
 from features.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Enough keys that loading them takes a noticeable time (about a second) after a restart.
+LOADING_KEYS = 1_000_000
 
 
 @pytest.fixture
@@ -95,6 +97,23 @@ def test_data_survives_stop_and_start(redis_dir: Path):
     assert again.started and again.pid != server.pid
     client = redis.Redis.from_url(again.url)
     assert client.get("lr:test") == "서울런".encode()
+    client.close()
+
+
+def test_start_returns_only_once_the_data_set_is_loaded(redis_dir: Path):
+    """A restart over a large AOF: INFO answers during the load, commands get LOADING; `start_embedded`
+    waits for the load, so the caller's first command succeeds."""
+    server = start_embedded(redis_dir, daemon=False)
+    client = redis.Redis.from_url(server.url)
+    client.execute_command("DEBUG", "POPULATE", LOADING_KEYS, "lr:load", 64)
+    client.bgrewriteaof()  # the keys into the AOF (DEBUG POPULATE is not propagated)
+    while any(client.info("persistence")[k] for k in ("aof_rewrite_in_progress", "aof_rewrite_scheduled")):
+        time.sleep(0.05)
+    client.close()
+    assert stop_embedded(redis_dir)
+    again = start_embedded(redis_dir, daemon=False)
+    client = redis.Redis.from_url(again.url, retry=None)
+    assert client.dbsize() == LOADING_KEYS  # no BusyLoadingError: loaded before start_embedded returned
     client.close()
 
 
