@@ -9,9 +9,10 @@ arrives. The delay is what keeps the writer cheap under load: at 5,000 answers a
 a second with batches of ~250, instead of waking, taking the GIL from the event loop and paying a Redis
 call for every few answers. Under the serve bench's load the writer thread took 13% of a core at 5 ms
 with a pipeline of XADDs, 9% at 50 ms, and 6-7% at 50 ms with the script: time the event loop, which
-shares the GIL with it, gets back. While Redis fails, the batch is put back (ahead of newer items) and retried after a pause; what does not fit in the queue is
-dropped and counted (`learnrec_exposures_total{outcome="dropped"}`): losing exposures is preferable to
-holding answers or growing memory without bound. At shutdown the queue is flushed once more.
+shares the GIL with it, gets back. While Redis fails, the batch is put back (ahead of newer items) and
+retried after a pause; what does not fit in the queue is dropped and counted
+(`learnrec_exposures_total{outcome="dropped"}`): losing exposures is preferable to holding answers or
+growing memory without bound. At shutdown the queue is flushed once more.
 """
 
 from __future__ import annotations
