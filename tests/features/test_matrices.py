@@ -216,41 +216,6 @@ def test_encoder_matches_batch_features():
     assert encoder.encode([]).shape == (0, len(data.student_feature_names))
 
 
-def test_scales_to_a_million_events_quickly():
-    """Vectorised: a million events build in seconds (guards against per-row Python loops)."""
-    import time
-
-    rng = np.random.default_rng(0)
-    n_students, n_lectures, n_events = 20_000, 2_000, 1_000_000
-    lec = pd.DataFrame(
-        {"lecture_id": [f"l{i}" for i in range(n_lectures)], "title": "강의", "provider": "p",
-         "subject": "수학", "regions": [["*"]] * n_lectures, "grades": [ALL[:3]] * n_lectures}
-    )  # fmt: skip
-    stu = pd.DataFrame(
-        {"student_id": [f"s{i}" for i in range(n_students)], "region": "seoul", "grade": "h1",
-         "interest_subjects": [["수학"]] * n_students}
-    )  # fmt: skip
-    ev = pd.DataFrame(
-        {
-            "student_id": pd.Series([f"s{i}" for i in range(n_students)]).to_numpy()[
-                rng.integers(0, n_students, n_events)
-            ],
-            "lecture_id": pd.Series([f"l{i}" for i in range(n_lectures)]).to_numpy()[
-                rng.integers(0, n_lectures, n_events)
-            ],
-            "type": np.array(["enrol", "progress", "complete", "drop"])[rng.integers(0, 4, n_events)],
-            "progress": rng.random(n_events).astype(np.float32),
-            "occurred_at": pd.Timestamp("2025-01-01", tz="UTC")
-            + pd.to_timedelta(rng.integers(0, 10**7, n_events), "s"),
-        }
-    )
-    start = time.perf_counter()
-    data = build_training_data(stu, lec, ev)
-    elapsed = time.perf_counter() - start
-    assert data.interactions.nnz > 900_000
-    assert elapsed < 15, f"build_training_data took {elapsed:.1f}s for 1M events"
-
-
 def test_integer_ids_in_events_match_string_ids():
     """Regression: events read from CSV can carry integer ids; they must match the string id maps."""
     stu = pd.DataFrame({"student_id": ["1", "2"], "region": ["seoul", "seoul"], "grade": ["h1", "h1"]})

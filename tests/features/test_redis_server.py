@@ -53,10 +53,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_start_records_pid_port_url_and_persists(redis_dir: Path):
-    started = time.perf_counter()
     server = start_embedded(redis_dir)
-    elapsed = time.perf_counter() - started
-    assert server.started and elapsed < 5
+    assert server.started
     record = json.loads((redis_dir / SERVER_FILE).read_text())
     assert record["pid"] == server.pid and record["port"] == server.port
     assert record["url"] == f"redis://127.0.0.1:{server.port}/0"
