@@ -24,7 +24,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._answer_counters: dict[tuple[str, str | None, str | None, bool], tuple[Any, ...]] = {}
+        self._answer_counters: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         r = self.registry
         self.request_latency = Histogram(
             "learnrec_request_duration_seconds",
@@ -139,13 +139,22 @@ class Metrics:
             registry=r,
         )
 
-    def count_answer(self, source: str, experiment: str | None, variant: str | None, cached: bool) -> None:
-        """Count one recommendation answer by source, experiment variant and answer-cache outcome.
+    def count_answer(
+        self,
+        source: str,
+        fallback: bool,
+        experiment: str | None,
+        variant: str | None,
+        variant_fell_back: bool,
+        cached: bool,
+    ) -> None:
+        """Count one recommendation answer: by source, as a fallback, by experiment variant (and when the
+        variant's model was missing), by answer-cache outcome.
 
         On every request, so the labelled counters are looked up once per combination (a handful: sources
-        x variants x hit/miss) and kept: `labels()` costs more than the three increments together.
+        x variants x hit/miss) and kept: `labels()` costs more than the increments together.
         """
-        key = (source, experiment, variant, cached)
+        key = (source, fallback, experiment, variant, variant_fell_back, cached)
         counters = self._answer_counters.get(key)
         if counters is None:
             counters = (
@@ -153,6 +162,10 @@ class Metrics:
                 self.assignments.labels(experiment=experiment or "none", variant=variant or "none"),
                 self.answer_cache.labels(outcome="hit" if cached else "miss"),
             )
+            if fallback:
+                counters += (self.fallback.labels(source=source),)
+            if variant_fell_back and experiment is not None and variant is not None:
+                counters += (self.variant_fallback.labels(experiment=experiment, variant=variant),)
             self._answer_counters[key] = counters
         for counter in counters:
             counter.inc()

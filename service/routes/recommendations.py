@@ -158,7 +158,7 @@ async def get_recommendations(request: Request) -> Response:
     else:
         check_region(client, answer.region, "this student")
         cached = True
-    _account(state, request, answer, cached)
+    _account(state, request, request_id, answer, cached)
     return Response(answer.body(request_id), media_type="application/json")
 
 
@@ -234,29 +234,27 @@ def _answer(
     )
 
 
-def _account(state: AppState, request: Request, answer: Answer, cached: bool) -> None:
+def _account(state: AppState, request: Request, request_id: str, answer: Answer, cached: bool) -> None:
     """Count, log and record the exposure of one answer (a computed or a cached one alike)."""
     ranked, assignment = answer.ranked, answer.assignment
     m = state.metrics
     m.count_answer(
         ranked.source,
+        ranked.fallback,
         assignment.experiment if assignment else None,
         assignment.variant if assignment else None,
+        answer.variant_fell_back,
         cached,
     )
-    if ranked.fallback:
-        m.fallback.labels(source=ranked.source).inc()
     if answer.degraded:
         m.degraded.inc()
-    if answer.variant_fell_back and assignment is not None:
-        m.variant_fallback.labels(experiment=assignment.experiment, variant=assignment.variant).inc()
     if ranked.model_error:
         m.model_errors.inc()
         logger.error("model failed to score; popularity answered", extra={"error": ranked.model_error})
     # these fields join the request's one access log line (`service.main.RequestContext`)
     request.state.log_fields = {**answer.log_fields, "cached": cached}
     if state.exposures is not None:
-        state.exposures.submit(stamped_exposure(answer.exposure, request.state.request_id, datetime.now(UTC)))
+        state.exposures.submit(stamped_exposure(answer.exposure, request_id, datetime.now(UTC)))
 
 
 def answer_fields(

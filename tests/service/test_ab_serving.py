@@ -190,7 +190,7 @@ def test_variant_models_shown_in_admin_model_and_readyz(
     ab: tuple[httpx.Client, Path, LogLines], registry: Registry
 ) -> None:
     client, path, _ = ab
-    challenger = registry.versions["lightfm"]
+    champion, challenger = registry.versions["sequence"], registry.versions["lightfm"]
 
     def variants() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         admin = client.get("/admin/model", headers=ADMIN)
@@ -230,6 +230,20 @@ def test_variant_models_shown_in_admin_model_and_readyz(
             missing["status"] == "unavailable" and missing["version"] is None and "nope" in missing["error"]
         )
         assert client.get("/readyz").json()["ready"] is True
+        # taebaek students of the variant whose model is missing get the champion, counted as such
+        assert wait_for(
+            lambda: any(_get(client, sid, TAEBAEK)["experiment"] == "taebaek-x" for sid in TAEBAEK_IDS),
+            timeout=10,
+        )
+        missed = [
+            a for a in (_get(client, sid, TAEBAEK) for sid in TAEBAEK_IDS) if a["variant"] == "treatment"
+        ]
+        assert missed and all(a["model"]["version"] == champion for a in missed)
+        metrics = client.get("/metrics").text
+        assert (
+            'learnrec_experiment_variant_unavailable_total{experiment="taebaek-x",variant="treatment"}'
+            in metrics
+        )
     finally:
         _write(path, [_experiment("gimpo-lightfm", ["gimpo"])])
     assert wait_for(lambda: [x["ref"] for x in variants()[0]] == ["challenger"], timeout=10)
