@@ -39,6 +39,7 @@ from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
 from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED, LECTURES, STUDENTS
 from features.validation import (
+    _rows,
     _show,
     epoch_microseconds,
     generated_event_ids,
@@ -480,22 +481,18 @@ def _dictionary_codes(table: pa.Table, name: str) -> tuple[npt.NDArray[np.int32]
     return codes, values
 
 
-def _rows_of(mask: npt.NDArray[np.bool_]) -> list[int]:
-    return (np.flatnonzero(mask) + 1).tolist()
-
-
 def _check_dictionary_column(
     file: str, name: str, codes: npt.NDArray[np.int32], values: npt.NDArray[Any]
 ) -> None:
     """Nulls and blank values of a dictionary column (the rules of `validate_events` for ids and codes)."""
     null = codes < 0
     if null.any():
-        raise SchemaError(file, name, _rows_of(null), f"missing {name}: every row needs a value")
+        raise SchemaError(file, name, _rows(null), f"missing {name}: every row needs a value")
     blank_values = np.fromiter((not str(v).strip() for v in values), dtype=bool, count=len(values))
     if blank_values.any():
         blank = blank_values[codes]
         if blank.any():
-            raise SchemaError(file, name, _rows_of(blank), f"empty {name}: every row needs a non-blank value")
+            raise SchemaError(file, name, _rows(blank), f"empty {name}: every row needs a non-blank value")
 
 
 def _check_unknown(
@@ -512,7 +509,7 @@ def _check_unknown(
         unknown = unknown_values[codes]
         if unknown.any():
             shown = _show(values[codes[unknown]])
-            raise SchemaError(file, name, _rows_of(unknown), f"unknown {name} {shown}: {problem}")
+            raise SchemaError(file, name, _rows(unknown), f"unknown {name} {shown}: {problem}")
 
 
 def _check_event_ids(file: str, table: pa.Table) -> None:
@@ -522,7 +519,7 @@ def _check_event_ids(file: str, table: pa.Table) -> None:
         return  # not text: the partition's validation names the rows
     if column.null_count:
         null = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in column.chunks])
-        raise SchemaError(file, "event_id", _rows_of(null), "missing event_id: every row needs a value")
+        raise SchemaError(file, "event_id", _rows(null), "missing event_id: every row needs a value")
     hashes = np.empty(len(column), dtype=np.uint64)
     start = 0
     for chunk in column.chunks:
@@ -531,7 +528,7 @@ def _check_event_ids(file: str, table: pa.Table) -> None:
             mask = np.zeros(len(column), dtype=bool)
             mask[start : start + len(chunk)] = blank
             raise SchemaError(
-                file, "event_id", _rows_of(mask), "empty event_id: every row needs a non-blank value"
+                file, "event_id", _rows(mask), "empty event_id: every row needs a non-blank value"
             )
         hashes[start : start + len(chunk)] = pd.util.hash_array(
             chunk.to_numpy(zero_copy_only=False), categorize=False
@@ -552,7 +549,7 @@ def _check_event_ids(file: str, table: pa.Table) -> None:
         mask = np.zeros(len(column), dtype=bool)
         mask[duplicated.index.to_numpy()] = True
         raise SchemaError(
-            file, "event_id", _rows_of(mask),
+            file, "event_id", _rows(mask),
             f"duplicate event_id {first!r} (rows {', '.join(map(str, rows[:5]))}): ids must be unique",
         )  # fmt: skip
 

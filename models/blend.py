@@ -493,10 +493,10 @@ class BlendRecommender(Recommender):
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
         self._lookup_cache = None
-        if self.holdout_days:
-            train, held_rows, held_cols = time_holdout(data, self.holdout_share, days=self.holdout_days)
-        elif self.holdout_share > 0:
-            train, held_rows, held_cols = time_holdout(data, self.holdout_share)
+        if self.holdout_days or self.holdout_share > 0:
+            train, held_rows, held_cols = time_holdout(
+                data, self.holdout_share, days=self.holdout_days or None
+            )
         else:
             train, held_rows, held_cols = temporal_holdout(data, self.holdout)
         self._popularity = normalise_max(

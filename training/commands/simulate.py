@@ -255,7 +255,9 @@ def _repeat(
         "at alpha / regions): the sample allows a region's comparison when |lift| exceeds it",
         highlight=False,
     )
-    primary = REPEAT_METRICS[0]
+    from training.ab.stats import PRIMARY_METRIC
+
+    primary = PRIMARY_METRIC
     pooled = summary.p_values(primary, "pooled")
     uniform = ""
     if kind == "A/A" and len(pooled) >= 5:
