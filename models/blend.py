@@ -44,6 +44,7 @@ from models.common import (
     decayed_interactions,
     next_in_series,
     normalise_max,
+    same_entries,
     series_onehot,
     series_similarity_and_reach,
     started_series,
@@ -112,7 +113,7 @@ def time_holdout(
     if days is not None and not (np.isfinite(days) and days > 0):
         raise ValueError(f"days must be a positive number, got {days}")
     inter = data.interactions
-    ages = aligned_ages(data)
+    ages = aligned_ages(inter, data.age_days)
     n = inter.shape[1]
     if ages.size == 0:
         return data, np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -122,11 +123,7 @@ def time_holdout(
     entry_rows = np.repeat(np.arange(inter.shape[0], dtype=np.int64), np.diff(inter.indptr))
     # like `temporal_holdout`: a student with fewer than two lectures in sequence keeps everything
     lengths = np.fromiter((q.size for q in data.sequences), dtype=np.int64, count=len(data.sequences))
-    first = (
-        None
-        if data.first_age_days is None
-        else aligned_ages(dataclasses.replace(data, age_days=data.first_age_days))
-    )
+    first = None if data.first_age_days is None else aligned_ages(inter, data.first_age_days)
     # started after the cutoff (the split's relevant pairs); without first ages: last active after it
     held = ((ages if first is None else first) < cut) & (lengths >= 2)[entry_rows]
     before = np.bincount(entry_rows[~held], minlength=inter.shape[0]) > 0
@@ -157,11 +154,10 @@ def time_holdout(
     return train, held_rows, held_cols
 
 
-def _without_pairs(matrix: sp.csr_matrix, keys: npt.NDArray[np.int64]) -> sp.csr_matrix:
-    """`matrix` without the entries whose ``row * n_cols + col`` is in the sorted `keys`."""
+def _kept_entries(matrix: sp.csr_matrix, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Per stored entry of `matrix`, False when its ``row * n_cols + col`` is in the sorted `keys`."""
     rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
-    flat = rows * matrix.shape[1] + matrix.indices.astype(np.int64)
-    return _drop_entries(matrix, ~np.isin(flat, keys))
+    return ~np.isin(rows * matrix.shape[1] + matrix.indices.astype(np.int64), keys)
 
 
 def temporal_holdout(
@@ -187,9 +183,15 @@ def temporal_holdout(
     )
     n = data.interactions.shape[1]
     held_keys = np.sort(held_rows * n + held_cols)
-    interactions = _without_pairs(data.interactions, held_keys)
-    age_days = _without_pairs(data.age_days, held_keys)
-    first_age_days = None if data.first_age_days is None else _without_pairs(data.first_age_days, held_keys)
+    keep = _kept_entries(data.interactions, held_keys)
+
+    def without(matrix: sp.csr_matrix) -> sp.csr_matrix:  # the age matrices share the interactions' entries
+        same = same_entries(matrix, data.interactions)
+        return _drop_entries(matrix, keep if same else _kept_entries(matrix, held_keys))
+
+    interactions = without(data.interactions)
+    age_days = without(data.age_days)
+    first_age_days = None if data.first_age_days is None else without(data.first_age_days)
     sequences = list(data.sequences)
     for r in chosen:
         sequences[r] = sequences[r][:-holdout]

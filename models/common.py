@@ -37,18 +37,23 @@ def check_batch(catalogue: Catalogue, n_student_features: int, batch: StudentBat
         raise ValueError(f"batch.recent has {len(batch.recent)} entries, expected {b}")
 
 
-def aligned_ages(data: TrainingData) -> npt.NDArray[np.float32]:
-    """`age_days` for each stored entry of `interactions`, in the order of `interactions.data`."""
-    inter, age = data.interactions, data.age_days
-    if (
-        inter.indptr.shape == age.indptr.shape
-        and inter.indices.shape == age.indices.shape
-        and np.array_equal(inter.indptr, age.indptr)
-        and np.array_equal(inter.indices, age.indices)
-    ):
-        return np.asarray(age.data, dtype=np.float32)
-    rows = np.repeat(np.arange(inter.shape[0]), np.diff(inter.indptr))
-    return np.asarray(age[rows, inter.indices], dtype=np.float32).ravel()
+def same_entries(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
+    """True when `a` and `b` store entries at the same positions, in the same order."""
+    return (
+        a.indptr.shape == b.indptr.shape
+        and a.indices.shape == b.indices.shape
+        and np.array_equal(a.indptr, b.indptr)
+        and np.array_equal(a.indices, b.indices)
+    )
+
+
+def aligned_ages(interactions: sp.csr_matrix, ages: sp.csr_matrix) -> npt.NDArray[np.float32]:
+    """`ages` (`TrainingData.age_days` or `first_age_days`) for each stored entry of `interactions`, in the
+    order of `interactions.data`."""
+    if same_entries(interactions, ages):
+        return np.asarray(ages.data, dtype=np.float32)
+    rows = np.repeat(np.arange(interactions.shape[0]), np.diff(interactions.indptr))
+    return np.asarray(ages[rows, interactions.indices], dtype=np.float32).ravel()
 
 
 def decayed_interactions(data: TrainingData, half_life_days: float | None) -> sp.csr_matrix:
@@ -63,7 +68,9 @@ def decayed_interactions(data: TrainingData, half_life_days: float | None) -> sp
     """
     w = sp.csr_matrix(data.interactions, dtype=np.float32, copy=True)
     if half_life_days is not None and half_life_days > 0:
-        w.data *= np.exp2(-aligned_ages(data) / np.float32(half_life_days)).astype(np.float32)
+        w.data *= np.exp2(
+            -aligned_ages(data.interactions, data.age_days) / np.float32(half_life_days)
+        ).astype(np.float32)
     return w
 
 
