@@ -1451,7 +1451,7 @@ def repeat_experiment(
                     "p_adjusted": float(c.p_adjusted),
                     "significant": bool(c.significant),
                     "srm_mismatch": bool(srm.get(c.region, False)),
-                    "lift_se": _lift_se(c, alpha),
+                    "lift_se": _lift_se(c),
                 }
             )
         if progress:
@@ -1475,17 +1475,12 @@ def repeat_experiment(
     )
 
 
-def _lift_se(c: Any, alpha: float) -> float:
-    """Standard error of a comparison's difference: from the arms' variances, or (pooled) from its Wald CI."""
-    from scipy.stats import norm
-
+def _lift_se(c: Any) -> float:
+    """Standard error of a comparison's difference: from the arms' variances, or the pooled estimate's."""
     v = c.control.variance + c.treatment.variance
     if math.isfinite(v):
         return math.sqrt(v)
-    lo, hi = c.estimate.abs_ci
-    if c.estimate.test != "stratified-z" or not (math.isfinite(lo) and math.isfinite(hi)):
-        return math.nan
-    return float((hi - lo) / (2 * norm.ppf(1 - alpha / 2)))
+    return float(c.estimate.extra.get("se", math.nan)) if c.estimate.test == "stratified-z" else math.nan
 
 
 def prepare_models(loaded: Mapping[str, Any]) -> dict[str, RankingModel]:

@@ -424,7 +424,13 @@ def pooled_difference(pairs: Sequence[tuple[Arm, Arm]], alpha: float = 0.05) -> 
     var_c = sum(w * w * c.variance for w, _, c in rows) / w_sum**2
     ci, p = _wald(big_t - big_c, var_t + var_c, alpha)
     rel, rel_ci = _log_ratio_ci(big_t, var_t, big_c, var_c, alpha)
-    extra = {"strata": float(len(rows)), "treatment_value": big_t, "control_value": big_c}
+    extra = {
+        "strata": float(len(rows)),
+        "treatment_value": big_t,
+        "control_value": big_c,
+        # of the difference, as its CI has it (the pooled arms carry no variance of their own)
+        "se": math.sqrt(var_t + var_c) if math.isfinite(var_t + var_c) else math.nan,
+    }
     return Estimate(big_t - big_c, ci, rel, rel_ci, p, "stratified-z", extra)
 
 
