@@ -30,7 +30,7 @@ key                                       type    value
                                                   lecture_id, type, progress, occurred_at ISO 8601 UTC,
                                                   request_id or "")
 ``lr:stream:exposures``                   stream  every answered recommendation (fields written by
-                                                  ``service.experiments.exposure_fields``)
+                                                  ``features.experiments.exposure_fields``)
 ========================================  ======  ===========================================================
 
 Every key of a student starts with `STUDENT_PREFIX` and every version pointer with `ACTIVE_PREFIX`: the

@@ -21,12 +21,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from features.experiments import ExperimentConfigError, ExperimentRegistry
 from features.settings import Settings, get_settings
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
 from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
-from service.experiments import ExperimentConfigError, ExperimentRegistry
 from service.exposures import ExposureWriter
 from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
 from service.metrics import Metrics

@@ -45,10 +45,10 @@ from training.registry import KIND_REEVALUATION, TAG_REEVALUATION_OF
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.experiments import ExperimentConfig
     from features.settings import Settings
     from features.tables import Dataset
     from models.base import Recommender, TrainingData
-    from service.experiments import ExperimentConfig
     from training.evaluate import EvaluationReport
     from training.splits import Split
 
@@ -584,7 +584,7 @@ def _train(ctx: _Context) -> dict[str, Any]:
     started = time.perf_counter()
     model.fit(data)
     fit_seconds = time.perf_counter() - started
-    report = evaluate(model, split, ds, options.ks, fingerprint=fingerprint)
+    report = evaluate(model, split, ds, options.ks, data=data, fingerprint=fingerprint)
     experiment_id = tracking.ensure_experiment(client, options.experiment, ctx.settings)
     logged = tracking.log_evaluation_run(
         experiment_id, kind=tracking.KIND_MODEL, name=options.model, report=report, split=split,
@@ -605,6 +605,7 @@ def _train(ctx: _Context) -> dict[str, Any]:
 
 def _champion(ctx: _Context) -> dict[str, Any]:
     from models.loading import load_registered
+    from models.ranking import RankingModel
     from training import tracking
     from training.evaluate import evaluate
     from training.registry import CHAMPION, alias_version, candidate
@@ -626,7 +627,7 @@ def _champion(ctx: _Context) -> dict[str, Any]:
                 "overall": {k: v for k, v in metrics.items() if "/" not in k}}  # fmt: skip
     ds, fingerprint, split, _ = _prepared(ctx)
     loaded = load_registered(name, version, ctx.settings.tracking_uri())
-    report = evaluate(loaded.recommender, split, ds, options.ks, fingerprint=fingerprint)
+    report = evaluate(RankingModel.prepare(loaded), split, ds, options.ks, fingerprint=fingerprint)
     experiment_id = tracking.ensure_experiment(client, options.experiment, ctx.settings)
     logged = tracking.log_evaluation_run(
         experiment_id, kind=KIND_REEVALUATION, name=held.model, report=report, split=split,
@@ -701,7 +702,7 @@ def experiment_snippet(
     """
     import yaml
 
-    from service.experiments import parse_experiments
+    from features.experiments import parse_experiments
 
     if not 0 < share < 1:
         raise ValueError(f"share must be in (0, 1), got {share}")

@@ -28,9 +28,9 @@ Two backends run the same engine:
 * `HttpBackend`: the running service over real HTTP (``GET /recommendations``, ``POST /events``,
   ``PUT /students/{id}``); exposures and events flow through the service's Redis streams;
 * `InProcessBackend`: no HTTP, for repeated runs (`repeat_experiment`): the service's own ranking
-  (`service.ranking.RankingModel`, prepared from registered or fitted recommenders), the service's
-  assignment (`service.experiments.ExperimentRegistry`), the exposure wire format
-  (`service.experiments.exposure_fields` decoded by `training.ab.exposures.from_stream_fields`), and
+  (`models.ranking.RankingModel`, prepared from registered or fitted recommenders), the service's
+  assignment (`features.experiments.ExperimentRegistry`), the exposure wire format
+  (`features.experiments.exposure_fields` decoded by `training.ab.exposures.from_stream_fields`), and
   `OnlineState`, an in-process twin of the feature store's per-student state (same weights, drop rule and
   recent list as the Lua script of `features.store`; a test checks it against a real Redis). Attribution
   and statistics are `training.ab.attribution.attribute` and `training.ab.stats.analyse`.
@@ -43,7 +43,7 @@ import heapq
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,8 +54,10 @@ import numpy as np
 import numpy.typing as npt
 
 from features.ground_truth import GroundTruth
-from features.matrices import DROP_WEIGHT, PROGRESS_SLOPE, STAGE_WEIGHT
-from features.store import EventIn, StudentProfile, StudentRecord
+from features.online_state import OnlineState
+from features.profile import StudentProfile
+from features.profile import from_table as profile_rows
+from features.store import EventIn
 from features.synth_calendar import KST_OFFSET_S, hour_cdf
 from training.errors import SimulationError
 
@@ -63,8 +65,8 @@ if TYPE_CHECKING:
     import httpx
     import pandas as pd
 
-    from service.experiments import ExperimentConfig
-    from service.ranking import RankingModel
+    from features.experiments import ExperimentConfig
+    from models.ranking import RankingModel
     from training.ab.stats import Analysis
 
 #: `progress(stage, done, total)` callback.
@@ -186,189 +188,6 @@ def _kst_midnight(moment: datetime) -> datetime:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the feature store's per-student state, in process
-
-
-def _stored(value: float) -> float:
-    """A number as the feature store keeps it (text with 9 significant digits, read back)."""
-    return float(f"{value:.9g}")
-
-
-def _epoch_us(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-class OnlineState:
-    """What the feature store holds per student (profile, weighted history, recent enrolments), in memory.
-
-    The rules are those of `features.store`: a pair weighs the furthest funnel stage reached (enrol 0.25,
-    progress 0.3 + 0.5 p, complete 1.0), or `DROP_WEIGHT` when its latest event is a drop before
-    completion; the recent list holds the lectures enrolled in, oldest first, a re-enrolment moved to the
-    end, at most `recent_len`; an event id is applied once per student. `fork` gives an independent copy
-    cheaply (students are copied when first written), so repeated simulations start from one seeded state.
-
-    Args:
-        recent_len: length of the recent list (the feature store's default is 20).
-    """
-
-    def __init__(self, recent_len: int = 20) -> None:
-        self.recent_len = recent_len
-        self._profiles: dict[str, StudentProfile] = {}
-        self._pairs: dict[str, dict[str, tuple[float, int, int]]] = {}
-        self._history: dict[str, dict[str, float]] = {}
-        self._recent: dict[str, list[str]] = {}
-        self._seen: set[tuple[str, str]] = set()
-        self._owned: set[str] = set()
-
-    def fork(self) -> OnlineState:
-        """An independent copy (copy-on-write per student)."""
-        other = OnlineState(self.recent_len)
-        other._profiles = dict(self._profiles)
-        other._pairs = dict(self._pairs)
-        other._history = dict(self._history)
-        other._recent = dict(self._recent)
-        other._seen = set(self._seen)
-        return other
-
-    def put_profiles(self, profiles: Iterable[StudentProfile]) -> None:
-        """Store profiles (replacing earlier ones)."""
-        for p in profiles:
-            self._profiles[p.student_id] = p
-
-    def seed(self, events: pd.DataFrame, profiles: Iterable[StudentProfile]) -> int:
-        """Load profiles and past events as `FeatureStore.seed_history` does (replacing students' state).
-
-        Args:
-            events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
-            profiles: profiles to store.
-
-        Returns:
-            Students whose history was loaded.
-        """
-        import pandas as pd
-
-        self.put_profiles(profiles)
-        if len(events) == 0:
-            return 0
-        when = pd.to_datetime(events["occurred_at"], utc=True)
-        progress = (
-            events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
-            if "progress" in events.columns
-            else np.zeros(len(events))
-        )
-        types = events["type"].astype(str).to_numpy()
-        stage = np.zeros(len(events))
-        stage[types == "enrol"] = STAGE_WEIGHT["enrol"]
-        is_progress = types == "progress"
-        stage[is_progress] = STAGE_WEIGHT["progress"] + PROGRESS_SLOPE * np.clip(progress[is_progress], 0, 1)
-        stage[types == "complete"] = STAGE_WEIGHT["complete"]
-        frame = pd.DataFrame(
-            {
-                "s": events["student_id"].astype(str).to_numpy(),
-                "l": events["lecture_id"].astype(str).to_numpy(),
-                "type": types,
-                "t": ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(),
-                "stage": stage,
-                "row": np.arange(len(events)),
-            }
-        ).sort_values(["t", "row"], kind="stable")
-        pairs = (
-            frame.groupby(["s", "l"], sort=False)
-            .agg(max_stage=("stage", "max"), last_t=("t", "last"), last_type=("type", "last"))
-            .reset_index()
-        )
-        drop = (pairs["last_type"] == "drop").to_numpy()
-        weight = pairs["max_stage"].to_numpy().copy()
-        weight[(weight <= 0) | (drop & (weight < STAGE_WEIGHT["complete"]))] = DROP_WEIGHT
-        enrols = frame[frame["type"] == "enrol"].drop_duplicates(["s", "l"], keep="last")
-        recent = enrols.groupby("s", sort=False)["l"].agg(list)
-        for sid in pairs["s"].unique().tolist():
-            self._pairs[sid] = {}
-            self._history[sid] = {}
-            self._recent[sid] = []
-            self._owned.add(sid)
-        rows = zip(
-            pairs["s"].tolist(),
-            pairs["l"].tolist(),
-            pairs["max_stage"].tolist(),
-            pairs["last_t"].tolist(),
-            drop.tolist(),
-            weight.tolist(),
-            strict=True,
-        )
-        for sid, lid, max_stage, last_t, dropped, w in rows:
-            self._pairs[sid][lid] = (_stored(max_stage), int(last_t), int(dropped))
-            self._history[sid][lid] = _stored(w)
-        for sid, lectures in recent.items():
-            self._recent[str(sid)] = list(lectures)[-self.recent_len :]
-        return int(pairs["s"].nunique())
-
-    def _own(self, sid: str) -> None:
-        if sid not in self._owned:
-            self._pairs[sid] = dict(self._pairs.get(sid, {}))
-            self._history[sid] = dict(self._history.get(sid, {}))
-            self._recent[sid] = list(self._recent.get(sid, []))
-            self._owned.add(sid)
-
-    def apply(self, events: Sequence[EventIn]) -> list[bool]:
-        """Apply events in order, idempotently by (student, event id), as `FeatureStore.apply_events`.
-
-        Args:
-            events: the events.
-
-        Returns:
-            Per event, True when applied, False for an event id seen before.
-        """
-        out = []
-        for e in events:
-            key = (e.student_id, e.event_id)
-            if key in self._seen:
-                out.append(False)
-                continue
-            self._seen.add(key)
-            self._own(e.student_id)
-            pairs, history = self._pairs[e.student_id], self._history[e.student_id]
-            ts = _epoch_us(e.occurred_at)
-            if e.type == "enrol":
-                stage = STAGE_WEIGHT["enrol"]
-            elif e.type == "progress":
-                stage = STAGE_WEIGHT["progress"] + PROGRESS_SLOPE * min(max(float(e.progress), 0.0), 1.0)
-            elif e.type == "complete":
-                stage = STAGE_WEIGHT["complete"]
-            else:
-                stage = 0.0
-            max_stage, last, drop = stage, ts, int(e.type == "drop")
-            old = pairs.get(e.lecture_id)
-            if old is not None:
-                max_stage = max(max_stage, old[0])
-                if ts < old[1]:  # the latest event decides the drop; ties go to the later arrival
-                    last, drop = old[1], old[2]
-            weight = max_stage
-            if weight <= 0 or (drop and weight < STAGE_WEIGHT["complete"]):
-                weight = DROP_WEIGHT
-            pairs[e.lecture_id] = (_stored(max_stage), last, drop)
-            history[e.lecture_id] = _stored(weight)
-            if e.type == "enrol":
-                recent = self._recent[e.student_id]
-                if e.lecture_id in recent:
-                    recent.remove(e.lecture_id)
-                recent.append(e.lecture_id)
-                del recent[: max(0, len(recent) - self.recent_len)]
-            out.append(True)
-        return out
-
-    def record(self, student_id: str) -> StudentRecord:
-        """What `FeatureStore.read_student` would return (no model state: the model's own is used)."""
-        return StudentRecord(
-            profile=self._profiles.get(student_id),
-            history=dict(self._history.get(student_id, {})),
-            recent=tuple(self._recent.get(student_id, ())),
-            state=None,
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the population
 
 
@@ -402,26 +221,6 @@ class Population:
         return len(self.student_ids)
 
 
-def _profiles(students: pd.DataFrame) -> list[StudentProfile]:
-    def text(value: Any) -> str | None:
-        return value if isinstance(value, str) and value else None
-
-    out = []
-    for row in students.itertuples(index=False):
-        interests: Any = row.interest_subjects
-        out.append(
-            StudentProfile(
-                student_id=str(row.student_id),
-                region=str(row.region),
-                grade=str(row.grade),
-                school_level=text(row.school_level),
-                target_exam=text(row.target_exam),
-                interest_subjects=tuple(str(x) for x in interests) if interests is not None else (),
-            )
-        )
-    return out
-
-
 def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int = 20) -> Population:
     """The students of `regions` in a synthetic dataset, with their ground truth and seeded online state.
 
@@ -452,7 +251,7 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
     truth_rows = truth.student_rows(ids)
     lecture_ids = [str(x) for x in ds.lectures["lecture_id"]]
     lecture_rows = dict(zip(lecture_ids, truth.lecture_rows(lecture_ids).tolist(), strict=True))
-    profiles = _profiles(students)
+    profiles = list(profile_rows(students))
     state = OnlineState(recent_len)
     events = ds.events[ds.events["student_id"].isin(set(ids))]
     state.seed(events, profiles)
@@ -787,7 +586,7 @@ class InProcessBackend:
         default: str,
         experiments: Sequence[ExperimentConfig] = (),
     ) -> None:
-        from service.experiments import ExperimentRegistry, ExperimentsFile
+        from features.experiments import ExperimentRegistry, ExperimentsFile
 
         if default not in models:
             raise SimulationError(f"default model {default!r} is not among the models {sorted(models)}")
@@ -803,7 +602,7 @@ class InProcessBackend:
 
     def recommend(self, visits: Sequence[Visit], k: int) -> list[Shown]:
         """Assign, rank and log an exposure per visit, as the service's route does."""
-        from service.experiments import exposure_fields
+        from features.experiments import exposure_fields
         from training.ab.exposures import from_stream_fields
 
         out = []
@@ -1250,7 +1049,7 @@ def experiment_for(
     Returns:
         The validated config.
     """
-    from service.experiments import ExperimentConfig
+    from features.experiments import ExperimentConfig
 
     return ExperimentConfig.model_validate(
         {
@@ -1493,7 +1292,7 @@ def prepare_models(loaded: Mapping[str, Any]) -> dict[str, RankingModel]:
     Returns:
         name -> prepared model.
     """
-    from service.ranking import RankingModel
+    from models.ranking import RankingModel
 
     prepared: dict[int, RankingModel] = {}
     out = {}

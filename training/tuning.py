@@ -185,7 +185,7 @@ def tune(
             params = {**(base_params or {}), **SPACES[model_name](trial)}
             try:
                 model = cls(seed=seed, **params).fit(data)
-                report = evaluate(model, split, dataset, ks, fingerprint=fingerprint)
+                report = evaluate(model, split, dataset, ks, data=data, fingerprint=fingerprint)
             except NumericalError as exc:
                 trial.set_user_attr("error", str(exc))
                 if on_trial:

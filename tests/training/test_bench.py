@@ -249,7 +249,7 @@ def test_wrk_rotates_paths_sends_the_key_and_reports_percentiles(http_server: st
 
 
 def test_serve_helpers_pick_students_and_dev_keys(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
-    from service.auth import DEV_KEYS
+    from features.api_keys import DEV_KEYS
 
     paths = serve_bench.recommendation_paths(data_bench.dataset_dir(tiny_opts), 25, seed=1)
     assert len(paths) == len(set(paths)) == 25

@@ -27,7 +27,7 @@ from training.ab.errors import ExperimentNotFoundError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from service.experiments import ExperimentConfig
+    from features.experiments import ExperimentConfig
 
 #: Korean names of the platform's regions, shown next to the codes.
 REGION_LABELS_KO: dict[str, str] = {

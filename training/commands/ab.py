@@ -57,8 +57,8 @@ def report(
 ) -> None:
     """Attribute outcomes to exposures and write the experiment's HTML + JSON report."""
     from features.errors import LearnrecDataError
+    from features.experiments import ExperimentConfigError, load_experiments
     from features.settings import get_settings
-    from service.experiments import ExperimentConfigError, load_experiments
     from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, region_label, write_report

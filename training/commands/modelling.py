@@ -335,6 +335,7 @@ def run_training(
                     prepared.split,
                     prepared.dataset,
                     ks,
+                    data=prepared.data,
                     fingerprint=prepared.fingerprint,
                     progress=_advance(progress, task),
                 )

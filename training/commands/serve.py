@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         admin: Annotated[bool, typer.Option(help="May call /admin routes.")] = False,
     ) -> None:
         """Make a new API key: prints the key once (give it to the client) and the entry for the keys file."""
-        from service.auth import hash_key
+        from features.api_keys import hash_key
 
         key = secrets.token_urlsafe(32)
         entry = {"name": name, "sha256": hash_key(key), "regions": region, "admin": admin}

@@ -415,7 +415,7 @@ def _report(
     from datetime import timedelta
 
     from features.errors import LearnrecDataError
-    from service.experiments import ExperimentConfigError, load_experiments
+    from features.experiments import ExperimentConfigError, load_experiments
     from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, write_report
