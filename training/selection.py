@@ -118,6 +118,8 @@ class SelectionReport:
 
     def summary(self) -> str:
         """One line: the champion, what was tried, and the budget."""
+        if "validation" in self.errors:
+            return f"{self.errors['validation']}: every model keeps its default parameters"
         tried = sum(len(c.trials) for c in self.choices.values())
         best = (
             f"champion on validation: {self.champion} ({self.metric} {self.choices[self.champion].value:.4f})"
@@ -339,7 +341,12 @@ def select(
     key = metric_key(metric, ks[0])
     fixed = {m: dict((params or {}).get(m, {})) for m in models}
     say("validation split")
-    val = validation_split(split, seed=seed)
+    try:
+        val = validation_split(split, seed=seed)
+    except SplitError as exc:
+        # too little training data to carve a validation split: defaults, and no champion by metric
+        return SelectionReport(key, {}, {}, None, time.perf_counter() - started, budget_seconds, False,
+                               {"validation": f"no validation split: {exc}"})  # fmt: skip
     data = build_training_data(val.train.students, val.train.lectures, val.train.events, as_of=val.as_of)
     choices: dict[str, ModelChoice] = {}
     errors: dict[str, str] = {}
