@@ -17,7 +17,8 @@ Plain logs (issue 12): LightFM multiplies a sample weight into its step size, so
 are scaled to mean 1 over the positive pairs (an enrol-only log, where every pair weighs 0.25, then trains
 exactly like the binary matrix); side features constant over all rows (a derived `region=unknown`, one
 provider) say nothing about anyone and are dropped before fitting, so they do not take a share of every
-representation. `informative_columns` decides which; the kept columns travel with the model.
+representation, nor do columns held by a single row (a lecture that is its own series repeats its
+identity). `informative_columns` decides which; the kept columns travel with the model.
 
 Determinism: LightFM's Hogwild updates are only reproducible on one thread, so a seeded model always
 trains with num_threads=1 (`num_threads` applies only when seed is None).
@@ -41,7 +42,10 @@ LOSSES = ("warp", "bpr", "warp-kos")
 
 
 def informative_columns(features: sp.csr_matrix) -> npt.NDArray[np.bool_]:
-    """Columns of `features` that vary over the rows (a column equal in every row carries nothing).
+    """Columns of `features` that tell rows apart: not equal in every row, and held by two rows or more.
+
+    A column equal in every row (a derived `region=unknown`) carries nothing; one held by a single row
+    (a lecture that is its own series) only repeats that row's identity feature.
 
     Args:
         features: (rows, columns) side features.
@@ -65,7 +69,7 @@ def informative_columns(features: sp.csr_matrix) -> npt.NDArray[np.bool_]:
     partial = stored < n_rows
     lo = np.where(partial, np.minimum(lo, 0.0), lo)
     hi = np.where(partial, np.maximum(hi, 0.0), hi)
-    out: npt.NDArray[np.bool_] = hi > lo
+    out: npt.NDArray[np.bool_] = (hi > lo) & (np.diff(sp.csc_matrix(f != 0).indptr) >= 2)
     return out
 
 

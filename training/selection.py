@@ -19,7 +19,8 @@ the validation test students, then tries the other candidates of each model's sm
 round by round across models, while the time budget lasts (the defaults always run, so a budget of 0
 still picks the champion and the blend's fallback on validation). The blend is fitted last with its
 components' chosen parameters; when it does not beat its best component on validation it falls back
-to that component (`BlendRecommender(fallback=...)`), and the run says so. The champion is the model
+to that component (`BlendRecommender(fallback=...)`; a lead under `BLEND_MARGIN` is no beating), and
+the run says so. The champion is the model
 with the best validation metric.
 """
 
@@ -60,6 +61,9 @@ GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
     ),
     "item_knn": ({"neighbours": 25}, {"neighbours": 400}),
 }
+#: The blend keeps blending only when it beats its best component on validation by more than this:
+#: a blend adds variance (a learned layer on the components' ranks), so a tie goes to the component.
+BLEND_MARGIN = 0.005
 #: `on_step(description)`: what the search does now (a progress line).
 OnStep = Callable[[str], None]
 
@@ -300,7 +304,7 @@ def _score(
     started = time.perf_counter()
     factory: Callable[..., Recommender] = get_model_class(name)
     model = factory(seed=seed, **params).fit(data)
-    report = evaluate(model, val, val.train, ks)
+    report = evaluate(model, val, val.train, ks, fingerprint="validation")
     return Trial(dict(params), float(report.overall.get(key, 0.0)), time.perf_counter() - started)
 
 
@@ -422,7 +426,7 @@ def _select_blend(
     scored = [c for c in components if c in choices]
     best = max(scored, key=lambda c: choices[c].value, default=None)
     choice = ModelChoice("blend", final, trial.value, [trial])
-    if best is not None and trial.value <= choices[best].value:
+    if best is not None and trial.value <= choices[best].value + BLEND_MARGIN:
         choice.params = {**final, "fallback": best}
         choice.value = choices[best].value
         choice.note = (

@@ -50,6 +50,8 @@ def test_ease_scores_are_history_times_weights(blocks: Blocks, monkeypatch):
 
 def test_constant_side_features_are_uninformative():
     """Issue 12: a derived region 'unknown' or a single provider is the same for every row."""
-    f = sp.csr_matrix(np.array([[1, 0, 1, 0.5], [1, 1, 0, 0.5], [1, 0, 0, 0.5]], dtype=np.float32))
-    np.testing.assert_array_equal(informative_columns(f), [False, True, True, False])
+    f = sp.csr_matrix(
+        np.array([[1, 0, 1, 0.5, 1], [1, 1, 1, 0.5, 0], [1, 1, 0, 0.5, 0]], dtype=np.float32)
+    )  # constant, varying, varying, constant, held by one row only (a duplicate of the identity)
+    np.testing.assert_array_equal(informative_columns(f), [False, True, True, False, False])
     assert informative_columns(sp.csr_matrix((0, 2), dtype=np.float32)).tolist() == [False, False]

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from features.tables import Dataset
+from tests.training import modelling_data
 from training import selection, splits
 from training.selection import Trial, explicit_shape, select, validation_split
-from tests.training import modelling_data
 
 
 @pytest.fixture(scope="module")
