@@ -339,8 +339,9 @@ def _quality_tables(payload: Mapping[str, Any]) -> list[str]:
         students = (
             f"{m.get('students', 0):,} x {m.get('lectures', 0):,}; {m.get('test_students', 0):,} tested"
         )
-        horizon = m.get("split", {}).get("horizon_days")
-        rows.append([item["item"], students, "14 d" if horizon else "all later", *cells])
+        split = m.get("split", {})
+        how = "last lecture" if "n" in split else "14 d" if split.get("horizon_days") else "all later"
+        rows.append([item["item"], students, how, *cells])
         c = payload.get("summary", {}).get(item["item"], {})
         if c:
             checks.append([
@@ -351,7 +352,7 @@ def _quality_tables(payload: Mapping[str, Any]) -> list[str]:
                 f"{'ok' if c.get('champion_ok') else 'FAR'}",
                 "; ".join(m.get("notes", [])) or "-",
             ])  # fmt: skip
-    lines = _table(["dataset", "students x lectures", "horizon", *models], rows)
+    lines = _table(["dataset", "students x lectures", "test", *models], rows)
     if checks:
         lines += ["", "Checks (issue 12): lightfm - lightfm_direct >= 0; blend - best component >= -0.005; "
                   "champion (chosen on validation) within 0.01 of the best model on test.", ""]  # fmt: skip
