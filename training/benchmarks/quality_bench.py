@@ -313,11 +313,12 @@ def run(opts: BenchOptions) -> SuiteResult:
             result.summary[label] = checks(row.metrics)
     result.notes.append(
         "Per dataset: temporal split (0.8 quantile of event times, 14-day horizon; every later event when "
-        f"that leaves fewer than {MIN_TEST_STUDENTS} test students, then leave-last-one); hyper-parameters, the blend's fallback "
-        "and the champion chosen on a validation split carved from the training side (`training.selection`, "
-        f"search budget {opts.select_budget_s:g} s); each chosen model fitted on the training side and "
-        "scored once on the test students, training lectures excluded. lightfm_direct: lightfm.LightFM("
-        'loss="warp", learning_rate=0.05), 10 epochs on the binary matrix, no side features (reference).'
+        f"that leaves fewer than {MIN_TEST_STUDENTS} test students, then leave-last-one); "
+        "hyper-parameters, the blend's fallback and the champion chosen on a validation split carved from "
+        f"the training side (`training.selection`, search budget {opts.select_budget_s:g} s); each chosen "
+        "model fitted on the training side and scored once on the test students, training lectures "
+        'excluded. lightfm_direct: lightfm.LightFM(loss="warp", learning_rate=0.05), 10 epochs on the '
+        "binary matrix, no side features (reference)."
     )
     return result
 
