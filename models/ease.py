@@ -75,9 +75,23 @@ def ease_weights(gram: npt.NDArray[np.floating[Any]], regularisation: float) -> 
         raise NumericalError("ease: the inverse has a non-positive diagonal; raise the regularisation")
     p /= -diag[None, :]
     p[np.diag_indices(n)] = 0.0
-    out: npt.NDArray[np.float32] = np.ascontiguousarray(p, dtype=np.float32)
+    # float32 already: keep LAPACK's buffer (Fortran order serves `history @ B` as well), no second copy
+    out: npt.NDArray[np.float32] = p if p.dtype == np.float32 else p.astype(np.float32)
     check_finite("ease", out)
     return out
+
+
+def _gram(x: sp.csr_matrix, dtype: type[np.floating[Any]]) -> npt.NDArray[np.floating[Any]]:
+    """Dense XᵀX, a block of columns at a time: the sparse product of a whole catalogue can hold more
+    entries (and int64 indices) than the dense result."""
+    m = x.shape[1]
+    columns = sp.csc_matrix(x)
+    xt = sp.csr_matrix(x.T)
+    gram = np.empty((m, m), dtype=dtype)
+    for start in range(0, m, _BLOCK):
+        stop = min(start + _BLOCK, m)
+        gram[:, start:stop] = (xt @ columns[:, start:stop]).toarray()
+    return gram
 
 
 class EASERecommender(Recommender):
@@ -110,7 +124,7 @@ class EASERecommender(Recommender):
         active = np.flatnonzero(counts > 0).astype(np.int32)
         xa = sp.csr_matrix(x[:, active])
         dtype = np.float64 if active.size <= FLOAT64_MAX_LECTURES else np.float32
-        gram: npt.NDArray[np.floating[Any]] = np.ascontiguousarray((xa.T @ xa).toarray(), dtype=dtype)
+        gram = _gram(xa, dtype)
         self._weights = ease_weights(gram, self.regularisation)
         self._active = active
         self._popularity = normalise_max(counts.astype(np.float32))
@@ -160,7 +174,7 @@ class EASERecommender(Recommender):
     def load(cls, directory: Path) -> Self:
         saved = read_model(directory, cls.name)
         model = instantiate(cls, saved.params, directory)
-        model._weights = np.ascontiguousarray(saved.array("weights"), dtype=np.float32)
+        model._weights = saved.array("weights").astype(np.float32, copy=False)
         model._active = saved.array("active").astype(np.int32)
         model._popularity = saved.array("popularity").astype(np.float32)
         model._catalogue, model._students = saved.catalogue, saved.students

@@ -23,7 +23,7 @@ with the same exclusion of training lectures. Each dataset runs in its own proce
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -44,6 +44,7 @@ from training.benchmarks.runner import (
 
 if TYPE_CHECKING:
     from features.tables import Dataset
+    from training.splits import Split
 
 SUITE = "quality"
 #: The generator's habits each variant breaks, in the order of the table.
@@ -184,18 +185,19 @@ def _load(params: Mapping[str, Any]) -> Dataset:
     return load_event_files(source)
 
 
-def quality_split(ds: Dataset) -> Any:
+def quality_split(ds: Dataset) -> Split:
     """The suite's split: temporal at the 0.8 quantile and a 14-day horizon; with too few test students an
     unbounded horizon, then each student's last lecture (leave_last_n)."""
     from training import splits
     from training.errors import SplitError
 
-    for make in (
+    makers: tuple[Callable[[], Split], ...] = (
         lambda: splits.temporal(ds),
         lambda: splits.temporal(ds, horizon_days=None),
         # OULAD: few students start another module after any global cutoff; their last one is the test
         lambda: splits.leave_last_n(ds, 1),
-    ):
+    )
+    for make in makers:
         try:
             split = make()
         except SplitError:
