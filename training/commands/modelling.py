@@ -232,6 +232,8 @@ class Trained:
     fit_seconds: float = 0.0
     error: str | None = None
     version: str | None = None
+    validation: float | None = None
+    note: str = ""
 
 
 def _settings() -> Settings:
@@ -281,6 +283,7 @@ def run_training(
     register: bool,
     oracle: bool,
     metric: str,
+    budget_seconds: float = 600.0,
 ) -> list[Trained]:
     """Fit, evaluate and log each model (and the oracle); optionally register. Used by `learnrec train`.
 
@@ -296,6 +299,7 @@ def run_training(
         register: register every logged model; make the best `champion` when there is none.
         oracle: also log the ground-truth oracle (synthetic datasets) unless logged already.
         metric: metric name used to pick the champion (``ndcg``).
+        budget_seconds: time budget of the search on validation (`training.selection.select`).
 
     Returns:
         One entry per model (failed ones carry `error`).
@@ -305,6 +309,7 @@ def run_training(
     from training import splits, tracking
     from training.evaluate import evaluate, ground_truth_dir, oracle_report
     from training.metrics import metric_key
+    from training.selection import select
 
     settings = _settings()
     key = metric_key(metric, ks[0])
@@ -313,14 +318,29 @@ def run_training(
         prepared = prepare(dataset_dir, split_name, split_params, progress)
         client = _client(settings)
         experiment_id = tracking.ensure_experiment(client, experiment, settings)
+        # hyper-parameters, the blend's fallback and the champion come from validation, never the test
+        search = progress.add_task("choosing on validation", total=None)
+        selection = select(
+            models, prepared.split, ks=ks, metric=metric, params=params, seed=seed,
+            budget_seconds=budget_seconds,
+            on_step=lambda line: progress.update(search, description=line),
+        )  # fmt: skip
+        progress.update(search, description=selection.summary(), total=1, completed=1)
         for name in models:
             task = progress.add_task(f"{name}: fitting", total=None)
             result = Trained(name)
             results.append(result)
+            choice = selection.choices.get(name)
+            if choice is not None:
+                result.validation, result.note = choice.value, choice.note
             try:
                 try:
                     factory: Callable[..., Recommender] = get_model_class(name)
-                    kwargs = splits.split_model_params(name, params.get(name, {}), prepared.split)
+                    kwargs = (
+                        dict(choice.params)
+                        if choice is not None
+                        else splits.split_model_params(name, params.get(name, {}), prepared.split)
+                    )
                     model = factory(seed=seed, **kwargs)
                 except TypeError as exc:
                     raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
@@ -349,7 +369,11 @@ def run_training(
                     fingerprint=prepared.fingerprint,
                     dataset_dir=prepared.dataset_dir,
                     params=model.params(),
-                    extra_metrics={"fit_seconds": result.fit_seconds, "evaluate_seconds": report.seconds},
+                    extra_metrics={
+                        "fit_seconds": result.fit_seconds,
+                        "evaluate_seconds": report.seconds,
+                        **({} if result.validation is None else {f"validation_{key}": result.validation}),
+                    },
                     model=model,
                     data=prepared.data,
                 )
@@ -385,6 +409,8 @@ def run_training(
                 progress.update(task, description=f"oracle: {key} = {report.overall.get(key, 0.0):.4f}")
     if register:
         _register(client, [r for r in results if r.run_id and r.model != "oracle"], key, settings)
+    for line in [selection.summary(), *(c.note for c in selection.choices.values() if c.note)]:
+        _err.print(escape(line), highlight=False, soft_wrap=True)
     return results
 
 
@@ -401,24 +427,28 @@ def _register(client: Any, results: list[Trained], key: str, settings: Settings)
     if held is not None:
         _err.print(f"'{name}' already has a champion (v{held}); use `learnrec promote` to replace it")
         return
-    best = max(results, key=lambda r: r.report.overall.get(key, float("-inf")) if r.report else float("-inf"))
+    # the champion is the best on validation: choosing it on the test would make its test figure optimistic
+    best = max(results, key=lambda r: float("-inf") if r.validation is None else r.validation)
     assert best.version is not None
     promote(client, name, best.version, CHAMPION, metric=key, settings=settings)
-    _err.print(f"'{name}' had no champion: v{best.version} ({best.model}) is now champion")
+    _err.print(
+        f"'{name}' had no champion: v{best.version} ({best.model}, best on validation) is now champion"
+    )
 
 
 def _summary_table(results: list[Trained], ks: tuple[int, ...]) -> Table:
     k = ks[0]
     table = Table(title=f"learnrec train: metrics at k={k}", **TABLE_STYLE)
-    for col in ("model", "ndcg", "recall", "prec", "cover", "fit s", "run", "version"):
+    for col in ("model", "val ndcg", "ndcg", "recall", "prec", "cover", "fit s", "run", "version"):
         table.add_column(col, justify="left" if col in ("model", "run") else "right", no_wrap=True)
     for r in results:
         if r.report is None:
-            table.add_row(r.model, "[red]failed[/]", "", "", "", "", "", "")
+            table.add_row(r.model, "", "[red]failed[/]", "", "", "", "", "", "")
             continue
         o = r.report.overall
         table.add_row(
             r.model,
+            "-" if r.validation is None else f"{r.validation:.4f}",
             f"{o.get(f'ndcg_at_{k}', 0.0):.4f}",
             f"{o.get(f'recall_at_{k}', 0.0):.4f}",
             f"{o.get(f'precision_at_{k}', 0.0):.4f}",
@@ -450,6 +480,13 @@ def train(
     seed: SeedOpt = None,
     oracle: Annotated[bool, typer.Option(help="Also log the ground-truth oracle (synthetic data).")] = True,
     metric: Annotated[str, typer.Option(help="Metric that picks the champion with --register.")] = "ndcg",
+    budget_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Time for the search on validation beyond each model's defaults (0: defaults only).",
+        ),
+    ] = 600.0,
     cutoff: CutoffOpt = None,
     quantile: QuantileOpt = None,
     horizon_days: HorizonOpt = None,
@@ -487,6 +524,7 @@ def train(
         results = run_training(
             names, split, split_params, dataset_dir=dataset_dir, ks=ks, params=model_params,
             experiment=experiment, seed=seed, register=register, oracle=oracle, metric=metric,
+            budget_seconds=budget_seconds,
         )  # fmt: skip
     except (LearnrecDataError, TrainingError) as exc:
         raise fail(str(exc)) from None
@@ -494,9 +532,10 @@ def train(
     done = [r for r in results if r.report is not None and r.model != "oracle"]
     failed = [r for r in results if r.error]
     key = f"ndcg_at_{ks[0]}"
-    best = max(done, key=lambda r: r.report.overall.get(key, 0.0) if r.report else 0.0, default=None)
+    best = max(done, key=lambda r: float("-inf") if r.validation is None else r.validation, default=None)
     best_text = (
-        f"best {best.model} ndcg@{ks[0]} = {best.report.overall.get(key, 0.0):.4f}"
+        f"champion (best on validation) {best.model}: test ndcg@{ks[0]} = "
+        f"{best.report.overall.get(key, 0.0):.4f}"
         if best and best.report
         else "no model"
     )
