@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from features.ground_truth import GroundTruth
+from features.online_state import OnlineState
 from features.profile import StudentProfile
 from features.store import EventIn, FeatureStore
 from features.synth import SynthConfig, generate
@@ -21,7 +22,6 @@ from models.loading import LoadedModel
 from training.errors import SimulationError
 from training.simulate import (
     InProcessBackend,
-    OnlineState,
     Population,
     SimConfig,
     default_start,
