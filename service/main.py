@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.experiments import ExperimentConfigError, ExperimentRegistry
 from features.settings import Settings, get_settings
+from models.errors import LearnrecError
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
@@ -340,14 +341,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContext, metrics=metrics)
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    @app.exception_handler(LearnrecError)
+    async def learnrec_error(request: Request, exc: LearnrecError) -> JSONResponse:
+        """Every domain error that reaches a route, by the status it carries (`models.errors`)."""
         if isinstance(exc, InvalidFieldError):
             detail: Any = [{"type": exc.kind, "loc": list(exc.loc), "msg": exc.detail}]
-        else:
+        elif isinstance(exc, ServiceError):
             detail = exc.detail
-        headers = {"WWW-Authenticate": "APIKey"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+        else:
+            detail = " ".join(str(exc).split())
+        if exc.http_status >= 500:
+            logger.error("request failed: %s", detail, extra={"error": type(exc).__name__})
+        headers = {"WWW-Authenticate": "APIKey"} if exc.http_status == 401 else None
+        return JSONResponse({"detail": detail}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,16 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.commands.console import fail, task_progress
+from training.commands.console import fail, rich_steps, task_progress
+from training.pipeline import Trained, prepare, run_training
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
     from features.settings import Settings
-    from features.tables import Dataset
-    from models.base import Recommender, TrainingData
-    from training.evaluate import EvaluationReport
-    from training.splits import Split
 
 _out = Console()
 _err = Console(stderr=True)
@@ -164,78 +157,6 @@ def _split_params(
     return params
 
 
-@dataclass
-class Prepared:
-    """A dataset, its split and the split's training data."""
-
-    dataset_dir: Path
-    dataset: Dataset
-    split: Split
-    data: TrainingData
-    fingerprint: str
-
-
-def prepare(dataset_dir: Path, split_name: str, split_params: dict[str, Any], progress: Progress) -> Prepared:
-    """Read the dataset, split it and build the training matrices, showing progress.
-
-    Args:
-        dataset_dir: dataset directory.
-        split_name: split name.
-        split_params: keyword arguments of the split.
-        progress: the rich progress display.
-
-    Returns:
-        Everything the models are fitted and evaluated on.
-    """
-    from features.matrices import build_training_data
-    from features.tables import read_dataset
-    from training.splits import make_split
-
-    task = progress.add_task(f"reading {dataset_dir}", total=4)
-    ds = read_dataset(dataset_dir)
-    progress.update(task, advance=1, description="fingerprinting the dataset")
-    fingerprint = ds.fingerprint()
-    progress.update(task, advance=1, description=f"{split_name} split")
-    split = make_split(split_name, ds, **split_params)
-    progress.update(task, advance=1, description="building the training matrices")
-    data = build_training_data(
-        split.train.students, split.train.lectures, split.train.events, as_of=split.as_of
-    )
-    s = split.summary()
-    progress.update(
-        task,
-        advance=1,
-        description=(
-            f"{ds.sizes['events']:,} events -> {s['train_events']:,} training, "
-            f"{s['test_students']:,} test students ({split_name})"
-        ),
-    )
-    return Prepared(Path(dataset_dir), ds, split, data, fingerprint)
-
-
-def _advance(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
-    """A `progress(done, total)` callback that moves one task of the display."""
-
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    return update
-
-
-@dataclass
-class Trained:
-    """Outcome of one model of `learnrec train`."""
-
-    model: str
-    report: EvaluationReport | None = None
-    run_id: str | None = None
-    fit_seconds: float = 0.0
-    error: str | None = None
-    version: str | None = None
-    validation: float | None = None
-    note: str = ""
-
-
 def _settings() -> Settings:
     from features.settings import get_settings
 
@@ -252,188 +173,6 @@ def _client(settings: Settings) -> Any:
 
     logging.getLogger(mlflow.__name__).setLevel(logging.WARNING)
     return tracking.configure(settings)
-
-
-def _oracle_logged(client: Any, experiment: str, prepared: Prepared, ks: tuple[int, ...]) -> bool:
-    """An oracle run of the same evaluation (split, its parameters, dataset, cut-offs) exists already."""
-    from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, find_runs, param_value
-
-    for run in find_runs(client, experiment, split=prepared.split.name, kinds=(KIND_ORACLE,)):
-        params = run.data.params
-        same_split = all(params.get(f"split.{k}") == param_value(v) for k, v in prepared.split.params.items())
-        if (
-            run.data.tags.get(TAG_FINGERPRINT) == prepared.fingerprint
-            and params.get("ks") == ",".join(str(k) for k in ks)
-            and same_split
-        ):
-            return True
-    return False
-
-
-def run_training(
-    models: list[str],
-    split_name: str,
-    split_params: dict[str, Any],
-    *,
-    dataset_dir: Path,
-    ks: tuple[int, ...],
-    params: dict[str, dict[str, Any]],
-    experiment: str,
-    seed: int,
-    register: bool,
-    oracle: bool,
-    metric: str,
-    budget_seconds: float = 600.0,
-) -> list[Trained]:
-    """Fit, evaluate and log each model (and the oracle); optionally register. Used by `learnrec train`.
-
-    Args:
-        models: registry names.
-        split_name: split name.
-        split_params: the split's keyword arguments.
-        dataset_dir: dataset directory.
-        ks: cut-offs (first = primary).
-        params: per model, constructor keyword arguments.
-        experiment: MLflow experiment name.
-        seed: seed of the models.
-        register: register every logged model; make the best `champion` when there is none.
-        oracle: also log the ground-truth oracle (synthetic datasets) unless logged already.
-        metric: metric name used to pick the champion (``ndcg``).
-        budget_seconds: time budget of the search on validation (`training.selection.select`).
-
-    Returns:
-        One entry per model (failed ones carry `error`).
-    """
-    from models import get_model_class
-    from models.errors import ModelError
-    from training import splits, tracking
-    from training.evaluate import evaluate, ground_truth_dir, oracle_report
-    from training.metrics import metric_key
-    from training.selection import select
-
-    settings = _settings()
-    key = metric_key(metric, ks[0])
-    results: list[Trained] = []
-    with task_progress() as progress:
-        prepared = prepare(dataset_dir, split_name, split_params, progress)
-        client = _client(settings)
-        experiment_id = tracking.ensure_experiment(client, experiment, settings)
-        # hyper-parameters, the blend's fallback and the champion come from validation, never the test
-        search = progress.add_task("choosing on validation", total=None)
-        selection = select(
-            models, prepared.split, ks=ks, metric=metric, params=params, seed=seed,
-            budget_seconds=budget_seconds,
-            on_step=lambda line: progress.update(search, description=line),
-        )  # fmt: skip
-        progress.update(search, description=selection.summary(), total=1, completed=1)
-        for name in models:
-            task = progress.add_task(f"{name}: fitting", total=None)
-            result = Trained(name)
-            results.append(result)
-            choice = selection.choices.get(name)
-            if choice is not None:
-                result.validation, result.note = choice.value, choice.note
-            try:
-                try:
-                    factory: Callable[..., Recommender] = get_model_class(name)
-                    kwargs = (
-                        dict(choice.params)
-                        if choice is not None
-                        else splits.split_model_params(name, params.get(name, {}), prepared.split)
-                    )
-                    model = factory(seed=seed, **kwargs)
-                except TypeError as exc:
-                    raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
-                started = time.perf_counter()
-                model.fit(prepared.data)
-                result.fit_seconds = time.perf_counter() - started
-                progress.update(
-                    task, description=f"{name}: evaluating", total=len(prepared.split.test_students)
-                )
-                report = evaluate(
-                    model,
-                    prepared.split,
-                    prepared.dataset,
-                    ks,
-                    data=prepared.data,
-                    fingerprint=prepared.fingerprint,
-                    progress=_advance(progress, task),
-                )
-                progress.update(task, description=f"{name}: logging to MLflow")
-                logged = tracking.log_evaluation_run(
-                    experiment_id,
-                    kind=tracking.KIND_MODEL,
-                    name=name,
-                    report=report,
-                    split=prepared.split,
-                    fingerprint=prepared.fingerprint,
-                    dataset_dir=prepared.dataset_dir,
-                    params=model.params(),
-                    extra_metrics={
-                        "fit_seconds": result.fit_seconds,
-                        "evaluate_seconds": report.seconds,
-                        **({} if result.validation is None else {f"validation_{key}": result.validation}),
-                    },
-                    model=model,
-                    data=prepared.data,
-                )
-                result.report, result.run_id = report, logged.run_id
-                progress.update(task, description=f"{name}: {key} = {report.overall.get(key, 0.0):.4f}")
-            except (ModelError, ValueError) as exc:
-                result.error = str(exc)
-                progress.update(task, description=f"[red]{name}: failed[/]", total=1, completed=1)
-        if oracle and ground_truth_dir(prepared.dataset_dir) is not None:
-            if _oracle_logged(client, experiment, prepared, ks):
-                progress.add_task("oracle: already logged for this evaluation", total=1, completed=1)
-            else:
-                task = progress.add_task("oracle: evaluating", total=len(prepared.split.test_students))
-                report = oracle_report(
-                    prepared.split,
-                    prepared.dataset,
-                    prepared.dataset_dir,
-                    ks,
-                    data=prepared.data,
-                    fingerprint=prepared.fingerprint,
-                    progress=_advance(progress, task),
-                )
-                logged = tracking.log_evaluation_run(
-                    experiment_id,
-                    kind=tracking.KIND_ORACLE,
-                    name="oracle",
-                    report=report,
-                    split=prepared.split,
-                    fingerprint=prepared.fingerprint,
-                    dataset_dir=prepared.dataset_dir,
-                )
-                results.append(Trained("oracle", report=report, run_id=logged.run_id))
-                progress.update(task, description=f"oracle: {key} = {report.overall.get(key, 0.0):.4f}")
-    if register:
-        _register(client, [r for r in results if r.run_id and r.model != "oracle"], key, settings)
-    for line in [selection.summary(), *(c.note for c in selection.choices.values() if c.note)]:
-        _err.print(escape(line), highlight=False, soft_wrap=True)
-    return results
-
-
-def _register(client: Any, results: list[Trained], key: str, settings: Settings) -> None:
-    from training.registry import CHAMPION, alias_version, promote, register_run
-
-    name = settings.mlflow.registered_model
-    for r in results:
-        assert r.run_id is not None
-        r.version = str(register_run(client, r.run_id, name).version)
-    if not results:
-        return
-    held = alias_version(client, name, CHAMPION)
-    if held is not None:
-        _err.print(f"'{name}' already has a champion (v{held}); use `learnrec promote` to replace it")
-        return
-    # the champion is the best on validation: choosing it on the test would make its test figure optimistic
-    best = max(results, key=lambda r: float("-inf") if r.validation is None else r.validation)
-    assert best.version is not None
-    promote(client, name, best.version, CHAMPION, metric=key, settings=settings)
-    _err.print(
-        f"'{name}' had no champion: v{best.version} ({best.model}, best on validation) is now champion"
-    )
 
 
 def _summary_table(results: list[Trained], ks: tuple[int, ...]) -> Table:
@@ -497,8 +236,6 @@ def train(
     test_events: TestEventsOpt = None,
 ) -> None:
     """Fit models on a split, evaluate them and log one MLflow run per model (params, metrics, pyfunc)."""
-    from features.errors import LearnrecDataError
-    from training.errors import TrainingError
 
     settings = _settings()
     names = list(_model_names()) if "all" in model else list(dict.fromkeys(model))
@@ -520,14 +257,16 @@ def train(
     dataset_dir = _dataset_dir(dataset, settings)
     experiment = experiment or settings.mlflow.experiment
     started = time.perf_counter()
-    try:
-        results = run_training(
+    with task_progress() as progress:
+        run = run_training(
             names, split, split_params, dataset_dir=dataset_dir, ks=ks, params=model_params,
-            experiment=experiment, seed=seed, register=register, oracle=oracle, metric=metric,
-            budget_seconds=budget_seconds,
+            experiment=experiment, seed=seed, register_models=register, oracle=oracle, metric=metric,
+            settings=settings, client=_client(settings), budget_seconds=budget_seconds,
+            step=rich_steps(progress),
         )  # fmt: skip
-    except (LearnrecDataError, TrainingError) as exc:
-        raise fail(str(exc)) from None
+    for line in run.messages:
+        _err.print(escape(line), highlight=False, soft_wrap=True)
+    results = run.results
     _out.print(_summary_table(results, ks))
     done = [r for r in results if r.report is not None and r.model != "oracle"]
     failed = [r for r in results if r.error]
@@ -574,9 +313,7 @@ def tune(
     test_events: TestEventsOpt = None,
 ) -> None:
     """Search hyper-parameters with Optuna (seeded TPE); each trial is a nested MLflow run."""
-    from features.errors import LearnrecDataError
     from training import splits, tracking
-    from training.errors import TrainingError
     from training.metrics import METRICS
     from training.tuning import SPACES
     from training.tuning import tune as run_study
@@ -601,29 +338,26 @@ def tune(
     dataset_dir = _dataset_dir(dataset, settings)
     experiment = experiment or settings.mlflow.experiment
     started = time.perf_counter()
-    try:
-        with task_progress() as progress:
-            prepared = prepare(dataset_dir, split, split_params, progress)
-            client = _client(settings)
-            experiment_id = tracking.ensure_experiment(client, experiment, settings)
-            task = progress.add_task(f"tuning {model}", total=trials)
-            best: list[float] = []
+    with task_progress() as progress:
+        prepared = prepare(dataset_dir, split, split_params, rich_steps(progress))
+        client = _client(settings)
+        experiment_id = tracking.ensure_experiment(client, experiment, settings)
+        task = progress.add_task(f"tuning {model}", total=trials)
+        best: list[float] = []
 
-            def on_trial(number: int, value: float | None, _params: dict[str, Any]) -> None:
-                if value is not None:
-                    best.append(max([value, *best]))
-                shown = f"best {metric}@{k} = {best[-1]:.4f}" if best else "no trial completed yet"
-                progress.update(task, advance=1, description=f"tuning {model}: trial {number + 1}, {shown}")
+        def on_trial(number: int, value: float | None, _params: dict[str, Any]) -> None:
+            if value is not None:
+                best.append(max([value, *best]))
+            shown = f"best {metric}@{k} = {best[-1]:.4f}" if best else "no trial completed yet"
+            progress.update(task, advance=1, description=f"tuning {model}: trial {number + 1}, {shown}")
 
-            result = run_study(
-                model, prepared.split, prepared.dataset, prepared.data, trials=trials,
-                experiment_id=experiment_id, fingerprint=prepared.fingerprint,
-                dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed,
-                base_params=splits.split_model_params(model, base, prepared.split),
-                on_trial=on_trial,
-            )  # fmt: skip
-    except (LearnrecDataError, TrainingError) as exc:
-        raise fail(str(exc)) from None
+        result = run_study(
+            model, prepared.split, prepared.dataset, prepared.data, trials=trials,
+            experiment_id=experiment_id, fingerprint=prepared.fingerprint,
+            dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed,
+            base_params=splits.split_model_params(model, base, prepared.split),
+            on_trial=on_trial,
+        )  # fmt: skip
     table = Table(title=f"best {model} parameters (trial {result.best_trial})", **TABLE_STYLE)
     table.add_column("parameter")
     table.add_column("value", justify="right")
@@ -761,7 +495,6 @@ def promote(
 ) -> None:
     """Point an alias (champion/challenger) at a model version; refuses a worse champion unless --force."""
     from training import registry
-    from training.errors import PromotionRefused, TrackingError
 
     settings = _settings()
     name = settings.mlflow.registered_model
@@ -771,17 +504,12 @@ def promote(
         return
     if (run_id is None) == (version is None):
         raise typer.BadParameter("give exactly one of --run-id and --version (or --history)")
-    try:
-        if run_id is not None:
-            version = str(registry.register_run(client, run_id, name).version)
-        assert version is not None
-        move = registry.promote(
-            client, name, version, alias, metric=metric, force=force, by=by, settings=settings
-        )
-    except PromotionRefused as exc:
-        raise fail(str(exc)) from None
-    except TrackingError as exc:
-        raise fail(str(exc)) from None
+    if run_id is not None:
+        version = str(registry.register_run(client, run_id, name).version)
+    assert version is not None
+    move = registry.promote(
+        client, name, version, alias, metric=metric, force=force, by=by, settings=settings
+    )
     if move is None:
         _out.print(f"'{name}'@{alias} already points at v{version}; nothing to do")
         return
