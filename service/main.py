@@ -21,7 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features.settings import Settings, get_settings
+from features.settings import Settings, apply_telemetry_choice, get_settings
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The app.
     """
     settings = settings or get_settings()
+    apply_telemetry_choice(settings)  # the models are loaded through MLflow, however the app is started
     configure_logging()
     keys = KeyRing.from_settings(settings)
     watched = _load_experiments(settings)
