@@ -25,6 +25,7 @@ from features.settings import Settings, apply_telemetry_choice, get_settings
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
+from service.docs import add_docs
 from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
 from service.experiments import ExperimentConfigError, ExperimentRegistry
 from service.exposures import ExposureWriter
@@ -338,6 +339,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: service.docs serves its own
+        redoc_url=None,
     )
     app.add_middleware(RequestContext, metrics=metrics)
 
@@ -360,6 +363,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (recommendations, events, students, admin, health):
         app.include_router(module.router)
+    add_docs(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
