@@ -8,15 +8,14 @@ shown as a reference row when it was logged.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import charts
 from training.metrics import METRICS, metric_key
 from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, TAG_K, TAG_KIND, TAG_MODEL, find_runs, param_value
 
@@ -253,9 +252,7 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[float]], title: str
 
 def chart(comparison: Comparison, metric: str = "ndcg") -> Figure:
     """A matplotlib figure: accuracy metrics, `metric` per region, beyond-accuracy metrics, per model."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 12), layout="constrained")
+    fig = charts.figure(figsize=(11, 12), layout="constrained")
     axes = fig.subplots(3, 1)
     k = comparison.k
     _bars(
@@ -281,12 +278,6 @@ def chart(comparison: Comparison, metric: str = "ndcg") -> Figure:
         "value",
     )
     return fig
-
-
-def _png(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path:
@@ -330,7 +321,7 @@ def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path
             f"<h2>{esc(metric)}@{k} per region</h2><table>"
             f"<tr><th>model</th>{region_head}</tr>{region_rows}</table>"
             "<h2>Charts</h2><img alt='metrics per model' "
-            f"src='data:image/png;base64,{_png(chart(comparison, metric))}'>"
+            f"src='data:image/png;base64,{charts.png_base64(chart(comparison, metric), dpi=90)}'>"
         )
     )
     skipped = (
