@@ -1,8 +1,8 @@
 """Side by side: the latest run of each model on one evaluation, as terminal tables and an HTML page.
 
 Only runs of the same split, split parameters (cutoff, test horizon ...) and dataset fingerprint are
-comparable; by default the evaluation of the most recent run is taken and runs of other datasets or
-split parameters are counted as skipped. The oracle (ground truth) is
+comparable; by default the split and evaluation of the most recent run are taken and runs of other
+datasets or split parameters are counted as skipped. The oracle (ground truth) is
 shown as a reference row when it was logged.
 """
 
@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from training import charts
 from training.metrics import METRICS, metric_key
-from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, TAG_K, TAG_KIND, TAG_MODEL, find_runs, param_value
+from training.tracking import (
+    KIND_ORACLE,
+    TAG_FINGERPRINT,
+    TAG_K,
+    TAG_KIND,
+    TAG_MODEL,
+    TAG_SPLIT,
+    find_runs,
+    param_value,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,7 +91,7 @@ def _split_params(run: Any) -> dict[str, str]:
 def collect(
     client: MlflowClient,
     experiment: str,
-    split: str,
+    split: str | None = None,
     *,
     k: int | None = None,
     fingerprint: str | None = None,
@@ -93,7 +102,7 @@ def collect(
     Args:
         client: the MLflow client.
         experiment: experiment name.
-        split: split name.
+        split: split name (default: the newest run's).
         k: cut-off to show (default: the newest run's primary k).
         fingerprint: dataset fingerprint (prefix) to compare on (default: the newest run's).
         split_params: split parameters the runs must have been evaluated with (e.g. ``horizon_days``;
@@ -108,8 +117,11 @@ def collect(
     wanted = {name: param_value(value) for name, value in (split_params or {}).items()}
     runs = [r for r in runs if all(_split_params(r).get(n) == v for n, v in wanted.items())]
     if not runs:
-        return Comparison(experiment, split, k or 10, fingerprint)
+        return Comparison(experiment, split or "", k or 10, fingerprint)
     newest = runs[0]
+    if split is None:  # another split is another question, not a skipped run of this one
+        split = newest.data.tags.get(TAG_SPLIT, "")
+        runs = [r for r in runs if r.data.tags.get(TAG_SPLIT, "") == split]
     fp = newest.data.tags.get(TAG_FINGERPRINT)
     evaluation = _split_params(newest)
     k = k or int(newest.data.tags.get(TAG_K, "10"))
