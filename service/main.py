@@ -22,11 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.experiments import ExperimentConfigError, ExperimentRegistry
-from features.settings import Settings, get_settings
+from features.settings import Settings, apply_telemetry_choice, get_settings
 from models.errors import LearnrecError
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore
+from service.docs import add_docs
 from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
 from service.exposures import ExposureWriter
 from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
@@ -249,6 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The app.
     """
     settings = settings or get_settings()
+    apply_telemetry_choice(settings)  # the models are loaded through MLflow, however the app is started
     configure_logging()
     keys = KeyRing.from_settings(settings)
     watched = _load_experiments(settings)
@@ -338,6 +340,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: service.docs serves its own
+        redoc_url=None,
     )
     app.add_middleware(RequestContext, metrics=metrics)
 
@@ -365,6 +369,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (recommendations, events, students, admin, health):
         app.include_router(module.router)
+    add_docs(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -60,6 +60,14 @@ demo.register(app)  # demo
 bench.register(app)  # bench
 
 
+@app.callback()
+def _before_any_command() -> None:
+    # MLflow's usage reporting goes off before any command can import mlflow (it starts its client then)
+    from features.settings import apply_telemetry_choice, get_settings
+
+    apply_telemetry_choice(get_settings())
+
+
 def main() -> None:
     app()
 

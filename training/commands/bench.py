@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -88,6 +90,9 @@ def register(app: typer.Typer) -> None:
         def say(line: str) -> None:
             typer.echo(line, err=True)
 
+        if "serve" in wanted:
+            _check_wrk(say)
+
         opts = BenchOptions(
             data_root=(data_root or settings.data_dir / "bench").resolve(),
             large=large,
@@ -151,6 +156,18 @@ def register(app: typer.Typer) -> None:
         )
         if bad:
             raise typer.Exit(1)
+
+
+def _check_wrk(say: Callable[[str], None]) -> None:
+    """First line: what the serve suite needs from the system; stop now when it is missing, not after the
+    data and train suites have run."""
+    from training.benchmarks.load import WRK_NEEDED
+
+    found = shutil.which("wrk")
+    say(f"learnrec bench needs {WRK_NEEDED}: {f'found {found}' if found else 'missing'}")
+    if not found:
+        say("install wrk and rerun, or run the other suites alone (--suite data, --suite train)")
+        raise typer.Exit(2)
 
 
 def _run_suite(name: str, opts: BenchOptions) -> SuiteResult:

@@ -24,9 +24,8 @@ _err = Console(stderr=True)
 #: Compact tables (fit 80 columns): the style of the other learnrec commands.
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
 
-SplitOpt = Annotated[
-    str, typer.Option("--split", help="temporal | leave_last_n | new_students | new_region | explicit")
-]
+SPLITS = "temporal | leave_last_n | new_students | new_region | explicit"
+SplitOpt = Annotated[str, typer.Option("--split", help=SPLITS)]
 DatasetOpt = Annotated[
     Path | None, typer.Option("--dataset", help="Dataset directory (default <data_dir>/datasets/synthetic).")
 ]
@@ -383,7 +382,9 @@ def tune(
 
 def compare(
     experiment: ExperimentOpt = None,
-    split: SplitOpt = "temporal",
+    split: Annotated[
+        str | None, typer.Option("--split", help=f"{SPLITS} (default: the newest run's).")
+    ] = None,
     k: Annotated[
         int | None, typer.Option("--k", help="Cut-off to show (default: the runs' primary k).")
     ] = None,
@@ -405,7 +406,7 @@ def compare(
 ) -> None:
     """Show the latest run of each model side by side (per region too) and write an HTML page with charts.
 
-    Only runs of one evaluation are shown: the same dataset and the same split parameters (cutoff,
+    Only runs of one evaluation are shown: the same split, dataset and split parameters (cutoff,
     horizon ...) as the newest matching run.
     """
     from training.compare import collect, terminal_tables, write_html
@@ -414,6 +415,7 @@ def compare(
     experiment = experiment or settings.mlflow.experiment
     wanted: dict[str, Any] = {}
     if horizon_days is not None:
+        split = split or "temporal"
         if split != "temporal":
             raise typer.BadParameter(
                 f"--horizon-days applies to the temporal split, not {split}", param_hint="--horizon-days"
@@ -427,10 +429,12 @@ def compare(
     with _err.status("reading runs..."):
         comparison = collect(client, experiment, split, k=k, fingerprint=fingerprint, split_params=wanted)
     if not comparison.runs:
+        on = f" on the {split} split" if split else ""
         raise fail(
-            f"no finished runs on the {split} split in experiment '{experiment}' "
-            f"({settings.tracking_uri()}): run `learnrec train --model all --split {split}` first"
+            f"no finished runs{on} in experiment '{experiment}' ({settings.tracking_uri()}): "
+            f"run `learnrec train --model all --split {split or 'temporal'}` first"
         )
+    split = comparison.split
     for table in terminal_tables(comparison, metric):
         _out.print(table)
     path = out or settings.data_dir / "reports" / f"compare-{split}.html"

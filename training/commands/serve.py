@@ -61,10 +61,13 @@ def register(app: typer.Typer) -> None:
             "--host", host,
             "--port", str(port),
         ]  # fmt: skip
-        typer.echo(f"MLflow UI on http://{host}:{port} for {uri}; Ctrl-C to stop", err=True)
+        telemetry = "on" if settings.mlflow.telemetry else "off (LEARNREC_MLFLOW__TELEMETRY=true allows it)"
+        typer.echo(f"MLflow UI on http://{host}:{port} for {uri}; usage telemetry {telemetry}", err=True)
+        typer.echo("Ctrl-C to stop", err=True)
         sys.stderr.flush()
-        # become `mlflow ui` (no wrapper process): signals reach MLflow and its workers directly
-        os.execv(sys.executable, cmd)
+        # become `mlflow ui` (no wrapper process): signals reach MLflow and its workers directly; the
+        # server and the page it serves report usage unless these variables say no
+        os.execve(sys.executable, cmd, {**os.environ, **settings.mlflow.telemetry_environment()})
 
     @app.command("api-key")
     def api_key(
