@@ -16,7 +16,13 @@ import scipy.sparse as sp
 
 from models.base import Recommender, StudentBatch, TrainingData
 from models.common import check_batch, decayed_interactions, normalise_max
+from models.loading import SEGMENT_SEPARATOR
 from models.serialization import instantiate, read_model, write_model
+
+#: Lectures kept in each popularity list of a model version (the ranking's fallbacks).
+FALLBACK_TOP_N = 100
+#: Half-life of the recency weighting of those lists.
+FALLBACK_HALF_LIFE_DAYS = 30.0
 
 
 def _group_sum(codes: npt.NDArray[np.int64], groups: int, weights: sp.csr_matrix) -> npt.NDArray[np.float64]:
@@ -216,3 +222,48 @@ class SegmentPopularityRecommender(Recommender):
 
             raise ModelFormatError(f"{directory}: table has shape {model._table.shape}, expected {expected}")
         return model
+
+
+def popular_lists(data: TrainingData, top_n: int = FALLBACK_TOP_N) -> dict[str, Any]:
+    """Popular active lectures (recency-weighted) globally, per region and per "region|grade".
+
+    The ranking falls back to these for students the model cannot score, and when the feature store
+    is down; a registered version carries them (fallback.json).
+
+    Args:
+        data: the training data.
+        top_n: lectures kept per list.
+
+    Returns:
+        {"global": [ids], "by_region": {region: [ids]}, "by_region_grade": {"seoul|h1": [ids]},
+        "top_n": top_n, "half_life_days": ...}.
+    """
+    cat = data.catalogue
+    weights = decayed_interactions(data, FALLBACK_HALF_LIFE_DAYS)
+    ids = np.asarray(cat.lectures.ids, dtype=object)
+
+    def top(rows: np.ndarray[Any, Any]) -> list[str]:
+        popularity = np.asarray(weights[rows].sum(axis=0), dtype=np.float64).ravel()
+        popularity[~cat.active] = 0.0
+        order = np.lexsort((np.arange(popularity.size), -popularity))  # ties: catalogue order
+        order = order[popularity[order] > 0][:top_n]
+        return [str(x) for x in ids[order]]
+
+    by_region: dict[str, list[str]] = {}
+    by_segment: dict[str, list[str]] = {}
+    for r, region in enumerate(cat.regions.ids):
+        in_region = data.region == r
+        if not in_region.any():
+            continue
+        by_region[region] = top(np.flatnonzero(in_region))
+        for g, grade in enumerate(cat.grades.ids):
+            rows = np.flatnonzero(in_region & (data.grade == g))
+            if rows.size:
+                by_segment[f"{region}{SEGMENT_SEPARATOR}{grade}"] = top(rows)
+    return {
+        "global": top(np.arange(len(data.students))),
+        "by_region": by_region,
+        "by_region_grade": by_segment,
+        "top_n": top_n,
+        "half_life_days": FALLBACK_HALF_LIFE_DAYS,
+    }

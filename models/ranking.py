@@ -31,12 +31,11 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from models.base import Catalogue, Recommender, StudentBatch, TrainingData
+from models.base import Catalogue, Recommender, StudentBatch
 from models.common import next_in_series
 from models.eligibility import EligibilityIndex, top_k_one
 from models.errors import ModelError
 from models.interactions import DROPPED_AT_MOST
-from models.loading import SEGMENT_SEPARATOR
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,10 +46,6 @@ if TYPE_CHECKING:
 SERIES_SLOTS = 2
 #: How many of the most recent lectures are looked at for series to continue.
 SERIES_LOOKBACK = 5
-#: Lectures kept in each popularity list of a model version.
-FALLBACK_TOP_N = 100
-#: Half-life of the recency weighting of the popularity lists.
-FALLBACK_HALF_LIFE_DAYS = 30.0
 
 REASON_TEXT: dict[str, str] = {
     "next_in_series": "시리즈 다음 강의",
@@ -218,7 +213,7 @@ class RankingModel:
         Args:
             recommender: the fitted recommender.
             lectures: the lectures table (titles, providers); None: ids stand in for titles.
-            fallback: the popularity lists (`popular_lists`); None: no popularity fallback.
+            fallback: the popularity lists (`models.popularity.popular_lists`); None: no popularity fallback.
             model_name: the name shown in answers (default the recommender's).
             version: the registered version, or a label for a model not registered.
             alias: the alias it serves under.
@@ -595,50 +590,3 @@ def _csr(
         else np.ones(indices.size, dtype=np.float32)
     )
     return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_columns))
-
-
-def popular_lists(data: TrainingData, top_n: int = FALLBACK_TOP_N) -> dict[str, Any]:
-    """Popular active lectures (recency-weighted) globally, per region and per "region|grade".
-
-    The ranking falls back to these for students the model cannot score, and when the feature store
-    is down; a registered version carries them (fallback.json).
-
-    Args:
-        data: the training data.
-        top_n: lectures kept per list.
-
-    Returns:
-        {"global": [ids], "by_region": {region: [ids]}, "by_region_grade": {"seoul|h1": [ids]},
-        "top_n": top_n, "half_life_days": ...}.
-    """
-    from models.common import decayed_interactions
-
-    cat = data.catalogue
-    weights = decayed_interactions(data, FALLBACK_HALF_LIFE_DAYS)
-    ids = np.asarray(cat.lectures.ids, dtype=object)
-
-    def top(rows: np.ndarray[Any, Any]) -> list[str]:
-        popularity = np.asarray(weights[rows].sum(axis=0), dtype=np.float64).ravel()
-        popularity[~cat.active] = 0.0
-        order = np.lexsort((np.arange(popularity.size), -popularity))  # ties: catalogue order
-        order = order[popularity[order] > 0][:top_n]
-        return [str(x) for x in ids[order]]
-
-    by_region: dict[str, list[str]] = {}
-    by_segment: dict[str, list[str]] = {}
-    for r, region in enumerate(cat.regions.ids):
-        in_region = data.region == r
-        if not in_region.any():
-            continue
-        by_region[region] = top(np.flatnonzero(in_region))
-        for g, grade in enumerate(cat.grades.ids):
-            rows = np.flatnonzero(in_region & (data.grade == g))
-            if rows.size:
-                by_segment[f"{region}{SEGMENT_SEPARATOR}{grade}"] = top(rows)
-    return {
-        "global": top(np.arange(len(data.students))),
-        "by_region": by_region,
-        "by_region_grade": by_segment,
-        "top_n": top_n,
-        "half_life_days": FALLBACK_HALF_LIFE_DAYS,
-    }

@@ -419,7 +419,8 @@ def evaluate(
         EvaluationError: nothing to evaluate.
     """
     from features.matrices import build_batch_for_model, build_training_data
-    from models.ranking import RankingModel, popular_lists
+    from models.popularity import popular_lists
+    from models.ranking import RankingModel
 
     if isinstance(model, RankingModel):
         ranker = model

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.loading import ARTIFACT_FILES, FALLBACK, LECTURES, RECOMMENDER, STUDENTS
-from models.ranking import popular_lists
+from models.popularity import popular_lists
 from training.errors import TrackingError
 
 if TYPE_CHECKING:

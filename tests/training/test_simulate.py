@@ -59,7 +59,7 @@ def training(dataset_dir: Path) -> tuple[TrainingData, Any]:
 
 
 def _loaded(model: Recommender, data: TrainingData, ds: Any, version: str) -> LoadedModel:
-    from models.ranking import popular_lists
+    from models.popularity import popular_lists
     from training.tracking import lectures_table
 
     return LoadedModel(
