@@ -31,7 +31,7 @@ from service.model_manager import ModelManager
 from service.ranking import RankingModel
 
 if TYPE_CHECKING:
-    from features.store import EventIn, FeatureStore, StudentProfile, StudentRecord
+    from features.store import EventIn, EventOutcome, FeatureStore, StudentProfile, StudentRecord
 
 logger = logging.getLogger("learnrec.service.store")
 T = TypeVar("T")
@@ -178,8 +178,8 @@ class GuardedStore:
         self._call("put_profiles", lambda store: store.put_profiles([profile]))
         self.forget([profile.student_id])
 
-    def apply_events(self, events: list[EventIn]) -> list[bool]:
-        """Store events; per event True = new, False = duplicate event_id."""
+    def apply_events(self, events: list[EventIn]) -> list[EventOutcome]:
+        """Store events; per event "accepted", "duplicate" or "conflict" (`FeatureStore.apply_events`)."""
         try:
             applied = self._call("apply_events", lambda store: store.apply_events(events))
         except ValueError as exc:  # the store re-checks what the API validated: a mismatch is a 422

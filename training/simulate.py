@@ -55,7 +55,7 @@ import numpy.typing as npt
 
 from features.ground_truth import GroundTruth
 from features.matrices import DROP_WEIGHT, PROGRESS_SLOPE, STAGE_WEIGHT
-from features.store import EventIn, StudentProfile, StudentRecord
+from features.store import EventIn, EventOutcome, StudentProfile, StudentRecord, event_fields
 from features.synth_calendar import KST_OFFSET_S, hour_cdf
 from training.errors import SimulationError
 
@@ -205,7 +205,7 @@ class OnlineState:
     The rules are those of `features.store`: a pair weighs the furthest funnel stage reached (enrol 0.25,
     progress 0.3 + 0.5 p, complete 1.0), or `DROP_WEIGHT` when its latest event is a drop before
     completion; the recent list holds the lectures enrolled in, oldest first, a re-enrolment moved to the
-    end, at most `recent_len`; an event id is applied once per student. `fork` gives an independent copy
+    end, at most `recent_len`; an event id is applied once. `fork` gives an independent copy
     cheaply (students are copied when first written), so repeated simulations start from one seeded state.
 
     Args:
@@ -218,7 +218,7 @@ class OnlineState:
         self._pairs: dict[str, dict[str, tuple[float, int, int]]] = {}
         self._history: dict[str, dict[str, float]] = {}
         self._recent: dict[str, list[str]] = {}
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: dict[str, dict[str, str]] = {}  # event id -> its stream fields
         self._owned: set[str] = set()
 
     def fork(self) -> OnlineState:
@@ -228,7 +228,7 @@ class OnlineState:
         other._pairs = dict(self._pairs)
         other._history = dict(self._history)
         other._recent = dict(self._recent)
-        other._seen = set(self._seen)
+        other._seen = dict(self._seen)
         return other
 
     def put_profiles(self, profiles: Iterable[StudentProfile]) -> None:
@@ -311,22 +311,24 @@ class OnlineState:
             self._recent[sid] = list(self._recent.get(sid, []))
             self._owned.add(sid)
 
-    def apply(self, events: Sequence[EventIn]) -> list[bool]:
-        """Apply events in order, idempotently by (student, event id), as `FeatureStore.apply_events`.
+    def apply(self, events: Sequence[EventIn]) -> list[EventOutcome]:
+        """Apply events in order, idempotently by event id, as `FeatureStore.apply_events`.
 
         Args:
             events: the events.
 
         Returns:
-            Per event, True when applied, False for an event id seen before.
+            Per event ``"accepted"``, ``"duplicate"`` (the id was seen with the same fields) or
+            ``"conflict"`` (seen with other fields: not applied).
         """
-        out = []
+        out: list[EventOutcome] = []
         for e in events:
-            key = (e.student_id, e.event_id)
-            if key in self._seen:
-                out.append(False)
+            fields = event_fields(e)
+            seen = self._seen.get(e.event_id)
+            if seen is not None:
+                out.append("duplicate" if seen == fields else "conflict")
                 continue
-            self._seen.add(key)
+            self._seen[e.event_id] = fields
             self._own(e.student_id)
             pairs, history = self._pairs[e.student_id], self._history[e.student_id]
             ts = _epoch_us(e.occurred_at)
@@ -355,7 +357,7 @@ class OnlineState:
                     recent.remove(e.lecture_id)
                 recent.append(e.lecture_id)
                 del recent[: max(0, len(recent) - self.recent_len)]
-            out.append(True)
+            out.append("accepted")
         return out
 
     def record(self, student_id: str) -> StudentRecord:
@@ -832,10 +834,13 @@ class InProcessBackend:
 
     def post_events(self, events: Sequence[EventIn]) -> PostSummary:
         """Apply events to the online state (idempotent by event id)."""
-        applied = self.state.apply(events)
-        self.accepted.extend(e for e, fresh in zip(events, applied, strict=True) if fresh)
-        n = sum(applied)
-        return PostSummary(accepted=n, duplicates=len(events) - n)
+        outcomes = self.state.apply(events)
+        self.accepted.extend(e for e, o in zip(events, outcomes, strict=True) if o == "accepted")
+        return PostSummary(
+            accepted=outcomes.count("accepted"),
+            duplicates=outcomes.count("duplicate"),
+            rejected=outcomes.count("conflict"),
+        )
 
     def exposures_frame(self) -> pd.DataFrame:
         """The exposures logged so far (columns of `training.ab.exposures.EXPOSURES`)."""
