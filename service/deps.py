@@ -290,6 +290,31 @@ def require_model(state: AppState) -> RankingModel:
     return model
 
 
+def known_regions(state: AppState) -> list[str]:
+    """Regions a student may be registered in: configured (``service.regions``), named by an API key,
+    or in a serving model's catalogue (its licences and its students), in order."""
+    from features.schemas import ALL_REGIONS
+
+    found = set(state.settings.service.regions) | state.keys.regions
+    for model in (state.models.current, *state.models.variants.values()):
+        if model is not None:
+            found.update(model.catalogue.regions.ids)
+    found.discard(ALL_REGIONS)
+    return sorted(found)
+
+
+def check_known_region(state: AppState, region: str) -> None:
+    """422 naming the region when no configuration, key or model knows it (a typo, or a partner not
+    yet added)."""
+    known = known_regions(state)
+    if region not in known:
+        raise InvalidFieldError(
+            ("body", "region"),
+            f"unknown region '{region}': expected one of {', '.join(known)} (a new partner region is "
+            "added to LEARNREC_SERVICE__REGIONS)",
+        )
+
+
 def check_region(client: ApiClient, region: str | None, what: str) -> None:
     """403 when `client` may not touch a student of `region`."""
     if not client.may_access(region):
