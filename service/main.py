@@ -169,6 +169,17 @@ def _connect_store(settings: Settings) -> tuple[Any, Any, str | None]:
     return FeatureStore(connection), connection, None
 
 
+def _supervise_embedded(settings: Settings) -> Any:
+    """Restart the embedded redis-server when it dies (None with a configured Redis: not ours to run)."""
+    if settings.redis.url:
+        return None
+    from features.redis_server import EmbeddedSupervisor
+
+    supervisor = EmbeddedSupervisor(settings.redis_dir)
+    supervisor.start()
+    return supervisor
+
+
 def _listen_for_changes(connection: Any, answers: AnswerCache) -> Any:
     """Start the listener that keeps the answer cache honest; None (cache off) without Redis, with a
     cluster or with size 0."""
@@ -260,6 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.getLogger("uvicorn.access").disabled = True
         limit_native_threads(settings.service.native_threads)  # before the model loads its libraries
         store, connection, why = await asyncio.to_thread(_connect_store, settings)
+        supervisor = _supervise_embedded(settings)
         answers = AnswerCache(settings.service.answer_cache_size)
         metrics.answer_cache_entries.set_function(lambda: len(answers))
         metrics.answer_cache_live.set_function(lambda: int(answers.enabled))
@@ -327,6 +339,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(listener.close)
             if not first_load.done():
                 first_load.cancel()  # the worker thread finishes on its own; nobody waits for it
+            if supervisor is not None:
+                await asyncio.to_thread(supervisor.close)
             if connection is not None:
                 await asyncio.to_thread(_close, connection)
 
