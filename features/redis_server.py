@@ -494,7 +494,10 @@ def start_embedded(
 
 
 def _port_free(port: int) -> bool:
+    """True when redis-server could listen on `port` now: it sets SO_REUSEADDR, so connections of a
+    killed server still in TIME_WAIT there do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
