@@ -639,7 +639,11 @@ def connect(settings: Settings, *, bulk: bool = False) -> RedisClient:
     Request-path clients (default) time out after ``settings.redis.socket_timeout_ms`` and retry a
     failed command once, so an outage answers in milliseconds (the service degrades instead of
     waiting). Bulk clients (materialise, seed, export) allow 60 s per command and back off between
-    three retries.
+    three retries. redis-py's `Retry` resends on `TimeoutError` too, so a command whose reply was late
+    may run twice: every write sent through these clients is safe to run twice (event intake by
+    construction, `features.store`; profiles and model state are SETs; the export acknowledges and
+    trims by id), except exposures, which are at least once and counted once per request id by the
+    A/B analysis (`training.ab.attribution`).
 
     Args:
         settings: learnrec settings (``redis.url``, ``redis.cluster``, timeouts, data dir).
