@@ -54,6 +54,17 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
+def _start_in_another_process(redis_dir: Path) -> list[str]:
+    """`start_embedded` run by another process (as a CLI command would): its pid, port, started."""
+    code = (
+        "import sys; from pathlib import Path; from features.redis_server import start_embedded; "
+        "s = start_embedded(Path(sys.argv[1])); print(s.pid, s.port, s.started)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(redis_dir)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 def test_start_records_pid_port_url_and_persists(redis_dir: Path):
     server = start_embedded(redis_dir)
     assert server.started
@@ -73,14 +84,7 @@ def test_second_call_and_second_process_reuse_the_running_server(redis_dir: Path
     first = start_embedded(redis_dir)
     again = start_embedded(redis_dir)
     assert again.pid == first.pid and again.port == first.port and not again.started
-    code = (
-        "import sys; from pathlib import Path; from features.redis_server import start_embedded; "
-        "s = start_embedded(Path(sys.argv[1])); print(s.pid, s.port, s.started)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(redis_dir)], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == [str(first.pid), str(first.port), "False"]
+    assert _start_in_another_process(redis_dir) == [str(first.pid), str(first.port), "False"]
 
 
 def test_data_survives_stop_and_start(redis_dir: Path):
@@ -169,14 +173,7 @@ def test_no_second_server_beside_a_live_one(redis_dir: Path):
     whether the record is lost or the live server does not answer (stopped)."""
     first = start_embedded(redis_dir, daemon=False)
     (redis_dir / SERVER_FILE).unlink()  # the record lost: the pid file still names the live server
-    code = (
-        "import sys; from pathlib import Path; from features.redis_server import start_embedded; "
-        "s = start_embedded(Path(sys.argv[1])); print(s.pid, s.port, s.started)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(redis_dir)], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == [str(first.pid), str(first.port), "False"]
+    assert _start_in_another_process(redis_dir) == [str(first.pid), str(first.port), "False"]
     recorded = read_server_file(redis_dir)  # recorded again
     assert recorded is not None and (recorded.pid, recorded.port) == (first.pid, first.port)
     os.kill(first.pid, signal.SIGSTOP)  # alive, not answering

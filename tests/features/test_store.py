@@ -253,23 +253,12 @@ def test_a_command_resent_after_a_timeout_stores_and_reports_each_event_once(red
     (redis-py `Retry`). Every event must be reported accepted by the one call that sent it, and be in the
     stream once.
     """
-    import os
-    import signal
     import threading
 
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     stop = threading.Event()
-
-    def stall() -> None:
-        while not stop.is_set():
-            os.kill(redis_server.pid, signal.SIGSTOP)
-            try:
-                stop.wait(0.1)
-            finally:
-                os.kill(redis_server.pid, signal.SIGCONT)
-            stop.wait(0.05)
 
     def scripts_run() -> int:
         return int(redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
@@ -279,7 +268,7 @@ def test_a_command_resent_after_a_timeout_stores_and_reports_each_event_once(red
     )
     store = FeatureStore(client)
     store.apply_events([_event(-1, "warm", "A", "enrol")])  # scripts loaded before the stalls
-    staller = threading.Thread(target=stall)
+    staller = threading.Thread(target=redis_server.stall, args=(stop.is_set,))
     before, sent, outcomes = scripts_run(), 0, []
     staller.start()
     try:

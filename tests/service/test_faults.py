@@ -265,11 +265,8 @@ def test_redis_sigstop_under_load(registry: Registry, redis_server: RedisServerC
         for round_ in range(3):
             if not _posted(tally, 20 * (round_ + 1)):
                 return
-            os.kill(redis_server.pid, signal.SIGSTOP)
-            try:
+            with redis_server.frozen():
                 time.sleep(1.0)
-            finally:
-                os.kill(redis_server.pid, signal.SIGCONT)
 
     seed(redis_server)
     with running(service_settings(registry, redis_server.url)) as (live, client, _logs):
@@ -290,13 +287,7 @@ def test_command_timeouts_resent_by_redis_py_under_load(
     reported 'duplicate' (the HTTP twin of `test_a_command_resent_after_a_timeout_...` in test_store)."""
 
     def stall(tally: Tally) -> None:
-        while not tally.done.is_set():
-            os.kill(redis_server.pid, signal.SIGSTOP)
-            try:
-                time.sleep(0.1)
-            finally:
-                os.kill(redis_server.pid, signal.SIGCONT)
-            time.sleep(0.05)
+        redis_server.stall(tally.done.is_set)
 
     seed(redis_server)
     probe = redis_server.client()
