@@ -35,8 +35,8 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)  ## benchmarks (data generation, training, serving); writes bench/results/
-	$(BIN)/learnrec bench
+bench: $(STAMP)  ## benchmarks (data generation, training, serving; the serve suite needs wrk); writes bench/results/
+	@$(BIN)/learnrec bench  # its first line says what it needs from the system
 
 serve: $(STAMP)  ## run the API on localhost with the embedded Redis
 	$(BIN)/learnrec serve

@@ -1,4 +1,4 @@
-"""Domain errors of the data layer.
+"""Domain errors of the data layer (under `models.errors.LearnrecError`, the root of every learnrec error).
 
 LearnrecDataError
 ├── SchemaError          a table breaks its schema (names file, rows, column)
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from models.errors import LearnrecError
 
-class LearnrecDataError(Exception):
+
+class LearnrecDataError(LearnrecError):
     """Base of every data-layer error."""
+
+    http_status = 422
 
 
 class SchemaError(LearnrecDataError):
@@ -47,9 +51,13 @@ class SchemaError(LearnrecDataError):
 class DatasetNotFoundError(LearnrecDataError):
     """A dataset directory or one of its files does not exist."""
 
+    http_status = 404
+
 
 class FeatureStoreError(LearnrecDataError):
     """The Redis feature store could not be read or written."""
+
+    http_status = 503
 
 
 class GroundTruthError(LearnrecDataError):

@@ -37,7 +37,7 @@ key                                       type    value
                                                   the stream's slot and one script checks it and appends
                                                   (`features.streams.append_once`)
 ``lr:stream:exposures``                   stream  every answered recommendation (fields written by
-                                                  ``service.experiments.exposure_fields``)
+                                                  ``features.experiments.exposure_fields``)
 ========================================  ======  ===========================================================
 
 Every key of a student starts with `STUDENT_PREFIX` and every version pointer with `ACTIVE_PREFIX`: the

@@ -6,20 +6,17 @@ Conventions (shared with the service and the models):
   students that appear only in events (sorted by id).
 * The region vocabulary of a `Catalogue` ends with the `ALL_REGIONS` token ("*"): its licence row holds
   the lectures licensed everywhere, which is what a student of an unknown region may see.
-* Interaction weight per (student, lecture), from the furthest stage reached:
-  complete 1.0 > progress 0.3 + 0.5 * progress (0.3..0.8) > enrol 0.25; a pair whose latest event is a
-  drop (and that was never completed) weighs 0.1. Every pair with any event is nonzero, so a dropped
+* Interaction weight per (student, lecture): the rule of `models.interactions` (the furthest stage
+  reached; a drop before completion weighs 0.1). Every pair with any event is nonzero, so a dropped
   lecture still counts as history (and is never recommended again).
-* Side features are one-hot (multi-hot for list columns) named ``"column=value"``.
-
-pandas is imported inside the functions that need it so that `StudentFeatureEncoder` (used on the
-service's request path) stays pandas-free.
+* Side features are one-hot (multi-hot for list columns) named ``"column=value"``, from the profile's
+  attributes (`features.profile`); `models.ranking.StudentFeatureEncoder` encodes one profile the same way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +25,10 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from features.errors import SchemaError
+from features.profile import FEATURE_ATTRIBUTES
 from features.schemas import ALL_REGIONS, EVENT_TYPES, GRADES
 from models.base import Catalogue, IdMap, StudentBatch, TrainingData
+from models.interactions import DROP, ENROL, pair_weights, stage_weights
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,16 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Student columns turned into one-hot side features, in this order.
-STUDENT_FEATURE_COLUMNS: tuple[str, ...] = (
-    "region",
-    "grade",
-    "school_level",
-    "target_exam",
-    "interest_subjects",
-    "deprivation_band",
-    "age_band",
-)
+#: Student columns turned into one-hot side features, in this order: the profile's attributes.
+STUDENT_FEATURE_COLUMNS: tuple[str, ...] = FEATURE_ATTRIBUTES
 #: Lecture columns turned into one-hot side features (name prefix, column).
 LECTURE_FEATURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("subject", "subject"),
@@ -56,12 +47,7 @@ LECTURE_FEATURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("grade", "grades"),
     ("series", "series_id"),
 )
-#: Interaction weight of each funnel stage (progress adds 0.5 * progress to its base).
-STAGE_WEIGHT: dict[str, float] = {"enrol": 0.25, "progress": 0.3, "complete": 1.0}
-PROGRESS_SLOPE = 0.5
-DROP_WEIGHT = 0.1
 _SECONDS_PER_DAY = 86_400.0
-_TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,17 +364,10 @@ def _aggregate_events(
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     ends = np.r_[starts[1:], key.size] - 1
 
-    stage = np.zeros(key.size, dtype=np.float32)
-    stage[type_code == _TYPE_CODE["enrol"]] = STAGE_WEIGHT["enrol"]
-    is_progress = type_code == _TYPE_CODE["progress"]
-    stage[is_progress] = STAGE_WEIGHT["progress"] + PROGRESS_SLOPE * np.clip(progress[is_progress], 0.0, 1.0)
-    stage[type_code == _TYPE_CODE["complete"]] = STAGE_WEIGHT["complete"]
-    weight = np.maximum.reduceat(stage, starts)
-    dropped = (type_code[ends] == _TYPE_CODE["drop"]) & (weight < STAGE_WEIGHT["complete"])
-    weight[dropped] = DROP_WEIGHT
-    weight[weight <= 0] = DROP_WEIGHT  # only drop events: still a (weak) interaction
+    stage = stage_weights(type_code, progress)
+    weight = pair_weights(np.maximum.reduceat(stage, starts), type_code[ends] == DROP)
 
-    enrol_t = np.where(type_code == _TYPE_CODE["enrol"], t, np.iinfo(np.int64).max)
+    enrol_t = np.where(type_code == ENROL, t, np.iinfo(np.int64).max)
     first_enrol = np.minimum.reduceat(enrol_t, starts)
     first_any = t[starts]
     first_seen = np.where(first_enrol == np.iinfo(np.int64).max, first_any, first_enrol)
@@ -462,50 +441,6 @@ def _encode_students(
     if not all_rows:
         return sp.csr_matrix((n_rows, len(vocabulary)), dtype=np.float32)
     return _multi_hot(np.concatenate(all_rows), np.concatenate(all_cols), (n_rows, len(vocabulary)))
-
-
-class StudentFeatureEncoder:
-    """Encodes student profiles into a model's student-feature columns without pandas (request path).
-
-    Args:
-        names: the model's `student_feature_names` ("region=seoul", "grade=h1", ...).
-    """
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = tuple(names)
-        self._index = {name: i for i, name in enumerate(self.names)}
-
-    def columns(self, profile: Mapping[str, Any]) -> npt.NDArray[np.int32]:
-        """Feature columns set for one profile; unknown values and absent attributes set none."""
-        cols: list[int] = []
-        for column in STUDENT_FEATURE_COLUMNS:
-            value = profile.get(column)
-            values = [value] if isinstance(value, str) or not isinstance(value, Iterable) else list(value)
-            for v in values:
-                if v is None or (isinstance(v, float) and v != v):  # None / NaN: attribute not given
-                    continue
-                c = self._index.get(f"{column}={v}", -1)
-                if c >= 0:
-                    cols.append(c)
-        return np.unique(np.asarray(cols, dtype=np.int32))
-
-    def encode(self, profiles: Sequence[Mapping[str, Any]]) -> sp.csr_matrix:
-        """(len(profiles), len(names)) 0/1 float32 CSR of the profiles' features.
-
-        Args:
-            profiles: mappings with any of the keys of `STUDENT_FEATURE_COLUMNS`; list-valued
-                `interest_subjects` is multi-hot.
-
-        Returns:
-            The feature matrix.
-        """
-        per_row = [self.columns(p) for p in profiles]
-        indptr = np.zeros(len(per_row) + 1, dtype=np.int32)
-        np.cumsum([c.size for c in per_row], out=indptr[1:])
-        indices = np.concatenate(per_row) if per_row else np.zeros(0, np.int32)
-        return sp.csr_matrix(
-            (np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(len(per_row), len(self.names))
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------

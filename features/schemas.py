@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from models.interactions import EVENT_TYPES as INTERACTION_EVENT_TYPES
+
 #: Grades in school order; `oos` is out-of-school youth, `adult` a learner outside school grades (OULAD).
 GRADES: tuple[str, ...] = ("m1", "m2", "m3", "h1", "h2", "h3", "oos", "adult")
 GRADE_LABELS_KO: dict[str, str] = {
@@ -21,7 +23,7 @@ GRADE_LABELS_KO: dict[str, str] = {
     "adult": "성인",
 }
 #: Event types of the learning funnel.
-EVENT_TYPES: tuple[str, ...] = ("enrol", "progress", "complete", "drop")
+EVENT_TYPES: tuple[str, ...] = INTERACTION_EVENT_TYPES
 #: Lecture levels: 1 기초 (basic), 2 기본 (standard), 3 심화 (advanced).
 LEVELS: tuple[int, ...] = (1, 2, 3)
 #: A lecture's `regions` list holding this value is licensed everywhere.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,6 +37,18 @@ class MlflowSettings(BaseModel):
     registered_model: str = Field(
         default="learnrec-lectures", description="Registered model that holds the champion/challenger."
     )
+    telemetry: bool = Field(
+        default=False,
+        description=(
+            "Let MLflow (3.2 and later) send its anonymised usage data from learnrec's processes and the "
+            "MLflow UI that `learnrec mlflow-ui` starts. Off: learnrec sets MLFLOW_DISABLE_TELEMETRY and "
+            "DO_NOT_TRACK, since it runs on separated networks and its data is about minors."
+        ),
+    )
+
+    def telemetry_environment(self) -> dict[str, str]:
+        """The environment variables that switch MLflow's usage reporting off (none when it is allowed)."""
+        return {} if self.telemetry else {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
 class ServiceSettings(BaseModel):
@@ -134,6 +147,18 @@ class Settings(BaseSettings):
 
     def artifact_root(self) -> str:
         return (self.mlflow_dir / "artifacts").resolve().as_uri()
+
+
+def apply_telemetry_choice(settings: Settings) -> None:
+    """Put `settings.mlflow.telemetry` in force for this process and the processes it starts.
+
+    MLflow reads the variables whenever it would report, so this works even after `import mlflow`; child
+    processes (the MLflow UI) inherit them.
+
+    Args:
+        settings: the settings in force.
+    """
+    os.environ.update(settings.mlflow.telemetry_environment())
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,7 @@
 Key layout: `features.keys`. Reads of one student (or a batch) are one pipeline (`transaction=False`), so
 a request costs one round trip. Events are applied per student by one Lua script whose keys all share the
 student's hash tag (atomic, and legal in a Redis Cluster); the interaction weights are those of
-`features.matrices` (complete 1.0 > progress 0.3 + 0.5 p > enrol 0.25; a pair whose latest event is a
+`models.interactions` (complete 1.0 > progress 0.3 + 0.5 p > enrol 0.25; a pair whose latest event is a
 drop weighs 0.1), recomputed from the furthest stage reached and the latest event so that events
 arriving late or out of order give the batch pipeline's weight. Applied events go to the events stream.
 
@@ -24,7 +24,6 @@ told it was stored (503: retry unchanged), and its retry completes step 2.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,9 +35,10 @@ import numpy as np
 import numpy.typing as npt
 
 from features import keys
-from features.errors import FeatureStoreError, SchemaError
-from features.matrices import DROP_WEIGHT, PROGRESS_SLOPE, STAGE_WEIGHT
-from features.schemas import EVENT_TYPES
+from features.errors import FeatureStoreError
+from features.online_state import StudentRecord, aggregate_history, epoch_us, weight_text
+from features.profile import StudentProfile
+from models.interactions import DROP_WEIGHT, EVENT_TYPES, PROGRESS_SLOPE, RECENT_LEN, STAGE_WEIGHT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,35 +116,6 @@ end
 if enrolled then redis.call('LTRIM', KEYS[3], -recent_len, -1) end
 return out
 """
-
-
-@dataclass(frozen=True)
-class StudentProfile:
-    """What the portal tells us about a student (no names, no national ids)."""
-
-    student_id: str
-    region: str
-    grade: str
-    school_level: str | None = None
-    target_exam: str | None = None
-    interest_subjects: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class StudentRecord:
-    """Everything the request path needs about one student, read in one round trip.
-
-    Attributes:
-        profile: the stored profile, None when the portal never sent one.
-        history: lecture_id -> interaction weight (training history seeded plus online events).
-        recent: lectures enrolled most recently, oldest first, at most ``recent_len``.
-        state: model state (float32 bytes) under the model version asked for; None when absent or not asked.
-    """
-
-    profile: StudentProfile | None
-    history: dict[str, float]
-    recent: tuple[str, ...]
-    state: bytes | None
 
 
 @dataclass(frozen=True)
@@ -226,12 +197,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _epoch_us(moment: datetime) -> int:
-    """Microseconds since the epoch (naive times are taken as UTC, as `features.matrices` does)."""
-    delta = _utc(moment) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def event_fields(event: EventIn) -> dict[str, str]:
     """The events-stream fields of one event (all text; decoded by `features.streams.record_decoder`).
 
@@ -267,36 +232,11 @@ def _check_event(i: int, event: EventIn) -> None:
         raise ValueError(f"event {i}: occurred_at must be a datetime, got {event.occurred_at!r}")
 
 
-def _profile_json(profile: StudentProfile) -> bytes:
-    if not profile.student_id or not isinstance(profile.student_id, str):
-        raise ValueError(f"profile: student_id must be a non-empty string, got {profile.student_id!r}")
-    for name in ("region", "grade"):
-        value = getattr(profile, name)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"profile of {profile.student_id!r}: {name} must be a non-empty string")
-    record: dict[str, Any] = {"region": profile.region, "grade": profile.grade}
-    if profile.school_level is not None:
-        record["school_level"] = profile.school_level
-    if profile.target_exam is not None:
-        record["target_exam"] = profile.target_exam
-    if profile.interest_subjects:
-        record["interest_subjects"] = list(profile.interest_subjects)
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
 def _profile_from(student_id: str, raw: bytes | None) -> StudentProfile | None:
     if raw is None:
         return None
     try:
-        record = json.loads(raw)
-        return StudentProfile(
-            student_id=student_id,
-            region=str(record["region"]),
-            grade=str(record["grade"]),
-            school_level=record.get("school_level"),
-            target_exam=record.get("target_exam"),
-            interest_subjects=tuple(str(s) for s in record.get("interest_subjects", ())),
-        )
+        return StudentProfile.from_json(student_id, raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise FeatureStoreError(
             f"profile of student {student_id!r} in Redis ({keys.profile(student_id)!r}) is corrupt: {exc}; "
@@ -306,10 +246,6 @@ def _profile_from(student_id: str, raw: bytes | None) -> StudentProfile | None:
 
 def _decode(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _weight_text(weight: float) -> str:
-    return f"{weight:.9g}"
 
 
 class FeatureStore:
@@ -323,7 +259,7 @@ class FeatureStore:
     """
 
     def __init__(
-        self, client: Any, *, recent_len: int = 20, event_ttl_seconds: int = EVENT_ID_TTL_SECONDS
+        self, client: Any, *, recent_len: int = RECENT_LEN, event_ttl_seconds: int = EVENT_ID_TTL_SECONDS
     ) -> None:
         if recent_len < 1:
             raise ValueError(f"recent_len must be >= 1, got {recent_len}")
@@ -457,7 +393,7 @@ class FeatureStore:
         count = 0
         batch: list[tuple[bytes, bytes]] = []
         for profile in profiles:
-            batch.append((keys.profile(profile.student_id), _profile_json(profile)))
+            batch.append((keys.profile(profile.student_id), profile.to_json()))
             if len(batch) >= WRITE_CHUNK:
                 count += self._set_many(batch)
                 batch = []
@@ -484,7 +420,7 @@ class FeatureStore:
         call_keys += [keys.event_marker(student_id, e.event_id) for e in batch]
         args = [str(self.recent_len), str(self.event_ttl_seconds), *self._weights]
         for e in batch:
-            args += [e.lecture_id, e.type, repr(float(e.progress)), str(_epoch_us(e.occurred_at))]
+            args += [e.lecture_id, e.type, repr(float(e.progress)), str(epoch_us(e.occurred_at))]
         return call_keys, args
 
     def _run_scripts(self, groups: Sequence[tuple[str, list[EventIn]]]) -> list[list[int]]:
@@ -659,86 +595,28 @@ class FeatureStore:
         Raises:
             SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
         """
-        import pandas as pd
-
         if len(events) == 0:
             return 0
-        for col in ("student_id", "lecture_id", "type", "occurred_at"):
-            if col not in events.columns:
-                raise SchemaError("events", col, [], f"column '{col}' is missing")
-        types = events["type"].astype(str)
-        unknown = ~types.isin(EVENT_TYPES)
-        if unknown.any():
-            rows = (np.flatnonzero(unknown.to_numpy()) + 1).tolist()
-            raise SchemaError(
-                "events", "type", rows,
-                f"unknown event type '{types[unknown].iloc[0]}': expected one of {', '.join(EVENT_TYPES)}",
-            )  # fmt: skip
-        try:
-            when = pd.to_datetime(events["occurred_at"], utc=True)
-        except (ValueError, TypeError) as exc:
-            raise SchemaError("events", "occurred_at", [], f"cannot read as timestamps: {exc}") from exc
-        if when.isna().any():
-            rows = (np.flatnonzero(when.isna().to_numpy()) + 1).tolist()
-            raise SchemaError(
-                "events", "occurred_at", rows, "missing timestamp: every event needs occurred_at"
-            )
-        p = (
-            events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
-            if "progress" in events.columns
-            else np.zeros(len(events))
-        )
-        frame = pd.DataFrame(
-            {
-                "s": events["student_id"].astype(str).to_numpy(),
-                "l": events["lecture_id"].astype(str).to_numpy(),
-                "type": types.to_numpy(),
-                "t": (when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1),
-                "row": np.arange(len(events)),
-            }
-        )
-        stage = np.zeros(len(frame))
-        stage[frame["type"].to_numpy() == "enrol"] = STAGE_WEIGHT["enrol"]
-        is_progress = frame["type"].to_numpy() == "progress"
-        stage[is_progress] = STAGE_WEIGHT["progress"] + PROGRESS_SLOPE * np.clip(p[is_progress], 0.0, 1.0)
-        stage[frame["type"].to_numpy() == "complete"] = STAGE_WEIGHT["complete"]
-        frame["stage"] = stage
-        frame = frame.sort_values(["t", "row"], kind="stable")  # time order; ties keep table order
-        grouped = frame.groupby(["s", "l"], sort=False)
-        pairs = grouped.agg(max_stage=("stage", "max"), last_t=("t", "last"), last_type=("type", "last"))
-        drop = (pairs["last_type"] == "drop").to_numpy()
-        weight = pairs["max_stage"].to_numpy().copy()
-        weight[(weight <= 0) | (drop & (weight < STAGE_WEIGHT["complete"]))] = DROP_WEIGHT
-        pairs = pairs.assign(weight=weight, drop=drop.astype(int)).reset_index()
-        enrols = frame[frame["type"] == "enrol"].drop_duplicates(["s", "l"], keep="last")
-        recent = enrols.groupby("s", sort=False)["l"].agg(lambda x: list(x)[-self.recent_len :])
-
-        students = pairs.groupby("s", sort=False)
-        total = students.ngroups
+        agg = aggregate_history(events, self.recent_len)
+        total = len(agg.students)
         done = 0
         pipe = self.client.pipeline(transaction=False)
         queued = 0
-        for sid, block in students:
-            sid = str(sid)
+        weights = [weight_text(w) for w in agg.weight.tolist()]
+        aggregates = [
+            f"{weight_text(m)}|{t}|{int(d)}"
+            for m, t, d in zip(
+                agg.max_stage.tolist(), agg.last_us.tolist(), agg.dropped.tolist(), strict=True
+            )
+        ]
+        for sid, a, b in zip(agg.students, agg.bounds[:-1].tolist(), agg.bounds[1:].tolist(), strict=True):
             hist_key, pairs_key, recent_key = keys.history(sid), keys.pairs(sid), keys.recent(sid)
-            lectures = block["l"].tolist()
+            lectures = agg.lectures[a:b]
             for key in (hist_key, pairs_key, recent_key):  # one key per DEL: a cluster pipeline needs it
                 pipe.delete(key)
-            pipe.hset(
-                hist_key,
-                mapping=dict(zip(lectures, map(_weight_text, block["weight"].tolist()), strict=True)),
-            )
-            aggregates = zip(
-                block["max_stage"].tolist(), block["last_t"].tolist(), block["drop"].tolist(), strict=True
-            )
-            pipe.hset(
-                pairs_key,
-                mapping={
-                    lec: f"{_weight_text(m)}|{t}|{d}"
-                    for lec, (m, t, d) in zip(lectures, aggregates, strict=True)
-                },
-            )
-            order = recent.get(sid)
+            pipe.hset(hist_key, mapping=dict(zip(lectures, weights[a:b], strict=True)))
+            pipe.hset(pairs_key, mapping=dict(zip(lectures, aggregates[a:b], strict=True)))
+            order = agg.recent.get(sid)
             if order:
                 pipe.rpush(recent_key, *order)
             queued += 1

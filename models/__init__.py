@@ -9,6 +9,7 @@ from pathlib import Path
 
 from models.base import Recommender
 from models.blend import BlendRecommender
+from models.ease import EASERecommender
 from models.item_knn import ItemKNNRecommender
 from models.lightfm_hybrid import LightFMRecommender
 from models.popularity import PopularityRecommender, SegmentPopularityRecommender
@@ -22,6 +23,7 @@ MODELS: dict[str, type[Recommender]] = {
         PopularityRecommender,
         SegmentPopularityRecommender,
         ItemKNNRecommender,
+        EASERecommender,
         LightFMRecommender,
         SequenceRecommender,
         BlendRecommender,
@@ -70,6 +72,7 @@ def load_model(directory: Path) -> Recommender:
 __all__ = [
     "MODELS",
     "BlendRecommender",
+    "EASERecommender",
     "ItemKNNRecommender",
     "LightFMRecommender",
     "PopularityRecommender",

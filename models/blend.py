@@ -49,6 +49,7 @@ from models.common import (
     series_similarity_and_reach,
     started_series,
 )
+from models.ease import EASERecommender
 from models.eligibility import eligible_mask
 from models.errors import ModelFormatError, NotFittedError
 from models.item_knn import ItemKNNRecommender
@@ -64,14 +65,17 @@ COMPONENTS: dict[str, type[Recommender]] = {
         PopularityRecommender,
         SegmentPopularityRecommender,
         ItemKNNRecommender,
+        EASERecommender,
         LightFMRecommender,
         SequenceRecommender,
     )
 }
-DEFAULT_COMPONENTS: tuple[str, ...] = ("segment_popularity", "item_knn", "lightfm", "sequence")
+DEFAULT_COMPONENTS: tuple[str, ...] = ("segment_popularity", "item_knn", "ease", "lightfm", "sequence")
 #: Length of the weights' validation window: the temporal split's default test horizon
 #: (`training.splits.DEFAULT_HORIZON_DAYS`, the retrain cadence), so the blend learns the same task.
 DEFAULT_HOLDOUT_DAYS = 14.0
+#: How the blend carves its weights' hold-out from the training data.
+HOLDOUT_KINDS: tuple[str, ...] = ("time", "random")
 _EXTRA_FEATURES: tuple[str, ...] = ("series_next", "subject_share", "popularity", "reach", "series_started")
 
 
@@ -160,6 +164,31 @@ def _kept_entries(matrix: sp.csr_matrix, keys: npt.NDArray[np.int64]) -> npt.NDA
     return ~np.isin(rows * matrix.shape[1] + matrix.indices.astype(np.int64), keys)
 
 
+def _without_pairs(
+    data: TrainingData, held_rows: npt.NDArray[np.int64], held_cols: npt.NDArray[np.int64]
+) -> TrainingData:
+    """`data` without the (student, lecture) pairs given: interactions, ages and sequences."""
+    n = data.interactions.shape[1]
+    held_keys = np.sort(held_rows * n + held_cols)
+    keep = _kept_entries(data.interactions, held_keys)
+
+    def without(matrix: sp.csr_matrix) -> sp.csr_matrix:  # the age matrices share the interactions' entries
+        same = same_entries(matrix, data.interactions)
+        return _drop_entries(matrix, keep if same else _kept_entries(matrix, held_keys))
+
+    sequences = list(data.sequences)
+    for r in np.unique(held_rows):
+        seq = sequences[r]
+        sequences[r] = seq[~np.isin(int(r) * n + seq.astype(np.int64), held_keys)]
+    return dataclasses.replace(
+        data,
+        interactions=without(data.interactions),
+        age_days=without(data.age_days),
+        sequences=tuple(sequences),
+        first_age_days=None if data.first_age_days is None else without(data.first_age_days),
+    )
+
+
 def temporal_holdout(
     data: TrainingData, holdout: int = 1, min_remaining: int = 1
 ) -> tuple[TrainingData, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -181,28 +210,40 @@ def temporal_holdout(
         if chosen.size
         else np.zeros(0, np.int64)
     )
-    n = data.interactions.shape[1]
-    held_keys = np.sort(held_rows * n + held_cols)
-    keep = _kept_entries(data.interactions, held_keys)
+    return _without_pairs(data, held_rows, held_cols), held_rows, held_cols
 
-    def without(matrix: sp.csr_matrix) -> sp.csr_matrix:  # the age matrices share the interactions' entries
-        same = same_entries(matrix, data.interactions)
-        return _drop_entries(matrix, keep if same else _kept_entries(matrix, held_keys))
 
-    interactions = without(data.interactions)
-    age_days = without(data.age_days)
-    first_age_days = None if data.first_age_days is None else without(data.first_age_days)
-    sequences = list(data.sequences)
-    for r in chosen:
-        sequences[r] = sequences[r][:-holdout]
-    train = dataclasses.replace(
-        data,
-        interactions=interactions,
-        age_days=age_days,
-        sequences=tuple(sequences),
-        first_age_days=first_age_days,
-    )
-    return train, held_rows, held_cols
+def random_holdout(
+    data: TrainingData, share: float = 0.2, seed: int = 42
+) -> tuple[TrainingData, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Hold out a random `share` of each student's lectures (at least one; one always stays).
+
+    The hold-out for logs whose order carries no signal (a random per-student split): what is held
+    out then looks like the test, where the latest days would not.
+
+    Args:
+        data: the training data.
+        share: share of each student's lectures held out, in (0, 1).
+        seed: seed of the draw.
+
+    Returns:
+        (training data without the held-out lectures, student rows, lecture rows) of the held-out pairs.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    rng = np.random.default_rng(seed)
+    rows: list[npt.NDArray[np.int64]] = []
+    cols: list[npt.NDArray[np.int64]] = []
+    for r, seq in enumerate(data.sequences):
+        if seq.size < 2:
+            continue
+        size = min(max(1, round(share * seq.size)), seq.size - 1)
+        picked = np.sort(rng.choice(np.unique(seq), size=size, replace=False)).astype(np.int64)
+        rows.append(np.full(picked.size, r, dtype=np.int64))
+        cols.append(picked)
+    held_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    held_cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return _without_pairs(data, held_rows, held_cols), held_rows, held_cols
 
 
 class BlendRecommender(Recommender):
@@ -227,6 +268,10 @@ class BlendRecommender(Recommender):
         rank_depth: ranks beyond this count as "not ranked" (feature 0).
         regularisation: inverse L2 strength `C` of the logistic regression.
         half_life_days: recency half-life of the popularity feature.
+        holdout_kind: "time" (the hold-outs above) or "random": a random `holdout_share` (0.2 when 0)
+            of each student's lectures, for logs whose order says nothing (a random per-student test).
+        fallback: a component name: the blend did not beat this component on validation (decided by
+            `learnrec train`), so it fits and serves that component alone, unblended.
     """
 
     name: ClassVar[str] = "blend"
@@ -246,6 +291,8 @@ class BlendRecommender(Recommender):
         half_life_days: float | None = 30.0,
         holdout_share: float = 0.2,
         holdout_days: float | None = DEFAULT_HOLDOUT_DAYS,
+        holdout_kind: str = "time",
+        fallback: str | None = None,
     ) -> None:
         components = (components,) if isinstance(components, str) else tuple(components)
         unknown = [c for c in components if c not in COMPONENTS]
@@ -265,6 +312,12 @@ class BlendRecommender(Recommender):
             or not (np.isfinite(holdout_days) and holdout_days >= 0)
         ):
             raise ValueError(f"holdout_days must be a number of days >= 0 or None, got {holdout_days!r}")
+        if holdout_kind not in HOLDOUT_KINDS:
+            raise ValueError(f"holdout_kind must be one of {', '.join(HOLDOUT_KINDS)}, got {holdout_kind!r}")
+        if fallback is not None and fallback not in components:
+            raise ValueError(
+                f"fallback must be one of the components ({', '.join(components)}), got {fallback!r}"
+            )
         if not 0 <= hard_share <= 1:
             raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
         self.seed = seed
@@ -279,6 +332,8 @@ class BlendRecommender(Recommender):
         self.half_life_days = half_life_days
         self.holdout_share = holdout_share
         self.holdout_days = float(holdout_days) if holdout_days else None
+        self.holdout_kind = holdout_kind
+        self.fallback = fallback
         self._models: dict[str, Recommender] = {}
         self._coef: dict[str, float] = {}
         self._intercept = 0.0
@@ -304,6 +359,8 @@ class BlendRecommender(Recommender):
             "half_life_days": self.half_life_days,
             "holdout_share": self.holdout_share,
             "holdout_days": self.holdout_days,
+            "holdout_kind": self.holdout_kind,
+            "fallback": self.fallback,
         }
 
     def params(self) -> dict[str, Any]:
@@ -495,7 +552,11 @@ class BlendRecommender(Recommender):
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
         self._lookup_cache = None
-        if self.holdout_days or self.holdout_share > 0:
+        if self.fallback is not None:
+            return self._fit_fallback(data)
+        if self.holdout_kind == "random":
+            train, held_rows, held_cols = random_holdout(data, self.holdout_share or 0.2, self.seed)
+        elif self.holdout_days or self.holdout_share > 0:
             train, held_rows, held_cols = time_holdout(
                 data, self.holdout_share, days=self.holdout_days or None
             )
@@ -529,6 +590,17 @@ class BlendRecommender(Recommender):
         self._models = {name: self._new_component(name).fit(data) for name in self.components}
         return self
 
+    def _fit_fallback(self, data: TrainingData) -> Self:
+        """Fit the fallback component alone; the blend's score is then that component's score."""
+        assert self.fallback is not None
+        names = self.feature_names()
+        self._coef = {name: (1.0 if name == f"{self.fallback}:score" else 0.0) for name in names}
+        self._intercept, self._learned, self._n_pairs = 0.0, False, 0
+        n = len(data.catalogue.lectures)
+        self._popularity, self._reach = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        self._models = {self.fallback: self._new_component(self.fallback).fit(data)}
+        return self
+
     # ------------------------------------------------------------------------------------------------
     def state_width(self) -> int:
         model = self._models.get(LightFMRecommender.name)
@@ -548,6 +620,9 @@ class BlendRecommender(Recommender):
             raise ValueError(
                 "batch.state given but this blend keeps no per-student state (no lightfm component)"
             )
+        if self.fallback is not None:
+            # unblended: the component's own scores, so the ranking is exactly the component's
+            return self._models[self.fallback].score(batch)
         mask = eligible_mask(self.catalogue, batch.region, batch.grade, batch.history)
         z = np.full(mask.shape, np.float32(self._intercept), dtype=np.float32)
         for name, plane in self._planes(self._tops(self._models, batch, mask), batch):
@@ -602,7 +677,7 @@ class BlendRecommender(Recommender):
         model._next = next_in_series(saved.catalogue)
         model._lookup_cache = None
         models: dict[str, Recommender] = {}
-        for name in model.components:
+        for name in (model.fallback,) if model.fallback is not None else model.components:
             component = COMPONENTS[name].load(directory / "components" / name)
             if component.catalogue.lectures != saved.catalogue.lectures:
                 raise ModelFormatError(f"{directory}: component '{name}' was fitted on another catalogue")

@@ -1,4 +1,17 @@
-"""Domain errors of the models.
+"""The root of every learnrec error, and the domain errors of the models.
+
+Every package's errors descend from `LearnrecError` (it lives here because `models` uses nothing of
+ours, so every other package may import it). Each class knows the HTTP status it means, so the web
+layer maps every domain error in one handler (`service.main`), and the CLI catches this one type
+(`training.cli`):
+
+    LearnrecError                          http_status
+    ├── ModelError (below)                 500, 404 for a missing registered model
+    ├── features.errors.LearnrecDataError  422; 404 DatasetNotFoundError, 503 FeatureStoreError
+    ├── features.experiments.ExperimentConfigError   422
+    ├── training.errors.TrainingError      500
+    ├── training.ab.errors.ABError         422
+    └── service.errors.ServiceError        401/403/422/503 (and ServiceConfigError, a refused start-up)
 
 ModelError
 ├── NotFittedError       used before fit/load
@@ -8,7 +21,17 @@ ModelError
 """
 
 
-class ModelError(Exception):
+class LearnrecError(Exception):
+    """Root of every learnrec error.
+
+    Attributes:
+        http_status: the HTTP status this error means when it reaches the web layer.
+    """
+
+    http_status: int = 500
+
+
+class ModelError(LearnrecError):
     """Base of every model error."""
 
 
@@ -26,3 +49,5 @@ class ModelFormatError(ModelError):
 
 class RegisteredModelNotFoundError(ModelError):
     """The MLflow registry has no such registered model, alias or version."""
+
+    http_status = 404

@@ -13,6 +13,13 @@ The model's arrays after fit are plain numpy (LightFM is only imported to fit):
   ``scores = state @ item_matrix + item_bias`` is one matrix product;
 * student state (n_students, no_components + 1): embedding sum and bias, what the feature store holds.
 
+Plain logs (issue 12): LightFM multiplies a sample weight into its step size, so the interaction weights
+are scaled to mean 1 over the positive pairs (an enrol-only log, where every pair weighs 0.25, then trains
+exactly like the binary matrix); side features constant over all rows (a derived `region=unknown`, one
+provider) say nothing about anyone and are dropped before fitting, so they do not take a share of every
+representation, nor do columns held by a single row (a lecture that is its own series repeats its
+identity). `informative_columns` decides which; the kept columns travel with the model.
+
 Determinism: LightFM's Hogwild updates are only reproducible on one thread, so a seeded model always
 trains with num_threads=1 (`num_threads` applies only when seed is None).
 """
@@ -34,14 +41,49 @@ from models.serialization import instantiate, read_model, write_model
 LOSSES = ("warp", "bpr", "warp-kos")
 
 
+def informative_columns(features: sp.csr_matrix) -> npt.NDArray[np.bool_]:
+    """Columns of `features` that tell rows apart: not equal in every row, and held by two rows or more.
+
+    A column equal in every row (a derived `region=unknown`) carries nothing; one held by a single row
+    (a lecture that is its own series) only repeats that row's identity feature.
+
+    Args:
+        features: (rows, columns) side features.
+
+    Returns:
+        (columns,) mask, True = keep.
+    """
+    f = sp.csc_matrix(features, dtype=np.float32)
+    n_rows = f.shape[0]
+    if n_rows == 0:
+        return np.zeros(f.shape[1], dtype=np.bool_)
+    stored = np.diff(f.indptr)
+    lo = np.full(f.shape[1], np.inf, dtype=np.float64)
+    hi = np.full(f.shape[1], -np.inf, dtype=np.float64)
+    nonempty = stored > 0
+    if nonempty.any():
+        cols = np.repeat(np.arange(f.shape[1]), stored)
+        np.minimum.at(lo, cols, f.data)
+        np.maximum.at(hi, cols, f.data)
+    # a column with unstored (zero) cells also takes the value 0
+    partial = stored < n_rows
+    lo = np.where(partial, np.minimum(lo, 0.0), lo)
+    hi = np.where(partial, np.maximum(hi, 0.0), hi)
+    out: npt.NDArray[np.bool_] = (hi > lo) & (np.diff(sp.csc_matrix(f != 0).indptr) >= 2)
+    return out
+
+
 def _weighted_features(
-    features: sp.csr_matrix, feature_weight: float
+    features: sp.csr_matrix, feature_weight: float, keep: npt.NDArray[np.bool_] | None = None
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.float32]]:
     """Feature part scaled to sum feature_weight / (1 + feature_weight) per row, and identity weights.
 
-    Rows without any feature keep identity weight 1.
+    Columns outside `keep` (None = all) are zeroed first. Rows without any feature keep identity weight 1.
     """
     f = sp.csr_matrix(features, dtype=np.float32, copy=True)
+    if keep is not None and not keep.all():
+        f = sp.csr_matrix(f @ sp.diags(keep.astype(np.float32)), dtype=np.float32)
+        f.eliminate_zeros()
     totals = np.asarray(f.sum(axis=1), dtype=np.float32).ravel()
     has = totals > 0
     share = np.float32(feature_weight / (1.0 + feature_weight))
@@ -51,8 +93,10 @@ def _weighted_features(
     return f, identity
 
 
-def _with_identity(features: sp.csr_matrix, feature_weight: float) -> sp.csr_matrix:
-    f, identity = _weighted_features(features, feature_weight)
+def _with_identity(
+    features: sp.csr_matrix, feature_weight: float, keep: npt.NDArray[np.bool_] | None = None
+) -> sp.csr_matrix:
+    f, identity = _weighted_features(features, feature_weight, keep)
     return sp.csr_matrix(sp.hstack([sp.diags(identity, format="csr"), f], format="csr"), dtype=np.float32)
 
 
@@ -70,8 +114,10 @@ class LightFMRecommender(Recommender):
         max_sampled: WARP negative samples per positive before giving up.
         feature_weight: weight of the side features relative to the identity feature (0 = pure
             collaborative filtering; cold-start students then get only biases).
-        use_weights: pass the interaction weights as sample weights (ignored for warp-kos, which
-            does not support them).
+        use_weights: pass the interaction weights as sample weights, scaled to mean 1 so they shape the
+            steps without shrinking them (ignored for warp-kos, which does not support them).
+        drop_constant_features: drop side-feature columns equal over all students (lectures), which
+            carry no information.
         num_threads: training threads when seed is None.
     """
 
@@ -90,6 +136,7 @@ class LightFMRecommender(Recommender):
         max_sampled: int = 10,
         feature_weight: float = 1.0,
         use_weights: bool = True,
+        drop_constant_features: bool = True,
         num_threads: int = 1,
     ) -> None:
         if loss not in LOSSES:
@@ -108,7 +155,10 @@ class LightFMRecommender(Recommender):
         self.max_sampled = max_sampled
         self.feature_weight = feature_weight
         self.use_weights = use_weights
+        self.drop_constant_features = drop_constant_features
         self.num_threads = num_threads
+        self._student_keep: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        self._item_keep: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
         self._item_matrix: npt.NDArray[np.float32] | None = None
         self._item_bias: npt.NDArray[np.float32] = np.zeros(0, np.float32)
         self._user_state: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
@@ -127,6 +177,7 @@ class LightFMRecommender(Recommender):
             "max_sampled": self.max_sampled,
             "feature_weight": self.feature_weight,
             "use_weights": self.use_weights,
+            "drop_constant_features": self.drop_constant_features,
             "num_threads": self.num_threads,
         }
 
@@ -142,10 +193,19 @@ class LightFMRecommender(Recommender):
         rows, cols, weights = inter.row[positive], inter.col[positive], inter.data[positive]
         ones = sp.coo_matrix((np.ones(rows.size, np.float32), (rows, cols)), shape=inter.shape)
         sample_weight = None
-        if self.use_weights and self.loss != "warp-kos":
-            sample_weight = sp.coo_matrix((weights, (rows, cols)), shape=inter.shape)
-        user_features = _with_identity(data.student_features, self.feature_weight)
-        item_features = _with_identity(data.catalogue.features, self.feature_weight)
+        if self.use_weights and self.loss != "warp-kos" and weights.size:
+            # LightFM multiplies the weight into the step: mean 1 keeps the relative weights, not a
+            # smaller learning rate (an enrol-only log weighs 0.25 everywhere)
+            scaled = (weights / np.float32(weights.mean())).astype(np.float32)
+            sample_weight = sp.coo_matrix((scaled, (rows, cols)), shape=inter.shape)
+        if self.drop_constant_features:
+            self._student_keep = informative_columns(data.student_features)
+            self._item_keep = informative_columns(data.catalogue.features)
+        else:
+            self._student_keep = np.ones(data.student_features.shape[1], dtype=np.bool_)
+            self._item_keep = np.ones(data.catalogue.features.shape[1], dtype=np.bool_)
+        user_features = _with_identity(data.student_features, self.feature_weight, self._student_keep)
+        item_features = _with_identity(data.catalogue.features, self.feature_weight, self._item_keep)
         model = LightFM(
             no_components=self.no_components,
             loss=self.loss,
@@ -229,7 +289,7 @@ class LightFMRecommender(Recommender):
             (b, state_width()) float32.
         """
         self._fitted()
-        f, _ = _weighted_features(features, self.feature_weight)
+        f, _ = _weighted_features(features, self.feature_weight, self._student_keep)
         out: npt.NDArray[np.float32] = np.asarray(f @ self._user_feature_state, dtype=np.float32)
         return out
 
@@ -245,7 +305,7 @@ class LightFMRecommender(Recommender):
             (embeddings (m, no_components), biases (m,)).
         """
         self._fitted()
-        f, _ = _weighted_features(features, self.feature_weight)
+        f, _ = _weighted_features(features, self.feature_weight, self._item_keep)
         rep = np.asarray(f @ self._item_feature_state, dtype=np.float32)
         return np.ascontiguousarray(rep[:, :-1]), np.ascontiguousarray(rep[:, -1])
 
@@ -294,6 +354,8 @@ class LightFMRecommender(Recommender):
                 "user_state": self._user_state,
                 "user_feature_state": self._user_feature_state,
                 "item_feature_state": self._item_feature_state,
+                "student_keep": self._student_keep,
+                "item_keep": self._item_keep,
             },
         )
 
@@ -306,6 +368,8 @@ class LightFMRecommender(Recommender):
         model._user_state = saved.array("user_state").astype(np.float32)
         model._user_feature_state = saved.array("user_feature_state").astype(np.float32)
         model._item_feature_state = saved.array("item_feature_state").astype(np.float32)
+        model._student_keep = saved.array("student_keep").astype(np.bool_)
+        model._item_keep = saved.array("item_keep").astype(np.bool_)
         model._catalogue, model._students = saved.catalogue, saved.students
         model._student_feature_names = saved.student_feature_names
         width, n = model.state_width(), len(saved.catalogue.lectures)
@@ -315,6 +379,8 @@ class LightFMRecommender(Recommender):
             "user_state": (len(saved.students), width),
             "user_feature_state": (len(saved.student_feature_names), width),
             "item_feature_state": (len(saved.catalogue.feature_names), width),
+            "student_keep": (len(saved.student_feature_names),),
+            "item_keep": (len(saved.catalogue.feature_names),),
         }
         for name, shape in expected.items():
             got = getattr(model, f"_{name}").shape

@@ -9,8 +9,11 @@ Logged by `learnrec train` as a *model from code* (the small `ENTRY_SCRIPT` belo
 Input: a DataFrame with `student_id` and optionally `k` (list length, default 10) and profile columns
 (`region`, `grade`, `school_level`, `target_exam`, `interest_subjects`) used for students the model has
 never seen. Training students are looked up in `students.parquet` (profile and ordered history), so
-their taken lectures are never recommended again. Output: one row per recommended lecture with
-`student_id`, `rank` (1 = best), `lecture_id`, `title` (Korean) and `score`, best first.
+their taken lectures are never recommended again. The lists are the service's
+(`models.ranking.RankingModel.rank_many`: eligibility, series slots, scores, popularity fallbacks), from
+the state at training time. Output: one row per recommended lecture with
+`student_id`, `rank` (1 = best), `lecture_id`, `title` (Korean), `score` and `reason` (as the API's:
+``next_in_series`` slots first, then ``similar_students`` by score, or ``popular_*``), best first.
 
 This module imports mlflow at import time (its base class); import it only where a pyfunc is logged or
 loaded. The service loads versions through `models.loading`, not through this wrapper.
@@ -20,18 +23,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
-import scipy.sparse as sp
 from mlflow.pyfunc.model import PythonModel
 
-from models.base import Recommender, StudentBatch
+from models.base import Recommender
 from models.errors import NumericalError
+from models.interactions import RECENT_LEN
 from models.loading import FALLBACK, LECTURES, RECOMMENDER, STUDENTS
+from models.ranking import Ranked, RankingModel
 
 DEFAULT_K = 10
 MAX_K = 500
@@ -63,8 +67,38 @@ def _values(value: Any) -> list[str]:
     return [str(value)] if _present(value) else []
 
 
+@dataclass(frozen=True)
+class _Profile:
+    """A profile as the ranking reads it (`models.ranking.Profile`), from a students.parquet row or input."""
+
+    region: str
+    grade: str
+    values: tuple[tuple[str, str], ...]
+
+    def feature_values(self) -> tuple[tuple[str, str], ...]:
+        return self.values
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A student's state as the ranking reads it (`models.ranking.StudentState`)."""
+
+    profile: _Profile | None
+    history: dict[str, float]
+    recent: tuple[str, ...]
+    state: bytes | None = None
+
+
+def _profile(values: Mapping[str, Any]) -> _Profile | None:
+    """The profile in `values` (columns of `PROFILE_COLUMNS`), None without a region and a grade."""
+    if not (_present(values.get("region")) and _present(values.get("grade"))):
+        return None
+    pairs = tuple((c, v) for c in PROFILE_COLUMNS for v in _values(values.get(c)))
+    return _Profile(str(values["region"]), str(values["grade"]), pairs)
+
+
 class LearnrecRecommender(PythonModel):  # type: ignore[misc]
-    """pyfunc wrapper: loads the native recommender and the student lookup, ranks with eligibility."""
+    """pyfunc wrapper: loads the native recommender and the student lookup, ranks as the service does."""
 
     def load_context(self, context: Any) -> None:
         """Read the artifacts (called by MLflow once per load)."""
@@ -90,120 +124,47 @@ class LearnrecRecommender(PythonModel):  # type: ignore[misc]
 
         from models import load_model
 
-        self.recommender: Recommender = load_model(recommender_dir)
-        cat = self.recommender.catalogue
-        lectures = pq.read_table(lectures_file, columns=["lecture_id", "title"]).to_pydict()
-        title_of = dict(zip(lectures["lecture_id"], lectures["title"], strict=True))
-        self.lecture_ids: tuple[str, ...] = cat.lectures.ids
-        self.titles: tuple[str, ...] = tuple(str(title_of.get(lid, "")) for lid in cat.lectures.ids)
+        recommender: Recommender = load_model(recommender_dir)
+        fallback = json.loads(fallback_file.read_text(encoding="utf-8"))
+        self.ranker = RankingModel.from_parts(recommender, pq.read_table(lectures_file), fallback)
         table = pq.read_table(students_file).to_pydict()
-        self.student_row: dict[str, int] = {sid: i for i, sid in enumerate(table["student_id"])}
-        self.profiles: dict[str, list[Any]] = {c: table[c] for c in PROFILE_COLUMNS if c in table}
-        self.histories: list[npt.NDArray[np.int32]] = [
-            np.asarray([cat.lectures.get(x) for x in ids], dtype=np.int32) for ids in table["history"]
-        ]
-        self.history_weights: list[npt.NDArray[np.float32]] = [
-            np.asarray(w, dtype=np.float32) for w in table["history_weight"]
-        ]
-        self.feature_index = {name: i for i, name in enumerate(self.recommender.student_feature_names)}
-        self.fallback = json.loads(fallback_file.read_text(encoding="utf-8"))
+        columns = [c for c in PROFILE_COLUMNS if c in table]
+        self.records: dict[str, _Record] = {}
+        for i, sid in enumerate(table["student_id"]):
+            ids = [str(x) for x in table["history"][i]]
+            self.records[str(sid)] = _Record(
+                profile=_profile({c: table[c][i] for c in columns}),
+                history=dict(zip(ids, (float(w) for w in table["history_weight"][i]), strict=True)),
+                # the ordered history stands in for the store's recent enrolments
+                recent=tuple(ids[-RECENT_LEN:]),
+            )
 
     # ------------------------------------------------------------------------------------------------
-    def _profile(self, student_id: str, given: Mapping[str, Any]) -> dict[str, Any]:
-        """The stored profile of a training student, else the profile columns given in the input."""
-        row = self.student_row.get(student_id)
-        if row is not None:
-            return {c: values[row] for c, values in self.profiles.items()}
-        return {c: given.get(c) for c in PROFILE_COLUMNS}
-
-    def batch(self, student_ids: Sequence[str], given: Sequence[Mapping[str, Any]]) -> StudentBatch:
-        """The students as a `StudentBatch` against the wrapped model.
+    def rank(
+        self, student_ids: Sequence[str], k: int, given: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[Ranked]:
+        """The served lists (`models.ranking.RankingModel.rank_many`) of the students.
 
         Args:
             student_ids: the students.
-            given: per student, the profile columns of the input (used for unknown students).
-
-        Returns:
-            The batch (history and recent lectures of training students from students.parquet).
-        """
-        rec = self.recommender
-        cat = rec.catalogue
-        b, n = len(student_ids), len(cat.lectures)
-        everywhere = cat.regions.get("*")
-        history_rows: list[npt.NDArray[np.int32]] = []
-        history_weights: list[npt.NDArray[np.float32]] = []
-        feature_cols: list[list[int]] = []
-        region = np.full(b, -1, dtype=np.int32)
-        grade = np.full(b, -1, dtype=np.int32)
-        index = np.full(b, -1, dtype=np.int32)
-        for i, (sid, extra) in enumerate(zip(student_ids, given, strict=True)):
-            index[i] = rec.students.get(sid)
-            row = self.student_row.get(sid)
-            if row is not None:
-                rows, weights = self.histories[row], self.history_weights[row]
-                keep = rows >= 0
-                history_rows.append(rows[keep])
-                history_weights.append(weights[keep])
-            else:
-                history_rows.append(np.zeros(0, np.int32))
-                history_weights.append(np.zeros(0, np.float32))
-            profile = self._profile(sid, extra)
-            cols = []
-            for column, value in profile.items():
-                for v in _values(value):
-                    c = self.feature_index.get(f"{column}={v}", -1)
-                    if c >= 0:
-                        cols.append(c)
-            feature_cols.append(sorted(set(cols)))
-            r = cat.regions.get(str(profile.get("region"))) if _present(profile.get("region")) else -1
-            region[i] = -1 if r == everywhere else r
-            grade[i] = cat.grades.get(str(profile.get("grade"))) if _present(profile.get("grade")) else -1
-        lengths = np.array([h.size for h in history_rows], dtype=np.int64)
-        indptr = np.zeros(b + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        history = sp.csr_matrix(
-            (
-                np.concatenate(history_weights) if b else np.zeros(0, np.float32),
-                np.concatenate(history_rows) if b else np.zeros(0, np.int32),
-                indptr,
-            ),
-            shape=(b, n),
-            dtype=np.float32,
-        )
-        f_lengths = np.array([len(c) for c in feature_cols], dtype=np.int64)
-        f_indptr = np.zeros(b + 1, dtype=np.int64)
-        np.cumsum(f_lengths, out=f_indptr[1:])
-        f_indices = np.array([c for cols in feature_cols for c in cols], dtype=np.int32)
-        features = sp.csr_matrix(
-            (np.ones(f_indices.size, dtype=np.float32), f_indices, f_indptr),
-            shape=(b, len(self.feature_index)),
-        )
-        return StudentBatch(
-            index=index,
-            history=history,
-            recent=tuple(history_rows),
-            features=features,
-            region=region,
-            grade=grade,
-        )
-
-    def recommend(
-        self, student_ids: Sequence[str], k: int, given: Sequence[Mapping[str, Any]] | None = None
-    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-        """Top-k eligible lecture rows and scores per student.
+            k: list length.
+            given: per student, the profile columns of the input (used for students not in training).
 
         Raises:
             NumericalError: the model scored NaN or infinity.
         """
-        from models.eligibility import eligible_mask, top_k
-
         given = given if given is not None else [{} for _ in student_ids]
-        batch = self.batch(student_ids, given)
-        scores = self.recommender.score(batch)
-        if not np.isfinite(scores).all():
-            raise NumericalError(f"{self.recommender.name} scored NaN or infinity; this version cannot serve")
-        mask = eligible_mask(self.recommender.catalogue, batch.region, batch.grade, batch.history)
-        return top_k(scores, mask, k)
+        records = [
+            self.records.get(sid) or _Record(profile=_profile(extra), history={}, recent=())
+            for sid, extra in zip(student_ids, given, strict=True)
+        ]
+        ranked = self.ranker.rank_many(list(student_ids), records, k)
+        errors = [r.model_error for r in ranked if r.model_error]
+        if errors:
+            raise NumericalError(
+                f"{self.ranker.recommender.name} cannot score: {errors[0]}; this version cannot serve"
+            )
+        return ranked
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -216,7 +177,7 @@ class LearnrecRecommender(PythonModel):  # type: ignore[misc]
             params: optional {"k": int}, the default list length.
 
         Returns:
-            Long DataFrame: student_id, rank, lecture_id, title, score.
+            Long DataFrame: student_id, rank, lecture_id, title, score, reason.
 
         Raises:
             ValueError: no `student_id` column or a k outside 1..500.
@@ -246,18 +207,20 @@ class LearnrecRecommender(PythonModel):  # type: ignore[misc]
             "lecture_id": [],
             "title": [],
             "score": [],
+            "reason": [],
         }
         if ids:
-            rows, scores = self.recommend(ids, max(ks), given)
-            for sid, k, r, s in zip(ids, ks, rows, scores, strict=True):
-                for rank, (row, score) in enumerate(zip(r[:k], s[:k], strict=True), start=1):
-                    if row < 0:
-                        break
+            ranker = self.ranker
+            for sid, k, ranked in zip(ids, ks, self.rank(ids, max(ks), given), strict=True):
+                for rank, (row, score) in enumerate(
+                    zip(ranked.rows[:k], ranked.scores[:k], strict=True), start=1
+                ):
                     out_cols["student_id"].append(sid)
                     out_cols["rank"].append(rank)
-                    out_cols["lecture_id"].append(self.lecture_ids[row])
-                    out_cols["title"].append(self.titles[row])
+                    out_cols["lecture_id"].append(ranker.catalogue.lectures.ids[row])
+                    out_cols["title"].append(ranker.titles[row])
                     out_cols["score"].append(float(score))
+                    out_cols["reason"].append(ranked.reasons[rank - 1])
         return pd.DataFrame(
             {
                 "student_id": pd.Series(out_cols["student_id"], dtype=object),
@@ -265,6 +228,7 @@ class LearnrecRecommender(PythonModel):  # type: ignore[misc]
                 "lecture_id": pd.Series(out_cols["lecture_id"], dtype=object),
                 "title": pd.Series(out_cols["title"], dtype=object),
                 "score": pd.Series(out_cols["score"], dtype=np.float64),
+                "reason": pd.Series(out_cols["reason"], dtype=object),
             }
         )
 
@@ -293,6 +257,7 @@ def signature() -> Any:
             ColSpec("string", "lecture_id"),
             ColSpec("string", "title"),
             ColSpec("double", "score"),
+            ColSpec("string", "reason"),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)

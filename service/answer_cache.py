@@ -30,8 +30,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from service.experiments import Assignment
-from service.ranking import Ranked, RankingModel
+from features.experiments import Assignment
+from models.ranking import Ranked, RankingModel
 
 #: The last invalidation of this many students is remembered against in-flight misses.
 TOMBSTONES_PER_ENTRY = 2

@@ -14,7 +14,6 @@ well-known ``DEV_KEYS`` are used (and a warning logged); in production that is r
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -24,24 +23,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from features.api_keys import DEV_KEYS, hash_key
 from features.schemas import ALL_REGIONS, REGION_PATTERN
 from features.settings import Settings
 from service.errors import ServiceConfigError
 
 logger = logging.getLogger("learnrec.service.auth")
-
-#: Well-known development keys (plain text on purpose: they only ever work outside production).
-DEV_KEYS: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    # key: (client name, regions, admin)
-    "dev-portal-key": ("dev-portal", (ALL_REGIONS,), False),
-    "dev-taebaek-key": ("dev-portal-taebaek", ("taebaek",), False),
-    "dev-admin-key": ("dev-admin", (ALL_REGIONS,), True),
-}
-
-
-def hash_key(key: str) -> str:
-    """The sha256 hex digest under which a key is stored."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from features.experiments import ExperimentRegistry
 from features.settings import Settings
+from models.ranking import RankingModel
 from service.answer_cache import AnswerCache
 from service.auth import ApiClient, KeyRing
 from service.errors import (
@@ -23,15 +25,15 @@ from service.errors import (
     NoModelError,
     StoreUnavailableError,
 )
-from service.experiments import ExperimentRegistry
 from service.exposures import ExposureWriter
 from service.logs import StudentHasher
 from service.metrics import Metrics
 from service.model_manager import ModelManager
-from service.ranking import RankingModel
 
 if TYPE_CHECKING:
-    from features.store import EventIn, EventOutcome, FeatureStore, StudentProfile, StudentRecord
+    from features.online_state import StudentRecord
+    from features.profile import StudentProfile
+    from features.store import EventIn, EventOutcome, FeatureStore
 
 logger = logging.getLogger("learnrec.service.store")
 T = TypeVar("T")

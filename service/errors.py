@@ -1,6 +1,6 @@
 """Errors of the web layer and how each becomes an HTTP answer.
 
-    ServiceError                    (status_code, detail)
+    ServiceError                    (http_status, detail)
     ├── AuthenticationError   401   no or unknown X-API-Key
     ├── ForbiddenError        403   key not allowed here (admin route, another region's student)
     ├── InvalidFieldError     422   a field passed type checks but names something unknown (detail names it)
@@ -9,17 +9,21 @@
     │                               checked without it
     └── ServiceConfigError          refused configuration at start-up (never an HTTP answer)
 
-Only this package turns domain errors into HTTP errors; a store outage on a read is a degraded 200,
-except where the answer would tell a region-scoped key about a student it may not see: a 503.
+Every learnrec error (`models.errors.LearnrecError`) carries its `http_status`; one handler in
+`service.main` turns any of them that reaches a route into an answer. Only this package turns domain
+errors into HTTP errors; a store outage on a read is a degraded 200, except where the answer would tell
+a region-scoped key about a student it may not see: a 503.
 """
 
 from __future__ import annotations
 
+from models.errors import LearnrecError
 
-class ServiceError(Exception):
-    """Base of the service's errors; `status_code` and `detail` make the HTTP answer."""
 
-    status_code: int = 500
+class ServiceError(LearnrecError):
+    """Base of the service's errors; `http_status` and `detail` make the HTTP answer."""
+
+    http_status: int = 500
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -29,20 +33,20 @@ class ServiceError(Exception):
 class AuthenticationError(ServiceError):
     """The request carries no API key, or one that matches no configured key."""
 
-    status_code = 401
+    http_status = 401
 
 
 class ForbiddenError(ServiceError):
     """The key is valid but not for this route or this student's region."""
 
-    status_code = 403
+    http_status = 403
 
 
 class InvalidFieldError(ServiceError):
     """A field is well-formed but wrong here (an unknown subject, an unreadable body); answered like
     FastAPI's own validation errors: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``."""
 
-    status_code = 422
+    http_status = 422
 
     def __init__(self, loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> None:
         super().__init__(message)
@@ -53,14 +57,14 @@ class InvalidFieldError(ServiceError):
 class NoModelError(ServiceError):
     """No model version is loaded, so there is nothing to recommend from."""
 
-    status_code = 503
+    http_status = 503
 
 
 class StoreUnavailableError(ServiceError):
     """The feature store (Redis) is needed and unavailable (a write, or a region check); retry later."""
 
-    status_code = 503
+    http_status = 503
 
 
-class ServiceConfigError(Exception):
+class ServiceConfigError(LearnrecError):
     """The service refuses to start with this configuration (for example dev keys in production)."""

@@ -21,12 +21,14 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features.settings import Settings, get_settings
+from features.experiments import ExperimentConfigError, ExperimentRegistry
+from features.settings import Settings, apply_telemetry_choice, get_settings
+from models.errors import LearnrecError
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
 from service.deps import AppState, GuardedStore, known_regions
+from service.docs import add_docs
 from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
-from service.experiments import ExperimentConfigError, ExperimentRegistry
 from service.exposures import ExposureWriter
 from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
 from service.metrics import Metrics
@@ -259,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The app.
     """
     settings = settings or get_settings()
+    apply_telemetry_choice(settings)  # the models are loaded through MLflow, however the app is started
     configure_logging()
     keys = KeyRing.from_settings(settings)
     watched = _load_experiments(settings)
@@ -351,17 +354,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: service.docs serves its own
+        redoc_url=None,
     )
     app.add_middleware(RequestContext, metrics=metrics)
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    @app.exception_handler(LearnrecError)
+    async def learnrec_error(request: Request, exc: LearnrecError) -> JSONResponse:
+        """Every domain error that reaches a route, by the status it carries (`models.errors`)."""
         if isinstance(exc, InvalidFieldError):
             detail: Any = [{"type": exc.kind, "loc": list(exc.loc), "msg": exc.detail}]
-        else:
+        elif isinstance(exc, ServiceError):
             detail = exc.detail
-        headers = {"WWW-Authenticate": "APIKey"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+        else:
+            detail = " ".join(str(exc).split())
+        if exc.http_status >= 500:
+            logger.error("request failed: %s", detail, extra={"error": type(exc).__name__})
+        headers = {"WWW-Authenticate": "APIKey"} if exc.http_status == 401 else None
+        return JSONResponse({"detail": detail}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -383,6 +393,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (recommendations, events, students, admin, health):
         app.include_router(module.router)
+    add_docs(app)
 
     served: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, Any]] = {}
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from models.ranking import RankingModel
 from service.metrics import Metrics
-from service.ranking import RankingModel
 from service.schemas import VariantState
 
 if TYPE_CHECKING:

@@ -196,6 +196,14 @@ class StudentIn(BaseModel):
     interest_subjects: list[Annotated[str, StringConstraints(min_length=1, max_length=20)]] = Field(
         default_factory=list, max_length=12, examples=[["수학", "과학"]]
     )
+    deprivation_band: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
+        default=None,
+        description="Socio-economic band of the student's area, as the platform's data has it.",
+        examples=["0-10%", "90-100%"],
+    )
+    age_band: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
+        default=None, examples=["0-35", "35-55"]
+    )
 
 
 class StudentOut(StudentIn):

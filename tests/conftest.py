@@ -10,6 +10,9 @@ Fixtures:
 Failure tests: ``with redis_server.down(): ...`` stops the server for the block and restarts it on the
 same port (data kept: AOF); ``stop()`` / ``start()`` / ``restart()`` do the same step by step;
 ``with redis_server.frozen(): ...`` holds it stopped (SIGSTOP) and ``stall(done)`` does so in short bursts.
+
+Separated network: the hooks of `tests.offline` fail any test that connects to (or looks up) anything but
+loopback; `outbound` is the fixture for a test that tries on purpose.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ import pytest
 import redis
 
 from features.redis_server import EmbeddedServer, start_embedded, stop_embedded
+from tests.offline import (  # noqa: F401  (pytest finds hooks and fixtures by name in a conftest)
+    outbound,
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_unconfigure,
+)
 
 
 class RedisServerControl:

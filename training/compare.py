@@ -1,24 +1,32 @@
 """Side by side: the latest run of each model on one evaluation, as terminal tables and an HTML page.
 
 Only runs of the same split, split parameters (cutoff, test horizon ...) and dataset fingerprint are
-comparable; by default the evaluation of the most recent run is taken and runs of other datasets or
-split parameters are counted as skipped. The oracle (ground truth) is
+comparable; by default the split and evaluation of the most recent run are taken and runs of other
+datasets or split parameters are counted as skipped. The oracle (ground truth) is
 shown as a reference row when it was logged.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import charts
 from training.metrics import METRICS, metric_key
-from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, TAG_K, TAG_KIND, TAG_MODEL, find_runs, param_value
+from training.tracking import (
+    KIND_ORACLE,
+    TAG_FINGERPRINT,
+    TAG_K,
+    TAG_KIND,
+    TAG_MODEL,
+    TAG_SPLIT,
+    find_runs,
+    param_value,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -83,7 +91,7 @@ def _split_params(run: Any) -> dict[str, str]:
 def collect(
     client: MlflowClient,
     experiment: str,
-    split: str,
+    split: str | None = None,
     *,
     k: int | None = None,
     fingerprint: str | None = None,
@@ -94,7 +102,7 @@ def collect(
     Args:
         client: the MLflow client.
         experiment: experiment name.
-        split: split name.
+        split: split name (default: the newest run's).
         k: cut-off to show (default: the newest run's primary k).
         fingerprint: dataset fingerprint (prefix) to compare on (default: the newest run's).
         split_params: split parameters the runs must have been evaluated with (e.g. ``horizon_days``;
@@ -109,8 +117,11 @@ def collect(
     wanted = {name: param_value(value) for name, value in (split_params or {}).items()}
     runs = [r for r in runs if all(_split_params(r).get(n) == v for n, v in wanted.items())]
     if not runs:
-        return Comparison(experiment, split, k or 10, fingerprint)
+        return Comparison(experiment, split or "", k or 10, fingerprint)
     newest = runs[0]
+    if split is None:  # another split is another question, not a skipped run of this one
+        split = newest.data.tags.get(TAG_SPLIT, "")
+        runs = [r for r in runs if r.data.tags.get(TAG_SPLIT, "") == split]
     fp = newest.data.tags.get(TAG_FINGERPRINT)
     evaluation = _split_params(newest)
     k = k or int(newest.data.tags.get(TAG_K, "10"))
@@ -253,9 +264,7 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[float]], title: str
 
 def chart(comparison: Comparison, metric: str = "ndcg") -> Figure:
     """A matplotlib figure: accuracy metrics, `metric` per region, beyond-accuracy metrics, per model."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 12), layout="constrained")
+    fig = charts.figure(figsize=(11, 12), layout="constrained")
     axes = fig.subplots(3, 1)
     k = comparison.k
     _bars(
@@ -281,12 +290,6 @@ def chart(comparison: Comparison, metric: str = "ndcg") -> Figure:
         "value",
     )
     return fig
-
-
-def _png(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path:
@@ -330,7 +333,7 @@ def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path
             f"<h2>{esc(metric)}@{k} per region</h2><table>"
             f"<tr><th>model</th>{region_head}</tr>{region_rows}</table>"
             "<h2>Charts</h2><img alt='metrics per model' "
-            f"src='data:image/png;base64,{_png(chart(comparison, metric))}'>"
+            f"src='data:image/png;base64,{charts.png_base64(chart(comparison, metric), dpi=90)}'>"
         )
     )
     skipped = (

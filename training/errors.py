@@ -1,4 +1,4 @@
-"""Domain errors of training, evaluation and the model registry.
+"""Domain errors of training, evaluation and the registry (under `models.errors.LearnrecError`).
 
     TrainingError
     ├── SplitError           a split cannot be made from this data (names the split and what is missing)
@@ -13,8 +13,10 @@ Numeric garbage from a model raises `models.errors.NumericalError` before anythi
 
 from __future__ import annotations
 
+from models.errors import LearnrecError
 
-class TrainingError(Exception):
+
+class TrainingError(LearnrecError):
     """Base of every training-side error."""
 
 

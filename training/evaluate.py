@@ -1,9 +1,15 @@
 """Offline evaluation of a fitted recommender (or the ground-truth oracle) on a split, overall and per group.
 
-Each test student is scored with the history the split allows (their training events; none for new
-students and new regions), the lectures of that history and every ineligible lecture (inactive, not
-licensed in the region, not suited to the grade) are masked out with `models.eligibility` - the rules
-the service applies - and the top max(ks) lectures are compared with the student's relevant lectures.
+The primary figures score the **served list**: each test student's state is what the feature store
+would hold at the split's cutoff (`features.online_state.OnlineState` seeded with their training events
+and profile; none for new students and new regions), and the list is the one `GET /recommendations`
+would return for it (`models.ranking.RankingModel.rank_many`: eligibility, series-continuation slots,
+the model's scores, popularity fallbacks). Its top max(ks) lectures are compared with the student's
+relevant lectures.
+
+The model's **raw ranking** (its scores, then eligibility and top-k, without the serving rules) is
+reported beside them as `EvaluationReport.raw` (``raw/`` metrics in MLflow), labelled as such. The
+oracle has no served form: its figures are its raw ranking.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
 
     from features.tables import Dataset
     from models.base import Catalogue, Recommender, StudentBatch, TrainingData
+    from models.ranking import RankingModel
     from training.splits import Split
 
 #: Students scored per batch (bounds memory: batch x n_lectures float32 scores).
@@ -61,6 +68,8 @@ class EvaluationReport:
         split_params: the split's parameters.
         dataset_fingerprint: fingerprint of the dataset evaluated on.
         seconds: wall time of the evaluation.
+        raw: the model's raw ranking (scores, eligibility, top-k; no serving rules), overall.
+        ranking: what `overall` scores: "served" (the API's list) or "raw" (the oracle).
     """
 
     model: str
@@ -75,6 +84,8 @@ class EvaluationReport:
     split_params: dict[str, Any] = field(default_factory=dict)
     dataset_fingerprint: str | None = None
     seconds: float = 0.0
+    raw: dict[str, float] = field(default_factory=dict)
+    ranking: str = "served"
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics for MLflow: ``ndcg_at_10``, ``ndcg_at_10/region/seoul``, ``ndcg_at_10/grade/h1``."""
@@ -82,6 +93,7 @@ class EvaluationReport:
         for kind, groups in (("region", self.by_region), ("grade", self.by_grade)):
             for group, values in groups.items():
                 out.update({f"{key}/{kind}/{group}": v for key, v in values.items()})
+        out.update({f"raw/{key}": v for key, v in self.raw.items()})
         out["n_test_students"] = float(self.n_students)
         return out
 
@@ -93,7 +105,7 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvaluationReport:
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict` (reports written before `raw` existed read back as served-only)."""
         return cls(**{**d, "ks": tuple(d["ks"])})
 
     def to_json(self) -> str:
@@ -130,7 +142,14 @@ class EvaluationReport:
             f"<h1>{html.escape(self.model)}: ndcg@{k} = {ndcg:.4f}</h1>"
             f"<p>split <b>{html.escape(self.split)}</b> ({params}); {self.n_students} test students; "
             f"dataset {html.escape((self.dataset_fingerprint or '?')[:12])}; {self.seconds:.1f} s</p>"
-            + table("Overall", {"all": self.overall}, {"all": self.n_students})
+            + table(f"Overall ({self.ranking} list)", {"all": self.overall}, {"all": self.n_students})
+            + (
+                table(
+                    "The model's raw ranking (no serving rules)", {"all": self.raw}, {"all": self.n_students}
+                )
+                if self.raw
+                else ""
+            )
             + table("Per region", self.by_region, self.n_by_region)
             + table("Per grade", self.by_grade, self.n_by_grade)
             + "</body></html>"
@@ -189,20 +208,113 @@ def _profiles(dataset: Dataset, ids: Sequence[str]) -> pd.DataFrame:
     return frame.reset_index()
 
 
+#: `lists(start, stop, profiles, history) -> (stop - start, k) lecture rows` (-1 pads) of a batch.
+Lister = Callable[[int, int, "pd.DataFrame", "pd.DataFrame"], npt.NDArray[np.int32]]
+
+
+def _raw_lister(
+    name: str, students: list[str], catalogue: Catalogue, build: BatchBuilder, score: Scorer, k: int
+) -> Lister:
+    """The raw ranking: scores, then eligibility (`models.eligibility`) and top-k."""
+    from models.eligibility import eligible_mask, top_k
+
+    def lists(start: int, stop: int, profiles: pd.DataFrame, history: pd.DataFrame) -> npt.NDArray[np.int32]:
+        batch = build(profiles, history)
+        scores = np.asarray(score(students[start:stop], batch), dtype=np.float32)
+        finite = np.isfinite(scores).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise NumericalError(
+                f"{name} scored NaN or infinity for {bad.size} of {scores.shape[0]} students "
+                f"(first: {students[start + int(bad[0])]}); nothing was logged - check the model's "
+                "hyper-parameters (a lower learning rate, more regularisation)"
+            )
+        mask = eligible_mask(catalogue, batch.region, batch.grade, batch.history)
+        rows, _ = top_k(scores, mask, k)
+        return rows
+
+    return lists
+
+
+def _served_lister(ranker: RankingModel, students: list[str], k: int) -> Lister:
+    """The served list: the state the feature store would hold, ranked by `RankingModel.rank_many`."""
+    from features.online_state import OnlineState
+    from features.profile import from_table
+
+    def lists(start: int, stop: int, profiles: pd.DataFrame, history: pd.DataFrame) -> npt.NDArray[np.int32]:
+        state = OnlineState()
+        state.seed(history, from_table(profiles[profiles["region"].notna() & profiles["grade"].notna()]))
+        ids = students[start:stop]
+        ranked = ranker.rank_many(ids, [state.record(s) for s in ids], k)
+        failed = [(sid, r.model_error) for sid, r in zip(ids, ranked, strict=True) if r.model_error]
+        if failed:
+            # served, these students would get popularity lists; evaluated, the model must not pass
+            what = (
+                "scored NaN or infinity"
+                if all("non-finite" in str(e) for _, e in failed)
+                else "could not score"
+            )
+            raise NumericalError(
+                f"{ranker.recommender.name} {what} for {len(failed)} of {len(ids)} students "
+                f"(first: {failed[0][0]}: {failed[0][1]}); nothing was logged - check the model's "
+                "hyper-parameters (a lower learning rate, more regularisation)"
+            )
+        out = np.full((len(ids), k), -1, dtype=np.int32)
+        for i, r in enumerate(ranked):
+            out[i, : len(r.rows)] = r.rows
+        return out
+
+    return lists
+
+
+def _inputs(
+    split: Split, dataset: Dataset, students: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, npt.NDArray[np.int64]]:
+    """The students' profiles (in order), their training events grouped by student, each event's student."""
+    import pandas as pd
+
+    profiles = _profiles(dataset, students)
+    history = split.train.events
+    history = history[history["student_id"].astype(str).isin(set(students))]
+    codes = pd.Index(students).get_indexer(pd.Index(history["student_id"].astype(str)))
+    order = np.argsort(codes, kind="stable")
+    return profiles, history.iloc[order], codes[order]
+
+
+def served_lists(
+    ranker: RankingModel, split: Split, dataset: Dataset, students: Sequence[str], k: int
+) -> dict[str, list[str]]:
+    """The lecture ids the evaluation scores for `students` (the served lists at the split's cutoff).
+
+    Args:
+        ranker: the model as served.
+        split: the split.
+        dataset: the full dataset.
+        students: test students.
+        k: list length.
+
+    Returns:
+        student_id -> lecture ids, best first.
+    """
+    ids = [str(s) for s in students]
+    profiles, history, _ = _inputs(split, dataset, ids)
+    rows = _served_lister(ranker, ids, k)(0, len(ids), profiles, history)
+    lectures = ranker.catalogue.lectures.ids
+    return {sid: [lectures[r] for r in row if r >= 0] for sid, row in zip(ids, rows.tolist(), strict=True)}
+
+
 def _run(
     name: str,
     split: Split,
     dataset: Dataset,
     catalogue: Catalogue,
-    build: BatchBuilder,
-    score: Scorer,
+    listers: Mapping[str, Callable[[list[str], int], Lister]],
     ks: Sequence[int],
     batch_size: int,
     progress: Progress | None,
     fingerprint: str | None,
 ) -> EvaluationReport:
-    from models.eligibility import eligible_mask, top_k
-
+    """Score the lists of each lister ("served" or "raw"; the first is the report's primary figures)."""
     started = time.perf_counter()
     ks = tuple(dict.fromkeys(int(k) for k in ks))  # the first stays first: it is the primary cut-off
     if not ks or min(ks) < 1:
@@ -219,47 +331,35 @@ def _run(
         raise EvaluationError(
             f"{name} on {split.name}: no test student has a relevant lecture in the catalogue"
         )
-    profiles = _profiles(dataset, students)
-    history = split.train.events
-    history = history[history["student_id"].astype(str).isin(set(students))]
-    import pandas as pd
-
-    codes = pd.Index(students).get_indexer(pd.Index(history["student_id"].astype(str)))
-    order = np.argsort(codes, kind="stable")
-    history = history.iloc[order]
-    codes = codes[order]
-
-    recs = np.full((len(students), k_max), -1, dtype=np.int32)
+    profiles, history, codes = _inputs(split, dataset, students)
+    built = {kind: make(students, k_max) for kind, make in listers.items()}
+    recs = {kind: np.full((len(students), k_max), -1, dtype=np.int32) for kind in built}
     for start in range(0, len(students), batch_size):
         stop = min(start + batch_size, len(students))
         lo, hi = np.searchsorted(codes, [start, stop])
-        batch = build(profiles.iloc[start:stop], history.iloc[lo:hi])
-        scores = np.asarray(score(students[start:stop], batch), dtype=np.float32)
-        finite = np.isfinite(scores).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise NumericalError(
-                f"{name} scored NaN or infinity for {bad.size} of {scores.shape[0]} students "
-                f"(first: {students[start + int(bad[0])]}); nothing was logged - check the model's "
-                "hyper-parameters (a lower learning rate, more regularisation)"
-            )
-        mask = eligible_mask(catalogue, batch.region, batch.grade, batch.history)
-        recs[start:stop], _ = top_k(scores, mask, k_max)
+        for kind, lists in built.items():
+            recs[kind][start:stop] = lists(start, stop, profiles.iloc[start:stop], history.iloc[lo:hi])
         if progress:
             progress(stop, len(students))
 
     items = item_stats(catalogue, split.train.events)
     regions = profiles["region"].astype(str).where(profiles["region"].notna(), "unknown").tolist()
     grades = profiles["grade"].astype(str).where(profiles["grade"].notna(), "unknown").tolist()
+    primary, *others = built
     overall: dict[str, float] = {}
     by_region: dict[str, dict[str, float]] = {}
     by_grade: dict[str, dict[str, float]] = {}
+    raw: dict[str, float] = {}
     for k in ks:
-        values = per_student(recs, relevant, k, items)
-        overall.update(summarise(values, recs, k, items.n_candidates))
+        values = per_student(recs[primary], relevant, k, items)
+        overall.update(summarise(values, recs[primary], k, items.n_candidates))
         for target, labels in ((by_region, regions), (by_grade, grades)):
-            for group, metrics in grouped(values, recs, k, items.n_candidates, labels).items():
+            for group, metrics in grouped(values, recs[primary], k, items.n_candidates, labels).items():
                 target.setdefault(group, {}).update(metrics)
+        for kind in others:
+            raw.update(
+                summarise(per_student(recs[kind], relevant, k, items), recs[kind], k, items.n_candidates)
+            )
     if fingerprint is None:
         fingerprint = str(dataset.manifest.get("fingerprint") or dataset.fingerprint())
     return EvaluationReport(
@@ -275,31 +375,39 @@ def _run(
         split_params=dict(split.params),
         dataset_fingerprint=fingerprint,
         seconds=time.perf_counter() - started,
+        raw=raw,
+        ranking=primary,
     )
 
 
 def evaluate(
-    model: Recommender,
+    model: Recommender | RankingModel,
     split: Split,
     dataset: Dataset,
     ks: Sequence[int] = (10,),
     *,
+    data: TrainingData | None = None,
+    raw: bool = True,
     batch_size: int = BATCH_SIZE,
     progress: Progress | None = None,
     fingerprint: str | None = None,
 ) -> EvaluationReport:
-    """Evaluate a model fitted on `split.train` on the split's test students.
+    """Evaluate the served lists of a model fitted on `split.train` on the split's test students.
 
-    Training-set lectures are excluded from each ranking before it is scored (eligibility mask from the
-    student's training history), so the metrics measure what the model adds.
+    Training-set lectures are excluded from each list (they are in the student's history), so the
+    metrics measure what the model adds.
 
     Args:
-        model: a recommender fitted on the split's training data.
+        model: a recommender fitted on the split's training data, or a model prepared for serving
+            (`RankingModel`, e.g. a registered version with its own popularity lists).
         split: the split.
         dataset: the full dataset (profiles of the test students, also of held-out ones; its manifest's
             fingerprint is recorded).
         ks: cut-offs.
-        batch_size: students scored at once.
+        data: the split's training data (the popularity fallbacks of a bare recommender are computed
+            from it; built from `split.train` when not given).
+        raw: also score the model's raw ranking (`EvaluationReport.raw`).
+        batch_size: students ranked at once.
         progress: optional `progress(done, total)` callback.
         fingerprint: the dataset's fingerprint when known (else the manifest's, else computed).
 
@@ -310,20 +418,31 @@ def evaluate(
         NumericalError: the model scored NaN or infinity (before anything is logged).
         EvaluationError: nothing to evaluate.
     """
-    from features.matrices import build_batch_for_model
+    from features.matrices import build_batch_for_model, build_training_data
+    from models.ranking import RankingModel, popular_lists
 
-    return _run(
-        model.name,
-        split,
-        dataset,
-        model.catalogue,
-        lambda students, events: build_batch_for_model(model, students, events),
-        lambda _ids, batch: model.score(batch),
-        ks,
-        batch_size,
-        progress,
-        fingerprint,
-    )
+    if isinstance(model, RankingModel):
+        ranker = model
+    else:
+        if data is None:
+            data = build_training_data(
+                split.train.students, split.train.lectures, split.train.events, as_of=split.as_of
+            )
+        ranker = RankingModel.from_parts(model, None, popular_lists(data))
+    rec = ranker.recommender
+    listers: dict[str, Callable[[list[str], int], Lister]] = {
+        "served": lambda students, k: _served_lister(ranker, students, k)
+    }
+    if raw:
+        listers["raw"] = lambda students, k: _raw_lister(
+            rec.name,
+            students,
+            rec.catalogue,
+            lambda profiles, events: build_batch_for_model(rec, profiles, events),
+            lambda _ids, batch: rec.score(batch),
+            k,
+        )
+    return _run(rec.name, split, dataset, rec.catalogue, listers, ks, batch_size, progress, fingerprint)
 
 
 def ground_truth_dir(dataset_dir: Path) -> Path | None:
@@ -382,15 +501,14 @@ def oracle_report(
     def score(ids: list[str], _batch: StudentBatch) -> npt.NDArray[np.float32]:
         return np.asarray(truth.appeal(ids, lecture_ids), dtype=np.float32)
 
-    return _run(
-        ORACLE,
-        split,
-        dataset,
-        training.catalogue,
-        lambda students, events: build_batch(training, students, events),
-        score,
-        ks,
-        batch_size,
-        progress,
-        fingerprint,
-    )
+    listers: dict[str, Callable[[list[str], int], Lister]] = {
+        "raw": lambda students, k: _raw_lister(
+            ORACLE,
+            students,
+            training.catalogue,
+            lambda profiles, events: build_batch(training, profiles, events),
+            score,
+            k,
+        )
+    }
+    return _run(ORACLE, split, dataset, training.catalogue, listers, ks, batch_size, progress, fingerprint)

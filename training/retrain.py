@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,11 +44,10 @@ from training.registry import KIND_REEVALUATION, TAG_REEVALUATION_OF
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.experiments import ExperimentConfig
     from features.settings import Settings
-    from features.tables import Dataset
-    from models.base import Recommender, TrainingData
-    from service.experiments import ExperimentConfig
     from training.evaluate import EvaluationReport
+    from training.pipeline import Prepared
     from training.splits import Split
 
 #: `progress(stage, done, total)` callback.
@@ -239,7 +237,7 @@ class _Context:
     settings: Settings
     state: RetrainState
     progress: Progress | None
-    prepared: tuple[Dataset, str, Split, TrainingData] | None = None
+    prepared: Prepared | None = None
 
 
 def begin(
@@ -510,20 +508,16 @@ def split_params(options: RetrainOptions, append: dict[str, Any]) -> dict[str, A
     return params
 
 
-def _prepared(ctx: _Context) -> tuple[Dataset, str, Split, TrainingData]:
+def _prepared(ctx: _Context) -> Prepared:
     if ctx.prepared is None:
-        from features.matrices import build_training_data
-        from features.tables import read_dataset
-        from training.splits import make_split
+        from training.pipeline import prepare
 
         options = ctx.state.options
-        ds = read_dataset(Path(ctx.state.steps["append"]["dataset"]))
-        fingerprint = ds.fingerprint()
-        split = make_split(options.split, ds, **split_params(options, ctx.state.steps["append"]))
-        data = build_training_data(
-            split.train.students, split.train.lectures, split.train.events, as_of=split.as_of
+        ctx.prepared = prepare(
+            Path(ctx.state.steps["append"]["dataset"]),
+            options.split,
+            split_params(options, ctx.state.steps["append"]),
         )
-        ctx.prepared = (ds, fingerprint, split, data)
     return ctx.prepared
 
 
@@ -561,9 +555,8 @@ def _report_summary(report: EvaluationReport) -> dict[str, Any]:
 
 
 def _train(ctx: _Context) -> dict[str, Any]:
-    from models import get_model_class
     from training import tracking
-    from training.evaluate import evaluate
+    from training.pipeline import fit_evaluate_log
     from training.splits import split_model_params
 
     state, options = ctx.state, ctx.state.options
@@ -575,26 +568,21 @@ def _train(ctx: _Context) -> dict[str, Any]:
         metrics = existing.data.metrics
         return {"run_id": existing.info.run_id, "model": options.model, "recovered": True,
                 "overall": {k: v for k, v in metrics.items() if "/" not in k}}  # fmt: skip
-    ds, fingerprint, split, data = _prepared(ctx)
-    factory: Callable[..., Recommender] = get_model_class(options.model)
-    try:
-        model = factory(seed=options.seed, **split_model_params(options.model, options.params, split))
-    except TypeError as exc:
-        raise RetrainError(f"{options.model}: bad hyper-parameter ({exc})") from None
-    started = time.perf_counter()
-    model.fit(data)
-    fit_seconds = time.perf_counter() - started
-    report = evaluate(model, split, ds, options.ks, fingerprint=fingerprint)
+    prepared = _prepared(ctx)
+    fingerprint, split = prepared.fingerprint, prepared.split
     experiment_id = tracking.ensure_experiment(client, options.experiment, ctx.settings)
-    logged = tracking.log_evaluation_run(
-        experiment_id, kind=tracking.KIND_MODEL, name=options.model, report=report, split=split,
-        fingerprint=fingerprint, dataset_dir=Path(state.steps["append"]["dataset"]), params=model.params(),
-        extra_metrics={"fit_seconds": fit_seconds, "evaluate_seconds": report.seconds}, model=model,
-        data=data, run_name=run_name,
-    )  # fmt: skip
-    client.set_tag(logged.run_id, TAG_RETRAIN, state.id)
+    try:
+        trained = fit_evaluate_log(
+            options.model, split_model_params(options.model, options.params, split), prepared,
+            experiment_id=experiment_id, ks=options.ks, seed=options.seed, run_name=run_name,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise RetrainError(str(exc)) from None
+    assert trained.run_id is not None and trained.report is not None
+    report, fit_seconds = trained.report, trained.fit_seconds
+    client.set_tag(trained.run_id, TAG_RETRAIN, state.id)
     return {
-        "run_id": logged.run_id,
+        "run_id": trained.run_id,
         "model": options.model,
         "fingerprint": fingerprint,
         "split_params": dict(split.params),
@@ -605,6 +593,7 @@ def _train(ctx: _Context) -> dict[str, Any]:
 
 def _champion(ctx: _Context) -> dict[str, Any]:
     from models.loading import load_registered
+    from models.ranking import RankingModel
     from training import tracking
     from training.evaluate import evaluate
     from training.registry import CHAMPION, alias_version, candidate
@@ -624,9 +613,10 @@ def _champion(ctx: _Context) -> dict[str, Any]:
         metrics = existing.data.metrics
         return {"version": version, "model": held.model, "run_id": existing.info.run_id, "recovered": True,
                 "overall": {k: v for k, v in metrics.items() if "/" not in k}}  # fmt: skip
-    ds, fingerprint, split, _ = _prepared(ctx)
+    prepared = _prepared(ctx)
+    ds, fingerprint, split = prepared.dataset, prepared.fingerprint, prepared.split
     loaded = load_registered(name, version, ctx.settings.tracking_uri())
-    report = evaluate(loaded.recommender, split, ds, options.ks, fingerprint=fingerprint)
+    report = evaluate(RankingModel.prepare(loaded), split, ds, options.ks, fingerprint=fingerprint)
     experiment_id = tracking.ensure_experiment(client, options.experiment, ctx.settings)
     logged = tracking.log_evaluation_run(
         experiment_id, kind=KIND_REEVALUATION, name=held.model, report=report, split=split,
@@ -701,7 +691,7 @@ def experiment_snippet(
     """
     import yaml
 
-    from service.experiments import parse_experiments
+    from features.experiments import parse_experiments
 
     if not 0 < share < 1:
         raise ValueError(f"share must be in (0, 1), got {share}")

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.loading import ARTIFACT_FILES, FALLBACK, LECTURES, RECOMMENDER, SEGMENT_SEPARATOR, STUDENTS
+from models.loading import ARTIFACT_FILES, FALLBACK, LECTURES, RECOMMENDER, STUDENTS
+from models.ranking import popular_lists
 from training.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -58,10 +59,6 @@ KIND_TUNE = "tune"
 KIND_TRIAL = "trial"
 #: Name of the pyfunc inside a run (`mlflow.pyfunc.log_model(name=...)`).
 PYFUNC_NAME = "recommender"
-#: Lectures kept per popularity list in fallback.json.
-FALLBACK_TOP_N = 100
-#: Recency half-life of the fallback popularity (days), as the popularity baselines use.
-FALLBACK_HALF_LIFE_DAYS = 30.0
 #: MLflow stores dataset digests in a 36-character column: the fingerprint's prefix.
 DIGEST_CHARS = 36
 #: Packages a logged pyfunc needs (pinned to the versions that trained it).
@@ -174,52 +171,6 @@ def git_tags(root: Path = _PROJECT_ROOT) -> dict[str, str]:
 # what a model version carries
 
 
-def fallback_lists(data: TrainingData, top_n: int = FALLBACK_TOP_N) -> dict[str, Any]:
-    """Popular active lectures (recency-weighted) globally, per region and per "region|grade".
-
-    The service falls back to these in process when the feature store is down.
-
-    Args:
-        data: the training data.
-        top_n: lectures kept per list.
-
-    Returns:
-        {"global": [ids], "by_region": {region: [ids]}, "by_region_grade": {"seoul|h1": [ids]},
-        "top_n": top_n, "half_life_days": ...}.
-    """
-    from models.common import decayed_interactions
-
-    cat = data.catalogue
-    weights = decayed_interactions(data, FALLBACK_HALF_LIFE_DAYS)
-    ids = np.asarray(cat.lectures.ids, dtype=object)
-
-    def top(rows: np.ndarray[Any, Any]) -> list[str]:
-        popularity = np.asarray(weights[rows].sum(axis=0), dtype=np.float64).ravel()
-        popularity[~cat.active] = 0.0
-        order = np.lexsort((np.arange(popularity.size), -popularity))  # ties: catalogue order
-        order = order[popularity[order] > 0][:top_n]
-        return [str(x) for x in ids[order]]
-
-    by_region: dict[str, list[str]] = {}
-    by_segment: dict[str, list[str]] = {}
-    for r, region in enumerate(cat.regions.ids):
-        in_region = data.region == r
-        if not in_region.any():
-            continue
-        by_region[region] = top(np.flatnonzero(in_region))
-        for g, grade in enumerate(cat.grades.ids):
-            rows = np.flatnonzero(in_region & (data.grade == g))
-            if rows.size:
-                by_segment[f"{region}{SEGMENT_SEPARATOR}{grade}"] = top(rows)
-    return {
-        "global": top(np.arange(len(data.students))),
-        "by_region": by_region,
-        "by_region_grade": by_segment,
-        "top_n": top_n,
-        "half_life_days": FALLBACK_HALF_LIFE_DAYS,
-    }
-
-
 def students_table(data: TrainingData, students: pd.DataFrame) -> pa.Table:
     """Profiles and ordered histories of the training students (the pyfunc's lookup table).
 
@@ -301,7 +252,7 @@ def write_model_artifacts(
     pq.write_table(lectures_table(train.lectures), paths[LECTURES])
     pq.write_table(students_table(data, train.students), paths[STUDENTS])
     paths[FALLBACK].write_text(
-        json.dumps(fallback_lists(data), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        json.dumps(popular_lists(data), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
     return {key: str(path) for key, path in paths.items()}
 

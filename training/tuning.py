@@ -45,6 +45,10 @@ def _item_knn(t: optuna.Trial) -> dict[str, Any]:
     }
 
 
+def _ease(t: optuna.Trial) -> dict[str, Any]:
+    return {"regularisation": t.suggest_float("regularisation", 1.0, 30_000.0, log=True)}
+
+
 def _lightfm(t: optuna.Trial) -> dict[str, Any]:
     return {
         "no_components": t.suggest_int("no_components", 8, 96, log=True),
@@ -82,6 +86,7 @@ SPACES: dict[str, Space] = {
     "popularity": _popularity,
     "segment_popularity": _segment_popularity,
     "item_knn": _item_knn,
+    "ease": _ease,
     "lightfm": _lightfm,
     "sequence": _sequence,
     "blend": _blend,
@@ -185,7 +190,7 @@ def tune(
             params = {**(base_params or {}), **SPACES[model_name](trial)}
             try:
                 model = cls(seed=seed, **params).fit(data)
-                report = evaluate(model, split, dataset, ks, fingerprint=fingerprint)
+                report = evaluate(model, split, dataset, ks, data=data, fingerprint=fingerprint)
             except NumericalError as exc:
                 trial.set_user_attr("error", str(exc))
                 if on_trial:

@@ -6,9 +6,9 @@ import asyncio
 
 from fastapi import APIRouter
 
+from models.ranking import RankingModel
 from service.deps import AdminDep, StateDep
 from service.model_manager import ModelManager
-from service.ranking import RankingModel
 from service.schemas import ErrorOut, ModelRef, ModelStatusOut, ReloadOut, VariantModelOut
 
 router = APIRouter(

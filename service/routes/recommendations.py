@@ -28,12 +28,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from features.experiments import Assignment, ExperimentRegistry, answer_exposure, stamped_exposure
+from models.ranking import REASON_TEXT, Ranked, RankingModel
 from service.answer_cache import Answer
 from service.auth import ApiClient
 from service.deps import API_KEY_SCHEME, AppState, check_region, client_of, require_model
 from service.errors import InvalidFieldError, StoreUnavailableError
-from service.experiments import Assignment, ExperimentRegistry, answer_exposure, stamped_exposure
-from service.ranking import REASON_TEXT, Ranked, RankingModel
 from service.schemas import ID_PATTERN, ErrorOut, RecommendationsOut
 
 logger = logging.getLogger("learnrec.service.recommendations")

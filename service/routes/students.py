@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
 
+from features.profile import FEATURE_ATTRIBUTES, LIST_ATTRIBUTES, StudentProfile
 from service.deps import ClientDep, StateDep, check_known_region, check_region
 from service.schemas import ID_PATTERN, ErrorOut, StudentIn, StudentOut
 
@@ -35,24 +36,13 @@ _PUT_ERRORS: dict[int | str, dict[str, Any]] = {
 @router.put("/{student_id}", response_model=StudentOut, responses=_PUT_ERRORS)
 def put_student(student_id: StudentIdPath, body: StudentIn, state: StateDep, client: ClientDep) -> StudentOut:
     """Register a student or update the profile (grade, region, optional cold-start attributes)."""
-    from features.store import StudentProfile
-
     check_known_region(state, body.region)
     check_region(client, body.region, "the new profile")
     existing = state.store.get_profiles([student_id]).get(student_id)
     if existing is not None:
         # a key of one region must not move another region's student into its own
         check_region(client, existing.region, "this student")
-    state.store.put_profile(
-        StudentProfile(
-            student_id=student_id,
-            region=body.region,
-            grade=body.grade,
-            school_level=body.school_level,
-            target_exam=body.target_exam,
-            interest_subjects=tuple(body.interest_subjects),
-        )
-    )
+    state.store.put_profile(StudentProfile.from_mapping(student_id, body.model_dump()))
     logger.info(
         "student profile stored",
         extra={"student": state.hash_student(student_id), "client": client.name, "new": existing is None},
@@ -73,12 +63,10 @@ def get_student(student_id: StudentIdPath, state: StateDep, client: ClientDep) -
             404, detail="no profile registered for this student; PUT /students/{student_id} first"
         )
     check_region(client, profile.region, "this student")
-    return StudentOut(
-        student_id=student_id,
-        created=False,
-        region=profile.region,
-        grade=profile.grade,  # type: ignore[arg-type]  # validated when stored
-        school_level=profile.school_level,  # type: ignore[arg-type]
-        target_exam=profile.target_exam,
-        interest_subjects=list(profile.interest_subjects or ()),
-    )
+    # validated when stored: the stored attributes are the API's fields (tests hold the two equal)
+    return StudentOut.model_validate({"student_id": student_id, "created": False, **_attributes(profile)})
+
+
+def _attributes(profile: StudentProfile) -> dict[str, Any]:
+    values = {name: getattr(profile, name) for name in FEATURE_ATTRIBUTES}
+    return {name: list(v) if name in LIST_ATTRIBUTES else v for name, v in values.items()}

@@ -15,10 +15,11 @@ import redis
 from redis.cluster import RedisCluster
 
 from features import keys
+from features.profile import StudentProfile
 from features.redis_server import EmbeddedServer, connect, start_embedded, stop_embedded
 from features.schemas import EVENTS
 from features.settings import Settings
-from features.store import EventIn, FeatureStore, StudentProfile
+from features.store import EventIn, FeatureStore
 from features.streams import export_stream
 
 pytestmark = pytest.mark.slow

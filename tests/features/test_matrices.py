@@ -9,12 +9,9 @@ import pandas as pd
 import pytest
 
 from features.errors import SchemaError
-from features.matrices import (
-    StudentFeatureEncoder,
-    build_batch,
-    build_catalogue,
-    build_training_data,
-)
+from features.matrices import build_batch, build_catalogue, build_training_data
+from features.profile import StudentProfile, from_table
+from models.ranking import StudentFeatureEncoder
 
 ALL = ["m1", "m2", "m3", "h1", "h2", "h3", "oos", "adult"]
 
@@ -209,10 +206,11 @@ def test_batch_matches_training_rows_and_handles_unseen_students():
 def test_encoder_matches_batch_features():
     data = build_training_data(students(), lectures(), events([]))
     encoder = StudentFeatureEncoder(data.student_feature_names)
-    profiles = students().to_dict("records")
+    profiles = [p.feature_values() for p in from_table(students())]
     encoded = encoder.encode(profiles)
     assert (encoded != data.student_features).nnz == 0
-    assert encoder.encode([{"region": "mars", "interest_subjects": ["수학", "수학"]}]).sum() == 1.0
+    mars = StudentProfile("x", region="mars", grade="h9", interest_subjects=("수학", "수학"))
+    assert encoder.encode([mars.feature_values()]).sum() == 1.0
     assert encoder.encode([]).shape == (0, len(data.student_feature_names))
 
 

@@ -15,11 +15,12 @@ import pytest
 import redis
 
 from features.errors import SchemaError
+from features.profile import from_table as profiles_from_table
 from features.store import FeatureStore
 from features.tables import Dataset, read_dataset, read_partitioned, write_dataset
 from features.validation import epoch_microseconds
 from tests.training.modelling_data import lectures as lecture_table
-from training.commands.feature_store import profiles_from_table, seed_partitioned
+from training.commands.feature_store import seed_partitioned
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 

@@ -13,7 +13,8 @@ import redis
 from features import keys
 from features.errors import FeatureStoreError, SchemaError
 from features.matrices import build_training_data
-from features.store import EventIn, FeatureStore, StudentProfile
+from features.profile import StudentProfile
+from features.store import EventIn, FeatureStore
 from tests.training.modelling_data import lectures as lecture_table
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)

@@ -18,13 +18,14 @@ TEST_PARAMS: dict[str, dict[str, Any]] = {
     "popularity": {},
     "segment_popularity": {"shrinkage": 5.0},
     "item_knn": {"neighbours": 20},
+    "ease": {"regularisation": 1.0},
     "lightfm": LIGHTFM_TEST,
     "sequence": {},
     "blend": {"component_params": {"lightfm": LIGHTFM_TEST}, "negatives": 5},
 }
 ALL_MODELS = tuple(MODELS)
 #: Models that personalise from a student's own history.
-PERSONALISED = ("item_knn", "lightfm", "sequence", "blend")
+PERSONALISED = ("item_knn", "ease", "lightfm", "sequence", "blend")
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ from models import (
     SequenceRecommender,
 )
 from models.base import TrainingData
-from models.blend import temporal_holdout, time_holdout
+from models.blend import random_holdout, temporal_holdout, time_holdout
 from models.errors import ModelFormatError, NumericalError
 from models.sequence import transition_matrix
 from tests.models.data import LIGHTFM_TEST, TEST_PARAMS, Blocks, make_events, sequential_dataset
@@ -341,3 +341,45 @@ def test_blend_holdout_days(sequential: TrainingData, tmp_path: Path):
     assert model.params()["holdout_days"] == 7.0
     model.save(tmp_path)
     assert BlendRecommender.load(tmp_path).holdout_days == 7.0
+
+
+def test_sequence_learns_order_without_series_metadata():
+    """Issue 12: on a log whose lectures carry no series (each its own), order comes from transitions.
+
+    The series-continuation bonus has nothing to work with, so only the lecture transitions can put
+    the next lecture of a student's path first; popularity cannot tell it.
+    """
+    students, lectures, events = sequential_dataset()
+    lectures = lectures.assign(series_id=lectures["lecture_id"], series_position=1)
+    data = build_training_data(students, lectures, events)
+    assert len(np.unique(data.catalogue.series)) == len(lectures)
+    train, rows, target = temporal_holdout(data, 1)
+    seq = hit_rate(SequenceRecommender().fit(train), train, rows, target, 1)
+    pop = hit_rate(PopularityRecommender().fit(train), train, rows, target, 1)
+    assert seq > 0.8
+    assert seq > pop + 0.5
+
+
+def test_blend_fallback_serves_its_component_unblended(blocks: Blocks, tmp_path):
+    """A blend that did not beat its best component on validation scores exactly like that component."""
+    blend = BlendRecommender(seed=3, components=("popularity", "item_knn"), fallback="item_knn")
+    blend.fit(blocks.data)
+    knn = ItemKNNRecommender(seed=3).fit(blocks.data)
+    batch = blocks.data.batch(np.arange(len(blocks.data.students), dtype=np.int32))
+    np.testing.assert_array_equal(blend.score(batch), knn.score(batch))
+    assert blend.params()["fallback"] == "item_knn" and set(blend.models) == {"item_knn"}
+    blend.save(tmp_path / "b")
+    np.testing.assert_array_equal(BlendRecommender.load(tmp_path / "b").score(batch), knn.score(batch))
+    with pytest.raises(ValueError, match="fallback"):
+        BlendRecommender(components=("popularity",), fallback="item_knn")
+
+
+def test_blend_random_holdout_keeps_one_lecture_per_student(sequential: TrainingData):
+    train, rows, cols = random_holdout(sequential, 0.3, seed=1)
+    lengths = np.array([s.size for s in sequential.sequences])
+    assert np.unique(rows).size == (lengths >= 2).sum()
+    assert all(s.size >= 1 for s, n in zip(train.sequences, lengths, strict=True) if n >= 1)
+    assert train.interactions.nnz == sequential.interactions.nnz - rows.size
+    assert (train.interactions[rows, cols] == 0).all()
+    again = random_holdout(sequential, 0.3, seed=1)
+    np.testing.assert_array_equal(again[1], rows) and np.testing.assert_array_equal(again[2], cols)

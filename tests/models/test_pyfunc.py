@@ -112,9 +112,12 @@ def wrapper(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Learn
 
 def test_predict_columns_ranks_and_default_k(wrapper: LearnrecRecommender, trained: Trained) -> None:
     out = wrapper.predict(None, pd.DataFrame({"student_id": ["s002"]}))
-    assert list(out.columns) == ["student_id", "rank", "lecture_id", "title", "score"]
+    assert list(out.columns) == ["student_id", "rank", "lecture_id", "title", "score", "reason"]
     assert out["rank"].tolist() == list(range(1, 11))  # default k = 10
-    assert out["score"].is_monotonic_decreasing
+    # the served list: at most two series slots first, then the model's order
+    slots = out["reason"].tolist().index("similar_students")
+    assert slots <= 2 and set(out["reason"][:slots]) <= {"next_in_series"}
+    assert out["score"][slots:].is_monotonic_decreasing
     assert not set(out["lecture_id"]) & trained.history["s002"]
     three = wrapper.predict(None, pd.DataFrame({"student_id": ["s002"]}), params={"k": 3})
     assert three["lecture_id"].tolist() == out["lecture_id"].tolist()[:3]
@@ -135,4 +138,6 @@ def test_bad_input_is_refused(wrapper: LearnrecRecommender) -> None:
     with pytest.raises(ValueError, match="k must be between 1 and 500"):
         wrapper.predict(None, pd.DataFrame({"student_id": ["s000"], "k": [0]}))
     empty = wrapper.predict(None, pd.DataFrame({"student_id": pd.Series([], dtype=str)}))
-    assert empty.empty and list(empty.columns) == ["student_id", "rank", "lecture_id", "title", "score"]
+    assert empty.empty and list(empty.columns) == [
+        "student_id", "rank", "lecture_id", "title", "score", "reason"
+    ]  # fmt: skip

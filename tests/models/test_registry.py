@@ -14,7 +14,9 @@ from models.serialization import read_json, write_json
 
 
 def test_registry_names_every_model():
-    assert set(MODELS) == {"popularity", "segment_popularity", "item_knn", "lightfm", "sequence", "blend"}
+    assert set(MODELS) == {
+        "popularity", "segment_popularity", "item_knn", "ease", "lightfm", "sequence", "blend",
+    }  # fmt: skip
     for name, cls in MODELS.items():
         assert cls.name == name
         assert get_model_class(name) is cls

@@ -16,8 +16,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from features.profile import StudentProfile
 from features.settings import Settings, get_settings
-from features.store import FeatureStore, StudentProfile
+from features.store import FeatureStore
 from service.main import create_app
 from tests.conftest import RedisServerControl
 from tests.service import data

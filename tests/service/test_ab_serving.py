@@ -17,7 +17,7 @@ import redis
 import yaml
 
 from features import keys
-from service.experiments import ExperimentRegistry, exposure_fields
+from features.experiments import ExperimentRegistry, exposure_fields
 from service.exposures import ExposureWriter
 from service.metrics import Metrics
 from tests.conftest import RedisServerControl

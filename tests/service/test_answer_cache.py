@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from features.key_changes import KeyChangeListener
+from models.ranking import Ranked
 from service.answer_cache import Answer, AnswerCache
-from service.ranking import Ranked
 from tests.conftest import RedisServerControl
 from tests.service.conftest import PORTAL, Registry, answer, running, seed, service_settings, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from service.experiments import (
+from features.experiments import (
     N_BUCKETS,
     Assignment,
     ExperimentConfigError,

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.errors import DatasetNotFoundError, SchemaError
+from features.experiments import Assignment, exposure_fields
 from features.schemas import EVENTS
-from service.experiments import Assignment, exposure_fields
 from training.ab.exposures import (
     EXPOSURES,
     explode,

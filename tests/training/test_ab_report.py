@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from features.experiments import ExperimentRegistry, exposure_fields, load_experiments
 from features.schemas import EVENTS
-from service.experiments import ExperimentRegistry, exposure_fields, load_experiments
 from training.ab.errors import ExperimentNotFoundError
 from training.ab.exposures import from_stream_fields, read_events, read_exposures, records_to_table
 from training.ab.report import build_report, write_report

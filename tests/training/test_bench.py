@@ -249,7 +249,7 @@ def test_wrk_rotates_paths_sends_the_key_and_reports_percentiles(http_server: st
 
 
 def test_serve_helpers_pick_students_and_dev_keys(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
-    from service.auth import DEV_KEYS
+    from features.api_keys import DEV_KEYS
 
     paths = serve_bench.recommendation_paths(data_bench.dataset_dir(tiny_opts), 25, seed=1)
     assert len(paths) == len(set(paths)) == 25
@@ -297,3 +297,20 @@ def test_answer_sources_are_read_from_the_metrics_and_shared_out() -> None:
         'learnrec_answer_cache_total{outcome="hit"} 90.0\nlearnrec_answer_cache_total{outcome="miss"} 10.0\n'
     )
     assert serve_bench.parse_counter(text + cache, "learnrec_answer_cache_total") == {"hit": 90, "miss": 10}
+
+
+def test_bench_says_first_what_it_needs_from_the_system(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Regression: the serve bench needed `wrk` without saying so up front (and installed it itself)."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wrk there
+    result = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "results")])
+    assert result.exit_code == 2
+    first, second = result.output.splitlines()[:2]
+    assert first.startswith("learnrec bench needs wrk") and "apt-get install wrk" in first
+    assert first.endswith(": missing") and "--suite data" in second
+    assert not (tmp_path / "results").exists()  # stopped before any suite ran

@@ -131,7 +131,7 @@ class _NaNPopularity(PopularityRecommender):
 def test_nan_scores_fail_loudly(ds: Dataset) -> None:
     split = temporal(ds)
     model = _fit(_NaNPopularity, split)
-    with pytest.raises(NumericalError, match=r"nan_popularity scored NaN or infinity for 1 of"):
+    with pytest.raises(NumericalError, match=r"nan_popularity scored NaN or infinity for \d+ of \d+ "):
         evaluate(model, split, ds)
 
 

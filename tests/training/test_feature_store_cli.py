@@ -159,7 +159,7 @@ def test_events_export_to_the_default_directory(redis_env: Settings, redis_clien
 
 
 def test_exposures_export_uses_the_exposure_schema(redis_env: Settings, redis_client, tmp_path: Path):
-    from service.experiments import exposure_fields
+    from features.experiments import exposure_fields
     from training.ab.exposures import EXPOSURES
 
     shown = datetime(2025, 3, 1, 9, tzinfo=UTC)

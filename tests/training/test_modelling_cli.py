@@ -118,6 +118,35 @@ def test_train_on_an_explicit_split(store: Settings, tmp_path: Path) -> None:
     assert run.data.metrics["n_test_students"] == len(split.test_students)
 
 
+def test_compare_without_split_takes_the_newest_runs_split(store: Settings, tmp_path: Path) -> None:
+    """Regression: after a `--split explicit` run, `learnrec compare` failed until `--split explicit` was
+    given (it looked for temporal runs)."""
+    from features.tables import read_dataset
+    from training.splits import temporal
+
+    experiment = ["--experiment", "newest-split"]
+    result = runner.invoke(app, ["compare", *experiment])
+    assert result.exit_code == 1 and "no finished runs in experiment 'newest-split'" in _text(result.output)
+    train = ["train", "-m", "popularity", "--no-oracle", *experiment]
+    assert runner.invoke(app, [*train, "--split", "leave_last_n"]).exit_code == 0
+    split = temporal(read_dataset(store.datasets_dir / "synthetic"))
+    train_file, test_file = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    split.train.events.to_parquet(train_file)
+    split.test.to_parquet(test_file)
+    files = ["--train-events", str(train_file), "--test-events", str(test_file)]
+    result = runner.invoke(app, [*train, "--split", "explicit", *files])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["compare", *experiment])
+    assert result.exit_code == 0, result.output
+    text = _text(result.output)
+    # the leave_last_n run is another question, not a skipped run of this one
+    assert "compared 1 models on the explicit split; report:" in text
+    assert (store.data_dir / "reports" / "compare-explicit.html").is_file()
+    assert runner.invoke(app, [*train, "--split", "leave_last_n"]).exit_code == 0
+    text = _text(runner.invoke(app, ["compare", *experiment]).output)
+    assert "compared 1 models on the leave_last_n split" in text
+
+
 def test_compare_shows_one_test_horizon(store: Settings) -> None:
     base = ["train", "-m", "popularity", "--split", "temporal", "--experiment", "horizons", "--no-oracle"]
     for days in ("7", "0"):

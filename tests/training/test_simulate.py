@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 
 from features.ground_truth import GroundTruth
-from features.store import EventIn, FeatureStore, StudentProfile
+from features.online_state import OnlineState
+from features.profile import StudentProfile
+from features.store import EventIn, FeatureStore
 from features.synth import SynthConfig, generate
 from models.base import Recommender, StudentBatch, TrainingData
 from models.loading import LoadedModel
 from training.errors import SimulationError
 from training.simulate import (
     InProcessBackend,
-    OnlineState,
     Population,
     SimConfig,
     default_start,
@@ -58,11 +59,12 @@ def training(dataset_dir: Path) -> tuple[TrainingData, Any]:
 
 
 def _loaded(model: Recommender, data: TrainingData, ds: Any, version: str) -> LoadedModel:
-    from training.tracking import fallback_lists, lectures_table
+    from models.ranking import popular_lists
+    from training.tracking import lectures_table
 
     return LoadedModel(
         model_name="sim-test", version=version, alias=None, run_id=None, recommender=model,
-        lectures=lectures_table(ds.lectures), fallback=fallback_lists(data),
+        lectures=lectures_table(ds.lectures), fallback=popular_lists(data),
     )  # fmt: skip
 
 
@@ -399,8 +401,8 @@ def http_run(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Ite
 @pytest.mark.slow
 def test_http_run_flows_through_the_service_and_its_streams(http_run: HttpRun) -> None:
     """The CLI drives the live app: profiles, lists, events; the streams' export holds the run; a report."""
+    from features.experiments import load_experiments
     from models.loading import load_registered
-    from service.experiments import load_experiments
 
     settings, key, now = http_run.settings, http_run.key, http_run.now
     assert f"{key}/champion" in http_run.output and f"{key}/challenger" in http_run.output

@@ -1,4 +1,4 @@
-"""Domain errors of the A/B analysis.
+"""Domain errors of the A/B analysis (under `models.errors.LearnrecError`).
 
     ABError
     ├── ExperimentNotFoundError  the experiment key is not in the config or has no exposures
@@ -10,9 +10,13 @@ File-level problems (a missing directory, a column with the wrong type) raise `f
 
 from __future__ import annotations
 
+from models.errors import LearnrecError
 
-class ABError(Exception):
+
+class ABError(LearnrecError):
     """Base of every A/B analysis error."""
+
+    http_status = 422
 
 
 class ExperimentNotFoundError(ABError):

@@ -1,7 +1,7 @@
 """The exposure record (what a student was shown, under which experiment arm) as an Arrow schema, and readers.
 
 An exposure is written by the service for every answered `/recommendations` request, XADDed to the
-exposures Redis stream (fields built by ``service.experiments.exposure_fields``) and exported to Parquet by
+exposures Redis stream (fields built by ``features.experiments.exposure_fields``) and exported to Parquet by
 ``features.streams`` with `EXPOSURES` as the schema. The lecture's rank is its position in ``lecture_ids``
 (1-based in `explode`).
 """

@@ -6,9 +6,7 @@ and `stats.analyse`; the page documents the rules and formulas so an analyst can
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from training import charts
 from training.ab import stats
 from training.ab.attribution import Attribution, attribute
 from training.ab.errors import ExperimentNotFoundError
@@ -27,7 +26,7 @@ from training.ab.errors import ExperimentNotFoundError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from service.experiments import ExperimentConfig
+    from features.experiments import ExperimentConfig
 
 #: Korean names of the platform's regions, shown next to the codes.
 REGION_LABELS_KO: dict[str, str] = {
@@ -186,9 +185,7 @@ def _document(
 
 
 def _png(fig: Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return charts.png_base64(fig, dpi=100, bbox_inches="tight")
 
 
 def _scale(kind: str) -> tuple[float, str]:
@@ -201,15 +198,13 @@ def forest_plot(comparisons: Sequence[stats.Comparison], kind: str, title: str) 
     Args:
         comparisons: one metric's comparisons of one treatment (regions then ``pooled``).
         kind: metric kind (proportions are drawn in percentage points).
-        title: plot title (ASCII: the default fonts have no Hangul).
+        title: plot title.
 
     Returns:
         Base64 PNG.
     """
-    from matplotlib.figure import Figure
-
     k, unit = _scale(kind)
-    fig = Figure(figsize=(7, 0.45 * len(comparisons) + 1.2))
+    fig = charts.figure(figsize=(7, 0.45 * len(comparisons) + 1.2))
     ax = fig.subplots()
     ys = list(range(len(comparisons)))[::-1]
     for y, c in zip(ys, comparisons, strict=True):
@@ -243,9 +238,7 @@ def cumulative_plot(cumulative: pd.DataFrame, variants: Sequence[str]) -> str:
     Returns:
         Base64 PNG.
     """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.4))
+    fig = charts.figure(figsize=(7, 3.4))
     ax = fig.subplots()
     for v in variants:
         g = cumulative.loc[cumulative["variant"] == v]

@@ -21,7 +21,7 @@ from typing import Any
 from training.benchmarks.runner import SuiteResult
 
 #: Order of the sections in RESULTS.md.
-SUITE_ORDER = ("data", "train", "serve")
+SUITE_ORDER = ("quality", "data", "train", "serve")
 _LIBRARIES = (
     "numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "lightfm-next", "fastapi", "uvicorn", "redis",
 )  # fmt: skip
@@ -315,7 +315,58 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-_RENDER = {"data": _data_tables, "train": _train_tables, "serve": _serve_tables}
+def _quality_tables(payload: Mapping[str, Any]) -> list[str]:
+    """One table: NDCG@10 / recall@10 per model (columns) per dataset (rows), the champion in bold."""
+    items = [i for i in payload["items"] if i["metrics"].get("models") or i["status"] != "ok"]
+    models: list[str] = []
+    for item in items:
+        models += [m for m in item["metrics"].get("models", {}) if m not in models]
+    reference = [m for m in models if m == "lightfm_direct"]
+    models = [m for m in models if m not in reference] + reference
+    rows: list[list[str]] = []
+    checks: list[list[str]] = []
+    for item in items:
+        m = item["metrics"]
+        why = _status(item)
+        if why and not m.get("models"):
+            rows.append([item["item"], why] + [""] * (len(models) + 1))
+            continue
+        cells = []
+        for name in models:
+            r = m["models"].get(name)
+            cell = "-" if r is None else f"{r['ndcg']:.3f} / {r['recall']:.3f}"
+            cells.append(f"**{cell}**" if name == m.get("champion") else cell)
+        students = (
+            f"{m.get('students', 0):,} x {m.get('lectures', 0):,}; {m.get('test_students', 0):,} tested"
+        )
+        split = m.get("split", {})
+        how = "last lecture" if "n" in split else "14 d" if split.get("horizon_days") else "all later"
+        rows.append([item["item"], students, how, *cells])
+        c = payload.get("summary", {}).get(item["item"], {})
+        if c:
+            checks.append([
+                item["item"],
+                f"{c.get('lightfm_minus_direct', 0.0):+.3f} {'ok' if c.get('lightfm_ok') else 'BELOW'}",
+                f"{c.get('blend_minus_best_component', 0.0):+.3f} {'ok' if c.get('blend_ok') else 'BELOW'}",
+                f"{m.get('champion')}: {c.get('champion_gap', 0.0):.3f} "
+                f"{'ok' if c.get('champion_ok') else 'FAR'}",
+                "; ".join(m.get("notes", [])) or "-",
+            ])  # fmt: skip
+    lines = _table(["dataset", "students x lectures", "test", *models], rows)
+    if checks:
+        lines += ["", "Checks (issue 12): lightfm - lightfm_direct >= 0; blend - best component >= -0.005; "
+                  "champion (chosen on validation) within 0.01 of the best model on test.", ""]  # fmt: skip
+        header = ["dataset", "lightfm - direct", "blend - best component", "champion: gap to best", "notes"]
+        lines += _table(header, checks)
+    return lines
+
+
+_RENDER = {
+    "data": _data_tables,
+    "train": _train_tables,
+    "serve": _serve_tables,
+    "quality": _quality_tables,
+}
 
 
 def _machine_line(payload: Mapping[str, Any]) -> str:

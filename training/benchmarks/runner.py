@@ -444,6 +444,8 @@ class BenchOptions:
         serve_env: serve suite: extra environment of the service process only (e.g. thread limits).
         step_fractions: train suite: shares of the students to step down through when the matrices or a
             model do not fit the budgets (None: `train_bench.LARGE_FRACTIONS` at the large size, else none).
+        events: quality suite: event files of other logs to score the models on too.
+        select_budget_s: quality suite: time budget of the search on validation per dataset.
     """
 
     data_root: Path
@@ -459,6 +461,8 @@ class BenchOptions:
     memory_budget: int | None = None
     step_fractions: tuple[float, ...] | None = None
     serve_env: dict[str, str] | None = None
+    events: tuple[str, ...] | None = None
+    select_budget_s: float = 300.0
 
     @property
     def size(self) -> tuple[int | None, int]:

@@ -124,8 +124,8 @@ def bench_env(data_dir: Path) -> dict[str, str]:
 
 def dev_keys() -> tuple[str, str]:
     """(portal key for every region, admin key) among the service's development keys."""
+    from features.api_keys import DEV_KEYS
     from features.schemas import ALL_REGIONS
-    from service.auth import DEV_KEYS
 
     portal = next(k for k, (_, regions, admin) in DEV_KEYS.items() if ALL_REGIONS in regions and not admin)
     admin = next(k for k, (_, _, is_admin) in DEV_KEYS.items() if is_admin)

@@ -56,10 +56,8 @@ def report(
     alpha: Annotated[float, typer.Option(help="Significance level (CIs are 1 - alpha).")] = 0.05,
 ) -> None:
     """Attribute outcomes to exposures and write the experiment's HTML + JSON report."""
-    from features.errors import LearnrecDataError
+    from features.experiments import load_experiments
     from features.settings import get_settings
-    from service.experiments import ExperimentConfigError, load_experiments
-    from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, region_label, write_report
     from training.ab.stats import PRIMARY_METRIC, metric
@@ -73,27 +71,24 @@ def report(
     if config_path is None:
         raise fail("no experiments file: pass --experiments FILE or set LEARNREC_SERVICE__EXPERIMENTS_FILE")
     out = out or settings.data_dir / "reports" / f"ab-{experiment}.html"
-    try:
-        config = load_experiments(config_path)
-        exp = next((e for e in config.experiments if e.key == experiment), None)
-        if exp is None:
-            known = [e.key for e in config.experiments]
-            raise fail(f"experiment {experiment!r} is not in {config_path} (known: {known})")
-        with _err.status("reading exposures and events..."):
-            ex_table = read_exposures(exposures)
-            ev_table = read_events(events)
-        with _err.status(f"attributing {ex_table.num_rows:,} exposures, analysing, plotting..."):
-            rep = build_report(
-                ex_table,
-                ev_table,
-                exp,
-                window=timedelta(days=window_days),
-                alpha=alpha,
-                sources={"exposures_path": str(exposures), "events_path": str(events)},
-            )
-            html_path, json_path = write_report(rep, out)
-    except (ExperimentConfigError, LearnrecDataError, ABError) as exc:
-        raise fail(str(exc)) from None
+    config = load_experiments(config_path)
+    exp = next((e for e in config.experiments if e.key == experiment), None)
+    if exp is None:
+        known = [e.key for e in config.experiments]
+        raise fail(f"experiment {experiment!r} is not in {config_path} (known: {known})")
+    with _err.status("reading exposures and events..."):
+        ex_table = read_exposures(exposures)
+        ev_table = read_events(events)
+    with _err.status(f"attributing {ex_table.num_rows:,} exposures, analysing, plotting..."):
+        rep = build_report(
+            ex_table,
+            ev_table,
+            exp,
+            window=timedelta(days=window_days),
+            alpha=alpha,
+            sources={"exposures_path": str(exposures), "events_path": str(events)},
+        )
+        html_path, json_path = write_report(rep, out)
 
     primary = metric(PRIMARY_METRIC)
     unit = " (pp = percentage points)" if primary.kind == "proportion" else ""
@@ -179,7 +174,6 @@ def power(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Minimum detectable effect per region for a planned duration, and weeks needed for a target lift."""
-    from training.ab.errors import ABError
     from training.ab.power import plan
 
     sizes = {k: int(v) for k, v in _pairs(region, "--region", int).items()}
@@ -190,20 +184,17 @@ def power(
             f"regions {unknown} have no --region NAME=STUDENTS", param_hint="--region-baseline"
         )
     baselines = {r: overrides.get(r, baseline) for r in sizes}
-    try:
-        rows = plan(
-            sizes,
-            baselines,
-            weeks=weeks,
-            alpha=alpha,
-            power=power_,
-            traffic=traffic,
-            treatment_share=treatment_share,
-            weekly_active=weekly_active,
-            target_lift=target_lift,
-        )
-    except ABError as exc:
-        raise fail(str(exc)) from None
+    rows = plan(
+        sizes,
+        baselines,
+        weeks=weeks,
+        alpha=alpha,
+        power=power_,
+        traffic=traffic,
+        treatment_share=treatment_share,
+        weekly_active=weekly_active,
+        target_lift=target_lift,
+    )
     if as_json:
         _out.print_json(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
         return

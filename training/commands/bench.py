@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,7 +15,9 @@ import typer
 if TYPE_CHECKING:
     from training.benchmarks.runner import BenchOptions, SuiteResult
 
-SUITES = ("data", "train", "serve")
+SUITES = ("data", "train", "serve", "quality")
+#: What `--suite all` runs: the quality suite fits every model on seven datasets, so it is asked for by name.
+ALL_SUITES = ("data", "train", "serve")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +25,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def bench(
-        suite: Annotated[str, typer.Option(help="data | train | serve | all")] = "all",
+        suite: Annotated[
+            str, typer.Option(help="data | train | serve | quality | all (all = data, train, serve)")
+        ] = "all",
         large: Annotated[
             bool, typer.Option("--large", help="1,000,000 students x 20,000 lectures instead of the default.")
         ] = False,
@@ -58,6 +64,13 @@ def register(app: typer.Typer) -> None:
         data_root: Annotated[
             Path | None, typer.Option(help="Scratch directory (default DATA_DIR/bench).")
         ] = None,
+        events: Annotated[
+            list[Path] | None,
+            typer.Option("--events", help="quality: also score on this event log (CSV/Parquet; repeatable)."),
+        ] = None,
+        select_budget_seconds: Annotated[
+            float, typer.Option(min=0, help="quality: search budget on validation per dataset.")
+        ] = 300.0,
     ) -> None:
         """Measure data generation, training and serving; results with machine, commit and command."""
         import datetime as dt
@@ -66,13 +79,19 @@ def register(app: typer.Typer) -> None:
         from training.benchmarks import report
         from training.benchmarks.runner import BenchOptions
 
-        wanted = SUITES if suite == "all" else (suite,)
+        wanted = ALL_SUITES if suite == "all" else (suite,)
         if any(s not in SUITES for s in wanted):
-            raise typer.BadParameter(f"unknown suite '{suite}': choose data, train, serve or all")
+            raise typer.BadParameter(f"unknown suite '{suite}': choose data, train, serve, quality or all")
+        missing = [str(f) for f in events or [] if not f.is_file()]
+        if missing:
+            raise typer.BadParameter(f"no such file: {', '.join(missing)}", param_hint="--events")
         settings = get_settings()
 
         def say(line: str) -> None:
             typer.echo(line, err=True)
+
+        if "serve" in wanted:
+            _check_wrk(say)
 
         opts = BenchOptions(
             data_root=(data_root or settings.data_dir / "bench").resolve(),
@@ -86,6 +105,8 @@ def register(app: typer.Typer) -> None:
             serve_models=tuple(serve_model) if serve_model else None,
             serve_seconds=seconds,
             memory_budget=int(memory_gib * 2**30) if memory_gib else None,
+            events=tuple(str(f.resolve()) for f in events) if events else None,
+            select_budget_s=select_budget_seconds,
         )
         if model:
             from training.benchmarks.train_bench import model_names
@@ -112,7 +133,7 @@ def register(app: typer.Typer) -> None:
         for name in wanted:
             suite_started = dt.datetime.now(dt.UTC)
             result = _run_suite(name, opts)
-            if name == "train" and model:
+            if name in ("train", "quality") and model:
                 result.variant = "models-" + "-".join(model)
             elif name == "serve" and (serve_model or extra_env):
                 parts = ["champion-from-" + "-".join(serve_model)] if serve_model else []
@@ -137,10 +158,27 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _run_suite(name: str, opts: BenchOptions) -> SuiteResult:
-    from training.benchmarks import data_bench, serve_bench, train_bench
+def _check_wrk(say: Callable[[str], None]) -> None:
+    """First line: what the serve suite needs from the system; stop now when it is missing, not after the
+    data and train suites have run."""
+    from training.benchmarks.load import WRK_NEEDED
 
-    runner = {"data": data_bench.run, "train": train_bench.run, "serve": serve_bench.run}[name]
+    found = shutil.which("wrk")
+    say(f"learnrec bench needs {WRK_NEEDED}: {f'found {found}' if found else 'missing'}")
+    if not found:
+        say("install wrk and rerun, or run the other suites alone (--suite data, --suite train)")
+        raise typer.Exit(2)
+
+
+def _run_suite(name: str, opts: BenchOptions) -> SuiteResult:
+    from training.benchmarks import data_bench, quality_bench, serve_bench, train_bench
+
+    runner = {
+        "data": data_bench.run,
+        "train": train_bench.run,
+        "serve": serve_bench.run,
+        "quality": quality_bench.run,
+    }[name]
     return runner(opts)
 
 
@@ -152,6 +190,17 @@ def _summary_lines(result: SuiteResult) -> list[str]:
             lines.append(
                 f"{result.suite:>5} {item.item:<40} {m['rps']:8,.0f} req/s  p50 {m['p50_ms']:.1f} ms  "
                 f"p99 {m['p99_ms']:.1f} ms  errors {m['errors']:,}"
+            )
+        elif item.ok and item.suite == "quality":
+            champion = item.metrics.get("champion")
+            best = max(
+                ((m, r["ndcg"]) for m, r in item.metrics.get("models", {}).items()),
+                key=lambda x: x[1],
+                default=("-", 0.0),
+            )
+            lines.append(
+                f"{result.suite:>5} {item.item:<40} champion {champion}, best on test {best[0]} "
+                f"ndcg@10 {best[1]:.3f}"
             )
         elif item.ok:
             peak = item.peak_rss_bytes / 2**20

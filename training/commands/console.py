@@ -66,6 +66,18 @@ def task_progress() -> Progress:
     )  # fmt: skip
 
 
+def rich_steps(progress: Progress) -> Callable[[str, str, int | None, int | None], None]:
+    """A `training.pipeline.Step` that shows each named task as one line of a rich `Progress`."""
+    tasks: dict[str, TaskID] = {}
+
+    def step(task: str, description: str, done: int | None, total: int | None) -> None:
+        if task not in tasks:
+            tasks[task] = progress.add_task(description, total=total)
+        progress.update(tasks[task], description=description, completed=done or 0, total=total)
+
+    return step
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr (whitespace runs collapsed) and return the Exit to raise."""
     typer.echo(f"error: {' '.join(message.split())}", err=True)

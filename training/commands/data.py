@@ -56,7 +56,8 @@ def _write(ds: Dataset, out: Path, progress: Callable[[str, int, int], None]) ->
     return str(manifest.get("fingerprint", ""))
 
 
-def _default_oulad_source() -> Path:
+def default_oulad_source() -> Path:
+    """The OULAD directory: ../shared/datasets/oulad from the working directory, else from the repo."""
     candidates = [Path.cwd() / OULAD_RELATIVE, _REPO_ROOT / OULAD_RELATIVE]
     for candidate in candidates:
         if candidate.is_dir():
@@ -82,7 +83,7 @@ def oulad(
     from features.oulad import load_oulad
     from features.settings import get_settings
 
-    source = source or _default_oulad_source()
+    source = source or default_oulad_source()
     out = out or get_settings().datasets_dir / "oulad"
     started = time.perf_counter()
     with _data_errors(), progress_bars() as progress:

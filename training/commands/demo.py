@@ -110,7 +110,7 @@ def write_experiment(
     """
     import yaml
 
-    from service.experiments import parse_experiments
+    from features.experiments import parse_experiments
 
     start = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     end = start + timedelta(days=EXPERIMENT_DAYS)
@@ -250,7 +250,7 @@ def _experiment(settings: Settings, champion: str) -> tuple[Path, tuple[str, ...
     Returns:
         (experiments file, regions, experiment key; ``<experiment>`` for the user's own file).
     """
-    from service.experiments import ExperimentConfigError, load_experiments
+    from features.experiments import ExperimentConfigError, load_experiments
     from training.commands.modelling import _client
 
     own = settings.service.experiments_file

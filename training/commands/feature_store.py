@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from features.profile import from_table as profile_rows
 from training.commands.console import ProgressFn, fail, progress_bars
 
 if TYPE_CHECKING:
@@ -168,25 +168,6 @@ def redis_status(
         typer.echo(f"embedded redis-server pid {server.pid} at {server.url} (data {directory})")
 
 
-def profiles_from_table(students: Any) -> Iterator[Any]:
-    """`StudentProfile`s from a students table (`features.schemas.STUDENTS` columns)."""
-    from features.store import StudentProfile
-
-    def text(value: Any) -> str | None:
-        return value if isinstance(value, str) and value else None
-
-    for row in students.itertuples(index=False):
-        interests = row.interest_subjects
-        yield StudentProfile(
-            student_id=row.student_id,
-            region=row.region,
-            grade=row.grade,
-            school_level=text(row.school_level),
-            target_exam=text(row.target_exam),
-            interest_subjects=tuple(interests) if interests is not None else (),
-        )
-
-
 @dataclass(frozen=True)
 class SeedSummary:
     """What `seed_partitioned` wrote.
@@ -243,7 +224,7 @@ def seed_partitioned(
         dataset_dir, partition_events=partition_events or PARTITION_EVENTS, partitions=partitions
     )
     store = FeatureStore(client)
-    n_students = store.put_profiles(profiles_from_table(dataset.students))
+    n_students = store.put_profiles(profile_rows(dataset.students))
     if progress:
         progress("profiles", n_students, n_students)
     histories = 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,25 +13,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.commands.console import fail, task_progress
+from training.commands.console import fail, rich_steps, task_progress
+from training.pipeline import Trained, prepare, run_training
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
     from features.settings import Settings
-    from features.tables import Dataset
-    from models.base import Recommender, TrainingData
-    from training.evaluate import EvaluationReport
-    from training.splits import Split
 
 _out = Console()
 _err = Console(stderr=True)
 #: Compact tables (fit 80 columns): the style of the other learnrec commands.
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "collapse_padding": True}
 
-SplitOpt = Annotated[
-    str, typer.Option("--split", help="temporal | leave_last_n | new_students | new_region | explicit")
-]
+SPLITS = "temporal | leave_last_n | new_students | new_region | explicit"
+SplitOpt = Annotated[str, typer.Option("--split", help=SPLITS)]
 DatasetOpt = Annotated[
     Path | None, typer.Option("--dataset", help="Dataset directory (default <data_dir>/datasets/synthetic).")
 ]
@@ -164,76 +156,6 @@ def _split_params(
     return params
 
 
-@dataclass
-class Prepared:
-    """A dataset, its split and the split's training data."""
-
-    dataset_dir: Path
-    dataset: Dataset
-    split: Split
-    data: TrainingData
-    fingerprint: str
-
-
-def prepare(dataset_dir: Path, split_name: str, split_params: dict[str, Any], progress: Progress) -> Prepared:
-    """Read the dataset, split it and build the training matrices, showing progress.
-
-    Args:
-        dataset_dir: dataset directory.
-        split_name: split name.
-        split_params: keyword arguments of the split.
-        progress: the rich progress display.
-
-    Returns:
-        Everything the models are fitted and evaluated on.
-    """
-    from features.matrices import build_training_data
-    from features.tables import read_dataset
-    from training.splits import make_split
-
-    task = progress.add_task(f"reading {dataset_dir}", total=4)
-    ds = read_dataset(dataset_dir)
-    progress.update(task, advance=1, description="fingerprinting the dataset")
-    fingerprint = ds.fingerprint()
-    progress.update(task, advance=1, description=f"{split_name} split")
-    split = make_split(split_name, ds, **split_params)
-    progress.update(task, advance=1, description="building the training matrices")
-    data = build_training_data(
-        split.train.students, split.train.lectures, split.train.events, as_of=split.as_of
-    )
-    s = split.summary()
-    progress.update(
-        task,
-        advance=1,
-        description=(
-            f"{ds.sizes['events']:,} events -> {s['train_events']:,} training, "
-            f"{s['test_students']:,} test students ({split_name})"
-        ),
-    )
-    return Prepared(Path(dataset_dir), ds, split, data, fingerprint)
-
-
-def _advance(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
-    """A `progress(done, total)` callback that moves one task of the display."""
-
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    return update
-
-
-@dataclass
-class Trained:
-    """Outcome of one model of `learnrec train`."""
-
-    model: str
-    report: EvaluationReport | None = None
-    run_id: str | None = None
-    fit_seconds: float = 0.0
-    error: str | None = None
-    version: str | None = None
-
-
 def _settings() -> Settings:
     from features.settings import get_settings
 
@@ -252,172 +174,19 @@ def _client(settings: Settings) -> Any:
     return tracking.configure(settings)
 
 
-def _oracle_logged(client: Any, experiment: str, prepared: Prepared, ks: tuple[int, ...]) -> bool:
-    """An oracle run of the same evaluation (split, its parameters, dataset, cut-offs) exists already."""
-    from training.tracking import KIND_ORACLE, TAG_FINGERPRINT, find_runs, param_value
-
-    for run in find_runs(client, experiment, split=prepared.split.name, kinds=(KIND_ORACLE,)):
-        params = run.data.params
-        same_split = all(params.get(f"split.{k}") == param_value(v) for k, v in prepared.split.params.items())
-        if (
-            run.data.tags.get(TAG_FINGERPRINT) == prepared.fingerprint
-            and params.get("ks") == ",".join(str(k) for k in ks)
-            and same_split
-        ):
-            return True
-    return False
-
-
-def run_training(
-    models: list[str],
-    split_name: str,
-    split_params: dict[str, Any],
-    *,
-    dataset_dir: Path,
-    ks: tuple[int, ...],
-    params: dict[str, dict[str, Any]],
-    experiment: str,
-    seed: int,
-    register: bool,
-    oracle: bool,
-    metric: str,
-) -> list[Trained]:
-    """Fit, evaluate and log each model (and the oracle); optionally register. Used by `learnrec train`.
-
-    Args:
-        models: registry names.
-        split_name: split name.
-        split_params: the split's keyword arguments.
-        dataset_dir: dataset directory.
-        ks: cut-offs (first = primary).
-        params: per model, constructor keyword arguments.
-        experiment: MLflow experiment name.
-        seed: seed of the models.
-        register: register every logged model; make the best `champion` when there is none.
-        oracle: also log the ground-truth oracle (synthetic datasets) unless logged already.
-        metric: metric name used to pick the champion (``ndcg``).
-
-    Returns:
-        One entry per model (failed ones carry `error`).
-    """
-    from models import get_model_class
-    from models.errors import ModelError
-    from training import splits, tracking
-    from training.evaluate import evaluate, ground_truth_dir, oracle_report
-    from training.metrics import metric_key
-
-    settings = _settings()
-    key = metric_key(metric, ks[0])
-    results: list[Trained] = []
-    with task_progress() as progress:
-        prepared = prepare(dataset_dir, split_name, split_params, progress)
-        client = _client(settings)
-        experiment_id = tracking.ensure_experiment(client, experiment, settings)
-        for name in models:
-            task = progress.add_task(f"{name}: fitting", total=None)
-            result = Trained(name)
-            results.append(result)
-            try:
-                try:
-                    factory: Callable[..., Recommender] = get_model_class(name)
-                    kwargs = splits.split_model_params(name, params.get(name, {}), prepared.split)
-                    model = factory(seed=seed, **kwargs)
-                except TypeError as exc:
-                    raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
-                started = time.perf_counter()
-                model.fit(prepared.data)
-                result.fit_seconds = time.perf_counter() - started
-                progress.update(
-                    task, description=f"{name}: evaluating", total=len(prepared.split.test_students)
-                )
-                report = evaluate(
-                    model,
-                    prepared.split,
-                    prepared.dataset,
-                    ks,
-                    fingerprint=prepared.fingerprint,
-                    progress=_advance(progress, task),
-                )
-                progress.update(task, description=f"{name}: logging to MLflow")
-                logged = tracking.log_evaluation_run(
-                    experiment_id,
-                    kind=tracking.KIND_MODEL,
-                    name=name,
-                    report=report,
-                    split=prepared.split,
-                    fingerprint=prepared.fingerprint,
-                    dataset_dir=prepared.dataset_dir,
-                    params=model.params(),
-                    extra_metrics={"fit_seconds": result.fit_seconds, "evaluate_seconds": report.seconds},
-                    model=model,
-                    data=prepared.data,
-                )
-                result.report, result.run_id = report, logged.run_id
-                progress.update(task, description=f"{name}: {key} = {report.overall.get(key, 0.0):.4f}")
-            except (ModelError, ValueError) as exc:
-                result.error = str(exc)
-                progress.update(task, description=f"[red]{name}: failed[/]", total=1, completed=1)
-        if oracle and ground_truth_dir(prepared.dataset_dir) is not None:
-            if _oracle_logged(client, experiment, prepared, ks):
-                progress.add_task("oracle: already logged for this evaluation", total=1, completed=1)
-            else:
-                task = progress.add_task("oracle: evaluating", total=len(prepared.split.test_students))
-                report = oracle_report(
-                    prepared.split,
-                    prepared.dataset,
-                    prepared.dataset_dir,
-                    ks,
-                    data=prepared.data,
-                    fingerprint=prepared.fingerprint,
-                    progress=_advance(progress, task),
-                )
-                logged = tracking.log_evaluation_run(
-                    experiment_id,
-                    kind=tracking.KIND_ORACLE,
-                    name="oracle",
-                    report=report,
-                    split=prepared.split,
-                    fingerprint=prepared.fingerprint,
-                    dataset_dir=prepared.dataset_dir,
-                )
-                results.append(Trained("oracle", report=report, run_id=logged.run_id))
-                progress.update(task, description=f"oracle: {key} = {report.overall.get(key, 0.0):.4f}")
-    if register:
-        _register(client, [r for r in results if r.run_id and r.model != "oracle"], key, settings)
-    return results
-
-
-def _register(client: Any, results: list[Trained], key: str, settings: Settings) -> None:
-    from training.registry import CHAMPION, alias_version, promote, register_run
-
-    name = settings.mlflow.registered_model
-    for r in results:
-        assert r.run_id is not None
-        r.version = str(register_run(client, r.run_id, name).version)
-    if not results:
-        return
-    held = alias_version(client, name, CHAMPION)
-    if held is not None:
-        _err.print(f"'{name}' already has a champion (v{held}); use `learnrec promote` to replace it")
-        return
-    best = max(results, key=lambda r: r.report.overall.get(key, float("-inf")) if r.report else float("-inf"))
-    assert best.version is not None
-    promote(client, name, best.version, CHAMPION, metric=key, settings=settings)
-    _err.print(f"'{name}' had no champion: v{best.version} ({best.model}) is now champion")
-
-
 def _summary_table(results: list[Trained], ks: tuple[int, ...]) -> Table:
     k = ks[0]
     table = Table(title=f"learnrec train: metrics at k={k}", **TABLE_STYLE)
-    for col in ("model", "ndcg", "recall", "prec", "cover", "fit s", "run", "version"):
+    for col in ("model", "val ndcg", "ndcg", "recall", "prec", "cover", "fit s", "run", "version"):
         table.add_column(col, justify="left" if col in ("model", "run") else "right", no_wrap=True)
     for r in results:
         if r.report is None:
-            table.add_row(r.model, "[red]failed[/]", "", "", "", "", "", "")
+            table.add_row(r.model, "", "[red]failed[/]", "", "", "", "", "", "")
             continue
         o = r.report.overall
         table.add_row(
             r.model,
+            "-" if r.validation is None else f"{r.validation:.4f}",
             f"{o.get(f'ndcg_at_{k}', 0.0):.4f}",
             f"{o.get(f'recall_at_{k}', 0.0):.4f}",
             f"{o.get(f'precision_at_{k}', 0.0):.4f}",
@@ -449,6 +218,13 @@ def train(
     seed: SeedOpt = None,
     oracle: Annotated[bool, typer.Option(help="Also log the ground-truth oracle (synthetic data).")] = True,
     metric: Annotated[str, typer.Option(help="Metric that picks the champion with --register.")] = "ndcg",
+    budget_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Time for the search on validation beyond each model's defaults (0: defaults only).",
+        ),
+    ] = 600.0,
     cutoff: CutoffOpt = None,
     quantile: QuantileOpt = None,
     horizon_days: HorizonOpt = None,
@@ -459,8 +235,6 @@ def train(
     test_events: TestEventsOpt = None,
 ) -> None:
     """Fit models on a split, evaluate them and log one MLflow run per model (params, metrics, pyfunc)."""
-    from features.errors import LearnrecDataError
-    from training.errors import TrainingError
 
     settings = _settings()
     names = list(_model_names()) if "all" in model else list(dict.fromkeys(model))
@@ -482,20 +256,24 @@ def train(
     dataset_dir = _dataset_dir(dataset, settings)
     experiment = experiment or settings.mlflow.experiment
     started = time.perf_counter()
-    try:
-        results = run_training(
+    with task_progress() as progress:
+        run = run_training(
             names, split, split_params, dataset_dir=dataset_dir, ks=ks, params=model_params,
-            experiment=experiment, seed=seed, register=register, oracle=oracle, metric=metric,
+            experiment=experiment, seed=seed, register_models=register, oracle=oracle, metric=metric,
+            settings=settings, client=_client(settings), budget_seconds=budget_seconds,
+            step=rich_steps(progress),
         )  # fmt: skip
-    except (LearnrecDataError, TrainingError) as exc:
-        raise fail(str(exc)) from None
+    for line in run.messages:
+        _err.print(escape(line), highlight=False, soft_wrap=True)
+    results = run.results
     _out.print(_summary_table(results, ks))
     done = [r for r in results if r.report is not None and r.model != "oracle"]
     failed = [r for r in results if r.error]
     key = f"ndcg_at_{ks[0]}"
-    best = max(done, key=lambda r: r.report.overall.get(key, 0.0) if r.report else 0.0, default=None)
+    best = max(done, key=lambda r: float("-inf") if r.validation is None else r.validation, default=None)
     best_text = (
-        f"best {best.model} ndcg@{ks[0]} = {best.report.overall.get(key, 0.0):.4f}"
+        f"champion (best on validation) {best.model}: test ndcg@{ks[0]} = "
+        f"{best.report.overall.get(key, 0.0):.4f}"
         if best and best.report
         else "no model"
     )
@@ -534,9 +312,7 @@ def tune(
     test_events: TestEventsOpt = None,
 ) -> None:
     """Search hyper-parameters with Optuna (seeded TPE); each trial is a nested MLflow run."""
-    from features.errors import LearnrecDataError
     from training import splits, tracking
-    from training.errors import TrainingError
     from training.metrics import METRICS
     from training.tuning import SPACES
     from training.tuning import tune as run_study
@@ -561,29 +337,26 @@ def tune(
     dataset_dir = _dataset_dir(dataset, settings)
     experiment = experiment or settings.mlflow.experiment
     started = time.perf_counter()
-    try:
-        with task_progress() as progress:
-            prepared = prepare(dataset_dir, split, split_params, progress)
-            client = _client(settings)
-            experiment_id = tracking.ensure_experiment(client, experiment, settings)
-            task = progress.add_task(f"tuning {model}", total=trials)
-            best: list[float] = []
+    with task_progress() as progress:
+        prepared = prepare(dataset_dir, split, split_params, rich_steps(progress))
+        client = _client(settings)
+        experiment_id = tracking.ensure_experiment(client, experiment, settings)
+        task = progress.add_task(f"tuning {model}", total=trials)
+        best: list[float] = []
 
-            def on_trial(number: int, value: float | None, _params: dict[str, Any]) -> None:
-                if value is not None:
-                    best.append(max([value, *best]))
-                shown = f"best {metric}@{k} = {best[-1]:.4f}" if best else "no trial completed yet"
-                progress.update(task, advance=1, description=f"tuning {model}: trial {number + 1}, {shown}")
+        def on_trial(number: int, value: float | None, _params: dict[str, Any]) -> None:
+            if value is not None:
+                best.append(max([value, *best]))
+            shown = f"best {metric}@{k} = {best[-1]:.4f}" if best else "no trial completed yet"
+            progress.update(task, advance=1, description=f"tuning {model}: trial {number + 1}, {shown}")
 
-            result = run_study(
-                model, prepared.split, prepared.dataset, prepared.data, trials=trials,
-                experiment_id=experiment_id, fingerprint=prepared.fingerprint,
-                dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed,
-                base_params=splits.split_model_params(model, base, prepared.split),
-                on_trial=on_trial,
-            )  # fmt: skip
-    except (LearnrecDataError, TrainingError) as exc:
-        raise fail(str(exc)) from None
+        result = run_study(
+            model, prepared.split, prepared.dataset, prepared.data, trials=trials,
+            experiment_id=experiment_id, fingerprint=prepared.fingerprint,
+            dataset_dir=prepared.dataset_dir, metric=metric, ks=(k,), seed=seed,
+            base_params=splits.split_model_params(model, base, prepared.split),
+            on_trial=on_trial,
+        )  # fmt: skip
     table = Table(title=f"best {model} parameters (trial {result.best_trial})", **TABLE_STYLE)
     table.add_column("parameter")
     table.add_column("value", justify="right")
@@ -609,7 +382,9 @@ def tune(
 
 def compare(
     experiment: ExperimentOpt = None,
-    split: SplitOpt = "temporal",
+    split: Annotated[
+        str | None, typer.Option("--split", help=f"{SPLITS} (default: the newest run's).")
+    ] = None,
     k: Annotated[
         int | None, typer.Option("--k", help="Cut-off to show (default: the runs' primary k).")
     ] = None,
@@ -631,7 +406,7 @@ def compare(
 ) -> None:
     """Show the latest run of each model side by side (per region too) and write an HTML page with charts.
 
-    Only runs of one evaluation are shown: the same dataset and the same split parameters (cutoff,
+    Only runs of one evaluation are shown: the same split, dataset and split parameters (cutoff,
     horizon ...) as the newest matching run.
     """
     from training.compare import collect, terminal_tables, write_html
@@ -640,6 +415,7 @@ def compare(
     experiment = experiment or settings.mlflow.experiment
     wanted: dict[str, Any] = {}
     if horizon_days is not None:
+        split = split or "temporal"
         if split != "temporal":
             raise typer.BadParameter(
                 f"--horizon-days applies to the temporal split, not {split}", param_hint="--horizon-days"
@@ -653,10 +429,12 @@ def compare(
     with _err.status("reading runs..."):
         comparison = collect(client, experiment, split, k=k, fingerprint=fingerprint, split_params=wanted)
     if not comparison.runs:
+        on = f" on the {split} split" if split else ""
         raise fail(
-            f"no finished runs on the {split} split in experiment '{experiment}' "
-            f"({settings.tracking_uri()}): run `learnrec train --model all --split {split}` first"
+            f"no finished runs{on} in experiment '{experiment}' ({settings.tracking_uri()}): "
+            f"run `learnrec train --model all --split {split or 'temporal'}` first"
         )
+    split = comparison.split
     for table in terminal_tables(comparison, metric):
         _out.print(table)
     path = out or settings.data_dir / "reports" / f"compare-{split}.html"
@@ -721,7 +499,6 @@ def promote(
 ) -> None:
     """Point an alias (champion/challenger) at a model version; refuses a worse champion unless --force."""
     from training import registry
-    from training.errors import PromotionRefused, TrackingError
 
     settings = _settings()
     name = settings.mlflow.registered_model
@@ -731,17 +508,12 @@ def promote(
         return
     if (run_id is None) == (version is None):
         raise typer.BadParameter("give exactly one of --run-id and --version (or --history)")
-    try:
-        if run_id is not None:
-            version = str(registry.register_run(client, run_id, name).version)
-        assert version is not None
-        move = registry.promote(
-            client, name, version, alias, metric=metric, force=force, by=by, settings=settings
-        )
-    except PromotionRefused as exc:
-        raise fail(str(exc)) from None
-    except TrackingError as exc:
-        raise fail(str(exc)) from None
+    if run_id is not None:
+        version = str(registry.register_run(client, run_id, name).version)
+    assert version is not None
+    move = registry.promote(
+        client, name, version, alias, metric=metric, force=force, by=by, settings=settings
+    )
     if move is None:
         _out.print(f"'{name}'@{alias} already points at v{version}; nothing to do")
         return

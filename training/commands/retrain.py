@@ -280,7 +280,7 @@ def _print_outcome(settings: Settings, state: RetrainState, region: str, share: 
 def _suggest(
     settings: Settings, champion: str | None, challenger: str, region: str, share: float, days: int
 ) -> None:
-    from service.experiments import ExperimentConfigError, ExperimentsFile, load_experiments
+    from features.experiments import ExperimentConfigError, ExperimentsFile, load_experiments
     from training.retrain import experiment_snippet
 
     now = datetime.now(UTC)

@@ -61,10 +61,13 @@ def register(app: typer.Typer) -> None:
             "--host", host,
             "--port", str(port),
         ]  # fmt: skip
-        typer.echo(f"MLflow UI on http://{host}:{port} for {uri}; Ctrl-C to stop", err=True)
+        telemetry = "on" if settings.mlflow.telemetry else "off (LEARNREC_MLFLOW__TELEMETRY=true allows it)"
+        typer.echo(f"MLflow UI on http://{host}:{port} for {uri}; usage telemetry {telemetry}", err=True)
+        typer.echo("Ctrl-C to stop", err=True)
         sys.stderr.flush()
-        # become `mlflow ui` (no wrapper process): signals reach MLflow and its workers directly
-        os.execv(sys.executable, cmd)
+        # become `mlflow ui` (no wrapper process): signals reach MLflow and its workers directly; the
+        # server and the page it serves report usage unless these variables say no
+        os.execve(sys.executable, cmd, {**os.environ, **settings.mlflow.telemetry_environment()})
 
     @app.command("api-key")
     def api_key(
@@ -75,7 +78,7 @@ def register(app: typer.Typer) -> None:
         admin: Annotated[bool, typer.Option(help="May call /admin routes.")] = False,
     ) -> None:
         """Make a new API key: prints the key once (give it to the client) and the entry for the keys file."""
-        from service.auth import hash_key
+        from features.api_keys import hash_key
 
         key = secrets.token_urlsafe(32)
         entry = {"name": name, "sha256": hash_key(key), "regions": region, "admin": admin}

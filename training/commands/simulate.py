@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.commands.console import fail, task_progress
+from training.commands.console import task_progress
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -131,9 +131,7 @@ def simulate(
     the share of significant results is printed: the false-positive rate of an A/A test (treatment =
     control) or the power of an A/B test.
     """
-    from features.errors import LearnrecDataError
     from features.settings import get_settings
-    from training.errors import SimulationError
     from training.simulate import SimConfig
 
     settings = get_settings()
@@ -153,23 +151,18 @@ def simulate(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     dataset_dir = dataset or settings.datasets_dir / "synthetic"
-    try:
-        if repeat is not None:
-            if not 0 < share < 1:
-                raise typer.BadParameter(f"must be in (0, 1), got {share}", param_hint="--share")
-            _repeat(
-                settings, config, dataset_dir, repeat, control, treatment or control, share, alpha, json_out
+    if repeat is not None:
+        if not 0 < share < 1:
+            raise typer.BadParameter(f"must be in (0, 1), got {share}", param_hint="--share")
+        _repeat(settings, config, dataset_dir, repeat, control, treatment or control, share, alpha, json_out)
+    else:
+        assert url is not None
+        if not api_key:
+            raise typer.BadParameter(
+                "give the portal's key (or set LEARNREC_API_KEY)", param_hint="--api-key"
             )
-        else:
-            assert url is not None
-            if not api_key:
-                raise typer.BadParameter(
-                    "give the portal's key (or set LEARNREC_API_KEY)", param_hint="--api-key"
-                )
-            _http(settings, config, dataset_dir, url, api_key, concurrency, register, report,
-                  experiments_file, experiment, out)  # fmt: skip
-    except (LearnrecDataError, SimulationError) as exc:
-        raise fail(str(exc)) from None
+        _http(settings, config, dataset_dir, url, api_key, concurrency, register, report,
+              experiments_file, experiment, out)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -415,7 +408,7 @@ def _report(
     from datetime import timedelta
 
     from features.errors import LearnrecDataError
-    from service.experiments import ExperimentConfigError, load_experiments
+    from features.experiments import ExperimentConfigError, load_experiments
     from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, write_report

@@ -49,6 +49,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.schemas import REGION_PATTERN
+from models.errors import LearnrecError
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ _ALIAS = re.compile(r"^[a-z][a-z0-9_-]*$")
 _REGION = re.compile(REGION_PATTERN)
 
 
-class ExperimentConfigError(ValueError):
+class ExperimentConfigError(LearnrecError, ValueError):
     """The experiments file is missing, unreadable or breaks a rule; the message names the file and field."""
+
+    http_status = 422
 
 
 def bucket(salt: str, student_id: str) -> int:

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from features.matrices import build_training_data
-from features.store import StudentProfile, StudentRecord
+from features.online_state import StudentRecord
+from features.profile import StudentProfile
 from models.loading import LoadedModel
+from models.ranking import RankingModel
 from models.sequence import SequenceRecommender
-from service.ranking import RankingModel
 from tests.service import data
 
 

@@ -1,0 +1,299 @@
+"""A student's online state (profile, weighted history, recent enrolments): how events build it, and its
+in-memory twin of the Redis feature store.
+
+`aggregate_history` is the bulk rule: what the state is after a table of events was applied in time
+order. `features.store.FeatureStore.seed_events` writes its result to Redis; `OnlineState.seed` keeps it in
+memory. `OnlineState.apply` is the one-event-at-a-time rule, the twin of the store's Lua script (both
+take their weights from `models.interactions`; the parity tests hold the three together).
+
+`OnlineState` satisfies what the ranking reads (`models.ranking.StudentState` through `record`), so the
+offline evaluation and the simulator rank from the state the service would read from Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from features.errors import SchemaError
+from features.profile import StudentProfile
+from models.interactions import (
+    DROP,
+    EVENT_TYPES,
+    RECENT_LEN,
+    pair_weight,
+    pair_weights,
+    stage_weight,
+    stage_weights,
+    type_code,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.store import EventIn, EventOutcome
+
+
+def stored(value: float) -> float:
+    """A number as the feature store keeps it (text with 9 significant digits, read back)."""
+    return float(weight_text(value))
+
+
+def weight_text(value: float) -> str:
+    """The text the feature store keeps for a weight."""
+    return f"{value:.9g}"
+
+
+def epoch_us(moment: datetime) -> int:
+    """Microseconds since the epoch, exact (a naive time is taken as UTC, as `features.matrices` does)."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    """Everything the request path needs about one student, read in one round trip.
+
+    Attributes:
+        profile: the stored profile, None when the portal never sent one.
+        history: lecture_id -> interaction weight (training history seeded plus online events).
+        recent: lectures enrolled most recently, oldest first, at most ``recent_len``.
+        state: model state (float32 bytes) under the model version asked for; None when absent or not asked.
+    """
+
+    profile: StudentProfile | None
+    history: dict[str, float]
+    recent: tuple[str, ...]
+    state: bytes | None
+
+
+@dataclass(frozen=True)
+class HistoryAggregate:
+    """Per (student, lecture) aggregates of an event table, grouped by student (first-seen order).
+
+    Attributes:
+        students: distinct students, in order of their first pair.
+        bounds: pairs of ``students[i]`` are ``bounds[i]:bounds[i + 1]``.
+        lectures, max_stage, last_us, dropped, weight: one value per pair.
+        recent: per student with enrolments, the lectures by latest enrolment, oldest first, at most
+            ``recent_len``.
+    """
+
+    students: list[str]
+    bounds: npt.NDArray[np.int64]
+    lectures: list[str]
+    max_stage: npt.NDArray[np.float64]
+    last_us: npt.NDArray[np.int64]
+    dropped: npt.NDArray[np.bool_]
+    weight: npt.NDArray[np.float64]
+    recent: dict[str, list[str]]
+
+
+def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> HistoryAggregate:
+    """The online state left by applying `events` in time order (ties: table order), computed in bulk.
+
+    Args:
+        events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
+        recent_len: length of the recent lists.
+
+    Returns:
+        The aggregates.
+
+    Raises:
+        SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
+    """
+    import pandas as pd
+
+    for col in ("student_id", "lecture_id", "type", "occurred_at"):
+        if col not in events.columns:
+            raise SchemaError("events", col, [], f"column '{col}' is missing")
+    types = events["type"].astype(str)
+    unknown = ~types.isin(EVENT_TYPES)
+    if unknown.any():
+        rows = (np.flatnonzero(unknown.to_numpy()) + 1).tolist()
+        raise SchemaError(
+            "events", "type", rows,
+            f"unknown event type '{types[unknown].iloc[0]}': expected one of {', '.join(EVENT_TYPES)}",
+        )  # fmt: skip
+    try:
+        when = pd.to_datetime(events["occurred_at"], utc=True)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError("events", "occurred_at", [], f"cannot read as timestamps: {exc}") from exc
+    if when.isna().any():
+        rows = (np.flatnonzero(when.isna().to_numpy()) + 1).tolist()
+        raise SchemaError("events", "occurred_at", rows, "missing timestamp: every event needs occurred_at")
+    progress = (
+        events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
+        if "progress" in events.columns
+        else np.zeros(len(events))
+    )
+    codes = pd.Categorical(types, categories=list(EVENT_TYPES)).codes
+    frame = pd.DataFrame(
+        {
+            "s": events["student_id"].astype(str).to_numpy(),
+            "l": events["lecture_id"].astype(str).to_numpy(),
+            "type": types.to_numpy(),
+            "t": ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(),
+            "stage": stage_weights(codes, progress),
+            "row": np.arange(len(events)),
+        }
+    ).sort_values(["t", "row"], kind="stable")  # time order; ties keep table order
+    pairs = (
+        frame.groupby(["s", "l"], sort=False)
+        .agg(max_stage=("stage", "max"), last_t=("t", "last"), last_type=("type", "last"))
+        .reset_index()
+    )
+    # group the pairs by student, students in order of first appearance
+    student_order = pd.unique(pairs["s"])
+    position = pd.Index(student_order).get_indexer(pd.Index(pairs["s"]))
+    order = np.argsort(position, kind="stable")
+    pairs = pairs.iloc[order]
+    bounds = np.zeros(len(student_order) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(position, minlength=len(student_order)), out=bounds[1:])
+    dropped = (pairs["last_type"] == "drop").to_numpy()
+    max_stage = pairs["max_stage"].to_numpy(dtype=np.float64)
+    enrols = frame[frame["type"] == "enrol"].drop_duplicates(["s", "l"], keep="last")
+    recent = enrols.groupby("s", sort=False)["l"].agg(lambda x: list(x)[-recent_len:])
+    return HistoryAggregate(
+        students=[str(s) for s in student_order],
+        bounds=bounds,
+        lectures=pairs["l"].tolist(),
+        max_stage=max_stage,
+        last_us=pairs["last_t"].to_numpy(dtype=np.int64),
+        dropped=dropped,
+        weight=pair_weights(max_stage, dropped),
+        recent={str(s): list(v) for s, v in recent.items()},
+    )
+
+
+class OnlineState:
+    """What the feature store holds per student (profile, weighted history, recent enrolments), in memory.
+
+    The rules are those of `features.store`: a pair weighs as `models.interactions` says; the recent list
+    holds the lectures enrolled in, oldest first, a re-enrolment moved to the end, at most `recent_len`;
+    an event id is applied once. `fork` gives an independent copy cheaply (students are copied when first
+    written), so repeated simulations start from one seeded state.
+
+    Args:
+        recent_len: length of the recent list (the feature store's default is `RECENT_LEN`).
+    """
+
+    def __init__(self, recent_len: int = RECENT_LEN) -> None:
+        self.recent_len = recent_len
+        self._profiles: dict[str, StudentProfile] = {}
+        self._pairs: dict[str, dict[str, tuple[float, int, int]]] = {}
+        self._history: dict[str, dict[str, float]] = {}
+        self._recent: dict[str, list[str]] = {}
+        self._seen: dict[str, dict[str, str]] = {}  # event id -> its stream fields
+        self._owned: set[str] = set()
+
+    def fork(self) -> OnlineState:
+        """An independent copy (copy-on-write per student)."""
+        other = OnlineState(self.recent_len)
+        other._profiles = dict(self._profiles)
+        other._pairs = dict(self._pairs)
+        other._history = dict(self._history)
+        other._recent = dict(self._recent)
+        other._seen = dict(self._seen)
+        return other
+
+    def put_profiles(self, profiles: Iterable[StudentProfile]) -> None:
+        """Store profiles (replacing earlier ones)."""
+        for p in profiles:
+            self._profiles[p.student_id] = p
+
+    def seed(self, events: pd.DataFrame, profiles: Iterable[StudentProfile]) -> int:
+        """Load profiles and past events as `FeatureStore.seed_history` does (replacing students' state).
+
+        Args:
+            events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
+            profiles: profiles to store.
+
+        Returns:
+            Students whose history was loaded.
+        """
+        self.put_profiles(profiles)
+        if len(events) == 0:
+            return 0
+        agg = aggregate_history(events, self.recent_len)
+        rows = zip(
+            agg.lectures,
+            agg.max_stage.tolist(),
+            agg.last_us.tolist(),
+            agg.dropped.tolist(),
+            agg.weight.tolist(),
+            strict=True,
+        )
+        for sid, a, b in zip(agg.students, agg.bounds[:-1].tolist(), agg.bounds[1:].tolist(), strict=True):
+            pairs: dict[str, tuple[float, int, int]] = {}
+            history: dict[str, float] = {}
+            for _ in range(b - a):
+                lid, max_stage, last_t, dropped, w = next(rows)
+                pairs[lid] = (stored(max_stage), int(last_t), int(dropped))
+                history[lid] = stored(w)
+            self._pairs[sid], self._history[sid] = pairs, history
+            self._recent[sid] = list(agg.recent.get(sid, ()))
+            self._owned.add(sid)
+        return len(agg.students)
+
+    def _own(self, sid: str) -> None:
+        if sid not in self._owned:
+            self._pairs[sid] = dict(self._pairs.get(sid, {}))
+            self._history[sid] = dict(self._history.get(sid, {}))
+            self._recent[sid] = list(self._recent.get(sid, []))
+            self._owned.add(sid)
+
+    def apply(self, events: Sequence[EventIn]) -> list[EventOutcome]:
+        """Apply events in order, idempotently by event id, as `FeatureStore.apply_events`.
+
+        Args:
+            events: the events.
+
+        Returns:
+            Per event ``"accepted"``, ``"duplicate"`` (the id was seen with the same fields) or
+            ``"conflict"`` (seen with other fields: not applied).
+        """
+        from features.store import event_fields  # the store imports this module
+
+        out: list[EventOutcome] = []
+        for e in events:
+            fields = event_fields(e)
+            seen = self._seen.get(e.event_id)
+            if seen is not None:
+                out.append("duplicate" if seen == fields else "conflict")
+                continue
+            self._seen[e.event_id] = fields
+            self._own(e.student_id)
+            pairs, history = self._pairs[e.student_id], self._history[e.student_id]
+            ts = epoch_us(e.occurred_at)
+            max_stage, last, drop = stage_weight(e.type, e.progress), ts, int(type_code(e.type) == DROP)
+            old = pairs.get(e.lecture_id)
+            if old is not None:
+                max_stage = max(max_stage, old[0])
+                if ts < old[1]:  # the latest event decides the drop; ties go to the later arrival
+                    last, drop = old[1], old[2]
+            pairs[e.lecture_id] = (stored(max_stage), last, drop)
+            history[e.lecture_id] = stored(pair_weight(max_stage, bool(drop)))
+            if e.type == "enrol":
+                recent = self._recent[e.student_id]
+                if e.lecture_id in recent:
+                    recent.remove(e.lecture_id)
+                recent.append(e.lecture_id)
+                del recent[: max(0, len(recent) - self.recent_len)]
+            out.append("accepted")
+        return out
+
+    def record(self, student_id: str) -> StudentRecord:
+        """What `FeatureStore.read_student` would return (no model state: the model's own is used)."""
+        return StudentRecord(
+            profile=self._profiles.get(student_id),
+            history=dict(self._history.get(student_id, {})),
+            recent=tuple(self._recent.get(student_id, ())),
+            state=None,
+        )

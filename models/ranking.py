@@ -1,0 +1,644 @@
+"""The served list: turns a loaded model and a student's state into the ranked lectures with reasons.
+
+This is the one ranking of learnrec: the service (`GET /recommendations`), the offline evaluation
+(`training.evaluate`), the MLflow pyfunc (`models.pyfunc`) and the simulator all call `RankingModel.rank`
+or `rank_many`, so what is measured is what students are shown. A student's state comes in through the
+small `StudentState` protocol, which the Redis record (`features.store.StudentState`) and its in-memory
+twin (`features.online_state.OnlineState`) both satisfy.
+
+Everything that does not depend on the student is computed once per model version in
+`RankingModel.prepare` (eligibility per region x grade, feature encoder, titles, series links,
+popularity lists as row arrays), so a request only builds its batch row, scores it and picks the top k.
+
+Ranking rules, in order:
+
+1. Eligibility (`models.eligibility`): active, licensed in the student's region (unknown region: only
+   lectures licensed everywhere), suited to the grade, never a lecture already in the history.
+2. Series continuation: for the series the student touched most recently (and did not drop), the next
+   episode not yet taken goes first (at most `SERIES_SLOTS`), reason ``next_in_series``.
+3. The rest by the model's score (students the model knows, or never-seen students with profile
+   features or history), else by popularity: region x grade, then region, then global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from models.base import Catalogue, Recommender, StudentBatch, TrainingData
+from models.common import next_in_series
+from models.eligibility import EligibilityIndex, top_k_one
+from models.errors import ModelError
+from models.interactions import DROPPED_AT_MOST
+from models.loading import SEGMENT_SEPARATOR
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from models.loading import LoadedModel
+
+#: Most list slots given to "next episode of a series you are in".
+SERIES_SLOTS = 2
+#: How many of the most recent lectures are looked at for series to continue.
+SERIES_LOOKBACK = 5
+#: Lectures kept in each popularity list of a model version.
+FALLBACK_TOP_N = 100
+#: Half-life of the recency weighting of the popularity lists.
+FALLBACK_HALF_LIFE_DAYS = 30.0
+
+REASON_TEXT: dict[str, str] = {
+    "next_in_series": "시리즈 다음 강의",
+    "similar_students": "나와 비슷한 학생들이 완강한 강의",
+    "popular_in_region": "우리 지역 인기 강의",
+    "popular_overall": "많은 학생들이 듣는 인기 강의",
+}
+
+
+class Profile(Protocol):
+    """What the ranking reads of a student's profile (`features.profile.StudentProfile`)."""
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def grade(self) -> str: ...
+
+    def feature_values(self) -> Iterable[tuple[str, str]]:
+        """(attribute, value) pairs: the model's ``attribute=value`` feature columns."""
+        ...
+
+
+class StudentState(Protocol):
+    """A student's online state as the ranking reads it (Redis record or in-memory twin).
+
+    Attributes:
+        profile: the profile, None when never sent.
+        history: lecture_id -> interaction weight (`models.interactions`).
+        recent: lectures enrolled most recently, oldest first.
+        state: the model version's per-student vector as float32 bytes; None = the model's own.
+    """
+
+    @property
+    def profile(self) -> Profile | None: ...
+
+    @property
+    def history(self) -> Mapping[str, float]: ...
+
+    @property
+    def recent(self) -> Sequence[str]: ...
+
+    @property
+    def state(self) -> bytes | None: ...
+
+
+class StudentFeatureEncoder:
+    """Profile attributes -> a model's student-feature columns, without pandas (request path).
+
+    Args:
+        names: the model's `student_feature_names` ("region=seoul", "grade=h1", ...).
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    def columns(self, values: Iterable[tuple[str, str]]) -> npt.NDArray[np.int32]:
+        """Sorted distinct feature columns of (attribute, value) pairs; unknown values set none."""
+        get = self._index.get
+        cols = [c for c in (get(f"{a}={v}", -1) for a, v in values) if c >= 0]
+        return np.unique(np.asarray(cols, dtype=np.int32))
+
+    def encode(self, profiles: Sequence[Iterable[tuple[str, str]]]) -> sp.csr_matrix:
+        """(len(profiles), len(names)) 0/1 float32 CSR of the profiles' (attribute, value) pairs."""
+        return _csr([self.columns(p) for p in profiles], None, len(self.names), sort=False)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The answer for one student before it becomes JSON."""
+
+    rows: list[int]
+    scores: list[float]
+    reasons: list[str]
+    source: str  # model | profile | history | popular_region_grade | popular_region | popular_global
+    fallback: bool  # the model never saw this student
+    model_error: str | None = None  # the model failed to score: popularity answered instead
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """One student's list before scoring: what the rules decided without the model."""
+
+    student_id: str
+    record: StudentState | None
+    index: int
+    profile: Profile | None
+    region_name: str | None
+    region: int
+    grade: int
+    hist_rows: npt.NDArray[np.int32]
+    hist_weights: npt.NDArray[np.float32]
+    mask: npt.NDArray[np.bool_]
+    continuation: list[int]
+    feature_cols: npt.NDArray[np.int32]
+    scorable: bool
+    source: str
+
+
+@dataclass(frozen=True, eq=False)
+class RankingModel:
+    """A loaded model version with everything the request path needs precomputed."""
+
+    model_name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+    recommender: Recommender
+    catalogue: Catalogue
+    eligibility: EligibilityIndex
+    encoder: StudentFeatureEncoder
+    titles: tuple[str, ...]
+    providers: tuple[str, ...]
+    subject_of: tuple[str, ...]  # per lecture row
+    subject_index: dict[str, int]
+    subject_masks: npt.NDArray[np.bool_]  # (n_subjects, n_lectures)
+    next_row: npt.NDArray[np.int32]  # next episode of the same series, -1 = last
+    popular_global: npt.NDArray[np.int32]
+    popular_region: dict[str, npt.NDArray[np.int32]]
+    popular_region_grade: dict[str, npt.NDArray[np.int32]]
+    state_width: int
+    all_regions_row: int  # row of "*" in the region vocabulary (never a student's region), -1 when absent
+    #: When this version was put in service (under this alias).
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def n_lectures(self) -> int:
+        return len(self.catalogue.lectures)
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return self.catalogue.subjects
+
+    # ------------------------------------------------------------------------------------------------
+    # once per model version
+
+    @classmethod
+    def prepare(cls, loaded: LoadedModel, alias: str | None = None) -> RankingModel:
+        """Precompute the request-path arrays of a registered model version."""
+        return cls.from_parts(
+            loaded.recommender,
+            loaded.lectures,
+            loaded.fallback,
+            model_name=loaded.model_name,
+            version=str(loaded.version),
+            alias=loaded.alias if loaded.alias is not None else alias,
+            run_id=loaded.run_id,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        recommender: Recommender,
+        lectures: pa.Table | None,
+        fallback: Mapping[str, Any] | None,
+        *,
+        model_name: str | None = None,
+        version: str = "unregistered",
+        alias: str | None = None,
+        run_id: str | None = None,
+    ) -> RankingModel:
+        """Precompute the request-path arrays of any recommender (fitted here or loaded).
+
+        Args:
+            recommender: the fitted recommender.
+            lectures: the lectures table (titles, providers); None: ids stand in for titles.
+            fallback: the popularity lists (`popular_lists`); None: no popularity fallback.
+            model_name: the name shown in answers (default the recommender's).
+            version: the registered version, or a label for a model not registered.
+            alias: the alias it serves under.
+            run_id: its training run.
+
+        Returns:
+            The ranking model.
+        """
+        rec = recommender
+        cat = rec.catalogue
+        n = len(cat.lectures)
+        titles, providers = _lecture_text(lectures, cat)
+        subject_of = tuple(cat.subjects[int(s)] for s in cat.subject)
+        subject_masks = np.zeros((len(cat.subjects), n), dtype=np.bool_)
+        subject_masks[cat.subject, np.arange(n)] = True
+        lists: Mapping[str, Any] = fallback or {}
+        return cls(
+            model_name=model_name or rec.name,
+            version=version,
+            alias=alias,
+            run_id=run_id,
+            recommender=rec,
+            catalogue=cat,
+            eligibility=EligibilityIndex(cat),
+            encoder=StudentFeatureEncoder(rec.student_feature_names),
+            titles=titles,
+            providers=providers,
+            subject_of=subject_of,
+            subject_index={s: i for i, s in enumerate(cat.subjects)},
+            subject_masks=subject_masks,
+            next_row=_frozen(next_in_series(cat)),
+            popular_global=_rows(cat, lists.get("global", ())),
+            popular_region={str(r): _rows(cat, ids) for r, ids in dict(lists.get("by_region", {})).items()},
+            popular_region_grade={
+                str(rg): _rows(cat, ids) for rg, ids in dict(lists.get("by_region_grade", {})).items()
+            },
+            state_width=int(rec.state_width()),
+            all_regions_row=cat.regions.get("*"),
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # per request
+
+    def region_code(self, region: str | None) -> int:
+        """Row of a region in the catalogue, -1 if unknown (new region: only lectures licensed everywhere)."""
+        # "*" is a licence row, never a student region
+        if region is None:
+            return -1
+        row = self.catalogue.regions.get(region)
+        return -1 if row == self.all_regions_row else row
+
+    def rank(
+        self,
+        student_id: str,
+        record: StudentState | None,
+        k: int,
+        *,
+        subject: str | None = None,
+        region_hint: str | None = None,
+        degraded: bool = False,
+    ) -> Ranked:
+        """The top-k eligible lectures for one student: `rank_many` with one student.
+
+        Args:
+            student_id: the student.
+            record: what the feature store holds for the student; None when it could not be read
+                (degraded: popularity lists, filtered by what is known).
+            k: list length.
+            subject: keep only lectures of this subject (must be in `subjects`).
+            region_hint: the student's region when the record is missing (a key scoped to one region).
+            degraded: the feature store did not answer and `record` (if any) is the last one seen in
+                this process: answer from the popularity lists, filtered by what that record says.
+        """
+        return self.rank_many(
+            [student_id], [record], k, subject=subject, region_hints=[region_hint], degraded=degraded
+        )[0]
+
+    def rank_many(
+        self,
+        student_ids: Sequence[str],
+        records: Sequence[StudentState | None],
+        k: int,
+        *,
+        subject: str | None = None,
+        region_hints: Sequence[str | None] | None = None,
+        degraded: bool = False,
+    ) -> list[Ranked]:
+        """The served list of each student: the one code path of the service, evaluation and simulator.
+
+        The students the model can score are scored in one batch; each list is then built alone
+        (eligibility, series slots, top-k of the scores, else popularity), so a student's list does not
+        depend on who else is in the batch.
+
+        Args:
+            student_ids: the students.
+            records: per student, their state (None: unknown to the store, or it could not be read).
+            k: list length.
+            subject: keep only lectures of this subject (must be in `subjects`).
+            region_hints: per student, the region to assume when the record has no profile.
+            degraded: the records are stale copies (store down): popularity only.
+
+        Returns:
+            One `Ranked` per student, in order.
+        """
+        hints = region_hints if region_hints is not None else [None] * len(student_ids)
+        plans = [
+            self._plan(sid, record, k, subject, hint, degraded)
+            for sid, record, hint in zip(student_ids, records, hints, strict=True)
+        ]
+        scorable = [i for i, p in enumerate(plans) if p.scorable]
+        scores = self._score_plans([plans[i] for i in scorable]) if scorable else []
+        out: list[Ranked] = []
+        by_plan = dict(zip(scorable, scores, strict=True))
+        for i, plan in enumerate(plans):
+            out.append(self._finish(plan, by_plan.get(i), k))
+        return out
+
+    def _plan(
+        self,
+        student_id: str,
+        record: StudentState | None,
+        k: int,
+        subject: str | None,
+        region_hint: str | None,
+        degraded: bool,
+    ) -> _Plan:
+        cat = self.catalogue
+        index = self.recommender.students.get(student_id)
+        profile = record.profile if record is not None else None
+        region_name = profile.region if profile is not None else region_hint
+        region = self.region_code(region_name)
+        grade = cat.grades.get(profile.grade) if profile is not None else -1
+
+        hist_rows, hist_weights = self._history(record)
+        mask = self.eligibility.mask_one(region, grade, hist_rows)
+        if subject is not None:
+            mask &= self.subject_masks[self.subject_index[subject]]
+        continuation = self._continuations(record, hist_rows, hist_weights, mask, min(SERIES_SLOTS, k))
+        if continuation:
+            mask[continuation] = False
+        cols = self.encoder.columns(profile.feature_values()) if profile is not None else _NO_ROWS
+        scorable = not degraded and record is not None and (index >= 0 or cols.size > 0 or hist_rows.size > 0)
+        source = "model" if index >= 0 else ("profile" if cols.size else "history")
+        return _Plan(
+            student_id, record, index, profile, region_name, region, grade, hist_rows, hist_weights,
+            mask, continuation, cols, scorable, source,
+        )  # fmt: skip
+
+    def _score_plans(self, plans: Sequence[_Plan]) -> list[npt.NDArray[np.float32] | str]:
+        """Scores per plan (a row of the batch), or the repr of the error that kept one from scoring."""
+        try:
+            return list(self._score(plans))
+        except (ModelError, ValueError, IndexError) as exc:
+            if len(plans) == 1:
+                # a model that cannot score this student must not fail the request
+                return [repr(exc)]
+        # one student's failure must not fail the others: score them one by one
+        return [self._score_plans([p])[0] for p in plans]
+
+    def _finish(self, plan: _Plan, scored: npt.NDArray[np.float32] | str | None, k: int) -> Ranked:
+        continuation = plan.continuation
+        rest = k - len(continuation)
+        fallback = plan.index < 0
+        if scored is not None and not isinstance(scored, str):
+            scores = scored
+            rows, best = top_k_one(scores, plan.mask, rest) if rest > 0 else (_NO_ROWS, _NO_SCORES)
+            chosen = [int(r) for r in rows if r >= 0]
+            out_rows = continuation + chosen
+            out_scores = [float(scores[r]) for r in continuation] + [float(s) for s in best[: len(chosen)]]
+            taken_series = self._series_max_position(plan.hist_rows)
+            reasons = ["next_in_series"] * len(continuation) + [
+                "next_in_series" if self._continues(r, taken_series) else "similar_students" for r in chosen
+            ]
+            return Ranked(out_rows, out_scores, reasons, plan.source, fallback=fallback)
+
+        pop_rows, pop_reasons, source = self._popular(plan.region_name, plan.profile, plan.mask, rest)
+        out_rows = continuation + pop_rows
+        # popularity answers carry their rank as a score in (0, 1]: comparable within the answer only
+        total = max(len(out_rows), 1)
+        out_scores = [round(1.0 - i / total, 6) for i in range(len(out_rows))]
+        reasons = ["next_in_series"] * len(continuation) + pop_reasons
+        return Ranked(out_rows, out_scores, reasons, source, fallback=fallback, model_error=scored)
+
+    def _history(self, record: StudentState | None) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        if record is None or not record.history:
+            return _NO_ROWS, _NO_SCORES
+        get = self.catalogue.lectures.get
+        pairs = [(get(lid), w) for lid, w in record.history.items()]
+        rows = np.fromiter((r for r, _ in pairs), dtype=np.int32, count=len(pairs))
+        weights = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
+        known = rows >= 0
+        return rows[known], weights[known]
+
+    def _recent_rows(self, record: StudentState | None) -> npt.NDArray[np.int32]:
+        if record is None or not record.recent:
+            return _NO_ROWS
+        get = self.catalogue.lectures.get
+        rows = np.fromiter((get(lid) for lid in record.recent), dtype=np.int32, count=len(record.recent))
+        return rows[rows >= 0]
+
+    def _score(self, plans: Sequence[_Plan]) -> list[npt.NDArray[np.float32]]:
+        """Scores of the plans' students, one batch per kind of state (exported by the store or not)."""
+        states = [self._state(p.record) for p in plans]
+        with_state = [i for i, st in enumerate(states) if st is not None]
+        if with_state and len(with_state) < len(plans):
+            without = [i for i, st in enumerate(states) if st is None]
+            out: list[npt.NDArray[np.float32]] = [_NO_SCORES] * len(plans)
+            for group in (with_state, without):
+                for i, row in zip(group, self._score([plans[i] for i in group]), strict=True):
+                    out[i] = row
+            return out
+        b, n = len(plans), self.n_lectures
+        history = _csr([p.hist_rows for p in plans], [p.hist_weights for p in plans], n, sort=True)
+        features = _csr([p.feature_cols for p in plans], None, len(self.encoder.names), sort=False)
+        batch = StudentBatch(
+            index=np.fromiter((p.index for p in plans), dtype=np.int32, count=b),
+            history=history,
+            recent=tuple(self._recent_rows(p.record) for p in plans),
+            features=features,
+            region=np.fromiter((p.region for p in plans), dtype=np.int32, count=b),
+            grade=np.fromiter((p.grade for p in plans), dtype=np.int32, count=b),
+            state=np.stack([st for st in states if st is not None]) if with_state else None,
+        )
+        scores = np.asarray(self.recommender.score(batch), dtype=np.float32)
+        finite = np.isfinite(scores).all(axis=1)
+        if not finite.all():
+            raise ModelError(f"version {self.version} returned non-finite scores")
+        return list(scores)
+
+    def _state(self, record: StudentState | None) -> npt.NDArray[np.float32] | None:
+        raw = record.state if record is not None else None
+        if raw and self.state_width and len(raw) == 4 * self.state_width:
+            return np.frombuffer(raw, dtype=np.float32)
+        return None
+
+    def _continuations(
+        self,
+        record: StudentState | None,
+        hist_rows: npt.NDArray[np.int32],
+        hist_weights: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.bool_],
+        limit: int,
+    ) -> list[int]:
+        if record is None or not record.recent or limit <= 0:
+            return []
+        weight = dict(zip(hist_rows.tolist(), hist_weights.tolist(), strict=True))
+        recent = self._recent_rows(record)[::-1][:SERIES_LOOKBACK]
+        series = self.catalogue.series
+        seen_series: set[int] = set()
+        out: list[int] = []
+        for r in recent.tolist():
+            s = int(series[r])
+            if s in seen_series:
+                continue
+            seen_series.add(s)
+            if weight.get(r, 1.0) <= DROPPED_AT_MOST:
+                continue
+            nxt = int(self.next_row[r])
+            # skip episodes already taken or retired; the loop is bounded by the series length
+            while nxt >= 0 and (nxt in weight or not self.catalogue.active[nxt]):
+                nxt = int(self.next_row[nxt])
+            if nxt >= 0 and mask[nxt] and nxt not in out:
+                out.append(nxt)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _series_max_position(self, hist_rows: npt.NDArray[np.int32]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        series, position = self.catalogue.series, self.catalogue.series_position
+        for r in hist_rows.tolist():
+            s, p = int(series[r]), int(position[r])
+            if p > out.get(s, 0):
+                out[s] = p
+        return out
+
+    def _continues(self, row: int, taken_series: dict[int, int]) -> bool:
+        best = taken_series.get(int(self.catalogue.series[row]))
+        return best is not None and int(self.catalogue.series_position[row]) > best
+
+    def _popular(
+        self, region: str | None, profile: Profile | None, mask: npt.NDArray[np.bool_], k: int
+    ) -> tuple[list[int], list[str], str]:
+        candidates: list[tuple[npt.NDArray[np.int32] | None, str, str]] = []
+        if region is not None:
+            if profile is not None:
+                candidates.append(
+                    (
+                        self.popular_region_grade.get(f"{region}|{profile.grade}"),
+                        "popular_region_grade",
+                        "popular_in_region",
+                    )
+                )
+            candidates.append((self.popular_region.get(region), "popular_region", "popular_in_region"))
+        candidates.append((self.popular_global, "popular_global", "popular_overall"))
+        rows: list[int] = []
+        reasons: list[str] = []
+        source = "popular_global"
+        picked: set[int] = set()
+        for lst, name, reason in candidates:
+            if lst is None or k <= 0:
+                continue
+            before = len(rows)
+            for r in lst.tolist():
+                if mask[r] and r not in picked:
+                    picked.add(r)
+                    rows.append(r)
+                    reasons.append(reason)
+                    if len(rows) >= k:
+                        break
+            if len(rows) > before and before == 0:
+                source = name
+            if len(rows) >= k:
+                break
+        return rows, reasons, source
+
+
+_NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+_NO_SCORES: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+_NO_ROWS.setflags(write=False)
+_NO_SCORES.setflags(write=False)
+
+
+def _rows(cat: Catalogue, ids: Sequence[str]) -> npt.NDArray[np.int32]:
+    """Catalogue rows of lecture ids, in order; ids the catalogue does not hold are dropped."""
+    rows = np.fromiter((cat.lectures.get(str(i)) for i in ids), dtype=np.int32)
+    out: npt.NDArray[np.int32] = rows[rows >= 0]
+    out.setflags(write=False)
+    return out
+
+
+def _frozen(a: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    a.setflags(write=False)
+    return a
+
+
+def _lecture_text(lectures: Any, cat: Catalogue) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Titles and providers per catalogue row from the lectures Arrow table (the id when missing)."""
+    ids = list(cat.lectures.ids)
+    titles = list(ids)
+    providers = [""] * len(ids)
+    if lectures is not None and lectures.num_rows:
+        names = set(lectures.column_names)
+        table_ids = [str(x) for x in lectures.column("lecture_id").to_pylist()]
+        tt = lectures.column("title").to_pylist() if "title" in names else [None] * len(table_ids)
+        pp = lectures.column("provider").to_pylist() if "provider" in names else [None] * len(table_ids)
+        for lid, title, provider in zip(table_ids, tt, pp, strict=True):
+            r = cat.lectures.get(lid)
+            if r >= 0:
+                titles[r] = str(title) if title is not None else lid
+                providers[r] = str(provider) if provider is not None else ""
+    return tuple(titles), tuple(providers)
+
+
+def _csr(
+    rows: Sequence[npt.NDArray[np.int32]],
+    values: Sequence[npt.NDArray[np.float32]] | None,
+    n_columns: int,
+    *,
+    sort: bool,
+) -> sp.csr_matrix:
+    """A float32 CSR with one row per array of column indices (values 1 when not given)."""
+    if sort:
+        orders = [np.argsort(r, kind="stable") for r in rows]
+        rows = [r[o] for r, o in zip(rows, orders, strict=True)]
+        if values is not None:
+            values = [v[o] for v, o in zip(values, orders, strict=True)]
+    indptr = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([r.size for r in rows], out=indptr[1:])
+    indices = np.concatenate(rows).astype(np.int32, copy=False) if rows else np.zeros(0, np.int32)
+    data = (
+        np.concatenate(values).astype(np.float32, copy=False)
+        if values is not None and rows
+        else np.ones(indices.size, dtype=np.float32)
+    )
+    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_columns))
+
+
+def popular_lists(data: TrainingData, top_n: int = FALLBACK_TOP_N) -> dict[str, Any]:
+    """Popular active lectures (recency-weighted) globally, per region and per "region|grade".
+
+    The ranking falls back to these for students the model cannot score, and when the feature store
+    is down; a registered version carries them (fallback.json).
+
+    Args:
+        data: the training data.
+        top_n: lectures kept per list.
+
+    Returns:
+        {"global": [ids], "by_region": {region: [ids]}, "by_region_grade": {"seoul|h1": [ids]},
+        "top_n": top_n, "half_life_days": ...}.
+    """
+    from models.common import decayed_interactions
+
+    cat = data.catalogue
+    weights = decayed_interactions(data, FALLBACK_HALF_LIFE_DAYS)
+    ids = np.asarray(cat.lectures.ids, dtype=object)
+
+    def top(rows: np.ndarray[Any, Any]) -> list[str]:
+        popularity = np.asarray(weights[rows].sum(axis=0), dtype=np.float64).ravel()
+        popularity[~cat.active] = 0.0
+        order = np.lexsort((np.arange(popularity.size), -popularity))  # ties: catalogue order
+        order = order[popularity[order] > 0][:top_n]
+        return [str(x) for x in ids[order]]
+
+    by_region: dict[str, list[str]] = {}
+    by_segment: dict[str, list[str]] = {}
+    for r, region in enumerate(cat.regions.ids):
+        in_region = data.region == r
+        if not in_region.any():
+            continue
+        by_region[region] = top(np.flatnonzero(in_region))
+        for g, grade in enumerate(cat.grades.ids):
+            rows = np.flatnonzero(in_region & (data.grade == g))
+            if rows.size:
+                by_segment[f"{region}{SEGMENT_SEPARATOR}{grade}"] = top(rows)
+    return {
+        "global": top(np.arange(len(data.students))),
+        "by_region": by_region,
+        "by_region_grade": by_segment,
+        "top_n": top_n,
+        "half_life_days": FALLBACK_HALF_LIFE_DAYS,
+    }

@@ -1,0 +1,50 @@
+"""The student profile is declared once: every model feature of the students table can be set through the API.
+
+Regression: OULAD's `deprivation_band` and `age_band` were model features (students table, encoder) that
+`PUT /students` could not carry, so a student registered through the API was scored without them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from features.matrices import STUDENT_FEATURE_COLUMNS
+from features.profile import FEATURE_ATTRIBUTES, StudentProfile
+from features.schemas import STUDENTS
+from features.store import FeatureStore
+from service.schemas import StudentIn
+from tests.conftest import RedisServerControl
+from tests.service.conftest import PORTAL
+
+
+def test_every_students_table_feature_is_a_profile_attribute_and_an_api_field() -> None:
+    table_features = [name for name in STUDENTS.names if name != "student_id"]
+    assert list(STUDENT_FEATURE_COLUMNS) == list(FEATURE_ATTRIBUTES)
+    assert set(table_features) <= set(FEATURE_ATTRIBUTES), "a students-table column the profile lacks"
+    missing = [name for name in FEATURE_ATTRIBUTES if name not in StudentIn.model_fields]
+    assert not missing, f"model features that PUT /students cannot set: {missing}"
+
+
+def test_every_attribute_flows_from_the_api_through_redis_to_the_encoder(
+    client: httpx.Client, redis_server: RedisServerControl
+) -> None:
+    body: dict[str, Any] = {
+        "region": "seoul",
+        "grade": "h2",
+        "school_level": "high",
+        "target_exam": "수능",
+        "interest_subjects": ["수학", "영어"],
+        "deprivation_band": "10-20%",
+        "age_band": "0-35",
+    }
+    assert set(body) == set(FEATURE_ATTRIBUTES)  # the body sets every attribute the profile declares
+    r = client.put("/students/p-declared-once", json=body, headers=PORTAL)
+    assert r.status_code == 200, r.text
+    got = client.get("/students/p-declared-once", headers=PORTAL)
+    assert got.status_code == 200 and {k: got.json()[k] for k in body} == body
+    stored = FeatureStore(redis_server.client()).get_profile("p-declared-once")
+    assert stored == StudentProfile.from_mapping("p-declared-once", body)
+    values = set(stored.feature_values()) if stored else set()
+    assert {("deprivation_band", "10-20%"), ("age_band", "0-35"), ("interest_subjects", "영어")} <= values

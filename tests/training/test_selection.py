@@ -1,0 +1,97 @@
+"""Selection on validation (issue 12): the validation split never sees the test; choices follow it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.tables import Dataset
+from tests.training import modelling_data
+from training import selection, splits
+from training.selection import Trial, explicit_shape, select, validation_split
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return modelling_data.dataset()
+
+
+def _keys(events: pd.DataFrame) -> set[str]:
+    return set(events["event_id"].astype(str))
+
+
+def test_temporal_validation_is_one_horizon_earlier(ds: Dataset):
+    split = splits.temporal(ds, quantile=0.8, horizon_days=14)
+    val = validation_split(split)
+    assert val.name == "temporal" and val.params["validation_of"] == "temporal"
+    assert val.as_of is not None and split.as_of is not None and val.as_of < split.as_of
+    # everything validation sees, training or test, is training data of the real split
+    assert _keys(val.train.events) | _keys(val.test) <= _keys(split.train.events)
+    assert not (_keys(val.train.events) | _keys(val.test)) & _keys(split.test)
+
+
+def test_leave_last_n_validation_holds_out_the_last_training_lectures(ds: Dataset):
+    split = splits.leave_last_n(ds, 1)
+    val = validation_split(split)
+    assert val.name == "leave_last_n" and val.params["n"] == 1
+    assert _keys(val.train.events) | _keys(val.test) <= _keys(split.train.events)
+    assert (val.relevant.groupby("student_id").size() == 1).all()
+
+
+def test_explicit_split_shape_is_read_and_copied(ds: Dataset):
+    """A random per-student test reads as unordered; its validation holds out a similar share."""
+    rng = np.random.default_rng(0)
+    pairs = ds.events[["student_id", "lecture_id"]].drop_duplicates()
+    held = pairs.sample(frac=0.3, random_state=1)
+    held = held[held["student_id"].map(pairs["student_id"].value_counts()) > 1]
+    key = ds.events["student_id"] + "/" + ds.events["lecture_id"]
+    is_test = key.isin(set(held["student_id"] + "/" + held["lecture_id"])).to_numpy()
+    split = splits.explicit(ds, ds.events[~is_test], ds.events[is_test])
+    share, ordered = explicit_shape(split)
+    assert not ordered and 0.05 <= share <= 0.5
+    val = validation_split(split, seed=int(rng.integers(100)))
+    assert val.name == "explicit" and _keys(val.train.events) | _keys(val.test) <= _keys(split.train.events)
+    # the latest lectures as test: read as time-ordered
+    last = splits.leave_last_n(ds, 1)
+    ordered_split = splits.explicit(ds, last.train.events, last.test)
+    assert explicit_shape(ordered_split)[1]
+
+
+def test_select_chooses_on_validation_deterministically(ds: Dataset):
+    split = splits.leave_last_n(ds, 1)
+    kwargs = {"ks": (5,), "seed": 3, "budget_seconds": 1e9}
+    first = select(["popularity", "ease"], split, **kwargs)
+    again = select(["popularity", "ease"], split, **kwargs)
+    assert first.complete and first.champion in ("popularity", "ease")
+    ease = first.choices["ease"]
+    assert len(ease.trials) == 1 + len(selection.GRIDS["ease"])
+    assert ease.value == max(t.value for t in ease.trials)
+    assert first.champion == max(first.choices, key=lambda m: first.choices[m].value)
+    assert {m: c.params for m, c in again.choices.items()} == {m: c.params for m, c in first.choices.items()}
+    # a parameter the user fixes is never searched over
+    fixed = select(["ease"], split, params={"ease": {"regularisation": 7.0}}, **kwargs)
+    assert [t.params for t in fixed.choices["ease"].trials] == [{"regularisation": 7.0}]
+    # no budget: the defaults alone, still chosen on validation
+    quick = select(["ease"], split, ks=(5,), seed=3, budget_seconds=0)
+    assert len(quick.choices["ease"].trials) == 1 and not quick.complete
+
+
+def test_blend_falls_back_when_it_does_not_beat_its_best_component(ds: Dataset, monkeypatch):
+    values = {"popularity": 0.30, "item_knn": 0.20, "blend": 0.25}
+
+    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+        return Trial(dict(params), values[name], 0.0)
+
+    monkeypatch.setattr(selection, "_score", fake)
+    split = splits.leave_last_n(ds, 1)
+    report = select(["popularity", "item_knn", "blend"], split, params={"blend": {
+        "components": ["popularity", "item_knn"]}}, budget_seconds=0)  # fmt: skip
+    blend = report.choices["blend"]
+    assert blend.params["fallback"] == "popularity" and "falls back to popularity" in blend.note
+    assert blend.params["holdout"] == 1 and blend.params["holdout_share"] == 0.0  # leave-last-one again
+    assert report.champion == "popularity"
+    values["blend"] = 0.35
+    report = select(["popularity", "item_knn", "blend"], split, params={"blend": {
+        "components": ["popularity", "item_knn"]}}, budget_seconds=0)  # fmt: skip
+    assert "fallback" not in report.choices["blend"].params and report.champion == "blend"

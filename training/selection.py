@@ -1,0 +1,436 @@
+"""Honest model selection: hyper-parameters, blend fallback and the champion chosen on validation.
+
+The test split is only ever scored once, by the models chosen here. Everything chosen is chosen on a
+validation split carved from the training side alone, of the same kind as the test split and one step
+earlier (`validation_split`):
+
+* temporal: the same horizon ending at the test cutoff (cutoff - horizon), or the same quantile of the
+  training events when the horizon is unbounded;
+* leave_last_n: each training student's last n lectures;
+* new_students / new_region: a random share of the training students held out whole (the share of
+  students the test holds out; a region of its own would leave too few at most sizes);
+* explicit: a given split's kind is read from its shape, never from which lectures it holds: the
+  median share of a test student's lectures it holds out, and whether test events come after the
+  student's training events (then each training student's latest lectures are held out, else a random
+  share of them).
+
+`select` fits every model with its default parameters on the validation training data and scores it on
+the validation test students, then tries the other candidates of each model's small grid (`GRIDS`),
+round by round across models, while the time budget lasts (the defaults always run, so a budget of 0
+still picks the champion and the blend's fallback on validation). The blend is fitted last with its
+components' chosen parameters; when it does not beat its best component on validation it falls back
+to that component (`BlendRecommender(fallback=...)`; a lead under `BLEND_MARGIN` is no beating), and
+the run says so. The champion is the model
+with the best validation metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from training.errors import SplitError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.tables import Dataset
+    from models.base import Recommender, TrainingData
+    from training.splits import Split
+
+#: Default time budget of the search in `learnrec train` (seconds; the defaults always run).
+DEFAULT_BUDGET_SECONDS = 600.0
+#: Validation splits with fewer test students than this are too noisy to choose on: the step back
+#: widens (unbounded temporal horizon) when it can.
+MIN_VALIDATION_STUDENTS = 50
+#: Per model, the candidates tried after the default (each a partial override of the defaults), in the
+#: order tried. Keys the user fixes with --param are not searched.
+GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
+    "ease": tuple({"regularisation": lam} for lam in (100.0, 1000.0, 30.0, 3000.0, 10000.0)),
+    "lightfm": (
+        {"feature_weight": 0.0},
+        {"feature_weight": 0.25},
+        {"epochs": 30},
+        {"feature_weight": 0.0, "epochs": 30},
+        {"feature_weight": 0.25, "epochs": 30},
+    ),
+    "item_knn": ({"neighbours": 25}, {"neighbours": 400}),
+}
+#: The blend keeps blending only when it beats its best component on validation by more than this:
+#: a blend adds variance (a learned layer on the components' ranks), so a tie goes to the component.
+BLEND_MARGIN = 0.005
+#: `on_step(description)`: what the search does now (a progress line).
+OnStep = Callable[[str], None]
+
+
+@dataclass
+class Trial:
+    """One candidate scored on validation."""
+
+    params: dict[str, Any]
+    value: float
+    seconds: float
+
+
+@dataclass
+class ModelChoice:
+    """What validation chose for one model.
+
+    Attributes:
+        model: registry name.
+        params: constructor keyword arguments to fit the final model with (the seed aside).
+        value: validation metric of those parameters (the fallback component's for a fallen-back blend).
+        trials: every candidate scored, in order.
+        note: what the run should say (e.g. the blend's fallback), "" when nothing.
+    """
+
+    model: str
+    params: dict[str, Any]
+    value: float
+    trials: list[Trial] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class SelectionReport:
+    """Outcome of `select`.
+
+    Attributes:
+        metric: the metric key chosen on (``ndcg_at_10``).
+        validation: sizes and parameters of the validation split.
+        choices: per model, its choice.
+        champion: the model with the best validation metric (None when none was scored).
+        seconds: wall time of the search.
+        budget_seconds: the budget it had.
+        complete: every candidate of every grid was tried (False: the budget ran out first).
+        errors: per model, why it could not be scored on validation.
+    """
+
+    metric: str
+    validation: dict[str, Any]
+    choices: dict[str, ModelChoice]
+    champion: str | None
+    seconds: float
+    budget_seconds: float
+    complete: bool
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: the champion, what was tried, and the budget."""
+        if "validation" in self.errors:
+            return f"{self.errors['validation']}: every model keeps its default parameters"
+        tried = sum(len(c.trials) for c in self.choices.values())
+        best = (
+            f"champion on validation: {self.champion} ({self.metric} {self.choices[self.champion].value:.4f})"
+            if self.champion
+            else "no model scored on validation"
+        )
+        budget = "every candidate tried" if self.complete else "budget reached before the end of the grids"
+        return (
+            f"{best}; {tried} candidates on {self.validation.get('test_students', 0):,} validation students "
+            f"in {self.seconds:.0f} s ({budget}, budget {self.budget_seconds:g} s)"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# the validation split
+
+
+def _pair_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """(student_id, lecture_id, first) per pair: the pair's first event time."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "student_id": events["student_id"].astype(str).to_numpy(),
+            "lecture_id": events["lecture_id"].astype(str).to_numpy(),
+            "t": pd.to_datetime(events["occurred_at"], utc=True).to_numpy(),
+        }
+    )
+    return frame.groupby(["student_id", "lecture_id"], sort=True)["t"].min().reset_index(name="first")
+
+
+def explicit_shape(split: Split) -> tuple[float, bool]:
+    """The kind of a given (explicit) split: (share of a test student's lectures held out, time-ordered).
+
+    Time-ordered: for most test students (80 %) every test event is at or after their last training
+    event. Only counts and times are read, never which lectures are relevant.
+    """
+    import pandas as pd
+
+    train = split.train.events
+    test_ids = set(split.test_students)
+    known = train[train["student_id"].astype(str).isin(test_ids)]
+    n_train = known.groupby(known["student_id"].astype(str))["lecture_id"].nunique()
+    n_test = split.relevant.groupby("student_id")["lecture_id"].size()
+    both = pd.concat([n_train.rename("train"), n_test.rename("test")], axis=1, join="inner")
+    if both.empty:
+        return 0.2, False
+    share = float(np.median(both["test"] / (both["train"] + both["test"])))
+    last_train = pd.to_datetime(known["occurred_at"], utc=True).groupby(known["student_id"].astype(str)).max()
+    first_test = (
+        pd.to_datetime(split.test["occurred_at"], utc=True)
+        .groupby(split.test["student_id"].astype(str))
+        .min()
+    )
+    times = pd.concat([last_train.rename("train"), first_test.rename("test")], axis=1, join="inner")
+    ordered = bool(len(times) and float((times["test"] >= times["train"]).mean()) >= 0.8)
+    return min(max(share, 0.05), 0.5), ordered
+
+
+def _per_student_holdout(ds: Dataset, share: float, ordered: bool, seed: int) -> Split:
+    """Hold out `share` of each training student's lectures: the latest ones or random ones."""
+    from training.splits import explicit
+
+    pairs = _pair_frame(ds.events)
+    counts = pairs.groupby("student_id")["lecture_id"].transform("size").to_numpy()
+    rng = np.random.default_rng(seed)
+    # the order within a student: newest first when time-ordered, a seeded shuffle otherwise
+    key = -pairs["first"].astype("int64").to_numpy() if ordered else rng.random(len(pairs))
+    pairs = pairs.assign(key=key, n=counts).sort_values(["student_id", "key"], kind="stable")
+    rank = pairs.groupby("student_id").cumcount().to_numpy()
+    held_n = np.minimum(np.maximum(1, np.round(share * pairs["n"].to_numpy())), pairs["n"].to_numpy() - 1)
+    held = pairs[rank < held_n]
+    key_of = ds.events["student_id"].astype(str) + "\x1f" + ds.events["lecture_id"].astype(str)
+    is_test = key_of.isin(set(held["student_id"] + "\x1f" + held["lecture_id"])).to_numpy()
+    return explicit(ds, ds.events[~is_test], ds.events[is_test])
+
+
+def validation_split(split: Split, *, seed: int = 42) -> Split:
+    """The split of the same kind as `split`, one step earlier, carved from `split.train` alone.
+
+    Args:
+        split: the evaluation split.
+        seed: seed of the random hold-outs.
+
+    Returns:
+        The validation split (its `params["validation_of"]` names the kind it copies).
+
+    Raises:
+        SplitError: the training side is too small to hold anything out.
+    """
+    from training import splits
+
+    ds = split.train
+    params = split.params
+    if split.name == "temporal":
+        horizon = params.get("horizon_days")
+        val: Split | None = None
+        if horizon and split.as_of is not None:
+            try:
+                val = splits.temporal(
+                    ds, cutoff=split.as_of - timedelta(days=float(horizon)), horizon_days=horizon
+                )
+            except SplitError:
+                val = None
+        if val is None or len(val.test_students) < MIN_VALIDATION_STUDENTS:
+            quantile = float(params.get("quantile") or splits.DEFAULT_QUANTILE)
+            val = splits.temporal(ds, quantile=quantile, horizon_days=horizon)
+            if len(val.test_students) < MIN_VALIDATION_STUDENTS and horizon:
+                val = splits.temporal(ds, quantile=quantile, horizon_days=None)
+    elif split.name == "leave_last_n":
+        val = splits.leave_last_n(ds, int(params.get("n", 1)))
+    elif split.name in ("new_students", "new_region"):
+        with_events = ds.events["student_id"].astype(str).nunique()
+        share = len(split.test_students) / max(with_events + len(split.test_students), 1)
+        val = splits.new_students(ds, fraction=min(max(share, 0.05), 0.5), seed=seed)
+    elif split.name == "explicit":
+        if split.cold_start:
+            val = splits.new_students(ds, fraction=0.2, seed=seed)
+        else:
+            share, ordered = explicit_shape(split)
+            val = _per_student_holdout(ds, share, ordered, seed)
+    else:
+        raise SplitError(f"no validation split for the {split.name} split")
+    return _tagged(val, split.name)
+
+
+def _tagged(val: Split, kind: str) -> Split:
+    import dataclasses
+
+    return dataclasses.replace(val, params={**val.params, "validation_of": kind})
+
+
+def blend_holdout_params(split: Split) -> dict[str, Any]:
+    """The blend's own weight hold-out for `split`: the same kind of split again, inside its training data.
+
+    Temporal: the split's horizon (`holdout_days`); leave-last-n: each student's last n; an explicit
+    split read as time-ordered: each student's latest share, as a random one: a random share.
+    """
+    if split.name == "temporal":
+        return {"holdout_days": split.params.get("horizon_days")}
+    if split.name == "leave_last_n":
+        return {"holdout_days": 0, "holdout_share": 0.0, "holdout": int(split.params.get("n", 1))}
+    if split.name == "explicit" and not split.cold_start:
+        share, ordered = explicit_shape(split)
+        if ordered:
+            median_new = float(split.relevant.groupby("student_id").size().median())
+            return {"holdout_days": 0, "holdout_share": 0.0, "holdout": max(1, round(median_new))}
+        return {"holdout_kind": "random", "holdout_share": share}
+    return {}
+
+
+# ------------------------------------------------------------------------------------------------------
+# the search
+
+
+def candidates(name: str, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`fixed` (the user's --param values), then each grid candidate that does not override them."""
+    out = [dict(fixed)]
+    for extra in GRIDS.get(name, ()):
+        if set(extra) & set(fixed):
+            continue
+        out.append({**fixed, **extra})
+    return out
+
+
+def _score(
+    name: str,
+    params: Mapping[str, Any],
+    val: Split,
+    data: TrainingData,
+    ks: tuple[int, ...],
+    key: str,
+    seed: int,
+) -> Trial:
+    from models import get_model_class
+    from training.evaluate import evaluate
+
+    started = time.perf_counter()
+    factory: Callable[..., Recommender] = get_model_class(name)
+    model = factory(seed=seed, **params).fit(data)
+    report = evaluate(model, val, val.train, ks, fingerprint="validation")
+    return Trial(dict(params), float(report.overall.get(key, 0.0)), time.perf_counter() - started)
+
+
+def select(
+    models: Sequence[str],
+    split: Split,
+    *,
+    ks: tuple[int, ...] = (10,),
+    metric: str = "ndcg",
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 42,
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    on_step: OnStep | None = None,
+) -> SelectionReport:
+    """Choose each model's hyper-parameters, the blend's fallback and the champion on validation.
+
+    Args:
+        models: registry names.
+        split: the evaluation split; only its training side is used (and, for an explicit split, its
+            shape: see `explicit_shape`).
+        ks: cut-offs; the first is the one chosen on.
+        metric: metric chosen on (``ndcg``).
+        params: per model, parameters the user fixed (never searched over).
+        seed: seed of the models and of the random hold-outs.
+        budget_seconds: time for the candidates beyond the defaults (the defaults always run).
+        on_step: progress callback.
+
+    Returns:
+        The choices; `choices[name].params` are the final model's keyword arguments (the blend's
+        include its components' chosen parameters and its hold-out of the split's kind).
+    """
+    from features.matrices import build_training_data
+    from models.errors import ModelError
+    from training.metrics import metric_key
+
+    started = time.perf_counter()
+    say = on_step or (lambda _line: None)
+    key = metric_key(metric, ks[0])
+    fixed = {m: dict((params or {}).get(m, {})) for m in models}
+    say("validation split")
+    try:
+        val = validation_split(split, seed=seed)
+    except SplitError as exc:
+        # too little training data to carve a validation split: defaults, and no champion by metric
+        return SelectionReport(key, {}, {}, None, time.perf_counter() - started, budget_seconds, False,
+                               {"validation": f"no validation split: {exc}"})  # fmt: skip
+    data = build_training_data(val.train.students, val.train.lectures, val.train.events, as_of=val.as_of)
+    choices: dict[str, ModelChoice] = {}
+    errors: dict[str, str] = {}
+    plain = [m for m in models if m != "blend"]
+    grids = {m: candidates(m, fixed[m]) for m in plain}
+    rounds = max((len(g) for g in grids.values()), default=0)
+    complete = True
+    for r in range(rounds):
+        for name in plain:
+            if r >= len(grids[name]) or name in errors:
+                continue
+            if r > 0 and time.perf_counter() - started > budget_seconds:
+                complete = False
+                continue
+            say(f"validation: {name} candidate {r + 1}/{len(grids[name])}")
+            try:
+                trial = _score(name, grids[name][r], val, data, ks, key, seed)
+            except (ModelError, ValueError) as exc:
+                if r == 0:
+                    errors[name] = str(exc)
+                continue
+            choice = choices.setdefault(name, ModelChoice(name, trial.params, trial.value))
+            choice.trials.append(trial)
+            if trial.value > choice.value:
+                choice.params, choice.value = trial.params, trial.value
+    if "blend" in models:
+        _select_blend(choices, errors, fixed["blend"], split, val, data, ks, key, seed, say)
+    champion = max(choices, key=lambda m: choices[m].value, default=None)
+    return SelectionReport(
+        metric=key,
+        validation={**val.summary(), **{f"param.{k}": v for k, v in val.params.items()}},
+        choices=choices,
+        champion=champion,
+        seconds=time.perf_counter() - started,
+        budget_seconds=budget_seconds,
+        complete=complete,
+        errors=errors,
+    )
+
+
+def _select_blend(
+    choices: dict[str, ModelChoice],
+    errors: dict[str, str],
+    fixed: dict[str, Any],
+    split: Split,
+    val: Split,
+    data: TrainingData,
+    ks: tuple[int, ...],
+    key: str,
+    seed: int,
+    say: OnStep,
+) -> None:
+    """Score the blend of the chosen components on validation; fall back when it does not beat the best."""
+    from models.blend import DEFAULT_COMPONENTS
+    from models.errors import ModelError
+
+    components = tuple(fixed.get("components", DEFAULT_COMPONENTS))
+    component_params = {
+        c: {**choices[c].params, **dict(fixed.get("component_params", {}).get(c, {}))}
+        for c in components
+        if c in choices
+    }
+    base = {**fixed, "component_params": component_params}
+    base.pop("fallback", None)
+    say("validation: blend")
+    try:
+        # inside validation the blend's hold-out copies the validation split, as it copies the test one
+        trial = _score("blend", {**blend_holdout_params(val), **base}, val, data, ks, key, seed)
+    except (ModelError, ValueError) as exc:
+        errors["blend"] = str(exc)
+        return
+    final = {**blend_holdout_params(split), **base}
+    scored = [c for c in components if c in choices]
+    best = max(scored, key=lambda c: choices[c].value, default=None)
+    choice = ModelChoice("blend", final, trial.value, [trial])
+    if best is not None and trial.value <= choices[best].value + BLEND_MARGIN:
+        choice.params = {**final, "fallback": best}
+        choice.value = choices[best].value
+        choice.note = (
+            f"blend falls back to {best}: blending did not beat it on validation "
+            f"({key} {trial.value:.4f} vs {choices[best].value:.4f})"
+        )
+    choices["blend"] = choice
