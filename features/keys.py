@@ -21,14 +21,21 @@ key                                       type    value
 ``lr:{s:<student_id>}:m:<model>:<ver>``   string  model state of one registered model version: float32
                                                   little-endian bytes (``state_width * 4`` bytes; LightFM:
                                                   the student's embedding and bias)
-``lr:{s:<student_id>}:evt:<event_id>``    string  idempotency marker of an applied event, TTL
-                                                  ``event_ttl_seconds`` (90 days): ``"0"`` applied to the
-                                                  state, ``"1"`` also appended to the events stream
+``lr:{s:<student_id>}:evt:<event_id>``    string  ``"1"``: the event is applied to this student's state (the
+                                                  event script's own idempotency, so running it again is
+                                                  harmless); TTL `features.store.EVENT_ID_TTL_SECONDS`
 ``lr:active:<model>``                     string  version whose state namespace is complete and in force
                                                   (switched by `FeatureStore.materialize` after all writes)
-``lr:stream:events``                      stream  every applied event (fields: event_id, student_id,
+``lr:stream:events``                      stream  every accepted event once (fields: event_id, student_id,
                                                   lecture_id, type, progress, occurred_at ISO 8601 UTC,
                                                   request_id or "")
+``lr:{lr:stream:events}:id:<event_id>``   string  the event id is in the events stream:
+                                                  ``"<token>|<digest>"`` (the appending call, the digest of
+                                                  the event's fields), TTL
+                                                  `features.store.EVENT_ID_TTL_SECONDS` (7 days, the reason
+                                                  is there); its hash tag is the stream key, so it shares
+                                                  the stream's slot and one script checks it and appends
+                                                  (`features.streams.append_once`)
 ``lr:stream:exposures``                   stream  every answered recommendation (fields written by
                                                   ``features.experiments.exposure_fields``)
 ========================================  ======  ===========================================================
@@ -219,6 +226,22 @@ def event_marker(student_id: str, event_id: str) -> bytes:
         ``lr:{s:<student_id>}:evt:<event_id>``.
     """
     return _student_key(student_id, b"evt:" + _text(event_id, "event_id"))
+
+
+def stream_marker(stream: bytes, record_id: str) -> bytes:
+    """Key of the marker saying a record id is in a stream (global: one per id, whatever the student).
+
+    The stream key is its hash tag (``{lr:stream:events}``), so in a Redis Cluster the marker lives in
+    the stream's slot (a key without braces hashes whole) and one script can check it and append.
+
+    Args:
+        stream: the stream key (`EVENTS_STREAM`).
+        record_id: the record's unique id (an event id).
+
+    Returns:
+        ``lr:{<stream>}:id:<record_id>``.
+    """
+    return PREFIX + b":{" + stream + b"}:id:" + _text(record_id, "record id")
 
 
 def active_version(model_name: str) -> bytes:

@@ -36,7 +36,7 @@ from models.interactions import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from features.store import EventIn
+    from features.store import EventIn, EventOutcome
 
 
 def stored(value: float) -> float:
@@ -190,7 +190,7 @@ class OnlineState:
         self._pairs: dict[str, dict[str, tuple[float, int, int]]] = {}
         self._history: dict[str, dict[str, float]] = {}
         self._recent: dict[str, list[str]] = {}
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: dict[str, dict[str, str]] = {}  # event id -> its stream fields
         self._owned: set[str] = set()
 
     def fork(self) -> OnlineState:
@@ -200,7 +200,7 @@ class OnlineState:
         other._pairs = dict(self._pairs)
         other._history = dict(self._history)
         other._recent = dict(self._recent)
-        other._seen = set(self._seen)
+        other._seen = dict(self._seen)
         return other
 
     def put_profiles(self, profiles: Iterable[StudentProfile]) -> None:
@@ -249,22 +249,26 @@ class OnlineState:
             self._recent[sid] = list(self._recent.get(sid, []))
             self._owned.add(sid)
 
-    def apply(self, events: Sequence[EventIn]) -> list[bool]:
+    def apply(self, events: Sequence[EventIn]) -> list[EventOutcome]:
         """Apply events in order, idempotently by event id, as `FeatureStore.apply_events`.
 
         Args:
             events: the events.
 
         Returns:
-            Per event, True when applied, False for an event id seen before.
+            Per event ``"accepted"``, ``"duplicate"`` (the id was seen with the same fields) or
+            ``"conflict"`` (seen with other fields: not applied).
         """
-        out = []
+        from features.store import event_fields  # the store imports this module
+
+        out: list[EventOutcome] = []
         for e in events:
-            key = (e.student_id, e.event_id)
-            if key in self._seen:
-                out.append(False)
+            fields = event_fields(e)
+            seen = self._seen.get(e.event_id)
+            if seen is not None:
+                out.append("duplicate" if seen == fields else "conflict")
                 continue
-            self._seen.add(key)
+            self._seen[e.event_id] = fields
             self._own(e.student_id)
             pairs, history = self._pairs[e.student_id], self._history[e.student_id]
             ts = epoch_us(e.occurred_at)
@@ -282,7 +286,7 @@ class OnlineState:
                     recent.remove(e.lecture_id)
                 recent.append(e.lecture_id)
                 del recent[: max(0, len(recent) - self.recent_len)]
-            out.append(True)
+            out.append("accepted")
         return out
 
     def record(self, student_id: str) -> StudentRecord:

@@ -7,6 +7,12 @@ url}`` so the CLI and the service share the running server; a file lock serialis
 daemon outlives the process that started it; `stop_embedded` (or ``learnrec features redis --stop``) stops
 it with a final save. Nothing is downloaded; a start takes about 0.3 s.
 
+One directory, one server: a start reuses the server of the directory whenever one is alive (found by
+``server.json``, or by the pid file redis-server writes there), and waits for one that is alive but not
+answering (loading, stopped) rather than start a second beside it. A server that died comes back on the
+port it had, so clients keep their URL. `EmbeddedSupervisor` (run by the service) restarts it so when it
+dies; ``learnrec features redis --stop`` removes the record first, and a stopped server stays stopped.
+
 With ``settings.redis.url`` set, that server is used (a Redis Cluster entry node when
 ``settings.redis.cluster``).
 """
@@ -21,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -293,6 +300,57 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
             ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _serves(pid: int, directory: Path) -> bool:
+    """True when redis-server `pid` runs in `directory` (its working directory, where `_launch` starts it)."""
+    try:
+        return os.path.samefile(f"/proc/{pid}/cwd", directory)
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (macOS): trust the pid file
+    except OSError:
+        return False
+
+
+def _configured_port(directory: Path) -> int:
+    """The port of the last server started in `directory` (its redis.conf), 0 when none."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in (directory / CONFIG_FILE).read_text(encoding="utf-8").splitlines():
+            if line.startswith("port "):
+                return int(line.split()[1])
+    return 0
+
+
+def _live_server(directory: Path, recorded: EmbeddedServer | None, timeout: float) -> EmbeddedServer | None:
+    """The server of `directory` that is alive now, waited for while it loads; None when none is.
+
+    Raises:
+        FeatureStoreError: one is alive but does not answer within `timeout` (stopped, or a data set
+            that takes longer to load): starting a second one on the same files would corrupt them.
+    """
+    suspects = []
+    if recorded is not None:
+        if _verify(recorded):
+            return recorded
+        suspects.append(recorded)
+    # the record may be missing or stale while a server of this directory runs: its pid file says so
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((directory / PID_FILE).read_text().strip())
+        if recorded is None or pid != recorded.pid:
+            port = _configured_port(directory)
+            suspects.append(EmbeddedServer(pid, port, f"redis://127.0.0.1:{port}/0", directory))
+    for server in suspects:
+        if not (_is_redis_server(server.pid) and _serves(server.pid, directory)):
+            continue
+        if _wait_up(server, timeout):
+            return server
+        raise FeatureStoreError(
+            f"redis-server pid {server.pid} of {directory} runs but did not answer on port {server.port} "
+            f"within {timeout:.0f} s (still loading a large data set? stopped?); not starting a second "
+            f"one on the same files. Wait, or stop it (kill {server.pid}) and retry. "
+            f"Log: {_log_tail(directory)}"
+        )
+    return None
+
+
 def _log_tail(directory: Path, lines: int = 8) -> str:
     try:
         text = (directory / LOG_FILE).read_text(encoding="utf-8", errors="replace")
@@ -389,8 +447,9 @@ def start_embedded(
 
     Args:
         directory: data directory (created if missing): AOF, RDB, log, ``server.json``.
-        port: TCP port; 0 = a free port. A server already running for the directory is reused even if
-            it listens on another port (one directory, one server).
+        port: TCP port; 0 = the port the directory's last server had if it is free (a restarted server
+            keeps its URL), else a free one. A server already running for the directory is reused even
+            if it listens on another port (one directory, one server).
         daemon: True (default) detaches it so it outlives this process; False keeps it a child that
             Linux terminates when this process dies (tests).
         extra_config: more redis.conf directives (e.g. ``{"cluster-enabled": "yes"}``).
@@ -406,27 +465,22 @@ def start_embedded(
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
         recorded = read_server_file(directory)
-        if recorded is not None:
-            if _verify(recorded):
-                if port and port != recorded.port:
-                    log.warning(
-                        "embedded redis for %s already runs on port %d; reusing it (port %d not used)",
-                        directory, recorded.port, port,
-                    )  # fmt: skip
-                return recorded
-            if _is_redis_server(recorded.pid):
-                # ours, but not answering yet: probably still loading a large data set
-                if _wait_up(recorded, timeout):
-                    return recorded
-                raise FeatureStoreError(
-                    f"redis-server pid {recorded.pid} of {directory} runs but did not answer on port "
-                    f"{recorded.port} within {timeout:.0f} s (still loading a large data set? the log says "
-                    f"so); wait, or stop it (kill {recorded.pid}) and retry. Log: {_log_tail(directory)}"
-                )
-            (directory / SERVER_FILE).unlink(missing_ok=True)  # stale record of a dead server
-        attempts = 1 if port else 3
-        for _ in range(attempts):
-            chosen = port or free_port()
+        live = _live_server(directory, recorded, timeout)
+        if live is not None:
+            if live != recorded:
+                _write_server_file(live)  # the record was missing or named a dead server
+            if port and port != live.port:
+                log.warning(
+                    "embedded redis for %s already runs on port %d; reusing it (port %d not used)",
+                    directory, live.port, port,
+                )  # fmt: skip
+            return live
+        (directory / SERVER_FILE).unlink(missing_ok=True)  # stale record of a dead server
+        # a server that died comes back where it was, so clients holding its URL reconnect to it
+        previous = recorded.port if recorded is not None else _configured_port(directory)
+        ports = [port] if port else [p for p in (previous,) if p and _port_free(p)] + [0, 0, 0]
+        for candidate in ports:
+            chosen = candidate or free_port()
             server = _launch(directory, chosen, daemon, dict(extra_config or {}), timeout)
             if server is not None:
                 _write_server_file(server)
@@ -437,6 +491,88 @@ def start_embedded(
         raise FeatureStoreError(
             f"redis-server could not start in {directory} (port {port or 'auto'}): {_log_tail(directory)}"
         )
+
+
+def _port_free(port: int) -> bool:
+    """True when redis-server could listen on `port` now: it sets SO_REUSEADDR, so connections of a
+    killed server still in TIME_WAIT there do not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+#: How often `EmbeddedSupervisor` checks that the server is alive (one kill(pid, 0) and a /proc read).
+SUPERVISE_INTERVAL_SECONDS = 0.25
+
+
+class EmbeddedSupervisor:
+    """Restarts the embedded redis-server of a directory, on the same port and data, when it dies.
+
+    The service runs one: a redis-server killed (OOM killer, kill -9, a crash) comes back within
+    `interval` plus its start-up (AOF load), on the port clients already use, so they reconnect and
+    answers return to normal without restarting the service. A server that is alive is never replaced,
+    even when it does not answer (stopped, loading); one stopped on purpose (`stop_embedded` removes
+    its record) is left stopped.
+
+    Args:
+        directory: the embedded server's data directory.
+        interval: seconds between checks.
+        daemon: restart it detached (True, as `start_embedded` does by default) or as a child (tests).
+    """
+
+    def __init__(
+        self, directory: Path, *, interval: float = SUPERVISE_INTERVAL_SECONDS, daemon: bool = True
+    ) -> None:
+        self.directory = Path(directory).resolve()
+        self.interval = interval
+        self.daemon = daemon
+        #: restarts done so far
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> EmbeddedServer | None:
+        """One check: restart the recorded server if it died. Returns the new server, or None.
+
+        Raises:
+            FeatureStoreError: it died and could not be started again (the next check retries).
+        """
+        recorded = read_server_file(self.directory)
+        if recorded is None or _is_redis_server(recorded.pid):
+            return None  # stopped on purpose, or alive
+        server = start_embedded(self.directory, daemon=self.daemon)
+        if server.started:
+            self.restarts += 1
+            log.warning(
+                "embedded redis-server pid %d of %s died; restarted as pid %d on port %d",
+                recorded.pid, self.directory, server.pid, server.port,
+            )  # fmt: skip
+        return server
+
+    def start(self) -> None:
+        """Check every `interval` seconds in a daemon thread (idempotent)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="learnrec-redis-supervisor", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop checking (the server is left running)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # a failed restart must not end supervision: the next round tries again
+                log.exception("embedded redis-server could not be restarted; retrying")
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -503,7 +639,11 @@ def connect(settings: Settings, *, bulk: bool = False) -> RedisClient:
     Request-path clients (default) time out after ``settings.redis.socket_timeout_ms`` and retry a
     failed command once, so an outage answers in milliseconds (the service degrades instead of
     waiting). Bulk clients (materialise, seed, export) allow 60 s per command and back off between
-    three retries.
+    three retries. redis-py's `Retry` resends on `TimeoutError` too, so a command whose reply was late
+    may run twice: every write sent through these clients is safe to run twice (event intake by
+    construction, `features.store`; profiles and model state are SETs; the export acknowledges and
+    trims by id), except exposures, which are at least once and counted once per request id by the
+    A/B analysis (`training.ab.attribution`).
 
     Args:
         settings: learnrec settings (``redis.url``, ``redis.cluster``, timeouts, data dir).

@@ -9,6 +9,10 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: `features.schemas.SEOUL_LEARN_REGIONS`, spelled out: importing that module would load pyarrow with the
+#: settings, on every command (a test keeps the two equal).
+DEFAULT_REGIONS = ("seoul", "chungbuk", "pyeongchang", "gimpo", "incheon", "taebaek")
+
 
 class RedisSettings(BaseModel):
     """Where the feature store and the streams live."""
@@ -71,6 +75,13 @@ class ServiceSettings(BaseModel):
             "Students whose computed answers the service keeps in memory (about 1.5 KB each at k=10) until "
             "Redis reports that their keys changed (service.answer_cache); 0 = off. Always off with Redis "
             "Cluster."
+        ),
+    )
+    regions: tuple[str, ...] = Field(
+        default=DEFAULT_REGIONS,
+        description=(
+            "Partner regions a student may be registered in (PUT /students), besides the regions of the "
+            "serving models' catalogues and those an API key is scoped to; add a new partner here."
         ),
     )
     native_threads: int = Field(

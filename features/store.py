@@ -7,9 +7,19 @@ student's hash tag (atomic, and legal in a Redis Cluster); the interaction weigh
 drop weighs 0.1), recomputed from the furthest stage reached and the latest event so that events
 arriving late or out of order give the batch pipeline's weight. Applied events go to the events stream.
 
-Event intake is exactly-once into the state and at-least-once into the stream: the script marks an event
-``"0"`` (applied), the store XADDs it and then confirms the marker as ``"1"``; a retry of an event whose
-marker is still ``"0"`` (the process or Redis failed in between) is not applied again but is streamed.
+Event intake is exactly-once, by construction rather than by timing, in two idempotent steps:
+
+1. the event id decides: one script in the events stream's slot checks the id's marker and, if absent,
+   XADDs the event and sets the marker (`features.streams.append_once`). The id is global (the same id
+   under another student is the same event), and the answer depends on the marker alone: a resent
+   command finds its own call's token and answers "accepted" again, a request sent again or
+   concurrently answers "duplicate", a reused id with other fields "conflict";
+2. the events the stream holds (accepted now, or duplicates of the same event, in case an earlier call
+   failed before this step) are applied to the students' state by the per-student script, which keeps
+   its own marker per event, so applying an event again changes nothing.
+
+A failure between the steps leaves an event in the stream but not yet in the state; the client was not
+told it was stored (503: retry unchanged), and its retry completes step 2.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,11 +50,22 @@ Progress = Callable[[str, int, int], None]
 WRITE_CHUNK = 2_000
 #: Keys per SCAN step and per UNLINK when removing old versions (1M old keys: ~10 s).
 SCAN_COUNT = 10_000
+#: How long an event id is remembered (its two markers), counted from when the event was accepted. A
+#: marker only has to outlive every resend of its event: redis-py resends a timed-out command within
+#: milliseconds, a client retries a 503 within minutes, and the portal's outbox replays what it could not
+#: deliver after an outage of its own, within days. A week covers all of these; beyond it a marker only
+#: costs memory, about 300 bytes an event for the two (measured on redis-server 6.2): 35,000 events a
+#: day (a fifth of 35,000 students active, five events each) keep about 75 MB. An event resent later than
+#: this is stored again.
+EVENT_ID_TTL_SECONDS = 7 * 86_400
+#: What `FeatureStore.apply_events` says of each event: stored now; stored before (the same event sent
+#: again, by a retry or concurrently); or its id already names another event (nothing stored).
+EventOutcome = Literal["accepted", "duplicate", "conflict"]
 
 # One script call per student: KEYS = hist, pairs, recent, then one marker per event of that student.
 # ARGV = recent_len, ttl, enrol weight, progress base, progress slope, complete weight, drop weight, then
-# (lecture_id, type, progress, occurred_at µs) per event. Returns per event 1 applied, 0 duplicate,
-# 2 duplicate applied earlier but not yet confirmed in the stream.
+# (lecture_id, type, progress, occurred_at µs) per event. Returns per event 1 applied, 0 applied before
+# (its marker exists: running the script again changes nothing).
 _APPLY_LUA = """
 local recent_len = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -55,9 +76,8 @@ local enrolled = false
 for i = 1, #KEYS - 3 do
   local marker = KEYS[3 + i]
   local base = 8 + 4 * (i - 1)
-  local seen = redis.call('GET', marker)
-  if seen then
-    if seen == '0' then out[i] = 2 else out[i] = 0 end
+  if redis.call('EXISTS', marker) == 1 then
+    out[i] = 0
   else
     local lecture, typ = ARGV[base], ARGV[base + 1]
     local p, ts_text = tonumber(ARGV[base + 2]), ARGV[base + 3]
@@ -89,7 +109,7 @@ for i = 1, #KEYS - 3 do
       redis.call('RPUSH', KEYS[3], lecture)
       enrolled = true
     end
-    redis.call('SET', marker, '0', 'EX', ttl)
+    redis.call('SET', marker, '1', 'EX', ttl)
     out[i] = 1
   end
 end
@@ -235,11 +255,11 @@ class FeatureStore:
         client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` with bytes responses
             (`features.redis_server.connect`).
         recent_len: how many recent enrolments are kept per student.
-        event_ttl_seconds: how long an event id is remembered for idempotency (default 90 days).
+        event_ttl_seconds: how long an event id is remembered for idempotency (`EVENT_ID_TTL_SECONDS`).
     """
 
     def __init__(
-        self, client: Any, *, recent_len: int = RECENT_LEN, event_ttl_seconds: int = 90 * 86400
+        self, client: Any, *, recent_len: int = RECENT_LEN, event_ttl_seconds: int = EVENT_ID_TTL_SECONDS
     ) -> None:
         if recent_len < 1:
             raise ValueError(f"recent_len must be >= 1, got {recent_len}")
@@ -470,55 +490,63 @@ class FeatureStore:
             results[i] = [int(x) for x in reply]
         return results
 
-    def apply_events(self, events: Sequence[EventIn]) -> list[bool]:
-        """Apply events to the students' state, idempotently by event id, and append them to the stream.
+    def apply_events(self, events: Sequence[EventIn]) -> list[EventOutcome]:
+        """Store events exactly once: into the events stream, then into the students' state.
 
-        Per student, one Lua script updates the weights, the recent list and the event markers
-        atomically; all students go in one pipeline. Then the applied events are XADDed to
-        ``lr:stream:events`` and their markers confirmed.
+        The event id decides (see the module docstring): `features.streams.append_once` appends the
+        events whose id is new and says, for each, whether this call appended it; then the per-student
+        script applies the stored events to the state (one call per student, all in one pipeline), a
+        no-op for those applied before. Every step is safe to run again, so a resent command, a retried
+        request and concurrent senders of the same events store each event once.
 
         Args:
             events: the events, in arrival order (validated by the caller; re-checked here).
 
         Returns:
-            Per event, True when applied now, False when its event id was seen before (in an earlier call
-            or earlier in this one).
+            Per event ``"accepted"`` (stored by this call), ``"duplicate"`` (the same event was stored
+            before, by an earlier or a concurrent call, or earlier in this one) or ``"conflict"`` (its id
+            was stored with other fields: another student, lecture, type, progress, time or request id;
+            nothing stored).
 
         Raises:
             ValueError: an event is malformed (names the event and field; nothing is written).
-            redis.exceptions.RedisError: Redis failed; events may be partly applied, and retrying the same
-                events is safe.
+            redis.exceptions.RedisError: Redis failed; some events may be stored, and retrying the same
+                events is safe (they complete, reported as duplicates).
         """
-        from features.streams import append
+        from features.streams import ALREADY_APPENDED, APPENDED, append_once
 
         events = list(events)
         for i, event in enumerate(events):
             _check_event(i, event)
-        positions: dict[str, list[int]] = {}
-        seen: set[tuple[str, str]] = set()
+        fields = [event_fields(e) for e in events]
+        outcomes: list[EventOutcome] = ["duplicate"] * len(events)
+        first: dict[str, int] = {}
         for i, event in enumerate(events):
-            key = (event.student_id, event.event_id)
-            if key not in seen:
-                seen.add(key)
-                positions.setdefault(event.student_id, []).append(i)
-        status = [0] * len(events)
+            j = first.setdefault(event.event_id, i)
+            if j != i and fields[j] != fields[i]:
+                outcomes[i] = "conflict"
+        unique = list(first.values())
+        codes = append_once(
+            self.client,
+            keys.EVENTS_STREAM,
+            [(keys.stream_marker(keys.EVENTS_STREAM, events[i].event_id), fields[i]) for i in unique],
+            ttl_seconds=self.event_ttl_seconds,
+        )
+        positions: dict[str, list[int]] = {}
+        for i, code in zip(unique, codes, strict=True):
+            if code == APPENDED:
+                outcomes[i] = "accepted"
+            elif code == ALREADY_APPENDED:
+                outcomes[i] = "duplicate"  # applied again below: harmless, and completes a failed call
+            else:
+                outcomes[i] = "conflict"
+                continue
+            positions.setdefault(events[i].student_id, []).append(i)
         groups = list(positions.items())
         for start in range(0, len(groups), WRITE_CHUNK):
             chunk = groups[start : start + WRITE_CHUNK]
-            replies = self._run_scripts([(sid, [events[i] for i in rows]) for sid, rows in chunk])
-            for (_, rows), codes in zip(chunk, replies, strict=True):
-                for i, code in zip(rows, codes, strict=True):
-                    status[i] = code
-        to_stream = [i for i, code in enumerate(status) if code in (1, 2)]
-        if to_stream:
-            append(self.client, keys.EVENTS_STREAM, [event_fields(events[i]) for i in to_stream])
-            pipe = self.client.pipeline(transaction=False)
-            for i in to_stream:
-                pipe.set(
-                    keys.event_marker(events[i].student_id, events[i].event_id), b"1", xx=True, keepttl=True
-                )
-            pipe.execute()
-        return [code == 1 for code in status]
+            self._run_scripts([(sid, [events[i] for i in rows]) for sid, rows in chunk])
+        return outcomes
 
     # -- bulk -----------------------------------------------------------------------------------------
 

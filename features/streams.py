@@ -168,6 +168,108 @@ def _append_call(client: Any, stream: bytes | str, args: list[Any]) -> list[byte
     return [x if isinstance(x, bytes) else str(x).encode() for x in reply]
 
 
+#: Appends each record to the stream KEYS[1] once: KEYS[1 + i] is record i's id marker; ARGV = marker TTL
+#: (s), the call's token, then per record its digest, field count (2 x fields) and fields. A record whose
+#: marker is absent is XADDed and its marker set to "<token>|<digest>" (after the XADD: a failed XADD
+#: leaves no marker). Check, XADD and marker are one atomic script, and its answer for a record depends
+#: only on the marker: the same call run again (redis-py resends a command whose reply timed out) finds
+#: its own token and answers 1 again without appending. Returns per record 1 appended by this call, 0
+#: already there with the same digest (a resend), 2 already there with another digest (the id was reused).
+_APPEND_ONCE_LUA = """
+local ttl, token = ARGV[1], ARGV[2]
+local out, a = {}, 3
+for i = 2, #KEYS do
+  local digest, n = ARGV[a], tonumber(ARGV[a + 1])
+  local seen = redis.call('GET', KEYS[i])
+  if not seen then
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, a + 2, a + 1 + n))
+    redis.call('SET', KEYS[i], token .. '|' .. digest, 'EX', ttl)
+    out[i - 1] = 1
+  elseif seen == token .. '|' .. digest then
+    out[i - 1] = 1
+  elseif string.sub(seen, -(#digest + 1)) == '|' .. digest then
+    out[i - 1] = 0
+  else
+    out[i - 1] = 2
+  end
+  a = a + 2 + n
+end
+return out
+"""
+_APPEND_ONCE_SHA = hashlib.sha1(_APPEND_ONCE_LUA.encode("ascii")).hexdigest()
+#: `append_once` outcomes per record.
+APPENDED, ALREADY_APPENDED, ID_REUSED = 1, 0, 2
+
+
+def record_digest(fields: Mapping[str, str]) -> str:
+    """A short digest of a record's fields and values (in order): what makes two sends the same record.
+
+    Args:
+        fields: field -> value, all text.
+
+    Returns:
+        16 hex digits.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for name, value in fields.items():
+        h.update(name.encode("utf-8") + b"\x1f" + value.encode("utf-8") + b"\x1e")
+    return h.hexdigest()
+
+
+def append_once(
+    client: Any,
+    stream: bytes,
+    records: Sequence[tuple[bytes, Mapping[str, str]]],
+    *,
+    ttl_seconds: int,
+    token: str | None = None,
+) -> list[int]:
+    """XADD each record unless a record with the same id was appended within `ttl_seconds`.
+
+    Idempotent by construction: the id marker and the XADD happen in one Lua script, so neither a
+    resent command (redis-py retries on timeouts), nor a request sent again, nor concurrent senders of
+    the same record can append it twice. Each marker must share the stream's slot (`features.keys`
+    builds it with the stream key as its hash tag), so one script call is legal in a Redis Cluster too.
+
+    Args:
+        client: Redis client (standalone or cluster).
+        stream: stream key.
+        records: (id marker key, fields) per record; fields are text.
+        ttl_seconds: how long a marker (the memory of an id) lives.
+        token: identifies this call (default: a random one); a call resent with the same token gets the
+            same answers.
+
+    Returns:
+        Per record `APPENDED` (by this call), `ALREADY_APPENDED` (same fields: a resend) or `ID_REUSED`
+        (the id was appended with other fields; nothing written).
+
+    Raises:
+        redis.exceptions.ResponseError: Redis refused a record (no fields, the key is no stream): the
+            records before it in its chunk are appended and marked, it and those after are not.
+    """
+    import secrets
+
+    from redis.exceptions import NoScriptError
+
+    token = token or secrets.token_hex(8)
+    out: list[int] = []
+    for start in range(0, len(records), APPEND_CHUNK):
+        chunk = records[start : start + APPEND_CHUNK]
+        markers = [marker for marker, _ in chunk]
+        args: list[Any] = [str(int(ttl_seconds)), token]
+        for _, fields in chunk:
+            args += [record_digest(fields), str(2 * len(fields))]
+            for pair in fields.items():
+                args.extend(pair)
+        try:
+            reply = client.evalsha(_APPEND_ONCE_SHA, 1 + len(markers), stream, *markers, *args)
+        except NoScriptError:  # the script did not run: loading it and calling again is safe
+            client.script_load(_APPEND_ONCE_LUA)
+            reply = client.evalsha(_APPEND_ONCE_SHA, 1 + len(markers), stream, *markers, *args)
+        out += [int(x) for x in reply]
+    return out
+
+
 # -- decoding --------------------------------------------------------------------------------------------
 
 

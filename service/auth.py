@@ -84,6 +84,11 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def regions(self) -> frozenset[str]:
+        """The regions some key is scoped to (``*`` left out)."""
+        return frozenset(r for _, c in self._entries for r in c.regions if r != ALL_REGIONS)
+
     def authenticate(self, presented: str | None) -> ApiClient | None:
         """The client owning `presented`, or None. Every entry is compared, so timing says nothing."""
         if not presented:

@@ -33,7 +33,7 @@ from service.model_manager import ModelManager
 if TYPE_CHECKING:
     from features.online_state import StudentRecord
     from features.profile import StudentProfile
-    from features.store import EventIn, FeatureStore
+    from features.store import EventIn, EventOutcome, FeatureStore
 
 logger = logging.getLogger("learnrec.service.store")
 T = TypeVar("T")
@@ -180,8 +180,8 @@ class GuardedStore:
         self._call("put_profiles", lambda store: store.put_profiles([profile]))
         self.forget([profile.student_id])
 
-    def apply_events(self, events: list[EventIn]) -> list[bool]:
-        """Store events; per event True = new, False = duplicate event_id."""
+    def apply_events(self, events: list[EventIn]) -> list[EventOutcome]:
+        """Store events; per event "accepted", "duplicate" or "conflict" (`FeatureStore.apply_events`)."""
         try:
             applied = self._call("apply_events", lambda store: store.apply_events(events))
         except ValueError as exc:  # the store re-checks what the API validated: a mismatch is a 422
@@ -290,6 +290,31 @@ def require_model(state: AppState) -> RankingModel:
     if model is None:
         raise NoModelError(state.models.unavailable_reason())
     return model
+
+
+def known_regions(state: AppState) -> list[str]:
+    """Regions a student may be registered in: configured (``service.regions``), named by an API key,
+    or in a serving model's catalogue (its licences and its students), in order."""
+    from features.schemas import ALL_REGIONS
+
+    found = set(state.settings.service.regions) | state.keys.regions
+    for model in (state.models.current, *state.models.variants.values()):
+        if model is not None:
+            found.update(model.catalogue.regions.ids)
+    found.discard(ALL_REGIONS)
+    return sorted(found)
+
+
+def check_known_region(state: AppState, region: str) -> None:
+    """422 naming the region when no configuration, key or model knows it (a typo, or a partner not
+    yet added)."""
+    known = known_regions(state)
+    if region not in known:
+        raise InvalidFieldError(
+            ("body", "region"),
+            f"unknown region '{region}': expected one of {', '.join(known)} (a new partner region is "
+            "added to LEARNREC_SERVICE__REGIONS)",
+        )
 
 
 def check_region(client: ApiClient, region: str | None, what: str) -> None:

@@ -5,13 +5,14 @@
     ├── ForbiddenError        403   key not allowed here (admin route, another region's student)
     ├── InvalidFieldError     422   a field passed type checks but names something unknown (detail names it)
     ├── NoModelError          503   no model version loaded yet (registry empty or alias unset)
-    ├── StoreUnavailableError 503   Redis could not take a write (nothing was stored)
+    ├── StoreUnavailableError 503   Redis could not take a write, or a region-scoped read cannot be
+    │                               checked without it
     └── ServiceConfigError          refused configuration at start-up (never an HTTP answer)
 
 Every learnrec error (`models.errors.LearnrecError`) carries its `http_status`; one handler in
 `service.main` turns any of them that reaches a route into an answer. Only this package turns domain
-errors into HTTP errors; a store outage on a read is a degraded 200,
-never one of these.
+errors into HTTP errors; a store outage on a read is a degraded 200, except where the answer would tell
+a region-scoped key about a student it may not see: a 503.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class NoModelError(ServiceError):
 
 
 class StoreUnavailableError(ServiceError):
-    """The feature store (Redis) could not be written; the client should retry."""
+    """The feature store (Redis) is needed and unavailable (a write, or a region check); retry later."""
 
     http_status = 503
 

@@ -26,7 +26,7 @@ from features.settings import Settings, apply_telemetry_choice, get_settings
 from models.errors import LearnrecError
 from service.answer_cache import AnswerCache
 from service.auth import KeyRing
-from service.deps import AppState, GuardedStore
+from service.deps import AppState, GuardedStore, known_regions
 from service.docs import add_docs
 from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
 from service.exposures import ExposureWriter
@@ -171,6 +171,17 @@ def _connect_store(settings: Settings) -> tuple[Any, Any, str | None]:
     return FeatureStore(connection), connection, None
 
 
+def _supervise_embedded(settings: Settings) -> Any:
+    """Restart the embedded redis-server when it dies (None with a configured Redis: not ours to run)."""
+    if settings.redis.url:
+        return None
+    from features.redis_server import EmbeddedSupervisor
+
+    supervisor = EmbeddedSupervisor(settings.redis_dir)
+    supervisor.start()
+    return supervisor
+
+
 def _listen_for_changes(connection: Any, answers: AnswerCache) -> Any:
     """Start the listener that keeps the answer cache honest; None (cache off) without Redis, with a
     cluster or with size 0."""
@@ -263,6 +274,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.getLogger("uvicorn.access").disabled = True
         limit_native_threads(settings.service.native_threads)  # before the model loads its libraries
         store, connection, why = await asyncio.to_thread(_connect_store, settings)
+        supervisor = _supervise_embedded(settings)
         answers = AnswerCache(settings.service.answer_cache_size)
         metrics.answer_cache_entries.set_function(lambda: len(answers))
         metrics.answer_cache_live.set_function(lambda: int(answers.enabled))
@@ -330,6 +342,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(listener.close)
             if not first_load.done():
                 first_load.cancel()  # the worker thread finishes on its own; nobody waits for it
+            if supervisor is not None:
+                await asyncio.to_thread(supervisor.close)
             if connection is not None:
                 await asyncio.to_thread(_close, connection)
 
@@ -362,16 +376,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400:
-            # FastAPI answers a body it cannot decode (not UTF-8) with a bare 400; malformed input is a 422
-            detail = [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not UTF-8 encoded JSON"}]
+            # FastAPI answers a body it cannot parse with a bare 400; malformed input is a 422 saying why
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": unreadable_body(exc.__cause__)}]
             return JSONResponse({"detail": detail}, status_code=422)
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route matching the path
+            allowed = allowed_methods(app.openapi(), request.scope)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": ", ".join([*allowed, "OPTIONS"])})
+            return JSONResponse(
+                {"detail": f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"},
+                status_code=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
         return await http_exception_handler(request, exc)
 
     for module in (recommendations, events, students, admin, health):
         app.include_router(module.router)
     add_docs(app)
 
+    served: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, Any]] = {}
+
     def openapi() -> dict[str, Any]:
+        """The document, with the subjects and regions the service accepts now as enums (they follow the
+        serving models and the configuration, so it is rebuilt when they change)."""
+        base = base_openapi()
+        state: AppState | None = getattr(app.state, "learnrec", None)
+        if state is None:
+            return base
+        champion = state.models.current
+        vocabulary = (tuple(champion.subjects) if champion else (), tuple(known_regions(state)))
+        if vocabulary not in served:
+            served.clear()
+            served[vocabulary] = with_enums(base, *vocabulary)
+        return served[vocabulary]
+
+    def base_openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title,
@@ -392,3 +432,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def unreadable_body(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body, from the exception it wrapped in its bare 400."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not UTF-8 encoded JSON"
+    if isinstance(cause, RecursionError):
+        return "the body nests JSON too deeply to be read (events and profiles are flat objects)"
+    return f"the body could not be read as JSON ({type(cause).__name__ if cause else 'unknown cause'})"
+
+
+#: Operations an OpenAPI path item may hold (its other keys are parameters, summary, ...).
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def allowed_methods(document: dict[str, Any], scope: Scope) -> list[str]:
+    """The methods served at the request's path, sorted: those of the route Starlette matched (it puts
+    it in the scope) and of every operation the OpenAPI document has at that route's path."""
+    route = scope.get("route")
+    methods = {m.upper() for m in getattr(route, "methods", None) or ()}
+    item = document.get("paths", {}).get(getattr(route, "path", None), {})
+    methods.update(m.upper() for m in item if m in _HTTP_METHODS)
+    return sorted(methods)
+
+
+def with_enums(base: dict[str, Any], subjects: tuple[str, ...], regions: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of the OpenAPI document whose `subject` parameter and `StudentIn.region` list the values
+    the service accepts now (unknown ones get a 422 naming them)."""
+    import copy
+
+    schema = copy.deepcopy(base)
+    if subjects:
+        for param in schema["paths"]["/recommendations"]["get"]["parameters"]:
+            if param["name"] == "subject":
+                param["schema"]["enum"] = list(subjects)
+    region = schema["components"]["schemas"]["StudentIn"]["properties"]["region"]
+    region["enum"] = list(regions)
+    return schema

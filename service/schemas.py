@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+)
 
 from features.schemas import EVENT_TYPES, GRADES, REGION_PATTERN
 
@@ -21,6 +30,32 @@ EventType = Literal["enrol", "progress", "complete", "drop"]
 Reason = Literal["next_in_series", "similar_students", "popular_in_region", "popular_overall"]
 Source = Literal["model", "profile", "history", "popular_region_grade", "popular_region", "popular_global"]
 VariantState = Literal["serving", "serving_previous", "unavailable"]
+
+
+def _iso_text(value: Any) -> Any:
+    """Only text is a time: pydantic would read a number as seconds since 1970 (``0`` = 1970-01-01)."""
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{value!r} is not a date-time: send ISO 8601 text with a time zone, "
+            "e.g. 2025-09-01T10:15:00+09:00"
+        )
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    """The time in UTC, as it is stored; a time that has none (year 1 at +14:00) is refused here."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{value.isoformat()} has no UTC equivalent (it falls outside years 1-9999 in UTC)"
+        ) from None
+
+
+#: A moment with a time zone, given as ISO 8601 text and held in UTC.
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_as_utc)]
+#: A number that is a number in the JSON: no booleans, no numeric strings.
+StrictNumber = Annotated[float, Strict()]
 
 assert set(Grade.__args__) == set(GRADES)  # type: ignore[attr-defined]  # keep in step with the data model
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
@@ -148,7 +183,10 @@ class StudentIn(BaseModel):
     )
 
     region: Region = Field(
-        description="Partner region code: seoul, chungbuk, pyeongchang, gimpo, incheon, ..."
+        description=(
+            "A known partner region code (seoul, chungbuk, pyeongchang, gimpo, incheon, taebaek, ...: the "
+            "enum lists those the running service knows)."
+        )
     )
     grade: Grade
     school_level: Literal["middle", "high", "none"] | None = None
@@ -201,13 +239,15 @@ class EventItem(BaseModel):
     student_id: Id
     lecture_id: Id
     type: EventType
-    progress: float | None = Field(
+    progress: StrictNumber | None = Field(
         default=None,
         ge=0.0,
         le=1.0,
         description="Share watched, 0..1. Required for `progress`; defaults to 1 for `complete`, else 0.",
     )
-    occurred_at: AwareDatetime = Field(description="When it happened, with a time zone (stored as UTC).")
+    occurred_at: UtcDatetime = Field(
+        description="When it happened: ISO 8601 text with a time zone (stored as UTC)."
+    )
     request_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")] | None = Field(
         default=None, description="The recommendation answer this event follows from, if any."
     )
@@ -215,6 +255,8 @@ class EventItem(BaseModel):
 
 class EventsIn(BaseModel):
     """A batch of events. Items are validated one by one: a bad item is reported, the good ones kept."""
+
+    model_config = ConfigDict(extra="forbid")
 
     events: list[EventItem] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 

@@ -8,7 +8,8 @@ Fixtures:
     redis_url: the server's URL, for settings (``LEARNREC_REDIS__URL`` / ``Settings(redis={"url": ...})``).
 
 Failure tests: ``with redis_server.down(): ...`` stops the server for the block and restarts it on the
-same port (data kept: AOF); ``stop()`` / ``start()`` / ``restart()`` do the same step by step.
+same port (data kept: AOF); ``stop()`` / ``start()`` / ``restart()`` do the same step by step;
+``with redis_server.frozen(): ...`` holds it stopped (SIGSTOP) and ``stall(done)`` does so in short bursts.
 
 Separated network: the hooks of `tests.offline` fail any test that connects to (or looks up) anything but
 loopback; `outbound` is the fixture for a test that tries on purpose.
@@ -16,7 +17,10 @@ loopback; `outbound` is the fixture for a test that tries on purpose.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -76,6 +80,23 @@ class RedisServerControl:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the server for the block (connections stay open, commands wait), SIGCONT after."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
+    def stall(self, done: Callable[[], bool], pause: float = 0.1, gap: float = 0.05) -> None:
+        """Freeze the server for `pause` seconds every `pause + gap` seconds until `done()`: a command
+        sent during a freeze runs when it ends, after a client with a shorter timeout gave up on it."""
+        while not done():
+            with self.frozen():
+                time.sleep(pause)
+            time.sleep(gap)
 
     @contextmanager
     def down(self) -> Iterator[None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
@@ -12,6 +12,9 @@ from pydantic import ValidationError
 from service.deps import ClientDep, StateDep, check_region
 from service.errors import InvalidFieldError
 from service.schemas import MAX_EVENTS_PER_BATCH, ErrorOut, EventItem, EventResult, EventsOut, FieldError
+
+if TYPE_CHECKING:
+    from features.store import EventOutcome
 
 logger = logging.getLogger("learnrec.service.events")
 
@@ -146,7 +149,7 @@ def post_events(
             if profile is not None:
                 check_region(client, profile.region, f"events[{i}]: student")
 
-    applied: list[bool] = []
+    applied: list[EventOutcome] = []
     if valid:
         from features.store import EventIn
 
@@ -164,10 +167,18 @@ def post_events(
         ]
         applied = state.store.apply_events(events)
 
-    for (i, event), fresh in zip(valid, applied, strict=True):
-        results[i] = EventResult(
-            index=i, event_id=event.event_id, status="accepted" if fresh else "duplicate"
-        )
+    for (i, event), outcome in zip(valid, applied, strict=True):
+        if outcome == "conflict":
+            conflict = FieldError(
+                field="event_id",
+                message=(
+                    f"'{event.event_id}' was already recorded for another event (other student, lecture, "
+                    "type, progress, time or request id); an event id names one event: send a new id"
+                ),
+            )
+            results[i] = EventResult(index=i, event_id=event.event_id, status="rejected", errors=[conflict])
+        else:
+            results[i] = EventResult(index=i, event_id=event.event_id, status=outcome)
     items = [r for r in results if r is not None]
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     for r in items:

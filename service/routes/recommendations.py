@@ -33,7 +33,7 @@ from models.ranking import REASON_TEXT, Ranked, RankingModel
 from service.answer_cache import Answer
 from service.auth import ApiClient
 from service.deps import API_KEY_SCHEME, AppState, check_region, client_of, require_model
-from service.errors import InvalidFieldError
+from service.errors import InvalidFieldError, StoreUnavailableError
 from service.schemas import ID_PATTERN, ErrorOut, RecommendationsOut
 
 logger = logging.getLogger("learnrec.service.recommendations")
@@ -121,7 +121,13 @@ def _query(request: Request) -> tuple[str, int, str | None]:
             "description": "A query parameter is missing or invalid (`detail` names it).",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
         },
-        503: {"model": ErrorOut, "description": "No model version is loaded yet."},
+        503: {
+            "model": ErrorOut,
+            "description": (
+                "No model version is loaded yet; or, for a key scoped to regions, Redis is unavailable "
+                "and the student's region cannot be checked (keys for all regions get a `degraded` answer)."
+            ),
+        },
     },
     # the key and the query are read in the body (`client_of`, `_query`), not by FastAPI's dependency
     # and parameter machinery: see the module docstring
@@ -130,7 +136,8 @@ def _query(request: Request) -> tuple[str, int, str | None]:
 async def get_recommendations(request: Request) -> Response:
     """Ranked lectures for a student, with a reason each; never a lecture already taken, unlicensed or
     unsuited to the grade. Students the model never saw get profile-based or popular lectures
-    (`fallback`); when Redis is down the answer comes from in-process popularity lists (`degraded`).
+    (`fallback`); when Redis is down the answer comes from in-process popularity lists (`degraded`),
+    but a key scoped to regions gets 503 for a student whose region the service cannot check.
     A student in an A/B experiment gets the model of their (sticky) variant; `experiment` and `variant`
     say which, null when none (the champion answered). Every answer is logged as an exposure."""
     state: AppState = request.app.state.learnrec
@@ -180,6 +187,13 @@ def _answer(
     model, fell_back = _variant_model(state, champion, assignment, subject)
     record, degraded = state.store.read_student(student_id, model.model_name, model.version)
     profile = record.profile if record is not None else None
+    if profile is None and degraded and not client.all_regions:
+        # a scoped key may only learn about its regions' students: without Redis the student's region
+        # is unknown, and even a popularity list would say the student may be one of them
+        raise StoreUnavailableError(
+            "the feature store is unavailable, so this student's region cannot be checked against this "
+            f"key's regions ({', '.join(sorted(client.regions))}); retry later"
+        )
     if profile is not None:
         check_region(client, profile.region, "this student")
         if region is None:

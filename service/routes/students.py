@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path
 
 from features.profile import FEATURE_ATTRIBUTES, LIST_ATTRIBUTES, StudentProfile
-from service.deps import ClientDep, StateDep, check_region
+from service.deps import ClientDep, StateDep, check_known_region, check_region
 from service.schemas import ID_PATTERN, ErrorOut, StudentIn, StudentOut
 
 logger = logging.getLogger("learnrec.service.students")
@@ -24,11 +24,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "The student (or the new region) is outside this key's regions."},
     503: {"model": ErrorOut, "description": "Redis could not be reached; nothing was stored."},
 }
+_PUT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    422: {
+        "description": "A field is invalid, or the region is unknown (`detail` names it).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+    },
+}
 
 
-@router.put("/{student_id}", response_model=StudentOut, responses=_ERRORS)
+@router.put("/{student_id}", response_model=StudentOut, responses=_PUT_ERRORS)
 def put_student(student_id: StudentIdPath, body: StudentIn, state: StateDep, client: ClientDep) -> StudentOut:
     """Register a student or update the profile (grade, region, optional cold-start attributes)."""
+    check_known_region(state, body.region)
     check_region(client, body.region, "the new profile")
     existing = state.store.get_profiles([student_id]).get(student_id)
     if existing is not None:

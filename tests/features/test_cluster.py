@@ -90,8 +90,12 @@ def test_store_reads_writes_and_materialises_on_a_cluster(client: RedisCluster):
     students = [f"학생{i}" for i in range(40)]
     store.put_profiles(StudentProfile(s, "seoul", "h1") for s in students)
     events = _events(400)
-    assert all(store.apply_events(events))  # one Lua call per student, routed to the student's node
-    assert not any(store.apply_events(events[:50]))
+    # one append_once call per 500 events on the stream's node, one Lua call per student on its node
+    assert set(store.apply_events(events)) == {"accepted"}
+    assert set(store.apply_events(events[:50])) == {"duplicate"}
+    marker = keys.stream_marker(keys.EVENTS_STREAM, "e8")
+    assert client.keyslot(marker) == client.keyslot(keys.EVENTS_STREAM) and client.exists(marker) == 1
+    assert client.xlen(keys.EVENTS_STREAM) == 400
     records = store.read_students(students)
     assert all(r.profile is not None and r.history and len(r.recent) <= 5 for r in records)
 

@@ -27,6 +27,14 @@ def test_global_keys_exact_bytes():
     assert keys.model_state_suffix("lightfm", "12") == b":m:lightfm:12"
 
 
+def test_stream_markers_share_the_stream_slot_and_are_no_student_key():
+    marker = keys.stream_marker(keys.EVENTS_STREAM, "e-42")
+    assert marker == b"lr:{lr:stream:events}:id:e-42"
+    assert key_slot(marker) == key_slot(keys.EVENTS_STREAM)  # one script may touch both in a cluster
+    assert key_slot(keys.stream_marker(keys.EVENTS_STREAM, "{x}")) == key_slot(keys.EVENTS_STREAM)
+    assert keys.student_of(marker) is None  # the answer cache is not told about them
+
+
 def test_student_of_inverts_every_student_key():
     for key in (
         keys.profile("s001"),

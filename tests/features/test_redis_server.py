@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from features.errors import FeatureStoreError
 from features.redis_server import (
     MAX_PORT,
     SERVER_FILE,
+    EmbeddedSupervisor,
     connect,
     free_port,
     read_server_file,
@@ -52,6 +54,17 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
+def _start_in_another_process(redis_dir: Path) -> list[str]:
+    """`start_embedded` run by another process (as a CLI command would): its pid, port, started."""
+    code = (
+        "import sys; from pathlib import Path; from features.redis_server import start_embedded; "
+        "s = start_embedded(Path(sys.argv[1])); print(s.pid, s.port, s.started)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(redis_dir)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 def test_start_records_pid_port_url_and_persists(redis_dir: Path):
     server = start_embedded(redis_dir)
     assert server.started
@@ -71,14 +84,7 @@ def test_second_call_and_second_process_reuse_the_running_server(redis_dir: Path
     first = start_embedded(redis_dir)
     again = start_embedded(redis_dir)
     assert again.pid == first.pid and again.port == first.port and not again.started
-    code = (
-        "import sys; from pathlib import Path; from features.redis_server import start_embedded; "
-        "s = start_embedded(Path(sys.argv[1])); print(s.pid, s.port, s.started)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(redis_dir)], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == [str(first.pid), str(first.port), "False"]
+    assert _start_in_another_process(redis_dir) == [str(first.pid), str(first.port), "False"]
 
 
 def test_data_survives_stop_and_start(redis_dir: Path):
@@ -124,7 +130,60 @@ def test_stale_record_of_a_dead_server_is_replaced(redis_dir: Path):
     assert read_server_file(redis_dir) is not None  # the record is still there, stale
     fresh = start_embedded(redis_dir, daemon=False)
     assert fresh.started and fresh.pid != server.pid
+    assert fresh.port == server.port  # back where it was: clients keep their URL
     assert redis.Redis.from_url(fresh.url).ping()
+
+
+def test_a_killed_server_is_restarted_by_its_supervisor_on_the_same_port_with_its_data(redis_dir: Path):
+    """Regression (issue 11, defect 4): after the embedded redis-server was killed nothing restarted it,
+    the next CLI command started another on a new port, and the service stayed degraded."""
+    server = start_embedded(redis_dir, daemon=False)
+    client = redis.Redis.from_url(server.url, socket_timeout=1)
+    client.set("lr:test", "서울런")
+    client.close()
+    supervisor = EmbeddedSupervisor(redis_dir, interval=0.05, daemon=False)
+    assert supervisor.check() is None  # alive: nothing to do
+    supervisor.start()
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while supervisor.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert supervisor.restarts == 1
+        again = running_embedded(redis_dir)
+        assert again is not None and again.pid != server.pid and again.port == server.port
+        client = redis.Redis.from_url(server.url, socket_timeout=1)  # the old URL works
+        assert client.get("lr:test") == "서울런".encode()  # the data came back with it (AOF)
+        client.close()
+        # a CLI command now reuses it: no second server
+        assert start_embedded(redis_dir, daemon=False).pid == again.pid
+    finally:
+        supervisor.close()
+    assert stop_embedded(redis_dir)
+    supervisor.start()  # stopped on purpose: stays stopped
+    try:
+        time.sleep(0.3)
+        assert supervisor.restarts == 1 and running_embedded(redis_dir) is None
+    finally:
+        supervisor.close()
+
+
+def test_no_second_server_beside_a_live_one(redis_dir: Path):
+    """Regression (issue 11, defect 4): a start must never put a second redis-server on the same files,
+    whether the record is lost or the live server does not answer (stopped)."""
+    first = start_embedded(redis_dir, daemon=False)
+    (redis_dir / SERVER_FILE).unlink()  # the record lost: the pid file still names the live server
+    assert _start_in_another_process(redis_dir) == [str(first.pid), str(first.port), "False"]
+    recorded = read_server_file(redis_dir)  # recorded again
+    assert recorded is not None and (recorded.pid, recorded.port) == (first.pid, first.port)
+    os.kill(first.pid, signal.SIGSTOP)  # alive, not answering
+    try:
+        with pytest.raises(FeatureStoreError, match="not starting a second one"):
+            start_embedded(redis_dir, daemon=False, timeout=1)
+        assert EmbeddedSupervisor(redis_dir, daemon=False).check() is None  # alive: left alone
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert running_embedded(redis_dir) == recorded
 
 
 def test_a_configured_port_is_used(redis_dir: Path):

@@ -150,7 +150,7 @@ def test_events_give_the_weights_of_the_training_pipeline_in_any_arrival_order(r
     order = rng.permutation(len(events))  # late and out-of-order arrivals
     store = FeatureStore(redis_client)
     for chunk in np.array_split(order, 7):
-        assert all(store.apply_events([events[i] for i in chunk]))
+        assert set(store.apply_events([events[i] for i in chunk])) == {"accepted"}
     records = store.read_students(sorted(expected))
     for sid, record in zip(sorted(expected), records, strict=True):
         assert record.history.keys() == expected[sid].keys(), sid
@@ -186,17 +186,106 @@ def test_events_are_idempotent_by_event_id_and_streamed_once(redis_client):
         _event(2, "s1", "A", "complete", 1.0, day=1),
         _event(1, "s1", "A", "enrol"),
     ]
-    assert store.apply_events(batch) == [True, True, False]  # a repeat inside one call is a duplicate
-    assert store.apply_events(batch) == [False, False, False]
+    assert store.apply_events(batch) == ["accepted", "accepted", "duplicate"]  # a repeat inside one call
+    assert store.apply_events(batch) == ["duplicate"] * 3
     assert store.read_student("s1").history == {"A": 1.0}
     entries = redis_client.xrange(keys.EVENTS_STREAM)
     assert [e[1][b"event_id"] for e in entries] == [b"e1", b"e2"]
     fields = entries[1][1]
     assert fields[b"type"] == b"complete" and fields[b"request_id"] == b""
     assert fields[b"occurred_at"] == b"2025-03-02T00:00:00.000000+00:00"
-    ttl = redis_client.ttl(keys.event_marker("s1", "e1"))
-    assert 89 * 86400 < ttl <= 90 * 86400
-    assert redis_client.get(keys.event_marker("s1", "e1")) == b"1"  # confirmed: in the stream
+    for marker in (keys.event_marker("s1", "e1"), keys.stream_marker(keys.EVENTS_STREAM, "e1")):
+        assert 6 * 86400 < redis_client.ttl(marker) <= 7 * 86400
+
+
+def test_the_same_event_id_under_another_student_is_a_conflict_not_a_second_event(redis_client):
+    """Regression (issue 11, defect 5): idempotency was per student, so the same event_id under two
+    students was accepted twice. An event id names one event, whoever it is sent for."""
+    store = FeatureStore(redis_client)
+    assert store.apply_events([_event(1, "s1", "A", "enrol")]) == ["accepted"]
+    assert store.apply_events([_event(1, "s2", "A", "enrol")]) == ["conflict"]
+    # the same id with other fields in one call: the first stands, the second is refused
+    assert store.apply_events([_event(2, "s3", "A", "enrol"), _event(2, "s3", "B", "enrol")]) == [
+        "accepted",
+        "conflict",
+    ]
+    assert [e[1][b"student_id"] for e in redis_client.xrange(keys.EVENTS_STREAM)] == [b"s1", b"s3"]
+    assert store.read_student("s2").history == {} and store.read_student("s3").history == {"A": 0.25}
+
+
+def test_concurrent_resends_append_each_event_once(redis_server, redis_client):
+    """Regression (issue 11, defect 2): five concurrent sends of the same 1,000 events accepted 1,000 but
+    appended 5,000 stream entries (the dedup marker and the XADD were separate steps)."""
+    import threading
+
+    events = [_event(i, f"s{i % 97}", f"L{i % 13}", "enrol", day=i / 1000) for i in range(1000)]
+    outcomes: list[list[str]] = []
+    barrier = threading.Barrier(5)
+
+    def send() -> None:
+        client = redis_server.client()
+        barrier.wait()
+        outcomes.append(FeatureStore(client).apply_events(events))
+        client.close()
+
+    threads = [threading.Thread(target=send) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 5
+    per_event = list(zip(*outcomes, strict=True))
+    assert all(sorted(o) == ["accepted"] + ["duplicate"] * 4 for o in per_event)  # one sender wins each
+    ids = [e[1][b"event_id"] for e in redis_client.xrange(keys.EVENTS_STREAM)]
+    assert len(ids) == 1000 and len(set(ids)) == 1000
+    one = FeatureStore(redis_client)
+    assert (
+        one.read_student("s5").recent
+        == tuple(dict.fromkeys(e.lecture_id for e in events if e.student_id == "s5"))[-20:]
+    )
+
+
+def test_a_command_resent_after_a_timeout_stores_and_reports_each_event_once(redis_server, redis_client):
+    """Regression (issue 11, defect 3): with Redis stalling, redis-py resent the timed-out EVALSHA and both
+    copies ran: events were appended twice and first-time events were reported 'duplicate'.
+
+    Redis stalls 100 ms every 150 ms (SIGSTOP, SIGCONT: a command sent during a stall runs when Redis
+    resumes, after its client gave up on it); the store's client times out after 30 ms and resends
+    (redis-py `Retry`). Every event must be reported accepted by the one call that sent it, and be in the
+    stream once.
+    """
+    import threading
+
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    stop = threading.Event()
+
+    def scripts_run() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    client = redis_server.client(
+        socket_timeout=0.03, socket_connect_timeout=0.03, retry=Retry(NoBackoff(), 50)
+    )
+    store = FeatureStore(client)
+    store.apply_events([_event(-1, "warm", "A", "enrol")])  # scripts loaded before the stalls
+    staller = threading.Thread(target=redis_server.stall, args=(stop.is_set,))
+    before, sent, outcomes = scripts_run(), 0, []
+    staller.start()
+    try:
+        for b in range(40):
+            batch = [_event(b * 50 + i, f"s{i % 7}", f"L{i}", "enrol", day=b) for i in range(50)]
+            outcomes += store.apply_events(batch)
+            sent += 1 + 7  # one append_once call, one state script per student
+    finally:
+        stop.set()
+        staller.join()
+    client.close()
+    assert scripts_run() - before > sent  # some commands really ran twice ...
+    assert outcomes == ["accepted"] * 2000  # ... yet each event is reported accepted by its call
+    ids = [e[1][b"event_id"] for e in redis_client.xrange(keys.EVENTS_STREAM)]
+    assert len(ids) == 2001 and len(set(ids)) == 2001  # ... and appended once
+    assert FeatureStore(redis_client).read_student("s3").recent[-1] == "L45"
 
 
 def test_recent_lectures_keep_enrolment_order_without_duplicates_and_are_trimmed(redis_client):
@@ -207,19 +296,28 @@ def test_recent_lectures_keep_enrolment_order_without_duplicates_and_are_trimmed
     assert store.read_student("s1").recent == ("L2", "L4", "L3")  # a re-enrolment moves to the end
 
 
-def test_a_failure_between_state_and_stream_is_healed_by_the_retry(redis_client):
-    """Regression: an event applied to the state whose XADD failed must reach the stream on retry."""
+def test_a_failure_between_stream_and_state_is_healed_by_the_retry(redis_client):
+    """An event appended to the stream whose state update failed reaches the state on retry, once."""
     store = FeatureStore(redis_client)
-    redis_client.set(keys.EVENTS_STREAM, b"not a stream")  # XADD now fails with WRONGTYPE
+    redis_client.set(keys.history("s1"), b"not a hash")  # the state script now fails with WRONGTYPE
     event = _event(1, "s1", "A", "enrol")
     with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
         store.apply_events([event])
-    assert redis_client.get(keys.event_marker("s1", "e1")) == b"0"  # applied, not yet streamed
+    assert redis_client.xlen(keys.EVENTS_STREAM) == 1  # in the stream, not yet in the state
+    redis_client.delete(keys.history("s1"))
+    assert store.apply_events([event]) == ["duplicate"]  # not appended twice ...
+    assert store.read_student("s1").recent == ("A",)  # ... but applied now
+    assert store.apply_events([event, _event(2, "s1", "B", "enrol")]) == ["duplicate", "accepted"]
+    assert store.read_student("s1").recent == ("A", "B") and redis_client.xlen(keys.EVENTS_STREAM) == 2
+
+
+def test_a_failed_append_leaves_no_marker(redis_client):
+    store = FeatureStore(redis_client)
+    redis_client.set(keys.EVENTS_STREAM, b"not a stream")  # XADD now fails with WRONGTYPE
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        store.apply_events([_event(1, "s1", "A", "enrol")])
     redis_client.delete(keys.EVENTS_STREAM)
-    assert store.apply_events([event]) == [False]  # not applied twice ...
-    assert store.read_student("s1").recent == ("A",)
-    assert redis_client.xlen(keys.EVENTS_STREAM) == 1  # ... but streamed now
-    assert store.apply_events([event]) == [False]
+    assert store.apply_events([_event(1, "s1", "A", "enrol")]) == ["accepted"]
     assert redis_client.xlen(keys.EVENTS_STREAM) == 1
 
 
@@ -227,7 +325,7 @@ def test_script_cache_flush_is_survived(redis_client):
     store = FeatureStore(redis_client)
     store.apply_events([_event(1, "s1", "A", "enrol")])
     redis_client.script_flush()
-    assert store.apply_events([_event(2, "s1", "B", "enrol")]) == [True]
+    assert store.apply_events([_event(2, "s1", "B", "enrol")]) == ["accepted"]
     assert store.read_student("s1").recent == ("A", "B")
 
 
@@ -253,7 +351,7 @@ def test_redis_down_raises_and_the_retry_after_restart_applies(redis_client, red
             store.apply_events([event])
         with pytest.raises(redis.exceptions.ConnectionError):
             store.read_student("s1")
-    assert store.apply_events([event]) == [True]
+    assert store.apply_events([event]) == ["accepted"]
     assert store.read_student("s1").history == {"A": 1.0}
 
 
@@ -265,7 +363,7 @@ def test_state_survives_a_redis_restart(redis_client, redis_server):
     again = FeatureStore(redis_server.client())
     record = again.read_student("s1")
     assert record.profile == StudentProfile("s1", "seoul", "h1") and record.history == {"A": 0.25}
-    assert again.apply_events([_event(1, "s1", "A", "enrol")]) == [False]  # markers persisted too
+    assert again.apply_events([_event(1, "s1", "A", "enrol")]) == ["duplicate"]  # markers persisted too
 
 
 # -- bulk --------------------------------------------------------------------------------------------------

@@ -191,11 +191,6 @@ def test_register_student_then_cold_start(client: httpx.Client) -> None:
     assert body["fallback"] and not body["degraded"]
     assert body["source"] in {"profile", "popular_region_grade", "popular_region"}
     assert len(body["items"]) == 5 and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in body["items"]]
-    # a new partner region the model never saw: no 500, only lectures licensed everywhere
-    r = client.put("/students/gg-1", json={"region": "gangneung", "grade": "oos"}, headers=PORTAL)
-    assert r.status_code == 200
-    body = _recommend(client, "gg-1", k=5)
-    assert body["fallback"] and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in body["items"]]
 
 
 def test_unknown_unregistered_student_gets_global_popular(client: httpx.Client) -> None:
@@ -334,3 +329,131 @@ def test_one_redis_round_trip_per_recommendation(
     assert middle - before == 4
     assert after == middle
     assert again["items"] == first["items"] and again["request_id"] != first["request_id"]
+
+
+# -- issue 11: bad input found by an outside tester ---------------------------------------------------------
+
+
+def _stream_ids(redis_server: RedisServerControl) -> list[bytes]:
+    from features import keys
+
+    probe = redis_server.client()
+    try:
+        return [fields[b"event_id"] for _, fields in probe.xrange(keys.EVENTS_STREAM)]
+    finally:
+        probe.close()
+
+
+def test_a_time_with_no_utc_equivalent_is_rejected_and_the_rest_of_the_batch_stored(
+    client: httpx.Client, redis_server: RedisServerControl
+) -> None:
+    """Regression (issue 11, defect 1): `"occurred_at": "0001-01-01T00:00:00+14:00"` overflowed on the
+    conversion to UTC: a 500, and the good items of the same batch were not stored."""
+    batch = [
+        _event("utc-1", "s011", "KOR-D-1", "enrol"),
+        _event("utc-2", "s011", "KOR-D-2", "enrol", occurred_at="0001-01-01T00:00:00+14:00"),
+        _event("utc-3", "s011", "KOR-D-3", "enrol", occurred_at="9999-12-31T23:30:00-14:00"),
+        _event("utc-4", "s011", "KOR-D-2", "enrol", occurred_at="0001-01-01T00:00:00-01:00"),  # year 1 UTC
+    ]
+    r = client.post("/events", json={"events": batch}, headers=PORTAL)
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert [i["status"] for i in items] == ["accepted", "rejected", "rejected", "accepted"]
+    assert items[1]["errors"][0]["field"] == "occurred_at"
+    assert "no UTC equivalent" in items[1]["errors"][0]["message"]
+    assert {b"utc-1", b"utc-4"} <= set(_stream_ids(redis_server))
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"occurred_at": 0}, "occurred_at"),  # was stored as 1970-01-01
+        ({"occurred_at": 1756700000.5}, "occurred_at"),
+        ({"progress": False}, "progress"),
+        ({"progress": "0.5"}, "progress"),
+    ],
+)
+def test_loosely_typed_values_are_rejected_not_coerced(
+    client: httpx.Client, extra: dict[str, Any], field: str
+) -> None:
+    """Regression (issue 11, defect 7): `"occurred_at": 0` was stored as 1970-01-01, and `"progress":
+    false` and `"0.5"` were accepted: a number is a number and a time is ISO 8601 text."""
+    event = _event(f"loose-{field}-{extra[field]!s}", "s012", "KOR-D-1", "progress", progress=0.5)
+    r = client.post("/events", json={"events": [{**event, **extra}]}, headers=PORTAL)
+    assert r.status_code == 200, r.text
+    item = r.json()["items"][0]
+    assert item["status"] == "rejected" and [e["field"] for e in item["errors"]] == [field]
+    # a whole number is still a number
+    r = client.post(
+        "/events", json={"events": [_event("loose-int", "s012", "KOR-D-1", "progress", progress=1)]},
+        headers=PORTAL,
+    )  # fmt: skip
+    assert r.json()["items"][0]["status"] in {"accepted", "duplicate"}
+
+
+def test_unknown_region_is_refused_and_a_configured_one_accepted(
+    registry: Registry, redis_server: RedisServerControl
+) -> None:
+    """Regression (issue 11, defect 8): `PUT /students/{id}` accepted an unknown region (`"mars"`). A
+    region is known when it is configured (LEARNREC_SERVICE__REGIONS), a key is scoped to it, or a
+    serving model's catalogue has it; a new partner the model never saw is added by configuration."""
+    from features.schemas import SEOUL_LEARN_REGIONS
+    from features.settings import DEFAULT_REGIONS
+
+    assert DEFAULT_REGIONS == SEOUL_LEARN_REGIONS
+    settings = service_settings(registry, redis_server.url, regions=(*DEFAULT_REGIONS, "gangneung"))
+    with running(settings) as (_, client, _logs):
+        r = client.put("/students/mars-1", json={"region": "mars", "grade": "h1"}, headers=PORTAL)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "region"] and "unknown region 'mars'" in detail["msg"]
+        assert client.get("/students/mars-1", headers=PORTAL).status_code == 404  # nothing stored
+        spec = client.get("/openapi.json").json()
+        enum = spec["components"]["schemas"]["StudentIn"]["properties"]["region"]["enum"]
+        assert {"seoul", "taebaek", "gangneung"} <= set(enum) and "mars" not in enum
+        # a new partner region the model never saw: no 500, only lectures licensed everywhere
+        r = client.put("/students/gg-1", json={"region": "gangneung", "grade": "oos"}, headers=PORTAL)
+        assert r.status_code == 200
+        body = answer(client.get("/recommendations", params={"student_id": "gg-1", "k": 5}, headers=PORTAL))
+        assert body["fallback"] and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in body["items"]]
+
+
+def test_the_openapi_document_says_what_the_server_enforces(client: httpx.Client) -> None:
+    """Regression (issue 11, defect 9): `subject` had no enum but unknown subjects got 422; extra
+    top-level keys of `POST /events` got 422 though the schema allowed them; OPTIONS on
+    `/students/{id}` listed only PUT."""
+    spec = client.get("/openapi.json").json()
+    params = spec["paths"]["/recommendations"]["get"]["parameters"]
+    subjects = next(p for p in params if p["name"] == "subject")["schema"]["enum"]
+    assert set(subjects) == {"수학", "영어", "과학", "국어", "사회", "한국사"}
+    assert _recommend(client, "s002", subject=subjects[0])["items"] is not None
+    r = client.get("/recommendations", params={"student_id": "s002", "subject": "연금술"}, headers=PORTAL)
+    assert r.status_code == 422 and "연금술" in r.json()["detail"][0]["msg"]
+
+    assert spec["components"]["schemas"]["EventsIn"]["additionalProperties"] is False
+    r = client.post(
+        "/events", json={"events": [_event("x9", "s001", "KOR-D-1", "enrol")], "x": 1}, headers=PORTAL
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "x"]
+
+    r = client.options("/students/s001", headers=PORTAL)
+    assert r.status_code == 204 and r.headers["allow"] == "GET, PUT, OPTIONS"
+    r = client.delete("/students/s001", headers=PORTAL)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, PUT"
+    assert "GET, PUT" in r.json()["detail"]
+    r = client.options("/events", headers=PORTAL)
+    assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
+
+
+def test_a_deeply_nested_body_is_named_as_such(client: httpx.Client) -> None:
+    """Regression (issue 11, defect 10): a 10,000-deep JSON body got "the body is not UTF-8 encoded
+    JSON"; the message now says what is wrong."""
+    deep = b"[" * 10_000 + b"]" * 10_000
+    for path, method in (("/events", "POST"), ("/students/s001", "PUT")):
+        r = client.request(method, path, content=deep, headers={**PORTAL, "content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert "nests JSON too deeply" in r.json()["detail"][0]["msg"]
+    r = client.post(
+        "/events", content=b'{"events": "\xff"}', headers={**PORTAL, "content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "not UTF-8" in r.json()["detail"][0]["msg"]

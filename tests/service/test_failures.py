@@ -49,10 +49,9 @@ def test_redis_down_degrades_then_recovers(registry: Registry, redis_server: Red
             assert body["items"] and not {"ENG-B-1", "ENG-B-2", "RETIRED-1", "M3-ONLY-1"} & set(ids)
             cold = _get(client, "nobody-at-all")
             assert cold["degraded"] and cold["source"] == "popular_global" and cold["fallback"]
-            # a taebaek key's unknown student: taebaek popularity, never a seoul-only lecture
-            tb = _get(client, "tb-unknown", TAEBAEK)
-            assert tb["degraded"] and tb["source"] == "popular_region"
-            assert "SEOUL-ONLY-1" not in [i["lecture_id"] for i in tb["items"]]
+            # a taebaek key's student whose region the service cannot check now: 503 (issue 11)
+            r = client.get("/recommendations", params={"student_id": "tb-unknown"}, headers=TAEBAEK)
+            assert r.status_code == 503 and "region cannot be checked" in r.json()["detail"]
             assert all(_get(client, f"s{i:03d}")["degraded"] for i in range(10, 30))
             event = {
                 "event_id": "down-1", "student_id": "s001", "lecture_id": "ENG-B-3", "type": "enrol",
@@ -76,6 +75,37 @@ def test_redis_down_degrades_then_recovers(registry: Registry, redis_server: Red
         ]
         assert float(degraded[0].split()[1]) >= 23
         assert "feature store unavailable; answering degraded" in logs.text()
+
+
+def test_a_region_scoped_key_learns_nothing_outside_its_regions_while_redis_is_down(
+    registry: Registry, redis_server: RedisServerControl
+) -> None:
+    """Regression (issue 11, defect 6): region scoping failed open while Redis was unavailable: a
+    taebaek-only key got degraded 200 answers for every seoul student (403 with Redis up). A student
+    whose region the service cannot check is refused (503); one it knows from the last read is checked
+    as usual; keys for all regions still get degraded answers."""
+    seed(redis_server)
+    seoul = [f"s{i:03d}" for i in range(40)]  # tests.service.data: s000-s039 seoul, s040-s059 taebaek
+    with running(service_settings(registry, redis_server.url)) as (_, client, _logs):
+        for sid in seoul[:20]:  # read once while Redis is up: their records are kept in process
+            assert not _get(client, sid)["degraded"]
+        assert not _get(client, "s045", TAEBAEK)["degraded"]
+        with redis_server.down():
+            assert wait_for(lambda: _get(client, "s001")["degraded"], timeout=5)
+            statuses = {}
+            for sid in seoul:
+                r = client.get("/recommendations", params={"student_id": sid}, headers=TAEBAEK)
+                statuses[sid] = r.status_code
+            assert all(statuses[sid] == 403 for sid in seoul[:20]), statuses  # region known: refused
+            assert all(statuses[sid] == 503 for sid in seoul[20:]), statuses  # region unknown: refused
+            r = client.get("/recommendations", params={"student_id": seoul[30]}, headers=TAEBAEK)
+            assert "taebaek" in r.json()["detail"] and "retry later" in r.json()["detail"]
+            tb = _get(client, "s045", TAEBAEK)  # its own student, known from the last read
+            assert tb["degraded"] and "SEOUL-ONLY-1" not in [i["lecture_id"] for i in tb["items"]]
+            assert all(_get(client, sid)["degraded"] for sid in seoul)  # all-region key: degraded 200
+        assert wait_for(lambda: not _get(client, seoul[30])["degraded"], timeout=10)
+        r = client.get("/recommendations", params={"student_id": seoul[30]}, headers=TAEBAEK)
+        assert r.status_code == 403
 
 
 def test_slow_redis_answers_degraded_fast(registry: Registry, redis_server: RedisServerControl) -> None:

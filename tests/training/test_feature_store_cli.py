@@ -138,20 +138,24 @@ def _events(n: int) -> list[EventIn]:
 
 
 def test_events_export_to_the_default_directory(redis_env: Settings, redis_client):
-    FeatureStore(redis_client).apply_events(_events(12))
-    result = runner.invoke(app, ["events", "export", "--batch-size", "5"])
+    """The export trims what it has written (bounded growth, issue 11); `--keep` keeps the entries."""
+    store = FeatureStore(redis_client)
+    store.apply_events(_events(12))
+    result = runner.invoke(app, ["events", "export", "--batch-size", "5", "--keep"])
     assert result.exit_code == 0, result.output
-    assert "exported 12 events to 3 file(s)" in _text(result.output)
+    assert "exported 12 events to 3 file(s)" in _text(result.output) and "trimmed" not in result.output
+    assert redis_client.xlen(keys.EVENTS_STREAM) == 12
     directory = redis_env.data_dir / "exports" / "events"
+    store.apply_events(_events(15))  # three more, twelve resent
+    again = runner.invoke(app, ["events", "export"])
+    assert "exported 3 events" in again.output and "15 entries trimmed" in _text(again.output)
+    assert redis_client.xlen(keys.EVENTS_STREAM) == 0
     ids = [
         i
         for f in sorted(directory.glob("events-*.parquet"))
         for i in pq.read_table(f)["event_id"].to_pylist()
     ]
-    assert sorted(ids) == sorted(f"e{i}" for i in range(12)) and len(ids) == 12
-    again = runner.invoke(app, ["events", "export", "--trim"])
-    assert "exported 0 events" in again.output and "12 entries trimmed" in _text(again.output)
-    assert redis_client.xlen(keys.EVENTS_STREAM) == 0
+    assert sorted(ids) == sorted(f"e{i}" for i in range(15)) and len(ids) == 15
 
 
 def test_exposures_export_uses_the_exposure_schema(redis_env: Settings, redis_client, tmp_path: Path):

@@ -29,10 +29,16 @@ def export(
     group: Annotated[str, typer.Option(help="Consumer group that tracks what was exported.")] = "export",
     batch_size: Annotated[int, typer.Option(min=1, help="Entries per Parquet file.")] = 10_000,
     trim: Annotated[
-        bool, typer.Option("--trim", help="Afterwards remove entries no consumer group still needs.")
-    ] = False,
+        bool,
+        typer.Option(
+            "--trim/--keep",
+            help="Afterwards remove entries every consumer group has acknowledged (default), or keep them.",
+        ),
+    ] = True,
 ) -> None:
-    """Export a Redis stream to Parquet; entries are acknowledged only once their file is on disk."""
+    """Export a Redis stream to Parquet; entries are acknowledged only once their file is on disk, and
+    then removed from the stream unless another consumer group still needs them (the files are the
+    record: run it on a schedule, and the streams stay as long as what arrived since the last run)."""
     from redis.exceptions import RedisError
 
     from features import keys

@@ -82,10 +82,13 @@ class InProcessBackend:
 
     def post_events(self, events: Sequence[EventIn]) -> PostSummary:
         """Apply events to the online state (idempotent by event id)."""
-        applied = self.state.apply(events)
-        self.accepted.extend(e for e, fresh in zip(events, applied, strict=True) if fresh)
-        n = sum(applied)
-        return PostSummary(accepted=n, duplicates=len(events) - n)
+        outcomes = self.state.apply(events)
+        self.accepted.extend(e for e, o in zip(events, outcomes, strict=True) if o == "accepted")
+        return PostSummary(
+            accepted=outcomes.count("accepted"),
+            duplicates=outcomes.count("duplicate"),
+            rejected=outcomes.count("conflict"),
+        )
 
     def exposures_frame(self) -> pd.DataFrame:
         """The exposures logged so far (columns of `training.ab.exposures.EXPOSURES`)."""
