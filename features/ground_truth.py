@@ -43,6 +43,9 @@ Files: ``meta.json`` (model weights, vocabularies, id formats, sizes), ``student
 ``lectures_<trait>.npy`` (one array per field of `StudentTraits` / `LectureTraits`, rows in table
 order), and ``students_activity.npy`` ((n, 3) int32: first active day, end day, series the student would
 start; days from the window start), which the generator saves for analysis.
+
+Size: over 600 lines because one model that the generator, the oracle and the simulator must compute
+identically, with its persistence.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Entries that cannot be decoded (a field missing or malformed) are not dropped: t
 to ``<name>-<first id>-<last id>.rejected.jsonl`` (written before the batch's Parquet file) and are
 acknowledged with it. One exporter per stream and output directory at a time (a file lock enforces it on
 one host).
+
+Size: over 600 lines because appending and exporting share the streams' wire format and the crash-safety
+argument above, which is easier to check with the code that implements it beside it.
 """
 
 from __future__ import annotations

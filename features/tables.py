@@ -13,6 +13,9 @@ dataset stays as it was until the new one is complete. Replacing takes two renam
 `.NAME.old-*`, new in); a crash between them leaves no `NAME` but the complete old copy, which
 `read_dataset` points to. Temporary directories of a crashed writer are left for a person to delete
 (never removed automatically: another writer may own them).
+
+Size: over 600 lines because plain, partitioned and atomic reads and writes of one on-disk format share its
+layout and manifest rules.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ The returned DataFrames have exactly the schema's columns, in order, with these 
 lists `object` holding Python lists of `str`, `level` int8, `series_position` int32, `progress` and
 `duration_min` float32, `active` bool, `occurred_at` `datetime64[us, UTC]` (sub-microsecond digits, if
 any, are truncated to the schema's unit).
+
+Size: over 600 lines because every rule of the three tables lives here, in the order it is checked, so one
+place says what a valid dataset is.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Fitting:
 
 Scoring computes the same features for every lecture and returns the logistic regression's logit.
 Coefficients are saved as JSON, the components in sub-directories (their own formats).
+
+Size: over 600 lines because the hold-outs, the component fits and the weight learning are one fitting
+procedure.
 """
 
 from __future__ import annotations

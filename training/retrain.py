@@ -21,6 +21,8 @@ run again after a failure, it continues after the last finished step with the ar
 5. ``register``: the trained run is registered and the ``challenger`` alias points to it (through
    `training.registry.promote`, so the move is in the alias history). ``champion`` never moves here: that
    stays behind ``learnrec promote`` and its guard.
+
+Size: over 600 lines because the five resumable steps share the state file and its recovery rules.
 """
 
 from __future__ import annotations

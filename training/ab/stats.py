@@ -51,6 +51,9 @@ pooled result is a separate, pre-specified test and is not in the family.
 Sample-ratio mismatch: per region (and overall), a chi-square goodness-of-fit test of the students per
 variant against the configured weights (`scipy.stats.chisquare`); p < 0.001 flags a mismatch, in which case
 the assignment or the logging is broken and the lifts in that region should not be trusted.
+
+Size: over 600 lines because the per-region tests, the pooling and the intervals of one analysis must stay
+consistent with each other.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ catalogue; every student of the full dataset is still seeded and served, and the
 of the full dataset: those the model never saw are answered from their profile (the model's user features)
 or from the popularity lists. The share of answers by source (model / profile / history / popularity) is
 read from the service's ``/metrics`` over the wrk runs.
+
+Size: over 600 lines because one end-to-end scenario run step by step as an operator would run it; splitting
+it would scatter the scenario.
 """
 
 from __future__ import annotations
