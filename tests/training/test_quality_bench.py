@@ -126,6 +126,13 @@ def test_checks_and_table():
     }  # fmt: skip
     c = checks(metrics)
     assert c["lightfm_ok"] is False and c["blend_ok"] is True and c["champion_ok"] is True
+    # with raw rankings the model is checked against the library on those; served beside
+    raw = {**metrics, "models": {**metrics["models"],
+           "lightfm": {**metrics["models"]["lightfm"], "raw_ndcg": 0.19},
+           "lightfm_direct": {**metrics["models"]["lightfm_direct"], "raw_ndcg": 0.18}}}  # fmt: skip
+    c_raw = checks(raw)
+    assert c_raw["lightfm_ok"] is True and c_raw["lightfm_minus_direct"] == pytest.approx(0.01)
+    assert c_raw["lightfm_minus_direct_served"] == pytest.approx(-0.01)
     payload = {
         "items": [{"item": "log", "status": "ok", "reason": "", "metrics": metrics}],
         "summary": {"log": c},
