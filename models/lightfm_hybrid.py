@@ -39,6 +39,21 @@ from models.errors import ModelFormatError, NotFittedError, NumericalError
 from models.serialization import instantiate, read_model, write_model
 
 LOSSES = ("warp", "bpr", "warp-kos")
+#: The parameters that make this model LightFM used directly: `LightFM(loss="warp",
+#: learning_rate=0.05)` with its other defaults (10 components, no regularisation, 10 negatives),
+#: fitted 10 epochs on the binary matrix with identity features only. The floor of model selection:
+#: with these and the same seed the scores are LightFM's own (tests/training/test_quality_bench.py).
+LIBRARY_PARAMS: dict[str, Any] = {
+    "no_components": 10,
+    "loss": "warp",
+    "epochs": 10,
+    "learning_rate": 0.05,
+    "item_alpha": 0.0,
+    "user_alpha": 0.0,
+    "max_sampled": 10,
+    "feature_weight": 0.0,
+    "use_weights": False,
+}
 
 
 def informative_columns(features: sp.csr_matrix) -> npt.NDArray[np.bool_]:
@@ -94,10 +109,26 @@ def _weighted_features(
 
 
 def _with_identity(
-    features: sp.csr_matrix, feature_weight: float, keep: npt.NDArray[np.bool_] | None = None
+    features: sp.csr_matrix, feature_weight: float, keep: npt.NDArray[np.bool_]
 ) -> sp.csr_matrix:
+    """Identity columns, then only the kept feature columns: what LightFM is fitted on.
+
+    A dropped column passed as zeros would still get an embedding and shift LightFM's random
+    initialisation, so with no column kept the model would not be LightFM's identity-only model.
+    """
     f, identity = _weighted_features(features, feature_weight, keep)
-    return sp.csr_matrix(sp.hstack([sp.diags(identity, format="csr"), f], format="csr"), dtype=np.float32)
+    kept = sp.csr_matrix(f[:, np.flatnonzero(keep)], dtype=np.float32)
+    return sp.csr_matrix(sp.hstack([sp.diags(identity, format="csr"), kept], format="csr"), dtype=np.float32)
+
+
+def _feature_state(
+    emb: npt.NDArray[np.float32], bias: npt.NDArray[np.float32], n_identity: int, keep: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """(all feature columns, components + 1): the kept columns' embeddings and biases, zero elsewhere."""
+    out = np.zeros((keep.size, emb.shape[1] + 1), dtype=np.float32)
+    out[keep, :-1] = emb[n_identity:]
+    out[keep, -1] = bias[n_identity:]
+    return out
 
 
 class LightFMRecommender(Recommender):
@@ -198,7 +229,12 @@ class LightFMRecommender(Recommender):
             # smaller learning rate (an enrol-only log weighs 0.25 everywhere)
             scaled = (weights / np.float32(weights.mean())).astype(np.float32)
             sample_weight = sp.coo_matrix((scaled, (rows, cols)), shape=inter.shape)
-        if self.drop_constant_features:
+        if self.feature_weight == 0:
+            # pure collaborative filtering: features weigh nothing, so none is fitted (LightFM's own
+            # identity-only model, the reference learnrec must not fall below)
+            self._student_keep = np.zeros(data.student_features.shape[1], dtype=np.bool_)
+            self._item_keep = np.zeros(data.catalogue.features.shape[1], dtype=np.bool_)
+        elif self.drop_constant_features:
             self._student_keep = informative_columns(data.student_features)
             self._item_keep = informative_columns(data.catalogue.features)
         else:
@@ -251,12 +287,8 @@ class LightFMRecommender(Recommender):
         )
         self._item_bias = np.asarray(item_features @ item_bias, dtype=np.float32)
         self._user_state = user_state
-        self._user_feature_state = np.ascontiguousarray(
-            np.hstack([user_emb[n_students:], user_bias[n_students:, None]]), dtype=np.float32
-        )
-        self._item_feature_state = np.ascontiguousarray(
-            np.hstack([item_emb[n_lectures:], item_bias[n_lectures:, None]]), dtype=np.float32
-        )
+        self._user_feature_state = _feature_state(user_emb, user_bias, n_students, self._student_keep)
+        self._item_feature_state = _feature_state(item_emb, item_bias, n_lectures, self._item_keep)
         check_finite(self.name, self._item_matrix, self._item_bias, self._user_state)
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names

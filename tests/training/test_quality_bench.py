@@ -12,7 +12,7 @@ import pytest
 from features.event_files import load_event_files
 from features.matrices import build_training_data
 from features.tables import Dataset
-from models.lightfm_hybrid import LightFMRecommender
+from models.lightfm_hybrid import LIBRARY_PARAMS, LightFMRecommender
 from tests.training import modelling_data
 from training import splits
 from training.benchmarks import report
@@ -97,6 +97,23 @@ def test_lightfm_is_not_below_lightfm_used_directly_on_an_imported_log(tmp_path:
     assert ours > before  # the derived features alone cost quality
 
 
+def test_lightfm_with_library_params_is_lightfm_used_directly(tmp_path: Path):
+    """Issue 12: with feature_weight 0 the zero-valued side-feature columns were still passed to LightFM,
+    took embeddings and shifted its random initialisation, so learnrec's "pure CF" lightfm was not
+    LightFM's own model and selection could not guarantee the reference. With `LIBRARY_PARAMS` and the
+    same seed the scores are LightFM's own, to the bit."""
+    ds = load_event_files(_plain_log(tmp_path / "log.csv"))
+    # side features that do tell students apart: pure CF must leave them out all the same
+    students = ds.students.assign(region=np.where(np.arange(len(ds.students)) % 2, "seoul", "gimpo"))
+    ds = Dataset(students, ds.lectures, ds.events, ds.manifest)
+    data = build_training_data(ds.students, ds.lectures, ds.events)
+    assert (data.interactions.getnnz(axis=0) > 0).all() and (data.interactions.getnnz(axis=1) > 0).all()
+    ours = LightFMRecommender(seed=3, **LIBRARY_PARAMS).fit(data)
+    direct = LightFMDirect(seed=3).fit(data)
+    batch = data.batch(np.arange(len(data.students)))
+    np.testing.assert_array_equal(ours.score(batch), direct.score(batch))
+
+
 def test_checks_and_table():
     metrics = {
         "champion": "ease", "students": 10, "lectures": 5, "test_students": 3, "split": {"horizon_days": 14},
@@ -109,6 +126,13 @@ def test_checks_and_table():
     }  # fmt: skip
     c = checks(metrics)
     assert c["lightfm_ok"] is False and c["blend_ok"] is True and c["champion_ok"] is True
+    # with raw rankings the model is checked against the library on those; served beside
+    raw = {**metrics, "models": {**metrics["models"],
+           "lightfm": {**metrics["models"]["lightfm"], "raw_ndcg": 0.19},
+           "lightfm_direct": {**metrics["models"]["lightfm_direct"], "raw_ndcg": 0.18}}}  # fmt: skip
+    c_raw = checks(raw)
+    assert c_raw["lightfm_ok"] is True and c_raw["lightfm_minus_direct"] == pytest.approx(0.01)
+    assert c_raw["lightfm_minus_direct_served"] == pytest.approx(-0.01)
     payload = {
         "items": [{"item": "log", "status": "ok", "reason": "", "metrics": metrics}],
         "summary": {"log": c},
