@@ -33,6 +33,7 @@ from models.common import (
     contains,
     history_keys,
     next_in_series,
+    normalise_max,
     recent_matrix,
     row_max1,
     series_onehot,
@@ -273,10 +274,14 @@ class SequenceRecommender(Recommender):
         return out
 
     def _score_one(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
-        """The request path (one student): same arithmetic as the batch path, without sparse products."""
+        """The request path (one student): same arithmetic as the batch path, without sparse products
+        (rows of the transition and series matrices summed directly)."""
         transitions = self.transitions
         n = transitions.shape[0]
-        tail = np.asarray(batch.recent[0][-self.recent :], dtype=np.int64)
+        recent = np.asarray(batch.recent[0], dtype=np.int64)
+        tail = recent[-self.recent :]
+        history = batch.history
+        taken_rows = history.indices[history.data != 0]
         scores = np.zeros(n, dtype=np.float32)
         if tail.size:
             steps = np.arange(tail.size - 1, -1, -1)
@@ -287,8 +292,7 @@ class SequenceRecommender(Recommender):
             for r, w in zip(lectures.tolist(), weights, strict=True):
                 lo, hi = indptr[r], indptr[r + 1]
                 scores[indices[lo:hi]] += w * data[lo:hi]
-            history = batch.history
-            taken = set(history.indices[history.data != 0].tolist()) | set(lectures.tolist())
+            taken = set(taken_rows.tolist()) | set(lectures.tolist())
             bonus: dict[int, np.float32] = {}
             for r, w in zip(lectures.tolist(), weights, strict=True):
                 cand = int(self._next[r])
@@ -302,7 +306,28 @@ class SequenceRecommender(Recommender):
             for cand, value in bonus.items():
                 scores[cand] += value
         scores += np.float32(self.popularity_weight) * self._popularity[batch.region[0], batch.grade[0]]
-        return self._with_series_terms(batch, scores[None, :])
+        if self.series_transition_weight == 0 and self.series_similarity_weight == 0:
+            return scores[None, :]
+        series = self.catalogue.series
+        by_series = np.zeros(self._series_transitions.shape[0], dtype=np.float32)
+        if self.series_transition_weight and recent.size:
+            # the series in the order first started, the last `recent` of them, decayed per step back
+            s = series[recent]
+            _, first = np.unique(s, return_index=True)
+            order = s[np.sort(first)][-self.recent :]
+            decay = np.power(np.float32(self.series_decay), np.arange(order.size - 1, -1, -1)).astype(
+                np.float32
+            )
+            by_series += np.float32(self.series_transition_weight) * normalise_max(
+                decay @ self._series_transitions[order]
+            )
+        if self.series_similarity_weight and taken_rows.size:
+            started = np.unique(series[taken_rows])
+            by_series += np.float32(self.series_similarity_weight) * normalise_max(
+                self._series_similarity[started].sum(axis=0, dtype=np.float32)
+            )
+        out: npt.NDArray[np.float32] = normalise_max(scores) + self._reach * by_series[series]
+        return out[None, :]
 
     def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
         transitions = self.transitions
