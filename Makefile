@@ -36,6 +36,8 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 bench: $(STAMP)  ## benchmarks (data generation, training, serving); writes bench/results/
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		echo "make bench: wrk (load generator) missing: sudo apt-get install wrk | brew install wrk"
 	$(BIN)/learnrec bench
 
 serve: $(STAMP)  ## run the API on localhost with the embedded Redis

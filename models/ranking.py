@@ -426,7 +426,7 @@ class RankingModel:
             grade=np.array([plan.grade], dtype=np.int32),
             state=state[None, :] if state is not None else None,
         )
-        scores = np.asarray(self.recommender.score(batch), dtype=np.float32)[0]
+        scores: npt.NDArray[np.float32] = np.asarray(self.recommender.score(batch), dtype=np.float32)[0]
         if not np.isfinite(scores).all():
             raise ModelError(f"version {self.version} returned non-finite scores")
         return scores
