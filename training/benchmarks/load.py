@@ -7,7 +7,8 @@ schedule, not a fixed pause: wrk asks the script's ``delay()`` before every requ
 answers with the time left until the next slot of ``start + n / rate`` (monotonic clock through LuaJIT's
 FFI), so the rate does not sag as the server's latency grows (a fixed pause per connection would give
 ``connections / (pause + latency)``). When every connection is busy at a slot, that request goes out
-late and the achieved rate shows it. Percentiles (p50/p95/p99) come from wrk's own histogram and run from the moment a request is written.
+late and the achieved rate shows it. Percentiles (p50/p95/p99) come from wrk's own histogram and run
+from the moment a request is written.
 """
 
 from __future__ import annotations
