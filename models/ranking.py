@@ -309,9 +309,9 @@ class RankingModel:
     ) -> list[Ranked]:
         """The served list of each student: the one code path of the service, evaluation and simulator.
 
-        The students the model can score are scored in one batch; each list is then built alone
-        (eligibility, series slots, top-k of the scores, else popularity), so a student's list does not
-        depend on who else is in the batch.
+        Each student is planned, scored (the model's one-student path) and listed alone (eligibility,
+        series slots, top-k of the scores, else popularity): the offline evaluation runs exactly the
+        arithmetic of a request, and a student's list never depends on who else is in the call.
 
         Args:
             student_ids: the students.
