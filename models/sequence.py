@@ -284,17 +284,20 @@ class SequenceRecommender(Recommender):
         taken_rows = history.indices[history.data != 0]
         scores = np.zeros(n, dtype=np.float32)
         if tail.size:
-            steps = np.arange(tail.size - 1, -1, -1)
-            lectures, inverse = np.unique(tail, return_inverse=True)
-            weights = np.zeros(lectures.size, dtype=np.float32)
-            np.add.at(weights, inverse, np.power(np.float32(self.decay), steps).astype(np.float32))
+            # at most `recent` lectures: plain Python beats numpy's set routines on a handful of values
+            decay = np.float32(self.decay)
+            by_lecture: dict[int, np.float32] = {}
+            for step, r in enumerate(reversed(tail.tolist())):
+                by_lecture[r] = by_lecture.get(r, np.float32(0)) + decay**step
+            lectures = sorted(by_lecture)
+            weights = [by_lecture[r] for r in lectures]
             indptr, indices, data = transitions.indptr, transitions.indices, transitions.data
-            for r, w in zip(lectures.tolist(), weights, strict=True):
+            for r, w in zip(lectures, weights, strict=True):
                 lo, hi = indptr[r], indptr[r + 1]
                 scores[indices[lo:hi]] += w * data[lo:hi]
-            taken = set(taken_rows.tolist()) | set(lectures.tolist())
+            taken = set(taken_rows.tolist()) | set(lectures)
             bonus: dict[int, np.float32] = {}
-            for r, w in zip(lectures.tolist(), weights, strict=True):
+            for r, w in zip(lectures, weights, strict=True):
                 cand = int(self._next[r])
                 for _ in range(self.series_lookahead):
                     if cand < 0 or cand not in taken:
@@ -312,17 +315,14 @@ class SequenceRecommender(Recommender):
         by_series = np.zeros(self._series_transitions.shape[0], dtype=np.float32)
         if self.series_transition_weight and recent.size:
             # the series in the order first started, the last `recent` of them, decayed per step back
-            s = series[recent]
-            _, first = np.unique(s, return_index=True)
-            order = s[np.sort(first)][-self.recent :]
-            decay = np.power(np.float32(self.series_decay), np.arange(order.size - 1, -1, -1)).astype(
-                np.float32
-            )
+            order = list(dict.fromkeys(series[recent].tolist()))[-self.recent :]
+            steps = np.arange(len(order) - 1, -1, -1)
+            decay_s = np.power(np.float32(self.series_decay), steps).astype(np.float32)
             by_series += np.float32(self.series_transition_weight) * normalise_max(
-                decay @ self._series_transitions[order]
+                decay_s @ self._series_transitions[order]
             )
         if self.series_similarity_weight and taken_rows.size:
-            started = np.unique(series[taken_rows])
+            started = sorted(set(series[taken_rows].tolist()))
             by_series += np.float32(self.series_similarity_weight) * normalise_max(
                 self._series_similarity[started].sum(axis=0, dtype=np.float32)
             )
