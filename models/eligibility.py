@@ -187,6 +187,28 @@ def top_k(
 def top_k_one(
     scores: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], k: int
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-    """`top_k` for a single student: 1-D scores and mask of shape (n,), results of shape (k,)."""
-    rows, best = top_k(scores[None, :], mask[None, :], k)
-    return rows[0], best[0]
+    """`top_k` for a single student: 1-D scores and mask of shape (n,), results of shape (k,).
+
+    The request path: it sorts only the eligible lectures scoring at least the k-th best (every tie
+    at the boundary included), so equal scores are listed by lecture row exactly, whatever the
+    partition picked.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if scores.shape != mask.shape or scores.ndim != 1:
+        raise ValueError(f"scores {scores.shape} and mask {mask.shape} must both be (lectures,)")
+    cand = np.flatnonzero(mask)
+    values = scores[cand].astype(np.float32, copy=False)
+    if cand.size > k:
+        kth = np.partition(values, cand.size - k)[cand.size - k]
+        keep = values >= kth
+        cand, values = cand[keep], values[keep]
+    order = np.lexsort((cand, -values))[:k]
+    picked, best = cand[order], values[order]
+    finite = np.isfinite(best)
+    rows = np.full(k, -1, dtype=np.int32)
+    out = np.full(k, -np.inf, dtype=np.float32)
+    n = int(finite.sum())
+    rows[:n] = picked[finite]
+    out[:n] = best[finite]
+    return rows, out

@@ -139,6 +139,7 @@ class _Plan:
     grade: int
     hist_rows: npt.NDArray[np.int32]
     hist_weights: npt.NDArray[np.float32]
+    recent_rows: npt.NDArray[np.int32]
     mask: npt.NDArray[np.bool_]
     continuation: list[int]
     feature_cols: npt.NDArray[np.int32]
@@ -303,9 +304,9 @@ class RankingModel:
     ) -> list[Ranked]:
         """The served list of each student: the one code path of the service, evaluation and simulator.
 
-        The students the model can score are scored in one batch; each list is then built alone
-        (eligibility, series slots, top-k of the scores, else popularity), so a student's list does not
-        depend on who else is in the batch.
+        Each student is planned, scored (the model's one-student path) and listed alone (eligibility,
+        series slots, top-k of the scores, else popularity): the offline evaluation runs exactly the
+        arithmetic of a request, and a student's list never depends on who else is in the call.
 
         Args:
             student_ids: the students.
@@ -319,16 +320,12 @@ class RankingModel:
             One `Ranked` per student, in order.
         """
         hints = region_hints if region_hints is not None else [None] * len(student_ids)
-        plans = [
-            self._plan(sid, record, k, subject, hint, degraded)
-            for sid, record, hint in zip(student_ids, records, hints, strict=True)
-        ]
-        scorable = [i for i, p in enumerate(plans) if p.scorable]
-        scores = self._score_plans([plans[i] for i in scorable]) if scorable else []
         out: list[Ranked] = []
-        by_plan = dict(zip(scorable, scores, strict=True))
-        for i, plan in enumerate(plans):
-            out.append(self._finish(plan, by_plan.get(i), k))
+        # one student at a time, served or evaluated alike: a list never depends on the batch it is in,
+        # and the evaluation runs the very arithmetic of a request (`_score_one`, `top_k_one`)
+        for sid, record, hint in zip(student_ids, records, hints, strict=True):
+            plan = self._plan(sid, record, k, subject, hint, degraded)
+            out.append(self._finish(plan, self._score_plan(plan) if plan.scorable else None, k))
         return out
 
     def _plan(
@@ -348,10 +345,11 @@ class RankingModel:
         grade = cat.grades.get(profile.grade) if profile is not None else -1
 
         hist_rows, hist_weights = self._history(record)
+        recent_rows = self._recent_rows(record)
         mask = self.eligibility.mask_one(region, grade, hist_rows)
         if subject is not None:
             mask &= self.subject_masks[self.subject_index[subject]]
-        continuation = self._continuations(record, hist_rows, hist_weights, mask, min(SERIES_SLOTS, k))
+        continuation = self._continuations(recent_rows, hist_rows, hist_weights, mask, min(SERIES_SLOTS, k))
         if continuation:
             mask[continuation] = False
         cols = self.encoder.columns(profile.feature_values()) if profile is not None else _NO_ROWS
@@ -359,19 +357,16 @@ class RankingModel:
         source = "model" if index >= 0 else ("profile" if cols.size else "history")
         return _Plan(
             student_id, record, index, profile, region_name, region, grade, hist_rows, hist_weights,
-            mask, continuation, cols, scorable, source,
+            recent_rows, mask, continuation, cols, scorable, source,
         )  # fmt: skip
 
-    def _score_plans(self, plans: Sequence[_Plan]) -> list[npt.NDArray[np.float32] | str]:
-        """Scores per plan (a row of the batch), or the repr of the error that kept one from scoring."""
+    def _score_plan(self, plan: _Plan) -> npt.NDArray[np.float32] | str:
+        """The plan's scores, or the repr of the error that kept the model from scoring the student (a
+        model that cannot score one student must not fail the request)."""
         try:
-            return list(self._score(plans))
+            return self._score_one(plan)
         except (ModelError, ValueError, IndexError) as exc:
-            if len(plans) == 1:
-                # a model that cannot score this student must not fail the request
-                return [repr(exc)]
-        # one student's failure must not fail the others: score them one by one
-        return [self._score_plans([p])[0] for p in plans]
+            return repr(exc)
 
     def _finish(self, plan: _Plan, scored: npt.NDArray[np.float32] | str | None, k: int) -> Ranked:
         continuation = plan.continuation
@@ -383,9 +378,9 @@ class RankingModel:
             chosen = [int(r) for r in rows if r >= 0]
             out_rows = continuation + chosen
             out_scores = [float(scores[r]) for r in continuation] + [float(s) for s in best[: len(chosen)]]
-            taken_series = self._series_max_position(plan.hist_rows)
+            continues = self._continues(rows[: len(chosen)], plan.hist_rows)
             reasons = ["next_in_series"] * len(continuation) + [
-                "next_in_series" if self._continues(r, taken_series) else "similar_students" for r in chosen
+                "next_in_series" if c else "similar_students" for c in continues.tolist()
             ]
             return Ranked(out_rows, out_scores, reasons, plan.source, fallback=fallback)
 
@@ -414,34 +409,22 @@ class RankingModel:
         rows = np.fromiter((get(lid) for lid in record.recent), dtype=np.int32, count=len(record.recent))
         return rows[rows >= 0]
 
-    def _score(self, plans: Sequence[_Plan]) -> list[npt.NDArray[np.float32]]:
-        """Scores of the plans' students, one batch per kind of state (exported by the store or not)."""
-        states = [self._state(p.record) for p in plans]
-        with_state = [i for i, st in enumerate(states) if st is not None]
-        if with_state and len(with_state) < len(plans):
-            without = [i for i, st in enumerate(states) if st is None]
-            out: list[npt.NDArray[np.float32]] = [_NO_SCORES] * len(plans)
-            for group in (with_state, without):
-                for i, row in zip(group, self._score([plans[i] for i in group]), strict=True):
-                    out[i] = row
-            return out
-        b, n = len(plans), self.n_lectures
-        history = _csr([p.hist_rows for p in plans], [p.hist_weights for p in plans], n, sort=True)
-        features = _csr([p.feature_cols for p in plans], None, len(self.encoder.names), sort=False)
+    def _score_one(self, plan: _Plan) -> npt.NDArray[np.float32]:
+        """Scores of one student over the catalogue (the model's own single-student path)."""
+        state = self._state(plan.record)
         batch = StudentBatch(
-            index=np.fromiter((p.index for p in plans), dtype=np.int32, count=b),
-            history=history,
-            recent=tuple(self._recent_rows(p.record) for p in plans),
-            features=features,
-            region=np.fromiter((p.region for p in plans), dtype=np.int32, count=b),
-            grade=np.fromiter((p.grade for p in plans), dtype=np.int32, count=b),
-            state=np.stack([st for st in states if st is not None]) if with_state else None,
+            index=np.array([plan.index], dtype=np.int32),
+            history=_one_row(plan.hist_rows, plan.hist_weights, self.n_lectures, sort=True),
+            recent=(plan.recent_rows,),
+            features=_one_row(plan.feature_cols, None, len(self.encoder.names), sort=False),
+            region=np.array([plan.region], dtype=np.int32),
+            grade=np.array([plan.grade], dtype=np.int32),
+            state=state[None, :] if state is not None else None,
         )
-        scores = np.asarray(self.recommender.score(batch), dtype=np.float32)
-        finite = np.isfinite(scores).all(axis=1)
-        if not finite.all():
+        scores: npt.NDArray[np.float32] = np.asarray(self.recommender.score(batch), dtype=np.float32)[0]
+        if not np.isfinite(scores).all():
             raise ModelError(f"version {self.version} returned non-finite scores")
-        return list(scores)
+        return scores
 
     def _state(self, record: StudentState | None) -> npt.NDArray[np.float32] | None:
         raw = record.state if record is not None else None
@@ -451,16 +434,16 @@ class RankingModel:
 
     def _continuations(
         self,
-        record: StudentState | None,
+        recent_rows: npt.NDArray[np.int32],
         hist_rows: npt.NDArray[np.int32],
         hist_weights: npt.NDArray[np.float32],
         mask: npt.NDArray[np.bool_],
         limit: int,
     ) -> list[int]:
-        if record is None or not record.recent or limit <= 0:
+        if not recent_rows.size or limit <= 0:
             return []
         weight = dict(zip(hist_rows.tolist(), hist_weights.tolist(), strict=True))
-        recent = self._recent_rows(record)[::-1][:SERIES_LOOKBACK]
+        recent = recent_rows[::-1][:SERIES_LOOKBACK]
         series = self.catalogue.series
         seen_series: set[int] = set()
         out: list[int] = []
@@ -481,18 +464,16 @@ class RankingModel:
                     break
         return out
 
-    def _series_max_position(self, hist_rows: npt.NDArray[np.int32]) -> dict[int, int]:
-        out: dict[int, int] = {}
+    def _continues(
+        self, rows: npt.NDArray[np.int32], hist_rows: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.bool_]:
+        """Per row, whether it lies beyond every episode the student took of its series (one taken)."""
         series, position = self.catalogue.series, self.catalogue.series_position
-        for r in hist_rows.tolist():
-            s, p = int(series[r]), int(position[r])
-            if p > out.get(s, 0):
-                out[s] = p
+        taken_pos = position[hist_rows]
+        same = (series[hist_rows][None, :] == series[rows][:, None]) & (taken_pos[None, :] > 0)
+        best = np.where(same, taken_pos[None, :], 0).max(axis=1, initial=0)
+        out: npt.NDArray[np.bool_] = same.any(axis=1) & (position[rows] > best)
         return out
-
-    def _continues(self, row: int, taken_series: dict[int, int]) -> bool:
-        best = taken_series.get(int(self.catalogue.series[row]))
-        return best is not None and int(self.catalogue.series_position[row]) > best
 
     def _popular(
         self, region: str | None, profile: Profile | None, mask: npt.NDArray[np.bool_], k: int
@@ -566,6 +547,32 @@ def _lecture_text(lectures: Any, cat: Catalogue) -> tuple[tuple[str, ...], tuple
                 titles[r] = str(title) if title is not None else lid
                 providers[r] = str(provider) if provider is not None else ""
     return tuple(titles), tuple(providers)
+
+
+def _one_row(
+    cols: npt.NDArray[np.int32], values: npt.NDArray[np.float32] | None, n_columns: int, *, sort: bool
+) -> sp.csr_matrix:
+    """A (1, n_columns) float32 CSR of one student's columns (values 1 when not given).
+
+    Built without scipy's format check, which costs more than scoring a student: the arrays are valid
+    by construction (int32 columns in range, sorted when `sort`, one row). `tests/models/test_ranking.py`
+    holds the result equal to the checked constructor's.
+    """
+    if sort and cols.size > 1:
+        order = np.argsort(cols, kind="stable")
+        cols = cols[order]
+        values = values[order] if values is not None else None
+    m = _CSR_NEW(sp.csr_matrix)
+    m._shape = (1, n_columns)
+    m.maxprint = _MAXPRINT
+    m.data = values.astype(np.float32, copy=False) if values is not None else np.ones(cols.size, np.float32)
+    m.indices = cols.astype(np.int32, copy=False)
+    m.indptr = np.array([0, cols.size], dtype=np.int32)
+    return m
+
+
+_CSR_NEW = sp.csr_matrix.__new__
+_MAXPRINT = sp.csr_matrix((1, 1), dtype=np.float32).maxprint
 
 
 def _csr(

@@ -33,6 +33,7 @@ from models.common import (
     contains,
     history_keys,
     next_in_series,
+    normalise_max,
     recent_matrix,
     row_max1,
     series_onehot,
@@ -273,24 +274,30 @@ class SequenceRecommender(Recommender):
         return out
 
     def _score_one(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
-        """The request path (one student): same arithmetic as the batch path, without sparse products."""
+        """The request path (one student): same arithmetic as the batch path, without sparse products
+        (rows of the transition and series matrices summed directly)."""
         transitions = self.transitions
         n = transitions.shape[0]
-        tail = np.asarray(batch.recent[0][-self.recent :], dtype=np.int64)
+        recent = np.asarray(batch.recent[0], dtype=np.int64)
+        tail = recent[-self.recent :]
+        history = batch.history
+        taken_rows = history.indices[history.data != 0]
         scores = np.zeros(n, dtype=np.float32)
         if tail.size:
-            steps = np.arange(tail.size - 1, -1, -1)
-            lectures, inverse = np.unique(tail, return_inverse=True)
-            weights = np.zeros(lectures.size, dtype=np.float32)
-            np.add.at(weights, inverse, np.power(np.float32(self.decay), steps).astype(np.float32))
+            # at most `recent` lectures: plain Python beats numpy's set routines on a handful of values
+            decay = np.float32(self.decay)
+            by_lecture: dict[int, np.float32] = {}
+            for step, r in enumerate(reversed(tail.tolist())):
+                by_lecture[r] = by_lecture.get(r, np.float32(0)) + decay**step
+            lectures = sorted(by_lecture)
+            weights = [by_lecture[r] for r in lectures]
             indptr, indices, data = transitions.indptr, transitions.indices, transitions.data
-            for r, w in zip(lectures.tolist(), weights, strict=True):
+            for r, w in zip(lectures, weights, strict=True):
                 lo, hi = indptr[r], indptr[r + 1]
                 scores[indices[lo:hi]] += w * data[lo:hi]
-            history = batch.history
-            taken = set(history.indices[history.data != 0].tolist()) | set(lectures.tolist())
+            taken = set(taken_rows.tolist()) | set(lectures)
             bonus: dict[int, np.float32] = {}
-            for r, w in zip(lectures.tolist(), weights, strict=True):
+            for r, w in zip(lectures, weights, strict=True):
                 cand = int(self._next[r])
                 for _ in range(self.series_lookahead):
                     if cand < 0 or cand not in taken:
@@ -302,7 +309,25 @@ class SequenceRecommender(Recommender):
             for cand, value in bonus.items():
                 scores[cand] += value
         scores += np.float32(self.popularity_weight) * self._popularity[batch.region[0], batch.grade[0]]
-        return self._with_series_terms(batch, scores[None, :])
+        if self.series_transition_weight == 0 and self.series_similarity_weight == 0:
+            return scores[None, :]
+        series = self.catalogue.series
+        by_series = np.zeros(self._series_transitions.shape[0], dtype=np.float32)
+        if self.series_transition_weight and recent.size:
+            # the series in the order first started, the last `recent` of them, decayed per step back
+            order = list(dict.fromkeys(series[recent].tolist()))[-self.recent :]
+            steps = np.arange(len(order) - 1, -1, -1)
+            decay_s = np.power(np.float32(self.series_decay), steps).astype(np.float32)
+            by_series += np.float32(self.series_transition_weight) * normalise_max(
+                decay_s @ self._series_transitions[order]
+            )
+        if self.series_similarity_weight and taken_rows.size:
+            started = sorted(set(series[taken_rows].tolist()))
+            by_series += np.float32(self.series_similarity_weight) * normalise_max(
+                self._series_similarity[started].sum(axis=0, dtype=np.float32)
+            )
+        out: npt.NDArray[np.float32] = normalise_max(scores) + self._reach * by_series[series]
+        return out[None, :]
 
     def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
         transitions = self.transitions

@@ -118,3 +118,19 @@ def test_top_k_longer_than_catalogue():
     assert r1.tolist() == [0] and b1.tolist() == [1.0]
     with pytest.raises(ValueError, match="k must be"):
         top_k(np.zeros((1, 2), np.float32), np.ones((1, 2), bool), 0)
+
+
+def test_top_k_one_lists_ties_at_the_boundary_by_row():
+    """The request path's top-k: every lecture tied with the k-th best competes, the lowest rows win."""
+    scores = np.array([0.5, 0.9, 0.5, 0.5, 0.1, 0.5], np.float32)
+    mask = np.array([True, True, False, True, True, True])
+    rows, best = top_k_one(scores, mask, 3)
+    assert rows.tolist() == [1, 0, 3] and best.tolist() == scores[[1, 0, 3]].tolist()
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        s = rng.integers(0, 5, 40).astype(np.float32)
+        m = rng.random(40) > 0.3
+        r, b = top_k_one(s, m, 7)
+        expected = sorted(np.flatnonzero(m).tolist(), key=lambda i: (-s[i], i))[:7]
+        assert r[: len(expected)].tolist() == expected
+        assert (r[len(expected) :] == -1).all() and np.isneginf(b[len(expected) :]).all()

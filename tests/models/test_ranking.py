@@ -137,3 +137,20 @@ def test_wrong_state_width_is_ignored(ranking: RankingModel) -> None:
     rec = StudentRecord(profile=None, history={"KOR-D-1": 1.0}, recent=("KOR-D-1",), state=b"\x00" * 12)
     out = ranking.rank("s003", rec, 3)
     assert out.model_error is None and _ids(ranking, out.rows)[0] == "KOR-D-2"
+
+
+def test_one_row_csr_equals_scipys_checked_constructor() -> None:
+    """The request path builds a student's CSR row without scipy's format check: same matrix."""
+    import scipy.sparse as sp
+
+    from models.ranking import _one_row
+
+    cols = np.array([7, 2, 5], dtype=np.int32)
+    values = np.array([0.5, 1.0, 2.0], dtype=np.float32)
+    fast = _one_row(cols, values, 10, sort=True)
+    checked = sp.csr_matrix((values[[1, 2, 0]], cols[[1, 2, 0]], np.array([0, 3])), shape=(1, 10))
+    assert fast.shape == checked.shape and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast.toarray(), checked.toarray())
+    assert fast.has_sorted_indices and (fast != checked).nnz == 0
+    empty = _one_row(np.zeros(0, np.int32), None, 4, sort=False)
+    assert empty.nnz == 0 and empty.shape == (1, 4) and (empty @ np.ones(4)).tolist() == [0.0]

@@ -314,3 +314,29 @@ def test_bench_says_first_what_it_needs_from_the_system(
     assert first.startswith("learnrec bench needs wrk") and "apt-get install wrk" in first
     assert first.endswith(": missing") and "--suite data" in second
     assert not (tmp_path / "results").exists()  # stopped before any suite ran
+
+
+def test_serve_workloads_split_students_and_replay_sessions(
+    data_result: SuiteResult, tiny_opts: BenchOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setattr(serve_bench, "PATH_STUDENTS", 10)
+    monkeypatch.setattr(serve_bench, "SESSION_STUDENTS", 8)
+    monkeypatch.setattr(serve_bench, "SESSION_ROUND", 3)
+    dataset = data_bench.dataset_dir(tiny_opts)
+    groups = serve_bench.student_groups(dataset, seed=1)
+    assert len(groups["repeats"]) == 10 and len(groups["sessions"]) == 8
+    seen = [s for g in groups.values() for s in g]
+    assert len(seen) == len(set(seen)) == STUDENTS
+    lines = serve_bench.session_requests(dataset, groups["sessions"], seed=1)
+    posts = [line for line in lines if line.startswith("POST\t/events\t")]
+    views = [line for line in lines if line.startswith("/recommendations?student_id=")]
+    assert len(views) == 2 * len(posts) and len(lines) == 3 * len(posts) and posts
+    # a round: the first views, then the events, then the next views of the same students
+    assert lines[:3] == lines[6:9] and all(line.startswith("POST") for line in lines[3:6])
+    for line in posts:
+        events = json.loads(line.split("\t", 2)[2])["events"]
+        assert 1 <= len(events) <= serve_bench.SESSION_EVENTS
+        assert all(e["event_id"].endswith("-s") for e in events)
+        assert len({(e["student_id"], e["lecture_id"]) for e in events}) == 1

@@ -1,12 +1,14 @@
 """HTTP load generation with wrk (Debian's `wrk`): maximum throughput and latency at a fixed rate.
 
 wrk is a real, separate load generator written in C, so the Python service is measured, not the client.
-Paths rotate over a list of student ids. A fixed rate is held by a schedule, not a fixed pause: wrk asks
-the script's ``delay()`` before every request, and the script answers with the time left until the
-next slot of ``start + n / rate`` (monotonic clock through LuaJIT's FFI), so the rate does not sag as the
-server's latency grows (a fixed pause per connection would give ``connections / (pause + latency)``).
-When every connection is busy at a slot, that request goes out late and the achieved rate shows it.
-Percentiles (p50/p95/p99) come from wrk's own histogram and run from the moment a request is written.
+Requests rotate over a list: paths (GET) or whole requests (a method, a path and a JSON body, e.g. the
+``POST /events`` of a replayed session), formatted once when wrk starts. A fixed rate is held by a
+schedule, not a fixed pause: wrk asks the script's ``delay()`` before every request, and the script
+answers with the time left until the next slot of ``start + n / rate`` (monotonic clock through LuaJIT's
+FFI), so the rate does not sag as the server's latency grows (a fixed pause per connection would give
+``connections / (pause + latency)``). When every connection is busy at a slot, that request goes out
+late and the achieved rate shows it. Percentiles (p50/p95/p99) come from wrk's own histogram and run
+from the moment a request is written.
 """
 
 from __future__ import annotations
@@ -19,15 +21,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 _SCRIPT = r"""
-local paths = {}
-for line in io.lines(%(paths)s) do paths[#paths + 1] = line end
 local api_key = %(api_key)s
+local reqs = {}
+-- one request a line: a path (GET), or METHOD <tab> path <tab> JSON body
+for line in io.lines(%(paths)s) do
+  local method, path, body = line:match("^(%%u+)\t([^\t]+)\t(.*)$")
+  if method == nil then
+    reqs[#reqs + 1] = wrk.format("GET", line, {["X-API-Key"] = api_key})
+  else
+    local headers = {["X-API-Key"] = api_key, ["Content-Type"] = "application/json"}
+    reqs[#reqs + 1] = wrk.format(method, path, headers, body)
+  end
+end
 local interval_ms = %(interval_ms)f
 local i = 0
 request = function()
   i = i + 1
-  local p = paths[(i %% #paths) + 1]
-  return wrk.format("GET", p, {["X-API-Key"] = api_key})
+  return reqs[(i %% #reqs) + 1]
 end
 if interval_ms > 0 then
   local ffi = require("ffi")
@@ -121,7 +131,8 @@ def run_wrk(
 
     Args:
         base_url: e.g. http://127.0.0.1:8000
-        paths: request paths with query strings, used round-robin.
+        paths: request paths with query strings (GET), or ``METHOD\tpath\tbody`` lines, used
+            round-robin.
         label: name of this run in the results.
         api_key: sent as X-API-Key.
         seconds: run length.

@@ -262,7 +262,9 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
         lines.append("Headline (same server, same run):")
         lines.append("")
         for key, text in (
-            ("ratio_text", "throughput /recommendations ÷ /healthz"),
+            ("ratio_text", "throughput of computed /recommendations ÷ /healthz"),
+            ("workloads_text", "workloads"),
+            ("workers_text", "workers"),
             ("p99_text", "p99 of /recommendations at half the maximum rate"),
             ("service_rss_text", "service RSS"),
             ("redis_text", "Redis memory"),
@@ -274,7 +276,8 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
                 lines.append(f"- {text}: {s[key]}")
         saturated = [
             i for i in payload["items"]
-            if i["item"] == "max /recommendations" and i["status"] == "ok" and i["metrics"].get("errors")
+            if i["item"].startswith("max /recommendations")
+            and i["status"] == "ok" and i["metrics"].get("errors")
         ]  # fmt: skip
         for i in saturated:
             m = i["metrics"]

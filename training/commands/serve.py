@@ -6,9 +6,21 @@ import json
 import os
 import secrets
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def worker_app() -> FastAPI:
+    """The app of one `learnrec serve --workers N` process (uvicorn imports this factory in each)."""
+    from service.logs import configure_logging
+    from service.main import create_app
+
+    configure_logging(os.environ.get("LEARNREC_LOG_LEVEL", "INFO"), everything=True)
+    return create_app()
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +31,14 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str | None, typer.Option(help="Interface (default: settings.service.host).")] = None,
         port: Annotated[int | None, typer.Option(help="Port (default: settings.service.port).")] = None,
         log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Worker processes on the one port, each with its own answer cache (kept honest by "
+                "Redis's key-change reports) and exposure writer; about one per core.",
+            ),
+        ] = 1,
     ) -> None:
         """Run the recommendation API with uvicorn (embedded Redis unless REDIS_URL is set)."""
         import uvicorn
@@ -37,10 +57,33 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from exc
         bind_host = host or settings.service.host
         bind_port = port or settings.service.port
-        typer.echo(f"learnrec API on http://{bind_host}:{bind_port} (docs: /docs); Ctrl-C stops", err=True)
+        typer.echo(
+            f"learnrec API on http://{bind_host}:{bind_port} (docs: /docs), {workers} worker(s); "
+            "Ctrl-C stops",
+            err=True,
+        )
         # our middleware logs every request as JSON; uvicorn's own access log would repeat it in text
         level = log_level.lower()
-        uvicorn.run(api, host=bind_host, port=bind_port, log_config=None, access_log=False, log_level=level)
+        common: dict[str, Any] = {
+            "host": bind_host,
+            "port": bind_port,
+            "log_config": None,
+            "access_log": False,
+        }
+        if workers == 1:
+            uvicorn.run(api, log_level=level, **common)
+            return
+        # several processes: each imports the app factory itself and gets its own lifespan (Redis pool,
+        # answer cache and its key-change listener, exposure writer, model). They share one Redis: the
+        # embedded server is started here once and its URL handed down, so workers never race to start it.
+        if settings.redis.url is None:
+            from features.redis_server import redis_url
+
+            os.environ["LEARNREC_REDIS__URL"] = redis_url(settings)
+        os.environ["LEARNREC_LOG_LEVEL"] = log_level.upper()
+        uvicorn.run(
+            "training.commands.serve:worker_app", factory=True, workers=workers, log_level=level, **common
+        )
 
     @app.command("mlflow-ui")
     def mlflow_ui(
