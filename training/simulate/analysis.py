@@ -45,13 +45,25 @@ def run_students(
     Returns:
         `training.ab.attribution.STUDENT_COLUMNS` + `training.ab.covariates.COVARIATES`.
     """
-    import pandas as pd
-
     from training.ab.attribution import attribute
-    from training.ab.covariates import PRE_DAYS, add_pre_activity
 
     attribution = attribute(exposures, events, window=window)
-    students = attribution.students[attribution.students["experiment"] == experiment.key]
+    return with_covariates(attribution.students, events, experiment, history, pre_days)
+
+
+def with_covariates(
+    students: pd.DataFrame,
+    events: pd.DataFrame,
+    experiment: ExperimentConfig,
+    history: pd.DataFrame | None = None,
+    pre_days: float | None = None,
+) -> pd.DataFrame:
+    """The experiment's students with `training.ab.covariates.COVARIATES` from the history and the events."""
+    import pandas as pd
+
+    from training.ab.covariates import PRE_DAYS, add_pre_activity
+
+    students = students[students["experiment"] == experiment.key]
     every = events if history is None else pd.concat([history, events[list(history.columns)]])
     return add_pre_activity(students, every, PRE_DAYS if pre_days is None else pre_days)
 
@@ -334,6 +346,9 @@ def repeat_experiment(
         raise ValueError(f"models {list(models)} and shares {list(shares)} must name the same variants")
     started = time.perf_counter()
     start = config.start or default_start(population.last_event, config.days)
+    import pandas as pd
+
+    from training.ab.attribution import as_of, attribute
     from training.ab.covariates import COVARIATES
     from training.ab.stats import METRICS, PRIMARY_METRIC, analyse
 
@@ -353,16 +368,16 @@ def repeat_experiment(
         backend = InProcessBackend(population.state.fork(), models, next(iter(models)), [experiment])
         simulate(cfg, population, backend)
         ex, ev = backend.exposures_frame(), backend.events_frame()
-        students = run_students(ex, ev, experiment, history=population.history)
+        attribution = attribute(ex, ev)
+        students = with_covariates(attribution.students, ev, experiment, population.history)
         for method, covs in (("plain", ()), ("cuped", COVARIATES)):
             analysis = analyse(students, shares, alpha=alpha, metrics=specs, regions=regions, covariates=covs)
             srm = {s.region: s.mismatch for s in analysis.srm}
             rows.extend(_row(rep, cfg.seed, method, c, srm, alpha) for c in analysis.comparisons)
+        pre = students.set_index("student_id")[list(COVARIATES)]
         for day in range(1, config.days + 1) if looks else ():
-            cut = start + day * DAY
-            daily = run_students(
-                ex[ex["shown_at"] < cut], ev[ev["occurred_at"] < cut], experiment, history=population.history
-            )
+            daily = as_of(attribution, pd.Timestamp(start + day * DAY))
+            daily = daily.loc[daily["experiment"] == experiment.key].join(pre, on="student_id")
             for method, covs in (("plain", ()), ("cuped", COVARIATES)):
                 analysis = analyse(
                     daily, shares, alpha=alpha, metrics=primary, regions=regions, covariates=covs
