@@ -432,6 +432,11 @@ def test_http_run_flows_through_the_service_and_its_streams(http_run: HttpRun) -
     assert set(exposures["experiment"]) == {key}
     assert set(events["event_id"].str.split(".").str[1]) == {"httptest"}
     assert events["request_id"].isin(set(exposures["request_id"])).all()
+    # one clock: every exposure at its visit's simulated time, before the events it led to (not wall time)
+    shown = exposures.set_index("request_id")["shown_at"]
+    enrols = events[events["type"] == "enrol"]
+    assert (shown.loc[enrols["request_id"]].to_numpy() <= enrols["occurred_at"].to_numpy()).all()
+    assert shown.max() - shown.min() > pd.Timedelta(days=1)  # 3 simulated days, not seconds of wall time
     assert (events["occurred_at"] < pd.Timestamp(now) - timedelta(days=1)).all()  # simulated time
     assert http_run.report["inputs"]["exposures"] == 3 * 40
     # the in-process fast path is the same service: same seed, same lists, same events

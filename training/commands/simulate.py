@@ -384,7 +384,7 @@ def _http(
         try:
             exported = export_run(
                 client, config.run_name, out_dir, expect_exposures=result.visits - result.failed,
-                progress=_callback(progress, "exporting the streams"),
+                progress=_callback(progress, "exporting the streams"), clock=result.clock,
             )  # fmt: skip
         except (RedisError, FeatureStoreError, OSError) as exc:
             raise SimulationError(
