@@ -132,15 +132,6 @@ def export_run(
             at = sim.get(str(record.get("request_id")))
             return record if at is None else {**record, "shown_at": at}
 
-    decode = from_stream_fields
-    if clock is not None:
-        sim = dict(clock)
-
-        def decode(fields: Mapping[Any, Any]) -> dict[str, object]:
-            record = from_stream_fields(fields)
-            at = sim.get(str(record.get("request_id")))
-            return record if at is None else {**record, "shown_at": at}
-
     group = stream_group(run)
     events_dir, exposures_dir = out_dir / "events", out_dir / "exposures"
     ev = export_stream(client, keys.EVENTS_STREAM, group, events_dir, progress=progress, schema=EVENTS)
