@@ -379,7 +379,8 @@ def _score(
     seed: int,
 ) -> Trial:
     from models import get_model_class
-    from models.ranking import RankingModel, popular_lists
+    from models.popularity import popular_lists
+    from models.ranking import RankingModel
 
     started = time.perf_counter()
     factory: Callable[..., Recommender] = get_model_class(name)

@@ -220,3 +220,34 @@ def test_empty_events_and_missing_columns() -> None:
             pd.DataFrame([X("r1", "s1", ["A"], T0)]),
             pd.DataFrame(columns=["student_id", "lecture_id", "type"]),
         )
+
+
+def test_a_daily_look_equals_attributing_only_what_came_before_it() -> None:
+    """`as_of` (one attribution cut per look) = attributing the exposures and events before the cut."""
+    import numpy as np
+
+    from training.ab.attribution import as_of
+
+    rng = np.random.default_rng(3)
+    day = pd.Timedelta(days=1)
+    exposures, events = [], []
+    for i in range(60):
+        sid = f"s{i}"
+        for v in range(int(rng.integers(1, 4))):
+            at = T0 + float(rng.uniform(0, 6)) * day
+            lectures = [f"l{j}" for j in rng.choice(8, 3, replace=False)]
+            exposures.append(X(f"r{i}.{v}", sid, lectures, at, variant="treatment" if i % 2 else "control"))
+            for lec in lectures[: int(rng.integers(0, 3))]:
+                enrol = at + float(rng.uniform(0, 2)) * day
+                rid = f"r{i}.{v}" if rng.random() < 0.5 else None
+                events.append(E(sid, lec, "enrol", enrol, rid))
+                if rng.random() < 0.5:
+                    events.append(E(sid, lec, "complete", enrol + float(rng.uniform(0, 3)) * day))
+    full = run(exposures, events)
+    for d in (1, 2, 4, 7, 9):
+        cut = T0 + d * day
+        again = run(
+            [x for x in exposures if x["shown_at"] < cut], [e for e in events if e["occurred_at"] < cut]
+        ).students
+        got = as_of(full, cut)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), again.reset_index(drop=True))

@@ -293,12 +293,32 @@ def test_ab_detects_a_planted_difference(population: Population, models: dict[st
     arms = {"control": models["anti"], "treatment": models["oracle"]}
     summary = repeat_experiment(population, arms, {"control": 0.5, "treatment": 0.5}, _config(), 2)
     pooled = [r for r in summary.rows if r["metric"] == "enrolment_rate" and r["region"] == "pooled"]
-    assert len(pooled) == 2
+    assert len(pooled) == 4  # plain and CUPED per repetition
     for row in pooled:
         assert row["significant"] and row["abs_lift"] > 0.1, row
-    rates = {(r["metric"], r["region"]): r for r in summary.rates()}
-    assert rates[("enrolment_rate", "pooled")]["significant_up"] == 1.0
-    assert rates[("enrolment_rate", "gimpo")]["significant_up"] == 1.0  # the larger region on its own
+    rates = {(r["metric"], r["region"], r["method"]): r for r in summary.rates()}
+    for method in ("plain", "cuped"):
+        assert rates[("enrolment_rate", "pooled", method)]["significant_up"] == 1.0
+        assert rates[("enrolment_rate", "gimpo", method)]["significant_up"] == 1.0  # the larger region alone
+    assert rates[("enrolment_rate", "pooled", "plain")]["variance_reduction"] == 0.0
+
+
+def test_daily_looks_read_the_primary_metric_every_simulated_day(
+    population: Population, models: dict[str, Any]
+) -> None:
+    arms = {"control": models["anti"], "treatment": models["oracle"]}
+    config = _config()
+    summary = repeat_experiment(population, arms, {"control": 0.5, "treatment": 0.5}, config, 1, looks=True)
+    days = sorted({r["day"] for r in summary.looks})
+    assert days == list(range(1, config.days + 1))
+    pooled = [r for r in summary.looks if r["region"] == "pooled" and r["method"] == "cuped"]
+    students = [
+        r["control_students"] + r["treatment_students"] for r in sorted(pooled, key=lambda r: r["day"])
+    ]
+    assert students == sorted(students) and students[0] < students[-1]  # the sample grows day by day
+    looks = {(r["method"], r["region"]): r for r in summary.look_rates()}
+    assert looks[("cuped", "pooled")]["sequential_ever"] == 1.0  # a planted difference is found
+    assert looks[("cuped", "pooled")]["fixed_ever"] >= looks[("cuped", "pooled")]["sequential_ever"]
 
 
 def test_backend_refuses_unknown_models(population: Population, models: dict[str, Any]) -> None:
@@ -412,6 +432,11 @@ def test_http_run_flows_through_the_service_and_its_streams(http_run: HttpRun) -
     assert set(exposures["experiment"]) == {key}
     assert set(events["event_id"].str.split(".").str[1]) == {"httptest"}
     assert events["request_id"].isin(set(exposures["request_id"])).all()
+    # one clock: every exposure at its visit's simulated time, before the events it led to (not wall time)
+    shown = exposures.set_index("request_id")["shown_at"]
+    enrols = events[events["type"] == "enrol"]
+    assert (shown.loc[enrols["request_id"]].to_numpy() <= enrols["occurred_at"].to_numpy()).all()
+    assert shown.max() - shown.min() > pd.Timedelta(days=1)  # 3 simulated days, not seconds of wall time
     assert (events["occurred_at"] < pd.Timestamp(now) - timedelta(days=1)).all()  # simulated time
     assert http_run.report["inputs"]["exposures"] == 3 * 40
     # the in-process fast path is the same service: same seed, same lists, same events

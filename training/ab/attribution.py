@@ -187,6 +187,27 @@ def attribute(
     return Attribution(ex, _per_student(ex, outcomes), outcomes, notes)
 
 
+def as_of(attribution: Attribution, cut: pd.Timestamp) -> pd.DataFrame:
+    """Per-student outcomes as a report produced at ``cut`` would have them (a daily look).
+
+    The same as attributing only the exposures and events before ``cut``: an enrolment is attributed to
+    an exposure shown before it, so cutting the attributed outcomes at ``cut`` (enrolments before it,
+    completions before it) and the students at their first exposure before it gives the same tables
+    without attributing again.
+
+    Args:
+        attribution: the attribution of the whole period.
+        cut: the moment of the look (UTC).
+
+    Returns:
+        `STUDENT_COLUMNS` rows of the students first exposed before ``cut``.
+    """
+    ex = attribution.exposures.loc[attribution.exposures["shown_at"] < cut]
+    out = attribution.outcomes.loc[attribution.outcomes["enrolled_at"] < cut].copy()
+    out["completed_at"] = out["completed_at"].where(out["completed_at"] < cut)
+    return _per_student(ex, out)
+
+
 def _per_student(ex: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     """One row per (experiment, student): the arm of the first exposure and the student's outcomes."""
     sk = ["experiment", "student_id"]

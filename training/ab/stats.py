@@ -199,6 +199,14 @@ class Comparison:
     estimate: Estimate
     p_adjusted: float = math.nan
     significant: bool = False
+    adjusted: Estimate | None = None  # CUPED (regression-adjusted) estimate, when covariates were given
+    sequential_ci: tuple[float, float] = (math.nan, math.nan)  # always-valid interval of `decision`
+    sequential_p: float = math.nan  # always-valid p-value (regions: Holm-adjusted like p_adjusted)
+
+    @property
+    def decision(self) -> Estimate:
+        """The estimate the decision rests on: the adjusted one when there is one (pre-specified)."""
+        return self.adjusted if self.adjusted is not None else self.estimate
 
 
 @dataclass(frozen=True)
@@ -403,6 +411,76 @@ def compare_ratios(
     return Estimate(r_t - r_c, ci, rel, rel_ci, p, "delta-z")
 
 
+def cuped(
+    y_t: npt.ArrayLike, x_t: npt.ArrayLike, y_c: npt.ArrayLike, x_c: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """CUPED: outcomes adjusted by pre-experiment covariates, ``y - (x - mean(x)) @ theta``.
+
+    ``theta`` is the within-arm least-squares slope of y on x (each arm centred on its own means, then
+    pooled), so the difference of the adjusted means is exactly the treatment coefficient of the OLS
+    regression ``y ~ 1 + treatment + x`` (the regression adjustment of Deng et al. 2013 and Lin 2013
+    with a common slope); the covariates are centred on their mean over both arms, so an adjusted mean
+    stays on the outcome's scale. Covariates fixed before randomisation cannot carry the treatment
+    effect, so the adjustment removes variance without bias. A covariate without variance (a small
+    region where nobody was active before) gets slope 0 (minimum-norm least squares).
+
+    Args:
+        y_t: outcomes of the treatment arm, shape (n_t,).
+        x_t: its covariates, shape (n_t,) or (n_t, p).
+        y_c: outcomes of the control arm.
+        x_c: its covariates.
+
+    Returns:
+        (adjusted treatment outcomes, adjusted control outcomes, theta of shape (p,)).
+    """
+    yt, yc = np.asarray(y_t, dtype=np.float64), np.asarray(y_c, dtype=np.float64)
+    xt = np.asarray(x_t, dtype=np.float64).reshape(len(yt), -1)
+    xc = np.asarray(x_c, dtype=np.float64).reshape(len(yc), -1)
+    if len(yt) == 0 or len(yc) == 0:
+        return yt, yc, np.zeros(xt.shape[1])
+    within_x = np.vstack([xt - xt.mean(axis=0), xc - xc.mean(axis=0)])
+    within_y = np.concatenate([yt - yt.mean(), yc - yc.mean()])
+    theta = np.linalg.lstsq(within_x, within_y, rcond=None)[0]
+    centre = np.vstack([xt, xc]).mean(axis=0)
+    return yt - (xt - centre) @ theta, yc - (xc - centre) @ theta, theta
+
+
+def compare_adjusted(
+    y_t: npt.ArrayLike, x_t: npt.ArrayLike, y_c: npt.ArrayLike, x_c: npt.ArrayLike, alpha: float = 0.05
+) -> Estimate:
+    """Treatment vs control on CUPED-adjusted outcomes: Welch's test and CI on the adjusted values.
+
+    Args:
+        y_t: outcomes, treatment (a count, or 0/1 for a rate: the linear-probability adjustment).
+        x_t: pre-experiment covariates, treatment.
+        y_c: outcomes, control.
+        x_c: covariates, control.
+        alpha: 1 - confidence level.
+
+    Returns:
+        The estimate (``test`` = ``cuped-welch``); ``extra`` carries ``variance_reduction`` (1 - variance
+        of the adjusted difference / variance of the plain one), ``theta_<i>`` and the adjusted means
+        ``treatment_value`` / ``control_value``.
+    """
+    a_t, a_c, theta = cuped(y_t, x_t, y_c, x_c)
+    est = compare_means(a_t, a_c, alpha)
+    if not math.isfinite(est.abs_lift):
+        return est
+    yt, yc = np.asarray(y_t, dtype=np.float64), np.asarray(y_c, dtype=np.float64)
+    raw = float(yt.var(ddof=1)) / len(yt) + float(yc.var(ddof=1)) / len(yc)
+    adj = float(a_t.var(ddof=1)) / len(a_t) + float(a_c.var(ddof=1)) / len(a_c)
+    extra = {
+        "variance_reduction": 1 - adj / raw if raw > 0 else 0.0,
+        "treatment_value": float(a_t.mean()),
+        "control_value": float(a_c.mean()),
+        "se": math.sqrt(adj),
+        "treatment_variance": float(a_t.var(ddof=1)) / len(a_t),
+        "control_variance": float(a_c.var(ddof=1)) / len(a_c),
+        **{f"theta_{i}": float(t) for i, t in enumerate(theta)},
+    }
+    return replace(est, test="cuped-welch", extra=extra)
+
+
 def pooled_difference(pairs: Sequence[tuple[Arm, Arm]], alpha: float = 0.05) -> Estimate:
     """Stratified (Mantel-Haenszel-weighted) difference of (treatment, control) arms across strata.
 
@@ -435,6 +513,80 @@ def pooled_difference(pairs: Sequence[tuple[Arm, Arm]], alpha: float = 0.05) -> 
         "se": math.sqrt(var_t + var_c) if math.isfinite(var_t + var_c) else math.nan,
     }
     return Estimate(big_t - big_c, ci, rel, rel_ci, p, "stratified-z", extra)
+
+
+#: Default tuning of the sequential interval: the total students (both arms) at which it is tightest.
+SEQUENTIAL_TUNING = 1000
+
+
+def sequential_rho(alpha: float, tuning: float = SEQUENTIAL_TUNING) -> float:
+    """Mixing scale of the normal-mixture boundary, chosen so the interval is tightest near ``tuning`` units.
+
+    ``rho = sqrt((-2 ln alpha + ln(-2 ln alpha + 1)) / tuning)`` (Howard et al. 2021, eq. 14; GrowthBook's
+    ``sequential_tuning_parameter``).
+
+    Args:
+        alpha: 1 - confidence level.
+        tuning: total units (students in both arms) where the boundary is optimised.
+
+    Returns:
+        rho.
+    """
+    if not 0 < alpha < 1 or not tuning > 0:
+        raise AnalysisInputError(f"sequential: need 0 < alpha < 1 and tuning > 0, got {alpha}, {tuning}")
+    a = -2 * math.log(alpha)
+    return math.sqrt((a + math.log(a + 1)) / tuning)
+
+
+def sequential_halfwidth_factor(n: float, alpha: float, tuning: float = SEQUENTIAL_TUNING) -> float:
+    """How many standard errors the always-valid interval spans on each side after ``n`` units.
+
+    The normal-mixture confidence sequence (the mixture SPRT, as GrowthBook and Howard et al. 2021 give
+    it): with ``s2 = se^2 n`` the per-unit variance, the half-width is
+    ``sqrt(s2) sqrt(2 (n rho^2 + 1) / (n rho)^2 ln(sqrt(n rho^2 + 1) / alpha))``, i.e. ``se`` times the
+    factor returned. It exceeds the fixed-horizon ``z_{1-alpha/2}`` at every ``n``: the price of a
+    guarantee that holds at every look, however many and whenever the analyst stops.
+
+    Args:
+        n: units analysed so far (students of both arms).
+        alpha: 1 - confidence level.
+        tuning: see `sequential_rho`.
+
+    Returns:
+        The factor (inf when ``n`` <= 0).
+    """
+    if n <= 0:
+        return math.inf
+    r2n = n * sequential_rho(alpha, tuning) ** 2
+    return math.sqrt(2 * (r2n + 1) / r2n * math.log(math.sqrt(r2n + 1) / alpha))
+
+
+def sequential_interval(
+    estimate: float, se: float, n: float, alpha: float = 0.05, tuning: float = SEQUENTIAL_TUNING
+) -> tuple[tuple[float, float], float]:
+    """Always-valid interval and p-value of a difference with standard error ``se`` after ``n`` units.
+
+    Args:
+        estimate: the difference (plain or CUPED-adjusted).
+        se: its standard error.
+        n: students in both arms.
+        alpha: 1 - confidence level; the rho of the mixture is tuned to it.
+        tuning: see `sequential_rho`.
+
+    Returns:
+        ((low, high), p) where ``p = min(1, sqrt(n rho^2 + 1) exp(-z^2 n rho^2 / (2 (n rho^2 + 1))))`` is
+        the inverse of the mixture likelihood ratio: ``p < alpha`` exactly when the interval excludes 0.
+        The probability that a null experiment EVER shows ``p < alpha`` is at most alpha.
+    """
+    if not (math.isfinite(estimate) and math.isfinite(se)) or n <= 0:
+        return _NAN2, math.nan
+    if se == 0:
+        return (estimate, estimate), (1.0 if estimate == 0 else 0.0)
+    width = se * sequential_halfwidth_factor(n, alpha, tuning)
+    r2n = n * sequential_rho(alpha, tuning) ** 2
+    z2 = (estimate / se) ** 2
+    log_p = 0.5 * math.log(r2n + 1) - z2 * r2n / (2 * (r2n + 1))
+    return (estimate - width, estimate + width), min(1.0, math.exp(log_p))
 
 
 def cmh(tables: Sequence[tuple[int, int, int, int]], alpha: float = 0.05) -> dict[str, float]:
@@ -548,6 +700,8 @@ def analyse(
     metrics: Sequence[MetricSpec] = METRICS,
     regions: Sequence[str] | None = None,
     srm_threshold: float = SRM_THRESHOLD,
+    covariates: Sequence[str] = (),
+    sequential_tuning: float = SEQUENTIAL_TUNING,
 ) -> Analysis:
     """Per-region and pooled comparisons of every treatment against the control, plus SRM checks.
 
@@ -558,6 +712,11 @@ def analyse(
         metrics: metrics to compute.
         regions: regions to report (default: the regions present, sorted).
         srm_threshold: SRM p-value threshold.
+        covariates: pre-experiment columns of ``students`` (`training.ab.covariates.COVARIATES`); when
+            given, every mean and rate metric also gets a CUPED estimate (`Comparison.adjusted`) per
+            region and pooled, and the Holm-adjusted p-values and decisions rest on it.
+        sequential_tuning: students (both arms) where the always-valid interval is tightest
+            (`sequential_rho`); every comparison gets ``sequential_ci`` and ``sequential_p``.
 
     Returns:
         The analysis. Students seen in more than one variant, or in a variant not in ``shares``, are
@@ -580,6 +739,10 @@ def analyse(
         "unknown_variant_students": int((unknown & ~mixed).sum()),
     }
     df = students.loc[~mixed & ~unknown]
+    covs = list(covariates)
+    absent = [c for c in covs if c not in df.columns]
+    if absent:
+        raise AnalysisInputError(f"covariate column(s) {absent} missing (see training.ab.covariates)")
     region_list = sorted(df["region"].unique()) if regions is None else list(regions)
     control = variants[0]
     # not dict(groupby): a GroupBy has a `keys` attribute, so dict() would treat it as a mapping
@@ -603,12 +766,21 @@ def analyse(
         for treatment in variants[1:]:
             family: list[Comparison] = []
             pairs: list[tuple[Arm, Arm]] = []
+            adjusted_pairs: list[tuple[Arm, Arm]] = []
+            adjust = bool(covs) and spec.kind != "ratio"  # a ratio of sums has no per-student outcome
             for r in region_list:
                 t, c = groups.get((r, treatment), empty), groups.get((r, control), empty)
                 arm_t, arm_c = _arm(t, spec, treatment), _arm(c, spec, control)
-                family.append(Comparison(spec.name, r, arm_c, arm_t, _compare(spec, t, c, alpha)))
+                comp = Comparison(spec.name, r, arm_c, arm_t, _compare(spec, t, c, alpha))
+                if adjust:
+                    comp.adjusted = compare_adjusted(t[spec.column], t[covs], c[spec.column], c[covs], alpha)
+                    adjusted_pairs.append(_adjusted_arms(comp.adjusted, arm_t, arm_c))
+                family.append(comp)
                 pairs.append((arm_t, arm_c))
             _holm(family, alpha)
+            for comp in family:
+                _sequential(comp, alpha, sequential_tuning)
+            _holm_sequential(family)
             comparisons.extend(family)
             all_t = df.loc[df["region"].isin(region_list) & (df["variant"] == treatment)]
             all_c = df.loc[df["region"].isin(region_list) & (df["variant"] == control)]
@@ -631,18 +803,70 @@ def analyse(
                 arm_c = replace(arm_c, value=pooled.extra["control_value"], variance=math.nan)
                 arm_t = replace(arm_t, value=pooled.extra["treatment_value"], variance=math.nan)
             comp = Comparison(spec.name, POOLED, arm_c, arm_t, pooled, pooled.p_value)
+            if adjust:
+                comp.adjusted = _pooled_adjusted(adjusted_pairs, pooled, alpha)
+                comp.p_adjusted = comp.adjusted.p_value
             comp.significant = bool(comp.p_adjusted < alpha)
+            _sequential(comp, alpha, sequential_tuning)
             comparisons.append(comp)
     return Analysis(variants, control, region_list, alpha, comparisons, srm, excluded)
 
 
+def _adjusted_arms(est: Estimate, arm_t: Arm, arm_c: Arm) -> tuple[Arm, Arm]:
+    """The arms as the CUPED estimate sees them (adjusted means and their variances), for the pooling."""
+    nan = math.nan
+    return (
+        replace(
+            arm_t,
+            value=est.extra.get("treatment_value", nan),
+            variance=est.extra.get("treatment_variance", nan),
+        ),
+        replace(
+            arm_c, value=est.extra.get("control_value", nan), variance=est.extra.get("control_variance", nan)
+        ),
+    )
+
+
+def _pooled_adjusted(pairs: Sequence[tuple[Arm, Arm]], plain: Estimate, alpha: float) -> Estimate:
+    """The stratified (MH-weighted) difference of the regions' CUPED-adjusted arms."""
+    est = pooled_difference(pairs, alpha)
+    se_plain, se = plain.extra.get("se", math.nan), est.extra.get("se", math.nan)
+    reduction = 1 - (se / se_plain) ** 2 if se_plain > 0 and math.isfinite(se) else math.nan
+    return replace(est, test="cuped-stratified-z", extra={**est.extra, "variance_reduction": reduction})
+
+
+def decision_se(comp: Comparison) -> float:
+    """Standard error of the difference the decision rests on (adjusted, pooled or plain)."""
+    est = comp.decision
+    if "se" in est.extra:
+        return float(est.extra["se"])
+    v = comp.control.variance + comp.treatment.variance
+    return math.sqrt(v) if math.isfinite(v) and v >= 0 else math.nan
+
+
+def _sequential(comp: Comparison, alpha: float, tuning: float) -> None:
+    n = comp.control.students + comp.treatment.students
+    comp.sequential_ci, comp.sequential_p = sequential_interval(
+        comp.decision.abs_lift, decision_se(comp), n, alpha, tuning
+    )
+
+
+def _holm_sequential(family: list[Comparison]) -> None:
+    """Holm across regions on the always-valid p-values too (each stays valid at every look)."""
+    idx = [i for i, c in enumerate(family) if math.isfinite(c.sequential_p)]
+    if idx:
+        adjusted = multipletests([family[i].sequential_p for i in idx], method="holm")[1]
+        for i, adj in zip(idx, adjusted, strict=True):
+            family[i].sequential_p = float(adj)
+
+
 def _holm(family: list[Comparison], alpha: float) -> None:
     """Holm-adjust the family's p-values in place (comparisons without a p-value stay NaN)."""
-    idx = [i for i, c in enumerate(family) if math.isfinite(c.estimate.p_value)]
+    idx = [i for i, c in enumerate(family) if math.isfinite(c.decision.p_value)]
     if not idx:
         return
     reject, adjusted, _, _ = multipletests(
-        [family[i].estimate.p_value for i in idx], alpha=alpha, method="holm"
+        [family[i].decision.p_value for i in idx], alpha=alpha, method="holm"
     )
     for i, rej, adj in zip(idx, reject, adjusted, strict=True):
         family[i].p_adjusted = float(adj)

@@ -122,6 +122,12 @@ def simulate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="--repeat: results file (default <data_dir>/reports/...).")
     ] = None,
+    daily_looks: Annotated[
+        bool,
+        typer.Option(
+            help="--repeat: also read the primary metric every simulated day (fixed-horizon vs sequential)."
+        ),
+    ] = False,
 ) -> None:
     """Synthetic students visit, get lists, enrol and complete (hidden truth of a synthetic dataset).
 
@@ -154,7 +160,10 @@ def simulate(
     if repeat is not None:
         if not 0 < share < 1:
             raise typer.BadParameter(f"must be in (0, 1), got {share}", param_hint="--share")
-        _repeat(settings, config, dataset_dir, repeat, control, treatment or control, share, alpha, json_out)
+        _repeat(
+            settings, config, dataset_dir, repeat, control, treatment or control, share, alpha, json_out,
+            daily_looks,
+        )  # fmt: skip
     else:
         assert url is not None
         if not api_key:
@@ -198,6 +207,7 @@ def _repeat(
     share: float,
     alpha: float,
     json_out: Path | None,
+    daily_looks: bool = False,
 ) -> None:
     from training.simulate import load_population, prepare_models, repeat_experiment
 
@@ -216,7 +226,7 @@ def _repeat(
         )
         summary = repeat_experiment(
             population, models, {"control": 1 - share, "treatment": share}, config, repetitions, alpha=alpha,
-            metrics=REPEAT_METRICS, progress=_callback(progress, f"{kind} repetitions"),
+            metrics=REPEAT_METRICS, looks=daily_looks, progress=_callback(progress, f"{kind} repetitions"),
         )  # fmt: skip
     versions = {v: m.version for v, m in models.items()}
     labels = {
@@ -230,22 +240,36 @@ def _repeat(
     )
     for col in ("metric", "region"):  # names may wrap in a narrow terminal; numbers are never cut
         table.add_column(col, justify="left", overflow="fold")
-    for col in ("n c/t", "signif.", "up", "down", "lift", "MDE", "p"):
+    for col in ("method", "n c/t", "signif.", "up", "down", "lift", "MDE", "VR", "p"):
         table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     for r in summary.rates():
         table.add_row(
-            _SHORT.get(r["metric"], r["metric"]), r["region"],
+            _SHORT.get(r["metric"], r["metric"]), r["region"], r["method"],
             f"{r['mean_control_students']:.0f}/{r['mean_treatment_students']:.0f}",
             _pct(r["significant"]), _pct(r["significant_up"]), _pct(r["significant_down"]),
             "-" if not math.isfinite(r["mean_abs_lift"]) else f"{r['mean_abs_lift']:+.3f}",
             "-" if not math.isfinite(r["mde"]) else f"{r['mde']:.3f}",
+            _pct(r["variance_reduction"]),
             "-" if not math.isfinite(r["mean_p"]) else f"{r['mean_p']:.2f}",
         )  # fmt: skip
     _out.print(table)
+    if daily_looks:
+        looks = Table(title=f"daily looks at the primary metric over {config.days} days", **_TABLE)
+        for col in ("method", "region", "fixed, ever", "fixed, last day", "sequential, ever", "first day"):
+            looks.add_column(col, justify="left" if col in ("method", "region") else "right", no_wrap=True)
+        for r in summary.look_rates():
+            looks.add_row(
+                r["method"], r["region"], _pct(r["fixed_ever"]), _pct(r["fixed_last"]),
+                _pct(r["sequential_ever"]),
+                "-" if not math.isfinite(r["first_day"]) else f"{r['first_day']:.1f}",
+            )  # fmt: skip
+        _out.print(looks)
     _out.print(
         "signif. = share of runs with p < alpha (up/down: by the sign of the lift); lift and p are means "
         "over runs (treatment - control); MDE = smallest lift the sample detects with 80% power (regions "
-        "at alpha / regions): the sample allows a region's comparison when |lift| exceeds it",
+        "at alpha / regions): the sample allows a region's comparison when |lift| exceeds it; method cuped = "
+        "adjusted by the students' enrolments and completions in the 28 days before their first exposure, "
+        "VR = variance reduction of the difference",
         highlight=False,
     )
     from training.ab.stats import PRIMARY_METRIC
@@ -256,7 +280,7 @@ def _repeat(
     if kind == "A/A" and len(pooled) >= 5:
         from scipy import stats
 
-        ks = stats.kstest(pooled, "uniform")
+        ks = stats.kstest(summary.p_values(primary, "pooled", "cuped"), "uniform")
         uniform = f"; pooled {primary} p-values vs uniform: KS p = {ks.pvalue:.3f}"
     path = (
         json_out or settings.data_dir / "reports" / f"simulate-{kind.replace('/', '')}-{config.run_name}.json"
@@ -266,7 +290,11 @@ def _repeat(
     document["models"] = labels
     document["dataset"] = str(dataset_dir)
     path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    rate = next(r for r in summary.rates() if r["metric"] == primary and r["region"] == "pooled")
+    rate = next(
+        r
+        for r in summary.rates()
+        if r["metric"] == primary and r["region"] == "pooled" and r["method"] == "cuped"
+    )
     if kind == "A/A":
         what = f"false-positive rate {_pct(rate['significant'])}"
     else:
@@ -276,7 +304,7 @@ def _repeat(
         )
     _out.print(
         f"{kind} {labels['control']} vs {labels['treatment']}: {repetitions} runs in "
-        f"{time.perf_counter() - started:.0f} s; pooled {primary}: {what}{uniform}; "
+        f"{time.perf_counter() - started:.0f} s; pooled {primary} (CUPED): {what}{uniform}; "
         f"results {path}",
         highlight=False,
         soft_wrap=True,
@@ -343,7 +371,7 @@ def _http(
         try:
             exported = export_run(
                 client, config.run_name, out_dir, expect_exposures=result.visits - result.failed,
-                progress=_callback(progress, "exporting the streams"),
+                progress=_callback(progress, "exporting the streams"), clock=result.clock,
             )  # fmt: skip
         except (RedisError, FeatureStoreError, OSError) as exc:
             raise SimulationError(

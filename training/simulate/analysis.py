@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,50 @@ if TYPE_CHECKING:
     from training.ab.stats import Analysis
 
 
+def run_students(
+    exposures: pd.DataFrame,
+    events: pd.DataFrame,
+    experiment: ExperimentConfig,
+    window: timedelta = timedelta(days=7),
+    history: pd.DataFrame | None = None,
+    pre_days: float | None = None,
+) -> pd.DataFrame:
+    """Per-student outcomes of one experiment, with their pre-experiment activity (CUPED covariates).
+
+    Args:
+        exposures: exposures (`training.ab.exposures.EXPOSURES` columns).
+        events: events of the run (`features.schemas.EVENTS` columns).
+        experiment: the experiment.
+        window: attribution window.
+        history: events before the run (the dataset's), counted with ``events`` for the covariates.
+        pre_days: look-back of the covariates (default `training.ab.covariates.PRE_DAYS`).
+
+    Returns:
+        `training.ab.attribution.STUDENT_COLUMNS` + `training.ab.covariates.COVARIATES`.
+    """
+    from training.ab.attribution import attribute
+
+    attribution = attribute(exposures, events, window=window)
+    return with_covariates(attribution.students, events, experiment, history, pre_days)
+
+
+def with_covariates(
+    students: pd.DataFrame,
+    events: pd.DataFrame,
+    experiment: ExperimentConfig,
+    history: pd.DataFrame | None = None,
+    pre_days: float | None = None,
+) -> pd.DataFrame:
+    """The experiment's students with `training.ab.covariates.COVARIATES` from the history and the events."""
+    import pandas as pd
+
+    from training.ab.covariates import PRE_DAYS, add_pre_activity
+
+    students = students[students["experiment"] == experiment.key]
+    every = events if history is None else pd.concat([history, events[list(history.columns)]])
+    return add_pre_activity(students, every, PRE_DAYS if pre_days is None else pre_days)
+
+
 def analyse_run(
     exposures: pd.DataFrame,
     events: pd.DataFrame,
@@ -31,6 +75,8 @@ def analyse_run(
     alpha: float = 0.05,
     metrics: Sequence[str] | None = None,
     window: timedelta = timedelta(days=7),
+    history: pd.DataFrame | None = None,
+    cuped: bool = True,
 ) -> Analysis:
     """Attribute and analyse one experiment, as `learnrec ab report` does.
 
@@ -41,19 +87,21 @@ def analyse_run(
         alpha: significance level.
         metrics: metric names (default all of `training.ab.stats.METRICS`).
         window: attribution window.
+        history: events before the run, for the pre-experiment covariates.
+        cuped: adjust by the pre-experiment covariates (`Comparison.adjusted`).
 
     Returns:
         The analysis.
     """
-    from training.ab.attribution import attribute
+    from training.ab.covariates import COVARIATES
     from training.ab.stats import METRICS, analyse
 
     specs = METRICS if metrics is None else tuple(m for m in METRICS if m.name in set(metrics))
-    attribution = attribute(exposures, events, window=window)
-    students = attribution.students[attribution.students["experiment"] == experiment.key]
+    students = run_students(exposures, events, experiment, window, history)
     return analyse(
-        students, experiment.shares(), alpha=alpha, metrics=specs, regions=list(experiment.regions)
-    )
+        students, experiment.shares(), alpha=alpha, metrics=specs, regions=list(experiment.regions),
+        covariates=COVARIATES if cuped else (),
+    )  # fmt: skip
 
 
 def experiment_for(
@@ -95,6 +143,7 @@ def experiment_for(
 REPEAT_COLUMNS = (
     "rep", "seed", "metric", "region", "control_students", "treatment_students", "control_value",
     "treatment_value", "abs_lift", "p_value", "p_adjusted", "significant", "srm_mismatch", "lift_se",
+    "method", "variance_reduction", "sequential_p", "sequential_significant",
 )  # fmt: skip
 
 
@@ -117,6 +166,7 @@ class RepeatSummary:
     repetitions: int
     config: SimConfig
     seconds: float = 0.0
+    looks: list[dict[str, Any]] = field(default_factory=list)
 
     def rates(self) -> list[dict[str, Any]]:
         """Per (metric, region): share of repetitions significant, significant up / down, mean lift and p.
@@ -132,11 +182,11 @@ class RepeatSummary:
 
         kinds = {"enrolment_rate", "completion_rate"}
         regions = len({r["region"] for r in self.rows} - {"pooled"})
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for row in self.rows:
-            groups.setdefault((row["metric"], row["region"]), []).append(row)
+            groups.setdefault((row["metric"], row["region"], row.get("method", "plain")), []).append(row)
         out: list[dict[str, Any]] = []
-        for (metric, region), rows in groups.items():
+        for (metric, region, method), rows in groups.items():
             tested = [r for r in rows if math.isfinite(r["p_adjusted"])]
             n = len(tested)
             up = sum(1 for r in tested if r["significant"] and r["abs_lift"] > 0)
@@ -146,7 +196,9 @@ class RepeatSummary:
                 {
                     "metric": metric,
                     "region": region,
+                    "method": method,
                     "tested": n,
+                    "variance_reduction": float(np.nanmean([r.get("variance_reduction", 0.0) for r in rows])),
                     "significant": (up + down) / n if n else math.nan,
                     "significant_up": up / n if n else math.nan,
                     "significant_down": down / n if n else math.nan,
@@ -168,13 +220,54 @@ class RepeatSummary:
                 out[-1]["mde"] = mde_mean(float(np.mean(ses)), alpha=level) if ses else math.nan
         return out
 
-    def p_values(self, metric: str, region: str) -> list[float]:
+    def p_values(self, metric: str, region: str, method: str = "plain") -> list[float]:
         """The p-values of one metric and region over the repetitions (adjusted for regions; raw pooled)."""
         return [
             r["p_adjusted"]
             for r in self.rows
-            if r["metric"] == metric and r["region"] == region and math.isfinite(r["p_adjusted"])
+            if r["metric"] == metric
+            and r["region"] == region
+            and r.get("method", "plain") == method
+            and math.isfinite(r["p_adjusted"])
         ]
+
+    def look_rates(self) -> list[dict[str, Any]]:
+        """Daily looks: per (method, region), the share of runs EVER significant over the days.
+
+        ``fixed_ever``: the fixed-horizon test read every day and stopped at the first significant day;
+        ``sequential_ever``: the always-valid interval read the same way; ``fixed_last``: the fixed-horizon
+        test read once, on the last day; ``first_day``: mean first significant day (sequential) among the
+        runs that ever were.
+        """
+        groups: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
+        for row in self.looks:
+            groups.setdefault((row["method"], row["region"]), {}).setdefault(row["rep"], []).append(row)
+        out = []
+        for (method, region), reps in groups.items():
+            fixed = [any(r["significant"] for r in rows) for rows in reps.values()]
+            seq = [any(r["sequential_significant"] for r in rows) for rows in reps.values()]
+            last = [max(rows, key=lambda r: r["day"])["significant"] for rows in reps.values()]
+            firsts = [
+                min(r["day"] for r in rows if r["sequential_significant"])
+                for rows in reps.values()
+                if any(r["sequential_significant"] for r in rows)
+            ]
+            ups = [
+                any(r["sequential_significant"] and r["abs_lift"] > 0 for r in rows) for rows in reps.values()
+            ]
+            out.append(
+                {
+                    "method": method,
+                    "region": region,
+                    "runs": len(reps),
+                    "fixed_ever": float(np.mean(fixed)),
+                    "sequential_ever": float(np.mean(seq)),
+                    "sequential_ever_up": float(np.mean(ups)),
+                    "fixed_last": float(np.mean(last)),
+                    "first_day": float(np.mean(firsts)) if firsts else math.nan,
+                }
+            )
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN as None)."""
@@ -204,7 +297,9 @@ class RepeatSummary:
                 },
                 "seconds": round(self.seconds, 2),
                 "rates": self.rates(),
+                "look_rates": self.look_rates(),
                 "rows": self.rows,
+                "looks": self.looks,
             }
         )
         return out
@@ -220,6 +315,7 @@ def repeat_experiment(
     alpha: float = 0.05,
     key: str = "simulated",
     metrics: Sequence[str] = ("enrolment_rate", "completion_rate"),
+    looks: bool = False,
     progress: Progress | None = None,
 ) -> RepeatSummary:
     """Run the in-process simulation `repetitions` times and analyse each run's experiment.
@@ -237,7 +333,8 @@ def repeat_experiment(
         repetitions: how many runs.
         alpha: significance level.
         key: experiment key.
-        metrics: metrics analysed.
+        metrics: metrics analysed (each plain and CUPED-adjusted: rows carry ``method``).
+        looks: also analyse the primary metric at the end of every simulated day (`look_rates`).
         progress: ``progress("repetition", done, total)`` callback.
 
     Returns:
@@ -249,7 +346,17 @@ def repeat_experiment(
         raise ValueError(f"models {list(models)} and shares {list(shares)} must name the same variants")
     started = time.perf_counter()
     start = config.start or default_start(population.last_event, config.days)
+    import pandas as pd
+
+    from training.ab.attribution import as_of, attribute
+    from training.ab.covariates import COVARIATES
+    from training.ab.stats import METRICS, PRIMARY_METRIC, analyse
+
+    specs = tuple(m for m in METRICS if m.name in set(metrics))
+    primary = tuple(m for m in METRICS if m.name == PRIMARY_METRIC)
+    regions = list(config.regions)
     rows: list[dict[str, Any]] = []
+    look_rows: list[dict[str, Any]] = []
     for rep in range(repetitions):
         cfg = SimConfig(
             regions=config.regions, days=config.days, students_per_day=config.students_per_day, k=config.k,
@@ -260,27 +367,24 @@ def repeat_experiment(
         )
         backend = InProcessBackend(population.state.fork(), models, next(iter(models)), [experiment])
         simulate(cfg, population, backend)
-        analysis = analyse_run(backend.exposures_frame(), backend.events_frame(), experiment, alpha, metrics)
-        srm = {s.region: s.mismatch for s in analysis.srm}
-        for c in analysis.comparisons:
-            rows.append(
-                {
-                    "rep": rep,
-                    "seed": cfg.seed,
-                    "metric": c.metric,
-                    "region": c.region,
-                    "control_students": c.control.students,
-                    "treatment_students": c.treatment.students,
-                    "control_value": float(c.control.value),
-                    "treatment_value": float(c.treatment.value),
-                    "abs_lift": float(c.estimate.abs_lift),
-                    "p_value": float(c.estimate.p_value),
-                    "p_adjusted": float(c.p_adjusted),
-                    "significant": bool(c.significant),
-                    "srm_mismatch": bool(srm.get(c.region, False)),
-                    "lift_se": _lift_se(c),
-                }
-            )
+        ex, ev = backend.exposures_frame(), backend.events_frame()
+        attribution = attribute(ex, ev)
+        students = with_covariates(attribution.students, ev, experiment, population.history)
+        for method, covs in (("plain", ()), ("cuped", COVARIATES)):
+            analysis = analyse(students, shares, alpha=alpha, metrics=specs, regions=regions, covariates=covs)
+            srm = {s.region: s.mismatch for s in analysis.srm}
+            rows.extend(_row(rep, cfg.seed, method, c, srm, alpha) for c in analysis.comparisons)
+        pre = students.set_index("student_id")[list(COVARIATES)]
+        for day in range(1, config.days + 1) if looks else ():
+            daily = as_of(attribution, pd.Timestamp(start + day * DAY))
+            daily = daily.loc[daily["experiment"] == experiment.key].join(pre, on="student_id")
+            for method, covs in (("plain", ()), ("cuped", COVARIATES)):
+                analysis = analyse(
+                    daily, shares, alpha=alpha, metrics=primary, regions=regions, covariates=covs
+                )
+                look_rows.extend(
+                    {**_row(rep, cfg.seed, method, c, {}, alpha), "day": day} for c in analysis.comparisons
+                )
         if progress:
             progress("repetition", rep + 1, repetitions)
     return RepeatSummary(
@@ -299,7 +403,34 @@ def repeat_experiment(
             behaviour=config.behaviour,
         ),
         seconds=time.perf_counter() - started,
+        looks=look_rows,
     )
+
+
+def _row(rep: int, seed: int, method: str, c: Any, srm: Mapping[str, bool], alpha: float) -> dict[str, Any]:
+    """One `REPEAT_COLUMNS` row of a comparison (``method`` plain or cuped: which estimate it reports)."""
+    est = c.decision if method == "cuped" else c.estimate
+    adjusted = method == "cuped" and c.adjusted is not None
+    return {
+        "rep": rep,
+        "seed": seed,
+        "method": method,
+        "metric": c.metric,
+        "region": c.region,
+        "control_students": c.control.students,
+        "treatment_students": c.treatment.students,
+        "control_value": float(est.extra.get("control_value", c.control.value)),
+        "treatment_value": float(est.extra.get("treatment_value", c.treatment.value)),
+        "abs_lift": float(est.abs_lift),
+        "p_value": float(est.p_value),
+        "p_adjusted": float(c.p_adjusted),
+        "significant": bool(c.significant),
+        "srm_mismatch": bool(srm.get(c.region, False)),
+        "lift_se": _lift_se(c) if not adjusted else float(est.extra.get("se", math.nan)),
+        "variance_reduction": float(est.extra.get("variance_reduction", math.nan)) if adjusted else 0.0,
+        "sequential_p": float(c.sequential_p),
+        "sequential_significant": bool(c.sequential_p < alpha),
+    }
 
 
 def _lift_se(c: Any) -> float:

@@ -110,6 +110,8 @@ class SimResult:
         arms: per (experiment, variant) label, visit and outcome counts.
         unknown_lectures: shown lectures the ground truth does not know (never enrolled in).
         seconds: wall time.
+        clock: request id -> the simulated instant of its visit (the service stamps exposures with the
+            wall clock; the export puts them back on the simulated clock the events share).
     """
 
     run: str
@@ -124,6 +126,7 @@ class SimResult:
     arms: dict[str, ArmCounts] = field(default_factory=dict)
     unknown_lectures: int = 0
     seconds: float = 0.0
+    clock: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def enrolments(self) -> int:
@@ -294,6 +297,7 @@ def simulate(
         for visit, answer, (u, z) in zip(visits, answers, draws, strict=True):
             if answer.error is not None:
                 continue
+            result.clock[answer.request_id] = visit.at
             arm = result.arms.setdefault(_arm_label(answer), ArmCounts())
             arm.visits += 1
             arm.students.add(visit.student_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +96,7 @@ def export_run(
     expect_exposures: int = 0,
     wait_seconds: float = 10.0,
     progress: Progress | None = None,
+    clock: Mapping[str, datetime] | None = None,
 ) -> RunExport:
     """Export the run's events and exposures (`features.streams.export_stream`) and drop its groups.
 
@@ -108,6 +110,10 @@ def export_run(
         expect_exposures: exposures the run should have produced.
         wait_seconds: how long to wait for late exposures.
         progress: ``progress(stage, done, total)`` callback.
+        clock: request id -> simulated time of the visit (`SimResult.clock`). The service stamps an
+            exposure with ITS clock, the wall clock, while the simulated events carry simulated times;
+            with ``clock`` each exposure's ``shown_at`` is its visit's simulated time, so exposures and
+            events share one clock (the attribution window, daily looks and time charts need that).
 
     Returns:
         Directories and row counts.
@@ -116,6 +122,15 @@ def export_run(
     from features.schemas import EVENTS
     from features.streams import export_stream
     from training.ab.exposures import EXPOSURES, from_stream_fields
+
+    decode = from_stream_fields
+    if clock is not None:
+        sim = dict(clock)
+
+        def decode(fields: Mapping[Any, Any]) -> dict[str, object]:
+            record = from_stream_fields(fields)
+            at = sim.get(str(record.get("request_id")))
+            return record if at is None else {**record, "shown_at": at}
 
     group = stream_group(run)
     events_dir, exposures_dir = out_dir / "events", out_dir / "exposures"
@@ -126,7 +141,7 @@ def export_run(
     while True:
         ex = export_stream(
             client, keys.EXPOSURES_STREAM, group, exposures_dir, progress=progress,
-            schema=EXPOSURES, decode=from_stream_fields,
+            schema=EXPOSURES, decode=decode,
         )  # fmt: skip
         exposures += ex.rows
         rejected += ex.rejected

@@ -18,7 +18,7 @@ from features.profile import from_table as profile_rows
 from training.errors import SimulationError
 
 if TYPE_CHECKING:
-    pass
+    import pandas as pd
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Population:
         lecture_rows: lecture id -> row in the ground truth.
         state: online state seeded from the dataset's events of these students.
         last_event: the dataset's latest event time.
+        history: the dataset's enrol and complete events of these students (``event_id``, ``student_id``,
+            ``type``, ``occurred_at``): the pre-experiment activity CUPED adjusts by.
     """
 
     dataset_dir: Path
@@ -46,6 +48,7 @@ class Population:
     lecture_rows: dict[str, int]
     state: OnlineState
     last_event: datetime | None
+    history: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.student_ids)
@@ -96,4 +99,7 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
         lecture_rows=lecture_rows,
         state=state,
         last_event=None if last is None else last.to_pydatetime(),
+        history=events.loc[
+            events["type"].isin(["enrol", "complete"]), ["event_id", "student_id", "type", "occurred_at"]
+        ].reset_index(drop=True),
     )
