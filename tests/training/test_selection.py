@@ -8,7 +8,8 @@ import pytest
 
 from features.matrices import build_training_data
 from features.tables import Dataset
-from models.ranking import RankingModel, popular_lists
+from models.popularity import popular_lists
+from models.ranking import RankingModel
 from models.sequence import SequenceRecommender
 from tests.training import modelling_data
 from training import selection, splits
