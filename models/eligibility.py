@@ -163,25 +163,12 @@ def top_k(
     scores = np.asarray(scores)
     if scores.shape != mask.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and mask {mask.shape} must both be (students, lectures)")
-    b, n = scores.shape
-    masked = np.where(mask, scores.astype(np.float32, copy=False), np.float32(-np.inf))
-    kk = min(k, n)
-    if kk < n:
-        # partition on the negated scores so the kk best come first
-        part = np.argpartition(-masked, kk - 1, axis=1)[:, :kk]
-    else:
-        part = np.broadcast_to(np.arange(n), (b, n))
-    part_scores = np.take_along_axis(masked, part, axis=1)
-    # lexsort: last key is primary -> by score descending, then by lecture row ascending
-    order = np.lexsort((part, -part_scores), axis=1)
-    rows = np.take_along_axis(part, order, axis=1).astype(np.int32)
-    best = np.take_along_axis(part_scores, order, axis=1)
-    rows[~np.isfinite(best)] = -1
-    best[rows < 0] = -np.inf
-    if kk < k:
-        rows = np.concatenate([rows, np.full((b, k - kk), -1, dtype=np.int32)], axis=1)
-        best = np.concatenate([best, np.full((b, k - kk), -np.inf, dtype=np.float32)], axis=1)
-    return rows, best.astype(np.float32, copy=False)
+    # one ordering rule for the request path and a batch: each row is the single-student top-k
+    rows = np.full((scores.shape[0], k), -1, dtype=np.int32)
+    best = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
+    for i in range(scores.shape[0]):
+        rows[i], best[i] = top_k_one(scores[i], mask[i], k)
+    return rows, best
 
 
 def top_k_one(
@@ -189,9 +176,9 @@ def top_k_one(
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
     """`top_k` for a single student: 1-D scores and mask of shape (n,), results of shape (k,).
 
-    The request path: it sorts only the eligible lectures scoring at least the k-th best (every tie
-    at the boundary included), so equal scores are listed by lecture row exactly, whatever the
-    partition picked.
+    The one implementation of the order (`top_k` runs it per row). It sorts only the eligible lectures
+    scoring at least the k-th best (every tie at the boundary included), so equal scores are listed by
+    lecture row exactly, whatever the partition picked.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
