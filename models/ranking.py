@@ -36,6 +36,7 @@ from models.common import next_in_series
 from models.eligibility import EligibilityIndex, top_k_one
 from models.errors import ModelError
 from models.interactions import DROPPED_AT_MOST
+from models.loading import SEGMENT_SEPARATOR
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -108,10 +109,6 @@ class StudentFeatureEncoder:
         get = self._index.get
         cols = [c for c in (get(f"{a}={v}", -1) for a, v in values) if c >= 0]
         return np.unique(np.asarray(cols, dtype=np.int32))
-
-    def encode(self, profiles: Sequence[Iterable[tuple[str, str]]]) -> sp.csr_matrix:
-        """(len(profiles), len(names)) 0/1 float32 CSR of the profiles' (attribute, value) pairs."""
-        return _csr([self.columns(p) for p in profiles], None, len(self.names), sort=False)
 
 
 @dataclass(frozen=True)
@@ -483,7 +480,7 @@ class RankingModel:
             if profile is not None:
                 candidates.append(
                     (
-                        self.popular_region_grade.get(f"{region}|{profile.grade}"),
+                        self.popular_region_grade.get(f"{region}{SEGMENT_SEPARATOR}{profile.grade}"),
                         "popular_region_grade",
                         "popular_in_region",
                     )
@@ -573,27 +570,3 @@ def _one_row(
 
 _CSR_NEW = sp.csr_matrix.__new__
 _MAXPRINT = sp.csr_matrix((1, 1), dtype=np.float32).maxprint
-
-
-def _csr(
-    rows: Sequence[npt.NDArray[np.int32]],
-    values: Sequence[npt.NDArray[np.float32]] | None,
-    n_columns: int,
-    *,
-    sort: bool,
-) -> sp.csr_matrix:
-    """A float32 CSR with one row per array of column indices (values 1 when not given)."""
-    if sort:
-        orders = [np.argsort(r, kind="stable") for r in rows]
-        rows = [r[o] for r, o in zip(rows, orders, strict=True)]
-        if values is not None:
-            values = [v[o] for v, o in zip(values, orders, strict=True)]
-    indptr = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum([r.size for r in rows], out=indptr[1:])
-    indices = np.concatenate(rows).astype(np.int32, copy=False) if rows else np.zeros(0, np.int32)
-    data = (
-        np.concatenate(values).astype(np.float32, copy=False)
-        if values is not None and rows
-        else np.ones(indices.size, dtype=np.float32)
-    )
-    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_columns))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +123,6 @@ class Trained:
     version: str | None = None
     validation: float | None = None
     note: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 def fit_evaluate_log(
@@ -192,7 +191,7 @@ def fit_evaluate_log(
         data=prepared.data,
         run_name=run_name,
     )
-    return Trained(name, report=report, run_id=logged.run_id, fit_seconds=fit_seconds, params=dict(params))
+    return Trained(name, report=report, run_id=logged.run_id, fit_seconds=fit_seconds)
 
 
 def oracle_logged(client: Any, experiment: str, prepared: Prepared, ks: tuple[int, ...]) -> bool:

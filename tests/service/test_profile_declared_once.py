@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 
-from features.matrices import STUDENT_FEATURE_COLUMNS
 from features.profile import FEATURE_ATTRIBUTES, StudentProfile
 from features.schemas import STUDENTS
 from features.store import FeatureStore
@@ -20,9 +19,20 @@ from tests.service.conftest import PORTAL
 
 
 def test_every_students_table_feature_is_a_profile_attribute_and_an_api_field() -> None:
-    table_features = [name for name in STUDENTS.names if name != "student_id"]
-    assert list(STUDENT_FEATURE_COLUMNS) == list(FEATURE_ATTRIBUTES)
-    assert set(table_features) <= set(FEATURE_ATTRIBUTES), "a students-table column the profile lacks"
+    import pandas as pd
+
+    from features.matrices import build_training_data
+
+    # a students table with every column given: the columns training turns into features ...
+    row: dict[str, Any] = dict.fromkeys(STUDENTS.names, "x")
+    row.update(student_id="s1", region="seoul", grade="h1", interest_subjects=["수학"])
+    lectures = pd.DataFrame({"lecture_id": ["l1"], "title": ["t"], "provider": ["p"], "subject": ["수학"]})
+    events = pd.DataFrame(columns=["student_id", "lecture_id", "type", "occurred_at"])
+    data = build_training_data(pd.DataFrame([row]), lectures, events)
+    used = {name.split("=", 1)[0] for name in data.student_feature_names}
+    assert used == set(STUDENTS.names) - {"student_id"}
+    # ... are the profile's attributes, and each can be set through PUT /students
+    assert used <= set(FEATURE_ATTRIBUTES), "a model feature the profile does not declare"
     missing = [name for name in FEATURE_ATTRIBUTES if name not in StudentIn.model_fields]
     assert not missing, f"model features that PUT /students cannot set: {missing}"
 
