@@ -176,6 +176,31 @@ class Recommender(ABC):
     def save(self, directory: Path) -> None:
         """Write the fitted model (arrays as .npy/.npz, parameters as JSON; no pickle) into `directory`."""
 
+    def _write(
+        self,
+        directory: Path,
+        arrays: dict[str, npt.NDArray[Any]],
+        *,
+        sparse: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """`models.serialization.write_model` with what every model saves (name, parameters, catalogue,
+        student map, feature names); a model's `save` passes only its own state."""
+        from models.serialization import write_model
+
+        write_model(
+            directory,
+            model=self.name,
+            params=self.params() if params is None else params,
+            catalogue=self.catalogue,
+            students=self.students,
+            student_feature_names=self.student_feature_names,
+            arrays=arrays,
+            sparse=sparse or {},
+            extra=extra or {},
+        )
+
     @classmethod
     @abstractmethod
     def load(cls, directory: Path) -> Self:

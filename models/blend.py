@@ -59,7 +59,7 @@ from models.item_knn import ItemKNNRecommender
 from models.lightfm_hybrid import LightFMRecommender
 from models.popularity import PopularityRecommender, SegmentPopularityRecommender
 from models.sequence import SequenceRecommender
-from models.serialization import MANIFEST, instantiate, read_model, write_model
+from models.serialization import MANIFEST, instantiate, read_model
 
 #: Models the blend can combine, by registry name.
 COMPONENTS: dict[str, type[Recommender]] = {
@@ -643,13 +643,9 @@ class BlendRecommender(Recommender):
         (directory / MANIFEST).unlink(missing_ok=True)
         for name, model in self._models.items():
             model.save(directory / "components" / name)
-        write_model(
+        self._write(
             directory,
-            model=self.name,
             params=self._init_kwargs(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={"popularity": self._popularity, "reach": self._reach},
             extra={
                 "coefficients": self._coef,

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from models.base import Recommender, StudentBatch, TrainingData
 from models.common import check_batch, check_finite, normalise_max
 from models.errors import ModelFormatError, NotFittedError, NumericalError
-from models.serialization import instantiate, read_model, write_model
+from models.serialization import instantiate, read_model
 
 #: Largest number of active lectures solved in float64; beyond, float32 halves the memory.
 FLOAT64_MAX_LECTURES = 10_000
@@ -160,13 +160,8 @@ class EASERecommender(Recommender):
 
     def save(self, directory: Path) -> None:
         weights = self._fitted()
-        write_model(
+        self._write(
             directory,
-            model=self.name,
-            params=self.params(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={"weights": weights, "active": self._active, "popularity": self._popularity},
         )
 

@@ -37,7 +37,7 @@ from models.common import (
     started_series,
 )
 from models.popularity import segment_table
-from models.serialization import instantiate, read_model, write_model
+from models.serialization import instantiate, read_model
 
 
 class ItemKNNRecommender(Recommender):
@@ -195,13 +195,8 @@ class ItemKNNRecommender(Recommender):
         similarity = self.similarity
         assert self._popularity is not None
         assert self._series_similarity is not None and self._reach is not None
-        write_model(
+        self._write(
             directory,
-            model=self.name,
-            params=self.params(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={
                 "popularity": self._popularity,
                 "series_similarity": self._series_similarity,

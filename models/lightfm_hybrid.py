@@ -36,7 +36,7 @@ import scipy.sparse as sp
 from models.base import Recommender, StudentBatch, TrainingData
 from models.common import check_batch, check_finite
 from models.errors import ModelFormatError, NotFittedError, NumericalError
-from models.serialization import instantiate, read_model, write_model
+from models.serialization import instantiate, read_model
 
 LOSSES = ("warp", "bpr", "warp-kos")
 #: The parameters that make this model LightFM used directly: `LightFM(loss="warp",
@@ -373,13 +373,8 @@ class LightFMRecommender(Recommender):
 
     def save(self, directory: Path) -> None:
         item_matrix = self._fitted()
-        write_model(
+        self._write(
             directory,
-            model=self.name,
-            params=self.params(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={
                 "item_matrix": item_matrix,
                 "item_bias": self._item_bias,

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from models.base import Recommender, StudentBatch, TrainingData
 from models.common import check_batch, decayed_interactions, normalise_max
 from models.loading import SEGMENT_SEPARATOR
-from models.serialization import instantiate, read_model, write_model
+from models.serialization import instantiate, read_model
 
 #: Lectures kept in each popularity list of a model version (the ranking's fallbacks).
 FALLBACK_TOP_N = 100
@@ -125,13 +125,8 @@ class PopularityRecommender(Recommender):
         return np.repeat(pop[None, :], len(batch), axis=0)
 
     def save(self, directory: Path) -> None:
-        write_model(
+        self._write(
             directory,
-            model=self.name,
-            params=self.params(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={"popularity": self.popularity},
         )
 
@@ -198,13 +193,8 @@ class SegmentPopularityRecommender(Recommender):
         return out
 
     def save(self, directory: Path) -> None:
-        write_model(
+        self._write(
             directory,
-            model=self.name,
-            params=self.params(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={"table": self.table},
         )
 

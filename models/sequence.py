@@ -43,7 +43,7 @@ from models.common import (
 )
 from models.errors import NotFittedError
 from models.popularity import segment_table
-from models.serialization import instantiate, read_model, write_model
+from models.serialization import instantiate, read_model
 
 
 def transition_matrix(
@@ -343,13 +343,8 @@ class SequenceRecommender(Recommender):
 
     def save(self, directory: Path) -> None:
         transitions = self.transitions
-        write_model(
+        self._write(
             directory,
-            model=self.name,
-            params=self.params(),
-            catalogue=self.catalogue,
-            students=self.students,
-            student_feature_names=self.student_feature_names,
             arrays={
                 "popularity": self._popularity,
                 "series_transitions": self._series_transitions,
