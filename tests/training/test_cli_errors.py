@@ -53,3 +53,18 @@ def test_every_package_root_descends_from_the_one_root() -> None:
                  ExperimentConfigError):  # fmt: skip
         assert issubclass(root, LearnrecError), root
     assert FeatureStoreError("x").http_status == 503 and SchemaError("f", "c", [], "p").http_status == 422
+
+
+def test_the_learnrec_app_catches_at_its_root(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`learnrec ab power` no longer catches its own ABError: the root group turns it into one line."""
+    from features.settings import get_settings
+    from training.cli import app
+
+    monkeypatch.setenv("LEARNREC_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["ab", "power", "--region", "taebaek=500", "--baseline", "1.5"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: baseline of 'taebaek' must be in (0, 1), got 1.5"
