@@ -1,8 +1,7 @@
-"""The feature store on a real 3-node Redis Cluster (three redis-server processes, slots assigned by hand)."""
+"""The feature store on a real local Redis Cluster (`features.cluster_local`: 3 primaries, 3 replicas)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,57 +10,25 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from features import keys
 from features.profile import StudentProfile
-from features.redis_server import EmbeddedServer, connect, start_embedded, stop_embedded
+from features.redis_server import connect
 from features.schemas import EVENTS
 from features.settings import Settings
 from features.store import EventIn, FeatureStore
 from features.streams import export_stream
+from tests.conftest import ClusterControl
 
 pytestmark = pytest.mark.slow
 
-N_SLOTS = 16384
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedServer]]:
-    root = tmp_path_factory.mktemp("cluster")
-    config = {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf", "cluster-node-timeout": "2000"}
-    nodes: list[EmbeddedServer] = []
-    try:
-        for i in range(3):
-            nodes.append(start_embedded(root / f"node{i}", daemon=False, extra_config=config))
-        clients = [redis.Redis(port=n.port, socket_timeout=5) for n in nodes]
-        bounds = np.linspace(0, N_SLOTS, 4).astype(int)
-        for client, lo, hi in zip(clients, bounds[:-1], bounds[1:], strict=True):
-            # Redis 6.2 has no ADDSLOTSRANGE: ADDSLOTS takes the slots one by one
-            client.execute_command("CLUSTER ADDSLOTS", *range(int(lo), int(hi)))
-        for node in nodes[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            states = [c.execute_command("CLUSTER INFO") for c in clients]
-            if all(s["cluster_state"] == "ok" and int(s["cluster_known_nodes"]) == 3 for s in states):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"cluster did not reach cluster_state:ok: {states}")
-        for c in clients:
-            c.close()
-        yield nodes
-    finally:
-        for i in range(len(nodes)):
-            stop_embedded(root / f"node{i}")
-
-
 @pytest.fixture
-def client(cluster: list[EmbeddedServer], tmp_path: Path) -> Iterator[RedisCluster]:
-    settings = Settings(data_dir=tmp_path, redis={"url": cluster[1].url, "cluster": True})
+def client(redis_cluster: ClusterControl, tmp_path: Path) -> Iterator[RedisCluster]:
+    settings = Settings(data_dir=tmp_path, redis={"url": redis_cluster.url, "cluster": True})
     c = connect(settings, bulk=True)
     assert isinstance(c, RedisCluster)
     c.flushall(target_nodes=RedisCluster.PRIMARIES)
@@ -78,8 +45,8 @@ def _events(n: int) -> list[EventIn]:
     ]  # fmt: skip
 
 
-def test_request_path_client_is_a_cluster_client(cluster: list[EmbeddedServer], tmp_path: Path):
-    settings = Settings(data_dir=tmp_path, redis={"url": cluster[0].url, "cluster": True})
+def test_request_path_client_is_a_cluster_client(redis_cluster: ClusterControl, tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, redis={"url": redis_cluster.url, "cluster": True})
     c = connect(settings)
     assert isinstance(c, RedisCluster) and len(c.get_primaries()) == 3
     c.close()
