@@ -183,16 +183,13 @@ def _supervise_embedded(settings: Settings) -> Any:
 
 
 def _listen_for_changes(connection: Any, answers: AnswerCache) -> Any:
-    """Start the listener that keeps the answer cache honest; None (cache off) without Redis, with a
-    cluster or with size 0."""
+    """Start the listener that keeps the answer cache honest (one connection, or one per cluster
+    primary); None (cache off) without Redis or with size 0."""
     if connection is None or answers.capacity <= 0:
         return None
-    from features.key_changes import KeyChangeListener, supported
+    from features.key_changes import listener_for
 
-    if not supported(connection):
-        logger.info("answer cache off: key-change tracking is not implemented for Redis Cluster")
-        return None
-    listener = KeyChangeListener(connection, answers)
+    listener = listener_for(connection, answers)
     listener.start()
     return listener
 
