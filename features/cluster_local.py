@@ -235,7 +235,7 @@ def _known(port: int) -> int:
 def _linked(port: int) -> bool:
     with _client(port) as c:
         info = c.info("replication")
-    return info.get("role") == "slave" and info.get("master_link_status") == "up"
+    return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
 
 def _wait(check: Any, deadline: float, what: str) -> None:

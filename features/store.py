@@ -261,7 +261,14 @@ class FeatureStore:
     """
 
     def __init__(
-        self, client: Any, *, recent_len: int = RECENT_LEN, event_ttl_seconds: int = EVENT_ID_TTL_SECONDS
+        self,
+        client: Any,
+        *,
+        recent_len: int = RECENT_LEN,
+        event_ttl_seconds: int = EVENT_ID_TTL_SECONDS,
+        stream_shards: int = 1,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 25,
     ) -> None:
         if recent_len < 1:
             raise ValueError(f"recent_len must be >= 1, got {recent_len}")
@@ -270,6 +277,10 @@ class FeatureStore:
         self.client = client
         self.recent_len = int(recent_len)
         self.event_ttl_seconds = int(event_ttl_seconds)
+        #: the events stream's shards (`features.keys.stream_shards`); a student's events go to one
+        self.event_streams = keys.stream_shards(keys.EVENTS_STREAM, stream_shards)
+        self.replica_acks = int(replica_acks)
+        self.replica_ack_timeout_ms = int(replica_ack_timeout_ms)
         self._script_sha: str | None = None
         self._weights = [
             repr(float(STAGE_WEIGHT["enrol"])),
@@ -514,6 +525,8 @@ class FeatureStore:
             ValueError: an event is malformed (names the event and field; nothing is written).
             redis.exceptions.RedisError: Redis failed; some events may be stored, and retrying the same
                 events is safe (they complete, reported as duplicates).
+            ReplicaAckError: ``replica_acks`` replicas did not acknowledge a shard's append in time; as
+                above, sending the same events again is safe.
         """
         from features.streams import ALREADY_APPENDED, APPENDED, append_once
 
@@ -527,13 +540,22 @@ class FeatureStore:
             j = first.setdefault(event.event_id, i)
             if j != i and fields[j] != fields[i]:
                 outcomes[i] = "conflict"
-        unique = list(first.values())
-        codes = append_once(
-            self.client,
-            keys.EVENTS_STREAM,
-            [(keys.stream_marker(keys.EVENTS_STREAM, events[i].event_id), fields[i]) for i in unique],
-            ttl_seconds=self.event_ttl_seconds,
-        )
+        by_shard: dict[bytes, list[int]] = {}
+        for i in first.values():
+            shard = self.event_streams[keys.shard_of(events[i].student_id, len(self.event_streams))]
+            by_shard.setdefault(shard, []).append(i)
+        unique: list[int] = []
+        codes: list[int] = []
+        for stream, rows in by_shard.items():
+            unique += rows
+            codes += append_once(
+                self.client,
+                stream,
+                [(keys.stream_marker(stream, events[i].event_id), fields[i]) for i in rows],
+                ttl_seconds=self.event_ttl_seconds,
+                replicas=self.replica_acks,
+                replica_timeout_ms=self.replica_ack_timeout_ms,
+            )
         positions: dict[str, list[int]] = {}
         for i, code in zip(unique, codes, strict=True):
             if code == APPENDED:
