@@ -223,3 +223,26 @@ def test_no_acknowledged_event_is_lost_when_a_primary_is_killed(
         redis_cluster.heal(index)
     assert len(in_streams) == len(set(in_streams))  # none twice
     assert set(stored) <= set(in_streams)  # none answered as stored is lost
+
+
+def test_exposures_go_to_their_students_shard(client: RedisCluster):
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    from features.experiments import exposure_fields
+    from service.exposures import ExposureWriter
+    from service.metrics import Metrics
+
+    writer = ExposureWriter(client, Metrics(), shards=6)
+    now = dt.now(UTC)
+    for i in range(60):
+        assert writer.submit(exposure_fields(f"r{i}", f"학생{i}", "seoul", None, "1", ["L1"], now))
+    while writer.pending:
+        assert writer.flush()
+    shards = keys.stream_shards(keys.EXPOSURES_STREAM, 6)
+    found = {}
+    for k, s in enumerate(shards):
+        for _, f in client.xrange(s):
+            found[f[b"request_id"].decode()] = k
+            assert keys.shard_of(f[b"student_id"].decode(), 6) == k
+    assert sorted(found) == sorted(f"r{i}" for i in range(60)) and len(set(found.values())) > 3

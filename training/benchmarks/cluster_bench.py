@@ -204,6 +204,7 @@ def failover_run(
         "stored_ids": stored,
         "retried_batches": retries["batches"],
         "kill": killed,
+        "kill_after": kill_after,
         "seconds": time.monotonic() - started,
     }
 
