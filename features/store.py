@@ -9,11 +9,16 @@ arriving late or out of order give the batch pipeline's weight. Applied events g
 
 Event intake is exactly-once, by construction rather than by timing, in two idempotent steps:
 
-1. the event id decides: one script in the events stream's slot checks the id's marker and, if absent,
-   XADDs the event and sets the marker (`features.streams.append_once`). The id is global (the same id
-   under another student is the same event), and the answer depends on the marker alone: a resent
+1. the event id decides: one script in the events stream's slot (the student's shard when the stream
+   is sharded, `features.keys.stream_shards`) checks the id's marker and, if absent, XADDs the event and
+   sets the marker (`features.streams.append_once`). With one shard the id is global (the same id under
+   another student is the same event); with several, a marker lives in its student's shard, so an id
+   reused for another student in another shard is not seen as a conflict (the same event sent again
+   always meets its marker: same student, same shard). The answer depends on the marker alone: a resent
    command finds its own call's token and answers "accepted" again, a request sent again or
-   concurrently answers "duplicate", a reused id with other fields "conflict";
+   concurrently answers "duplicate", a reused id with other fields "conflict". With ``replica_acks``
+   the script is followed by ``WAIT`` on its connection, and a batch not acknowledged in time raises
+   (503) rather than report events a failover could lose;
 2. the events the stream holds (accepted now, or duplicates of the same event, in case an earlier call
    failed before this step) are applied to the students' state by the per-student script, which keeps
    its own marker per event, so applying an event again changes nothing.
@@ -26,6 +31,7 @@ Size: over 600 lines because the Lua scripts and the Python that calls them must
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -473,7 +479,7 @@ class FeatureStore:
         A call refused by its node (MOVED/ASK after a resharding, NOSCRIPT on a new node) did not run and
         is sent again through the cluster client, which follows redirections.
         """
-        from redis.exceptions import NoScriptError, ResponseError
+        from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
         sha = self._sha()
         by_node: dict[str, tuple[Any, list[int]]] = {}
@@ -487,7 +493,14 @@ class FeatureStore:
             for i in rows:
                 call_keys, args = calls[i]
                 pipe.evalsha(sha, len(call_keys), *call_keys, *args)
-            for i, reply in zip(rows, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except (ConnectionError, TimeoutError):
+                # the node died (a failover is under way): the next call must see the new slot owners
+                with contextlib.suppress(Exception):  # no node answers: the next call tries again
+                    self.client.nodes_manager.initialize()
+                raise
+            for i, reply in zip(rows, replies, strict=True):
                 if isinstance(reply, ResponseError):
                     again.append(i)
                 elif isinstance(reply, Exception):

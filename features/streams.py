@@ -309,10 +309,13 @@ def _evalsha_acked(client: Any, key: bytes, call: list[Any], replicas: int, time
             except NoScriptError:
                 node.script_load(_APPEND_ONCE_LUA)
                 reply, acked = _pipe_acked(node, call, replicas, timeout_ms)
-        except (ConnectionError, TimeoutError, AskError, ClusterDownError):
+        except (ConnectionError, TimeoutError, AskError, ClusterDownError) as exc:
             if attempt == 2 or node is client:
                 raise
-            client.nodes_manager.initialize()  # the cluster's current slot owners
+            try:
+                client.nodes_manager.initialize()  # the cluster's current slot owners
+            except Exception:  # no node answers: the caller's next call tries again
+                raise exc from None
             continue
         if int(acked) < replicas:
             raise ReplicaAckError(
