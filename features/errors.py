@@ -4,6 +4,7 @@ LearnrecDataError
 ├── SchemaError          a table breaks its schema (names file, rows, column)
 ├── DatasetNotFoundError a dataset directory or file is missing
 ├── FeatureStoreError    the Redis feature store cannot answer
+│   └── ReplicaAckError  a write reached its primary, but not enough replicas acknowledged it in time
 └── GroundTruthError     a synthetic dataset's ground truth was asked about an unknown student/lecture
 """
 
@@ -58,6 +59,11 @@ class FeatureStoreError(LearnrecDataError):
     """The Redis feature store could not be read or written."""
 
     http_status = 503
+
+
+class ReplicaAckError(FeatureStoreError):
+    """A write reached its primary but fewer replicas than required acknowledged it in time (Redis WAIT):
+    it might not survive a failover, so it is not reported as stored; sending it again is safe."""
 
 
 class GroundTruthError(LearnrecDataError):

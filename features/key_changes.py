@@ -19,8 +19,16 @@ on a fresh connection; a sink forgets everything on both transitions. Broadcasti
 per-key state on the server, so it costs Redis nothing per read; the price is one message per write under
 the prefixes, which a bulk load (seeding, materialising) turns into a burst the thread drains.
 
-Redis Cluster would need one such connection per primary (and to follow failovers): not done, so
-`supported` says no and the service keeps its answer cache off there.
+On Redis Cluster a key is written on the primary that holds its slot, and tracking reports only the
+writes of the server it is on: `ClusterKeyChangeListener` keeps one such connection per primary (the same
+prefixes) and follows the topology. It asks a live node for ``CLUSTER SLOTS`` every `TOPOLOGY_SECONDS`;
+when the primaries change (a failover, a resharding to a new node) it drops the old primaries'
+connections and opens one to each new primary. The sink is live only while every current primary's
+connection is: a primary that dies breaks its connection at once, so the sink goes not-live (and forgets
+everything) before the replica is even elected, and live again once the new primary's tracking is on.
+A failover where the old primary stays up (``CLUSTER FAILOVER``, an operator's) leaves a window of up to
+`TOPOLOGY_SECONDS` in which writes on the new primary go unreported; a crash leaves none.
+`listener_for` picks the listener a client needs.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ PING_INTERVAL_SECONDS = 1.0
 PING_TIMEOUT_SECONDS = 2.0
 #: Pause before reconnecting after the connection failed.
 RECONNECT_PAUSE_SECONDS = 0.5
+#: How often `ClusterKeyChangeListener` asks the cluster which nodes are its primaries.
+TOPOLOGY_SECONDS = 0.5
 
 
 class ChangeSink(Protocol):
@@ -51,11 +61,13 @@ class ChangeSink(Protocol):
     def live(self, up: bool) -> None: ...
 
 
-def supported(client: Any) -> bool:
-    """True when `client` talks to a single Redis (not a cluster), the case `KeyChangeListener` covers."""
+def listener_for(client: Any, sink: ChangeSink) -> KeyChangeListener | ClusterKeyChangeListener:
+    """The listener `client` needs (not started): one connection to a single Redis, or one per primary."""
     from redis.cluster import RedisCluster
 
-    return not isinstance(client, RedisCluster)
+    if isinstance(client, RedisCluster):
+        return ClusterKeyChangeListener(client, sink)
+    return KeyChangeListener(client, sink)
 
 
 class KeyChangeListener:
@@ -65,6 +77,7 @@ class KeyChangeListener:
         client: the ``redis.Redis`` client whose connection settings (URL, socket, password) to use.
         sink: told which students changed, when to forget everything, and whether reports flow (`live`).
         prefixes: key prefixes to track (default: every student key and every active-version pointer).
+        address: (host, port) to connect to instead of the client's own (a cluster's primary).
     """
 
     def __init__(
@@ -73,6 +86,7 @@ class KeyChangeListener:
         sink: ChangeSink,
         *,
         prefixes: tuple[bytes, ...] = (keys.STUDENT_PREFIX, keys.ACTIVE_PREFIX),
+        address: tuple[str, int] | None = None,
     ) -> None:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
@@ -82,16 +96,23 @@ class KeyChangeListener:
             "socket_timeout": PING_TIMEOUT_SECONDS,
             "retry": None,
         }
+        if address is not None:
+            self._connection_kwargs.update(host=address[0], port=address[1])
         self._sink = sink
         self._prefixes = prefixes
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="learnrec-key-changes", daemon=True)
+        name = "learnrec-key-changes" + (f"-{address[1]}" if address else "")
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._connection: Any = None
         #: True while tracking is on and reports flow.
         self.up = False
 
     def start(self) -> None:
         self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop (it ends within about `PING_INTERVAL_SECONDS`) without waiting for it."""
+        self._stop.set()
 
     def close(self) -> None:
         """Stop the thread (within about `PING_INTERVAL_SECONDS`) and tell the sink reports stopped."""
@@ -175,3 +196,164 @@ class KeyChangeListener:
         if connection is not None:
             with contextlib.suppress(Exception):  # closing a broken socket: nothing left to do
                 connection.disconnect()
+
+
+class _PrimarySink:
+    """What one primary's listener reports, passed on to the cluster listener's sink."""
+
+    def __init__(self, owner: ClusterKeyChangeListener, address: tuple[str, int]) -> None:
+        self._owner = owner
+        self._address = address
+
+    def invalidate(self, student_ids: list[str]) -> None:
+        self._owner._sink.invalidate(student_ids)  # forgetting more than needed is always safe
+
+    def clear(self) -> None:
+        self._owner._sink.clear()
+
+    def live(self, up: bool) -> None:
+        self._owner._primary_live(self, up)
+
+
+class ClusterKeyChangeListener:
+    """One `KeyChangeListener` per primary of a Redis Cluster, following failovers (see the module doc).
+
+    Args:
+        client: the ``RedisCluster`` client whose connection settings to use.
+        sink: told which students changed, when to forget everything, and whether reports flow from every
+            primary (`live`).
+        prefixes: key prefixes to track on each primary.
+        topology_seconds: how often to ask the cluster for its primaries.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        sink: ChangeSink,
+        *,
+        prefixes: tuple[bytes, ...] = (keys.STUDENT_PREFIX, keys.ACTIVE_PREFIX),
+        topology_seconds: float = TOPOLOGY_SECONDS,
+    ) -> None:
+        self._template = client.get_nodes()[0].redis_connection
+        self._addresses: list[tuple[str, int]] = [(n.host, int(n.port)) for n in client.get_nodes()]
+        self._sink = sink
+        self._prefixes = prefixes
+        self._topology_seconds = topology_seconds
+        self._lock = threading.Lock()
+        self._listeners: dict[tuple[str, int], KeyChangeListener] = {}
+        self._sinks: dict[tuple[str, int], _PrimarySink] = {}
+        self._up: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="learnrec-cluster-topology", daemon=True)
+        #: True while tracking is on on every current primary.
+        self.up = False
+
+    @property
+    def primaries(self) -> list[tuple[str, int]]:
+        """The primaries tracked now."""
+        with self._lock:
+            return sorted(self._listeners)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop following the topology and every primary's listener; tell the sink reports stopped."""
+        self._stop.set()
+        self._thread.join(timeout=self._topology_seconds + PING_TIMEOUT_SECONDS + 1.0)
+        with self._lock:
+            listeners = list(self._listeners.values())
+            self._listeners.clear()
+            self._sinks.clear()
+            self._up.clear()
+        for listener in listeners:
+            listener.close()
+        self._set_up(False)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                primaries = self._ask_primaries()
+                if primaries:
+                    self._follow(primaries)
+            except Exception:  # a bug here must not end the thread silently
+                logger.exception("cluster topology check crashed; retrying")
+            self._stop.wait(self._topology_seconds)
+
+    def _ask_primaries(self) -> set[tuple[str, int]]:
+        """The slot owners as the first answering node sees them (and every node it names, remembered)."""
+        from redis.exceptions import RedisError
+
+        with self._lock:
+            order = sorted(self._listeners) + [a for a in self._addresses if a not in self._listeners]
+        pool = self._template.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": PING_TIMEOUT_SECONDS, "retry": None}
+        for host, port in order:
+            connection = pool.connection_class(**{**kwargs, "host": host, "port": port})
+            try:
+                connection.connect()
+                connection.send_command("CLUSTER", "SLOTS")
+                slots = connection.read_response()
+            except (RedisError, OSError):
+                continue
+            finally:
+                connection.disconnect()
+            primaries: set[tuple[str, int]] = set()
+            for row in slots:
+                owner = (_text(row[2][0]) or host, int(row[2][1]))
+                primaries.add(owner)
+                for replica in row[3:]:
+                    address = (_text(replica[0]) or host, int(replica[1]))
+                    if address not in self._addresses:
+                        self._addresses.append(address)
+            for address in primaries:
+                if address not in self._addresses:
+                    self._addresses.append(address)
+            return primaries
+        return set()
+
+    def _follow(self, primaries: set[tuple[str, int]]) -> None:
+        with self._lock:
+            gone = [a for a in self._listeners if a not in primaries]
+            new = [a for a in primaries if a not in self._listeners]
+            if not gone and not new:
+                return
+            for address in gone:
+                self._listeners.pop(address).stop()  # its last reports are ignored: no longer current
+                del self._sinks[address]
+                self._up.discard(address)
+            for address in new:
+                sink = self._sinks[address] = _PrimarySink(self, address)
+                self._listeners[address] = KeyChangeListener(
+                    self._template, sink, prefixes=self._prefixes, address=address
+                )
+            self._refresh_locked()
+            started = [self._listeners[a] for a in new]
+        logger.info(
+            "cluster primaries tracked", extra={"primaries": [f"{h}:{p}" for h, p in sorted(primaries)]}
+        )
+        for listener in started:
+            listener.start()
+
+    def _primary_live(self, sink: _PrimarySink, up: bool) -> None:
+        address = sink._address
+        with self._lock:
+            if self._sinks.get(address) is not sink:
+                return  # a listener already replaced (its primary failed over), however late it reports
+            if up:
+                self._up.add(address)
+            else:
+                self._up.discard(address)
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        self._set_up(bool(self._listeners) and self._up == set(self._listeners))
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            self._sink.live(up)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -40,6 +40,16 @@ key                                       type    value
                                                   ``features.experiments.exposure_fields``)
 ========================================  ======  ===========================================================
 
+**Shards.** One stream lives on one node, so on a cluster it caps the write rate of events (and exposures)
+at what one primary takes. With ``redis.stream_shards`` = N > 1 each stream is N streams,
+``lr:stream:events:<k>.<j>`` for k = 0 .. N-1 (`stream_shards`), each hashed whole; j is the smallest
+number that puts shard k's slot in the k-th of N equal slot ranges, so with slots split evenly among the
+primaries (as `features.cluster_local` does) each primary holds N / primaries shards (plain ``:<k>`` names
+put four of six event shards on one of three primaries). A student's records always go to shard
+``crc32(student_id) % N`` (`shard_of`). An event's id marker carries its shard's key as hash tag, so a
+retried event meets its marker in the shard it went to the first time: exactly once per event id holds as
+long as N stays the same (it is fixed per deployment). With N = 1 the names are the unsharded ones above.
+
 Every key of a student starts with `STUDENT_PREFIX` and every version pointer with `ACTIVE_PREFIX`: the
 service's answer cache asks Redis to report writes under these two prefixes (`features.key_changes`), and
 `student_of` turns a reported key back into its student.
@@ -52,6 +62,7 @@ ambiguity.
 
 from __future__ import annotations
 
+import functools
 import re
 
 PREFIX = b"lr"
@@ -62,6 +73,9 @@ EVENTS_STREAM = b"lr:stream:events"
 EXPOSURES_STREAM = b"lr:stream:exposures"
 #: Stream names accepted by the CLI -> stream key.
 STREAMS: dict[str, bytes] = {"events": EVENTS_STREAM, "exposures": EXPOSURES_STREAM}
+
+#: Most shards per stream.
+MAX_SHARDS = 1024
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -272,3 +286,52 @@ def stream(name: str) -> bytes:
         return STREAMS[name]
     except KeyError:
         raise ValueError(f"unknown stream {name!r}: expected one of {', '.join(STREAMS)}") from None
+
+
+def stream_shards(stream_key: bytes, shards: int) -> list[bytes]:
+    """The keys of a stream's shards: the stream itself when `shards` is 1, else ``<stream>:<k>``.
+
+    Args:
+        stream_key: the stream key (`EVENTS_STREAM`, `EXPOSURES_STREAM`).
+        shards: how many shards (``redis.stream_shards``).
+
+    Returns:
+        One key per shard, shard 0 first.
+
+    Raises:
+        ValueError: `shards` outside 1..`MAX_SHARDS`.
+    """
+    if not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise ValueError(f"stream shards must be an integer in 1..{MAX_SHARDS}, got {shards!r}")
+    if shards == 1:
+        return [stream_key]
+    return list(_spread(stream_key, shards))
+
+
+@functools.lru_cache(maxsize=64)
+def _spread(stream_key: bytes, shards: int) -> tuple[bytes, ...]:
+    from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+    out = []
+    for k in range(shards):
+        lo, hi = k * REDIS_CLUSTER_HASH_SLOTS // shards, (k + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+        j = 0
+        while not lo <= key_slot(stream_key + b":%d.%d" % (k, j)) < hi:
+            j += 1
+        out.append(stream_key + b":%d.%d" % (k, j))
+    return tuple(out)
+
+
+def shard_of(student_id: str, shards: int) -> int:
+    """The shard a student's records go to: ``crc32(UTF-8 id) % shards`` (stable across processes).
+
+    Args:
+        student_id: the student.
+        shards: how many shards.
+
+    Returns:
+        0 .. shards - 1.
+    """
+    import zlib
+
+    return zlib.crc32(_text(student_id, "student_id")) % shards

@@ -6,12 +6,15 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: `features.schemas.SEOUL_LEARN_REGIONS`, spelled out: importing that module would load pyarrow with the
 #: settings, on every command (a test keeps the two equal).
 DEFAULT_REGIONS = ("seoul", "chungbuk", "pyeongchang", "gimpo", "incheon", "taebaek")
+#: Stream shards on a Redis Cluster unless `RedisSettings.stream_shards` says otherwise: twice the local
+#: cluster's three primaries, so each primary holds about two of them.
+CLUSTER_STREAM_SHARDS = 6
 
 
 class RedisSettings(BaseModel):
@@ -24,6 +27,47 @@ class RedisSettings(BaseModel):
     cluster: bool = Field(default=False, description="Treat `url` as a Redis Cluster entry node.")
     socket_timeout_ms: int = Field(default=50, ge=1, description="Per-command timeout on the request path.")
     embedded_port: int = Field(default=0, ge=0, description="Port for the embedded server; 0 = a free port.")
+    stream_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description=(
+            "Shards of the events and exposures streams (features.keys); unset = 1 on a single Redis, "
+            f"{CLUSTER_STREAM_SHARDS} on a cluster. Fixed per deployment: a student's records and an event's "
+            "id marker live in the shard its student id picks, so changing it breaks deduplication of "
+            "retries in flight; export every shard before changing it."
+        ),
+    )
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Replicas that must acknowledge an event batch (Redis WAIT on the stream's node) before POST "
+            "/events answers 2xx; fewer in time = 503, the client retries (idempotent). 0 = do not wait "
+            "(a single Redis without replicas). Set 1 on a cluster with replicas: an accepted event then "
+            "survives its primary's failover."
+        ),
+    )
+    replica_ack_timeout_ms: int = Field(
+        default=25,
+        ge=1,
+        description="How long WAIT waits for `replica_acks`; must stay below `socket_timeout_ms`.",
+    )
+
+    def shards(self) -> int:
+        """The stream shards in force (`stream_shards`, or its default for a single Redis or a cluster)."""
+        if self.stream_shards is not None:
+            return self.stream_shards
+        return CLUSTER_STREAM_SHARDS if self.cluster else 1
+
+    @model_validator(mode="after")
+    def _wait_within_timeout(self) -> RedisSettings:
+        if self.replica_acks and self.replica_ack_timeout_ms >= self.socket_timeout_ms:
+            raise ValueError(
+                f"redis.replica_ack_timeout_ms ({self.replica_ack_timeout_ms}) must be below "
+                f"redis.socket_timeout_ms ({self.socket_timeout_ms}): the WAIT reply would time out"
+            )
+        return self
 
 
 class MlflowSettings(BaseModel):
@@ -73,8 +117,8 @@ class ServiceSettings(BaseModel):
         ge=0,
         description=(
             "Students whose computed answers the service keeps in memory (about 1.5 KB each at k=10) until "
-            "Redis reports that their keys changed (service.answer_cache); 0 = off. Always off with Redis "
-            "Cluster."
+            "Redis reports that their keys changed (service.answer_cache); 0 = off. On Redis Cluster "
+            "it tracks every primary."
         ),
     )
     regions: tuple[str, ...] = Field(

@@ -9,11 +9,16 @@ arriving late or out of order give the batch pipeline's weight. Applied events g
 
 Event intake is exactly-once, by construction rather than by timing, in two idempotent steps:
 
-1. the event id decides: one script in the events stream's slot checks the id's marker and, if absent,
-   XADDs the event and sets the marker (`features.streams.append_once`). The id is global (the same id
-   under another student is the same event), and the answer depends on the marker alone: a resent
+1. the event id decides: one script in the events stream's slot (the student's shard when the stream
+   is sharded, `features.keys.stream_shards`) checks the id's marker and, if absent, XADDs the event and
+   sets the marker (`features.streams.append_once`). With one shard the id is global (the same id under
+   another student is the same event); with several, a marker lives in its student's shard, so an id
+   reused for another student in another shard is not seen as a conflict (the same event sent again
+   always meets its marker: same student, same shard). The answer depends on the marker alone: a resent
    command finds its own call's token and answers "accepted" again, a request sent again or
-   concurrently answers "duplicate", a reused id with other fields "conflict";
+   concurrently answers "duplicate", a reused id with other fields "conflict". With ``replica_acks``
+   the script is followed by ``WAIT`` on its connection, and a batch not acknowledged in time raises
+   (503) rather than report events a failover could lose;
 2. the events the stream holds (accepted now, or duplicates of the same event, in case an earlier call
    failed before this step) are applied to the students' state by the per-student script, which keeps
    its own marker per event, so applying an event again changes nothing.
@@ -26,6 +31,7 @@ Size: over 600 lines because the Lua scripts and the Python that calls them must
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -261,7 +267,14 @@ class FeatureStore:
     """
 
     def __init__(
-        self, client: Any, *, recent_len: int = RECENT_LEN, event_ttl_seconds: int = EVENT_ID_TTL_SECONDS
+        self,
+        client: Any,
+        *,
+        recent_len: int = RECENT_LEN,
+        event_ttl_seconds: int = EVENT_ID_TTL_SECONDS,
+        stream_shards: int = 1,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 25,
     ) -> None:
         if recent_len < 1:
             raise ValueError(f"recent_len must be >= 1, got {recent_len}")
@@ -270,6 +283,10 @@ class FeatureStore:
         self.client = client
         self.recent_len = int(recent_len)
         self.event_ttl_seconds = int(event_ttl_seconds)
+        #: the events stream's shards (`features.keys.stream_shards`); a student's events go to one
+        self.event_streams = keys.stream_shards(keys.EVENTS_STREAM, stream_shards)
+        self.replica_acks = int(replica_acks)
+        self.replica_ack_timeout_ms = int(replica_ack_timeout_ms)
         self._script_sha: str | None = None
         self._weights = [
             repr(float(STAGE_WEIGHT["enrol"])),
@@ -462,7 +479,7 @@ class FeatureStore:
         A call refused by its node (MOVED/ASK after a resharding, NOSCRIPT on a new node) did not run and
         is sent again through the cluster client, which follows redirections.
         """
-        from redis.exceptions import NoScriptError, ResponseError
+        from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
         sha = self._sha()
         by_node: dict[str, tuple[Any, list[int]]] = {}
@@ -476,7 +493,14 @@ class FeatureStore:
             for i in rows:
                 call_keys, args = calls[i]
                 pipe.evalsha(sha, len(call_keys), *call_keys, *args)
-            for i, reply in zip(rows, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except (ConnectionError, TimeoutError):
+                # the node died (a failover is under way): the next call must see the new slot owners
+                with contextlib.suppress(Exception):  # no node answers: the next call tries again
+                    self.client.nodes_manager.initialize()
+                raise
+            for i, reply in zip(rows, replies, strict=True):
                 if isinstance(reply, ResponseError):
                     again.append(i)
                 elif isinstance(reply, Exception):
@@ -514,6 +538,8 @@ class FeatureStore:
             ValueError: an event is malformed (names the event and field; nothing is written).
             redis.exceptions.RedisError: Redis failed; some events may be stored, and retrying the same
                 events is safe (they complete, reported as duplicates).
+            ReplicaAckError: ``replica_acks`` replicas did not acknowledge a shard's append in time; as
+                above, sending the same events again is safe.
         """
         from features.streams import ALREADY_APPENDED, APPENDED, append_once
 
@@ -527,13 +553,22 @@ class FeatureStore:
             j = first.setdefault(event.event_id, i)
             if j != i and fields[j] != fields[i]:
                 outcomes[i] = "conflict"
-        unique = list(first.values())
-        codes = append_once(
-            self.client,
-            keys.EVENTS_STREAM,
-            [(keys.stream_marker(keys.EVENTS_STREAM, events[i].event_id), fields[i]) for i in unique],
-            ttl_seconds=self.event_ttl_seconds,
-        )
+        by_shard: dict[bytes, list[int]] = {}
+        for i in first.values():
+            shard = self.event_streams[keys.shard_of(events[i].student_id, len(self.event_streams))]
+            by_shard.setdefault(shard, []).append(i)
+        unique: list[int] = []
+        codes: list[int] = []
+        for stream, rows in by_shard.items():
+            unique += rows
+            codes += append_once(
+                self.client,
+                stream,
+                [(keys.stream_marker(stream, events[i].event_id), fields[i]) for i in rows],
+                ttl_seconds=self.event_ttl_seconds,
+                replicas=self.replica_acks,
+                replica_timeout_ms=self.replica_ack_timeout_ms,
+            )
         positions: dict[str, list[int]] = {}
         for i, code in zip(unique, codes, strict=True):
             if code == APPENDED:

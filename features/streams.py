@@ -178,6 +178,9 @@ def _append_call(client: Any, stream: bytes | str, args: list[Any]) -> list[byte
 #: only on the marker: the same call run again (redis-py resends a command whose reply timed out) finds
 #: its own token and answers 1 again without appending. Returns per record 1 appended by this call, 0
 #: already there with the same digest (a resend), 2 already there with another digest (the id was reused).
+#: A record found already there has its marker written again, unchanged: the call then always writes, so a
+#: WAIT after it (`append_once` with ``replicas``) covers the earlier call's append too (a primary
+#: replicates in order), where a call that wrote nothing would be acknowledged at once.
 _APPEND_ONCE_LUA = """
 local ttl, token = ARGV[1], ARGV[2]
 local out, a = {}, 3
@@ -189,8 +192,10 @@ for i = 2, #KEYS do
     redis.call('SET', KEYS[i], token .. '|' .. digest, 'EX', ttl)
     out[i - 1] = 1
   elseif seen == token .. '|' .. digest then
+    redis.call('SET', KEYS[i], seen, 'KEEPTTL')
     out[i - 1] = 1
   elseif string.sub(seen, -(#digest + 1)) == '|' .. digest then
+    redis.call('SET', KEYS[i], seen, 'KEEPTTL')
     out[i - 1] = 0
   else
     out[i - 1] = 2
@@ -226,6 +231,8 @@ def append_once(
     *,
     ttl_seconds: int,
     token: str | None = None,
+    replicas: int = 0,
+    replica_timeout_ms: int = 25,
 ) -> list[int]:
     """XADD each record unless a record with the same id was appended within `ttl_seconds`.
 
@@ -241,12 +248,17 @@ def append_once(
         ttl_seconds: how long a marker (the memory of an id) lives.
         token: identifies this call (default: a random one); a call resent with the same token gets the
             same answers.
+        replicas: after each chunk, wait (Redis ``WAIT``, on the connection that ran the script, so it
+            covers that write) until this many replicas hold it; 0 = do not wait.
+        replica_timeout_ms: how long ``WAIT`` waits.
 
     Returns:
         Per record `APPENDED` (by this call), `ALREADY_APPENDED` (same fields: a resend) or `ID_REUSED`
         (the id was appended with other fields; nothing written).
 
     Raises:
+        ReplicaAckError: fewer than `replicas` acknowledged a chunk in time (it is written on the primary
+            and may or may not survive a failover: send the same records again, they are not doubled).
         redis.exceptions.ResponseError: Redis refused a record (no fields, the key is no stream): the
             records before it in its chunk are appended and marked, it and those after are not.
     """
@@ -264,13 +276,76 @@ def append_once(
             args += [record_digest(fields), str(2 * len(fields))]
             for pair in fields.items():
                 args.extend(pair)
-        try:
-            reply = client.evalsha(_APPEND_ONCE_SHA, 1 + len(markers), stream, *markers, *args)
-        except NoScriptError:  # the script did not run: loading it and calling again is safe
-            client.script_load(_APPEND_ONCE_LUA)
-            reply = client.evalsha(_APPEND_ONCE_SHA, 1 + len(markers), stream, *markers, *args)
+        call = [_APPEND_ONCE_SHA, 1 + len(markers), stream, *markers, *args]
+        if replicas:
+            reply = _evalsha_acked(client, stream, call, replicas, replica_timeout_ms)
+        else:
+            try:
+                reply = client.evalsha(*call)
+            except NoScriptError:  # the script did not run: loading it and calling again is safe
+                client.script_load(_APPEND_ONCE_LUA)
+                reply = client.evalsha(*call)
         out += [int(x) for x in reply]
     return out
+
+
+def _evalsha_acked(client: Any, key: bytes, call: list[Any], replicas: int, timeout_ms: int) -> Any:
+    """EVALSHA then ``WAIT replicas timeout_ms`` in one pipeline on the key's node connection.
+
+    WAIT counts the replicas holding every write of ITS connection, so both must go through the same
+    connection: on a cluster, a pipeline of the node's own client (the cluster pipeline refuses
+    EVALSHA). A stale slot map (the node died, or moved the slot) is refreshed and the call sent once
+    more: the script answers a resend of the same token the same way.
+    """
+    from redis.exceptions import AskError, ClusterDownError, ConnectionError, NoScriptError, TimeoutError
+
+    from features.errors import ReplicaAckError
+
+    for attempt in (1, 2):
+        node = _node_client(client, key)
+        try:
+            try:
+                reply, acked = _pipe_acked(node, call, replicas, timeout_ms)
+            except NoScriptError:
+                node.script_load(_APPEND_ONCE_LUA)
+                reply, acked = _pipe_acked(node, call, replicas, timeout_ms)
+        except (ConnectionError, TimeoutError, AskError, ClusterDownError) as exc:
+            if attempt == 2 or node is client:
+                raise
+            try:
+                client.nodes_manager.initialize()  # the cluster's current slot owners
+            except Exception:  # no node answers: the caller's next call tries again
+                raise exc from None
+            continue
+        if int(acked) < replicas:
+            raise ReplicaAckError(
+                f"{int(acked)} of {replicas} replica(s) acknowledged the write within {timeout_ms} ms; "
+                "it is not reported as stored (send it again: it is not doubled)"
+            )
+        return reply
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _node_client(client: Any, key: bytes) -> Any:
+    """The client of the node serving `key` (a cluster's node), or `client` itself (a single Redis)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)
+        if node is None:
+            from redis.exceptions import ClusterDownError
+
+            raise ClusterDownError(f"no node serves the slot of {key!r}")
+        return client.get_redis_connection(node)
+    return client
+
+
+def _pipe_acked(node: Any, call: list[Any], replicas: int, timeout_ms: int) -> tuple[Any, Any]:
+    pipe = node.pipeline(transaction=False)
+    pipe.evalsha(*call)
+    pipe.execute_command("WAIT", replicas, timeout_ms)
+    reply, acked = pipe.execute()
+    return reply, acked
 
 
 # -- decoding --------------------------------------------------------------------------------------------
@@ -535,6 +610,60 @@ def export_stream(
                 summary.trimmed = int(client.xtrim(stream_key, minid=format_id(lowest), approximate=False))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def export_shards(
+    client: Any,
+    stream: bytes,
+    shards: int,
+    group: str,
+    out_dir: Path,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    *,
+    schema: pa.Schema,
+    decode: Decoder | None = None,
+    name: str | None = None,
+    consumer: str = DEFAULT_CONSUMER,
+    trim: bool = False,
+) -> ExportSummary:
+    """`export_stream` on every shard of a stream (`features.keys.stream_shards`), into one directory.
+
+    Each shard keeps its own consumer group position and its own files, ``<name>-s<k>-<ids>.parquet``
+    (one shard: ``<name>-<ids>.parquet``, as before sharding), so the crash-safety argument holds per
+    shard. The files of all shards together are the stream: a student's records are in one shard, in
+    the order they arrived; readers that need every record in time order sort by its time column (the A/B
+    attribution sorts by ``shown_at`` and ``occurred_at``; training's tables by ``occurred_at``).
+
+    Args:
+        client: Redis client with bytes responses.
+        stream: the unsharded stream key (`features.keys.EVENTS_STREAM`, `EXPOSURES_STREAM`).
+        shards: ``redis.stream_shards`` in force.
+        group, out_dir, batch_size, progress, schema, decode, consumer, trim: as `export_stream`.
+        name: file name prefix; default the last part of the stream key.
+
+    Returns:
+        What was exported, summed over the shards (``first_id`` and ``last_id`` are the last shard's).
+    """
+    from features import keys
+
+    name = name or _text(stream).rsplit(":", 1)[-1]
+    shard_keys = keys.stream_shards(stream, shards)
+    total = ExportSummary(stream=_text(stream), group=group)
+    for k, key in enumerate(shard_keys):
+        part = export_stream(
+            client, key, group, out_dir, batch_size, progress, schema=schema, decode=decode,
+            name=name if len(shard_keys) == 1 else f"{name}-s{k}", consumer=consumer, trim=trim,
+        )  # fmt: skip
+        total.files += part.files
+        total.rows += part.rows
+        total.rejected += part.rejected
+        total.skipped += part.skipped
+        total.trimmed += part.trimmed
+        total.seconds += part.seconds
+        total.first_id = part.first_id or total.first_id
+        total.last_id = part.last_id or total.last_id
+    return total
 
 
 def _export_batch(

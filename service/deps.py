@@ -154,8 +154,13 @@ class GuardedStore:
             raise StoreUnavailableError(
                 f"feature store unavailable ({self._unavailable}): nothing was stored; retry later"
             )
+        from features.errors import ReplicaAckError
+
         try:
             result = fn(self.store)
+        except ReplicaAckError as exc:  # Redis answered, a replica was late: reads need not degrade
+            self._metrics.redis_errors.labels(operation="replica_ack").inc()
+            raise StoreUnavailableError(f"{operation}: {exc}") from exc
         except self._errors as exc:
             self._failed(operation, exc)
             raise StoreUnavailableError(

@@ -45,6 +45,8 @@ class ExposureWriter:
         client: Redis client (None when the feature store is unavailable: everything is dropped, counted).
         metrics: where written / dropped counts and the queue depth go.
         stream: stream key (default `features.keys.EXPOSURES_STREAM`).
+        shards: the stream's shards (``redis.stream_shards``): each exposure goes to its student's shard,
+            one write per shard of a batch.
         capacity: most exposures held in memory.
         flush_interval: batching delay after the first queued exposure.
         max_batch: most exposures per write.
@@ -56,6 +58,7 @@ class ExposureWriter:
         metrics: Metrics,
         *,
         stream: bytes | None = None,
+        shards: int = 1,
         capacity: int = QUEUE_CAPACITY,
         flush_interval: float = FLUSH_INTERVAL_SECONDS,
         max_batch: int = MAX_BATCH,
@@ -64,6 +67,7 @@ class ExposureWriter:
 
         self.client = client
         self.stream = stream if stream is not None else keys.EXPOSURES_STREAM
+        self.streams = keys.stream_shards(self.stream, shards)
         self.capacity = capacity
         self.flush_interval = flush_interval
         self.max_batch = max_batch
@@ -147,7 +151,10 @@ class ExposureWriter:
         if not batch:
             return True
         try:
-            append(self.client, self.stream, batch)
+            if len(self.streams) == 1:
+                append(self.client, self.stream, batch)
+            else:
+                self._append_sharded(batch)
         except Exception as exc:  # Redis down, timeout, ...: keep the batch, count what cannot be kept
             self._metrics.redis_errors.labels(operation="xadd_exposures").inc()
             self._requeue(batch)
@@ -163,6 +170,20 @@ class ExposureWriter:
         self._failing = False
         self._metrics.exposures.labels(outcome="written").inc(len(batch))
         return True
+
+    def _append_sharded(self, batch: list[Mapping[str, str]]) -> None:
+        """Append each exposure to its student's shard. A shard that fails after others were written
+        raises, and the whole batch is queued again: at least once, as exposures are (counted once per
+        request id by the A/B analysis)."""
+        from features import keys
+        from features.streams import append
+
+        by_shard: dict[bytes, list[Mapping[str, str]]] = {}
+        n = len(self.streams)
+        for fields in batch:
+            by_shard.setdefault(self.streams[keys.shard_of(fields["student_id"], n)], []).append(fields)
+        for stream, part in by_shard.items():
+            append(self.client, stream, part)
 
     def _requeue(self, batch: list[Mapping[str, str]]) -> None:
         with self._lock:

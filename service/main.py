@@ -168,7 +168,14 @@ def _connect_store(settings: Settings) -> tuple[Any, Any, str | None]:
     except Exception as exc:
         logger.error("feature store unavailable at start-up; answering degraded", extra={"error": repr(exc)})
         return None, None, repr(exc)
-    return FeatureStore(connection), connection, None
+    redis = settings.redis
+    store = FeatureStore(
+        connection,
+        stream_shards=redis.shards(),
+        replica_acks=redis.replica_acks,
+        replica_ack_timeout_ms=redis.replica_ack_timeout_ms,
+    )
+    return store, connection, None
 
 
 def _supervise_embedded(settings: Settings) -> Any:
@@ -183,16 +190,13 @@ def _supervise_embedded(settings: Settings) -> Any:
 
 
 def _listen_for_changes(connection: Any, answers: AnswerCache) -> Any:
-    """Start the listener that keeps the answer cache honest; None (cache off) without Redis, with a
-    cluster or with size 0."""
+    """Start the listener that keeps the answer cache honest (one connection, or one per cluster
+    primary); None (cache off) without Redis or with size 0."""
     if connection is None or answers.capacity <= 0:
         return None
-    from features.key_changes import KeyChangeListener, supported
+    from features.key_changes import listener_for
 
-    if not supported(connection):
-        logger.info("answer cache off: key-change tracking is not implemented for Redis Cluster")
-        return None
-    listener = KeyChangeListener(connection, answers)
+    listener = listener_for(connection, answers)
     listener.start()
     return listener
 
@@ -285,7 +289,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if watched is not None:
             manager.set_variant_refs(watched.models())  # the first check loads them with the champion
-        exposures = ExposureWriter(store.client if store is not None else None, metrics)
+        exposures = ExposureWriter(
+            store.client if store is not None else None, metrics, shards=settings.redis.shards()
+        )
         exposures.start()
         hash_key = settings.service.log_hash_key
         app.state.learnrec = state = AppState(

@@ -130,3 +130,42 @@ def redis_client(redis_server: RedisServerControl) -> Iterator[redis.Redis]:
 def redis_url(redis_client: redis.Redis, redis_server: RedisServerControl) -> str:
     """URL of the (flushed) session server."""
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterControl]:
+    """A real local Redis Cluster (3 primaries, 3 replicas; `features.cluster_local`), one per session."""
+    from features.cluster_local import start_cluster, stop_cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    control = ClusterControl(start_cluster(root, daemon=False))
+    try:
+        yield control
+    finally:
+        stop_cluster(root)
+
+
+class ClusterControl:
+    """The session's cluster, with what failure tests need: kill a primary, bring it back as a replica."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    @property
+    def url(self) -> str:
+        return str(self.cluster.url)
+
+    def kill_primary(self, port: int) -> int:
+        """SIGKILL the primary listening on `port`; returns its index among the nodes."""
+        from features.cluster_local import kill_node
+
+        index = next(i for i, n in enumerate(self.cluster.nodes) if n.port == port)
+        kill_node(self.cluster.nodes[index])
+        return index
+
+    def heal(self, index: int) -> None:
+        """Start node `index` again and wait until every node agrees the cluster is whole."""
+        from features.cluster_local import restart_node, wait_ok
+
+        self.cluster = restart_node(self.cluster, index, daemon=False)
+        wait_ok(self.cluster)

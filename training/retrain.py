@@ -358,12 +358,13 @@ def _export(ctx: _Context) -> dict[str, Any]:
     from features import keys
     from features.redis_server import connect
     from features.schemas import EVENTS
-    from features.streams import export_stream
+    from features.streams import export_shards
 
     client = connect(ctx.settings, bulk=True)
-    summary = export_stream(
+    summary = export_shards(
         client,
         keys.EVENTS_STREAM,
+        ctx.settings.redis.shards(),
         options.group,
         Path(options.events_dir),
         progress=ctx.progress,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 from redis.crc import key_slot
 
@@ -98,3 +100,24 @@ def test_empty_ids_are_refused():
 def test_unknown_stream_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown stream 'clicks': expected one of events, exposures"):
         keys.stream("clicks")
+
+
+def test_stream_shards_split_the_slot_space_evenly_and_one_shard_is_the_stream():
+    assert keys.stream_shards(keys.EVENTS_STREAM, 1) == [keys.EVENTS_STREAM]
+    for n in (2, 3, 6, 12):
+        shards = keys.stream_shards(keys.EVENTS_STREAM, n)
+        assert len(set(shards)) == n and all(s.startswith(keys.EVENTS_STREAM + b":") for s in shards)
+        # shard k hashes into the k-th of n equal slot ranges: each of p | n primaries holds n / p shards
+        assert [key_slot(s) * n // 16384 for s in shards] == list(range(n))
+    assert keys.stream_shards(keys.EXPOSURES_STREAM, 6) != keys.stream_shards(keys.EVENTS_STREAM, 6)
+    with pytest.raises(ValueError, match=r"1\.\.1024"):
+        keys.stream_shards(keys.EVENTS_STREAM, 0)
+
+
+def test_a_student_always_goes_to_the_same_shard():
+    assert keys.shard_of("학생-1", 6) == keys.shard_of("학생-1", 6)
+    assert keys.shard_of("s0", 1) == 0
+    spread = {keys.shard_of(f"s{i}", 6) for i in range(200)}
+    assert spread == set(range(6))
+    # crc32 of the UTF-8 id: fixed across processes and Python versions (no hash randomisation)
+    assert keys.shard_of("학생-1", 1_000_000) == zlib.crc32("학생-1".encode()) % 1_000_000

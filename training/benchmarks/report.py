@@ -21,7 +21,7 @@ from typing import Any
 from training.benchmarks.runner import SuiteResult
 
 #: Order of the sections in RESULTS.md.
-SUITE_ORDER = ("quality", "data", "train", "serve")
+SUITE_ORDER = ("quality", "data", "train", "serve", "cluster")
 _LIBRARIES = (
     "numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "lightfm-next", "fastapi", "uvicorn", "redis",
 )  # fmt: skip
@@ -371,7 +371,56 @@ def _quality_tables(payload: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _cluster_tables(payload: Mapping[str, Any]) -> list[str]:
+    """Preparation steps, one wrk row per (workers, endpoint), and the failover run's counts."""
+    prep: list[list[str]] = []
+    load: list[list[str]] = []
+    for item in payload["items"]:
+        m = item["metrics"]
+        why = _status(item)
+        if "rps" in m:
+            load.append([
+                item["item"], _n(m["rps"]), _ms(m["p50_ms"]), _ms(m["p99_ms"]), _ms(m["max_ms"]),
+                f"{m['errors']:,} / {m['requests']:,}", str(m.get("load_before", "")),
+            ])  # fmt: skip
+        else:
+            prep.append(
+                [item["item"], why or _s(item["seconds"]), _mib(item["peak_rss_bytes"]) if not why else "-"]
+            )
+    lines = [*_table(["step", "time s", "peak RSS"], prep), ""] if prep else []
+    if load:
+        header = ["wrk run (max rate, 16 connections)", "requests/s", "p50 ms", "p99 ms", "max ms",
+                  "non-2xx or errors / requests", "load average before (1, 5, 15 min)"]  # fmt: skip
+        lines += [*_table(header, load), ""]
+    f = payload.get("summary", {}).get("failover")
+    if f:
+        kill = f.get("kill", {})
+        lines += [
+            f"Failover: a primary (port {kill.get('port')}) SIGKILLed {f.get('kill_after', 8)} s into a "
+            f"{f.get('seconds', 0):.0f} s run of 2 readers and 2 retrying event writers against 2 workers "
+            f"(load before: {f.get('load_before')}); a replica took over after "
+            f"{kill.get('failover_s', 0):.1f} s, the killed node was back as its replica "
+            f"{kill.get('back_as_replica_s', 0):.1f} s after the kill.",
+            "",
+        ]
+        reads = ", ".join(f"{k}: {v:,}" for k, v in sorted(f.get("reads", {}).items()))
+        posts = ", ".join(f"{k}: {v:,}" for k, v in sorted(f.get("posts", {}).items()))
+        lines += _table(
+            ["what", "figure"],
+            [
+                ["GET /recommendations answers by status", reads or "-"],
+                ["POST /events answers by status (0 = no answer)", posts or "-"],
+                ["batches sent again after a non-2xx", f"{f.get('retried_batches', 0):,}"],
+                ["events answered 2xx", f"{f.get('events_2xx', 0):,}"],
+                ["of them missing from the streams", f"{f.get('answered_2xx_missing', 0):,}"],
+                ["events in the streams twice", f"{f.get('in_streams_twice', 0):,}"],
+            ],
+        )
+    return lines
+
+
 _RENDER = {
+    "cluster": _cluster_tables,
     "data": _data_tables,
     "train": _train_tables,
     "serve": _serve_tables,

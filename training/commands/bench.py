@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     from training.benchmarks.runner import BenchOptions, SuiteResult
 
-SUITES = ("data", "train", "serve", "quality")
+SUITES = ("data", "train", "serve", "quality", "cluster")
 #: What `--suite all` runs: the quality suite fits every model on seven datasets, so it is asked for by name.
 ALL_SUITES = ("data", "train", "serve")
 
@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
         suite: Annotated[
-            str, typer.Option(help="data | train | serve | quality | all (all = data, train, serve)")
+            str,
+            typer.Option(help="data | train | serve | quality | cluster | all (all = data, train, serve)"),
         ] = "all",
         large: Annotated[
             bool, typer.Option("--large", help="1,000,000 students x 20,000 lectures instead of the default.")
@@ -81,7 +82,9 @@ def register(app: typer.Typer) -> None:
 
         wanted = ALL_SUITES if suite == "all" else (suite,)
         if any(s not in SUITES for s in wanted):
-            raise typer.BadParameter(f"unknown suite '{suite}': choose data, train, serve, quality or all")
+            raise typer.BadParameter(
+                f"unknown suite '{suite}': choose data, train, serve, quality, cluster or all"
+            )
         missing = [str(f) for f in events or [] if not f.is_file()]
         if missing:
             raise typer.BadParameter(f"no such file: {', '.join(missing)}", param_hint="--events")
@@ -90,7 +93,7 @@ def register(app: typer.Typer) -> None:
         def say(line: str) -> None:
             typer.echo(line, err=True)
 
-        if "serve" in wanted:
+        if "serve" in wanted or "cluster" in wanted:
             _check_wrk(say)
 
         opts = BenchOptions(
@@ -171,9 +174,10 @@ def _check_wrk(say: Callable[[str], None]) -> None:
 
 
 def _run_suite(name: str, opts: BenchOptions) -> SuiteResult:
-    from training.benchmarks import data_bench, quality_bench, serve_bench, train_bench
+    from training.benchmarks import cluster_bench, data_bench, quality_bench, serve_bench, train_bench
 
     runner = {
+        "cluster": cluster_bench.run,
         "data": data_bench.run,
         "train": train_bench.run,
         "serve": serve_bench.run,

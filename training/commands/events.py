@@ -36,9 +36,10 @@ def export(
         ),
     ] = True,
 ) -> None:
-    """Export a Redis stream to Parquet; entries are acknowledged only once their file is on disk, and
-    then removed from the stream unless another consumer group still needs them (the files are the
-    record: run it on a schedule, and the streams stay as long as what arrived since the last run)."""
+    """Export a Redis stream (every shard of it) to Parquet; entries are acknowledged only once their file
+    is on disk, and then removed from the stream unless another consumer group still needs them (the
+    files are the record: run it on a schedule, and the streams stay as long as what arrived since the
+    last run)."""
     from redis.exceptions import RedisError
 
     from features import keys
@@ -46,7 +47,7 @@ def export(
     from features.redis_server import connect
     from features.schemas import EVENTS
     from features.settings import get_settings
-    from features.streams import export_stream
+    from features.streams import export_shards
 
     settings = get_settings()
     directory = out or settings.data_dir / "exports" / stream.value
@@ -59,9 +60,9 @@ def export(
     try:
         client = connect(settings, bulk=True)
         with progress_bars() as progress:
-            summary = export_stream(
-                client, keys.stream(stream.value), group, directory, batch_size, progress,
-                schema=schema, decode=decode, trim=trim,
+            summary = export_shards(
+                client, keys.stream(stream.value), settings.redis.shards(), group, directory, batch_size,
+                progress, schema=schema, decode=decode, trim=trim,
             )  # fmt: skip
     except (FeatureStoreError, RedisError, OSError) as exc:
         raise fail(f"{stream.value} export: {exc}") from None

@@ -1,9 +1,10 @@
-"""`learnrec features materialize | seed | redis`: model state and online state in Redis."""
+"""`learnrec features materialize | seed | redis | cluster`: model state and online state in Redis."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -166,6 +167,42 @@ def redis_status(
         )
     else:
         typer.echo(f"embedded redis-server pid {server.pid} at {server.url} (data {directory})")
+
+
+@app.command("cluster")
+def cluster(
+    stop: Annotated[bool, typer.Option("--stop", help="Stop every node (each saves first).")] = False,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Cluster directory (default <data_dir>/redis-cluster).")
+    ] = None,
+    primaries: Annotated[int, typer.Option(min=3, help="Primaries of a new cluster.")] = 3,
+    replicas: Annotated[int, typer.Option(min=0, help="Replicas per primary of a new cluster.")] = 1,
+) -> None:
+    """Start (or reuse, or bring back) a local Redis Cluster of embedded servers, or stop it; prints the
+    settings that point learnrec at it."""
+    from features.cluster_local import read_cluster, start_cluster, stop_cluster
+    from features.settings import get_settings
+
+    root = directory or get_settings().data_dir / "redis-cluster"
+    if stop:
+        stopped = stop_cluster(root)
+        typer.echo(
+            f"stopped {stopped} node(s) of the local cluster in {root}"
+            if stopped
+            else f"no node running in {root}"
+        )
+        return
+    known = read_cluster(root)
+    running = start_cluster(root, primaries=primaries, replicas=replicas)
+    verb = "running" if known is not None else "formed"
+    typer.echo(
+        f"local Redis Cluster {verb} in {root}: {running.primaries} primaries, "
+        f"{len(running.nodes) - running.primaries} replicas; primaries on ports "
+        f"{', '.join(str(p) for p in running.primaries_now())}"
+    )
+    typer.echo(f"export LEARNREC_REDIS__URL={running.url} LEARNREC_REDIS__CLUSTER=true")
+    if len(running.nodes) > running.primaries:
+        typer.echo("export LEARNREC_REDIS__REPLICA_ACKS=1  # POST /events waits for a replica")
 
 
 @dataclass(frozen=True)

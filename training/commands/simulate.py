@@ -358,7 +358,7 @@ def _http(
         )
         try:
             client = connect(settings, bulk=True)
-            mark_streams(client, config.run_name)
+            mark_streams(client, config.run_name, settings.redis.shards())
         except (RedisError, FeatureStoreError, OSError) as exc:
             raise SimulationError(f"Redis (the service's streams) is not reachable: {exc}") from None
         with HttpBackend(url, api_key, concurrency=concurrency) as backend:
@@ -372,6 +372,7 @@ def _http(
             exported = export_run(
                 client, config.run_name, out_dir, expect_exposures=result.visits - result.failed,
                 progress=_callback(progress, "exporting the streams"), clock=result.clock,
+                shards=settings.redis.shards(),
             )  # fmt: skip
         except (RedisError, FeatureStoreError, OSError) as exc:
             raise SimulationError(

@@ -20,8 +20,9 @@ def stream_group(run: str) -> str:
     return f"simulate-{run}"
 
 
-def mark_streams(client: Any, run: str) -> dict[str, str]:
-    """Create the run's consumer groups at the current end of the events and exposures streams.
+def mark_streams(client: Any, run: str, shards: int = 1) -> dict[str, str]:
+    """Create the run's consumer groups at the current end of the events and exposures streams (of each
+    of their `shards`).
 
     The export of the run then holds exactly what arrived during the run (other traffic of the same
     period included). A group left by an earlier run of the same name is moved to the end.
@@ -29,17 +30,16 @@ def mark_streams(client: Any, run: str) -> dict[str, str]:
     Args:
         client: Redis client (bytes responses).
         run: run name.
+        shards: ``redis.stream_shards`` in force.
 
     Returns:
-        Stream name -> id the group starts after.
+        Stream (shard) key as text -> id the group starts after.
     """
     from redis.exceptions import ResponseError
 
-    from features import keys
-
     out = {}
     group = stream_group(run)
-    for name, stream in (("events", keys.EVENTS_STREAM), ("exposures", keys.EXPOSURES_STREAM)):
+    for stream in _shard_keys(shards):
         last = client.xrevrange(stream, count=1)
         start = last[0][0].decode() if last else "0-0"
         try:
@@ -48,8 +48,14 @@ def mark_streams(client: Any, run: str) -> dict[str, str]:
             if "BUSYGROUP" not in str(exc):
                 raise
             client.xgroup_setid(stream, group, id=start)
-        out[name] = start
+        out[stream.decode()] = start
     return out
+
+
+def _shard_keys(shards: int) -> list[bytes]:
+    from features import keys
+
+    return [k for s in (keys.EVENTS_STREAM, keys.EXPOSURES_STREAM) for k in keys.stream_shards(s, shards)]
 
 
 def set_aside_previous_export(out_dir: Path, now: datetime | None = None) -> Path | None:
@@ -97,6 +103,7 @@ def export_run(
     wait_seconds: float = 10.0,
     progress: Progress | None = None,
     clock: Mapping[str, datetime] | None = None,
+    shards: int = 1,
 ) -> RunExport:
     """Export the run's events and exposures (`features.streams.export_stream`) and drop its groups.
 
@@ -114,13 +121,14 @@ def export_run(
             exposure with ITS clock, the wall clock, while the simulated events carry simulated times;
             with ``clock`` each exposure's ``shown_at`` is its visit's simulated time, so exposures and
             events share one clock (the attribution window, daily looks and time charts need that).
+        shards: ``redis.stream_shards`` in force (`mark_streams` was given the same).
 
     Returns:
         Directories and row counts.
     """
     from features import keys
     from features.schemas import EVENTS
-    from features.streams import export_stream
+    from features.streams import export_shards
     from training.ab.exposures import EXPOSURES, from_stream_fields
 
     decode = from_stream_fields
@@ -134,13 +142,15 @@ def export_run(
 
     group = stream_group(run)
     events_dir, exposures_dir = out_dir / "events", out_dir / "exposures"
-    ev = export_stream(client, keys.EVENTS_STREAM, group, events_dir, progress=progress, schema=EVENTS)
+    ev = export_shards(
+        client, keys.EVENTS_STREAM, shards, group, events_dir, progress=progress, schema=EVENTS
+    )
     rejected = ev.rejected
     exposures = 0
     deadline = time.monotonic() + wait_seconds
     while True:
-        ex = export_stream(
-            client, keys.EXPOSURES_STREAM, group, exposures_dir, progress=progress,
+        ex = export_shards(
+            client, keys.EXPOSURES_STREAM, shards, group, exposures_dir, progress=progress,
             schema=EXPOSURES, decode=decode,
         )  # fmt: skip
         exposures += ex.rows
@@ -148,6 +158,6 @@ def export_run(
         if exposures >= expect_exposures or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    for stream in (keys.EVENTS_STREAM, keys.EXPOSURES_STREAM):
+    for stream in _shard_keys(shards):
         client.xgroup_destroy(stream, group)  # a finished run's group must not hold back stream trimming
     return RunExport(events_dir, exposures_dir, ev.rows, exposures, rejected)
