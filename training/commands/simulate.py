@@ -122,6 +122,13 @@ def simulate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="--repeat: results file (default <data_dir>/reports/...).")
     ] = None,
+    visits: Annotated[
+        str,
+        typer.Option(
+            help="Who visits each day: activity (students active lately come back more often; the "
+            "documented default assumption, training.simulate.Visiting) or uniform (every student alike)."
+        ),
+    ] = "activity",
     daily_looks: Annotated[
         bool,
         typer.Option(
@@ -138,7 +145,7 @@ def simulate(
     control) or the power of an A/B test.
     """
     from features.settings import get_settings
-    from training.simulate import SimConfig
+    from training.simulate import SimConfig, Visiting
 
     settings = get_settings()
     if not 0 < alpha < 1:
@@ -153,6 +160,7 @@ def simulate(
         config = SimConfig(
             regions=_regions(regions), days=days, students_per_day=students_per_day, k=k,
             seed=settings.seed if seed is None else seed, start=_start(start), run=run,
+            visiting=Visiting(mode=visits),
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

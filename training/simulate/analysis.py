@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -294,6 +294,7 @@ class RepeatSummary:
                     "k": cfg.k,
                     "seed": cfg.seed,
                     "start": cfg.start.isoformat() if cfg.start else None,
+                    "visiting": asdict(cfg.visiting),
                 },
                 "seconds": round(self.seconds, 2),
                 "rates": self.rates(),
@@ -361,6 +362,7 @@ def repeat_experiment(
         cfg = SimConfig(
             regions=config.regions, days=config.days, students_per_day=config.students_per_day, k=config.k,
             seed=config.seed + rep, start=start, run=f"{config.run_name}-r{rep}", behaviour=config.behaviour,
+            visiting=config.visiting,
         )  # fmt: skip
         experiment = experiment_for(
             key, config.regions, shares, start, start + config.days * DAY, salt=f"{key}.r{rep}"
@@ -401,6 +403,7 @@ def repeat_experiment(
             start=start,
             run=config.run,
             behaviour=config.behaviour,
+            visiting=config.visiting,
         ),
         seconds=time.perf_counter() - started,
         looks=look_rows,
