@@ -241,15 +241,16 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN/inf become None)."""
-        out: dict[str, Any] = _clean(asdict(self))
+        out: dict[str, Any] = json_ready(asdict(self))
         return out
 
 
-def _clean(x: Any) -> Any:
+def json_ready(x: Any) -> Any:
+    """JSON-ready: NaN and infinity become None, numpy scalars Python ones (recursively)."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_ready(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
+        return [json_ready(v) for v in x]
     if isinstance(x, float | np.floating):
         return float(x) if math.isfinite(x) else None
     if isinstance(x, np.integer):
