@@ -6,7 +6,7 @@ import json
 import math
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -14,6 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from training.commands.console import fail
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.experiments import ExperimentConfig
+    from features.settings import Settings
 
 app = typer.Typer(no_args_is_help=True)
 _out = Console()
@@ -54,11 +60,25 @@ def report(
     ] = None,
     window_days: Annotated[float, typer.Option(help="Attribution window after an exposure, in days.")] = 7.0,
     alpha: Annotated[float, typer.Option(help="Significance level (CIs are 1 - alpha).")] = 0.05,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="Events before the experiment (e.g. the dataset directory): each student's activity in the "
+            "28 days before their first exposure adjusts the estimates (CUPED)."
+        ),
+    ] = None,
+    students: Annotated[
+        Path | None,
+        typer.Option(
+            help="Students table (dataset directory or Parquet): the lift per support category and grade, "
+            "with a flag for a group the treatment helps significantly less."
+        ),
+    ] = None,
 ) -> None:
     """Attribute outcomes to exposures and write the experiment's HTML + JSON report."""
     from features.experiments import load_experiments
     from features.settings import get_settings
-    from training.ab.exposures import read_events, read_exposures
+    from training.ab.exposures import read_events, read_exposures, read_students
     from training.ab.report import build_report, region_label, write_report
     from training.ab.stats import PRIMARY_METRIC, metric
 
@@ -79,15 +99,16 @@ def report(
     with _err.status("reading exposures and events..."):
         ex_table = read_exposures(exposures)
         ev_table = read_events(events)
+        before = read_events(history).to_pandas() if history is not None else None
+        people = read_students(students).to_pandas() if students is not None else None
+    models = served_models(settings, ex_table.to_pandas(), exp)
+    sources = {"exposures_path": str(exposures), "events_path": str(events)}
+    sources.update({k: str(v) for k, v in (("history_path", history), ("students_path", students)) if v})
     with _err.status(f"attributing {ex_table.num_rows:,} exposures, analysing, plotting..."):
         rep = build_report(
-            ex_table,
-            ev_table,
-            exp,
-            window=timedelta(days=window_days),
-            alpha=alpha,
-            sources={"exposures_path": str(exposures), "events_path": str(events)},
-        )
+            ex_table, ev_table, exp, window=timedelta(days=window_days), alpha=alpha, sources=sources,
+            history=before, students=people, models=models,
+        )  # fmt: skip
         html_path, json_path = write_report(rep, out)
 
     primary = metric(PRIMARY_METRIC)
@@ -121,6 +142,7 @@ def report(
             "[bold red]MISMATCH[/]" if srm.get(region, {}).get("mismatch") else "ok",
         )
     _out.print(table)
+    print_report_notes(rep.data)
     for s in rep.data["srm"]:
         if s["mismatch"]:
             observed = ", ".join(f"{v}={n:,}" for v, n in s["observed"].items())
@@ -140,6 +162,76 @@ def report(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def served_models(
+    settings: Settings, exposures: pd.DataFrame, experiment: ExperimentConfig
+) -> dict[str, dict[str, Any]] | None:
+    """Variant -> registered model, version, alias and kind, from the exposures' versions and the registry.
+
+    None when the exposures name no version (the report then says what the exposures say); a registry
+    that cannot be read, or a local store that does not exist (nothing is created for a report), leaves
+    ``alias`` and ``model`` unknown rather than failing the report.
+    """
+    from training.registry import describe_versions
+    from training.tracking import configure
+
+    ex = exposures.loc[exposures["experiment"] == experiment.key]
+    versions = {
+        str(v): ", ".join(sorted(g["model_version"].astype(str).unique())) for v, g in ex.groupby("variant")
+    }
+    if not versions:
+        return None
+    uri = settings.tracking_uri()
+    client = None
+    if not (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()):
+        try:
+            client = configure(settings)
+        except Exception:  # an unreachable registry must not cost the analyst the report
+            client = None
+    name = settings.mlflow.registered_model
+    if client is None:
+        return {v: {"name": name, "version": ver, "alias": "", "model": "?"} for v, ver in versions.items()}
+    return describe_versions(client, name, versions)
+
+
+def print_report_notes(data: dict[str, Any]) -> None:
+    """The models compared, the CUPED variance reduction and the equity flags, under the primary table."""
+    from training.ab.report import model_label
+    from training.ab.stats import PRIMARY_METRIC
+
+    served = data.get("models", {})
+    if served:
+        _out.print(
+            "models: " + "; ".join(f"{v} = {model_label(m)}" for v, m in served.items()),
+            highlight=False,
+            soft_wrap=True,
+        )
+    pooled = next(
+        (c for c in data["comparisons"] if c["metric"] == PRIMARY_METRIC and c["region"] == "pooled"), None
+    )
+    if pooled and pooled.get("adjusted"):
+        vr = pooled["adjusted"]["extra"].get("variance_reduction")
+        lo, hi = (("-" if x is None else f"{x:+.3f}") for x in pooled.get("sequential_ci") or (None, None))
+        _out.print(
+            f"pooled decision: CUPED (variance reduction {'-' if vr is None else f'{vr:.0%}'}); "
+            f"always-valid interval [{lo}, {hi}]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for attribute, rows in data.get("equity", {}).items():
+        flagged = [r for r in rows if r["helps_less"]]
+        text = ", ".join(f"{r['group']} (gap {r['gap']:+.3f}, Holm p {r['gap_p']:.3g})" for r in flagged)
+        _out.print(
+            f"equity by {attribute}: "
+            + (
+                f"[bold red]helps less: {text}[/]"
+                if flagged
+                else f"no group helped significantly less ({len(rows)} groups)"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _pp(x: float | None) -> str:
