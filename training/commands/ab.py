@@ -234,6 +234,10 @@ def print_report_notes(data: dict[str, Any]) -> None:
         )
 
 
+def _lift_text(x: float, count: bool) -> str:
+    return f"{x:+.3f}" if count else f"{_pp(x)}pp"
+
+
 def _pp(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:+.2f}"
 
@@ -264,9 +268,36 @@ def power(
         float | None, typer.Option(help="Relative lift to plan a duration for (0.1 = +10%).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    metric_name: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="enrolment_rate (a rate: --baseline) or a count such as enrolments_per_student "
+            "(--mean and --sd, or --past).",
+        ),
+    ] = "enrolment_rate",
+    mean: Annotated[
+        float | None, typer.Option(help="Counts: control mean per student (all regions).")
+    ] = None,
+    sd: Annotated[float | None, typer.Option(help="Counts: per-student standard deviation.")] = None,
+    variance_reduction: Annotated[
+        float, typer.Option(help="Counts: share of the variance CUPED removes (0-1; --past reads it).")
+    ] = 0.0,
+    past: Annotated[
+        Path | None,
+        typer.Option(
+            help="Counts: a past `ab report` JSON; each region's control mean, per-student sd and CUPED "
+            "variance reduction are taken from it (regions it lacks use --mean/--sd/--variance-reduction)."
+        ),
+    ] = None,
 ) -> None:
-    """Minimum detectable effect per region for a planned duration, and weeks needed for a target lift."""
-    from training.ab.power import plan
+    """Minimum detectable effect per region for a planned duration, and the days needed for a target lift.
+
+    For a rate (enrolment rate) or a count per student (enrolments per student, planned with the
+    variance reduction CUPED achieved in past data).
+    """
+    from training.ab.power import PowerInputError, past_variation, plan, plan_mean
+    from training.ab.stats import METRICS
 
     sizes = {k: int(v) for k, v in _pairs(region, "--region", int).items()}
     overrides = _pairs(region_baseline or [], "--region-baseline", float)
@@ -275,20 +306,51 @@ def power(
         raise typer.BadParameter(
             f"regions {unknown} have no --region NAME=STUDENTS", param_hint="--region-baseline"
         )
-    baselines = {r: overrides.get(r, baseline) for r in sizes}
-    rows = plan(
-        sizes,
-        baselines,
-        weeks=weeks,
-        alpha=alpha,
-        power=power_,
-        traffic=traffic,
-        treatment_share=treatment_share,
-        weekly_active=weekly_active,
-        target_lift=target_lift,
-    )
+    kinds = {m.name: m.kind for m in METRICS}
+    if kinds.get(metric_name) not in ("proportion", "mean"):
+        usable = [n for n, k in kinds.items() if k in ("proportion", "mean")]
+        raise typer.BadParameter(f"{metric_name!r}: choose one of {', '.join(usable)}", param_hint="--metric")
+    count = kinds[metric_name] == "mean"
+    if count:
+        known: dict[str, tuple[float, float, float]] = {}
+        if past is not None:
+            try:
+                known = past_variation(json.loads(past.read_text(encoding="utf-8")), metric_name)
+            except (OSError, ValueError) as exc:
+                raise typer.BadParameter(f"cannot read {past}: {exc}", param_hint="--past") from None
+        for name in sizes:
+            if name not in known:
+                if mean is None or sd is None:
+                    raise typer.BadParameter(
+                        f"region {name!r}: give --mean and --sd (or a --past report that has it)",
+                        param_hint="--sd",
+                    )
+                known[name] = (mean, sd, variance_reduction)
+        try:
+            rows = plan_mean(
+                sizes, {n: known[n][0] for n in sizes}, {n: known[n][1] for n in sizes},
+                {n: known[n][2] for n in sizes}, weeks=weeks, alpha=alpha, power=power_, traffic=traffic,
+                treatment_share=treatment_share, weekly_active=weekly_active, target_lift=target_lift,
+            )  # fmt: skip
+        except PowerInputError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    else:
+        baselines = {r: overrides.get(r, baseline) for r in sizes}
+        rows = plan(
+            sizes,
+            baselines,
+            weeks=weeks,
+            alpha=alpha,
+            power=power_,
+            traffic=traffic,
+            treatment_share=treatment_share,
+            weekly_active=weekly_active,
+            target_lift=target_lift,
+        )
     if as_json:
-        _out.print_json(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+        _out.print_json(
+            json.dumps([{**r.to_dict(), "days_needed": r.days_needed} for r in rows], ensure_ascii=False)
+        )
         return
 
     from training.ab.report import region_label
@@ -300,26 +362,44 @@ def power(
         pad_edge=False,
         collapse_padding=True,
     )
-    cols = ["region", "students", "base", "in test", "MDE", "MDE rel"]
+    table.title = f"{metric_name}: {table.title}"
+    cols = ["region", "students", "mean, sd" if count else "base", "in test", "MDE", "MDE rel"]
+    if count:
+        cols.insert(3, "CUPED VR")
     if target_lift is not None:
-        cols += [f"need {target_lift:+.0%}", "weeks"]
+        cols += [f"need {target_lift:+.0%}", "days"]
     for col in cols:
         table.add_column(col, justify="left" if col == "region" else "right", no_wrap=True)
     for r in rows:
         cells = [
             region_label(r.region),
             f"{r.students:,}",
-            f"{r.baseline:.1%}",
+            f"{r.baseline:.2f}, {r.sd:.2f}" if count and r.sd is not None else f"{r.baseline:.1%}",
+        ]
+        if count:
+            cells.append(f"{r.variance_reduction:.0%}")
+        cells += [
             f"{r.n_control + r.n_treatment:,.0f}",
-            "-" if not math.isfinite(r.mde_abs) else f"{100 * r.mde_abs:+.1f}pp",
+            "-"
+            if not math.isfinite(r.mde_abs)
+            else (f"{r.mde_abs:+.3f}" if count else f"{100 * r.mde_abs:+.1f}pp"),
             "-" if not math.isfinite(r.mde_rel) else f"{r.mde_rel:+.0%}",
         ]
         if target_lift is not None:
             assert r.needed_control is not None and r.needed_treatment is not None
             cells.append(f"{math.ceil(r.needed_control) + math.ceil(r.needed_treatment):,}")
-            cells.append("[bold red]never[/]" if r.weeks_needed is None else f"{r.weeks_needed:.1f}")
+            cells.append("[bold red]never[/]" if r.days_needed is None else f"{r.days_needed:.0f}")
         table.add_row(*cells)
     _out.print(table)
+    if count:
+        _out.print(
+            f"MDE of {metric_name} in its own unit (treatment - control); CUPED VR = share of the "
+            "per-student variance the pre-exposure covariates remove"
+            + (f" (from {past})" if past else "")
+            + ".",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     regional = [r for r in rows if r.region != "pooled"]
     smallest = min(regional, key=lambda r: r.students)
@@ -327,13 +407,13 @@ def power(
     _out.print(
         f"Small regions are where power runs out: {region_label(smallest.region)} with {smallest.students:,} "
         + (
-            f"students can only detect {_pp(smallest.mde_abs)}pp ({smallest.mde_rel:+.0%}) "
+            f"students can only detect {_lift_text(smallest.mde_abs, count)} ({smallest.mde_rel:+.0%}) "
             f"in {weeks:g} week(s)"
             if math.isfinite(smallest.mde_abs)
             else f"students cannot detect any lift in {weeks:g} week(s)"
         )
         + (
-            f", vs {_pp(largest.mde_abs)}pp in {region_label(largest.region)}."
+            f", vs {_lift_text(largest.mde_abs, count)} in {region_label(largest.region)}."
             if largest is not smallest
             else "."
         )
