@@ -236,7 +236,7 @@ def _describe(params: Mapping[str, str]) -> str:
     return " (all later events)" if value == "null" else f" ({value}-day horizon)"
 
 
-def equity_table(report: EvaluationReport, title: str, subjects: int = 3) -> Table:
+def equity_table(report: EvaluationReport, title: str, subjects: int = 2) -> Table:
     """One model's served lists per group: students, ndcg and recall at k, level shares, top subjects.
 
     Args:

@@ -129,10 +129,9 @@ def build_report(
     cumulative = stats.cumulative_rates(
         att.students.loc[(att.students["n_variants"] == 1) & att.students["variant"].isin(analysis.variants)]
     )
-    first = pd.Timestamp(att.exposures["shown_at"].min()).floor("D")
     looks = daily_looks(
-        att, with_pre, shares, regions, first, pd.Timestamp(att.exposures["shown_at"].max()),
-        covariates=COVARIATES, alpha=alpha,
+        att, with_pre, shares, regions, _first_day(att, experiment),
+        pd.Timestamp(att.exposures["shown_at"].max()), covariates=COVARIATES, alpha=alpha,
     )  # fmt: skip
     equity = _equity(with_pre, students, shares, alpha) if students is not None else {}
     served = dict(models) if models is not None else _versions_shown(att.exposures)
@@ -150,6 +149,14 @@ def build_report(
     data["equity"] = equity
     data = stats.json_ready(data)
     return Report(data, _html(data, analysis, cumulative))
+
+
+def _first_day(att: Attribution, experiment: ExperimentConfig) -> pd.Timestamp:
+    """Where the daily looks start: the experiment's start when its exposures begin on its first day (a
+    simulated run's clock), else the UTC midnight before the first exposure."""
+    first = pd.Timestamp(att.exposures["shown_at"].min())
+    start = pd.Timestamp(experiment.start)
+    return start if start <= first < start + pd.Timedelta(days=1) else first.floor("D")
 
 
 def _versions_shown(exposures: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -349,6 +356,18 @@ def looks_plot(looks: Sequence[dict[str, Any]], kind: str, title: str) -> str:
     ax.plot(day, series("ci_high"), color="#2166ac", lw=1, ls="--")
     ax.plot(day, series("lift"), color="#b2182b", marker="o", ms=3, label="lift (CUPED when available)")
     ax.axhline(0, color="#444", lw=0.8)
+    # the first looks' intervals are wide; scale the axis to the looks with a tenth of the final sample
+    most = max((r["students"] for r in rows), default=0)
+    bounds = [
+        x * k
+        for r in rows
+        if r["students"] >= most / 10
+        for x in (r["seq_low"], r["seq_high"])
+        if x is not None and math.isfinite(x)
+    ]
+    if bounds:
+        pad = 0.15 * (max(bounds) - min(bounds) or 1.0)
+        ax.set_ylim(min(min(bounds), 0.0) - pad, max(max(bounds), 0.0) + pad)
     ax.set_xlabel("day of the experiment (end of day)")
     ax.set_ylabel(unit)
     ax.set_title(title)
