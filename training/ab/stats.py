@@ -435,10 +435,13 @@ def cuped(
         (adjusted treatment outcomes, adjusted control outcomes, theta of shape (p,)).
     """
     yt, yc = np.asarray(y_t, dtype=np.float64), np.asarray(y_c, dtype=np.float64)
-    xt = np.asarray(x_t, dtype=np.float64).reshape(len(yt), -1)
-    xc = np.asarray(x_c, dtype=np.float64).reshape(len(yc), -1)
+    x_t_arr, x_c_arr = np.asarray(x_t, dtype=np.float64), np.asarray(x_c, dtype=np.float64)
+    width = 1 if x_t_arr.ndim < 2 else x_t_arr.shape[1]
+    # an empty arm (a region or day where one variant has no student yet) has nothing to adjust:
+    # reshape(0, -1) cannot infer the width, so the covariates' own width is used
+    xt, xc = x_t_arr.reshape(len(yt), width), x_c_arr.reshape(len(yc), width)
     if len(yt) == 0 or len(yc) == 0:
-        return yt, yc, np.zeros(xt.shape[1])
+        return yt, yc, np.zeros(width)
     within_x = np.vstack([xt - xt.mean(axis=0), xc - xc.mean(axis=0)])
     within_y = np.concatenate([yt - yt.mean(), yc - yc.mean()])
     theta = np.linalg.lstsq(within_x, within_y, rcond=None)[0]
