@@ -17,8 +17,9 @@ Mapping (every count of an odd case is in the returned `OuladReport`, which also
 * **students** = one per `id_student` (`student_id` = its digits). A student registered in several
   presentations takes the attributes of the latest presentation (ties in one presentation: the last
   module code). `region` = the UK region as a slug ("East Anglian Region" -> `east_anglian`, "Scotland"
-  -> `scotland`), `deprivation_band` = `imd_band` (blank -> null; "10-20" written without "%" in the
-  source -> "10-20%"), `age_band` as given, grade `adult`, other profile columns null.
+  -> `scotland`), `support_category` = `imd_band`, the deprivation band of the student's area (the
+  group the equity reports compare; blank -> null; "10-20" written without "%" in the source ->
+  "10-20%"), `age_band` as given, grade `adult`, other profile columns null.
 * **dates**: a presentation starts on 1 February (B) or 1 October (J) of the year in its code; an OULAD
   day number d (negative = before the start) is start + d days. Within a day, events are placed at
   fixed hours so that the funnel keeps its order: enrol 00:00, progress 12:00, drop 18:00,
@@ -132,7 +133,7 @@ class OuladReport:
     final_results: dict[str, int] = field(default_factory=dict)
     blank_imd_band_rows: int = 0
     imd_band_without_percent_rows: int = 0
-    students_without_deprivation_band: int = 0
+    students_without_support_category: int = 0
     blank_date_registration: int = 0
     registered_before_start: int = 0
     unregistrations: int = 0
@@ -350,7 +351,7 @@ def _mapping_rules() -> dict[str, str]:
         "duration_min": f"module_presentation_length days x {MINUTES_PER_DAY:g}",
         "students": "one per id_student; attributes of the latest presentation",
         "region": "UK region name -> slug without 'Region'",
-        "deprivation_band": "imd_band; blank -> null; '10-20' -> '10-20%'",
+        "support_category": "imd_band; blank -> null; '10-20' -> '10-20%'",
         "dates": "presentation start 1 Feb (B) / 1 Oct (J) of the code's year + day number; hours "
         + ", ".join(f"{t} {h:02d}:00" for t, h in EVENT_HOUR.items()),
         "enrol": "registration day; blank -> earliest of start, first submission, unregistration",
@@ -414,7 +415,7 @@ def _students(info: pd.DataFrame, file: str, report: OuladReport) -> pd.DataFram
     bad_region = (info["region"] == "").to_numpy()
     if bad_region.any():
         raise SchemaError(file, "region", (np.flatnonzero(bad_region) + 1).tolist(), "blank region")
-    s = info.assign(order=order, deprivation_band=imd)
+    s = info.assign(order=order, support_category=imd)
     # latest presentation wins; within one presentation the last module code (deterministic)
     s = s.sort_values(["id_student", "order", "code_module"], kind="stable")
     counts = s["id_student"].value_counts()
@@ -427,11 +428,11 @@ def _students(info: pd.DataFrame, file: str, report: OuladReport) -> pd.DataFram
             "student_id": latest["id_student"].to_numpy(),
             "region": latest["region"].map(slugs).to_numpy(),
             "grade": "adult",
-            "deprivation_band": latest["deprivation_band"].to_numpy(),
+            "support_category": latest["support_category"].to_numpy(),
             "age_band": latest["age_band"].replace("", None).to_numpy(),
         }
     )
-    report.students_without_deprivation_band = int(students["deprivation_band"].isna().sum())
+    report.students_without_support_category = int(students["support_category"].isna().sum())
     return students.sort_values("student_id", key=lambda k: k.astype(np.int64)).reset_index(drop=True)
 
 

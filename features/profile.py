@@ -29,7 +29,9 @@ class StudentProfile:
         school_level: ``middle``, ``high`` or ``none``.
         target_exam: the exam the student prepares (수능, 검정고시, ...).
         interest_subjects: subjects the student said they like.
-        deprivation_band: socio-economic band of the student's area (OULAD's ``imd_band``).
+        support_category: why the programme supports the student (`features.schemas.SUPPORT_CATEGORIES`:
+            ``basic_livelihood``, ``near_poverty``, ...; OULAD: the deprivation band of the student's area,
+            ``imd_band``): a model feature and the equity group of the reports.
         age_band: age band (OULAD's ``age_band``).
     """
 
@@ -39,7 +41,7 @@ class StudentProfile:
     school_level: str | None = None
     target_exam: str | None = None
     interest_subjects: tuple[str, ...] = ()
-    deprivation_band: str | None = None
+    support_category: str | None = None
     age_band: str | None = None
 
     def feature_values(self) -> Iterator[tuple[str, str]]:

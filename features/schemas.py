@@ -33,6 +33,19 @@ REGION_PATTERN = r"^[a-z][a-z0-9_]*$"
 #: Default partner regions of the platform (Seoul Learn and its partners).
 SEOUL_LEARN_REGIONS: tuple[str, ...] = ("seoul", "chungbuk", "pyeongchang", "gimpo", "incheon", "taebaek")
 
+#: Seoul Learn admits students by support category (the equity groups of `learnrec train` and the A/B
+#: report): basic-livelihood recipients (기초생활수급), near-poverty (차상위), single-parent families
+#: (한부모), multicultural families (다문화), out-of-school youth (학교밖청소년), other admissions.
+#: Other datasets bring their own values (OULAD: the deprivation band of the student's area).
+SUPPORT_CATEGORIES: tuple[str, ...] = (
+    "basic_livelihood",
+    "near_poverty",
+    "single_parent",
+    "multicultural",
+    "out_of_school",
+    "other",
+)
+
 STUDENTS = pa.schema(
     [
         pa.field("student_id", pa.string(), nullable=False),
@@ -42,7 +55,7 @@ STUDENTS = pa.schema(
         pa.field("school_level", pa.string()),  # middle | high | none
         pa.field("target_exam", pa.string()),  # 수능 | 검정고시 | 내신 | none ...
         pa.field("interest_subjects", pa.list_(pa.string())),
-        pa.field("deprivation_band", pa.string()),  # e.g. OULAD imd_band "20-30%"
+        pa.field("support_category", pa.string()),  # SUPPORT_CATEGORIES; OULAD: imd_band "20-30%"
         pa.field("age_band", pa.string()),
     ]
 )

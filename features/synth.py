@@ -4,7 +4,10 @@
 
 * **students** of the partner regions (Seoul 35,000 and the partners that joined later), grades 중1..고3
   and out-of-school youth (~5%), an optional profile (school level, target exam, 1-3 interest subjects
-  that partly reveal the hidden taste);
+  that partly reveal the hidden taste) and a support category (`features.schemas.SUPPORT_CATEGORIES`:
+  out-of-school youth are ``out_of_school``, the others drawn by `SUPPORT_SHARES`, an assumption: the
+  programme publishes no breakdown). Its effect on behaviour is an ASSUMPTION too, configurable and none
+  by default: `SynthConfig.support_activity` multiplies the activity rate of a category's students;
 * **lectures** from `features.synth_catalogue`: series of ordered episodes by several providers, some
   licensed only in some regions, a few withdrawn;
 * **events** (enrol, progress, complete, drop) driven by hidden per-student tastes
@@ -61,7 +64,7 @@ from features.ground_truth import (
     write_lecture_traits,
     write_meta,
 )
-from features.schemas import EVENT_TYPES, EVENTS, GRADES, REGION_PATTERN, STUDENTS
+from features.schemas import EVENT_TYPES, EVENTS, GRADES, REGION_PATTERN, STUDENTS, SUPPORT_CATEGORIES
 from features.synth_calendar import DAY_S, US, Window, daily_intensity, hour_cdf, suneung_day, window_for
 from features.synth_catalogue import PROVIDER_NAMES, SynthCatalogue, build_catalogue
 from features.synth_io import RECORD, EventBuckets, fixed_ids, take_strings
@@ -110,6 +113,15 @@ _GOAL_SHARES: dict[str, tuple[float, float, float, float]] = {
     "h3": (0.70, 0.20, 0.0, 0.10),
     "oos": (0.20, 0.0, 0.70, 0.10),
 }
+#: Support category of a student who is not out of school (an assumption; out-of-school youth are
+#: ``out_of_school``): shares over `SUPPORT_CATEGORIES` without ``out_of_school``.
+SUPPORT_SHARES: dict[str, float] = {
+    "basic_livelihood": 0.38,
+    "near_poverty": 0.20,
+    "single_parent": 0.20,
+    "multicultural": 0.08,
+    "other": 0.14,
+}
 _PREFERRED_LEVEL = {"m1": 1.7, "m2": 1.7, "m3": 1.8, "h1": 2.0, "h2": 2.0, "h3": 2.2, "oos": 1.3}
 _TASTE_SD: Final = 1.0
 _LATENT_SD: Final = 0.35
@@ -146,6 +158,9 @@ class SynthConfig:
         years: length of the window in years.
         seed: random seed; the same config gives the same tables.
         chunk_students: students simulated at once (memory bound; part of the random stream).
+        support_activity: support category -> multiplier of its students' activity rate (series started
+            per month): the assumed effect of the category on behaviour. Empty (the default): none, every
+            category behaves alike; e.g. ``{"basic_livelihood": 0.8}`` makes them 20% less active.
     """
 
     region_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_REGION_SIZES))
@@ -154,6 +169,7 @@ class SynthConfig:
     years: float = 2.0
     seed: int = 42
     chunk_students: int = 20_000
+    support_activity: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.region_sizes:
@@ -171,6 +187,15 @@ class SynthConfig:
             raise ValueError(f"years must be > 0, got {self.years}")
         if self.chunk_students < 1:
             raise ValueError(f"chunk_students must be >= 1, got {self.chunk_students}")
+        for category, factor in self.support_activity.items():
+            if category not in SUPPORT_CATEGORIES:
+                raise ValueError(
+                    f"support category {category!r} is not one of {', '.join(SUPPORT_CATEGORIES)}"
+                )
+            if not (isinstance(factor, int | float) and 0 < factor < float("inf")):
+                raise ValueError(
+                    f"support category {category!r}: activity factor must be > 0, got {factor!r}"
+                )
 
     @property
     def students(self) -> int:
@@ -182,10 +207,16 @@ class SynthConfig:
         out = asdict(self)
         out["start"] = self.start.isoformat()
         out["region_sizes"] = dict(self.region_sizes)
+        out["support_activity"] = dict(self.support_activity)
         return out
 
 
-def scaled_config(students: int | None = None, lectures: int = 5000, seed: int = 42) -> SynthConfig:
+def scaled_config(
+    students: int | None = None,
+    lectures: int = 5000,
+    seed: int = 42,
+    support_activity: dict[str, float] | None = None,
+) -> SynthConfig:
     """A config with the default regions scaled to `students` in total.
 
     Sizes are proportional to `DEFAULT_REGION_SIZES` (largest remainders), every region gets at least
@@ -195,12 +226,14 @@ def scaled_config(students: int | None = None, lectures: int = 5000, seed: int =
         students: total students; None keeps the default sizes (43,300).
         lectures: lectures in the catalogue.
         seed: random seed.
+        support_activity: `SynthConfig.support_activity` (default none).
 
     Returns:
         The config.
     """
+    support = dict(support_activity or {})
     if students is None:
-        return SynthConfig(lectures=lectures, seed=seed)
+        return SynthConfig(lectures=lectures, seed=seed, support_activity=support)
     if students < 1:
         raise ValueError(f"students must be >= 1, got {students}")
     names = list(DEFAULT_REGION_SIZES)
@@ -221,7 +254,10 @@ def scaled_config(students: int | None = None, lectures: int = 5000, seed: int =
         sizes[names.index("seoul")] += int(sizes[smallest]) - low
         sizes[smallest] = low
     return SynthConfig(
-        region_sizes={n: int(s) for n, s in zip(names, sizes, strict=True)}, lectures=lectures, seed=seed
+        region_sizes={n: int(s) for n, s in zip(names, sizes, strict=True)},
+        lectures=lectures,
+        seed=seed,
+        support_activity=support,
     )
 
 
@@ -267,6 +303,7 @@ class _Students:
     active_from: npt.NDArray[np.int64]  # day
     active_until: npt.NDArray[np.int64]  # day, exclusive
     starts: npt.NDArray[np.int64]  # series the student would start
+    support: npt.NDArray[np.int64]  # index into SUPPORT_CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -308,8 +345,13 @@ def _activity_segments(
     return lo, hi, p
 
 
-def _draw_students(ctx: _Context, region: npt.NDArray[np.int64], rng: np.random.Generator) -> _Students:
-    """Hidden traits, profile and activity of one chunk of students (vectorised)."""
+def _draw_students(
+    ctx: _Context, region: npt.NDArray[np.int64], rng: np.random.Generator, support_rng: np.random.Generator
+) -> _Students:
+    """Hidden traits, profile and activity of one chunk of students (vectorised).
+
+    The support category has its own random stream, so adding it left every other draw as it was.
+    """
     n = region.shape[0]
     grade_names = list(_GRADE_SHARES)
     grade_p = np.asarray(list(_GRADE_SHARES.values()))
@@ -338,6 +380,14 @@ def _draw_students(ctx: _Context, region: npt.NDArray[np.int64], rng: np.random.
     provider = rng.normal(0.0, _PROVIDER_SD, (n, len(PROVIDER_NAMES)))
     latent = rng.normal(0.0, _LATENT_SD, (n, LATENT_DIM))
     rate = np.exp(np.log(_RATE_MEDIAN) + _RATE_SIGMA * rng.normal(0.0, 1.0, n) + 0.2 * diligence)
+    names = list(SUPPORT_SHARES)
+    shares = np.asarray(list(SUPPORT_SHARES.values()))
+    drawn = np.asarray([SUPPORT_CATEGORIES.index(c) for c in names])[
+        support_rng.choice(len(names), size=n, p=shares / shares.sum())
+    ]
+    support = np.where(grade == GRADES.index("oos"), SUPPORT_CATEGORIES.index("out_of_school"), drawn)
+    factor = np.asarray([ctx.config.support_activity.get(c, 1.0) for c in SUPPORT_CATEGORIES])
+    rate = rate * factor[support]
     outside = _OUTSIDE_BASE - 0.5 * np.log(rate / _RATE_MEDIAN)
 
     school_level = np.where(grade <= GRADES.index("m3"), 0, np.where(grade <= GRADES.index("h3"), 1, 2))
@@ -380,6 +430,7 @@ def _draw_students(ctx: _Context, region: npt.NDArray[np.int64], rng: np.random.
         active_from=join.astype(np.int64),
         active_until=until.astype(np.int64),
         starts=starts.astype(np.int64),
+        support=support.astype(np.int64),
     )
 
 
@@ -695,7 +746,7 @@ def _students_table(ctx: _Context, first_row: int, students: _Students, ids: IdF
         take_strings(_SCHOOL_LEVEL, students.school_level),
         take_strings(EXAM_GOALS, students.target_exam),
         interests,
-        pa.nulls(n, pa.string()),
+        take_strings(SUPPORT_CATEGORIES, students.support),
         pa.nulls(n, pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=STUDENTS)
@@ -795,7 +846,8 @@ def _generate_into(config: SynthConfig, directory: Path, progress: Progress | No
             for chunk, lo in enumerate(range(0, n, config.chunk_students)):
                 hi = min(n, lo + config.chunk_students)
                 rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2, chunk]))
-                students = _draw_students(ctx, region[lo:hi], rng)
+                support_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 4, chunk]))
+                students = _draw_students(ctx, region[lo:hi], rng, support_rng)
                 st, ser = _choose_series(ctx, students, rng)
                 start = _start_times(ctx, students, st, ser, rng)
                 enr = _walk_series(ctx, students, st, ser, start, rng)

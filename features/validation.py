@@ -95,7 +95,7 @@ def validate_students(table: TableLike, file: str = "students") -> pd.DataFrame:
     out["student_id"] = v.text("student_id", id_column=True)
     out["region"] = v.text("region")
     out["grade"] = v.text("grade")
-    for name in ("school_level", "target_exam", "deprivation_band", "age_band"):
+    for name in ("school_level", "target_exam", "support_category", "age_band"):
         out[name] = v.text(name)
     out["interest_subjects"] = v.text_list("interest_subjects")
     v.unique(out["student_id"], "student_id")

@@ -196,10 +196,14 @@ class StudentIn(BaseModel):
     interest_subjects: list[Annotated[str, StringConstraints(min_length=1, max_length=20)]] = Field(
         default_factory=list, max_length=12, examples=[["수학", "과학"]]
     )
-    deprivation_band: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
+    support_category: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
         default=None,
-        description="Socio-economic band of the student's area, as the platform's data has it.",
-        examples=["0-10%", "90-100%"],
+        description=(
+            "Why the programme supports the student: basic_livelihood, near_poverty, single_parent, "
+            "multicultural, out_of_school, other (Seoul Learn); other platforms send their own groups "
+            "(OULAD: the deprivation band of the student's area, e.g. 0-10%)."
+        ),
+        examples=["basic_livelihood", "multicultural", "0-10%"],
     )
     age_band: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
         default=None, examples=["0-35", "35-55"]

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from rich.table import Table
 
+    from training.evaluate import EvaluationReport
+
 #: Accuracy metrics drawn in the first chart (all in [0, 1]).
 ACCURACY: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate")
 #: Beyond-accuracy metrics in [0, 1] drawn in the third chart.
@@ -50,6 +52,8 @@ class ComparedRun:
     overall: dict[str, float]
     by_region: dict[str, dict[str, float]]
     n_students: int
+    #: ``support`` / ``grade`` -> group -> metric key -> value (as logged: `EvaluationReport.metrics`).
+    by_group: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,12 +142,15 @@ def collect(
         seen.add(model)
         overall: dict[str, float] = {}
         by_region: dict[str, dict[str, float]] = {}
+        by_group: dict[str, dict[str, dict[str, float]]] = {}
         for key, value in run.data.metrics.items():
             parts = key.split("/")
             if len(parts) == 1:
                 overall[key] = float(value)
             elif len(parts) == 3 and parts[1] == "region":
                 by_region.setdefault(parts[2], {})[parts[0]] = float(value)
+            elif len(parts) == 3 and parts[1] in ("support", "grade"):
+                by_group.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[0]] = float(value)
         comparison.runs.append(
             ComparedRun(
                 model=model,
@@ -153,6 +160,7 @@ def collect(
                 overall=overall,
                 by_region=by_region,
                 n_students=int(overall.get("n_test_students", 0)),
+                by_group=by_group,
             )
         )
     # best first by NDCG; the oracle (a reference, not a candidate) last
@@ -228,8 +236,43 @@ def _describe(params: Mapping[str, str]) -> str:
     return " (all later events)" if value == "null" else f" ({value}-day horizon)"
 
 
+def equity_table(report: EvaluationReport, title: str, subjects: int = 2) -> Table:
+    """One model's served lists per group: students, ndcg and recall at k, level shares, top subjects.
+
+    Args:
+        report: the model's evaluation (`EvaluationReport.equity_rows`).
+        title: the table's title.
+        subjects: how many of a group's most frequent subjects to name.
+
+    Returns:
+        A compact rich table (one row per support category, region and grade).
+    """
+    k = report.ks[0]
+    rows = report.equity_rows()
+    levels = [c for c in (rows[0] if rows else {}) if c.startswith("level:")]
+    table = _table(title)
+    for col in ("group", "n", f"ndcg@{k}", f"recall@{k}", *(f"lv{c.split(':', 1)[1]}" for c in levels)):
+        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
+    table.add_column("top subjects (share of slots)", no_wrap=False)
+    short = {"all": "", "support_category": "", "region": "region ", "grade": "grade "}
+    for r in rows:
+        top = sorted(
+            ((c.split(":", 1)[1], v) for c, v in r.items() if c.startswith("subject:")), key=lambda x: -x[1]
+        )[:subjects]
+        table.add_row(
+            f"{short.get(r['attribute'], '')}{r['group']}",
+            str(r["students"]),
+            _fmt(r.get(metric_key("ndcg", k))),
+            _fmt(r.get(metric_key("recall", k))),
+            *(f"{r[c]:.0%}" for c in levels),
+            " ".join(f"{s} {v:.0%}" for s, v in top),
+        )
+    return table
+
+
 def terminal_tables(comparison: Comparison, metric: str = "ndcg") -> list[Table]:
-    """Rich tables: accuracy and beyond-accuracy metrics per model, then `metric` per model and region."""
+    """Rich tables: accuracy and beyond-accuracy metrics per model, then `metric` per model and region,
+    support category and grade."""
     k = comparison.k
     split = f"{comparison.split} split{_describe(comparison.split_params)}"
     head = f"{split}, k={k}, dataset {(comparison.fingerprint or '?')[:12]}"
@@ -243,7 +286,21 @@ def terminal_tables(comparison: Comparison, metric: str = "ndcg") -> list[Table]
         regional.add_column(region, justify="right", no_wrap=True)
     for run in comparison.runs:
         regional.add_row(_label(run), *(_fmt(comparison.value(run, metric, r)) for r in regions))
-    return [accuracy, beyond, regional]
+    tables = [accuracy, beyond, regional]
+    key = metric_key(metric, k)
+    for kind, title in (("support", "support category"), ("grade", "grade")):
+        groups = sorted({g for run in comparison.runs for g in run.by_group.get(kind, {})})
+        if not groups:
+            continue
+        table = _table(f"{metric}@{k} per {title}")
+        table.add_column("model", style="bold", no_wrap=True)
+        for g in groups:
+            table.add_column(g, justify="right", no_wrap=True)
+        for run in comparison.runs:
+            values = run.by_group.get(kind, {})
+            table.add_row(_label(run), *(_fmt(values.get(g, {}).get(key)) for g in groups))
+        tables.append(table)
+    return tables
 
 
 def _bars(ax: Any, groups: list[str], series: dict[str, list[float]], title: str, ylabel: str) -> None:
@@ -324,6 +381,25 @@ def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path
         + "</tr>"
         for r in comparison.runs
     )
+    key = metric_key(metric, k)
+    group_tables = ""
+    for kind, title in (("support", "support category"), ("grade", "grade")):
+        groups = sorted({g for run in comparison.runs for g in run.by_group.get(kind, {})})
+        if groups:
+            group_tables += (
+                f"<h2>{esc(metric)}@{k} per {title}</h2><table><tr><th>model</th>"
+                + "".join(f"<th>{esc(g)}</th>" for g in groups)
+                + "</tr>"
+                + "".join(
+                    f"<tr><th>{label(r)}</th>"
+                    + "".join(
+                        f"<td>{_fmt(r.by_group.get(kind, {}).get(g, {}).get(key))}</td>" for g in groups
+                    )
+                    + "</tr>"
+                    for r in comparison.runs
+                )
+                + "</table>"
+            )
     body = (
         "<p>No finished runs match.</p>"
         if not comparison.runs
@@ -331,7 +407,7 @@ def write_html(comparison: Comparison, path: Path, metric: str = "ndcg") -> Path
             "<h2>All metrics</h2><table>"
             f"<tr><th>model</th>{head}<th>students</th><th>run</th></tr>{rows}</table>"
             f"<h2>{esc(metric)}@{k} per region</h2><table>"
-            f"<tr><th>model</th>{region_head}</tr>{region_rows}</table>"
+            f"<tr><th>model</th>{region_head}</tr>{region_rows}</table>{group_tables}"
             "<h2>Charts</h2><img alt='metrics per model' "
             f"src='data:image/png;base64,{charts.png_base64(chart(comparison, metric), dpi=90)}'>"
         )

@@ -7,6 +7,11 @@ would return for it (`models.ranking.RankingModel.rank_many`: eligibility, serie
 the model's scores, popularity fallbacks). Its top max(ks) lectures are compared with the student's
 relevant lectures.
 
+**Equity.** The same figures per support category (`features.schemas.SUPPORT_CATEGORIES`; OULAD: the
+deprivation band), per region and per grade, and per group what share of the served top-k slots goes to
+each subject and each lecture level (`EvaluationReport.slots`, ``equity.csv`` beside the report): a model
+can score well overall and still show the students with the least support fewer, or easier, lectures.
+
 The model's **raw ranking** (its scores, then eligibility and top-k, without the serving rules) is
 reported beside them as `EvaluationReport.raw` (``raw/`` metrics in MLflow), labelled as such. The
 oracle has no served form: its figures are its raw ranking.
@@ -65,6 +70,9 @@ class EvaluationReport:
         by_region: region -> metric key -> value.
         by_grade: grade -> metric key -> value.
         n_by_region / n_by_grade: test students per group.
+        by_support / n_by_support: the same per support category (``unknown`` when not given).
+        slots: attribute (``all``, ``support_category``, ``region``, ``grade``) -> group -> ``subject`` or
+            ``level`` -> value -> share of the filled top-k slots (primary k) of the served lists.
         split_params: the split's parameters.
         dataset_fingerprint: fingerprint of the dataset evaluated on.
         seconds: wall time of the evaluation.
@@ -86,13 +94,29 @@ class EvaluationReport:
     seconds: float = 0.0
     raw: dict[str, float] = field(default_factory=dict)
     ranking: str = "served"
+    by_support: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_by_support: dict[str, int] = field(default_factory=dict)
+    slots: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+
+    def groups(self) -> dict[str, tuple[dict[str, dict[str, float]], dict[str, int]]]:
+        """Attribute -> (group -> metric key -> value, group -> test students)."""
+        return {
+            "support_category": (self.by_support, self.n_by_support),
+            "region": (self.by_region, self.n_by_region),
+            "grade": (self.by_grade, self.n_by_grade),
+        }
 
     def metrics(self) -> dict[str, float]:
-        """Flat metrics for MLflow: ``ndcg_at_10``, ``ndcg_at_10/region/seoul``, ``ndcg_at_10/grade/h1``."""
+        """Flat metrics for MLflow: ``ndcg_at_10``, ``ndcg_at_10/region/seoul``, ``ndcg_at_10/grade/h1``,
+        ``ndcg_at_10/support/basic_livelihood`` (characters MLflow refuses, such as ``%``, spelled out)."""
         out = dict(self.overall)
-        for kind, groups in (("region", self.by_region), ("grade", self.by_grade)):
+        for kind, groups in (
+            ("region", self.by_region),
+            ("grade", self.by_grade),
+            ("support", self.by_support),
+        ):
             for group, values in groups.items():
-                out.update({f"{key}/{kind}/{group}": v for key, v in values.items()})
+                out.update({f"{key}/{kind}/{metric_group(group)}": v for key, v in values.items()})
         out.update({f"raw/{key}": v for key, v in self.raw.items()})
         out["n_test_students"] = float(self.n_students)
         return out
@@ -112,8 +136,34 @@ class EvaluationReport:
         """UTF-8 JSON text (indented, Korean kept as is)."""
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2, sort_keys=True)
 
+    def equity_rows(self) -> list[dict[str, Any]]:
+        """One row per (attribute, group): students, the primary-k metrics and the slot shares.
+
+        Columns: ``attribute``, ``group``, ``students``, the metric keys at the primary k, then
+        ``subject:<name>`` and ``level:<n>`` shares of the group's filled top-k slots.
+        """
+        k = self.ks[0]
+        keys = [metric_key(m, k) for m in METRICS if metric_key(m, k) in self.overall]
+        subjects = sorted({s for a in self.slots.values() for g in a.values() for s in g.get("subject", {})})
+        levels = sorted({s for a in self.slots.values() for g in a.values() for s in g.get("level", {})})
+        rows: list[dict[str, Any]] = []
+        every = {"all": ({"all": self.overall}, {"all": self.n_students}), **self.groups()}
+        for attribute, (values, counts) in every.items():
+            for group, metrics in values.items():
+                shares = self.slots.get(attribute, {}).get(group, {})
+                row: dict[str, Any] = {
+                    "attribute": attribute,
+                    "group": group,
+                    "students": counts.get(group, 0),
+                }
+                row.update({key: metrics.get(key, float("nan")) for key in keys})
+                row.update({f"subject:{s}": shares.get("subject", {}).get(s, 0.0) for s in subjects})
+                row.update({f"level:{v}": shares.get("level", {}).get(v, 0.0) for v in levels})
+                rows.append(row)
+        return rows
+
     def to_html(self) -> str:
-        """A small self-contained HTML page: overall, per region and per grade tables."""
+        """A small self-contained HTML page: overall, per support category, region and grade; slot shares."""
         k = self.ks[0]
         keys = [metric_key(m, kk) for kk in self.ks for m in METRICS]
         keys = [key for key in keys if key in self.overall]
@@ -150,18 +200,96 @@ class EvaluationReport:
                 if self.raw
                 else ""
             )
+            + table("Per support category", self.by_support, self.n_by_support)
             + table("Per region", self.by_region, self.n_by_region)
             + table("Per grade", self.by_grade, self.n_by_grade)
+            + self._slots_html()
             + "</body></html>"
         )
 
+    def _slots_html(self) -> str:
+        rows = self.equity_rows()
+        shares = [c for c in (rows[0] if rows else {}) if c.startswith(("subject:", "level:"))]
+        if not shares:
+            return ""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in shares)
+        body = "".join(
+            f"<tr><th>{html.escape(r['attribute'])}</th><th>{html.escape(r['group'])}</th><td>{r['students']}</td>"
+            + "".join(f"<td>{r[c]:.1%}</td>" for c in shares)
+            + "</tr>"
+            for r in rows
+        )
+        return (
+            f"<h2>Share of the top-{self.ks[0]} slots per subject and level, per group</h2>"
+            f"<table><tr><th></th><th>group</th><th>students</th>{head}</tr>{body}</table>"
+        )
+
     def write(self, directory: Path) -> tuple[Path, Path]:
-        """Write `report.json` and `report.html` into `directory`; returns both paths."""
+        """Write `report.json`, `report.html` and `equity.csv` (`equity_rows`) into `directory`.
+
+        Returns:
+            The JSON and HTML paths.
+        """
+        import csv
+
         directory.mkdir(parents=True, exist_ok=True)
         js, page = directory / "report.json", directory / "report.html"
         js.write_text(self.to_json() + "\n", encoding="utf-8")
         page.write_text(self.to_html(), encoding="utf-8")
+        rows = self.equity_rows()
+        with (directory / "equity.csv").open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["attribute", "group"])
+            writer.writeheader()
+            writer.writerows(rows)
         return js, page
+
+
+def metric_group(group: str) -> str:
+    """A group label as MLflow accepts it in a metric name (``0-10%`` -> ``0-10pct``; others -> ``_``)."""
+    import re
+
+    return re.sub(r"[^0-9A-Za-z_\-. ]", "_", group.replace("%", "pct"))
+
+
+def slot_shares(
+    recs: npt.NDArray[np.int32],
+    labels: Mapping[str, Sequence[str]],
+    subject: Sequence[str],
+    level: Sequence[str],
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per attribute and group, the share of the filled list slots going to each subject and level.
+
+    Args:
+        recs: (n, k) lecture rows of the lists scored (-1 = an empty slot, not counted).
+        labels: attribute -> (n,) group label per student.
+        subject: subject name per lecture row.
+        level: level (as text) per lecture row.
+
+    Returns:
+        attribute -> group -> ``subject``/``level`` -> value -> share (each sums to 1 over a group's
+        filled slots); plus ``all`` -> ``all`` for every student.
+    """
+    filled = recs >= 0
+    rows = recs[filled]
+    owner = np.nonzero(filled)[0]
+    subj = np.asarray(subject, dtype=object)[rows] if rows.size else np.zeros(0, dtype=object)
+    lev = np.asarray(level, dtype=object)[rows] if rows.size else np.zeros(0, dtype=object)
+
+    def shares(mask: npt.NDArray[np.bool_]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for name, values in (("subject", subj[mask]), ("level", lev[mask])):
+            kinds, counts = np.unique(values.astype(str), return_counts=True)
+            total = counts.sum()
+            out[name] = (
+                {str(v): float(c / total) for v, c in zip(kinds, counts, strict=True)} if total else {}
+            )
+        return out
+
+    result = {"all": {"all": shares(np.ones(owner.size, dtype=bool))}}
+    for attribute, group_of in labels.items():
+        slot_label = np.asarray(group_of, dtype=object)[owner]
+        result[attribute] = {g: shares(slot_label == g) for g in sorted(set(map(str, group_of)))}
+    return result
 
 
 def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
@@ -345,15 +473,24 @@ def _run(
     items = item_stats(catalogue, split.train.events)
     regions = profiles["region"].astype(str).where(profiles["region"].notna(), "unknown").tolist()
     grades = profiles["grade"].astype(str).where(profiles["grade"].notna(), "unknown").tolist()
+    supports = (
+        profiles["support_category"]
+        .astype(str)
+        .where(profiles["support_category"].notna(), "unknown")
+        .tolist()
+        if "support_category" in profiles.columns
+        else ["unknown"] * len(students)
+    )
     primary, *others = built
     overall: dict[str, float] = {}
     by_region: dict[str, dict[str, float]] = {}
     by_grade: dict[str, dict[str, float]] = {}
+    by_support: dict[str, dict[str, float]] = {}
     raw: dict[str, float] = {}
     for k in ks:
         values = per_student(recs[primary], relevant, k, items)
         overall.update(summarise(values, recs[primary], k, items.n_candidates))
-        for target, labels in ((by_region, regions), (by_grade, grades)):
+        for target, labels in ((by_region, regions), (by_grade, grades), (by_support, supports)):
             for group, metrics in grouped(values, recs[primary], k, items.n_candidates, labels).items():
                 target.setdefault(group, {}).update(metrics)
         for kind in others:
@@ -362,6 +499,17 @@ def _run(
             )
     if fingerprint is None:
         fingerprint = str(dataset.manifest.get("fingerprint") or dataset.fingerprint())
+    levels = (
+        dataset.lectures.set_index(dataset.lectures["lecture_id"].astype(str))["level"]
+        .reindex(list(catalogue.lectures.ids))
+        .astype("object")
+    )
+    slots = slot_shares(
+        recs[primary][:, : ks[0]],
+        {"support_category": supports, "region": regions, "grade": grades},
+        [catalogue.subjects[s] for s in catalogue.subject.tolist()],
+        ["unknown" if v is None or v != v else str(v) for v in levels.tolist()],
+    )
     return EvaluationReport(
         model=name,
         split=split.name,
@@ -377,6 +525,9 @@ def _run(
         seconds=time.perf_counter() - started,
         raw=raw,
         ranking=primary,
+        by_support=by_support,
+        n_by_support={g: supports.count(g) for g in by_support},
+        slots=slots,
     )
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from training.errors import PromotionRefused, TrackingError
 from training.tracking import KIND_MODEL, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL, TAG_MODEL_URI, TAG_SPLIT
@@ -436,4 +437,34 @@ def history(client: MlflowClient, model_name: str, alias: str | None = None) -> 
                 metrics={k.removeprefix("to."): v for k, v in metrics.items() if k.startswith("to.")},
             )
         )
+    return out
+
+
+def describe_versions(
+    client: MlflowClient, model_name: str, versions: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """What serves each A/B variant: registered model, version, its aliases now and the learnrec model kind.
+
+    Args:
+        client: the MLflow client.
+        model_name: the registered model.
+        versions: variant -> the version its exposures name (several: comma-separated, first used).
+
+    Returns:
+        variant -> ``name``, ``version``, ``alias`` (comma-separated, "" when none) and ``model`` (e.g.
+        ``sequence``; "?" when the version or its run cannot be read).
+    """
+    from mlflow.exceptions import MlflowException
+
+    out: dict[str, dict[str, Any]] = {}
+    for variant, version in versions.items():
+        first = str(version).split(",")[0].strip()
+        info: dict[str, Any] = {"name": model_name, "version": str(version), "alias": "", "model": "?"}
+        try:
+            mv = client.get_model_version(model_name, first)
+            info["alias"] = ", ".join(sorted(mv.aliases or []))
+            info["model"] = candidate(client, model_name, first).model
+        except (MlflowException, TrackingError):
+            pass
+        out[variant] = info
     return out

@@ -43,7 +43,7 @@ def students() -> pd.DataFrame:
             "school_level": ["high", None, "high"],
             "target_exam": ["수능", "검정고시", None],
             "interest_subjects": [["수학", "영어"], [], None],
-            "deprivation_band": [None, None, None],
+            "support_category": [None, None, None],
             "age_band": ["16-18", "13-15", "16-18"],
         }
     )
@@ -153,7 +153,7 @@ def test_student_map_features_and_codes():
     names = data.student_feature_names
     assert names[:2] == ("region=gimpo", "region=seoul")
     assert "interest_subjects=영어" in names and "target_exam=검정고시" in names
-    assert not any(n.startswith("deprivation_band=") for n in names)
+    assert not any(n.startswith("support_category=") for n in names)
     f = data.student_features.toarray()
     row0 = {names[j] for j in np.flatnonzero(f[0])}
     assert row0 == {

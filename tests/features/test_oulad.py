@@ -105,9 +105,9 @@ def test_small_oulad_students_take_the_latest_presentation(tmp_path: Path) -> No
     st = ds.students.set_index("student_id")
     assert list(st.index) == ["1", "2", "3", "4", "5"]
     # student 1: 2014B is later than 2013J -> Scotland, "10-20" normalised to "10-20%"
-    assert st.loc["1", "region"] == "scotland" and st.loc["1", "deprivation_band"] == "10-20%"
+    assert st.loc["1", "region"] == "scotland" and st.loc["1", "support_category"] == "10-20%"
     assert st.loc["1", "age_band"] == "35-55"
-    assert pd.isna(st.loc["2", "deprivation_band"])  # blank imd_band -> null
+    assert pd.isna(st.loc["2", "support_category"])  # blank imd_band -> null
     assert st.loc["2", "region"] == "london" and st.loc["4", "region"] == "north_western"
     assert set(st["grade"]) == {"adult"}
     assert report.students_in_several_presentations == 1

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.ground_truth import SUBJECTS, GroundTruth
-from features.schemas import ALL_REGIONS, EVENTS, GRADES, LECTURES, STUDENTS
+from features.schemas import ALL_REGIONS, EVENTS, GRADES, LECTURES, STUDENTS, SUPPORT_CATEGORIES
 from features.synth import DEFAULT_REGION_SIZES, SynthConfig, SynthSummary, generate, scaled_config
 from features.synth_calendar import suneung_day
 from features.tables import MANIFEST_FILE, TABLE_FILES, read_dataset
@@ -247,9 +247,34 @@ def test_students_have_grades_and_an_optional_profile(tables: dict[str, pd.DataF
     assert st["target_exam"].isna().any() and st["interest_subjects"].isna().any()
     shown = st["interest_subjects"].dropna()
     assert shown.map(lambda s: 1 <= len(s) <= 3 and len(set(s)) == len(s) and set(s) <= set(SUBJECTS)).all()
-    assert st["deprivation_band"].isna().all() and st["age_band"].isna().all()
+    assert st["age_band"].isna().all()
+    # a support category for everyone; out-of-school youth are exactly the out_of_school category
+    assert set(st["support_category"]) <= set(SUPPORT_CATEGORIES) and st["support_category"].notna().all()
+    assert ((st["grade"] == "oos") == (st["support_category"] == "out_of_school")).all()
+    assert st["support_category"].value_counts(normalize=True)["basic_livelihood"] > 0.2
     oos = st[st["grade"] == "oos"]
     assert (oos["school_level"].dropna() == "none").all()
+
+
+def test_support_activity_is_an_assumption_that_changes_only_that_category(
+    small: tuple[Path, SynthSummary], tmp_path: Path
+) -> None:
+    """Default: no effect. Configured: the category's students start fewer series, everyone else as before."""
+    config = SynthConfig(**{**SMALL.__dict__, "support_activity": {"basic_livelihood": 0.25}})
+    generate(config, tmp_path / "less")
+    base, less = read_dataset(small[0]), read_dataset(tmp_path / "less")
+    pd.testing.assert_frame_equal(base.students, less.students)  # the categories do not move
+
+    def per_student(ds: Any) -> pd.Series:
+        enrols = ds.events[ds.events["type"] == "enrol"].groupby("student_id").size()
+        st = ds.students.set_index("student_id")
+        return enrols.reindex(st.index, fill_value=0).groupby(st["support_category"]).mean()
+
+    before, after = per_student(base), per_student(less)
+    assert after["basic_livelihood"] < 0.5 * before["basic_livelihood"]
+    others = [c for c in before.index if c != "basic_livelihood"]
+    # the others' own draws are untouched (a separate stream), up to the shared catalogue's crowding
+    assert np.allclose(after[others], before[others], rtol=0.2)
 
 
 def test_activity_is_heavy_tailed(tables: dict[str, pd.DataFrame]) -> None:
@@ -358,6 +383,8 @@ def test_scaled_config_keeps_region_proportions() -> None:
         ({"lectures": 0}, "lectures"),
         ({"years": 0.0}, "years"),
         ({"chunk_students": 0}, "chunk_students"),
+        ({"support_activity": {"rich": 1.0}}, "not one of"),
+        ({"support_activity": {"multicultural": 0.0}}, "must be > 0"),
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any], message: str) -> None:

@@ -102,7 +102,7 @@ class Blocks:
             students.append(
                 {"student_id": sid, "region": region, "grade": grade,
                  "school_level": "high" if grade[0] == "h" else "middle", "target_exam": "수능",
-                 "interest_subjects": interests, "deprivation_band": None, "age_band": None}
+                 "interest_subjects": interests, "support_category": None, "age_band": None}
             )  # fmt: skip
 
         for i in range(12):

@@ -1,7 +1,8 @@
 """The student profile is declared once: every model feature of the students table can be set through the API.
 
-Regression: OULAD's `deprivation_band` and `age_band` were model features (students table, encoder) that
-`PUT /students` could not carry, so a student registered through the API was scored without them.
+Regression: OULAD's deprivation band (now `support_category`) and `age_band` were model features (students
+table, encoder) that `PUT /students` could not carry, so a student registered through the API was scored
+without them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def test_every_attribute_flows_from_the_api_through_redis_to_the_encoder(
         "school_level": "high",
         "target_exam": "수능",
         "interest_subjects": ["수학", "영어"],
-        "deprivation_band": "10-20%",
+        "support_category": "basic_livelihood",
         "age_band": "0-35",
     }
     assert set(body) == set(FEATURE_ATTRIBUTES)  # the body sets every attribute the profile declares
@@ -57,4 +58,8 @@ def test_every_attribute_flows_from_the_api_through_redis_to_the_encoder(
     stored = FeatureStore(redis_server.client()).get_profile("p-declared-once")
     assert stored == StudentProfile.from_mapping("p-declared-once", body)
     values = set(stored.feature_values()) if stored else set()
-    assert {("deprivation_band", "10-20%"), ("age_band", "0-35"), ("interest_subjects", "영어")} <= values
+    assert {
+        ("support_category", "basic_livelihood"),
+        ("age_band", "0-35"),
+        ("interest_subjects", "영어"),
+    } <= values

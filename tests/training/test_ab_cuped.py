@@ -161,3 +161,15 @@ def test_sequential_p_value_agrees_with_its_interval() -> None:
         assert math.isclose(est, (lo + hi) / 2)
     assert sequential_interval(math.nan, 0.1, 10)[1] != sequential_interval(math.nan, 0.1, 10)[1]  # NaN
     assert metric("enrolments_per_student").kind == "mean"
+
+
+def test_an_empty_arm_is_not_an_error() -> None:
+    """Regression: a region (or an early daily look) where one variant has no student yet made CUPED
+    raise ``cannot reshape array of size 0`` and the whole report fail; it has nothing to adjust."""
+    from training.ab.stats import compare_adjusted
+
+    x_c = np.asarray([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]])
+    a_t, a_c, theta = cuped([], np.zeros((0, 2)), [1.0, 2.0, 3.0], x_c)
+    assert a_t.size == 0 and list(a_c) == [1.0, 2.0, 3.0] and list(theta) == [0.0, 0.0]
+    est = compare_adjusted(np.zeros(0), np.zeros((0, 2)), [1.0, 2.0, 3.0], x_c)
+    assert np.isnan(est.abs_lift) and np.isnan(est.p_value)  # no treatment student: the data cannot say

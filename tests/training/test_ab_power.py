@@ -129,3 +129,53 @@ def test_cli_power_bad_arguments() -> None:
     assert res.exit_code == 2 and "['seoul'] have no --region" in res.output
     res = runner.invoke(app, ["ab", "power", "--region", "taebaek=500", "--power", "1.5"])
     assert res.exit_code == 1 and "power must be in" in res.output
+
+
+def test_counts_are_planned_with_the_variance_reduction_of_past_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Counts: statsmodels' sample size for the standardised effect; CUPED's variance reduction cuts it by
+    exactly (1 - VR); a past report supplies the mean, sd and reduction per region."""
+    rows = power.plan_mean(
+        {"gimpo": 1500, "taebaek": 500}, {"gimpo": 1.6, "taebaek": 1.6}, {"gimpo": 2.5, "taebaek": 2.5},
+        {"gimpo": 0.25, "taebaek": 0.25}, weeks=2, target_lift=0.2,
+    )  # fmt: skip
+    gimpo, taebaek, pooled = rows
+    assert pooled.region == "pooled" and pooled.students == 2000
+    d = 0.2 * 1.6 / (2.5 * math.sqrt(1 - 0.25))  # Cohen's d on the CUPED-adjusted scale
+    n_t = NormalIndPower().solve_power(effect_size=d, nobs1=None, alpha=0.05, power=0.8, ratio=1.0)
+    assert gimpo.needed_treatment == pytest.approx(n_t, rel=1e-3)
+    plain = power.plan_mean({"gimpo": 1500}, {"gimpo": 1.6}, {"gimpo": 2.5}, weeks=2, target_lift=0.2)[0]
+    assert gimpo.needed_treatment == pytest.approx(plain.needed_treatment * 0.75)
+    assert gimpo.mde_abs == pytest.approx(plain.mde_abs * math.sqrt(0.75))
+    # Gimpo's 1,500 students are too few for +20% without CUPED, enough with it
+    assert plain.days_needed is None and gimpo.days_needed is not None and gimpo.days_needed > 0
+    assert taebaek.reachable is False and taebaek.days_needed is None  # 500 students cannot give enough
+    report = {
+        "comparisons": [
+            {"metric": "enrolments_per_student", "region": "gimpo",
+             "control": {"students": 400, "value": 1.5, "variance": 4.0 / 400},
+             "adjusted": {"extra": {"variance_reduction": 0.3}}},
+            {"metric": "enrolments_per_student", "region": "pooled", "control": {"students": 600}},
+        ]
+    }  # fmt: skip
+    assert power.past_variation(report, "enrolments_per_student") == {"gimpo": (1.5, 2.0, 0.3)}
+    with pytest.raises(power.PowerInputError, match="no per-region"):
+        power.past_variation(report, "completions_per_student")
+    path = tmp_path / "past.json"
+    path.write_text(json.dumps(report), encoding="utf-8")
+    res = runner.invoke(
+        app,
+        [
+            *("ab", "power", "--metric", "enrolments_per_student", "--region", "gimpo=1500"),
+            *("--region", "taebaek=500", "--past", str(path), "--mean", "1.6", "--sd", "2.5"),
+            *("--target-lift", "0.2", "--json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    got = {r["region"]: r for r in json.loads(res.output)}
+    assert got["gimpo"]["variance_reduction"] == 0.3 and got["gimpo"]["sd"] == 2.0  # from the past report
+    assert got["taebaek"]["variance_reduction"] == 0.0 and got["taebaek"]["sd"] == 2.5  # from the options
+    assert got["gimpo"]["days_needed"] == pytest.approx(got["gimpo"]["weeks_needed"] * 7)
+    res = runner.invoke(app, ["ab", "power", "--metric", "enrolments_per_student", "--region", "gimpo=1500"])
+    assert res.exit_code == 2 and "--mean and --sd" in " ".join(res.output.split())
+    res = runner.invoke(app, ["ab", "power", "--metric", "nope", "--region", "gimpo=1500"])
+    assert res.exit_code == 2 and "choose one of" in res.output

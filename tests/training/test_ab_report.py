@@ -42,18 +42,28 @@ CONFIG = {
 }
 
 
-def make_data(root: Path, seed: int = 0, drop_control_share: float = 0.0) -> Path:
+#: Support categories of the students (every third is multicultural) for the equity section.
+CATEGORIES = ("multicultural", "basic_livelihood", "near_poverty")
+
+
+def make_data(
+    root: Path, seed: int = 0, drop_control_share: float = 0.0, no_lift_for: str | None = None
+) -> Path:
     """Exposures assigned by the real registry, events with a true lift; optionally lose control exposures
-    in Seoul (a logging bug that the SRM check must catch)."""
+    in Seoul (a logging bug that the SRM check must catch), or give one support category no lift at all
+    (a planted group the treatment helps less, which the equity section must flag). Writes a students
+    table (``students.parquet``) with the categories."""
     root.mkdir(parents=True, exist_ok=True)
     cfg_path = root / "experiments.yaml"
     cfg_path.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
     reg = ExperimentRegistry.load(cfg_path)
     rng = np.random.default_rng(seed)
-    records, events = [], []
+    records, events, people = [], [], []
     for region, n in SIZES.items():
         for i in range(n):
             sid = f"{region}-{i:05d}"
+            category = CATEGORIES[i % 3]
+            people.append({"student_id": sid, "region": region, "grade": "h1", "support_category": category})
             for _ in range(int(rng.integers(1, 3))):
                 when = START + timedelta(minutes=float(rng.uniform(0, 13 * 24 * 60)))
                 a = reg.assign(sid, region, when)
@@ -66,7 +76,7 @@ def make_data(root: Path, seed: int = 0, drop_control_share: float = 0.0) -> Pat
                     rid, sid, region, a, "3" if a.variant == "control" else "4", lectures, when
                 )
                 records.append(from_stream_fields(fields))
-                p = 0.05 if a.variant == "control" else 0.08
+                p = 0.05 if a.variant == "control" or category == no_lift_for else 0.08
                 for lec in lectures:
                     if rng.random() < p:
                         t = when + timedelta(hours=float(rng.uniform(0, 24 * 9)))  # some fall outside 7 days
@@ -85,6 +95,7 @@ def make_data(root: Path, seed: int = 0, drop_control_share: float = 0.0) -> Pat
     pq.write_table(table.slice(half), root / "exposures" / "part-1.parquet")
     (root / "events").mkdir(exist_ok=True)
     pq.write_table(pa.Table.from_pylist(events, schema=EVENTS), root / "events" / "events.parquet")
+    pq.write_table(pa.Table.from_pylist(people), root / "students.parquet")
     return root
 
 
@@ -264,3 +275,40 @@ def test_cli_report_errors_are_clear(data: Path, tmp_path: Path) -> None:
     )
     res = runner.invoke(app, [*base, "--experiment", "lfm-v2", "--experiments", str(tmp_path / "none.yaml")])
     assert res.exit_code == 1 and "experiments file not found" in res.output
+
+
+def test_equity_flags_the_group_a_planted_effect_leaves_behind(tmp_path: Path) -> None:
+    """Planted: the treatment lifts every support category but multicultural. The report's equity section
+    (JSON, HTML, CLI) flags that group alone, and its other sections name models and daily looks."""
+    root = make_data(tmp_path / "planted", seed=2, no_lift_for="multicultural")
+    out = tmp_path / "planted.html"
+    res = runner.invoke(
+        app,
+        [
+            *("ab", "report", "--exposures", str(root / "exposures"), "--events", str(root / "events")),
+            *("--experiment", "lfm-v2", "--experiments", str(root / "experiments.yaml"), "--out", str(out)),
+            *("--students", str(root / "students.parquet"), "--history", str(root / "events")),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "helps less: multicultural" in text
+    assert "models: control = learnrec-lectures v3; challenger = learnrec-lectures v4" in text
+    doc = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    rows = {r["group"]: r for r in doc["equity"]["support_category"]}
+    assert set(rows) == set(CATEGORIES)
+    assert rows["multicultural"]["helps_less"] and rows["multicultural"]["gap"] < 0
+    assert rows["multicultural"]["ci"][0] < 0 < rows["multicultural"]["ci"][1]  # no lift of its own
+    assert not rows["basic_livelihood"]["helps_less"] and not rows["near_poverty"]["helps_less"]
+    assert rows["basic_livelihood"]["lift"] > 0 and rows["near_poverty"]["lift"] > 0
+    assert [r["group"] for r in doc["equity"]["grade"]] == ["h1"]
+    # daily looks: one pooled look per day, growing samples, the always-valid interval wider than the fixed
+    pooled = [r for r in doc["looks"] if r["region"] == "pooled"]
+    assert [r["day"] for r in pooled] == list(range(1, len(pooled) + 1)) and len(pooled) >= 13
+    assert [r["students"] for r in pooled] == sorted(r["students"] for r in pooled)
+    for r in pooled:
+        assert r["seq_low"] <= r["ci_low"] <= r["lift"] <= r["ci_high"] <= r["seq_high"]
+    assert doc["models"]["challenger"]["version"] == "4"
+    page = out.read_text(encoding="utf-8")
+    assert "<h2>Daily looks</h2>" in page and 'alt="daily sequential interval"' in page
+    assert "<h2>Equity: the lift per group</h2>" in page and "<b>helps less</b>" in page

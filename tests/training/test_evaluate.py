@@ -168,3 +168,64 @@ def test_oracle_ranks_by_true_appeal(synthetic: tuple[Dataset, Path]) -> None:
 def test_oracle_needs_ground_truth(ds: Dataset, tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match="no ground_truth/ directory"):
         oracle_report(temporal(ds), ds, tmp_path)
+
+
+class _WorseForOneGroup(ItemKNNRecommender):
+    """Item-kNN, but the students of one support category get its ranking upside down (a planted gap)."""
+
+    def __init__(self, group: str | None) -> None:
+        super().__init__()
+        self.group = group
+
+    def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
+        scores = super().score(batch)
+        column = f"support_category={self.group}"
+        if self.group and column in self.student_feature_names:
+            hit = batch.features[:, self.student_feature_names.index(column)].toarray().ravel() > 0
+            scores[hit] = -scores[hit]
+        return scores
+
+
+def test_equity_tables_find_a_group_the_model_serves_worse(ds: Dataset, tmp_path: Path) -> None:
+    """Planted: one support category gets the model's ranking upside down. The per-category metrics and the
+    slot shares of the served lists show that group, and only that group, apart; without the plant they
+    do not."""
+    import csv
+
+    categories = ("basic_livelihood", "multicultural", "single_parent")
+    students = ds.students.assign(support_category=[categories[i % 3] for i in range(len(ds.students))])
+    data = Dataset(students, ds.lectures, ds.events, {})
+    split = temporal(data)
+    fit = build_training_data(
+        split.train.students, split.train.lectures, split.train.events, as_of=split.as_of
+    )
+    fair = evaluate(_WorseForOneGroup(None).fit(fit), split, data, raw=False)
+    planted = evaluate(_WorseForOneGroup("multicultural").fit(fit), split, data, raw=False)
+    assert set(planted.by_support) == set(categories)
+    assert sum(planted.n_by_support.values()) == planted.n_students
+    key = "ndcg_at_10"
+    gap = {c: planted.by_support[c][key] - fair.by_support[c][key] for c in categories}
+    assert gap["multicultural"] < -0.1, gap  # found
+    assert abs(gap["basic_livelihood"]) < 1e-9 and abs(gap["single_parent"]) < 1e-9  # the others as they were
+    # the served lists of the group differ: its top-10 slots go to other lectures (levels here)
+    fair_levels = fair.slots["support_category"]["multicultural"]["level"]
+    planted_levels = planted.slots["support_category"]["multicultural"]["level"]
+    assert fair_levels != planted_levels
+    assert (
+        planted.slots["support_category"]["single_parent"] == fair.slots["support_category"]["single_parent"]
+    )
+    for attribute in ("all", "support_category", "region", "grade"):
+        for shares in planted.slots[attribute].values():
+            assert sum(shares["subject"].values()) == pytest.approx(1.0)
+            assert sum(shares["level"].values()) == pytest.approx(1.0)
+    # logged with the run: the flat metrics and the equity table
+    assert planted.metrics()["ndcg_at_10/support/multicultural"] == planted.by_support["multicultural"][key]
+    planted.write(tmp_path)
+    with (tmp_path / "equity.csv").open(encoding="utf-8") as fh:
+        rows = {(r["attribute"], r["group"]): r for r in csv.DictReader(fh)}
+    assert float(rows[("support_category", "multicultural")][key]) == pytest.approx(
+        planted.by_support["multicultural"][key]
+    )
+    assert {("all", "all"), ("region", "seoul"), ("grade", "h1")} <= set(rows)
+    assert "Per support category" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert EvaluationReport.from_dict(planted.to_dict()) == planted

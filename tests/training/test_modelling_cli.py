@@ -46,6 +46,14 @@ def test_compare_prints_tables_and_writes_html(store: Settings) -> None:
     assert "compared 2 models" in text
     for word in ("popularity", "item_knn", "ndcg@10 per region", "seoul", "gimpo", "taebaek", "novelty"):
         assert word in text
+    # equity: the metric per support category and grade, and the leader's served lists per group
+    for word in (
+        "ndcg@10 per support category",
+        "ndcg@10 per grade",
+        "served lists per group",
+        "region seoul",
+    ):
+        assert word in text
     page = path.read_text(encoding="utf-8")
     assert "<h1>Models on the leave_last_n split</h1>" in page and "item_knn" in page
     png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)

@@ -24,6 +24,7 @@ from training.simulate import (
     InProcessBackend,
     Population,
     SimConfig,
+    Visiting,
     default_start,
     experiment_for,
     load_population,
@@ -32,6 +33,7 @@ from training.simulate import (
     set_aside_previous_export,
     simulate,
 )
+from training.simulate.engine import visit_weights
 
 REGIONS = ("gimpo", "taebaek")
 
@@ -220,10 +222,17 @@ def test_default_start_follows_the_data_and_stays_in_the_past() -> None:
         ({"k": 101}, "k must be"),
         ({"run": "bad name"}, "run name"),
         ({"start": datetime(2026, 1, 1)}, "timezone"),
+        ({"visiting": "x"}, "visit mode"),
+        ({"visiting": {"sigma": -1.0}}, "sigma"),
     ],
 )
 def test_config_refuses_bad_values(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
+        visiting = kw.pop("visiting", None)
+        if isinstance(visiting, str):
+            kw["visiting"] = Visiting(mode=visiting)
+        elif visiting is not None:
+            kw["visiting"] = Visiting(**visiting)
         _config(**kw)
 
 
@@ -234,6 +243,35 @@ def test_population_needs_students_of_the_regions(dataset_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # runs
+
+
+def test_students_active_before_the_experiment_visit_more(
+    population: Population, models: dict[str, Any]
+) -> None:
+    """The default visiting assumption: propensity persists, so pre-experiment activity predicts visits."""
+    history = population.history
+    assert history is not None
+    counts = {}
+    for mode in ("activity", "uniform"):
+        config = _config(days=8, visiting=Visiting(mode=mode))
+        backend = InProcessBackend(population.state.fork(), models, "sequence")
+        simulate(config, population, backend)
+        counts[mode] = pd.Series([x["student_id"] for x in backend.exposures]).value_counts()
+    start = default_start(population.last_event, 8)
+    recent = history.loc[history["occurred_at"] >= pd.Timestamp(start) - pd.Timedelta(days=28), "student_id"]
+    active = pd.Index(population.student_ids).isin(recent.unique())
+    assert 5 <= active.sum() < len(population) - 5  # both kinds of student exist
+
+    def visits_per_student(mode: str, mask: Any) -> float:
+        return float(counts[mode].reindex(np.asarray(population.student_ids)[mask]).fillna(0).mean())
+
+    ratio = {m: visits_per_student(m, active) / visits_per_student(m, ~active) for m in counts}
+    assert ratio["activity"] > 1.5 * ratio["uniform"], ratio
+    assert 0.6 < ratio["uniform"] < 1.6, ratio  # uniform: activity says nothing about visits
+    assert visit_weights(_config(visiting=Visiting(mode="uniform")), population, start) is None
+    weights = visit_weights(_config(), population, start)
+    assert weights is not None and (weights > 0).all()
+    assert np.array_equal(weights, visit_weights(_config(), population, start))  # seeded
 
 
 def test_fast_path_is_reproducible(population: Population, models: dict[str, Any]) -> None:

@@ -132,7 +132,7 @@ def test_report_and_model_artifacts(store: Settings, tmp_path: Path) -> None:
     client = _client(store)
     run = _runs(store)["sequence"]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert names == {"evaluation/report.json", "evaluation/report.html"}
+    assert names == {"evaluation/report.json", "evaluation/report.html", "evaluation/equity.csv"}
     model_id = run.data.tags[TAG_MODEL_URI].removeprefix("models:/")
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path)))
     artifacts = model_dir / "artifacts"

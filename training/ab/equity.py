@@ -18,10 +18,9 @@ from typing import Any
 
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 
 from training.ab.errors import AnalysisInputError
-from training.ab.stats import POOLED, PRIMARY_METRIC, analyse, decision_se, metric
+from training.ab.stats import POOLED, PRIMARY_METRIC, analyse, decision_se, holm, metric
 
 #: Group label of students whose attribute is unknown.
 UNKNOWN = "unknown"
@@ -117,7 +116,7 @@ def group_lifts(
         )  # fmt: skip
     finite = [i for i, r in enumerate(rows) if math.isfinite(r["gap_p"])]
     if finite:
-        adjusted = multipletests([rows[i]["gap_p"] for i in finite], method="holm")[1]
+        adjusted = holm([rows[i]["gap_p"] for i in finite])
         for i, p in zip(finite, adjusted, strict=True):
             rows[i]["gap_p"] = float(p)
     return [

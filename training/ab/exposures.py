@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.errors import DatasetNotFoundError, SchemaError
-from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED
+from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED, STUDENTS, STUDENTS_REQUIRED
 
 EXPOSURES = pa.schema(
     [
@@ -208,3 +208,8 @@ def read_events(path: Path) -> pa.Table:
         rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False)).tolist()
         raise SchemaError(str(path), "type", rows, f"event type must be one of {list(EVENT_TYPES)}")
     return table
+
+
+def read_students(path: Path) -> pa.Table:
+    """A students table (dataset directory or Parquet file), typed by `features.schemas.STUDENTS`."""
+    return read_parquet_input(path, STUDENTS, STUDENTS_REQUIRED, "students.parquet")

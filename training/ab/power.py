@@ -1,4 +1,9 @@
-"""Power planning for per-region A/B tests on a rate (e.g. enrolment rate): detectable effects and durations.
+"""Power planning for per-region A/B tests on a rate (enrolment rate) or a count (enrolments per student).
+
+Counts (`plan_mean`): the per-student standard deviation and the CUPED variance reduction come from past
+data (`past_variation` reads them from an earlier `learnrec ab report` JSON: each region's control arm and
+its adjusted estimate), so the detectable lift is ``(z_{1-alpha/2} + z_power) * sd * sqrt((1 - VR) *
+(1/n_c + 1/n_t))``: the variance CUPED removes is sample the experiment does not need.
 
 Effect sizes are Cohen's h (`statsmodels.stats.proportion.proportion_effectsize`, the arcsine transform),
 and sample sizes / detectable h come from `statsmodels.stats.power.NormalIndPower`, so the numbers match
@@ -49,6 +54,13 @@ class PowerRow:
     needed_treatment: float | None
     weeks_needed: float | None  # None when the region can never reach the needed size
     reachable: bool | None
+    variance_reduction: float = 0.0  # counts: the share of variance CUPED removes (from past data)
+    sd: float | None = None  # counts: per-student standard deviation of the metric
+
+    @property
+    def days_needed(self) -> float | None:
+        """`weeks_needed` in days."""
+        return None if self.weeks_needed is None else self.weeks_needed * 7.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN becomes None)."""
@@ -259,4 +271,126 @@ def plan(
         out.append(
             PowerRow(region, students, p0, n_c, n_t, m, m / p0, target_lift, need_c, need_t, wk, reachable)
         )
+    return out
+
+
+def plan_mean(
+    regions: Mapping[str, int],
+    mean: Mapping[str, float],
+    sd: Mapping[str, float],
+    variance_reduction: Mapping[str, float] | None = None,
+    weeks: float = 2.0,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    traffic: float = 1.0,
+    treatment_share: float = 0.5,
+    weekly_active: float = 0.5,
+    target_lift: float | None = None,
+) -> list[PowerRow]:
+    """`plan` for a per-student count (enrolments per student): detectable lift and time to a target.
+
+    Args:
+        regions: students per region.
+        mean: control mean per region (e.g. 1.6 enrolments per student).
+        sd: per-student standard deviation per region.
+        variance_reduction: share of the variance CUPED removes per region (0 = none; from past data).
+        weeks: planned duration.
+        alpha: significance level (two-sided).
+        power: 1 - type II error.
+        traffic: share of exposed students entering the experiment.
+        treatment_share: share of the experiment's students in treatment.
+        weekly_active: weekly probability that a student is exposed.
+        target_lift: relative lift to plan a duration for (None = skip).
+
+    Returns:
+        One row per region, then ``pooled`` (all regions as one population: the student-weighted mean,
+        the pooled standard deviation and variance reduction), as `plan`'s rows; ``baseline`` is the
+        mean and ``mde_abs`` in the count's unit.
+
+    Raises:
+        PowerInputError: an input is out of range.
+    """
+    from scipy.stats import norm
+
+    if not regions:
+        raise PowerInputError("give at least one region (e.g. --region taebaek=500)")
+    _check("alpha", alpha, 0, 1)
+    _check("power", power, 0, 1)
+    _check("traffic", traffic, 0, 1, hi_open=False)
+    _check("treatment_share", treatment_share, 0, 1)
+    _check("weekly_active", weekly_active, 0, 1, hi_open=False)
+    _check("weeks", weeks, 0, math.inf)
+    if target_lift is not None and (target_lift == 0 or not math.isfinite(target_lift)):
+        raise PowerInputError(f"target lift must be a non-zero relative change (e.g. 0.1), got {target_lift}")
+    vr = {r: (variance_reduction or {}).get(r, 0.0) for r in regions}
+    for r, size in regions.items():
+        if size <= 0:
+            raise PowerInputError(f"region {r!r}: student count must be positive, got {size}")
+        if r not in mean or r not in sd:
+            raise PowerInputError(f"region {r!r}: give its control mean and standard deviation")
+        _check(f"mean of {r!r}", mean[r], 0, math.inf)
+        _check(f"sd of {r!r}", sd[r], 0, math.inf)
+        _check(f"variance reduction of {r!r}", vr[r], 0, 1, lo_open=False)
+    total = sum(regions.values())
+    means, sds = dict(mean), dict(sd)
+    if len(regions) > 1:
+        means[POOLED] = sum(mean[r] * n for r, n in regions.items()) / total
+        sds[POOLED] = math.sqrt(sum(sd[r] ** 2 * n for r, n in regions.items()) / total)
+        vr[POOLED] = sum(vr[r] * sd[r] ** 2 * n for r, n in regions.items()) / (sds[POOLED] ** 2 * total)
+    rows_in = [*regions.items(), (POOLED, total)] if len(regions) > 1 else list(regions.items())
+    z = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+    wa = min(weekly_active, 1 - 1e-12)
+    out = []
+    for region, students in rows_in:
+        m0, s, v = means[region], sds[region], vr[region]
+        in_test = reach(students, weeks, weekly_active, traffic)
+        n_t, n_c = in_test * treatment_share, in_test * (1 - treatment_share)
+        se = s * math.sqrt((1 - v) * (1 / n_c + 1 / n_t)) if n_c >= 2 and n_t >= 2 else math.nan
+        m = mde_mean(se, alpha, power)
+        need_c = need_t = wk = None
+        reachable = None
+        if target_lift is not None:
+            delta = abs(target_lift) * m0
+            factor = 1 / (1 - treatment_share) + 1 / treatment_share
+            n = (z * s) ** 2 * (1 - v) * factor / delta**2 if delta > 0 else math.inf
+            need_c, need_t = n * (1 - treatment_share), n * treatment_share
+            wk = weeks_to_reach(n, students, wa, traffic) if math.isfinite(n) else None
+            reachable = wk is not None
+        out.append(
+            PowerRow(
+                region, students, m0, n_c, n_t, m, m / m0 if m0 > 0 else math.nan, target_lift,
+                need_c, need_t, wk, reachable, variance_reduction=v, sd=s,
+            )
+        )  # fmt: skip
+    return out
+
+
+def past_variation(report: Mapping[str, Any], metric: str) -> dict[str, tuple[float, float, float]]:
+    """Per region, the control mean, per-student sd and CUPED variance reduction of a past experiment.
+
+    Args:
+        report: a `learnrec ab report` JSON document.
+        metric: a mean metric of it (e.g. ``enrolments_per_student``).
+
+    Returns:
+        region -> (mean, sd, variance reduction); regions whose control arm has fewer than 2 students
+        are left out.
+
+    Raises:
+        PowerInputError: the report has no such metric per region.
+    """
+    out: dict[str, tuple[float, float, float]] = {}
+    for c in report.get("comparisons", []):
+        if c.get("metric") != metric or c.get("region") == POOLED:
+            continue
+        arm = c["control"]
+        n, var = arm.get("students") or 0, arm.get("variance")
+        if n < 2 or var is None:
+            continue
+        adjusted = c.get("adjusted") or {}
+        reduction = (adjusted.get("extra") or {}).get("variance_reduction")
+        vr = min(max(float(reduction), 0.0), 0.99) if reduction is not None else 0.0
+        out[c["region"]] = (float(arm["value"]), math.sqrt(float(var) * n), vr)
+    if not out:
+        raise PowerInputError(f"the report has no per-region {metric!r} to plan from")
     return out

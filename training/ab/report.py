@@ -1,7 +1,14 @@
 """The A/B report of one experiment: a self-contained HTML page (plots inlined as PNG) and a JSON twin.
 
 Every number comes from the exported exposures and events Parquet files through `attribution.attribute`
-and `stats.analyse`; the page documents the rules and formulas so an analyst can recompute them.
+and `stats.analyse`; the page documents the rules and formulas so an analyst can recompute them. Beside
+them: the CUPED-adjusted estimates (covariates: each student's activity before their first exposure,
+`covariates`), the always-valid interval of the primary metric at the end of every day (`looks`), the
+lift per support category and grade with a flag for a group helped significantly less (`equity`), and
+the models behind the variants (name, version, alias).
+
+Size: over 600 lines because the page's HTML, its charts and the method text are one document; the
+numbers themselves come from `stats`, `looks` and `equity`.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +28,10 @@ import pyarrow as pa
 from training import charts
 from training.ab import stats
 from training.ab.attribution import Attribution, attribute
+from training.ab.covariates import COVARIATES, PRE_DAYS, add_pre_activity
+from training.ab.equity import group_lifts
 from training.ab.errors import ExperimentNotFoundError
+from training.ab.looks import daily_looks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,6 +73,10 @@ def _frame(x: pa.Table | pd.DataFrame) -> pd.DataFrame:
     return x.to_pandas() if isinstance(x, pa.Table) else x
 
 
+#: Student attributes the equity section breaks the primary metric down by.
+EQUITY_ATTRIBUTES: tuple[str, ...] = ("support_category", "grade")
+
+
 def build_report(
     exposures: pa.Table | pd.DataFrame,
     events: pa.Table | pd.DataFrame,
@@ -70,6 +84,10 @@ def build_report(
     window: timedelta = timedelta(days=7),
     alpha: float = 0.05,
     sources: dict[str, str] | None = None,
+    *,
+    history: pa.Table | pd.DataFrame | None = None,
+    students: pd.DataFrame | None = None,
+    models: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Report:
     """Attribute, analyse and render one experiment.
 
@@ -80,6 +98,12 @@ def build_report(
         window: attribution window after an exposure.
         alpha: significance level.
         sources: where the inputs came from (shown in the report).
+        history: events before the experiment (e.g. the dataset's), counted with ``events`` for the
+            CUPED covariates; without it only the given events before a student's first exposure count.
+        students: a students table (``student_id`` and `EQUITY_ATTRIBUTES` columns) for the equity
+            section; without it the section is left out.
+        models: variant -> what serves it (``name``, ``version``, ``alias``, ``model``: the registered
+            model, version, alias and learnrec model kind); default: the versions the exposures name.
 
     Returns:
         The report.
@@ -98,12 +122,65 @@ def build_report(
     att = attribute(ex, ev, window=window)
     present = sorted(att.students["region"].unique())
     regions = list(experiment.regions) + [r for r in present if r not in experiment.regions]
-    analysis = stats.analyse(att.students, experiment.shares(), alpha=alpha, regions=regions)
+    every = ev if history is None else pd.concat([_frame(history), ev], ignore_index=True)
+    with_pre = add_pre_activity(att.students, every)
+    shares = experiment.shares()
+    analysis = stats.analyse(with_pre, shares, alpha=alpha, regions=regions, covariates=COVARIATES)
     cumulative = stats.cumulative_rates(
         att.students.loc[(att.students["n_variants"] == 1) & att.students["variant"].isin(analysis.variants)]
     )
+    looks = daily_looks(
+        att, with_pre, shares, regions, _first_day(att, experiment),
+        pd.Timestamp(att.exposures["shown_at"].max()), covariates=COVARIATES, alpha=alpha,
+    )  # fmt: skip
+    equity = _equity(with_pre, students, shares, alpha) if students is not None else {}
+    served = dict(models) if models is not None else _versions_shown(att.exposures)
     data = _document(experiment, att, analysis, cumulative, window, alpha, sources or {}, ev, regions)
+    data["models"] = {v: dict(served.get(v, {})) for v in shares}
+    data["covariates"] = {
+        "columns": list(COVARIATES),
+        "pre_days": PRE_DAYS,
+        "history_given": history is not None,
+        "students_with_activity": int((with_pre[list(COVARIATES)].sum(axis=1) > 0).sum()),
+    }
+    data["looks"] = [
+        {k: (_ts(v) if k == "at" else v) for k, v in row.items()} for row in looks.to_dict("records")
+    ]
+    data["equity"] = equity
+    data = stats.json_ready(data)
     return Report(data, _html(data, analysis, cumulative))
+
+
+def _first_day(att: Attribution, experiment: ExperimentConfig) -> pd.Timestamp:
+    """Where the daily looks start: the experiment's start when its exposures begin on its first day (a
+    simulated run's clock), else the UTC midnight before the first exposure."""
+    first = pd.Timestamp(att.exposures["shown_at"].min())
+    start = pd.Timestamp(experiment.start)
+    return start if start <= first < start + pd.Timedelta(days=1) else first.floor("D")
+
+
+def _versions_shown(exposures: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Variant -> the model versions its exposures name (when nothing better is known)."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant, g in exposures.groupby("variant"):
+        versions = sorted(g["model_version"].astype(str).unique())
+        out[str(variant)] = {"version": ", ".join(versions)}
+    return out
+
+
+def _equity(
+    students: pd.DataFrame, table: pd.DataFrame, shares: Mapping[str, float], alpha: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Per `EQUITY_ATTRIBUTES` column of ``table``: the primary metric's lift per group (`equity`)."""
+    wanted = [c for c in EQUITY_ATTRIBUTES if c in table.columns]
+    if "student_id" not in table.columns or not wanted:
+        return {}
+    attrs = table[["student_id", *wanted]].astype({"student_id": str}).drop_duplicates("student_id")
+    joined = students.merge(attrs, on="student_id", how="left")
+    return {
+        a: [g.to_dict() for g in group_lifts(joined, shares, a, alpha=alpha, covariates=COVARIATES)]
+        for a in wanted
+    }
 
 
 def _ts(x: Any) -> str | None:
@@ -253,6 +330,119 @@ def cumulative_plot(cumulative: pd.DataFrame, variants: Sequence[str]) -> str:
     return _png(fig)
 
 
+def looks_plot(looks: Sequence[dict[str, Any]], kind: str, title: str) -> str:
+    """The pooled lift at each daily look with its fixed-horizon and always-valid intervals, as base64 PNG.
+
+    Args:
+        looks: `looks.daily_looks` rows (JSON form); the ``pooled`` ones are drawn.
+        kind: metric kind (proportions in percentage points).
+        title: plot title.
+
+    Returns:
+        Base64 PNG.
+    """
+    k, unit = _scale(kind)
+    rows = [r for r in looks if r["region"] == stats.POOLED]
+    fig = charts.figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    day = [r["day"] for r in rows]
+
+    def series(name: str) -> list[float]:
+        return [math.nan if r[name] is None else r[name] * k for r in rows]
+
+    ax.fill_between(day, series("seq_low"), series("seq_high"), color="#b2182b", alpha=0.18,
+                    label="always-valid interval (read any day)")  # fmt: skip
+    ax.plot(day, series("ci_low"), color="#2166ac", lw=1, ls="--", label="fixed-horizon interval (read once)")
+    ax.plot(day, series("ci_high"), color="#2166ac", lw=1, ls="--")
+    ax.plot(day, series("lift"), color="#b2182b", marker="o", ms=3, label="lift (CUPED when available)")
+    ax.axhline(0, color="#444", lw=0.8)
+    # the first looks' intervals are wide; scale the axis to the looks with a tenth of the final sample
+    most = max((r["students"] for r in rows), default=0)
+    bounds = [
+        x * k
+        for r in rows
+        if r["students"] >= most / 10
+        for x in (r["seq_low"], r["seq_high"])
+        if x is not None and math.isfinite(x)
+    ]
+    if bounds:
+        pad = 0.15 * (max(bounds) - min(bounds) or 1.0)
+        ax.set_ylim(min(min(bounds), 0.0) - pad, max(max(bounds), 0.0) + pad)
+    ax.set_xlabel("day of the experiment (end of day)")
+    ax.set_ylabel(unit)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return _png(fig)
+
+
+def _looks_section(looks: Sequence[dict[str, Any]], spec: stats.MetricSpec, ci: str) -> str:
+    e = html.escape
+    if not looks:
+        return ""
+    img = looks_plot(looks, spec.kind, f"{spec.label}, all regions: lift at each daily look")
+    rows = "".join(
+        f"<tr><td>{r['day']}</td><td class=l>{e(str(r['at']))}</td><td>{r['students']:,}</td>"
+        f"<td>{_value_lift(spec.kind, r['lift'])}</td>"
+        f"<td>[{_value_lift(spec.kind, r['ci_low'])}, {_value_lift(spec.kind, r['ci_high'])}]</td>"
+        f"<td>[{_value_lift(spec.kind, r['seq_low'])}, {_value_lift(spec.kind, r['seq_high'])}]</td>"
+        f"<td>{_p(_num(r['sequential_p']))}</td></tr>"
+        for r in looks
+        if r["region"] == stats.POOLED
+    )
+    return (
+        "<h2>Daily looks</h2><p>What a report produced at the end of each day showed (students first exposed "
+        "by then). Read every day, only the <b>always-valid</b> interval keeps its error rate: stopping at "
+        "the first day the fixed-horizon interval excludes 0 finds false effects far more often than "
+        f"alpha. The fixed-horizon {ci} is the pre-registered reading at the planned end.</p>"
+        f'<img alt="daily sequential interval" src="data:image/png;base64,{img}">'
+        "<table><tr><th>day</th><th class=l>look (UTC)</th><th>students</th><th>lift</th>"
+        f"<th>fixed {ci}</th><th>always-valid {ci}</th><th>always-valid p</th></tr>{rows}</table>"
+    )
+
+
+def _equity_section(equity: Mapping[str, Sequence[dict[str, Any]]], spec: stats.MetricSpec, ci: str) -> str:
+    e = html.escape
+    if not equity:
+        return (
+            "<h2>Equity</h2><p class=muted>No students table given (<code>--students</code>): the lift per "
+            "support category and grade is not shown.</p>"
+        )
+    parts = [
+        "<h2>Equity: the lift per group</h2><p>Per group (all regions, stratified by region, CUPED when "
+        "available): the lift and, beside it, the gap to the rest of the students (group − rest, z-test, "
+        "Holm-adjusted across the groups of the attribute). <b>Helps less</b> marks a group the treatment "
+        "helps significantly less than the others.</p>"
+    ]
+    for name, rows in equity.items():
+        body = "".join(
+            f"<tr{' class=flag' if r['helps_less'] else ''}><td class=l>{e(str(r['group']))}</td>"
+            f"<td>{r['students']:,}</td><td>{_value(spec.kind, _num(r['control_value']))}</td>"
+            f"<td>{_value(spec.kind, _num(r['treatment_value']))}</td>"
+            f"<td>{_value_lift(spec.kind, r['lift'])} [{_value_lift(spec.kind, r['ci'][0])}, "
+            f"{_value_lift(spec.kind, r['ci'][1])}]</td>"
+            f"<td>{_value_lift(spec.kind, r['gap'])} [{_value_lift(spec.kind, r['gap_ci'][0])}, "
+            f"{_value_lift(spec.kind, r['gap_ci'][1])}]</td><td>{_p(_num(r['gap_p']))}</td>"
+            f"<td class=l>{'<b>helps less</b>' if r['helps_less'] else ''}</td></tr>"
+            for r in rows
+        )
+        parts.append(
+            f"<h3>{e(spec.label)} by {e(name.replace('_', ' '))}</h3><table><tr><th class=l>group</th>"
+            f"<th>students</th><th>control</th><th>treatment</th><th>lift [{ci}]</th>"
+            f"<th>gap to the rest [{ci}]</th><th>gap p (Holm)</th><th class=l></th></tr>{body}</table>"
+        )
+    return "".join(parts)
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _value_lift(kind: str, x: Any) -> str:
+    k = 100.0 if kind == "proportion" else 1.0
+    return _f(_num(x) * k, 2 if kind == "proportion" else 3)
+
+
 # ---------------------------------------------------------------- HTML
 
 _CSS = """
@@ -265,6 +455,7 @@ th{background:#f3f3f3} td.l,th.l{text-align:left} tr.pooled td{font-weight:600;b
 .srm{background:#b00020;color:#fff;padding:1rem;font-size:1.1rem;border-radius:4px;margin:1rem 0}
 .ok{background:#e8f5e9;padding:.6rem;border-radius:4px}
 .sig{color:#1b5e20;font-weight:600} .muted{color:#777} code{background:#f5f5f5;padding:0 .2rem}
+tr.flag td{background:#fdecea;color:#8a1c1c}
 img{max-width:100%}
 """
 
@@ -314,16 +505,31 @@ def _metric_table(spec: stats.MetricSpec, comps: Sequence[stats.Comparison], ci:
             f"<td>{c.control.exposures:,}</td><td>{c.treatment.exposures:,}</td>"
             f"<td>{_value(spec.kind, c.control.value)}</td><td>{_value(spec.kind, c.treatment.value)}</td>"
             f"<td>{_lift(spec.kind, c.estimate)}</td><td>{_rel(c.estimate)}</td>"
-            f"<td>{_p(c.estimate.p_value)}</td><td{sig}>{p_adj}</td>"
-            f"<td class=l>{e(c.estimate.test)}</td></tr>"
+            f"<td>{_adjusted(spec.kind, c)}</td><td>{_lift(spec.kind, _seq(c))}</td>"
+            f"<td>{_p(c.decision.p_value)}</td><td{sig}>{p_adj}</td>"
+            f"<td class=l>{e(c.decision.test)}</td></tr>"
         )
     t, k = comps[0].treatment.variant, comps[0].control.variant
     return (
         f"<table><tr><th class=l>region</th><th>students {e(k)}</th><th>students {e(t)}</th>"
         f"<th>exposures {e(k)}</th><th>exposures {e(t)}</th><th>{e(k)}</th><th>{e(t)}</th>"
-        f"<th>absolute lift [{ci}]</th><th>relative lift [{ci}]</th><th>p</th><th>p (Holm)</th>"
+        f"<th>absolute lift [{ci}]</th><th>relative lift [{ci}]</th><th>CUPED lift [{ci}] "
+        f"(variance reduction)</th><th>always-valid [{ci}]</th><th>p</th><th>p (Holm)</th>"
         f"<th class=l>test</th></tr>{''.join(rows)}</table>"
     )
+
+
+def _adjusted(kind: str, c: stats.Comparison) -> str:
+    if c.adjusted is None:
+        return "–"
+    vr = c.adjusted.extra.get("variance_reduction", math.nan)
+    return f"{_lift(kind, c.adjusted)} ({_pct(vr, 0)})"
+
+
+def _seq(c: stats.Comparison) -> stats.Estimate:
+    """The decision's lift with its always-valid interval in place of the fixed one (for `_lift`)."""
+    d = c.decision
+    return stats.Estimate(d.abs_lift, c.sequential_ci, d.rel_lift, d.rel_ci, c.sequential_p, d.test)
 
 
 def _srm_section(srm: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
@@ -346,6 +552,23 @@ def _srm_section(srm: Sequence[dict[str, Any]], variants: Sequence[str]) -> str:
         f"<table><tr><th class=l>region</th>{head}<th>chi²</th><th>p</th><th class=l>check</th>"
         f"<th class=l>note</th></tr>{''.join(rows)}</table>"
     )
+
+
+def model_label(served: Mapping[str, Any]) -> str:
+    """``learnrec-lectures v5 (sequence; champion)``: what serves a variant, as much as is known."""
+    name = served.get("name") or "model"
+    bits = [b for b in (served.get("model"), served.get("alias")) if b and b != "?"]
+    return f"{name} v{served.get('version', '?')}" + (f" ({'; '.join(bits)})" if bits else "")
+
+
+def _headline(data: Mapping[str, Any]) -> str:
+    """``treatment (...) vs control (...)``: the models compared, in one line."""
+    exp, served = data["experiment"], data.get("models", {})
+    control = exp["control"]
+    others = [v["name"] for v in exp["variants"] if v["name"] != control]
+    if not served:
+        return ""
+    return " vs ".join(f"{v} = {model_label(served.get(v, {}))}" for v in [*others, control])
 
 
 def _html(data: dict[str, Any], analysis: stats.Analysis, cumulative: pd.DataFrame) -> str:
@@ -374,15 +597,25 @@ def _html(data: dict[str, Any], analysis: stats.Analysis, cumulative: pd.DataFra
 
     parts.append(
         "<h2>Variants</h2><table><tr><th class=l>variant</th><th class=l>role</th><th>weight</th>"
-        "<th>share</th><th class=l>model</th></tr>"
+        "<th>share</th><th class=l>configured</th><th class=l>registered model</th><th>version</th>"
+        "<th class=l>alias now</th><th class=l>learnrec model</th></tr>"
     )
     for v in exp["variants"]:
         role = "control" if v["name"] == exp["control"] else "treatment"
+        served = data.get("models", {}).get(v["name"], {})
         parts.append(
             f"<tr><td class=l>{e(v['name'])}</td><td class=l>{role}</td><td>{_f(v['weight'], 2)}</td>"
-            f"<td>{_pct(v['share'])}</td><td class=l>{e(str(v['model']))}</td></tr>"
+            f"<td>{_pct(v['share'])}</td><td class=l>{e(str(v['model']))}</td>"
+            + "".join(
+                f"<td class=l>{e(str(served.get(key) or '–'))}</td>"
+                for key in ("name", "version", "alias", "model")
+            )
+            + "</tr>"
         )
     parts.append("</table>")
+    headline = _headline(data)
+    if headline:
+        parts.append(f"<p><b>{e(headline)}</b></p>")
     inputs = data["inputs"]
     parts.append(
         "<p>" + " · ".join(f"{e(str(k))}: <code>{e(str(v))}</code>" for k, v in inputs.items()) + "</p>"
@@ -404,6 +637,9 @@ def _html(data: dict[str, Any], analysis: stats.Analysis, cumulative: pd.DataFra
         parts.append(_metric_table(spec, comps, e(ci)))
         img = forest_plot(comps, spec.kind, f"{spec.label}: lift with {ci}")
         parts.append(f'<img alt="forest plot {e(metric)}" src="data:image/png;base64,{img}">')
+    primary_spec = specs[settings["primary_metric"]]
+    parts.append(_looks_section(data.get("looks", []), primary_spec, e(ci)))
+    parts.append(_equity_section(data.get("equity", {}), primary_spec, e(ci)))
     if not cumulative.empty:
         img = cumulative_plot(cumulative, analysis.variants)
         parts.append("<h2>Over time</h2>")
@@ -454,6 +690,16 @@ w<sub>k</sub>)²; for rates the p-value is the Cochran–Mantel–Haenszel test 
 the JSON also holds the MH odds ratio and the Breslow–Day homogeneity p-value.</li>
 <li><b>Sample-ratio check</b>: chi-square goodness of fit of students per variant against the configured
 weights, per region and overall; p &lt; 0.001 is a mismatch.</li>
+<li><b>CUPED</b> (the decision, when given): per region, each student's outcome is adjusted by their
+enrolments and completions in the 28 days before their first exposure (fixed before randomisation):
+<code>y − (x − x̄)θ</code> with θ the within-arm least-squares slope, so the lift equals the treatment
+coefficient of the OLS regression <code>y ~ 1 + treatment + x</code>; then the stratified pooling above.
+The p-values and the Holm adjustment use it.</li>
+<li><b>Always-valid interval</b>: the normal-mixture sequential probability ratio test's confidence
+sequence around the decision's lift; it holds at every daily look at once, so the experiment may be
+watched every day and stopped early for harm or a large effect without raising the error rate.</li>
+<li><b>Equity</b>: the primary metric per support category and grade (stratified by region, CUPED), and the
+gap of each group to the rest of the students, Holm-adjusted across the groups.</li>
 </ol>
 <p>The JSON file next to this page holds every number shown here (counts per arm, estimates, intervals,
 raw and adjusted p-values, the daily cumulative counts).</p>

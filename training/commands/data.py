@@ -156,6 +156,14 @@ def synth(
     out: Annotated[
         Path | None, typer.Option(help="Dataset directory (default: DATA_DIR/datasets/synthetic).")
     ] = None,
+    support_activity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--support-activity",
+            help="CATEGORY=FACTOR, repeatable: the assumed effect of a support category on behaviour "
+            "(its students' activity rate times FACTOR; default none), e.g. basic_livelihood=0.8.",
+        ),
+    ] = None,
 ) -> None:
     """Generate a synthetic Seoul Learn-like dataset (deterministic for a seed)."""
     from features.settings import get_settings
@@ -163,11 +171,24 @@ def synth(
 
     settings = get_settings()
     out = out or settings.datasets_dir / "synthetic"
+    factors: dict[str, float] = {}
+    for item in support_activity or []:
+        name, sep, value = item.partition("=")
+        try:
+            factors[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(
+                f"expected CATEGORY=FACTOR, got {item!r}", param_hint="--support-activity"
+            )
+    try:
+        config = scaled_config(students, lectures, settings.seed if seed is None else seed, factors)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--support-activity") from None
     started = time.perf_counter()
     with _data_errors(), progress_bars() as progress:
-        summary = generate(
-            scaled_config(students, lectures, settings.seed if seed is None else seed), out, progress
-        )
+        summary = generate(config, out, progress)
     facts = summary.as_dict()
     shown = ", ".join(
         f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in facts.items() if _scalar(v)

@@ -271,6 +271,15 @@ def train(
     failed = [r for r in results if r.error]
     key = f"ndcg_at_{ks[0]}"
     best = max(done, key=lambda r: float("-inf") if r.validation is None else r.validation, default=None)
+    if best is not None and best.report is not None:
+        from training.compare import equity_table
+
+        _out.print(
+            equity_table(
+                best.report,
+                f"{best.model}'s served lists per group (every model's: evaluation/equity.csv of its run)",
+            )
+        )
     best_text = (
         f"champion (best on validation) {best.model}: test ndcg@{ks[0]} = "
         f"{best.report.overall.get(key, 0.0):.4f}"
@@ -437,6 +446,21 @@ def compare(
     split = comparison.split
     for table in terminal_tables(comparison, metric):
         _out.print(table)
+    leader = next((r for r in comparison.runs if r.kind != "oracle"), None)
+    if leader is not None:
+        from training.compare import equity_table
+        from training.errors import TrackingError
+        from training.tracking import load_report
+
+        try:
+            report = load_report(client, leader.run_id)
+        except TrackingError as exc:
+            _err.print(f"no equity table for {leader.model}: {escape(str(exc))}", highlight=False)
+        else:
+            if report.slots:
+                _out.print(
+                    equity_table(report, f"{leader.model}'s served lists per group (run {leader.run_id[:8]})")
+                )
     path = out or settings.data_dir / "reports" / f"compare-{split}.html"
     with _err.status("drawing charts..."):
         write_html(comparison, path, metric)

@@ -122,6 +122,13 @@ def simulate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="--repeat: results file (default <data_dir>/reports/...).")
     ] = None,
+    visits: Annotated[
+        str,
+        typer.Option(
+            help="Who visits each day: activity (students active lately come back more often; the "
+            "documented default assumption, training.simulate.Visiting) or uniform (every student alike)."
+        ),
+    ] = "activity",
     daily_looks: Annotated[
         bool,
         typer.Option(
@@ -138,7 +145,7 @@ def simulate(
     control) or the power of an A/B test.
     """
     from features.settings import get_settings
-    from training.simulate import SimConfig
+    from training.simulate import SimConfig, Visiting
 
     settings = get_settings()
     if not 0 < alpha < 1:
@@ -153,6 +160,7 @@ def simulate(
         config = SimConfig(
             regions=_regions(regions), days=days, students_per_day=students_per_day, k=k,
             seed=settings.seed if seed is None else seed, start=_start(start), run=run,
+            visiting=Visiting(mode=visits),
         )  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -395,7 +403,7 @@ def _http(
             f"{result.visits - result.failed:,} answered calls: exposure logging is missing or lagging[/]"
         )
     if report:
-        notes.append(_report(settings, result, exported, experiments_file, experiment))
+        notes.append(_report(settings, result, exported, experiments_file, experiment, population))
     for note in notes:
         _out.print(note, highlight=False, soft_wrap=True)
     _out.print(
@@ -431,9 +439,18 @@ def _print_run(result: SimResult) -> None:
 
 
 def _report(
-    settings: Settings, result: SimResult, exported: Any, experiments_file: Path | None, key: str | None
+    settings: Settings,
+    result: SimResult,
+    exported: Any,
+    experiments_file: Path | None,
+    key: str | None,
+    population: Any = None,
 ) -> str:
-    """Write the A/B report of the run's experiment; returns a line saying what happened."""
+    """Write the A/B report of the run's experiment; returns a line saying what happened.
+
+    The population's history (the dataset's events before the run) gives the CUPED covariates, its
+    profiles the equity groups; the registry names the models behind the variants.
+    """
     from datetime import timedelta
 
     from features.errors import LearnrecDataError
@@ -442,6 +459,7 @@ def _report(
     from training.ab.exposures import read_events, read_exposures
     from training.ab.report import build_report, write_report
     from training.ab.stats import PRIMARY_METRIC, metric
+    from training.commands.ab import served_models
 
     seen = sorted({label.split("/")[0] for label in result.arms if label != "-"})
     if key is None:
@@ -457,10 +475,23 @@ def _report(
         exp = next((e for e in config.experiments if e.key == key), None)
         if exp is None:
             return f"no report: experiment '{key}' is not in {path}"
+        exposures = read_exposures(exported.exposures_dir)
+        students = None
+        if population is not None:
+            import pandas as pd
+
+            students = pd.DataFrame(
+                [
+                    {"student_id": p.student_id, "support_category": p.support_category, "grade": p.grade}
+                    for p in population.profiles.values()
+                ]
+            )
         rep = build_report(
-            read_exposures(exported.exposures_dir), read_events(exported.events_dir), exp,
+            exposures, read_events(exported.events_dir), exp,
             window=timedelta(days=7), sources={"exposures_path": str(exported.exposures_dir),
                                                "events_path": str(exported.events_dir)},
+            history=None if population is None else population.history, students=students,
+            models=served_models(settings, exposures.to_pandas(), exp),
         )  # fmt: skip
         html_path, _ = write_report(rep, settings.data_dir / "reports" / f"ab-{key}-{result.run}.html")
     except (ExperimentConfigError, LearnrecDataError, ABError) as exc:
@@ -470,10 +501,21 @@ def _report(
     )
     p = pooled["p_adjusted"]
     lift = metric(PRIMARY_METRIC).show_lift(pooled["estimate"]["abs_lift"])
+    from training.ab.report import model_label
+
+    served = rep.data.get("models", {})
+    names = {v: f"{v} ({model_label(served[v])})" if v in served else v for v in served}
+    flags = [
+        f"{r['group']} ({attribute})"
+        for attribute, rows in rep.data.get("equity", {}).items()
+        for r in rows
+        if r["helps_less"]
+    ]
+    t, c = pooled["treatment"]["variant"], pooled["control"]["variant"]
     return (
-        f"A/B report {html_path} (+ .json): pooled {PRIMARY_METRIC} {pooled['treatment']['variant']} - "
-        f"{pooled['control']['variant']} = {lift}, "
-        f"p = {'-' if p is None else f'{p:.4f}'}"
+        f"A/B report {html_path} (+ .json): pooled {PRIMARY_METRIC} {names.get(t, t)} - "
+        f"{names.get(c, c)} = {lift}, p = {'-' if p is None else f'{p:.4f}'}"
+        + (f"; helps significantly less: {', '.join(flags)}" if flags else "")
     )
 
 

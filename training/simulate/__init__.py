@@ -3,7 +3,10 @@
 A simulation runs on a simulated clock of `SimConfig.days` days. Each day `students_per_day` students of
 the chosen regions (drawn from a synthetic dataset's students) visit once, at an hour drawn from the
 platform's hour-of-day profile, fetch a list of `k` lectures, and react to it with the generator's hidden
-truth (`features.ground_truth`):
+truth (`features.ground_truth`). Who visits is an assumption (`Visiting`): by default a student's
+propensity to visit persists (weighted by their recent activity in the dataset and an unobserved
+heavy-tailed factor), so students active before the experiment come back more often; ``uniform`` draws
+every student alike. Then:
 
 * a student looks at position p with probability ``1 / log2(p + 1)`` (the DCG discount) and enrols in a
   lecture looked at with `GroundTruth` enrol probability, so the chance to enrol at position p is
@@ -48,7 +51,7 @@ from training.simulate.analysis import (
     prepare_models,
     repeat_experiment,
 )
-from training.simulate.config import POST_BATCH, Behaviour, Progress, SimConfig, default_start
+from training.simulate.config import POST_BATCH, Behaviour, Progress, SimConfig, Visiting, default_start
 from training.simulate.engine import ArmCounts, Backend, PostSummary, Shown, SimResult, Visit, simulate
 from training.simulate.export import (
     RunExport,
@@ -78,6 +81,7 @@ __all__ = [
     "SimConfig",
     "SimResult",
     "Visit",
+    "Visiting",
     "analyse_run",
     "default_start",
     "events_frame",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +156,7 @@ class RepeatSummary:
         variants: variant -> weight (first = control).
         alpha: significance level.
         repetitions: repetitions run.
-        config: the base configuration (repetition r uses seed + r and salt ``<key>.r<r>``).
+        config: the base configuration (repetition r uses seed s = seed + r and salt ``<key>.s<s>``).
         seconds: wall time.
     """
 
@@ -294,6 +294,7 @@ class RepeatSummary:
                     "k": cfg.k,
                     "seed": cfg.seed,
                     "start": cfg.start.isoformat() if cfg.start else None,
+                    "visiting": asdict(cfg.visiting),
                 },
                 "seconds": round(self.seconds, 2),
                 "rates": self.rates(),
@@ -320,8 +321,9 @@ def repeat_experiment(
 ) -> RepeatSummary:
     """Run the in-process simulation `repetitions` times and analyse each run's experiment.
 
-    Repetition r uses seed ``config.seed + r`` (other visitors, times and reactions) and salt
-    ``<key>.r<r>`` (another random split of the students), so the repetitions are independent
+    Repetition r uses seed ``s = config.seed + r`` (other visitors, times and reactions) and salt
+    ``<key>.s<s>`` (another random split of the students), so the repetitions are independent (and runs
+    of 50 from seed 42 and of 50 from seed 92 are the 100 runs from seed 42: a long study can be split)
     experiments. With the same model behind every variant (an A/A test) the share of significant results
     estimates the false-positive rate; with different models, the power to detect their difference.
 
@@ -361,9 +363,10 @@ def repeat_experiment(
         cfg = SimConfig(
             regions=config.regions, days=config.days, students_per_day=config.students_per_day, k=config.k,
             seed=config.seed + rep, start=start, run=f"{config.run_name}-r{rep}", behaviour=config.behaviour,
+            visiting=config.visiting,
         )  # fmt: skip
         experiment = experiment_for(
-            key, config.regions, shares, start, start + config.days * DAY, salt=f"{key}.r{rep}"
+            key, config.regions, shares, start, start + config.days * DAY, salt=f"{key}.s{cfg.seed}"
         )
         backend = InProcessBackend(population.state.fork(), models, next(iter(models)), [experiment])
         simulate(cfg, population, backend)
@@ -401,6 +404,7 @@ def repeat_experiment(
             start=start,
             run=config.run,
             behaviour=config.behaviour,
+            visiting=config.visiting,
         ),
         seconds=time.perf_counter() - started,
         looks=look_rows,

@@ -60,6 +60,58 @@ class Behaviour:
         return out
 
 
+#: How the day's visitors are chosen (`Visiting.mode`).
+VISIT_MODES = ("activity", "uniform")
+
+
+@dataclass(frozen=True)
+class Visiting:
+    """Who visits on a simulated day: an ASSUMPTION about students, documented here and in `bench/AB.md`.
+
+    ``activity`` (the default): a student's propensity to visit persists. Student i's weight is
+
+        w_i = (floor + A_i) ** exponent * exp(sigma * z_i - sigma ** 2 / 2)
+
+    where A_i is the student's recency-weighted activity in the dataset before the simulation starts
+    (each enrol and complete event counts ``exp(-age / half_life_days * ln 2)``), and z_i a standard normal
+    drawn once per student and run (unobserved propensity: a student with no history may still be a
+    regular). Each day `SimConfig.students_per_day` students are drawn without replacement with
+    probabilities proportional to w (successive sampling, via the Gumbel-top-k trick), so the students who
+    were active lately come back more often, as real ones do: the heavy tail of the generator's activity
+    rates carries over into the experiment, and pre-experiment activity predicts in-experiment outcomes
+    (what CUPED needs). The weights are fixed for the run (what happens during the experiment does not
+    change who visits).
+
+    ``uniform``: every student of the regions is equally likely each day (the behaviour before issue 15;
+    pre-experiment activity then predicts nothing about visits, and CUPED cannot reduce variance).
+
+    Attributes:
+        mode: ``activity`` or ``uniform``.
+        half_life_days: half-life of an event's weight in A_i.
+        floor: added to A_i, so a student without recent activity still visits now and then.
+        exponent: how steeply the weight grows with activity.
+        sigma: spread of the unobserved propensity (log scale); 0 = none.
+    """
+
+    mode: str = "activity"
+    half_life_days: float = 21.0
+    floor: float = 1.0
+    exponent: float = 1.0
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in VISIT_MODES:
+            raise ValueError(f"visit mode must be one of {', '.join(VISIT_MODES)}, got {self.mode!r}")
+        if not self.half_life_days > 0:
+            raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
+        if not self.floor > 0:
+            raise ValueError(f"floor must be > 0, got {self.floor}")
+        if not self.exponent >= 0:
+            raise ValueError(f"exponent must be >= 0, got {self.exponent}")
+        if not self.sigma >= 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """One simulation.
@@ -73,6 +125,7 @@ class SimConfig:
         start: first simulated instant (UTC); None = `default_start`.
         run: name of the run (part of event and request ids, export directory); default ``seed<seed>``.
         behaviour: reaction parameters.
+        visiting: who visits each day (`Visiting`).
     """
 
     regions: tuple[str, ...]
@@ -83,6 +136,7 @@ class SimConfig:
     start: datetime | None = None
     run: str | None = None
     behaviour: Behaviour = field(default_factory=Behaviour)
+    visiting: Visiting = field(default_factory=Visiting)
 
     def __post_init__(self) -> None:
         if not self.regions:

@@ -185,15 +185,68 @@ def _funnel(
     return out
 
 
+def visit_weights(
+    config: SimConfig, population: Population, start: datetime
+) -> npt.NDArray[np.float64] | None:
+    """Each student's weight in the daily draw of visitors (`training.simulate.config.Visiting`).
+
+    Args:
+        config: the simulation (its `Visiting` and seed).
+        population: the students, with their history before the simulation.
+        start: the first simulated instant: history at or after it is ignored.
+
+    Returns:
+        One positive weight per student (population order); None in ``uniform`` mode.
+    """
+    v = config.visiting
+    if v.mode == "uniform":
+        return None
+    import pandas as pd
+
+    n = len(population)
+    activity = np.zeros(n, dtype=np.float64)
+    history = population.history
+    if history is not None and len(history):
+        at = pd.to_datetime(history["occurred_at"], utc=True)
+        before = (at < pd.Timestamp(start)).to_numpy()
+        age_days = (pd.Timestamp(start) - at[before]).dt.total_seconds().to_numpy() / 86400.0
+        rows = pd.Index(population.student_ids).get_indexer(
+            pd.Index(history["student_id"].to_numpy()[before])
+        )
+        known = rows >= 0
+        np.add.at(activity, rows[known], np.exp(-age_days[known] * math.log(2) / v.half_life_days))
+    # one normal per ground-truth row: a student's propensity does not depend on who else is simulated
+    rows = population.truth_rows.astype(np.int64)
+    z = np.random.default_rng(np.random.SeedSequence([config.seed, 3])).standard_normal(
+        int(rows.max()) + 1 if n else 0
+    )[rows]
+    weights: npt.NDArray[np.float64] = (v.floor + activity) ** v.exponent * np.exp(
+        v.sigma * z - v.sigma**2 / 2
+    )
+    return weights
+
+
 def _visits_of_day(
-    config: SimConfig, population: Population, day: int, day_start: datetime, hours: npt.NDArray[np.float64]
+    config: SimConfig,
+    population: Population,
+    day: int,
+    day_start: datetime,
+    hours: npt.NDArray[np.float64],
+    weights: npt.NDArray[np.float64] | None = None,
 ) -> tuple[list[Visit], list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]]:
-    """The day's visitors in time order, each with its fixed layout of draws (uniforms, normals)."""
+    """The day's visitors in time order, each with its fixed layout of draws (uniforms, normals).
+
+    Visitors are drawn without replacement, uniformly or with probabilities proportional to ``weights``
+    (successive sampling: the ``students_per_day`` largest ``log(w) + Gumbel`` keys).
+    """
     k = config.k
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1, day]))
-    chosen = np.sort(
-        rng.choice(len(population), size=min(config.students_per_day, len(population)), replace=False)
-    )
+    size = min(config.students_per_day, len(population))
+    if weights is None:
+        chosen = np.sort(rng.choice(len(population), size=size, replace=False))
+    else:
+        keys = np.log(weights) + rng.gumbel(size=len(population))
+        chosen = np.sort(np.argpartition(-keys, size - 1)[:size])
     visits: list[Visit] = []
     draws: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
     for i in chosen.tolist():
@@ -267,6 +320,7 @@ def simulate(
     b = config.behaviour
     pending: list[tuple[datetime, str, EventIn]] = []
     enrolled: dict[str, set[str]] = {}
+    weights = visit_weights(config, population, start)
 
     def flush(before: datetime) -> None:
         due = []
@@ -279,7 +333,7 @@ def simulate(
     for day in range(config.days):
         day_start = start + day * DAY
         flush(day_start)
-        visits, draws = _visits_of_day(config, population, day, day_start, hours)
+        visits, draws = _visits_of_day(config, population, day, day_start, hours, weights)
         answers = backend.recommend(visits, k)
         failures = [a for a in answers if a.error is not None]
         result.visits += len(visits)
