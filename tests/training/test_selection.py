@@ -128,7 +128,7 @@ def test_lightfm_library_configuration_always_runs(ds: Dataset, monkeypatch):
 
     monkeypatch.setattr(selection, "_score", fake)
     report = select(["lightfm"], splits.leave_last_n(ds, 1), budget_seconds=0)
-    assert seen == [{}, LIBRARY_PARAMS] and report.choices["lightfm"].params == LIBRARY_PARAMS
+    assert seen == [LIBRARY_PARAMS, {}] and report.choices["lightfm"].params == LIBRARY_PARAMS
     # a key the user fixes is not overridden by the library configuration
     seen.clear()
     select(["lightfm"], splits.leave_last_n(ds, 1), params={"lightfm": {"epochs": 3}}, budget_seconds=0)
@@ -187,3 +187,28 @@ def test_grid_candidate_needs_a_lead_beyond_the_noise(ds: Dataset, monkeypatch):
     lead["grid"] = 3 * se
     chosen = select(["lightfm"], split, budget_seconds=1e9).choices["lightfm"].params
     assert chosen not in ({}, LIBRARY_PARAMS)
+
+
+def test_defaults_replace_the_library_configuration_only_beyond_the_noise(ds: Dataset, monkeypatch):
+    """Issue 12 (sparse, 20,000 x 2,000): LightFM with learnrec's defaults and LightFM used directly tied on
+    validation (the served list's rules carried both) and a tie kept the defaults, whose own ranking
+    trailed the library's on test. The library's configuration is the incumbent: the defaults replace it
+    only with a lead of more than MARGIN_SE standard errors."""
+    from models.lightfm_hybrid import LIBRARY_PARAMS
+
+    rng = np.random.default_rng(2)
+    base = rng.random(300)
+    noise = rng.normal(0.0, 0.3, 300)
+    se = float(np.std(noise, ddof=1) / np.sqrt(noise.size))
+    lead = {"default": se}
+
+    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+        values = base if params == LIBRARY_PARAMS else base + noise - noise.mean() + lead["default"]
+        return Trial(dict(params), float(values.mean()), 0.0, values)
+
+    monkeypatch.setattr(selection, "_score", fake)
+    split = splits.leave_last_n(ds, 1)
+    chosen = select(["lightfm"], split, budget_seconds=0).choices["lightfm"]
+    assert chosen.params == LIBRARY_PARAMS and chosen.value < chosen.trials[1].value
+    lead["default"] = 3 * se
+    assert select(["lightfm"], split, budget_seconds=0).choices["lightfm"].params == {}
