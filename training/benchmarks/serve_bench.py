@@ -441,7 +441,8 @@ def _train_champion(
             return None
         n = dataset_sizes(dataset)["students"]
         argv = [*_learnrec(), "train", *[a for m in models for a in ("--model", m)], "--register",
-                "--dataset", str(dataset), "--no-oracle"]  # fmt: skip
+                "--dataset", str(dataset), "--no-oracle",
+                "--budget-seconds", f"{opts.select_budget_s:g}"]  # fmt: skip
         label = "train --register" + (f" ({n:,} students)" if len(fractions) > 1 else "")
         opts.say(f"  learnrec train --model {' '.join(models)} --register on {n:,} students ...")
         row = _step(label, argv, env, opts, log)
