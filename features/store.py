@@ -303,15 +303,19 @@ class FeatureStore:
         redis' flat list of field, value pairs)."""
         raw_profile, raw_hist, raw_recent = replies[0], replies[1], replies[2]
         if isinstance(raw_hist, list):
-            raw_hist = dict(zip(raw_hist[::2], raw_hist[1::2], strict=True))
+            fields, values = raw_hist[0::2], raw_hist[1::2]
+        else:
+            fields, values = list(raw_hist or {}), list((raw_hist or {}).values())
         try:
-            history = {_decode(k): float(v) for k, v in (raw_hist or {}).items()}
+            # every request decodes its student's history: list comprehensions, float() reads bytes itself
+            names = [f.decode("utf-8") if isinstance(f, bytes) else f for f in fields]
+            history = dict(zip(names, map(float, values), strict=True))
         except ValueError as exc:
             raise FeatureStoreError(f"history of student {student_id!r} in Redis is corrupt: {exc}") from exc
         return StudentRecord(
             profile=_profile_from(student_id, raw_profile),
             history=history,
-            recent=tuple(_decode(x) for x in raw_recent or ()),
+            recent=tuple([x.decode("utf-8") if isinstance(x, bytes) else x for x in raw_recent or ()]),
             state=replies[3] if with_state else None,
         )
 

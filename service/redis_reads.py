@@ -42,11 +42,13 @@ def encode(commands: Sequence[Command]) -> bytes:
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
         for arg in command:
-            raw = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
-            out.append(b"$%d\r\n" % len(raw))
-            out.append(raw)
-            out.append(b"\r\n")
+            raw = arg if type(arg) is bytes else _ARGS.get(arg) or str(arg).encode("utf-8")  # type: ignore[arg-type]
+            out += (b"$%d\r\n" % len(raw), raw, b"\r\n")
     return b"".join(out)
+
+
+#: Arguments every read repeats, encoded once.
+_ARGS: dict[object, bytes] = {a: str(a).encode("utf-8") for a in ("GET", "HGETALL", "LRANGE", 0, -1)}
 
 
 class _Protocol(asyncio.Protocol):

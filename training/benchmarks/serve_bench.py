@@ -67,8 +67,11 @@ P99_TARGET_MS = {"default": 20.0, "large": 30.0}
 #: Students the load rotates over (a random sample of the dataset's students).
 PATH_STUDENTS = 5_000
 #: Students of the portal-shaped sessions workload, and how many sessions go in one round.
+#: A round is short enough that a run of a few thousand requests reaches the second and third views (each
+#: wrk run starts at the top of the list), and long enough that a student's events (sent `SESSION_ROUND`
+#: requests before the next view, over `MAX_CONNECTIONS` connections) have landed when it is asked.
 SESSION_STUDENTS = 10_000
-SESSION_ROUND = 500
+SESSION_ROUND = 100
 #: Most events posted in one session (the events of one lecture).
 SESSION_EVENTS = 5
 #: Most students the "every answer computed" workload rotates over (more than the answer cache holds,
