@@ -298,23 +298,41 @@ class FeatureStore:
 
     # -- reads ----------------------------------------------------------------------------------------
 
-    def _queue_read(self, pipe: Any, student_id: str, state_key: bytes | None) -> None:
-        pipe.get(keys.profile(student_id))
-        pipe.hgetall(keys.history(student_id))
-        pipe.lrange(keys.recent(student_id), 0, -1)
+    @staticmethod
+    def read_commands(student_id: str, state_key: bytes | None) -> list[tuple[bytes | str | int, ...]]:
+        """The commands of one student's read (profile, history, recent lectures, optionally the model
+        state under `state_key`); `record` turns their replies into the record."""
+        commands: list[tuple[bytes | str | int, ...]] = [
+            ("GET", keys.profile(student_id)),
+            ("HGETALL", keys.history(student_id)),
+            ("LRANGE", keys.recent(student_id), 0, -1),
+        ]
         if state_key is not None:
-            pipe.get(state_key)
+            commands.append(("GET", state_key))
+        return commands
 
-    def _record(self, student_id: str, replies: Sequence[Any], with_state: bool) -> StudentRecord:
+    def _queue_read(self, pipe: Any, student_id: str, state_key: bytes | None) -> None:
+        for command in self.read_commands(student_id, state_key):
+            pipe.execute_command(*command)
+
+    def record(self, student_id: str, replies: Sequence[Any], with_state: bool) -> StudentRecord:
+        """The record of a student from the replies of `read_commands` (HGETALL as a mapping or as
+        redis' flat list of field, value pairs)."""
         raw_profile, raw_hist, raw_recent = replies[0], replies[1], replies[2]
+        if isinstance(raw_hist, list):
+            fields, values = raw_hist[0::2], raw_hist[1::2]
+        else:
+            fields, values = list(raw_hist or {}), list((raw_hist or {}).values())
         try:
-            history = {_decode(k): float(v) for k, v in (raw_hist or {}).items()}
+            # every request decodes its student's history: list comprehensions, float() reads bytes itself
+            names = [f.decode("utf-8") if isinstance(f, bytes) else f for f in fields]
+            history = dict(zip(names, map(float, values), strict=True))
         except ValueError as exc:
             raise FeatureStoreError(f"history of student {student_id!r} in Redis is corrupt: {exc}") from exc
         return StudentRecord(
             profile=_profile_from(student_id, raw_profile),
             history=history,
-            recent=tuple(_decode(x) for x in raw_recent or ()),
+            recent=tuple([x.decode("utf-8") if isinstance(x, bytes) else x for x in raw_recent or ()]),
             state=replies[3] if with_state else None,
         )
 
@@ -368,9 +386,7 @@ class FeatureStore:
             self._queue_read(pipe, sid, state_key)
         replies = pipe.execute()
         step = 4 if with_state else 3
-        return [
-            self._record(sid, replies[i * step : (i + 1) * step], with_state) for i, sid in enumerate(ids)
-        ]
+        return [self.record(sid, replies[i * step : (i + 1) * step], with_state) for i, sid in enumerate(ids)]
 
     def get_profile(self, student_id: str) -> StudentProfile | None:
         """The stored profile of a student.

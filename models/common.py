@@ -77,6 +77,8 @@ def decayed_interactions(data: TrainingData, half_life_days: float | None) -> sp
 def normalise_max(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Scale non-negative scores so the largest is 1 (all-zero stays zero)."""
     top = float(v.max()) if v.size else 0.0
+    if top > 0 and v.dtype == np.float32:
+        return v / np.float32(top)  # float32 already: one pass, no second copy
     out: npt.NDArray[np.float32] = (v / top).astype(np.float32) if top > 0 else v.astype(np.float32)
     return out
 

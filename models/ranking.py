@@ -107,8 +107,9 @@ class StudentFeatureEncoder:
     def columns(self, values: Iterable[tuple[str, str]]) -> npt.NDArray[np.int32]:
         """Sorted distinct feature columns of (attribute, value) pairs; unknown values set none."""
         get = self._index.get
-        cols = [c for c in (get(f"{a}={v}", -1) for a, v in values) if c >= 0]
-        return np.unique(np.asarray(cols, dtype=np.int32))
+        # a handful of values: sorted(set()) beats np.unique's set-up
+        cols = sorted({c for c in (get(f"{a}={v}", -1) for a, v in values) if c >= 0})
+        return np.array(cols, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,7 @@ class RankingModel:
             out_scores = [float(scores[r]) for r in continuation] + [float(s) for s in best[: len(chosen)]]
             continues = self._continues(rows[: len(chosen)], plan.hist_rows)
             reasons = ["next_in_series"] * len(continuation) + [
-                "next_in_series" if c else "similar_students" for c in continues.tolist()
+                "next_in_series" if c else "similar_students" for c in continues
             ]
             return Ranked(out_rows, out_scores, reasons, plan.source, fallback=fallback)
 
@@ -392,19 +393,21 @@ class RankingModel:
     def _history(self, record: StudentState | None) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         if record is None or not record.history:
             return _NO_ROWS, _NO_SCORES
-        get = self.catalogue.lectures.get
-        pairs = [(get(lid), w) for lid, w in record.history.items()]
-        rows = np.fromiter((r for r, _ in pairs), dtype=np.int32, count=len(pairs))
-        weights = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
-        known = rows >= 0
-        return rows[known], weights[known]
+        history = record.history
+        get = self.catalogue.lectures.index.get
+        rows = np.array([get(lid, -1) for lid in history], dtype=np.int32)
+        weights = np.array(list(history.values()), dtype=np.float32)
+        if (rows < 0).any():
+            known = rows >= 0
+            return rows[known], weights[known]
+        return rows, weights
 
     def _recent_rows(self, record: StudentState | None) -> npt.NDArray[np.int32]:
         if record is None or not record.recent:
             return _NO_ROWS
-        get = self.catalogue.lectures.get
-        rows = np.fromiter((get(lid) for lid in record.recent), dtype=np.int32, count=len(record.recent))
-        return rows[rows >= 0]
+        get = self.catalogue.lectures.index.get
+        rows = np.array([get(lid, -1) for lid in record.recent], dtype=np.int32)
+        return rows[rows >= 0] if (rows < 0).any() else rows
 
     def _score_one(self, plan: _Plan) -> npt.NDArray[np.float32]:
         """Scores of one student over the catalogue (the model's own single-student path)."""
@@ -461,16 +464,18 @@ class RankingModel:
                     break
         return out
 
-    def _continues(
-        self, rows: npt.NDArray[np.int32], hist_rows: npt.NDArray[np.int32]
-    ) -> npt.NDArray[np.bool_]:
+    def _continues(self, rows: npt.NDArray[np.int32], hist_rows: npt.NDArray[np.int32]) -> list[bool]:
         """Per row, whether it lies beyond every episode the student took of its series (one taken)."""
         series, position = self.catalogue.series, self.catalogue.series_position
-        taken_pos = position[hist_rows]
-        same = (series[hist_rows][None, :] == series[rows][:, None]) & (taken_pos[None, :] > 0)
-        best = np.where(same, taken_pos[None, :], 0).max(axis=1, initial=0)
-        out: npt.NDArray[np.bool_] = same.any(axis=1) & (position[rows] > best)
-        return out
+        # plain Python: a few rows against a student's history (numpy's set-up costs more)
+        furthest: dict[int, int] = {}
+        for s, p in zip(series[hist_rows].tolist(), position[hist_rows].tolist(), strict=True):
+            if p > 0 and p > furthest.get(s, 0):
+                furthest[s] = p
+        return [
+            s in furthest and p > furthest[s]
+            for s, p in zip(series[rows].tolist(), position[rows].tolist(), strict=True)
+        ]
 
     def _popular(
         self, region: str | None, profile: Profile | None, mask: npt.NDArray[np.bool_], k: int

@@ -326,7 +326,8 @@ class SequenceRecommender(Recommender):
             by_series += np.float32(self.series_similarity_weight) * normalise_max(
                 self._series_similarity[started].sum(axis=0, dtype=np.float32)
             )
-        out: npt.NDArray[np.float32] = normalise_max(scores) + self._reach * by_series[series]
+        out: npt.NDArray[np.float32] = normalise_max(scores)
+        out += self._reach * by_series[series]
         return out[None, :]
 
     def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:

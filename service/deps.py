@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 
 from features.experiments import ExperimentRegistry
 from features.settings import Settings
@@ -29,6 +30,7 @@ from service.exposures import ExposureWriter
 from service.logs import StudentHasher
 from service.metrics import Metrics
 from service.model_manager import ModelManager
+from service.redis_reads import AsyncReader
 
 if TYPE_CHECKING:
     from features.online_state import StudentRecord
@@ -67,6 +69,7 @@ class GuardedStore:
         *,
         unavailable: str | None = None,
         written: Callable[[list[str]], None] | None = None,
+        reader: AsyncReader | None = None,
     ) -> None:
         self.store = store
         #: told which students a write through this store changed (the answer cache drops them)
@@ -78,6 +81,8 @@ class GuardedStore:
         self._cache: OrderedDict[str, StudentRecord] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._up = True
+        #: reads on the event loop (None: through `store`'s client in a worker thread)
+        self.reader: AsyncReader | None = reader
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -120,6 +125,47 @@ class GuardedStore:
                 return record, False
         with self._cache_lock:
             return self._cache.get(student_id), True
+
+    async def read_student_async(
+        self, student_id: str, model_name: str, version: str
+    ) -> tuple[StudentRecord | None, bool]:
+        """`read_student` on the event loop: through the pipelined reader when there is one
+        (`service.redis_reads`), else the synchronous client in a worker thread."""
+        reader, store = self.reader, self.store
+        if reader is None or store is None:
+            return await run_in_threadpool(self.read_student, student_id, model_name, version)
+        if time.monotonic() >= self._open_until:
+            from features import keys
+
+            try:
+                replies = await reader.execute(
+                    store.read_commands(student_id, keys.model_state(student_id, model_name, version))
+                )
+                record = store.record(student_id, replies, with_state=True)
+            except self._errors as exc:
+                self._failed("read_student", exc)
+            else:
+                self._succeeded()
+                self._remember(student_id, record)
+                return record, False
+        with self._cache_lock:
+            return self._cache.get(student_id), True
+
+    async def read_state_async(self, student_id: str, model_name: str, version: str) -> bytes | None:
+        """`read_state` on the event loop (see `read_student_async`)."""
+        reader = self.reader
+        if reader is None or self.store is None:
+            return await run_in_threadpool(self.read_state, student_id, model_name, version)
+        if time.monotonic() < self._open_until:
+            return None
+        from features import keys
+
+        try:
+            (raw,) = await reader.execute([("GET", keys.model_state(student_id, model_name, version))])
+        except self._errors as exc:
+            self._failed("read_state", exc)
+            return None
+        return bytes(raw) if raw is not None else None
 
     def read_state(self, student_id: str, model_name: str, version: str) -> bytes | None:
         """The student's model state under another version (one GET); None when absent or Redis fails."""

@@ -33,6 +33,7 @@ from service.exposures import ExposureWriter
 from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
 from service.metrics import Metrics
 from service.model_manager import ModelManager
+from service.redis_reads import AsyncReader
 from service.routes import admin, events, health, recommendations, students
 from service.schemas import EventItem, EventsIn
 
@@ -283,7 +284,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.answer_cache_entries.set_function(lambda: len(answers))
         metrics.answer_cache_live.set_function(lambda: int(answers.enabled))
         listener = _listen_for_changes(connection, answers)
-        guarded = GuardedStore(store, metrics, unavailable=why, written=answers.invalidate)
+        reader = (
+            AsyncReader.for_client(store.client, settings.redis.socket_timeout_ms / 1000.0)
+            if store is not None
+            else None
+        )
+        guarded = GuardedStore(store, metrics, unavailable=why, written=answers.invalidate, reader=reader)
         manager = ModelManager(
             settings.mlflow.registered_model, settings.service.model_alias, settings.tracking_uri(), metrics
         )
@@ -344,6 +350,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await asyncio.to_thread(exposures.close)  # last flush before the connection closes
+            if reader is not None:
+                reader.close()
             if listener is not None:
                 await asyncio.to_thread(listener.close)
             if not first_load.done():

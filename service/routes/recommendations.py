@@ -4,8 +4,9 @@ The hot path of the service, so it is built for cost per request:
 
 * A repeat request is answered from the in-process answer cache (`service.answer_cache`: answers kept
   until Redis reports that the student's keys changed) on the event loop: no Redis, no scoring, no thread.
-* Otherwise the blocking part (the one Redis round trip, scoring) runs in the threadpool in one hop.
-  FastAPI would run a `def` route and the validation of its returned model in two hops.
+* Otherwise the request reads Redis on the event loop (`GuardedStore.read_student_async`: one pipelined
+  round trip through `service.redis_reads`, no worker thread) and ranks the student right there: on one
+  core a worker thread only adds two GIL hand-overs to the same CPU work.
 * The body is JSON bytes built with orjson, in exactly the shape of `RecommendationsOut` (the documented
   `response_model`: tests validate real answers against it and fuzz the OpenAPI); an answer keeps its
   encoded body but the request id, which goes in front per request.
@@ -26,7 +27,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from features.experiments import Assignment, ExperimentRegistry, answer_exposure, stamped_exposure
 from models.ranking import REASON_TEXT, Ranked, RankingModel
@@ -157,9 +157,7 @@ async def get_recommendations(request: Request) -> Response:
     answer = state.answers.get(student_id, variant, serving)
     if answer is None:
         ticket = state.answers.ticket()
-        answer = await run_in_threadpool(
-            _answer, state, client, champion, experiments, student_id, k, subject
-        )
+        answer = await _answer(state, client, champion, experiments, student_id, k, subject)
         state.answers.put(student_id, variant, serving, answer, ticket)
         cached = False
     else:
@@ -169,7 +167,7 @@ async def get_recommendations(request: Request) -> Response:
     return Response(answer.body(request_id), media_type="application/json")
 
 
-def _answer(
+async def _answer(
     state: AppState,
     client: ApiClient,
     champion: RankingModel,
@@ -178,14 +176,14 @@ def _answer(
     k: int,
     subject: str | None,
 ) -> Answer:
-    """The blocking part of a request the cache could not answer (worker thread): read Redis, rank.
+    """A request the cache could not answer: read Redis (awaited), rank.
     `experiments` is the request's one snapshot (the one its answer is kept under)."""
     # a single-region key tells the region before Redis does: the variant's model (and its state) is
     # then read in the request's one round trip
     region = client.only_region
     assignment = experiments.assign(student_id, region) if region is not None else None
     model, fell_back = _variant_model(state, champion, assignment, subject)
-    record, degraded = state.store.read_student(student_id, model.model_name, model.version)
+    record, degraded = await state.store.read_student_async(student_id, model.model_name, model.version)
     profile = record.profile if record is not None else None
     if profile is None and degraded and not client.all_regions:
         # a scoped key may only learn about its regions' students: without Redis the student's region
@@ -205,9 +203,8 @@ def _answer(
                 if record is not None and model.state_width and not degraded:
                     # only students of multi-region keys in a variant whose model keeps per-student
                     # state pay this second round trip
-                    record = replace(
-                        record, state=state.store.read_state(student_id, model.model_name, model.version)
-                    )
+                    raw = await state.store.read_state_async(student_id, model.model_name, model.version)
+                    record = replace(record, state=raw)
     ranked = model.rank(
         student_id,
         record,

@@ -332,9 +332,9 @@ def test_serve_workloads_split_students_and_replay_sessions(
     lines = serve_bench.session_requests(dataset, groups["sessions"], seed=1)
     posts = [line for line in lines if line.startswith("POST\t/events\t")]
     views = [line for line in lines if line.startswith("/recommendations?student_id=")]
-    assert len(views) == 2 * len(posts) and len(lines) == 3 * len(posts) and posts
-    # a round: the first views, then the events, then the next views of the same students
-    assert lines[:3] == lines[6:9] and all(line.startswith("POST") for line in lines[3:6])
+    assert len(views) == 3 * len(posts) and len(lines) == 4 * len(posts) and posts
+    # a round: the first views, then the events, then the next views of the same students, then again
+    assert lines[:3] == lines[6:9] == lines[9:12] and all(line.startswith("POST") for line in lines[3:6])
     for line in posts:
         events = json.loads(line.split("\t", 2)[2])["events"]
         assert 1 <= len(events) <= serve_bench.SESSION_EVENTS

@@ -70,7 +70,12 @@ def register(app: typer.Typer) -> None:
             typer.Option("--events", help="quality: also score on this event log (CSV/Parquet; repeatable)."),
         ] = None,
         select_budget_seconds: Annotated[
-            float, typer.Option(min=0, help="quality: search budget on validation per dataset.")
+            float,
+            typer.Option(
+                min=0,
+                help="quality: search budget on validation per dataset; serve: the champion's "
+                "`learnrec train --budget-seconds`.",
+            ),
         ] = 300.0,
     ) -> None:
         """Measure data generation, training and serving; results with machine, commit and command."""
