@@ -477,6 +477,19 @@ def test_http_run_flows_through_the_service_and_its_streams(http_run: HttpRun) -
     assert shown.max() - shown.min() > pd.Timedelta(days=1)  # 3 simulated days, not seconds of wall time
     assert (events["occurred_at"] < pd.Timestamp(now) - timedelta(days=1)).all()  # simulated time
     assert http_run.report["inputs"]["exposures"] == 3 * 40
+    # the report reads the run on its simulated clock: its window is the simulated three days (the
+    # configured window is wall-clock, and it says so), and each daily look ends a simulated day
+    sim_start = default_start(load_population(settings.datasets_dir / "synthetic", REGIONS).last_event, 3)
+    window = http_run.report["experiment"]
+    assert (window["start"], window["end"]) == (
+        sim_start.isoformat(),
+        (sim_start + timedelta(days=3)).isoformat(),
+    )
+    assert http_run.report["inputs"]["clock"].startswith("simulated; the service's configured window")
+    looks = sorted({row["at"] for row in http_run.report["looks"]})
+    assert [pd.Timestamp(at) for at in looks] == [
+        pd.Timestamp(sim_start + timedelta(days=d)) for d in (1, 2, 3)
+    ]
     # the in-process fast path is the same service: same seed, same lists, same events
     dataset = settings.datasets_dir / "synthetic"
     pop = load_population(dataset, REGIONS)

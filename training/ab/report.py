@@ -447,9 +447,9 @@ def _value_lift(kind: str, x: Any) -> str:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Noto Sans KR","Malgun Gothic",sans-serif;
-  margin:2rem;max-width:1100px;color:#222}
+  margin:2rem;max-width:1300px;color:#222}
 h1{margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left} tr.pooled td{font-weight:600;background:#fafafa}
 .srm{background:#b00020;color:#fff;padding:1rem;font-size:1.1rem;border-radius:4px;margin:1rem 0}

@@ -475,6 +475,16 @@ def _report(
         exp = next((e for e in config.experiments if e.key == key), None)
         if exp is None:
             return f"no report: experiment '{key}' is not in {path}"
+        sources = {"exposures_path": str(exported.exposures_dir), "events_path": str(exported.events_dir)}
+        if not exp.start <= result.start < exp.end:
+            # an HTTP run: the service assigned by its wall clock inside the configured window, while the
+            # exposures and events carry the simulated clock; the report's window (and its daily looks)
+            # is the simulated one, and it says so
+            sources["clock"] = (
+                f"simulated; the service's configured window {exp.start.isoformat()} to "
+                f"{exp.end.isoformat()} is wall-clock time"
+            )
+            exp = exp.model_copy(update={"start": result.start, "end": result.end})
         exposures = read_exposures(exported.exposures_dir)
         students = None
         if population is not None:
@@ -488,8 +498,7 @@ def _report(
             )
         rep = build_report(
             exposures, read_events(exported.events_dir), exp,
-            window=timedelta(days=7), sources={"exposures_path": str(exported.exposures_dir),
-                                               "events_path": str(exported.events_dir)},
+            window=timedelta(days=7), sources=sources,
             history=None if population is None else population.history, students=students,
             models=served_models(settings, exposures.to_pandas(), exp),
         )  # fmt: skip
