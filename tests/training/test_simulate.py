@@ -595,6 +595,36 @@ def test_report_is_recomputable_from_the_parquet_exports(
         assert c["estimate"]["p_value"] == pytest.approx(p, rel=1e-9)
 
 
+@pytest.mark.slow
+def test_ab_report_on_the_export_reads_the_run_clock(
+    http_run: HttpRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`learnrec ab report` on a simulated run's export (computed again later, from the files alone) gives the
+    simulated window and daily looks, as the report the run wrote did: the export records its clock."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from features.settings import get_settings
+    from training.cli import app as cli
+
+    assert json.loads((http_run.export / "clock.json").read_text("utf-8"))["clock"] == "simulated"
+    monkeypatch.setenv("LEARNREC_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    out = tmp_path / "again.html"
+    args = ["ab", "report", "--exposures", str(http_run.export / "exposures"),
+            "--events", str(http_run.export / "events"), "--experiment", http_run.key,
+            "--experiments", str(http_run.experiments), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    again = json.loads(out.with_suffix(".json").read_text("utf-8"))
+    assert again["experiment"]["start"] == http_run.report["experiment"]["start"]
+    assert again["experiment"]["end"] == http_run.report["experiment"]["end"]
+    assert again["inputs"]["clock"] == http_run.report["inputs"]["clock"]
+    assert [r["at"] for r in again["looks"]] == [r["at"] for r in http_run.report["looks"]]
+
+
 def test_a_rerun_sets_the_earlier_export_aside(tmp_path: Path) -> None:
     out = tmp_path / "exports" / "demo"
     assert set_aside_previous_export(out) is None  # nothing there yet

@@ -151,6 +151,47 @@ def build_report(
     return Report(data, _html(data, analysis, cumulative))
 
 
+#: Beside a simulated run's exported ``events/`` and ``exposures/``: the clock their times are on.
+CLOCK_FILE = "clock.json"
+
+
+def write_run_clock(export_dir: Path, start: datetime, end: datetime) -> Path:
+    """Record that the export at `export_dir` carries a simulated clock running from `start` to `end`."""
+    path = Path(export_dir) / CLOCK_FILE
+    document = {"clock": "simulated", "start": start.isoformat(), "end": end.isoformat()}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_run_clock(exposures: Path) -> tuple[datetime, datetime] | None:
+    """The simulated window recorded beside an exposures export (its directory or its parent), if any."""
+    exposures = Path(exposures)
+    for folder in (exposures if exposures.is_dir() else exposures.parent, exposures.parent):
+        path = folder / CLOCK_FILE
+        if path.is_file():
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return datetime.fromisoformat(raw["start"]), datetime.fromisoformat(raw["end"])
+    return None
+
+
+def on_run_clock(
+    experiment: ExperimentConfig, start: datetime, end: datetime, sources: dict[str, str]
+) -> ExperimentConfig:
+    """The experiment on a simulated run's clock when the run lies outside its configured window.
+
+    An HTTP run is assigned by the service's wall clock inside the configured window, while its exposures
+    and events carry the simulated time: the report's window and daily looks are then the simulated days,
+    and ``sources`` (the report's inputs) says so.
+    """
+    if experiment.start <= start < experiment.end:
+        return experiment
+    sources["clock"] = (
+        f"simulated; the service's configured window {experiment.start.isoformat()} to "
+        f"{experiment.end.isoformat()} is wall-clock time"
+    )
+    return experiment.model_copy(update={"start": start, "end": end})
+
+
 def _first_day(att: Attribution, experiment: ExperimentConfig) -> pd.Timestamp:
     """Where the daily looks start: the experiment's start when its exposures begin on its first day (a
     simulated run's clock), else the UTC midnight before the first exposure."""

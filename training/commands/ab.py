@@ -79,7 +79,7 @@ def report(
     from features.experiments import load_experiments
     from features.settings import get_settings
     from training.ab.exposures import read_events, read_exposures, read_students
-    from training.ab.report import build_report, region_label, write_report
+    from training.ab.report import build_report, on_run_clock, read_run_clock, region_label, write_report
     from training.ab.stats import PRIMARY_METRIC, metric
 
     settings = get_settings()
@@ -104,6 +104,9 @@ def report(
     models = served_models(settings, ex_table.to_pandas(), exp)
     sources = {"exposures_path": str(exposures), "events_path": str(events)}
     sources.update({k: str(v) for k, v in (("history_path", history), ("students_path", students)) if v})
+    clock = read_run_clock(exposures)  # a simulated run's export: its window is the simulated days
+    if clock is not None:
+        exp = on_run_clock(exp, *clock, sources)
     with _err.status(f"attributing {ex_table.num_rows:,} exposures, analysing, plotting..."):
         rep = build_report(
             ex_table, ev_table, exp, window=timedelta(days=window_days), alpha=alpha, sources=sources,

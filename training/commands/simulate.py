@@ -340,6 +340,7 @@ def _http(
 
     from features.errors import FeatureStoreError
     from features.redis_server import connect
+    from training.ab.report import write_run_clock
     from training.errors import SimulationError
     from training.simulate import (
         HttpBackend,
@@ -386,6 +387,7 @@ def _http(
             raise SimulationError(
                 f"exporting the run's streams failed (rerun the export later): {exc}"
             ) from None
+        write_run_clock(out_dir, result.start, result.end)  # `ab report` on the export reads its clock
     _print_run(result)
     notes = [
         f"exported {exported.events:,} events and {exported.exposures:,} exposures to {out_dir}"
@@ -457,7 +459,7 @@ def _report(
     from features.experiments import ExperimentConfigError, load_experiments
     from training.ab.errors import ABError
     from training.ab.exposures import read_events, read_exposures
-    from training.ab.report import build_report, write_report
+    from training.ab.report import build_report, on_run_clock, write_report
     from training.ab.stats import PRIMARY_METRIC, metric
     from training.commands.ab import served_models
 
@@ -476,15 +478,7 @@ def _report(
         if exp is None:
             return f"no report: experiment '{key}' is not in {path}"
         sources = {"exposures_path": str(exported.exposures_dir), "events_path": str(exported.events_dir)}
-        if not exp.start <= result.start < exp.end:
-            # an HTTP run: the service assigned by its wall clock inside the configured window, while the
-            # exposures and events carry the simulated clock; the report's window (and its daily looks)
-            # is the simulated one, and it says so
-            sources["clock"] = (
-                f"simulated; the service's configured window {exp.start.isoformat()} to "
-                f"{exp.end.isoformat()} is wall-clock time"
-            )
-            exp = exp.model_copy(update={"start": result.start, "end": result.end})
+        exp = on_run_clock(exp, result.start, result.end, sources)
         exposures = read_exposures(exported.exposures_dir)
         students = None
         if population is not None:
