@@ -14,6 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
+from features import keys
 from features.experiments import ExperimentRegistry
 from features.settings import Settings
 from models.ranking import RankingModel
@@ -120,11 +121,8 @@ class GuardedStore:
             except self._errors as exc:
                 self._failed("read_student", exc)
             else:
-                self._succeeded()
-                self._remember(student_id, record)
-                return record, False
-        with self._cache_lock:
-            return self._cache.get(student_id), True
+                return self._read(student_id, record)
+        return self._last_seen(student_id)
 
     async def read_student_async(
         self, student_id: str, model_name: str, version: str
@@ -135,8 +133,6 @@ class GuardedStore:
         if reader is None or store is None:
             return await run_in_threadpool(self.read_student, student_id, model_name, version)
         if time.monotonic() >= self._open_until:
-            from features import keys
-
             try:
                 replies = await reader.execute(
                     store.read_commands(student_id, keys.model_state(student_id, model_name, version))
@@ -145,11 +141,8 @@ class GuardedStore:
             except self._errors as exc:
                 self._failed("read_student", exc)
             else:
-                self._succeeded()
-                self._remember(student_id, record)
-                return record, False
-        with self._cache_lock:
-            return self._cache.get(student_id), True
+                return self._read(student_id, record)
+        return self._last_seen(student_id)
 
     async def read_state_async(self, student_id: str, model_name: str, version: str) -> bytes | None:
         """`read_state` on the event loop (see `read_student_async`)."""
@@ -158,8 +151,6 @@ class GuardedStore:
             return await run_in_threadpool(self.read_state, student_id, model_name, version)
         if time.monotonic() < self._open_until:
             return None
-        from features import keys
-
         try:
             (raw,) = await reader.execute([("GET", keys.model_state(student_id, model_name, version))])
         except self._errors as exc:
@@ -171,8 +162,6 @@ class GuardedStore:
         """The student's model state under another version (one GET); None when absent or Redis fails."""
         if self.store is None or time.monotonic() < self._open_until:
             return None
-        from features import keys
-
         try:
             raw = self.store.client.get(keys.model_state(student_id, model_name, version))
         except self._errors as exc:
@@ -241,6 +230,17 @@ class GuardedStore:
         return list(applied)
 
     # -- cache ------------------------------------------------------------------------------------
+
+    def _read(self, student_id: str, record: StudentRecord) -> tuple[StudentRecord, bool]:
+        """A read Redis answered: the breaker closes and the record is kept for degraded answers."""
+        self._succeeded()
+        self._remember(student_id, record)
+        return record, False
+
+    def _last_seen(self, student_id: str) -> tuple[StudentRecord | None, bool]:
+        """Redis did not answer: the last record seen of the student (None if never), degraded."""
+        with self._cache_lock:
+            return self._cache.get(student_id), True
 
     def _remember(self, student_id: str, record: StudentRecord) -> None:
         if record.profile is None and not record.history:
