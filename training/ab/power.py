@@ -204,6 +204,29 @@ def weeks_to_reach(
     return math.log(1 - needed / cap) / math.log(1 - weekly_active)
 
 
+def _check_plan(
+    regions: Mapping[str, int],
+    weeks: float,
+    alpha: float,
+    power: float,
+    traffic: float,
+    treatment_share: float,
+    weekly_active: float,
+    target_lift: float | None,
+) -> None:
+    """The inputs `plan` and `plan_mean` share, each in its range (`PowerInputError` names the first not)."""
+    if not regions:
+        raise PowerInputError("give at least one region (e.g. --region taebaek=500)")
+    _check("alpha", alpha, 0, 1)
+    _check("power", power, 0, 1)
+    _check("traffic", traffic, 0, 1, hi_open=False)
+    _check("treatment_share", treatment_share, 0, 1)
+    _check("weekly_active", weekly_active, 0, 1, hi_open=False)
+    _check("weeks", weeks, 0, math.inf)
+    if target_lift is not None and (target_lift == 0 or not math.isfinite(target_lift)):
+        raise PowerInputError(f"target lift must be a non-zero relative change (e.g. 0.1), got {target_lift}")
+
+
 def plan(
     regions: Mapping[str, int],
     baseline: float | Mapping[str, float],
@@ -237,16 +260,7 @@ def plan(
     Raises:
         PowerInputError: an input is out of range.
     """
-    if not regions:
-        raise PowerInputError("give at least one region (e.g. --region taebaek=500)")
-    _check("alpha", alpha, 0, 1)
-    _check("power", power, 0, 1)
-    _check("traffic", traffic, 0, 1, hi_open=False)
-    _check("treatment_share", treatment_share, 0, 1)
-    _check("weekly_active", weekly_active, 0, 1, hi_open=False)
-    _check("weeks", weeks, 0, math.inf)
-    if target_lift is not None and (target_lift == 0 or not math.isfinite(target_lift)):
-        raise PowerInputError(f"target lift must be a non-zero relative change (e.g. 0.1), got {target_lift}")
+    _check_plan(regions, weeks, alpha, power, traffic, treatment_share, weekly_active, target_lift)
     base = {r: baseline[r] if isinstance(baseline, Mapping) else baseline for r in regions}
     for r, size in regions.items():
         if size <= 0:
@@ -312,16 +326,7 @@ def plan_mean(
     """
     from scipy.stats import norm
 
-    if not regions:
-        raise PowerInputError("give at least one region (e.g. --region taebaek=500)")
-    _check("alpha", alpha, 0, 1)
-    _check("power", power, 0, 1)
-    _check("traffic", traffic, 0, 1, hi_open=False)
-    _check("treatment_share", treatment_share, 0, 1)
-    _check("weekly_active", weekly_active, 0, 1, hi_open=False)
-    _check("weeks", weeks, 0, math.inf)
-    if target_lift is not None and (target_lift == 0 or not math.isfinite(target_lift)):
-        raise PowerInputError(f"target lift must be a non-zero relative change (e.g. 0.1), got {target_lift}")
+    _check_plan(regions, weeks, alpha, power, traffic, treatment_share, weekly_active, target_lift)
     vr = {r: (variance_reduction or {}).get(r, 0.0) for r in regions}
     for r, size in regions.items():
         if size <= 0:
