@@ -3,7 +3,6 @@ failover (a primary SIGKILLed: the sink goes not-live and forgets, then tracks t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,29 +15,10 @@ from features.redis_server import connect
 from features.settings import Settings
 from service.answer_cache import AnswerCache
 from tests.conftest import ClusterControl
+from tests.features.change_sink import Sink
 from tests.service.conftest import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.students: list[str] = []
-        self.clears = 0
-        self.states: list[bool] = []
-        self.lock = threading.Lock()
-
-    def invalidate(self, student_ids: list[str]) -> None:
-        with self.lock:
-            self.students += student_ids
-
-    def clear(self) -> None:
-        with self.lock:
-            self.clears += 1
-
-    def live(self, up: bool) -> None:
-        with self.lock:
-            self.states.append(up)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ service over HTTP answering from the cache until a write (by it or by anyone els
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from features.key_changes import KeyChangeListener
 from models.ranking import Ranked
 from service.answer_cache import Answer, AnswerCache
 from tests.conftest import RedisServerControl
+from tests.features.change_sink import Sink
 from tests.service.conftest import PORTAL, Registry, answer, running, seed, service_settings, wait_for
 
 SERVING = (object(), object(), object())
@@ -112,28 +112,6 @@ def test_degraded_or_failed_answers_are_not_kept_and_capacity_evicts_least_recen
     cache.put("s3", 1, SERVING, _answer(), cache.ticket())
     assert cache.get("s2", 1, SERVING) is None and cache.get("s1", 1, SERVING) is not None
     assert len(cache) == 2
-
-
-class Sink:
-    """Records what the listener reports (the real `AnswerCache` implements the same three calls)."""
-
-    def __init__(self) -> None:
-        self.students: list[str] = []
-        self.clears = 0
-        self.states: list[bool] = []
-        self.lock = threading.Lock()
-
-    def invalidate(self, student_ids: list[str]) -> None:
-        with self.lock:
-            self.students += student_ids
-
-    def clear(self) -> None:
-        with self.lock:
-            self.clears += 1
-
-    def live(self, up: bool) -> None:
-        with self.lock:
-            self.states.append(up)
 
 
 @pytest.fixture
