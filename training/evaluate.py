@@ -14,7 +14,12 @@ can score well overall and still show the students with the least support fewer,
 
 The model's **raw ranking** (its scores, then eligibility and top-k, without the serving rules) is
 reported beside them as `EvaluationReport.raw` (``raw/`` metrics in MLflow), labelled as such. The
-oracle has no served form: its figures are its raw ranking.
+oracle has no served form: its figures are its raw ranking. `student_values` gives both per student
+(model selection weighs leads against their noise with them).
+
+Size: over 600 lines because the served and raw lists, the per-group figures and the report they fill
+are one contract (what is measured is what is served); split apart, the report would re-derive the
+lists' students and order.
 """
 
 from __future__ import annotations
@@ -431,6 +436,45 @@ def served_lists(
     return {sid: [lectures[r] for r in row if r >= 0] for sid, row in zip(ids, rows.tolist(), strict=True)}
 
 
+def _lists(
+    name: str,
+    split: Split,
+    dataset: Dataset,
+    catalogue: Catalogue,
+    listers: Mapping[str, Callable[[list[str], int], Lister]],
+    k: int,
+    batch_size: int,
+    progress: Progress | None,
+) -> tuple[list[str], sp.csr_matrix, pd.DataFrame, dict[str, npt.NDArray[np.int32]]]:
+    """Each lister's top-k lists of the test students with a relevant lecture in the catalogue.
+
+    Returns:
+        (those students, their relevant matrix, their profiles, lister kind -> (students, k) rows).
+    """
+    students = list(split.test_students)
+    relevant = _relevant_matrix(split, students, catalogue)
+    has_relevant = np.diff(relevant.indptr) > 0
+    if not has_relevant.all():
+        # relevant lectures missing from the model's catalogue cannot be found: leave those students out
+        students = [s for s, keep in zip(students, has_relevant, strict=True) if keep]
+        relevant = relevant[has_relevant]
+    if not students:
+        raise EvaluationError(
+            f"{name} on {split.name}: no test student has a relevant lecture in the catalogue"
+        )
+    profiles, history, codes = _inputs(split, dataset, students)
+    built = {kind: make(students, k) for kind, make in listers.items()}
+    recs = {kind: np.full((len(students), k), -1, dtype=np.int32) for kind in built}
+    for start in range(0, len(students), batch_size):
+        stop = min(start + batch_size, len(students))
+        lo, hi = np.searchsorted(codes, [start, stop])
+        for kind, lists in built.items():
+            recs[kind][start:stop] = lists(start, stop, profiles.iloc[start:stop], history.iloc[lo:hi])
+        if progress:
+            progress(stop, len(students))
+    return students, relevant, profiles, recs
+
+
 def _run(
     name: str,
     split: Split,
@@ -447,29 +491,9 @@ def _run(
     ks = tuple(dict.fromkeys(int(k) for k in ks))  # the first stays first: it is the primary cut-off
     if not ks or min(ks) < 1:
         raise EvaluationError(f"cut-offs must be >= 1, got {ks}")
-    k_max = max(ks)
-    students = list(split.test_students)
-    relevant = _relevant_matrix(split, students, catalogue)
-    has_relevant = np.diff(relevant.indptr) > 0
-    if not has_relevant.all():
-        # relevant lectures missing from the model's catalogue cannot be found: leave those students out
-        students = [s for s, keep in zip(students, has_relevant, strict=True) if keep]
-        relevant = relevant[has_relevant]
-    if not students:
-        raise EvaluationError(
-            f"{name} on {split.name}: no test student has a relevant lecture in the catalogue"
-        )
-    profiles, history, codes = _inputs(split, dataset, students)
-    built = {kind: make(students, k_max) for kind, make in listers.items()}
-    recs = {kind: np.full((len(students), k_max), -1, dtype=np.int32) for kind in built}
-    for start in range(0, len(students), batch_size):
-        stop = min(start + batch_size, len(students))
-        lo, hi = np.searchsorted(codes, [start, stop])
-        for kind, lists in built.items():
-            recs[kind][start:stop] = lists(start, stop, profiles.iloc[start:stop], history.iloc[lo:hi])
-        if progress:
-            progress(stop, len(students))
-
+    students, relevant, profiles, recs = _lists(
+        name, split, dataset, catalogue, listers, max(ks), batch_size, progress
+    )
     items = item_stats(catalogue, split.train.events)
     regions = profiles["region"].astype(str).where(profiles["region"].notna(), "unknown").tolist()
     grades = profiles["grade"].astype(str).where(profiles["grade"].notna(), "unknown").tolist()
@@ -481,7 +505,7 @@ def _run(
         if "support_category" in profiles.columns
         else ["unknown"] * len(students)
     )
-    primary, *others = built
+    primary, *others = recs
     overall: dict[str, float] = {}
     by_region: dict[str, dict[str, float]] = {}
     by_grade: dict[str, dict[str, float]] = {}
@@ -569,6 +593,46 @@ def evaluate(
         NumericalError: the model scored NaN or infinity (before anything is logged).
         EvaluationError: nothing to evaluate.
     """
+    ranker, listers = _model_listers(model, split, data, raw)
+    rec = ranker.recommender
+    return _run(rec.name, split, dataset, rec.catalogue, listers, ks, batch_size, progress, fingerprint)
+
+
+def student_values(
+    model: Recommender | RankingModel,
+    split: Split,
+    dataset: Dataset,
+    k: int,
+    metric: str,
+    *,
+    data: TrainingData | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Per test student, the metric of the served list and of the raw ranking, as `evaluate` scores them.
+
+    Args:
+        model: as for `evaluate`.
+        split: the split.
+        dataset: the dataset holding the test students' profiles.
+        k: the cut-off.
+        metric: a per-student metric of `training.metrics` (``ndcg``).
+        data: the split's training data when already built.
+        batch_size: students ranked at once.
+
+    Returns:
+        ``{"served": (n,), "raw": (n,)}`` over the test students with a relevant lecture in the
+        catalogue, in `split.test_students` order; their means are `evaluate(...).overall` and `.raw`.
+    """
+    ranker, listers = _model_listers(model, split, data, True)
+    rec = ranker.recommender
+    _, relevant, _, recs = _lists(rec.name, split, dataset, rec.catalogue, listers, k, batch_size, None)
+    return {kind: per_student(rows, relevant, k)[metric] for kind, rows in recs.items()}
+
+
+def _model_listers(
+    model: Recommender | RankingModel, split: Split, data: TrainingData | None, raw: bool
+) -> tuple[RankingModel, dict[str, Callable[[list[str], int], Lister]]]:
+    """The model as served (popularity fallbacks from the split's training data) and its listers."""
     from features.matrices import build_batch_for_model, build_training_data
     from models.popularity import popular_lists
     from models.ranking import RankingModel
@@ -594,7 +658,7 @@ def evaluate(
             lambda _ids, batch: rec.score(batch),
             k,
         )
-    return _run(rec.name, split, dataset, rec.catalogue, listers, ks, batch_size, progress, fingerprint)
+    return ranker, listers
 
 
 def ground_truth_dir(dataset_dir: Path) -> Path | None:
