@@ -59,9 +59,18 @@ def test_data_suite_measures_generation_and_reading_in_subprocesses(data_result:
     for row in (generate, read):
         # the child's own peak: at least what the interpreter with numpy and pyarrow holds
         assert row.peak_rss_bytes > 20 * 2**20
-    for step in ("read", "validate", "fingerprint"):
+    for step in ("read", "validate", "fingerprint", "split", "matrices"):
         assert read.metrics[f"{step}_s"] >= 0
         assert read.metrics[f"{step}_peak_rss_bytes"] > 0
+    assert read.metrics["interactions"] > 0
+
+
+def test_data_suite_reuses_a_generated_dataset(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
+    again = data_bench.run(tiny_opts)
+    assert [row.item for row in again.items] == ["read + validate"]
+    assert again.items[0].ok, again.items[0].reason
+    assert again.dataset == data_result.dataset
+    assert any("reused" in note for note in again.notes)
 
 
 def test_train_suite_reuses_the_dataset_and_scores(tiny_opts: BenchOptions, data_result: SuiteResult) -> None:

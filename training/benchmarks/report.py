@@ -183,6 +183,8 @@ _READ_STEPS = {
     "read": "features.tables.read_dataset(validate=False): Parquet -> pandas, events sorted",
     "validate": "features.tables.validated: types, ids, enums, ranges, references",
     "fingerprint": "Dataset.fingerprint() (what learnrec train logs)",
+    "split": "training.splits.make_split('temporal'): quantile 0.8, 14-day horizon",
+    "matrices": "features.matrices.build_training_data on the split's training side",
 }
 
 
@@ -192,7 +194,7 @@ def _data_tables(payload: Mapping[str, Any]) -> list[str]:
         m = item["metrics"]
         why = _status(item)
         if item["item"].startswith("read"):
-            for step in ("read", "validate", "fingerprint"):
+            for step in _READ_STEPS:
                 if f"{step}_s" not in m:
                     if why:
                         rows.append([step, why, "-", "-", "-", _READ_STEPS[step]])
