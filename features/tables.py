@@ -45,6 +45,7 @@ from features.validation import (
     _rows,
     _show,
     all_distinct,
+    arrow_text,
     epoch_microseconds,
     generated_event_ids,
     sorted_categories,
@@ -207,7 +208,7 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
         return events.reset_index(drop=True)
     ts = epoch_microseconds(events["occurred_at"])
     # the ids stay in Arrow (pandas keeps `str` columns there): no Python object per event
-    ids = pa.chunked_array([pa.array(events["event_id"].array, type=pa.large_string(), from_pandas=True)])
+    ids = arrow_text(events["event_id"])
     if bool((ts[1:] >= ts[:-1]).all()):
         ties = np.flatnonzero(ts[1:] == ts[:-1])
         if ties.size == 0:
@@ -332,13 +333,19 @@ def _read_parquet(path: Path, name: str) -> pd.DataFrame:
         raise SchemaError(
             str(path), "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset"
         ) from exc
-    frame: pd.DataFrame = table.to_pandas()
+    # Arrow hands list cells over as numpy arrays; the tables hold plain lists everywhere
+    lists = {
+        f.name: table.column(f.name).to_pylist()
+        for f in _SCHEMAS[name]
+        if pa.types.is_list(f.type) and f.name in table.column_names
+    }
+    # each column's Arrow buffers are released as it is converted (not two copies of the events at once)
+    frame: pd.DataFrame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
     for column in coded:
         frame[column] = sorted_categories(frame[column])
-    for f in _SCHEMAS[name]:
-        # Arrow hands list cells over as numpy arrays; the tables hold plain lists everywhere
-        if pa.types.is_list(f.type) and f.name in frame.columns:
-            frame[f.name] = pd.Series(table.column(f.name).to_pylist(), dtype=object)
+    for column, cells in lists.items():
+        frame[column] = pd.Series(cells, dtype=object)
     return frame
 
 

@@ -266,6 +266,25 @@ def sorted_categories(values: pd.Series[Any]) -> pd.Series[Any]:
     return pd.Series(pd.Categorical.from_codes(coded, dtype=dtype))
 
 
+def arrow_text(values: pd.Series[Any]) -> pa.ChunkedArray:
+    """A text column as Arrow: a pandas `str` column hands over the Arrow array it holds (no copy, no
+    Python object per value); any other column is converted.
+
+    Args:
+        values: the column.
+
+    Returns:
+        The values as a `large_string` chunked array.
+    """
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        held = pa.array(values.array)
+        arrow = held if isinstance(held, pa.ChunkedArray) else pa.chunked_array([held])
+        return arrow if arrow.type == pa.large_string() else arrow.cast(pa.large_string())
+    return pa.chunked_array(
+        [pa.array(values.to_numpy(dtype=object), type=pa.large_string(), from_pandas=True)]
+    )
+
+
 def all_distinct(values: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> bool:
     """True when no two values are equal (nulls aside).
 
@@ -280,10 +299,9 @@ def all_distinct(values: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> bool:
         Whether every non-null value occurs once.
     """
     if isinstance(values, pd.Series):
-        if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
-            values = pa.chunked_array(pa.array(values.array))
-        else:
+        if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
             return not bool(values.dropna().duplicated().any())
+        values = arrow_text(values)
     valid = int(len(values) - values.null_count)
     distinct = int(pc.count_distinct(values, mode="only_valid").as_py())
     return distinct == valid
