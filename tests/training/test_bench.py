@@ -349,3 +349,12 @@ def test_serve_workloads_split_students_and_replay_sessions(
         assert 1 <= len(events) <= serve_bench.SESSION_EVENTS
         assert all(e["event_id"].endswith("-s") for e in events)
         assert len({(e["student_id"], e["lecture_id"]) for e in events}) == 1
+
+
+def test_results_keep_the_hand_written_analysis(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    assert "## Growth" not in report.render(results)
+    (results / report.ANALYSIS_FILE).write_text("## Growth\n\n한 대의 한계: read grows linearly.\n", "utf-8")
+    text = report.render(results)
+    assert "## Growth\n\n한 대의 한계: read grows linearly." in text
