@@ -14,6 +14,14 @@ dataset stays as it was until the new one is complete. Replacing takes two renam
 `read_dataset` points to. Temporary directories of a crashed writer are left for a person to delete
 (never removed automatically: another writer may own them).
 
+Events in memory: the events' `student_id`, `lecture_id` and `type` are read dictionary-encoded and held as
+pandas categoricals (an integer code per event, each distinct value once, sorted, so ordering by the column
+orders by the text); `event_id` and `request_id` stay Arrow text (pandas `str`), checked and sorted with
+pyarrow compute, never a Python object per event. pyarrow, not polars or DuckDB: the project already reads
+and writes every table with it, the models and the service take pandas and numpy, and Arrow hands columns
+to both without a copy, so no second engine (and no second set of validation rules) is needed; memory and
+time stay linear in events (`bench/RESULTS.md`, data rows).
+
 Size: over 600 lines because plain, partitioned and atomic reads and writes of one on-disk format share its
 layout and manifest rules.
 """
