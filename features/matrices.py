@@ -485,7 +485,7 @@ def build_training_data(
     if len(events):
         if "student_id" not in events.columns:
             raise SchemaError("events", "student_id", [], "column 'student_id' is missing")
-        event_ids = pd.unique(events["student_id"].astype(str))
+        event_ids = pd.unique(pd.Series(events["student_id"].unique()).astype(str))
         extra = sorted(x for x in event_ids.tolist() if x not in known)
     student_map = IdMap(tuple(table_ids + extra))
     n_students, n_lectures = len(student_map), len(catalogue.lectures)

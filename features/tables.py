@@ -14,6 +14,14 @@ dataset stays as it was until the new one is complete. Replacing takes two renam
 `read_dataset` points to. Temporary directories of a crashed writer are left for a person to delete
 (never removed automatically: another writer may own them).
 
+Events in memory: the events' `student_id`, `lecture_id` and `type` are read dictionary-encoded and held as
+pandas categoricals (an integer code per event, each distinct value once, sorted, so ordering by the column
+orders by the text); `event_id` and `request_id` stay Arrow text (pandas `str`), checked and sorted with
+pyarrow compute, never a Python object per event. pyarrow, not polars or DuckDB: the project already reads
+and writes every table with it, the models and the service take pandas and numpy, and Arrow hands columns
+to both without a copy, so no second engine (and no second set of validation rules) is needed; memory and
+time stay linear in events (`bench/RESULTS.md`, data rows).
+
 Size: over 600 lines because plain, partitioned and atomic reads and writes of one on-disk format share its
 layout and manifest rules.
 """
@@ -44,8 +52,11 @@ from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED, LECTURES, STU
 from features.validation import (
     _rows,
     _show,
+    all_distinct,
+    arrow_text,
     epoch_microseconds,
     generated_event_ids,
+    sorted_categories,
     validate_events,
     validate_lectures,
     validate_students,
@@ -111,8 +122,15 @@ class Dataset:
         return digest.hexdigest()
 
 
+#: Rows hashed at a time by `Dataset.fingerprint` (bounds its memory: the row hashes are 8 bytes a row).
+_FINGERPRINT_ROWS = 1_000_000
+
+
 def _canonical_column(values: pd.Series[Any], kind: pa.DataType) -> pd.Series[Any]:
-    """One column in the representation the fingerprint hashes (independent of the in-memory dtype)."""
+    """One column in the representation the fingerprint hashes (independent of the in-memory dtype).
+
+    A categorical text column without nulls is hashed as it is: pandas hashes its distinct values once and
+    maps them through the codes, which gives the same row hashes as the text itself."""
     if pa.types.is_list(kind):
         return values.map(
             lambda v: (
@@ -122,6 +140,8 @@ def _canonical_column(values: pd.Series[Any], kind: pa.DataType) -> pd.Series[An
     if pa.types.is_timestamp(kind):
         return pd.Series(epoch_microseconds(pd.to_datetime(values, utc=True)))
     if pa.types.is_string(kind):
+        if isinstance(values.dtype, pd.CategoricalDtype) and not values.hasnans:
+            return values
         return values.astype("str")
     return values.astype(kind.to_pandas_dtype())
 
@@ -129,14 +149,18 @@ def _canonical_column(values: pd.Series[Any], kind: pa.DataType) -> pd.Series[An
 def _table_digest(name: str, frame: pd.DataFrame, schema: pa.Schema) -> bytes:
     digest = hashlib.sha256()
     digest.update(f"{name}\n{len(frame)}\n".encode())
-    columns = {}
     for f in schema:
         digest.update(f"{f.name}:{f.type}\n".encode())
-        columns[f.name] = _canonical_column(frame[f.name].reset_index(drop=True), f.type)
     if len(frame):
-        rows = pd.util.hash_pandas_object(pd.DataFrame(columns), index=False).to_numpy(dtype=np.uint64)
+        rows = np.empty(len(frame), dtype=np.uint64)
+        for start in range(0, len(frame), _FINGERPRINT_ROWS):
+            part = frame.iloc[start : start + _FINGERPRINT_ROWS].reset_index(drop=True)
+            columns = {f.name: _canonical_column(part[f.name], f.type) for f in schema}
+            hashed = pd.util.hash_pandas_object(pd.DataFrame(columns), index=False)
+            rows[start : start + len(part)] = hashed.to_numpy(dtype=np.uint64)
         # sorting the row hashes makes the digest independent of row order
-        digest.update(np.sort(rows).astype("<u8").tobytes())
+        rows.sort()
+        digest.update(rows.astype("<u8", copy=False).tobytes())
     return digest.digest()
 
 
@@ -153,6 +177,10 @@ def _arrow_column(values: pd.Series[Any], kind: pa.DataType) -> pa.Array:
     if pa.types.is_list(kind):
         cells = [list(v) if isinstance(v, list | tuple | np.ndarray) else v for v in values.tolist()]
         return pa.array(cells, type=kind, from_pandas=True)
+    if isinstance(values.dtype, pd.CategoricalDtype):  # codes and distinct values, decoded by Arrow
+        codes = pa.array(values.cat.codes.to_numpy(), mask=values.isna().to_numpy())
+        distinct = pa.array(values.cat.categories.to_numpy(dtype=object), type=kind, from_pandas=True)
+        return pa.DictionaryArray.from_arrays(codes, distinct).cast(kind)
     return pa.array(values, type=kind, from_pandas=True)
 
 
@@ -187,16 +215,18 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     if len(events) < 2:
         return events.reset_index(drop=True)
     ts = epoch_microseconds(events["occurred_at"])
+    # the ids stay in Arrow (pandas keeps `str` columns there): no Python object per event
+    ids = arrow_text(events["event_id"])
     if bool((ts[1:] >= ts[:-1]).all()):
         ties = np.flatnonzero(ts[1:] == ts[:-1])
         if ties.size == 0:
             return events.reset_index(drop=True)
-        ids = events["event_id"].to_numpy(dtype=object)
-        if bool((ids[ties] <= ids[ties + 1]).all()):
+        in_order = pc.less_equal(ids.take(pa.array(ties)), ids.take(pa.array(ties + 1)))
+        if bool(pc.all(in_order).as_py()):
             return events.reset_index(drop=True)
-    key = pd.DataFrame({"t": ts, "id": events["event_id"].to_numpy(dtype=object)})
-    order = key.sort_values(["t", "id"], kind="stable").index.to_numpy()
-    return events.take(order).reset_index(drop=True)
+    key = pa.table({"t": ts, "id": ids})
+    order = pc.sort_indices(key, sort_keys=[("t", "ascending"), ("id", "ascending")])
+    return events.take(order.to_numpy()).reset_index(drop=True)
 
 
 def write_dataset(
@@ -296,17 +326,34 @@ def validated(ds: Dataset, progress: Progress | None = None) -> Dataset:
 
 
 def _read_parquet(path: Path, name: str) -> pd.DataFrame:
+    """A table as pandas; the events' ids and types dictionary-encoded (pandas categoricals: an integer
+    code per row and each distinct value once, in sorted order)."""
     try:
-        table = pq.read_table(path)
+        coded: list[str] = []
+        if name == "events":
+            schema = pq.read_schema(path)
+            coded = [
+                c for c in _DICTIONARY_COLUMNS
+                if c in schema.names and pa.types.is_string(schema.field(c).type)
+            ]  # fmt: skip
+        table = pq.read_table(path, read_dictionary=coded or None)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaError(
             str(path), "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset"
         ) from exc
-    frame: pd.DataFrame = table.to_pandas()
-    for f in _SCHEMAS[name]:
-        # Arrow hands list cells over as numpy arrays; the tables hold plain lists everywhere
-        if pa.types.is_list(f.type) and f.name in frame.columns:
-            frame[f.name] = pd.Series(table.column(f.name).to_pylist(), dtype=object)
+    # Arrow hands list cells over as numpy arrays; the tables hold plain lists everywhere
+    lists = {
+        f.name: table.column(f.name).to_pylist()
+        for f in _SCHEMAS[name]
+        if pa.types.is_list(f.type) and f.name in table.column_names
+    }
+    # each column's Arrow buffers are released as it is converted (not two copies of the events at once)
+    frame: pd.DataFrame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    for column in coded:
+        frame[column] = sorted_categories(frame[column])
+    for column, cells in lists.items():
+        frame[column] = pd.Series(cells, dtype=object)
     return frame
 
 
@@ -455,8 +502,8 @@ class PartitionedDataset:
         columns = {}
         for name in part.column_names:
             column = part.column(name)
-            if pa.types.is_dictionary(column.type):
-                column = column.cast(column.type.value_type)
+            if pa.types.is_dictionary(column.type):  # coded again on the partition's own values
+                column = column.cast(column.type.value_type).dictionary_encode()
             columns[name] = column
         frame = pa.table(columns).to_pandas()
         try:
@@ -523,7 +570,6 @@ def _check_event_ids(file: str, table: pa.Table) -> None:
     if column.null_count:
         null = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in column.chunks])
         raise SchemaError(file, "event_id", _rows(null), "missing event_id: every row needs a value")
-    hashes = np.empty(len(column), dtype=np.uint64)
     start = 0
     for chunk in column.chunks:
         blank = pc.equal(pc.utf8_trim_whitespace(chunk), "").to_numpy(zero_copy_only=False)
@@ -533,6 +579,13 @@ def _check_event_ids(file: str, table: pa.Table) -> None:
             raise SchemaError(
                 file, "event_id", _rows(mask), "empty event_id: every row needs a non-blank value"
             )
+        start += len(chunk)
+    if all_distinct(column):
+        return
+    # a repeat: find its rows by hash (8 bytes per event), then compare the ids themselves
+    hashes = np.empty(len(column), dtype=np.uint64)
+    start = 0
+    for chunk in column.chunks:
         hashes[start : start + len(chunk)] = pd.util.hash_array(
             chunk.to_numpy(zero_copy_only=False), categorize=False
         )

@@ -244,6 +244,69 @@ def generated_event_ids(
     return pd.Series(ids, index=student_id.index, dtype="str")
 
 
+def sorted_categories(values: pd.Series[Any]) -> pd.Series[Any]:
+    """A categorical column of text with its distinct values as `str` in sorted order (same codes' meaning).
+
+    Arrow's dictionaries list values in order of appearance; with sorted categories, sorting or comparing
+    by the column orders by the text, as on a plain text column.
+
+    Args:
+        values: a categorical Series whose categories are text.
+
+    Returns:
+        The same values, categories sorted, index 0..n-1.
+    """
+    codes = values.cat.codes.to_numpy()
+    categories = values.cat.categories.to_numpy(dtype=object)
+    order = np.argsort(categories.astype(str), kind="stable")
+    rank = np.empty(len(order), dtype=codes.dtype if len(order) <= np.iinfo(codes.dtype).max else np.int64)
+    rank[order] = np.arange(len(order))
+    coded = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1) if len(order) else codes
+    dtype = pd.CategoricalDtype(pd.Index(categories[order], dtype="str"))
+    return pd.Series(pd.Categorical.from_codes(coded, dtype=dtype))
+
+
+def arrow_text(values: pd.Series[Any]) -> pa.ChunkedArray:
+    """A text column as Arrow: a pandas `str` column hands over the Arrow array it holds (no copy, no
+    Python object per value); any other column is converted.
+
+    Args:
+        values: the column.
+
+    Returns:
+        The values as a `large_string` chunked array.
+    """
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        held = pa.array(values.array)
+        arrow = held if isinstance(held, pa.ChunkedArray) else pa.chunked_array([held])
+        return arrow if arrow.type == pa.large_string() else arrow.cast(pa.large_string())
+    return pa.chunked_array(
+        [pa.array(values.to_numpy(dtype=object), type=pa.large_string(), from_pandas=True)]
+    )
+
+
+def all_distinct(values: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> bool:
+    """True when no two values are equal (nulls aside).
+
+    Text held by Arrow (an Arrow column, or a pandas `str` column, which pandas keeps in Arrow) is
+    counted with `pyarrow.compute.count_distinct`, so tens of millions of event ids are checked without
+    a Python object per id; other columns use pandas.
+
+    Args:
+        values: the column.
+
+    Returns:
+        Whether every non-null value occurs once.
+    """
+    if isinstance(values, pd.Series):
+        if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
+            return not bool(values.dropna().duplicated().any())
+        values = arrow_text(values)
+    valid = int(len(values) - values.null_count)
+    distinct = int(pc.count_distinct(values, mode="only_valid").as_py())
+    return distinct == valid
+
+
 def epoch_microseconds(timestamps: pd.Series[Any]) -> npt.NDArray[np.int64]:
     """Microseconds since 1970-01-01 UTC of timezone-aware timestamps.
 
@@ -343,6 +406,8 @@ class _Validator:
             if default is not None:
                 return default().astype("str")
             return pd.Series([None] * self.n, dtype="str")
+        if isinstance(self.df[name].dtype, pd.CategoricalDtype):
+            return self._coded_text(name, self.df[name], id_column)
         s = self._column(name)
         if not (isinstance(s.dtype, pd.StringDtype) or s.isna().all()):
             kind = pd.api.types.infer_dtype(s, skipna=True) if pd.api.types.is_object_dtype(s.dtype) else None
@@ -365,6 +430,32 @@ class _Validator:
             if blank.any():
                 raise self.fail(name, blank, f"empty {name}: every row needs a non-blank value")
         return out
+
+    def _coded_text(self, name: str, s: pd.Series[Any], id_column: bool) -> pd.Series[Any]:
+        """`text` for a dictionary-encoded (categorical) column: the rules run once per distinct value
+        and reach the rows through the codes, so no per-row string is made. The result keeps the codes,
+        with the distinct values as text in sorted order (sorting by the column sorts by the text)."""
+        codes = s.cat.codes.to_numpy()
+        values = pd.Series(s.cat.categories.to_numpy(dtype=object), dtype=object)
+        present = codes >= 0
+        is_text = values.map(lambda x: isinstance(x, str)).to_numpy(dtype=bool)
+        if not is_text.all():
+            bad = present & ~is_text[np.maximum(codes, 0)]
+            shown = values[~is_text].iloc[0]
+            raise self.fail(
+                name,
+                bad,
+                f"expected text, got {_type_name(shown)} {shown!r} (column type {s.dtype}); "
+                "store ids and codes as strings",
+            )
+        if not self.nullable(name) and not present.all():
+            raise self.fail(name, ~present, f"missing {name}: every row needs a value")
+        if id_column or not self.nullable(name):
+            blank_values = (values.str.strip() == "").to_numpy(dtype=bool)
+            blank = present & blank_values[np.maximum(codes, 0)]
+            if blank.any():
+                raise self.fail(name, blank, f"empty {name}: every row needs a non-blank value")
+        return sorted_categories(s)
 
     def number(self, name: str, default: float | Callable[[], pd.Series[Any]]) -> pd.Series[Any]:
         if name not in self.df.columns:
@@ -541,6 +632,8 @@ class _Validator:
     # -- content rules -------------------------------------------------------------------------------------
 
     def unique(self, s: pd.Series[Any], name: str) -> None:
+        if all_distinct(s):
+            return
         dup = s.duplicated(keep=False).to_numpy()
         if dup.any():
             first = _first(s[dup])

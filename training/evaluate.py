@@ -309,7 +309,7 @@ def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
     """
     import pandas as pd
 
-    pairs = train_events[["student_id", "lecture_id"]].astype(str).drop_duplicates()
+    pairs = train_events[["student_id", "lecture_id"]].drop_duplicates().astype(str)
     rows = pd.Index(list(catalogue.lectures.ids)).get_indexer(pd.Index(pairs["lecture_id"]))
     counts = np.bincount(rows[rows >= 0], minlength=len(catalogue.lectures))
     n_users = int(pairs["student_id"].nunique())
@@ -408,7 +408,7 @@ def _inputs(
 
     profiles = _profiles(dataset, students)
     history = split.train.events
-    history = history[history["student_id"].astype(str).isin(set(students))]
+    history = history[history["student_id"].isin(students)]
     codes = pd.Index(students).get_indexer(pd.Index(history["student_id"].astype(str)))
     order = np.argsort(codes, kind="stable")
     return profiles, history.iloc[order], codes[order]

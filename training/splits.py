@@ -82,7 +82,8 @@ class Split:
 
 
 def _pairs(events: pd.DataFrame) -> pd.DataFrame:
-    return events[["student_id", "lecture_id"]].astype(str).drop_duplicates().reset_index(drop=True)
+    """Distinct (student, lecture) pairs as text (repeats dropped first: on coded ids that is cheap)."""
+    return events[["student_id", "lecture_id"]].drop_duplicates().astype(str).reset_index(drop=True)
 
 
 def _finish(
@@ -101,8 +102,9 @@ def _finish(
 
     if len(train_events) == 0:
         raise SplitError(f"{name} split leaves no training events: {_hint(name)}")
-    train_pairs = _pairs(train_events)
     test_pairs = _pairs(test_events)
+    # only the test students' training pairs can match (a left join on student and lecture)
+    train_pairs = _pairs(train_events[train_events["student_id"].isin(test_pairs["student_id"].unique())])
     known = set(ds.lectures["lecture_id"].astype(str))
     test_pairs = test_pairs[test_pairs["lecture_id"].isin(known)]
     merged = test_pairs.merge(train_pairs, on=["student_id", "lecture_id"], how="left", indicator=True)
@@ -215,7 +217,7 @@ def temporal(
     params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
     before = (times <= cut).to_numpy()
     train_events = events[before]
-    seen = set(train_events["student_id"].astype(str))
+    seen = pd.Series(train_events["student_id"].unique()).astype(str).unique()
     later = ~before
     if horizon is not None:
         later &= (times <= cut + pd.Timedelta(days=horizon)).to_numpy()

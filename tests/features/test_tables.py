@@ -217,3 +217,51 @@ def test_missing_directory_points_to_a_copy_set_aside_by_an_interrupted_write(tm
     target.rename(tmp_path / ".ds.old-1234abcd")  # what a crash between the two renames leaves
     with pytest.raises(DatasetNotFoundError, match=r"set aside at .*\.ds\.old-1234abcd"):
         read_dataset(target)
+
+
+def test_event_ids_and_types_are_read_as_integer_codes_in_text_order(tmp_path: Path) -> None:
+    out = write_dataset(dataset(), tmp_path / "ds")
+    events = read_dataset(out).events
+    for column in ("student_id", "lecture_id", "type"):
+        dtype = events[column].dtype
+        assert isinstance(dtype, pd.CategoricalDtype), column
+        assert list(dtype.categories) == sorted(dtype.categories), column
+    # the codes decode to the text of the file, and sorting by the column sorts by that text
+    assert events["student_id"].astype(str).tolist() == ["학생-001", "학생-001", "s2", "s2"]
+    order = events.sort_values("student_id", kind="stable")["student_id"].astype(str).tolist()
+    assert order == sorted(order)
+    # event ids are Arrow-backed text (no Python object per id); they round-trip as written
+    assert isinstance(events["event_id"].dtype, pd.StringDtype)
+    again = write_dataset(read_dataset(out), tmp_path / "again")
+    assert read_dataset(again).fingerprint() == dataset().fingerprint()
+
+
+def test_a_broken_row_of_a_dictionary_encoded_file_names_file_row_and_column(tmp_path: Path) -> None:
+    out = write_dataset(dataset(), tmp_path / "ds")
+    events = pq.read_table(out / "events.parquet")
+    lectures = events.column("lecture_id").to_pylist()
+    lectures[3] = "   "
+    coded = pa.array(lectures).dictionary_encode()
+    events = events.set_column(events.schema.get_field_index("lecture_id"), "lecture_id", coded)
+    pq.write_table(events, out / "events.parquet")
+    with pytest.raises(SchemaError) as info:
+        read_dataset(out)
+    assert str(info.value).startswith(str(out / "events.parquet"))
+    assert "row 4, column 'lecture_id': empty lecture_id" in str(info.value)
+    lectures[3] = "l9"
+    coded = pa.array(lectures).dictionary_encode()
+    events = events.set_column(events.schema.get_field_index("lecture_id"), "lecture_id", coded)
+    pq.write_table(events, out / "events.parquet")
+    with pytest.raises(SchemaError, match="row 4, column 'lecture_id': unknown lecture_id 'l9'"):
+        read_dataset(out)
+
+
+def test_a_repeated_event_id_is_named_with_its_rows(tmp_path: Path) -> None:
+    out = write_dataset(dataset(), tmp_path / "ds")
+    events = pq.read_table(out / "events.parquet")
+    ids = events.column("event_id").to_pylist()
+    ids[3] = ids[1]
+    events = events.set_column(events.schema.get_field_index("event_id"), "event_id", pa.array(ids))
+    pq.write_table(events, out / "events.parquet")
+    with pytest.raises(SchemaError, match=r"rows 2, 4\): ids must be unique"):
+        read_dataset(out)

@@ -59,9 +59,18 @@ def test_data_suite_measures_generation_and_reading_in_subprocesses(data_result:
     for row in (generate, read):
         # the child's own peak: at least what the interpreter with numpy and pyarrow holds
         assert row.peak_rss_bytes > 20 * 2**20
-    for step in ("read", "validate", "fingerprint"):
+    for step in ("read", "validate", "fingerprint", "split", "matrices"):
         assert read.metrics[f"{step}_s"] >= 0
         assert read.metrics[f"{step}_peak_rss_bytes"] > 0
+    assert read.metrics["interactions"] > 0
+
+
+def test_data_suite_reuses_a_generated_dataset(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
+    again = data_bench.run(tiny_opts)
+    assert [row.item for row in again.items] == ["read + validate"]
+    assert again.items[0].ok, again.items[0].reason
+    assert again.dataset == data_result.dataset
+    assert any("reused" in note for note in again.notes)
 
 
 def test_train_suite_reuses_the_dataset_and_scores(tiny_opts: BenchOptions, data_result: SuiteResult) -> None:
@@ -340,3 +349,12 @@ def test_serve_workloads_split_students_and_replay_sessions(
         assert 1 <= len(events) <= serve_bench.SESSION_EVENTS
         assert all(e["event_id"].endswith("-s") for e in events)
         assert len({(e["student_id"], e["lecture_id"]) for e in events}) == 1
+
+
+def test_results_keep_the_hand_written_analysis(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    assert "## Growth" not in report.render(results)
+    (results / report.ANALYSIS_FILE).write_text("## Growth\n\n한 대의 한계: read grows linearly.\n", "utf-8")
+    text = report.render(results)
+    assert "## Growth\n\n한 대의 한계: read grows linearly." in text

@@ -183,6 +183,8 @@ _READ_STEPS = {
     "read": "features.tables.read_dataset(validate=False): Parquet -> pandas, events sorted",
     "validate": "features.tables.validated: types, ids, enums, ranges, references",
     "fingerprint": "Dataset.fingerprint() (what learnrec train logs)",
+    "split": "training.splits.make_split('temporal'): quantile 0.8, 14-day horizon",
+    "matrices": "features.matrices.build_training_data on the split's training side",
 }
 
 
@@ -192,7 +194,7 @@ def _data_tables(payload: Mapping[str, Any]) -> list[str]:
         m = item["metrics"]
         why = _status(item)
         if item["item"].startswith("read"):
-            for step in ("read", "validate", "fingerprint"):
+            for step in _READ_STEPS:
                 if f"{step}_s" not in m:
                     if why:
                         rows.append([step, why, "-", "-", "-", _READ_STEPS[step]])
@@ -441,6 +443,11 @@ def _machine_line(payload: Mapping[str, Any]) -> str:
     )
 
 
+#: Hand-written Markdown in the results directory, placed after the header of RESULTS.md (reading of the
+#: figures across runs and sizes, which no single run measures).
+ANALYSIS_FILE = "ANALYSIS.md"
+
+
 def render(out_dir: Path) -> str:
     """RESULTS.md for every suite JSON in `out_dir` (data, train, serve; default size before large).
 
@@ -477,6 +484,9 @@ def render(out_dir: Path) -> str:
     ]
     if not payloads:
         lines.append("No results yet: run `learnrec bench`.")
+    analysis = out_dir / ANALYSIS_FILE
+    if analysis.is_file():  # written by a person from the figures below: how steps grow, where one box stops
+        lines += [analysis.read_text(encoding="utf-8").rstrip(), ""]
     for p in sorted(payloads, key=order):
         d = p.get("dataset") or {}
         sizes = ", ".join(f"{v:,} {k}" for k, v in d.items())
