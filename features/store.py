@@ -151,7 +151,7 @@ class MaterializeSummary:
         state_width: float32 values per student.
         seconds: total wall time (writes, switch, clean-up).
         write_seconds: time spent writing the state keys.
-        payload_bytes: state bytes written (students * width * 4).
+        payload_bytes: bytes written (states and candidate lists).
         memory_delta_bytes: growth of Redis ``used_memory`` from before to after the writes (before
             old versions were removed): what this version costs in Redis memory.
         memory_after_bytes: ``used_memory`` at the end (old versions removed).
@@ -694,8 +694,12 @@ class FeatureStore:
         student_ids: Sequence[str],
         states: npt.NDArray[np.float32],
         progress: Progress | None = None,
+        candidates: Sequence[bytes | None] | None = None,
     ) -> MaterializeSummary:
         """Write one model version's per-student state, switch the version on, remove older versions.
+
+        A student's key holds the state's float32 values, then, when given, the student's candidate
+        list (`models.candidates.Candidates.to_bytes`): one value read in the request's round trip.
 
         The state keys are written under the version's namespace in pipelined chunks; only when all are
         written does ``lr:active:<model>`` point to `version` (one SET: readers see the old version or
@@ -708,6 +712,7 @@ class FeatureStore:
             student_ids: the model's students, one per row of `states`.
             states: (len(student_ids), width) float32 (`Recommender.student_state`).
             progress: ``progress(stage, done, total)`` callback.
+            candidates: per student (row of `states`), the stored candidate list, None for none.
 
         Returns:
             Counts, time and Redis memory.
@@ -734,12 +739,15 @@ class FeatureStore:
             )
         if len(set(ids)) != len(ids):
             raise ValueError("student_ids holds duplicates: each student must appear once")
+        if candidates is not None and len(candidates) != len(ids):
+            raise ValueError(f"candidates has {len(candidates)} lists for {len(ids)} students")
         width = int(matrix.shape[1])
-        n = len(ids) if width else 0
+        n = len(ids) if width or candidates is not None else 0
 
         memory_before = used_memory(self.client)
         write_started = time.perf_counter()
         cluster = _is_cluster(self.client)
+        payload = 0
         for start in range(0, n, WRITE_CHUNK):
             stop = min(start + WRITE_CHUNK, n)
             block = matrix[start:stop].tobytes()
@@ -748,11 +756,14 @@ class FeatureStore:
                 keys.PREFIX + b":" + keys.student_tag(ids[r]) + suffix: block[
                     (r - start) * row_bytes : (r - start + 1) * row_bytes
                 ]
+                + ((candidates[r] or b"") if candidates is not None else b"")
                 for r in range(start, stop)
             }
-            if cluster:
+            mapping = {key: value for key, value in mapping.items() if value}
+            payload += sum(len(value) for value in mapping.values())
+            if mapping and cluster:
                 self.client.mset_nonatomic(mapping)
-            else:
+            elif mapping:
                 self.client.mset(mapping)
             if progress:
                 progress("state", stop, n)
@@ -770,7 +781,7 @@ class FeatureStore:
             state_width=width,
             seconds=time.perf_counter() - started,
             write_seconds=write_seconds,
-            payload_bytes=n * width * 4,
+            payload_bytes=payload,
             memory_delta_bytes=memory_written - memory_before,
             memory_after_bytes=used_memory(self.client),
             removed_keys=removed,

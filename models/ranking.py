@@ -18,12 +18,20 @@ Ranking rules, in order:
    episode not yet taken goes first (at most `SERIES_SLOTS`), reason ``next_in_series``.
 3. The rest by the model's score (students the model knows, or never-seen students with profile
    features or history), else by popularity: region x grade, then region, then global.
+
+The model's scores reach a request in two stages (`models.candidates`): the student's candidate list,
+built by `learnrec features materialize` and read with the state, or built here from the full scores
+when none is stored (the offline evaluation, students the model version was not materialised for); then
+the list filtered by the rules above, with the followers of lectures enrolled in since it was built.
+A list too short for the request is set aside for the full ranking (`Ranked.candidates` says which).
+Series slots carry their candidate score, or the list's best score when they are not among the
+candidates (they rank first by rule).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,7 +39,9 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from models import candidates as two_stage
 from models.base import Catalogue, Recommender, StudentBatch
+from models.candidates import Candidates, Followers
 from models.common import next_in_series
 from models.eligibility import EligibilityIndex, top_k_one
 from models.errors import ModelError
@@ -122,6 +132,10 @@ class Ranked:
     source: str  # model | profile | history | popular_region_grade | popular_region | popular_global
     fallback: bool  # the model never saw this student
     model_error: str | None = None  # the model failed to score: popularity answered instead
+    #: how the model's list was made (`models.candidates`): "stored" (the materialised list), "fused" (it and
+    #: the followers of lectures taken since), "built" (built here), "exhausted" (too short: full ranking);
+    #: None for a popularity answer
+    candidates: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +184,10 @@ class RankingModel:
     all_regions_row: int  # row of "*" in the region vocabulary (never a student's region), -1 when absent
     #: When this version was put in service (under this alias).
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: stage 1's list length (`models.candidates.CANDIDATES`)
+    candidate_count: int = two_stage.CANDIDATES
+    #: `followers()` once computed (per model version)
+    _followers: list[Followers] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def n_lectures(self) -> int:
@@ -320,11 +338,86 @@ class RankingModel:
         hints = region_hints if region_hints is not None else [None] * len(student_ids)
         out: list[Ranked] = []
         # one student at a time, served or evaluated alike: a list never depends on the batch it is in,
-        # and the evaluation runs the very arithmetic of a request (`_score_one`, `top_k_one`)
+        # and the evaluation runs the very arithmetic of a request (`_score_one`, `_two_stage`)
         for sid, record, hint in zip(student_ids, records, hints, strict=True):
             plan = self._plan(sid, record, k, subject, hint, degraded)
-            out.append(self._finish(plan, self._score_plan(plan) if plan.scorable else None, k))
+            out.append(self._two_stage(plan, k) if plan.scorable else self._finish(plan, None, k))
         return out
+
+    def candidates(self, student_id: str, record: StudentState | None) -> Candidates | None:
+        """Stage 1 of one student (`models.candidates`): what `learnrec features materialize` stores.
+
+        Args:
+            student_id: the student.
+            record: the student's state now (its stored list, if any, is ignored).
+
+        Returns:
+            The list; None when the model cannot score the student (popularity answers them).
+        """
+        plan = self._plan(student_id, record, 1, None, None, False)
+        if not plan.scorable:
+            return None
+        scored = self._score_plan(plan)
+        return None if isinstance(scored, str) else self._stage_one(plan, scored)
+
+    def followers(self) -> Followers:
+        """What follows each lecture under this model (`models.candidates.build_followers`), computed on
+        first use; the service computes it when it loads the version, off the request path."""
+        if not self._followers:
+            self._followers.append(two_stage.build_followers(self.recommender))
+        return self._followers[0]
+
+    def _stage_one(self, plan: _Plan, scores: npt.NDArray[np.float32]) -> Candidates:
+        mask = self.eligibility.mask_one(plan.region, plan.grade, plan.hist_rows)
+        return two_stage.build(scores, mask, plan.region, plan.grade, plan.recent_rows, self.candidate_count)
+
+    def _stored(self, plan: _Plan) -> Candidates | None:
+        """The plan's stored list, when it was built for the student's region and grade."""
+        raw = plan.record.state if plan.record is not None else None
+        offset = 4 * self.state_width
+        if not raw or len(raw) <= offset:
+            return None
+        stored = Candidates.from_bytes(raw[offset:], self.n_lectures)
+        if stored is None or stored.region != plan.region or stored.grade != plan.grade:
+            return None
+        return stored
+
+    def _two_stage(self, plan: _Plan, k: int) -> Ranked:
+        """A scorable student's list from their candidates (stored, else built from the full scores)."""
+        full: npt.NDArray[np.float32] | str | None = None
+        stored = self._stored(plan)
+        if stored is None:
+            full = self._score_plan(plan)
+            if isinstance(full, str):
+                return self._finish(plan, full, k)
+            cands, outcome = self._stage_one(plan, full), "built"
+        else:
+            cands, outcome = stored, "stored"
+        rows, scores = cands.rows, cands.scores
+        if stored is not None and plan.recent_rows.size:
+            basis = set(cands.basis.tolist())
+            taken = [r for r in plan.recent_rows[::-1].tolist() if r not in basis][
+                : two_stage.FOLLOW_LOOKBACK
+            ]
+            if taken:
+                rows, scores = two_stage.fuse(cands, self.followers(), taken)
+                outcome = "fused"
+        rest = k - len(plan.continuation)
+        keep = np.flatnonzero(plan.mask[rows])
+        if rest > 0 and keep.size < rest and not cands.complete:
+            # too few candidates left for this request: the full ranking answers it
+            if full is None:
+                full = self._score_plan(plan)
+            return replace(self._finish(plan, full, k), candidates="exhausted")
+        chosen = keep[: max(rest, 0)]
+        at = {r: i for i, r in enumerate(rows.tolist())} if plan.continuation else {}
+        top = float(scores[0]) if scores.size else 0.0
+        return self._model_list(
+            plan,
+            rows[chosen],
+            [float(scores[at[r]]) if r in at else top for r in plan.continuation] + scores[chosen].tolist(),
+            outcome,
+        )
 
     def _plan(
         self,
@@ -373,14 +466,9 @@ class RankingModel:
         if scored is not None and not isinstance(scored, str):
             scores = scored
             rows, best = top_k_one(scores, plan.mask, rest) if rest > 0 else (_NO_ROWS, _NO_SCORES)
-            chosen = [int(r) for r in rows if r >= 0]
-            out_rows = continuation + chosen
-            out_scores = [float(scores[r]) for r in continuation] + [float(s) for s in best[: len(chosen)]]
-            continues = self._continues(rows[: len(chosen)], plan.hist_rows)
-            reasons = ["next_in_series"] * len(continuation) + [
-                "next_in_series" if c else "similar_students" for c in continues
-            ]
-            return Ranked(out_rows, out_scores, reasons, plan.source, fallback=fallback)
+            n = int((rows >= 0).sum())
+            out_scores = [float(scores[r]) for r in continuation] + best[:n].tolist()
+            return self._model_list(plan, rows[:n], out_scores, None)
 
         pop_rows, pop_reasons, source = self._popular(plan.region_name, plan.profile, plan.mask, rest)
         out_rows = continuation + pop_rows
@@ -389,6 +477,23 @@ class RankingModel:
         out_scores = [round(1.0 - i / total, 6) for i in range(len(out_rows))]
         reasons = ["next_in_series"] * len(continuation) + pop_reasons
         return Ranked(out_rows, out_scores, reasons, source, fallback=fallback, model_error=scored)
+
+    def _model_list(
+        self, plan: _Plan, chosen: npt.NDArray[np.int32], scores: list[float], candidates: str | None
+    ) -> Ranked:
+        """The answer of a scored student: series slots, then `chosen` (`scores`: slots' then chosen's)."""
+        continues = self._continues(chosen, plan.hist_rows)
+        reasons = ["next_in_series"] * len(plan.continuation) + [
+            "next_in_series" if c else "similar_students" for c in continues
+        ]
+        return Ranked(
+            plan.continuation + chosen.tolist(),
+            scores,
+            reasons,
+            plan.source,
+            fallback=plan.index < 0,
+            candidates=candidates,
+        )
 
     def _history(self, record: StudentState | None) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         if record is None or not record.history:
@@ -427,10 +532,14 @@ class RankingModel:
         return scores
 
     def _state(self, record: StudentState | None) -> npt.NDArray[np.float32] | None:
+        """The record's model state: its first `state_width` floats (a candidate list may follow)."""
         raw = record.state if record is not None else None
-        if raw and self.state_width and len(raw) == 4 * self.state_width:
-            return np.frombuffer(raw, dtype=np.float32)
-        return None
+        width = self.state_width
+        if not raw or not width or len(raw) < 4 * width:
+            return None
+        if len(raw) > 4 * width and raw[4 * width : 4 * width + 4] != _MAGIC:
+            return None  # not this version's layout
+        return np.frombuffer(raw, dtype=np.float32, count=width)
 
     def _continuations(
         self,
@@ -514,6 +623,7 @@ class RankingModel:
         return rows, reasons, source
 
 
+_MAGIC = np.array([two_stage.MAGIC], dtype="<i4").tobytes()
 _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_SCORES: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
 _NO_ROWS.setflags(write=False)

@@ -56,6 +56,14 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.candidates = Counter(
+            "learnrec_candidates_total",
+            "Computed model answers by how the list was made (models.candidates): stored (the materialised "
+            "candidate list), fused (it and the followers of lectures taken since), built (no stored list: "
+            "built from the full scores), exhausted (too few candidates left: ranked over the catalogue).",
+            ["outcome"],
+            registry=r,
+        )
         self.answer_cache_entries = Gauge(
             "learnrec_answer_cache_students",
             "Students with answers in the answer cache.",

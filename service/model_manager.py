@@ -199,7 +199,7 @@ class ModelManager:
         except Exception as exc:
             return self._failed(previous, version, "load_error", f"version {version} failed to load: {exc!r}")
         try:
-            prepared = RankingModel.prepare(loaded, alias=self.alias)
+            prepared = _serving(loaded, self.alias)
         except Exception as exc:
             return self._failed(
                 previous, version, "prepare_error", f"version {version} cannot be served: {exc!r}"
@@ -309,7 +309,7 @@ class ModelManager:
             )
             return None
         try:
-            prepared = RankingModel.prepare(loaded_model, alias=alias)
+            prepared = _serving(loaded_model, alias)
         except Exception as exc:
             self._variant_failed_load(
                 ref, version, "prepare_error", f"version {version} cannot be served: {exc!r}"
@@ -345,3 +345,11 @@ class ModelManager:
                 Exception
             ):  # check() reports load failures itself; anything else is a bug, but the loop lives
                 logger.exception("alias check crashed", extra={"model": self.model_name, "alias": self.alias})
+
+
+def _serving(loaded: LoadedModel, alias: str | None) -> RankingModel:
+    """A loaded version ready for requests: its ranking arrays and its followers (`models.candidates`),
+    computed here, off the request path, rather than by the first request that needs them."""
+    prepared = RankingModel.prepare(loaded, alias=alias)
+    prepared.followers()
+    return prepared

@@ -215,6 +215,8 @@ async def _answer(
         region_hint=client.only_region if profile is None else None,
         degraded=degraded,
     )
+    if ranked.candidates is not None:
+        state.metrics.candidates.labels(ranked.candidates).inc()
     ids = model.catalogue.lectures.ids
     lecture_ids = [ids[r] for r in ranked.rows]
     experiment = assignment.experiment if assignment else None

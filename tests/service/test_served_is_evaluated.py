@@ -10,6 +10,7 @@ scored for the same students: the same lectures in the same order.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,10 @@ def test_the_champion_serves_the_lists_the_evaluation_scores(
     # series slots and model scores both appear: the comparison covers the serving rules
     reasons = {item["reason"] for body in online.values() for item in body["items"]}
     assert "next_in_series" in reasons and "similar_students" in reasons
+    # the service answered from the materialised candidate lists (stage 2 of `models.candidates`), the
+    # evaluation from lists it built itself: the same lists
+    stored = re.search(r'learnrec_candidates_total\{outcome="stored"\} (\d+)', client.get("/metrics").text)
+    assert stored is not None and int(float(stored.group(1))) >= len(students) // 2
     # and the evaluation's primary figures are computed from those very lists
     report = evaluate(ranker, sp, ds, (K,))
     assert report.ranking == "served" and report.raw

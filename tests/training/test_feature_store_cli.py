@@ -20,6 +20,7 @@ from features.redis_server import free_port, running_embedded, start_embedded
 from features.settings import Settings, get_settings
 from features.store import EventIn, FeatureStore
 from features.streams import append
+from models.candidates import Candidates
 from models.loading import load_registered
 from tests.training import modelling_data
 from training.cli import app
@@ -93,7 +94,11 @@ def test_materialize_writes_the_registered_models_state(env: Settings, registry:
         sid = rec.students.ids[row]
         state = store.read_student(sid, env.mlflow.registered_model, version).state
         expected = rec.student_state(np.array([row], dtype=np.int32))[0]
-        assert np.array_equal(np.frombuffer(state, "<f4"), expected), sid
+        width = expected.size
+        assert np.array_equal(np.frombuffer(state, "<f4", count=width), expected), sid
+        # the student's candidate list follows the state (models.candidates), in the same key
+        listed = Candidates.from_bytes(state[4 * width :], len(rec.catalogue.lectures))
+        assert listed is not None and listed.rows.size > 0, sid
 
 
 @pytest.mark.slow
@@ -105,10 +110,15 @@ def test_materialize_by_alias_then_a_stateless_version(env: Settings, registry: 
     assert "(champion)" in champion.output
     stateless = runner.invoke(app, ["features", "materialize", "--version", registry.versions["popularity"]])
     assert stateless.exit_code == 0, stateless.output
-    assert "keeps no per-student state" in _text(stateless.output)
+    assert "students x 0 float32 + candidate lists" in _text(stateless.output)
     store = FeatureStore(redis_client)
     assert store.active_version(env.mlflow.registered_model) == registry.versions["popularity"]
-    assert not list(redis_client.scan_iter(match=keys.model_state_pattern(env.mlflow.registered_model)))
+    # a stateless version's keys hold only its candidate lists; the older versions' keys are gone
+    suffix = keys.model_state_suffix(env.mlflow.registered_model, registry.versions["popularity"])
+    found = list(redis_client.scan_iter(match=keys.model_state_pattern(env.mlflow.registered_model)))
+    assert found and all(key.endswith(suffix) for key in found)
+    value = redis_client.get(found[0])
+    assert Candidates.from_bytes(value, 10_000) is not None
 
 
 @pytest.mark.slow

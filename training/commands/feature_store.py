@@ -13,13 +13,17 @@ from features.profile import from_table as profile_rows
 from training.commands.console import ProgressFn, fail, progress_bars
 
 if TYPE_CHECKING:
-    from features.store import MaterializeSummary
+    from collections.abc import Sequence
+
+    from features.store import FeatureStore, MaterializeSummary
     from models.loading import LoadedModel
 
 app = typer.Typer(no_args_is_help=True)
 
 #: Students whose state is computed per `Recommender.student_state` call (bounded memory per call).
 STATE_CHUNK = 50_000
+#: Students read from Redis per pipeline when building candidate lists.
+CANDIDATE_CHUNK = 1_000
 
 
 def student_states(
@@ -50,10 +54,41 @@ def student_states(
     return ids, states
 
 
+def student_candidates(
+    loaded: LoadedModel, store: FeatureStore, ids: Sequence[str], progress: ProgressFn | None = None
+) -> list[bytes | None]:
+    """Stage 1 of the two-stage ranking (`models.candidates`) for every student of `ids`: each student's
+    candidate list from their state in Redis now (profile, history, recent lectures), stored form.
+
+    Args:
+        loaded: the registered model version.
+        store: the feature store holding the students' state.
+        ids: the students.
+        progress: ``progress(stage, done, total)`` callback.
+
+    Returns:
+        Per student, the list's bytes; None when the model cannot score the student.
+    """
+    from models.ranking import RankingModel
+
+    ranker = RankingModel.prepare(loaded)
+    out: list[bytes | None] = []
+    for start in range(0, len(ids), CANDIDATE_CHUNK):
+        chunk = list(ids[start : start + CANDIDATE_CHUNK])
+        for sid, record in zip(chunk, store.read_students(chunk), strict=True):
+            listed = ranker.candidates(sid, record)
+            out.append(listed.to_bytes() if listed is not None else None)
+        if progress:
+            progress("candidates", len(out), len(ids))
+    return out
+
+
 def materialize_loaded(
     loaded: LoadedModel, client: Any, progress: ProgressFn | None = None
 ) -> MaterializeSummary:
-    """Materialise a loaded model version's per-student state and switch it on (used by the CLI and demo).
+    """Materialise a loaded model version's per-student state and candidate lists, and switch it on (used
+    by the CLI and demo). The lists are built from the students' state in Redis now: materialise after
+    seeding.
 
     Args:
         loaded: the registered model version.
@@ -65,8 +100,10 @@ def materialize_loaded(
     """
     from features.store import FeatureStore
 
+    store = FeatureStore(client)
     ids, states = student_states(loaded, progress)
-    return FeatureStore(client).materialize(loaded.model_name, loaded.version, ids, states, progress)
+    listed = student_candidates(loaded, store, ids, progress)
+    return store.materialize(loaded.model_name, loaded.version, ids, states, progress, candidates=listed)
 
 
 def _mib(n: float) -> str:
@@ -114,12 +151,6 @@ def materialize(
         raise fail(f"{name} v{loaded.version}: {exc}", 2) from None
     seconds = time.perf_counter() - started
     label = f"{name} v{summary.version}" + (f" ({loaded.alias})" if loaded.alias else "")
-    if summary.state_width == 0:
-        typer.echo(
-            f"{label} keeps no per-student state: nothing to write; active version set "
-            f"(was {summary.previous_version or 'none'}), {summary.removed_keys:,} old keys removed"
-        )
-        return
     if summary.previous_version == summary.version:
         memory = f"same version rewritten in place; Redis uses {_mib(summary.memory_after_bytes)}"
     else:
@@ -128,7 +159,8 @@ def materialize(
             f"{_mib(summary.memory_after_bytes)} in use after clean-up"
         )
     typer.echo(
-        f"materialised {label}: {summary.students:,} students x {summary.state_width} float32 in "
+        f"materialised {label}: {summary.students:,} students x {summary.state_width} float32 "
+        f"+ candidate lists in "
         f"{summary.write_seconds:.1f} s (total {seconds:.1f} s with loading); {memory}; "
         f"active {summary.previous_version or 'none'} -> {summary.version}; "
         f"{summary.removed_keys:,} keys of older versions removed"
