@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -186,8 +187,6 @@ class RankingModel:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: stage 1's list length (`models.candidates.CANDIDATES`)
     candidate_count: int = two_stage.CANDIDATES
-    #: `followers()` once computed (per model version)
-    _followers: list[Followers] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def n_lectures(self) -> int:
@@ -360,12 +359,11 @@ class RankingModel:
         scored = self._score_plan(plan)
         return None if isinstance(scored, str) else self._stage_one(plan, scored)
 
+    @cached_property
     def followers(self) -> Followers:
         """What follows each lecture under this model (`models.candidates.build_followers`), computed on
         first use; the service computes it when it loads the version, off the request path."""
-        if not self._followers:
-            self._followers.append(two_stage.build_followers(self.recommender))
-        return self._followers[0]
+        return two_stage.build_followers(self.recommender)
 
     def _stage_one(self, plan: _Plan, scores: npt.NDArray[np.float32]) -> Candidates:
         mask = self.eligibility.mask_one(plan.region, plan.grade, plan.hist_rows)
@@ -400,7 +398,7 @@ class RankingModel:
                 : two_stage.FOLLOW_LOOKBACK
             ]
             if taken:
-                rows, scores = two_stage.fuse(cands, self.followers(), taken)
+                rows, scores = two_stage.fuse(cands, self.followers, taken)
                 outcome = "fused"
         rest = k - len(plan.continuation)
         keep = np.flatnonzero(plan.mask[rows])
@@ -410,12 +408,10 @@ class RankingModel:
                 full = self._score_plan(plan)
             return replace(self._finish(plan, full, k), candidates="exhausted")
         chosen = keep[: max(rest, 0)]
-        at = {r: i for i, r in enumerate(rows.tolist())} if plan.continuation else {}
-        top = float(scores[0]) if scores.size else 0.0
         return self._model_list(
             plan,
             rows[chosen],
-            [float(scores[at[r]]) if r in at else top for r in plan.continuation] + scores[chosen].tolist(),
+            [_slot_score(rows, scores, r) for r in plan.continuation] + scores[chosen].tolist(),
             outcome,
         )
 
@@ -621,6 +617,14 @@ class RankingModel:
             if len(rows) >= k:
                 break
         return rows, reasons, source
+
+
+def _slot_score(rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float32], row: int) -> float:
+    """A series slot's score: its candidate score, or the list's best when it is not a candidate."""
+    at = np.flatnonzero(rows == row)
+    if at.size:
+        return float(scores[at[0]])
+    return float(scores[0]) if scores.size else 0.0
 
 
 _MAGIC = np.array([two_stage.MAGIC], dtype="<i4").tobytes()

@@ -351,5 +351,5 @@ def _serving(loaded: LoadedModel, alias: str | None) -> RankingModel:
     """A loaded version ready for requests: its ranking arrays and its followers (`models.candidates`),
     computed here, off the request path, rather than by the first request that needs them."""
     prepared = RankingModel.prepare(loaded, alias=alias)
-    prepared.followers()
+    _ = prepared.followers  # computed now, not by the first request that needs them
     return prepared
