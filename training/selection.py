@@ -65,8 +65,6 @@ import numpy.typing as npt
 from training.errors import SplitError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from features.tables import Dataset
     from models.base import Recommender, TrainingData
     from training.splits import Split
@@ -214,20 +212,6 @@ class SelectionReport:
 # the validation split
 
 
-def _pair_frame(events: pd.DataFrame) -> pd.DataFrame:
-    """(student_id, lecture_id, first) per pair: the pair's first event time."""
-    import pandas as pd
-
-    frame = pd.DataFrame(
-        {
-            "student_id": events["student_id"].astype(str).to_numpy(),
-            "lecture_id": events["lecture_id"].astype(str).to_numpy(),
-            "t": pd.to_datetime(events["occurred_at"], utc=True).to_numpy(),
-        }
-    )
-    return frame.groupby(["student_id", "lecture_id"], sort=True)["t"].min().reset_index(name="first")
-
-
 def explicit_shape(split: Split) -> tuple[float, bool]:
     """The kind of a given (explicit) split: (share of a test student's lectures held out, time-ordered).
 
@@ -258,19 +242,17 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
 
 def _per_student_holdout(ds: Dataset, share: float, ordered: bool, seed: int) -> Split:
     """Hold out `share` of each training student's lectures: the latest ones or random ones."""
-    from training.splits import explicit
+    from training.splits import explicit, first_times
 
-    pairs = _pair_frame(ds.events)
-    counts = pairs.groupby("student_id")["lecture_id"].transform("size").to_numpy()
+    pairs, pair, _ = first_times(ds.events)
+    counts = pairs.groupby("student")["lecture"].transform("size").to_numpy()
     rng = np.random.default_rng(seed)
     # the order within a student: newest first when time-ordered, a seeded shuffle otherwise
     key = -pairs["first"].astype("int64").to_numpy() if ordered else rng.random(len(pairs))
-    pairs = pairs.assign(key=key, n=counts).sort_values(["student_id", "key"], kind="stable")
-    rank = pairs.groupby("student_id").cumcount().to_numpy()
+    pairs = pairs.assign(key=key, n=counts).sort_values(["student", "key"], kind="stable")
+    rank = pairs.groupby("student").cumcount().to_numpy()
     held_n = np.minimum(np.maximum(1, np.round(share * pairs["n"].to_numpy())), pairs["n"].to_numpy() - 1)
-    held = pairs[rank < held_n]
-    key_of = ds.events["student_id"].astype(str) + "\x1f" + ds.events["lecture_id"].astype(str)
-    is_test = key_of.isin(set(held["student_id"] + "\x1f" + held["lecture_id"])).to_numpy()
+    is_test = np.isin(pair, pairs["pair"].to_numpy()[rank < held_n])
     return explicit(ds, ds.events[~is_test], ds.events[is_test])
 
 

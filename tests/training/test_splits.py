@@ -19,6 +19,7 @@ from training.splits import (
     make_split,
     new_region,
     new_students,
+    pair_codes,
     temporal,
 )
 
@@ -157,6 +158,24 @@ def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:
     _same(split, leave_last_n(ds, n=2))
     with pytest.raises(SplitError, match="n must be"):
         leave_last_n(ds, n=0)
+
+
+def test_pair_codes_follow_the_text_order_of_the_ids() -> None:
+    # categories out of text order, ids repeated: codes must still sort as (student_id, lecture_id) text
+    events = pd.DataFrame(
+        {
+            "student_id": pd.Categorical(["s10", "s2", "s10", "s2", "s1"], categories=["s2", "s10", "s1"]),
+            "lecture_id": ["l9", "l10", "l10", "l10", "l9"],
+        }
+    )
+    codes, students, lectures = pair_codes(events)
+    assert students.tolist() == ["s1", "s10", "s2"] and lectures.tolist() == ["l10", "l9"]
+    decoded = [(students[c // 2], lectures[c % 2]) for c in codes]
+    assert decoded == list(zip(events["student_id"].astype(str), events["lecture_id"], strict=True))
+    assert codes[1] == codes[3] and len(set(codes.tolist())) == 4
+    assert [decoded[i] for i in sorted(range(5), key=lambda i: codes[i])] == sorted(decoded)
+    with pytest.raises(SplitError, match="lecture_id has a null"):
+        pair_codes(events.assign(lecture_id=pd.Series(["l9", None, "l10", "l10", "l9"], dtype=object)))
 
 
 def test_new_students_are_absent_from_training(ds: Dataset) -> None:
