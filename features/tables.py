@@ -54,6 +54,7 @@ from features.validation import (
     _show,
     all_distinct,
     arrow_text,
+    duplicate_ids,
     epoch_microseconds,
     generated_event_ids,
     sorted_categories,
@@ -598,16 +599,9 @@ def _check_event_ids(file: str, table: pa.Table) -> None:
     # equal hashes: compare the ids themselves (a 64-bit collision is not a duplicate)
     candidates = np.flatnonzero(np.isin(hashes, repeated))
     ids = pd.Series(column.take(pa.array(candidates)).to_numpy(zero_copy_only=False), index=candidates)
-    duplicated = ids[ids.duplicated(keep=False)]
-    if len(duplicated):
-        first = duplicated.iloc[0]
-        rows = (duplicated.index[duplicated == first].to_numpy() + 1).tolist()
-        mask = np.zeros(len(column), dtype=bool)
-        mask[duplicated.index.to_numpy()] = True
-        raise SchemaError(
-            file, "event_id", _rows(mask),
-            f"duplicate event_id {first!r} (rows {', '.join(map(str, rows[:5]))}): ids must be unique",
-        )  # fmt: skip
+    error = duplicate_ids(file, "event_id", ids, len(column))
+    if error is not None:
+        raise error
 
 
 def read_partitioned(

@@ -355,6 +355,35 @@ def _first(values: pd.Series[Any]) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def duplicate_ids(file: str, name: str, ids: pd.Series[Any], n_rows: int) -> SchemaError | None:
+    """The error naming repeated ids, or None when `ids` are distinct.
+
+    Args:
+        file: the input file the error names.
+        name: the id column.
+        ids: the ids, indexed by 0-based row of the file (all of its rows, or only candidates).
+        n_rows: rows in the file.
+
+    Returns:
+        A `SchemaError` on every row holding a repeated id, whose message shows the first repeated id
+        and up to five of its rows; None when no id repeats.
+    """
+    dup = ids.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return None
+    repeats = ids[dup]
+    first = _first(repeats)
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[repeats.index.to_numpy()] = True
+    rows = (repeats.index[(repeats == first).to_numpy()].to_numpy() + 1).tolist()
+    return SchemaError(
+        file,
+        name,
+        _rows(mask),
+        f"duplicate {name} {first!r} (rows {', '.join(map(str, rows[:5]))}): ids must be unique",
+    )
+
+
 class _Validator:
     """Holds one input table and raises `SchemaError` for the first rule it breaks."""
 
@@ -634,16 +663,9 @@ class _Validator:
     def unique(self, s: pd.Series[Any], name: str) -> None:
         if all_distinct(s):
             return
-        dup = s.duplicated(keep=False).to_numpy()
-        if dup.any():
-            first = _first(s[dup])
-            rows = (s == first).to_numpy()
-            raise self.fail(
-                name,
-                dup,
-                f"duplicate {name} {first!r} (rows {', '.join(map(str, _rows(rows)[:5]))}): "
-                "ids must be unique",
-            )
+        error = duplicate_ids(self.file, name, s, self.n)
+        if error is not None:
+            raise error
 
     def one_of(self, s: pd.Series[Any], name: str, allowed: Sequence[Any]) -> None:
         bad = (s.notna() & ~s.isin(list(allowed))).to_numpy()
