@@ -217,7 +217,7 @@ def temporal(
     # whole days log as integers (14, not 14.0); None = unbounded
     params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
     before = (times <= cut).to_numpy()
-    train_events = events[before]
+    train_events = _rows_where(events, before)
     seen = pd.Series(train_events["student_id"].unique()).astype(str).unique()
     later = ~before
     if horizon is not None:
@@ -293,6 +293,16 @@ def first_times(events: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.int6
         }
     )
     return frame, pair, student_ids
+
+
+def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
+    """`events[mask]`, sharing the events' memory when the rows are a leading run (events in time order
+    cut at an instant): a slice, not a copy. At 1 M students the training side of a temporal split is
+    50 M of 63 M events; copied, the split and its validation split held three copies of the events."""
+    kept = int(np.count_nonzero(mask))
+    if bool(mask[:kept].all()):
+        return events.iloc[:kept]
+    return events[mask]
 
 
 def leave_last_n(ds: Dataset, n: int = 1) -> Split:

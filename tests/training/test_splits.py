@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from features.errors import SchemaError
-from features.tables import Dataset
+from features.tables import Dataset, sort_events
 from tests.training import modelling_data
 from training.errors import SplitError
 from training.splits import (
@@ -158,6 +160,23 @@ def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:
     _same(split, leave_last_n(ds, n=2))
     with pytest.raises(SplitError, match="n must be"):
         leave_last_n(ds, n=0)
+
+
+def test_temporal_training_side_shares_the_events_in_time_order(ds: Dataset) -> None:
+    in_order = dataclasses.replace(ds, events=sort_events(ds.events))
+    split = temporal(in_order)
+    train = split.train.events
+    # a leading run of events in time order: a slice of them, not a copy
+    assert np.shares_memory(train["progress"].to_numpy(), in_order.events["progress"].to_numpy())
+    assert train["occurred_at"].max() <= split.as_of < in_order.events["occurred_at"].iloc[len(train)]
+    # out of time order the same rows are picked (copied)
+    reversed_events = in_order.events.iloc[::-1].reset_index(drop=True)
+    other = temporal(dataclasses.replace(ds, events=reversed_events))
+    assert not np.shares_memory(
+        other.train.events["progress"].to_numpy(), reversed_events["progress"].to_numpy()
+    )
+    assert sorted(other.train.events["event_id"]) == sorted(train["event_id"])
+    assert other.test_students == split.test_students
 
 
 def test_pair_codes_follow_the_text_order_of_the_ids() -> None:
