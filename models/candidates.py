@@ -32,6 +32,7 @@ with its header and basis.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,16 +98,16 @@ class Candidates:
         (another format or a corrupt value: the caller builds the list instead)."""
         if len(raw) < 4 * _HEADER or len(raw) % 4:
             return None
-        words = np.frombuffer(raw, dtype="<i4")
-        magic, region, grade, n, b, complete = words[:_HEADER].tolist()
-        if magic != MAGIC or n < 0 or b < 0 or len(words) != _HEADER + 2 * n + b:
+        magic, region, grade, n, b, complete = struct.unpack_from(f"<{_HEADER}i", raw)
+        if magic != MAGIC or n < 0 or b < 0 or len(raw) != 4 * (_HEADER + 2 * n + b):
             return None
-        rows = words[_HEADER : _HEADER + n]
-        basis = words[_HEADER + 2 * n :]
-        if n and (int(rows.min()) < 0 or int(rows.max()) >= n_lectures):
+        # read as unsigned, a negative row is larger than any catalogue: one bound check per array
+        if n and int(np.frombuffer(raw, "<u4", n, 4 * _HEADER).max()) >= n_lectures:
             return None
-        if b and (int(basis.min()) < 0 or int(basis.max()) >= n_lectures):
+        if b and int(np.frombuffer(raw, "<u4", b, 4 * (_HEADER + 2 * n)).max()) >= n_lectures:
             return None
+        rows = np.frombuffer(raw, "<i4", n, 4 * _HEADER)
+        basis = np.frombuffer(raw, "<i4", b, 4 * (_HEADER + 2 * n))
         scores = np.frombuffer(raw, dtype="<f4", count=n, offset=4 * (_HEADER + n))
         return cls(region, grade, rows, scores, basis, bool(complete))
 

@@ -113,13 +113,15 @@ class StudentFeatureEncoder:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
-        self._index = {name: i for i, name in enumerate(self.names)}
+        # keyed by the (attribute, value) pair itself: no "attribute=value" string built per request
+        self._index: dict[tuple[str, ...], int] = {
+            tuple(name.split("=", 1)): i for i, name in enumerate(self.names) if "=" in name
+        }
 
     def columns(self, values: Iterable[tuple[str, str]]) -> npt.NDArray[np.int32]:
         """Sorted distinct feature columns of (attribute, value) pairs; unknown values set none."""
-        get = self._index.get
         # a handful of values: sorted(set()) beats np.unique's set-up
-        cols = sorted({c for c in (get(f"{a}={v}", -1) for a, v in values) if c >= 0})
+        cols = sorted({c for c in map(self._index.get, values) if c is not None})
         return np.array(cols, dtype=np.int32)
 
 
@@ -572,14 +574,19 @@ class RankingModel:
     def _continues(self, rows: npt.NDArray[np.int32], hist_rows: npt.NDArray[np.int32]) -> list[bool]:
         """Per row, whether it lies beyond every episode the student took of its series (one taken)."""
         series, position = self.catalogue.series, self.catalogue.series_position
-        # plain Python: a few rows against a student's history (numpy's set-up costs more)
+        row_series = series[rows].tolist()
+        if not row_series:
+            return []
+        # plain Python: a few rows against a student's history (numpy's set-up costs more); only the
+        # series of those rows are followed through the history
+        wanted = set(row_series)
         furthest: dict[int, int] = {}
         for s, p in zip(series[hist_rows].tolist(), position[hist_rows].tolist(), strict=True):
-            if p > 0 and p > furthest.get(s, 0):
+            if s in wanted and p > furthest.get(s, 0):
                 furthest[s] = p
         return [
             s in furthest and p > furthest[s]
-            for s, p in zip(series[rows].tolist(), position[rows].tolist(), strict=True)
+            for s, p in zip(row_series, position[rows].tolist(), strict=True)
         ]
 
     def _popular(
