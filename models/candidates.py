@@ -55,6 +55,7 @@ FOLLOW_LOOKBACK = 3
 MAGIC = 0x3143524C
 #: Header int32s: magic, region, grade, candidates, basis length, complete (1: every eligible lecture).
 _HEADER = 6
+_MAGIC_BYTES = struct.pack("<i", MAGIC)
 #: Students per scoring call when building the followers (bounded memory: chunk x lectures floats).
 FOLLOWER_CHUNK = 256
 
@@ -110,6 +111,27 @@ class Candidates:
         basis = np.frombuffer(raw, "<i4", b, 4 * (_HEADER + 2 * n))
         scores = np.frombuffer(raw, dtype="<f4", count=n, offset=4 * (_HEADER + n))
         return cls(region, grade, rows, scores, basis, bool(complete))
+
+
+def split(raw: bytes | None, state_width: int) -> tuple[bytes | None, bytes | None]:
+    """A model version's per-student value in its two parts: the model's state (`state_width` float32s,
+    little-endian) and the candidate section after it (`Candidates.to_bytes`), as
+    `features.store.FeatureStore.materialize` writes them.
+
+    Args:
+        raw: the stored value (None: nothing stored).
+        state_width: float32 values of the model's state (0: the value is the candidate section alone).
+
+    Returns:
+        (state, section), each None when absent; (None, None) when `raw` is not of this layout (shorter
+        than the state, or followed by something that is not a candidate section: another version's).
+    """
+    if not raw:
+        return None, None
+    offset = 4 * state_width
+    if len(raw) < offset or (len(raw) > offset and raw[offset : offset + 4] != _MAGIC_BYTES):
+        return None, None
+    return (raw[:offset] if state_width else None), (raw[offset:] if len(raw) > offset else None)
 
 
 def build(

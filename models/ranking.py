@@ -373,11 +373,10 @@ class RankingModel:
 
     def _stored(self, plan: _Plan) -> Candidates | None:
         """The plan's stored list, when it was built for the student's region and grade."""
-        raw = plan.record.state if plan.record is not None else None
-        offset = 4 * self.state_width
-        if not raw or len(raw) <= offset:
+        _, section = two_stage.split(plan.record.state if plan.record is not None else None, self.state_width)
+        if section is None:
             return None
-        stored = Candidates.from_bytes(raw[offset:], self.n_lectures)
+        stored = Candidates.from_bytes(section, self.n_lectures)
         if stored is None or stored.region != plan.region or stored.grade != plan.grade:
             return None
         return stored
@@ -531,13 +530,8 @@ class RankingModel:
 
     def _state(self, record: StudentState | None) -> npt.NDArray[np.float32] | None:
         """The record's model state: its first `state_width` floats (a candidate list may follow)."""
-        raw = record.state if record is not None else None
-        width = self.state_width
-        if not raw or not width or len(raw) < 4 * width:
-            return None
-        if len(raw) > 4 * width and raw[4 * width : 4 * width + 4] != _MAGIC:
-            return None  # not this version's layout
-        return np.frombuffer(raw, dtype=np.float32, count=width)
+        state, _ = two_stage.split(record.state if record is not None else None, self.state_width)
+        return np.frombuffer(state, dtype=np.float32) if state is not None else None
 
     def _continuations(
         self,
@@ -634,7 +628,6 @@ def _slot_score(rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float32], ro
     return float(scores[0]) if scores.size else 0.0
 
 
-_MAGIC = np.array([two_stage.MAGIC], dtype="<i4").tobytes()
 _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_SCORES: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
 _NO_ROWS.setflags(write=False)
