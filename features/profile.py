@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
+import orjson
+
 #: Attributes holding several values (multi-hot), stored as JSON lists.
 LIST_ATTRIBUTES: frozenset[str] = frozenset({"interest_subjects"})
 
@@ -82,7 +84,7 @@ class StudentProfile:
         Raises:
             ValueError, KeyError, TypeError: the record is not a profile.
         """
-        record = json.loads(raw)
+        record = orjson.loads(raw)  # read on every computed answer; orjson's errors are ValueErrors
         if not isinstance(record, dict):
             raise TypeError(f"expected a JSON object, got {type(record).__name__}")
         return cls.from_mapping(student_id, record)

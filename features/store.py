@@ -324,15 +324,20 @@ class FeatureStore:
         else:
             fields, values = list(raw_hist or {}), list((raw_hist or {}).values())
         try:
-            # every request decodes its student's history: list comprehensions, float() reads bytes itself
-            names = [f.decode("utf-8") if isinstance(f, bytes) else f for f in fields]
+            # every request decodes its student's history: `map` over C functions (a client returns all
+            # bytes or all text), float() reads bytes itself
+            names = list(map(bytes.decode, fields)) if fields and isinstance(fields[0], bytes) else fields
             history = dict(zip(names, map(float, values), strict=True))
         except ValueError as exc:
             raise FeatureStoreError(f"history of student {student_id!r} in Redis is corrupt: {exc}") from exc
         return StudentRecord(
             profile=_profile_from(student_id, raw_profile),
             history=history,
-            recent=tuple([x.decode("utf-8") if isinstance(x, bytes) else x for x in raw_recent or ()]),
+            recent=tuple(
+                map(bytes.decode, raw_recent)
+                if raw_recent and isinstance(raw_recent[0], bytes)
+                else raw_recent or ()
+            ),
             state=replies[3] if with_state else None,
         )
 

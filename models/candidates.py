@@ -32,6 +32,7 @@ with its header and basis.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ FOLLOW_LOOKBACK = 3
 MAGIC = 0x3143524C
 #: Header int32s: magic, region, grade, candidates, basis length, complete (1: every eligible lecture).
 _HEADER = 6
+_MAGIC_BYTES = struct.pack("<i", MAGIC)
 #: Students per scoring call when building the followers (bounded memory: chunk x lectures floats).
 FOLLOWER_CHUNK = 256
 
@@ -97,18 +99,39 @@ class Candidates:
         (another format or a corrupt value: the caller builds the list instead)."""
         if len(raw) < 4 * _HEADER or len(raw) % 4:
             return None
-        words = np.frombuffer(raw, dtype="<i4")
-        magic, region, grade, n, b, complete = words[:_HEADER].tolist()
-        if magic != MAGIC or n < 0 or b < 0 or len(words) != _HEADER + 2 * n + b:
+        magic, region, grade, n, b, complete = struct.unpack_from(f"<{_HEADER}i", raw)
+        if magic != MAGIC or n < 0 or b < 0 or len(raw) != 4 * (_HEADER + 2 * n + b):
             return None
-        rows = words[_HEADER : _HEADER + n]
-        basis = words[_HEADER + 2 * n :]
-        if n and (int(rows.min()) < 0 or int(rows.max()) >= n_lectures):
+        # read as unsigned, a negative row is larger than any catalogue: one bound check per array
+        if n and int(np.frombuffer(raw, "<u4", n, 4 * _HEADER).max()) >= n_lectures:
             return None
-        if b and (int(basis.min()) < 0 or int(basis.max()) >= n_lectures):
+        if b and int(np.frombuffer(raw, "<u4", b, 4 * (_HEADER + 2 * n)).max()) >= n_lectures:
             return None
+        rows = np.frombuffer(raw, "<i4", n, 4 * _HEADER)
+        basis = np.frombuffer(raw, "<i4", b, 4 * (_HEADER + 2 * n))
         scores = np.frombuffer(raw, dtype="<f4", count=n, offset=4 * (_HEADER + n))
         return cls(region, grade, rows, scores, basis, bool(complete))
+
+
+def split(raw: bytes | None, state_width: int) -> tuple[bytes | None, bytes | None]:
+    """A model version's per-student value in its two parts: the model's state (`state_width` float32s,
+    little-endian) and the candidate section after it (`Candidates.to_bytes`), as
+    `features.store.FeatureStore.materialize` writes them.
+
+    Args:
+        raw: the stored value (None: nothing stored).
+        state_width: float32 values of the model's state (0: the value is the candidate section alone).
+
+    Returns:
+        (state, section), each None when absent; (None, None) when `raw` is not of this layout (shorter
+        than the state, or followed by something that is not a candidate section: another version's).
+    """
+    if not raw:
+        return None, None
+    offset = 4 * state_width
+    if len(raw) < offset or (len(raw) > offset and raw[offset : offset + 4] != _MAGIC_BYTES):
+        return None, None
+    return (raw[:offset] if state_width else None), (raw[offset:] if len(raw) > offset else None)
 
 
 def build(

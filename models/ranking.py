@@ -113,13 +113,15 @@ class StudentFeatureEncoder:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
-        self._index = {name: i for i, name in enumerate(self.names)}
+        # keyed by the (attribute, value) pair itself: no "attribute=value" string built per request
+        self._index: dict[tuple[str, ...], int] = {
+            tuple(name.split("=", 1)): i for i, name in enumerate(self.names) if "=" in name
+        }
 
     def columns(self, values: Iterable[tuple[str, str]]) -> npt.NDArray[np.int32]:
         """Sorted distinct feature columns of (attribute, value) pairs; unknown values set none."""
-        get = self._index.get
         # a handful of values: sorted(set()) beats np.unique's set-up
-        cols = sorted({c for c in (get(f"{a}={v}", -1) for a, v in values) if c >= 0})
+        cols = sorted({c for c in map(self._index.get, values) if c is not None})
         return np.array(cols, dtype=np.int32)
 
 
@@ -371,11 +373,10 @@ class RankingModel:
 
     def _stored(self, plan: _Plan) -> Candidates | None:
         """The plan's stored list, when it was built for the student's region and grade."""
-        raw = plan.record.state if plan.record is not None else None
-        offset = 4 * self.state_width
-        if not raw or len(raw) <= offset:
+        _, section = two_stage.split(plan.record.state if plan.record is not None else None, self.state_width)
+        if section is None:
             return None
-        stored = Candidates.from_bytes(raw[offset:], self.n_lectures)
+        stored = Candidates.from_bytes(section, self.n_lectures)
         if stored is None or stored.region != plan.region or stored.grade != plan.grade:
             return None
         return stored
@@ -529,13 +530,8 @@ class RankingModel:
 
     def _state(self, record: StudentState | None) -> npt.NDArray[np.float32] | None:
         """The record's model state: its first `state_width` floats (a candidate list may follow)."""
-        raw = record.state if record is not None else None
-        width = self.state_width
-        if not raw or not width or len(raw) < 4 * width:
-            return None
-        if len(raw) > 4 * width and raw[4 * width : 4 * width + 4] != _MAGIC:
-            return None  # not this version's layout
-        return np.frombuffer(raw, dtype=np.float32, count=width)
+        state, _ = two_stage.split(record.state if record is not None else None, self.state_width)
+        return np.frombuffer(state, dtype=np.float32) if state is not None else None
 
     def _continuations(
         self,
@@ -572,14 +568,19 @@ class RankingModel:
     def _continues(self, rows: npt.NDArray[np.int32], hist_rows: npt.NDArray[np.int32]) -> list[bool]:
         """Per row, whether it lies beyond every episode the student took of its series (one taken)."""
         series, position = self.catalogue.series, self.catalogue.series_position
-        # plain Python: a few rows against a student's history (numpy's set-up costs more)
+        row_series = series[rows].tolist()
+        if not row_series:
+            return []
+        # plain Python: a few rows against a student's history (numpy's set-up costs more); only the
+        # series of those rows are followed through the history
+        wanted = set(row_series)
         furthest: dict[int, int] = {}
         for s, p in zip(series[hist_rows].tolist(), position[hist_rows].tolist(), strict=True):
-            if p > 0 and p > furthest.get(s, 0):
+            if s in wanted and p > furthest.get(s, 0):
                 furthest[s] = p
         return [
             s in furthest and p > furthest[s]
-            for s, p in zip(series[rows].tolist(), position[rows].tolist(), strict=True)
+            for s, p in zip(row_series, position[rows].tolist(), strict=True)
         ]
 
     def _popular(
@@ -627,7 +628,6 @@ def _slot_score(rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float32], ro
     return float(scores[0]) if scores.size else 0.0
 
 
-_MAGIC = np.array([two_stage.MAGIC], dtype="<i4").tobytes()
 _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_SCORES: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
 _NO_ROWS.setflags(write=False)

@@ -305,8 +305,17 @@ async def require_client(request: Request, key: Annotated[str | None, Security(a
 
 
 def client_of(request: Request, state: AppState) -> ApiClient:
-    """The calling client, or 401: `require_client` for a route that reads the header itself."""
-    return _client(request, state, request.headers.get("x-api-key"))
+    """The calling client, or 401: `require_client` for a route that reads the header itself.
+
+    The header is found in the ASGI scope (names come lower-cased; the first one counts, as with
+    `request.headers`) without building Starlette's `Headers` around it.
+    """
+    key = None
+    for name, value in request.scope["headers"]:
+        if name == b"x-api-key":
+            key = value.decode("latin-1")
+            break
+    return _client(request, state, key)
 
 
 def _client(request: Request, state: AppState, key: str | None) -> ApiClient:

@@ -32,7 +32,7 @@ from service.errors import InvalidFieldError, ServiceConfigError, ServiceError
 from service.exposures import ExposureWriter
 from service.logs import StudentHasher, accept_request_id, configure_logging, request_id_var
 from service.metrics import Metrics
-from service.model_manager import ModelManager
+from service.model_manager import ModelManager, serving_gc_thresholds
 from service.redis_reads import AsyncReader
 from service.routes import admin, events, health, recommendations, students
 from service.schemas import EventItem, EventsIn
@@ -278,6 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # middleware logs requests by route template instead, however the app is launched
         logging.getLogger("uvicorn.access").disabled = True
         limit_native_threads(settings.service.native_threads)  # before the model loads its libraries
+        serving_gc_thresholds()  # the heap is frozen after each model swap (`service.model_manager`)
         store, connection, why = await asyncio.to_thread(_connect_store, settings)
         supervisor = _supervise_embedded(settings)
         answers = AnswerCache(settings.service.answer_cache_size)

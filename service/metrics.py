@@ -25,6 +25,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._answer_counters: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._candidate_counters: dict[str, Any] = {}
         r = self.registry
         self.request_latency = Histogram(
             "learnrec_request_duration_seconds",
@@ -177,6 +178,14 @@ class Metrics:
             self._answer_counters[key] = counters
         for counter in counters:
             counter.inc()
+
+    def count_candidates(self, outcome: str) -> None:
+        """Count one computed model answer by how its list was made (`learnrec_candidates_total`), with
+        the labelled counter looked up once per outcome (as `count_answer` does)."""
+        counter = self._candidate_counters.get(outcome)
+        if counter is None:
+            counter = self._candidate_counters[outcome] = self.candidates.labels(outcome=outcome)
+        counter.inc()
 
     def set_model(self, model: str, version: str, alias: str, run_id: str) -> None:
         """Point the info gauge at the version now serving (only one series at value 1)."""

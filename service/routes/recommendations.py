@@ -24,6 +24,7 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -74,7 +75,9 @@ PARAMETERS: list[dict[str, Any]] = [
 
 def _query(request: Request) -> tuple[str, int, str | None]:
     """(student_id, k, subject) from the query string, or a 422 naming the parameter (FastAPI's shape)."""
-    params = request.query_params
+    # Starlette's own parse (`request.query_params`: the last of repeated values wins) without the
+    # multi-dict it builds around it
+    params = dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
     student_id = params.get("student_id")
     if student_id is None:
         raise InvalidFieldError(("query", "student_id"), "Field required", "missing")
@@ -216,7 +219,7 @@ async def _answer(
         degraded=degraded,
     )
     if ranked.candidates is not None:
-        state.metrics.candidates.labels(ranked.candidates).inc()
+        state.metrics.count_candidates(ranked.candidates)
     ids = model.catalogue.lectures.ids
     lecture_ids = [ids[r] for r in ranked.rows]
     experiment = assignment.experiment if assignment else None

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from features.online_state import StudentRecord
-from models.candidates import Candidates
+from models.candidates import MAGIC, Candidates, split
 from models.ranking import RankingModel
 from tests.models.test_ranking import _record
 
@@ -31,6 +31,21 @@ def test_the_stored_form_round_trips_and_garbage_is_refused(ranking: RankingMode
     assert Candidates.from_bytes(b"\x00" * 24, ranking.n_lectures) is None  # no magic
     assert Candidates.from_bytes(listed.to_bytes()[:-4], ranking.n_lectures) is None  # truncated
     assert Candidates.from_bytes(listed.to_bytes(), 1) is None  # rows beyond the catalogue
+
+
+def test_a_per_student_value_splits_into_state_and_candidate_section() -> None:
+    """One reader of the layout `FeatureStore.materialize` writes (state floats, then the list)."""
+    state = np.array([1.5, -2.0], dtype="<f4").tobytes()
+    section = Candidates(
+        0, 1, np.array([3], np.int32), np.array([0.5], np.float32), np.zeros(0, np.int32), True
+    ).to_bytes()
+    assert split(state + section, 2) == (state, section)
+    assert split(state, 2) == (state, None)
+    assert split(section, 0) == (None, section)
+    assert split(None, 2) == (None, None) and split(b"", 0) == (None, None)
+    assert split(state[:4], 2) == (None, None)  # shorter than the state
+    other = np.array([MAGIC + 1], dtype="<i4").tobytes() + section[4:]
+    assert split(state + other, 2) == (None, None)  # not a candidate section: another version's layout
 
 
 def test_a_stored_list_gives_the_full_rankings_list(ranking: RankingModel) -> None:
