@@ -244,7 +244,7 @@ def _per_student_holdout(ds: Dataset, share: float, ordered: bool, seed: int) ->
     """Hold out `share` of each training student's lectures: the latest ones or random ones."""
     from training.splits import explicit, first_times
 
-    pairs, pair, _ = first_times(ds.events)
+    pairs, pair = first_times(ds.events)
     counts = pairs.groupby("student")["lecture"].transform("size").to_numpy()
     rng = np.random.default_rng(seed)
     # the order within a student: newest first when time-ordered, a seeded shuffle otherwise

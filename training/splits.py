@@ -269,17 +269,17 @@ def pair_codes(events: pd.DataFrame) -> tuple[npt.NDArray[np.int64], npt.NDArray
     return students * max(lecture_ids.size, 1) + lectures, student_ids, lecture_ids
 
 
-def first_times(events: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.int64], npt.NDArray[Any]]:
+def first_times(events: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
     """Each (student, lecture) pair's first event time, on integer codes (`pair_codes`).
 
     Returns:
-        (one row per pair sorted by student then lecture id, columns `student` (index into the student
-        ids), `lecture` (code, in lecture-id order), `pair` (code), `first` (UTC time); the pair code per
-        event; the student ids).
+        (one row per pair sorted by student then lecture id, columns `student` (code, in student-id
+        order), `lecture` (code, in lecture-id order), `pair` (code), `first` (UTC time); the pair code
+        per event).
     """
     import pandas as pd
 
-    pair, student_ids, lecture_ids = pair_codes(events)
+    pair, _, lecture_ids = pair_codes(events)
     times = pd.to_datetime(events["occurred_at"], utc=True).reset_index(drop=True)
     first = times.groupby(pair, sort=True).min()
     codes = first.index.to_numpy(dtype=np.int64)
@@ -292,7 +292,7 @@ def first_times(events: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.int6
             "first": first.reset_index(drop=True),
         }
     )
-    return frame, pair, student_ids
+    return frame, pair
 
 
 def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
@@ -324,7 +324,7 @@ def leave_last_n(ds: Dataset, n: int = 1) -> Split:
     if n < 1:
         raise SplitError(f"leave_last_n split: n must be >= 1, got {n}")
     events = ds.events.reset_index(drop=True)
-    first, pair, _ = first_times(events)
+    first, pair = first_times(events)
     first = first.sort_values(["student", "first", "lecture"], ascending=[True, False, False], kind="stable")
     rank = first.groupby("student").cumcount().to_numpy()
     count = first.groupby("student")["lecture"].transform("size").to_numpy()
