@@ -10,6 +10,7 @@ Redis (`to_json` / `from_json`), the rows read from a students table (`from_tabl
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -54,6 +55,12 @@ class StudentProfile:
                 yield from ((name, str(v)) for v in value)
             elif value is not None:
                 yield name, str(value)
+
+    @property
+    def feature_key(self) -> tuple[Any, ...]:
+        """The feature attributes' values as one tuple (equal profiles, equal keys): what the ranking's
+        encoder remembers a profile's columns under (`models.ranking.StudentFeatureEncoder.of_profile`)."""
+        return _feature_key(self)
 
     def to_json(self) -> bytes:
         """The Redis record: UTF-8 JSON of the attributes given (the id is in the key).
@@ -110,6 +117,7 @@ class StudentProfile:
 
 #: The profile attributes that are model features, in the encoder's column order.
 FEATURE_ATTRIBUTES: tuple[str, ...] = tuple(f.name for f in fields(StudentProfile) if f.name != "student_id")
+_feature_key = operator.attrgetter(*FEATURE_ATTRIBUTES)
 
 
 def _present_list(value: Any) -> bool:

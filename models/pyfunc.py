@@ -78,6 +78,10 @@ class _Profile:
     def feature_values(self) -> tuple[tuple[str, str], ...]:
         return self.values
 
+    @property
+    def feature_key(self) -> tuple[tuple[str, str], ...]:
+        return self.values
+
 
 @dataclass(frozen=True)
 class _Record:

@@ -30,10 +30,11 @@ candidates (they rank first by rule).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -80,6 +81,12 @@ class Profile(Protocol):
         """(attribute, value) pairs: the model's ``attribute=value`` feature columns."""
         ...
 
+    @property
+    def feature_key(self) -> Hashable:
+        """The feature values as one hashable value, equal for profiles with equal `feature_values`
+        (the encoder remembers each distinct profile's columns under it)."""
+        ...
+
 
 class StudentState(Protocol):
     """A student's online state as the ranking reads it (Redis record or in-memory twin).
@@ -111,18 +118,34 @@ class StudentFeatureEncoder:
         names: the model's `student_feature_names` ("region=seoul", "grade=h1", ...).
     """
 
+    #: Most distinct profiles whose columns are remembered (`of_profile`); past it the memo starts over.
+    MEMO_SIZE = 65_536
+
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
         # keyed by the (attribute, value) pair itself: no "attribute=value" string built per request
         self._index: dict[tuple[str, ...], int] = {
             tuple(name.split("=", 1)): i for i, name in enumerate(self.names) if "=" in name
         }
+        self._memo: dict[Hashable, npt.NDArray[np.int32]] = {}
 
     def columns(self, values: Iterable[tuple[str, str]]) -> npt.NDArray[np.int32]:
         """Sorted distinct feature columns of (attribute, value) pairs; unknown values set none."""
         # a handful of values: sorted(set()) beats np.unique's set-up
         cols = sorted({c for c in map(self._index.get, values) if c is not None})
-        return np.array(cols, dtype=np.int32)
+        return _frozen(np.array(cols, dtype=np.int32))
+
+    def of_profile(self, profile: Profile) -> npt.NDArray[np.int32]:
+        """`columns` of a profile's feature values, remembered per distinct profile: students share a
+        few thousand combinations of region, grade and the rest, and every computed answer asks.
+        The array is read-only (shared by every student with that profile)."""
+        key = profile.feature_key
+        cols = self._memo.get(key)
+        if cols is None:
+            if len(self._memo) >= self.MEMO_SIZE:
+                self._memo.clear()
+            cols = self._memo[key] = self.columns(profile.feature_values())
+        return cols
 
 
 @dataclass(frozen=True)
@@ -440,7 +463,7 @@ class RankingModel:
         continuation = self._continuations(recent_rows, hist_rows, hist_weights, mask, min(SERIES_SLOTS, k))
         if continuation:
             mask[continuation] = False
-        cols = self.encoder.columns(profile.feature_values()) if profile is not None else _NO_ROWS
+        cols = self.encoder.of_profile(profile) if profile is not None else _NO_ROWS
         scorable = not degraded and record is not None and (index >= 0 or cols.size > 0 or hist_rows.size > 0)
         source = "model" if index >= 0 else ("profile" if cols.size else "history")
         return _Plan(
@@ -496,9 +519,9 @@ class RankingModel:
         if record is None or not record.history:
             return _NO_ROWS, _NO_SCORES
         history = record.history
-        get = self.catalogue.lectures.index.get
-        rows = np.array([get(lid, -1) for lid in history], dtype=np.int32)
-        weights = np.array(list(history.values()), dtype=np.float32)
+        n = len(history)
+        rows = np.fromiter(map(self.catalogue.lectures.index.get, history, repeat(-1, n)), np.int32, n)
+        weights = np.fromiter(history.values(), np.float32, n)
         if (rows < 0).any():
             known = rows >= 0
             return rows[known], weights[known]
@@ -507,8 +530,9 @@ class RankingModel:
     def _recent_rows(self, record: StudentState | None) -> npt.NDArray[np.int32]:
         if record is None or not record.recent:
             return _NO_ROWS
-        get = self.catalogue.lectures.index.get
-        rows = np.array([get(lid, -1) for lid in record.recent], dtype=np.int32)
+        recent = record.recent
+        n = len(recent)
+        rows = np.fromiter(map(self.catalogue.lectures.index.get, recent, repeat(-1, n)), np.int32, n)
         return rows[rows >= 0] if (rows < 0).any() else rows
 
     def _score_one(self, plan: _Plan) -> npt.NDArray[np.float32]:

@@ -7,7 +7,6 @@ serve`). Extra fields passed with ``extra={...}`` become top-level JSON keys.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import re
 import secrets
@@ -77,11 +76,16 @@ def configure_logging(level: str | int = "INFO", *, everything: bool = False) ->
 
 
 class StudentHasher:
-    """Keyed hash of student ids for logs: stable under one key, not reversible without it."""
+    """Keyed hash of student ids for logs: stable under one key, not reversible without it.
+
+    BLAKE2b in its keyed mode (a MAC by design, RFC 7693), 8 bytes: on every computed answer, and a
+    quarter of HMAC-SHA256's cost. A key longer than BLAKE2b's 64 bytes is hashed down to 32 first.
+    """
 
     def __init__(self, key: bytes | None = None) -> None:
-        self._key = key if key else secrets.token_bytes(32)
+        key = key if key else secrets.token_bytes(32)
+        self._key = key if len(key) <= hashlib.blake2b.MAX_KEY_SIZE else hashlib.sha256(key).digest()
 
     def __call__(self, student_id: str) -> str:
-        digest = hmac.new(self._key, student_id.encode("utf-8"), hashlib.sha256).hexdigest()
-        return f"s_{digest[:16]}"
+        digest = hashlib.blake2b(student_id.encode("utf-8"), digest_size=8, key=self._key).hexdigest()
+        return f"s_{digest}"

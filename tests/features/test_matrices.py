@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -211,6 +212,24 @@ def test_encoder_matches_batch_features():
         assert encoder.columns(profile.feature_values()).tolist() == sorted(expected.tolist())
     mars = StudentProfile("x", region="mars", grade="h9", interest_subjects=("수학", "수학"))
     assert encoder.columns(mars.feature_values()).size == 1
+
+
+def test_encoder_remembers_each_distinct_profile():
+    """`of_profile` (the request path) answers as `columns`, once per distinct profile, whoever asks."""
+    data = build_training_data(students(), lectures(), events([]))
+    encoder = StudentFeatureEncoder(data.student_feature_names)
+    profiles = list(from_table(students()))
+    for profile in profiles:
+        assert encoder.of_profile(profile).tolist() == encoder.columns(profile.feature_values()).tolist()
+    twin = replace(profiles[0], student_id="another")  # same attributes, another student
+    assert encoder.of_profile(twin) is encoder.of_profile(profiles[0])
+    other = replace(profiles[0], interest_subjects=("코딩",))
+    assert encoder.of_profile(other).tolist() == encoder.columns(other.feature_values()).tolist()
+    assert not encoder.of_profile(twin).flags.writeable  # shared between students: read-only
+    encoder.MEMO_SIZE = 1  # full: starts over, still right
+    third = replace(profiles[0], interest_subjects=("수학", "코딩"))
+    assert encoder.of_profile(third).tolist() == encoder.columns(third.feature_values()).tolist()
+    assert len(encoder._memo) == 1
 
 
 def test_integer_ids_in_events_match_string_ids():

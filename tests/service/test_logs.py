@@ -36,3 +36,6 @@ def test_student_hash_is_keyed_and_stable() -> None:
     assert a("s000123") != b("s000123")
     assert "s000123" not in a("s000123")
     assert StudentHasher()("s1") != StudentHasher()("s1")  # random key per process when none is set
+    long_a, long_b = StudentHasher(b"k" * 100), StudentHasher(b"k" * 99 + b"j")  # beyond BLAKE2b's 64 bytes
+    assert long_a("s1") == long_a("s1") != long_b("s1")
+    assert len(a("s1")) == len("s_") + 16
