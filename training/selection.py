@@ -242,17 +242,15 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
 
 def _per_student_holdout(ds: Dataset, share: float, ordered: bool, seed: int) -> Split:
     """Hold out `share` of each training student's lectures: the latest ones or random ones."""
-    from training.splits import explicit, first_times
+    from training.splits import explicit, first_times, held_out_pairs
 
     pairs, pair = first_times(ds.events)
-    counts = pairs.groupby("student")["lecture"].transform("size").to_numpy()
-    rng = np.random.default_rng(seed)
     # the order within a student: newest first when time-ordered, a seeded shuffle otherwise
-    key = -pairs["first"].astype("int64").to_numpy() if ordered else rng.random(len(pairs))
-    pairs = pairs.assign(key=key, n=counts).sort_values(["student", "key"], kind="stable")
-    rank = pairs.groupby("student").cumcount().to_numpy()
-    held_n = np.minimum(np.maximum(1, np.round(share * pairs["n"].to_numpy())), pairs["n"].to_numpy() - 1)
-    is_test = np.isin(pair, pairs["pair"].to_numpy()[rank < held_n])
+    key = None if ordered else np.random.default_rng(seed).random(len(pairs))
+    held = held_out_pairs(
+        pairs, lambda count: np.minimum(np.maximum(1, np.round(share * count)), count - 1), key
+    )
+    is_test = np.isin(pair, held)
     return explicit(ds, ds.events[~is_test], ds.events[is_test])
 
 

@@ -295,6 +295,36 @@ def first_times(events: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.int6
     return frame, pair
 
 
+def held_out_pairs(
+    pairs: pd.DataFrame,
+    held: Callable[[npt.NDArray[np.int64]], npt.NDArray[Any]],
+    key: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[np.int64]:
+    """The pair codes each student holds out: their first `held(count)` pairs in `key` order.
+
+    Args:
+        pairs: `first_times`'s pairs (student, lecture, pair, first).
+        held: per pair, from the count of its student's pairs, how many of that student's to hold out.
+        key: the order within a student, ascending (default: newest first event first); ties by lecture id
+            descending, so the newest of lectures started at the same instant is the later id.
+
+    Returns:
+        The held-out pair codes.
+    """
+    student = pairs["student"].to_numpy(dtype=np.int64)
+    if key is None:
+        key = -pairs["first"].astype("int64").to_numpy()
+    order = np.lexsort((-pairs["lecture"].to_numpy(dtype=np.int64), key, student))
+    grouped = student[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    counts = np.diff(np.r_[starts, grouped.size])
+    rank = np.arange(grouped.size) - np.repeat(starts, counts)
+    codes: npt.NDArray[np.int64] = pairs["pair"].to_numpy(dtype=np.int64)[order][
+        rank < held(np.repeat(counts, counts))
+    ]
+    return codes
+
+
 def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
     """`events[mask]`, sharing the events' memory when the rows are a leading run (events in time order
     cut at an instant): a slice, not a copy. At 1 M students the training side of a temporal split is
@@ -325,11 +355,7 @@ def leave_last_n(ds: Dataset, n: int = 1) -> Split:
         raise SplitError(f"leave_last_n split: n must be >= 1, got {n}")
     events = ds.events.reset_index(drop=True)
     first, pair = first_times(events)
-    first = first.sort_values(["student", "first", "lecture"], ascending=[True, False, False], kind="stable")
-    rank = first.groupby("student").cumcount().to_numpy()
-    count = first.groupby("student")["lecture"].transform("size").to_numpy()
-    held = first["pair"].to_numpy()[(rank < n) & (count > n)]
-    is_test = np.isin(pair, held)
+    is_test = np.isin(pair, held_out_pairs(first, lambda count: np.where(count > n, n, 0)))
     return _finish("leave_last_n", ds, ds.students, events[~is_test], events[is_test], {"n": n})
 
 

@@ -17,6 +17,7 @@ from training.splits import (
     DEFAULT_HORIZON_DAYS,
     Split,
     explicit,
+    held_out_pairs,
     leave_last_n,
     make_split,
     new_region,
@@ -160,6 +161,23 @@ def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:
     _same(split, leave_last_n(ds, n=2))
     with pytest.raises(SplitError, match="n must be"):
         leave_last_n(ds, n=0)
+
+
+def test_held_out_pairs_orders_each_student_newest_first_ties_by_later_lecture() -> None:
+    """One rule for every per-student hold-out (leave_last_n, the validation carve): newest first,
+    ties by lecture id descending; `held` says how many per student from their count; any order key."""
+    t = pd.Timestamp("2026-03-01", tz="UTC")
+    pairs = pd.DataFrame(
+        {"student": [0, 0, 0, 1, 1, 2], "lecture": [0, 1, 2, 0, 3, 1], "pair": [10, 11, 12, 20, 23, 31],
+         "first": [t, t + pd.Timedelta(hours=1), t + pd.Timedelta(hours=1), t, t - pd.Timedelta(hours=1), t]}
+    )  # fmt: skip
+    # student 0: lectures 1 and 2 started at the same instant, the later id counts as newer
+    assert held_out_pairs(pairs, lambda c: np.where(c > 1, 1, 0)).tolist() == [12, 20]
+    assert sorted(held_out_pairs(pairs, lambda c: np.where(c > 1, 2, 0)).tolist()) == [11, 12, 20, 23]
+    assert sorted(held_out_pairs(pairs, lambda c: c - 1).tolist()) == [11, 12, 20]
+    # another order key (ascending): the lowest keys go first
+    key = np.array([3.0, 1.0, 2.0, 0.5, 0.1, 0.0])
+    assert sorted(held_out_pairs(pairs, lambda c: np.where(c > 1, 1, 0), key).tolist()) == [11, 23]
 
 
 def test_temporal_training_side_shares_the_events_in_time_order(ds: Dataset) -> None:
