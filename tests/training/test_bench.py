@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -358,3 +359,19 @@ def test_results_keep_the_hand_written_analysis(tmp_path: Path) -> None:
     (results / report.ANALYSIS_FILE).write_text("## Growth\n\n한 대의 한계: read grows linearly.\n", "utf-8")
     text = report.render(results)
     assert "## Growth\n\n한 대의 한계: read grows linearly." in text
+
+
+def test_process_cpu_is_read_from_proc_for_a_live_process_and_zero_when_gone() -> None:
+    """The serve suite's CPU per request: a process's user + system seconds, every thread."""
+    import subprocess
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ninput()"
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while serve_bench.process_cpu_seconds(busy.pid) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.25 <= serve_bench.process_cpu_seconds(busy.pid) < 5
+    finally:
+        busy.communicate(b"\n", timeout=20)
+    assert serve_bench.process_cpu_seconds(busy.pid) == 0.0

@@ -266,6 +266,7 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
         for key, text in (
             ("ratio_text", "throughput of computed /recommendations ÷ /healthz"),
             ("workloads_text", "workloads"),
+            ("cpu_text", "service CPU per request (user + system, every thread, at the maximum rate)"),
             ("workers_text", "workers"),
             ("p99_text", "p99 of /recommendations at half the maximum rate"),
             ("service_rss_text", "service RSS"),

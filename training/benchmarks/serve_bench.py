@@ -260,6 +260,16 @@ def http_get(url: str, api_key: str | None = None, timeout: float = 10.0) -> tup
         return 0, b""
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used, all its threads (0.0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a running process, in bytes."""
     out: dict[str, int] = {}
@@ -532,7 +542,8 @@ def drive(
     seconds: int,
     opts: BenchOptions,
     redis_dir: Path | None = None,
-) -> tuple[list[Any], dict[str, int], dict[str, float]]:
+    pid: int | None = None,
+) -> tuple[list[Any], dict[str, int], dict[str, float], dict[str, float]]:
     """The wrk runs on one server: the three workloads and /healthz at their maximum, then every answer
     computed at half its maximum.
 
@@ -544,10 +555,14 @@ def drive(
         seconds: length of each run.
         opts: the printer.
         redis_dir: the embedded Redis, to count its forks (snapshots, AOF rewrites) during each run.
+        pid: the service's process, to read the CPU it spent per request in each run.
 
     Returns:
         The `LoadResult` of each run (after a warm-up that is not reported), per run label the Redis forks
-        during it, and per run label the share of answers from the answer cache (from ``/metrics``).
+        during it, the share of answers from the answer cache (from ``/metrics``) and the service's CPU
+        microseconds per request (all its threads; 0 without `pid`). A one-process server at its maximum
+        spends one core, so the throughput ratio of two runs is about the inverse of their CPU per
+        request; CPU per request depends less on what else the shared machine runs than throughput does.
     """
     from training.benchmarks.load import run_wrk
 
@@ -567,6 +582,7 @@ def drive(
     results: list[Any] = []
     during: dict[str, int] = {}
     hits: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
     plan: list[tuple[str, list[str], int, bool]] = [
         (RUN_COMPUTED, computed, MAX_CONNECTIONS, False),
         (RUN_SESSIONS, workloads["sessions"], MAX_CONNECTIONS, False),
@@ -578,6 +594,7 @@ def drive(
         if half and results[0].rps <= 0:
             raise RuntimeError("no /recommendations request completed in the maximum-throughput run")
         before, counts = forks(), answer_counts(url)
+        cpu_before = process_cpu_seconds(pid) if pid is not None else 0.0
         results.append(
             run_wrk(
                 url,
@@ -589,9 +606,11 @@ def drive(
                 rate=results[0].rps / 2 if half else None,
             )
         )
+        cpu = process_cpu_seconds(pid) - cpu_before if pid is not None else 0.0
         during[label] = forks() - before
         hits[label] = cache_hit_share(counts, answer_counts(url))
-    return results, during, hits
+        cpu_us[label] = 1e6 * cpu / results[-1].requests if results[-1].requests else 0.0
+    return results, during, hits, cpu_us
 
 
 def drive_workers(
@@ -611,10 +630,13 @@ def drive_workers(
     return recs, health, hit
 
 
-def _load_row(load: Any, redis_forks: int, cache_hits: float | None = None) -> ItemResult:
+def _load_row(
+    load: Any, redis_forks: int, cache_hits: float | None = None, cpu_us: float | None = None
+) -> ItemResult:
     return ItemResult(
         SUITE, load.label, STATUS_OK, "", load.duration_s, 0, {"connections": load.connections},
-        {**load.as_dict(), "redis_forks": redis_forks, "cache_hit_share": cache_hits},
+        {**load.as_dict(), "redis_forks": redis_forks, "cache_hit_share": cache_hits,
+         "service_cpu_us_per_request": cpu_us},
     )  # fmt: skip
 
 
@@ -740,12 +762,14 @@ def run(opts: BenchOptions) -> SuiteResult:
 
         seconds = opts.serve_seconds
         try:
-            loads, forks, hits = drive(service.url, workloads, portal_key, seconds, opts, redis_dir)
+            loads, forks, hits, cpu_us = drive(
+                service.url, workloads, portal_key, seconds, opts, redis_dir, service.proc.pid
+            )
         except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
             failed(ItemResult(SUITE, "wrk", "failed", f"failed: {' '.join(str(exc).split())[:300]}"))
             return _finish(result, data_dir)
         for load in loads:
-            failed(_load_row(load, forks[load.label], hits[load.label]))
+            failed(_load_row(load, forks[load.label], hits[load.label], cpu_us[load.label]))
         recs, sessions, repeats, health, fixed = loads
         counts_after = answer_counts(service.url)
         shares = source_shares(counts_before["source"], counts_after["source"])
@@ -778,9 +802,18 @@ def run(opts: BenchOptions) -> SuiteResult:
 
     result.summary["workloads"] = {
         load.label: {"rps": load.rps, "ratio": ratio_of(load), "cache_hit_share": hits[load.label],
-                     "p99_ms": load.p99_ms}
+                     "p99_ms": load.p99_ms, "cpu_us": cpu_us[load.label]}
         for load in (recs, sessions, repeats)
     }  # fmt: skip
+    if cpu_us[health.label] and cpu_us[recs.label]:
+        result.summary["cpu"] = {label: cpu_us[load.label] for label, load in
+                                 (("computed", recs), ("sessions", sessions), ("repeats", repeats),
+                                  ("healthz", health))}  # fmt: skip
+        result.summary["cpu_text"] = (
+            ", ".join(f"{label} {us:,.0f} µs" for label, us in result.summary["cpu"].items())
+            + f": /healthz ÷ computed = {cpu_us[health.label] / cpu_us[recs.label]:.2f} (the throughput "
+            "ratio of a server held to one core, from CPU alone)"
+        )
     result.summary["workloads_text"] = "; ".join(
         f"{label.removeprefix('max ')}: {w['rps']:,.0f} requests/s = {w['ratio']:.2f} of /healthz "
         f"({w['cache_hit_share']:.1%} from the answer cache, p99 {w['p99_ms']:.1f} ms at max)"
