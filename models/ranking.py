@@ -316,7 +316,7 @@ class RankingModel:
         region_hint: str | None = None,
         degraded: bool = False,
     ) -> Ranked:
-        """The top-k eligible lectures for one student: `rank_many` with one student.
+        """The top-k eligible lectures for one student: `rank_many` with one student (its `_rank_one`).
 
         Args:
             student_id: the student.
@@ -328,9 +328,7 @@ class RankingModel:
             degraded: the feature store did not answer and `record` (if any) is the last one seen in
                 this process: answer from the popularity lists, filtered by what that record says.
         """
-        return self.rank_many(
-            [student_id], [record], k, subject=subject, region_hints=[region_hint], degraded=degraded
-        )[0]
+        return self._rank_one(student_id, record, k, subject, region_hint, degraded)
 
     def rank_many(
         self,
@@ -360,13 +358,25 @@ class RankingModel:
             One `Ranked` per student, in order.
         """
         hints = region_hints if region_hints is not None else [None] * len(student_ids)
-        out: list[Ranked] = []
         # one student at a time, served or evaluated alike: a list never depends on the batch it is in,
-        # and the evaluation runs the very arithmetic of a request (`_score_one`, `_two_stage`)
-        for sid, record, hint in zip(student_ids, records, hints, strict=True):
-            plan = self._plan(sid, record, k, subject, hint, degraded)
-            out.append(self._two_stage(plan, k) if plan.scorable else self._finish(plan, None, k))
-        return out
+        # and the evaluation runs the very arithmetic of a request (`_rank_one`)
+        return [
+            self._rank_one(sid, record, k, subject, hint, degraded)
+            for sid, record, hint in zip(student_ids, records, hints, strict=True)
+        ]
+
+    def _rank_one(
+        self,
+        student_id: str,
+        record: StudentState | None,
+        k: int,
+        subject: str | None,
+        region_hint: str | None,
+        degraded: bool,
+    ) -> Ranked:
+        """One student's served list: the rules' plan, then its candidates (`_two_stage`) or popularity."""
+        plan = self._plan(student_id, record, k, subject, region_hint, degraded)
+        return self._two_stage(plan, k) if plan.scorable else self._finish(plan, None, k)
 
     def candidates(self, student_id: str, record: StudentState | None) -> Candidates | None:
         """Stage 1 of one student (`models.candidates`): what `learnrec features materialize` stores.
