@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from features import streams
 from features.schemas import REGION_PATTERN
 from models.errors import LearnrecError
 
@@ -566,6 +567,23 @@ def answer_exposure(
         "model_version": str(model_version),
         "lecture_ids": json.dumps(list(lecture_ids), ensure_ascii=False, separators=(",", ":")),
     }
+
+
+def packed_exposure(
+    student_id: str, answer: bytes, request_id: str, shown_at: datetime
+) -> streams.PackedRecord:
+    """`stamped_exposure` of an answer's fields packed once (`streams.pack_pairs` of `answer_exposure`'s
+    items): the record the service's exposure writer appends, built per request from bytes."""
+    if shown_at.tzinfo is None:
+        raise ValueError("shown_at must be timezone-aware (UTC)")
+    shown = shown_at.astimezone(UTC).isoformat(timespec="microseconds")
+    body = b"".join((_REQUEST_ID, streams.bulk(request_id), answer, _SHOWN_AT, streams.bulk(shown)))
+    return streams.PackedRecord(student_id, EXPOSURE_FIELDS, body)
+
+
+#: Fields of an exposure record (`exposure_fields`), and the two that each request adds, packed.
+EXPOSURE_FIELDS = 8
+_REQUEST_ID, _SHOWN_AT = streams.bulk("request_id"), streams.bulk("shown_at")
 
 
 def stamped_exposure(answer: dict[str, str], request_id: str, shown_at: datetime) -> dict[str, str]:

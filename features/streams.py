@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from features.durable import fsync_dir
 from features.errors import FeatureStoreError, SchemaError
@@ -121,6 +121,8 @@ return ids
 _APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode("ascii")).hexdigest()
 #: Most records per script call (Redis runs a script alone: keep each call around a millisecond).
 APPEND_CHUNK = 500
+#: The start of `append`'s script call for one key (`append_packed`): command, script digest, one key.
+_EVALSHA_APPEND = b"$7\r\nEVALSHA\r\n$40\r\n" + _APPEND_SHA.encode("ascii") + b"\r\n$1\r\n1\r\n"
 
 
 def append(
@@ -158,6 +160,98 @@ def append(
     if count:
         ids += _append_call(client, stream, args)
     return ids
+
+
+class PackedRecord(NamedTuple):
+    """A stream record encoded when it is made, so that whoever writes it only concatenates bytes.
+
+    Attributes:
+        shard_key: what picks the record's shard of a sharded stream (the student id).
+        n_fields: its number of fields.
+        body: its fields and values in order, each a RESP bulk string (`pack_pairs`).
+    """
+
+    shard_key: str
+    n_fields: int
+    body: bytes
+
+
+def bulk(value: str | bytes) -> bytes:
+    """One RESP bulk string (text as UTF-8)."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return b"$%d\r\n%b\r\n" % (len(raw), raw)
+
+
+def pack_pairs(pairs: Iterable[tuple[str, str]]) -> tuple[int, bytes]:
+    """(number of pairs, their fields and values as RESP bulk strings), encoded in C by hiredis."""
+    import hiredis
+
+    flat = tuple(x for pair in pairs for x in pair)
+    if not flat:
+        return 0, b""
+    packed: bytes = hiredis.pack_command(flat)  # type: ignore[arg-type]  # an array header, then bulk strings
+    return len(flat) // 2, packed[packed.index(b"\r\n") + 2 :]
+
+
+def pack_record(shard_key: str, fields: Mapping[str, str]) -> PackedRecord:
+    """`fields` as a `PackedRecord`."""
+    n, body = pack_pairs(fields.items())
+    return PackedRecord(shard_key, n, body)
+
+
+def unpack_record(record: PackedRecord) -> dict[str, str]:
+    """The fields of a `PackedRecord` (inverse of `pack_record`)."""
+    import hiredis
+
+    reader = hiredis.Reader(encoding="utf-8")
+    reader.feed(b"*%d\r\n" % (2 * record.n_fields) + record.body)
+    flat = reader.gets()
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def append_packed(client: Any, stream: bytes | str, records: Sequence[PackedRecord]) -> None:
+    """`append` of packed records: the script call is assembled from their bytes and sent as it is over
+    one of a standalone client's connections (no per-value work in Python: the service's exposure writer
+    writes every answer's record, and encoding each value took most of its CPU). Through a Redis Cluster
+    client, which routes by key, the records are unpacked and go through `append`.
+
+    Raises:
+        redis.exceptions.RedisError: the call failed (some chunks may be written: at least once, as
+            `append`).
+    """
+    from features.store import _is_cluster
+
+    if _is_cluster(client):
+        append(client, stream, [unpack_record(r) for r in records])
+        return
+    head = _EVALSHA_APPEND + bulk(stream)
+    for start in range(0, len(records), APPEND_CHUNK):
+        chunk = records[start : start + APPEND_CHUNK]
+        n_args = 4 + sum(1 + 2 * r.n_fields for r in chunk)
+        payload = b"".join(
+            [b"*%d\r\n" % n_args, head, *(b"%b%b" % (bulk(b"%d" % (2 * r.n_fields)), r.body) for r in chunk)]
+        )
+        _send_packed(client, payload)
+
+
+def _send_packed(client: Any, payload: bytes) -> None:
+    from redis.exceptions import NoScriptError
+
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        try:
+            connection.send_packed_command([payload])
+            connection.read_response()
+        except NoScriptError:  # first call on this server, or SCRIPT FLUSH
+            client.script_load(_APPEND_LUA)
+            connection.send_packed_command([payload])
+            connection.read_response()
+    except BaseException:
+        connection.disconnect()  # never hand back a connection with a reply left unread
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _append_call(client: Any, stream: bytes | str, args: list[Any]) -> list[bytes]:

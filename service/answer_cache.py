@@ -55,8 +55,8 @@ class Answer:
     variant_fell_back: bool
     lecture_ids: list[str]
     tail: bytes
-    #: exposure stream fields but ``request_id`` and ``shown_at``
-    exposure: dict[str, str]
+    #: exposure stream fields but ``request_id`` and ``shown_at``, packed (`features.streams.pack_pairs`)
+    exposure: bytes
     #: the fields the answer adds to each request's access log line but ``cached`` (no student id in clear)
     log_fields: dict[str, Any]
 

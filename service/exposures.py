@@ -3,13 +3,16 @@
 Why a background batcher: the exposure (the lectures actually shown) is only known once the answer is
 ranked, after the one feature-store read of the request, so it cannot ride in that pipeline; a second
 XADD round trip per request would add ~0.1-1 ms and, worse, a Redis stall would stall answers. Instead the
-route appends the exposure's fields to a bounded queue (O(1), no I/O, no lock) and one daemon thread
-writes whatever has gathered (`features.streams.append`: one Redis call per 500) 50 ms after the first item
-arrives. The delay is what keeps the writer cheap under load: at 5,000 answers a second it wakes 20 times
-a second with batches of ~250, instead of waking, taking the GIL from the event loop and paying a Redis
-call for every few answers. Under the serve bench's load the writer thread took 13% of a core at 5 ms
-with a pipeline of XADDs, 9% at 50 ms, and 6-7% at 50 ms with the script: time the event loop, which
-shares the GIL with it, gets back. While Redis fails, the batch is put back (ahead of newer items) and
+route appends the exposure to a bounded queue (O(1), no I/O, no lock) and one daemon thread writes
+whatever has gathered (one Redis call per 500) 50 ms after the first item arrives. The delay is what keeps
+the writer cheap under load: at 5,000 answers a second it wakes 20 times a second with batches of ~250,
+instead of waking, taking the GIL from the event loop and paying a Redis call for every few answers.
+The exposure arrives packed (`features.streams.PackedRecord`: its answer's fields encoded once when the
+answer was computed, the request id and time per request), and the writer sends the batch's script call
+joined from those bytes (`features.streams.append_packed`): encoding each field in the thread cost
+~13 µs of CPU an exposure, and the GIL it held slowed the event loop by about as much again; packed,
+the thread takes ~3 µs an exposure (serve bench, every answer computed: the service's CPU per answer
+fell by ~40 µs). While Redis fails, the batch is put back (ahead of newer items) and
 retried after a pause; what does not fit in the queue is dropped and counted
 (`learnrec_exposures_total{outcome="dropped"}`): losing exposures is preferable to holding answers or
 growing memory without bound. At shutdown the queue is flushed once more.
@@ -24,6 +27,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from features.streams import PackedRecord, pack_record
 from service.metrics import Metrics
 
 logger = logging.getLogger("learnrec.service.exposures")
@@ -72,7 +76,7 @@ class ExposureWriter:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self._metrics = metrics
-        self._queue: deque[Mapping[str, str]] = deque()
+        self._queue: deque[PackedRecord] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -81,8 +85,12 @@ class ExposureWriter:
 
     # -- request path ------------------------------------------------------------------------------
 
-    def submit(self, fields: Mapping[str, str]) -> bool:
-        """Queue one exposure (never blocks, never raises); False when it was dropped (queue full)."""
+    def submit(self, record: PackedRecord | Mapping[str, str]) -> bool:
+        """Queue one exposure (never blocks, never raises); False when it was dropped (queue full).
+
+        The service submits records packed per request (`features.experiments.packed_exposure`): the
+        writer then only joins bytes. Fields (`features.experiments.exposure_fields`) are packed here.
+        """
         if self.client is None:
             self._metrics.exposures.labels(outcome="dropped").inc()
             return False
@@ -91,7 +99,9 @@ class ExposureWriter:
         if len(queue) >= self.capacity:
             self._metrics.exposures.labels(outcome="dropped").inc()
             return False
-        queue.append(fields)
+        if not isinstance(record, PackedRecord):
+            record = pack_record(record.get("student_id", ""), record)
+        queue.append(record)
         if not self._wake.is_set():  # wake the writer for the first exposure of a batch only
             self._wake.set()
         return True
@@ -142,7 +152,7 @@ class ExposureWriter:
 
     def flush(self) -> bool:
         """Write one batch (up to `max_batch`) now; False when Redis failed (the batch is queued again)."""
-        from features.streams import append
+        from features.streams import append_packed
 
         with self._lock:
             n = min(len(self._queue), self.max_batch)
@@ -152,7 +162,7 @@ class ExposureWriter:
             return True
         try:
             if len(self.streams) == 1:
-                append(self.client, self.stream, batch)
+                append_packed(self.client, self.stream, batch)
             else:
                 self._append_sharded(batch)
         except Exception as exc:  # Redis down, timeout, ...: keep the batch, count what cannot be kept
@@ -171,21 +181,21 @@ class ExposureWriter:
         self._metrics.exposures.labels(outcome="written").inc(len(batch))
         return True
 
-    def _append_sharded(self, batch: list[Mapping[str, str]]) -> None:
+    def _append_sharded(self, batch: list[PackedRecord]) -> None:
         """Append each exposure to its student's shard. A shard that fails after others were written
         raises, and the whole batch is queued again: at least once, as exposures are (counted once per
         request id by the A/B analysis)."""
         from features import keys
-        from features.streams import append
+        from features.streams import append_packed
 
-        by_shard: dict[bytes, list[Mapping[str, str]]] = {}
+        by_shard: dict[bytes, list[PackedRecord]] = {}
         n = len(self.streams)
-        for fields in batch:
-            by_shard.setdefault(self.streams[keys.shard_of(fields["student_id"], n)], []).append(fields)
+        for record in batch:
+            by_shard.setdefault(self.streams[keys.shard_of(record.shard_key, n)], []).append(record)
         for stream, part in by_shard.items():
-            append(self.client, stream, part)
+            append_packed(self.client, stream, part)
 
-    def _requeue(self, batch: list[Mapping[str, str]]) -> None:
+    def _requeue(self, batch: list[PackedRecord]) -> None:
         with self._lock:
             room = self.capacity - len(self._queue)
             keep = batch[:room] if room > 0 else []

@@ -29,7 +29,8 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from features.experiments import Assignment, ExperimentRegistry, answer_exposure, stamped_exposure
+from features.experiments import Assignment, ExperimentRegistry, answer_exposure, packed_exposure
+from features.streams import pack_pairs
 from models.ranking import REASON_TEXT, Ranked, RankingModel
 from service.answer_cache import Answer
 from service.auth import ApiClient
@@ -166,7 +167,7 @@ async def get_recommendations(request: Request) -> Response:
     else:
         check_region(client, answer.region, "this student")
         cached = True
-    _account(state, request, request_id, answer, cached)
+    _account(state, request, request_id, student_id, answer, cached)
     return Response(answer.body(request_id), media_type="application/json")
 
 
@@ -235,7 +236,9 @@ async def _answer(
         tail=orjson.dumps(
             answer_fields(student_id, model, ranked, lecture_ids, degraded, experiment, variant_name)
         )[1:],  # the body after `{`: `Answer.body` puts the request id first
-        exposure=answer_exposure(student_id, region or "", assignment, model.version, lecture_ids),
+        exposure=pack_pairs(
+            answer_exposure(student_id, region or "", assignment, model.version, lecture_ids).items()
+        )[1],
         log_fields={
             "student": state.hash_student(student_id),
             "k": k,
@@ -250,7 +253,9 @@ async def _answer(
     )
 
 
-def _account(state: AppState, request: Request, request_id: str, answer: Answer, cached: bool) -> None:
+def _account(
+    state: AppState, request: Request, request_id: str, student_id: str, answer: Answer, cached: bool
+) -> None:
     """Count, log and record the exposure of one answer (a computed or a cached one alike)."""
     ranked, assignment = answer.ranked, answer.assignment
     m = state.metrics
@@ -270,7 +275,7 @@ def _account(state: AppState, request: Request, request_id: str, answer: Answer,
     # these fields join the request's one access log line (`service.main.RequestContext`)
     request.state.log_fields = {**answer.log_fields, "cached": cached}
     if state.exposures is not None:
-        state.exposures.submit(stamped_exposure(answer.exposure, request_id, datetime.now(UTC)))
+        state.exposures.submit(packed_exposure(student_id, answer.exposure, request_id, datetime.now(UTC)))
 
 
 def answer_fields(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 
 from features import keys, streams
 from features.errors import FeatureStoreError
@@ -105,6 +106,34 @@ def test_append_reloads_its_script_when_redis_forgot_it(redis_client):
     redis_client.script_flush()  # as after a restart without persistence, or a new cluster node
     append(redis_client, b"lr:stream:test", [{"a": "2"}])
     assert [fields for _, fields in redis_client.xrange(b"lr:stream:test")] == [{b"a": b"1"}, {b"a": b"2"}]
+
+
+def test_packed_records_are_written_as_append_writes_their_fields(redis_client, monkeypatch):
+    """`append_packed` (the exposure writer's path: records encoded when made, the call joined from
+    bytes) writes exactly the entries `append` writes for the same fields, in order, across chunks."""
+    monkeypatch.setattr(streams, "APPEND_CHUNK", 2)
+    records = [{"n": str(i), "title": f"수학 {i}강", "empty": ""} for i in range(5)] + [{"only": "7"}]
+    packed = [streams.pack_record(f"s{i}", r) for i, r in enumerate(records)]
+    assert [streams.unpack_record(p) for p in packed] == records
+    assert packed[0].shard_key == "s0" and packed[0].n_fields == 3
+    append(redis_client, b"lr:stream:dicts", records)
+    streams.append_packed(redis_client, b"lr:stream:packed", packed)
+    by_dict = [fields for _, fields in redis_client.xrange(b"lr:stream:dicts")]
+    by_bytes = [fields for _, fields in redis_client.xrange(b"lr:stream:packed")]
+    assert by_bytes == by_dict and [list(f) for f in by_bytes] == [list(f) for f in by_dict]
+    streams.append_packed(redis_client, b"lr:stream:packed", [])
+    assert redis_client.xlen(b"lr:stream:packed") == 6
+
+
+def test_packed_append_reloads_its_script_and_leaves_no_reply_unread(redis_client, redis_server):
+    one = [streams.pack_record("s1", {"a": "1"})]
+    redis_client.script_flush()
+    streams.append_packed(redis_client, b"lr:stream:test", one)  # NOSCRIPT, then loaded and sent again
+    with redis_server.down(), pytest.raises(redis.exceptions.ConnectionError):
+        streams.append_packed(redis_client, b"lr:stream:test", [streams.pack_record("s1", {"a": "lost"})])
+    streams.append_packed(redis_client, b"lr:stream:test", [streams.pack_record("s1", {"a": "2"})])
+    assert redis_client.get(b"lr:after") is None  # the pooled connections answer their own commands
+    assert [f for _, f in redis_client.xrange(b"lr:stream:test")] == [{b"a": b"1"}, {b"a": b"2"}]
 
 
 def test_entries_written_before_the_group_existed_are_exported(redis_client, tmp_path: Path):

@@ -30,7 +30,7 @@ def _answer(tag: str = "a", *, degraded: bool = False, model_error: str | None =
         variant_fell_back=False,
         lecture_ids=["L1"],
         tail=b'"student_id":"' + tag.encode() + b'"}',
-        exposure={},
+        exposure=b"",
         log_fields={},
     )
 

@@ -10,8 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.errors import DatasetNotFoundError, SchemaError
-from features.experiments import Assignment, exposure_fields
+from features.experiments import (
+    EXPOSURE_FIELDS,
+    Assignment,
+    answer_exposure,
+    exposure_fields,
+    packed_exposure,
+)
 from features.schemas import EVENTS
+from features.streams import pack_pairs, unpack_record
 from training.ab.exposures import (
     EXPOSURES,
     explode,
@@ -78,6 +85,22 @@ def test_service_fields_round_trip_through_stream_and_parquet(tmp_path: Path) ->
 def test_exposure_fields_refuses_naive_time() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         exposure_fields("r", "s", "seoul", None, "1", [], datetime(2025, 9, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        packed_exposure("s", b"", "r", datetime(2025, 9, 1))
+
+
+def test_the_packed_exposure_the_service_submits_holds_the_exposure_fields() -> None:
+    """The service packs an answer's fields once and each request's two around them: the same record."""
+    a = Assignment("e", "challenger", "challenger", 42)
+    for assignment, lectures in ((a, ["국어-01", "L2"]), (None, [])):
+        answer = pack_pairs(answer_exposure("학생1", "taebaek", assignment, "7", lectures).items())[1]
+        packed = packed_exposure("학생1", answer, "r1", SHOWN)
+        assert packed.shard_key == "학생1" and packed.n_fields == EXPOSURE_FIELDS
+        fields = unpack_record(packed)
+        assert fields == exposure_fields("r1", "학생1", "taebaek", assignment, "7", lectures, SHOWN)
+        assert list(fields) == list(
+            exposure_fields("r1", "학생1", "taebaek", assignment, "7", lectures, SHOWN)
+        )
 
 
 def test_from_stream_fields_names_the_bad_field() -> None:
