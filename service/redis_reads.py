@@ -42,18 +42,8 @@ Command = Sequence[bytes | str | int]
 
 
 def encode(commands: Sequence[Command]) -> bytes:
-    """The RESP encoding of commands (arrays of bulk strings), concatenated."""
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            raw = arg if type(arg) is bytes else _ARGS.get(arg) or str(arg).encode("utf-8")  # type: ignore[arg-type]
-            out += (b"$%d\r\n" % len(raw), raw, b"\r\n")
-    return b"".join(out)
-
-
-#: Arguments every read repeats, encoded once.
-_ARGS: dict[object, bytes] = {a: str(a).encode("utf-8") for a in ("GET", "HGETALL", "LRANGE", 0, -1)}
+    """The RESP encoding of commands (arrays of bulk strings), concatenated; encoded in C by hiredis."""
+    return b"".join([hiredis.pack_command(tuple(command)) for command in commands])  # type: ignore[arg-type]
 
 
 class _Protocol(asyncio.Protocol):

@@ -77,8 +77,12 @@ PARAMETERS: list[dict[str, Any]] = [
 def _query(request: Request) -> tuple[str, int, str | None]:
     """(student_id, k, subject) from the query string, or a 422 naming the parameter (FastAPI's shape)."""
     # Starlette's own parse (`request.query_params`: the last of repeated values wins) without the
-    # multi-dict it builds around it
-    params = dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    # multi-dict it builds around it; a query with nothing escaped (the portal's) is split directly
+    query = request.scope["query_string"].decode("latin-1")
+    if "%" in query or "+" in query:
+        params = dict(parse_qsl(query, keep_blank_values=True))
+    else:
+        params = {name: value for name, _, value in (p.partition("=") for p in query.split("&") if p)}
     student_id = params.get("student_id")
     if student_id is None:
         raise InvalidFieldError(("query", "student_id"), "Field required", "missing")
