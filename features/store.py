@@ -240,16 +240,32 @@ def _check_event(i: int, event: EventIn) -> None:
         raise ValueError(f"event {i}: occurred_at must be a datetime, got {event.occurred_at!r}")
 
 
-def _profile_from(student_id: str, raw: bytes | None) -> StudentProfile | None:
+#: Profiles read, by their stored JSON: students share a few thousand distinct profiles, and every
+#: computed answer reads one (parsing it cost more than building it from the remembered values).
+_PROFILE_VALUES: dict[bytes | str, tuple[Any, ...]] = {}
+#: Most distinct stored profiles remembered; past it the memo starts over.
+PROFILE_MEMO_SIZE = 65_536
+
+
+def _profile_from(student_id: str, raw: bytes | str | None) -> StudentProfile | None:
     if raw is None:
         return None
+    values = _PROFILE_VALUES.get(raw)
+    if values is not None:
+        return StudentProfile(student_id, *values)
     try:
-        return StudentProfile.from_json(student_id, raw)
+        profile = StudentProfile.from_json(student_id, raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise FeatureStoreError(
             f"profile of student {student_id!r} in Redis ({keys.profile(student_id)!r}) is corrupt: {exc}; "
             "send the profile again (PUT /students/{id})"
         ) from exc
+    if len(_PROFILE_VALUES) >= PROFILE_MEMO_SIZE:
+        _PROFILE_VALUES.clear()
+    _PROFILE_VALUES[bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else raw] = (
+        profile.feature_key
+    )
+    return profile
 
 
 def _decode(value: bytes | str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,6 +110,30 @@ def test_a_corrupt_profile_is_a_store_error_naming_the_student(redis_client):
     redis_client.set(keys.profile("s1"), b"{not json")
     with pytest.raises(FeatureStoreError, match=r"profile of student 's1' .* is corrupt"):
         FeatureStore(redis_client).read_student("s1")
+
+
+def test_profiles_read_again_are_built_from_the_remembered_values(redis_client, monkeypatch):
+    """Students sharing a stored profile get equal profiles under their own ids, parsed or remembered."""
+    import features.store as store_module
+
+    monkeypatch.setattr(store_module, "_PROFILE_VALUES", {})
+    store = FeatureStore(redis_client)
+    a = StudentProfile(
+        "s1", "seoul", "h1", target_exam="수능", interest_subjects=("수학", "과학"), age_band="15"
+    )
+    store.put_profiles([a, replace(a, student_id="s2"), StudentProfile("s3", "gimpo", "m2")])
+    first = [store.read_student(s).profile for s in ("s1", "s2", "s3")]
+    again = [store.read_student(s).profile for s in ("s1", "s2", "s3")]
+    assert first == again == [a, replace(a, student_id="s2"), StudentProfile("s3", "gimpo", "m2")]
+    assert len(store_module._PROFILE_VALUES) == 2  # two distinct stored profiles
+    monkeypatch.setattr(store_module, "PROFILE_MEMO_SIZE", 2)  # full: starts over, still right
+    store.put_profiles([StudentProfile("s4", "taebaek", "h2")])
+    assert store.read_student("s4").profile == StudentProfile("s4", "taebaek", "h2")
+    assert len(store_module._PROFILE_VALUES) == 1
+    redis_client.set(keys.profile("s5"), b"{not json")  # a corrupt one is never remembered
+    with pytest.raises(FeatureStoreError, match="corrupt"):
+        store.read_student("s5")
+    assert len(store_module._PROFILE_VALUES) == 1
 
 
 def test_read_student_is_one_round_trip(redis_server):
