@@ -316,7 +316,8 @@ class RankingModel:
         region_hint: str | None = None,
         degraded: bool = False,
     ) -> Ranked:
-        """The top-k eligible lectures for one student: `rank_many` with one student (its `_rank_one`).
+        """The top-k eligible lectures for one student: the rules' plan, then its candidates (`_two_stage`)
+        or popularity. `rank_many` ranks each of its students with it.
 
         Args:
             student_id: the student.
@@ -328,7 +329,8 @@ class RankingModel:
             degraded: the feature store did not answer and `record` (if any) is the last one seen in
                 this process: answer from the popularity lists, filtered by what that record says.
         """
-        return self._rank_one(student_id, record, k, subject, region_hint, degraded)
+        plan = self._plan(student_id, record, k, subject, region_hint, degraded)
+        return self._two_stage(plan, k) if plan.scorable else self._finish(plan, None, k)
 
     def rank_many(
         self,
@@ -359,24 +361,11 @@ class RankingModel:
         """
         hints = region_hints if region_hints is not None else [None] * len(student_ids)
         # one student at a time, served or evaluated alike: a list never depends on the batch it is in,
-        # and the evaluation runs the very arithmetic of a request (`_rank_one`)
+        # and the evaluation runs the very arithmetic of a request (`rank`)
         return [
-            self._rank_one(sid, record, k, subject, hint, degraded)
+            self.rank(sid, record, k, subject=subject, region_hint=hint, degraded=degraded)
             for sid, record, hint in zip(student_ids, records, hints, strict=True)
         ]
-
-    def _rank_one(
-        self,
-        student_id: str,
-        record: StudentState | None,
-        k: int,
-        subject: str | None,
-        region_hint: str | None,
-        degraded: bool,
-    ) -> Ranked:
-        """One student's served list: the rules' plan, then its candidates (`_two_stage`) or popularity."""
-        plan = self._plan(student_id, record, k, subject, region_hint, degraded)
-        return self._two_stage(plan, k) if plan.scorable else self._finish(plan, None, k)
 
     def candidates(self, student_id: str, record: StudentState | None) -> Candidates | None:
         """Stage 1 of one student (`models.candidates`): what `learnrec features materialize` stores.
