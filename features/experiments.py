@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -45,6 +44,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -565,7 +565,8 @@ def answer_exposure(
         "experiment": assignment.experiment if assignment else "",
         "variant": assignment.variant if assignment else "",
         "model_version": str(model_version),
-        "lecture_ids": json.dumps(list(lecture_ids), ensure_ascii=False, separators=(",", ":")),
+        # compact UTF-8 JSON, as json.dumps(ensure_ascii=False, separators=(",", ":")) writes it
+        "lecture_ids": orjson.dumps(list(lecture_ids)).decode("utf-8"),
     }
 
 

@@ -92,7 +92,11 @@ def test_exposure_fields_refuses_naive_time() -> None:
 def test_the_packed_exposure_the_service_submits_holds_the_exposure_fields() -> None:
     """The service packs an answer's fields once and each request's two around them: the same record."""
     a = Assignment("e", "challenger", "challenger", 42)
-    for assignment, lectures in ((a, ["국어-01", "L2"]), (None, [])):
+    for assignment, lectures in (
+        (a, ["국어-01", "L2"]),
+        (None, []),
+        (None, ['q"uote', "back\\slash", "tab\t", "😀"]),
+    ):
         answer = pack_pairs(answer_exposure("학생1", "taebaek", assignment, "7", lectures).items())[1]
         packed = packed_exposure("학생1", answer, "r1", SHOWN)
         assert packed.shard_key == "학생1" and packed.n_fields == EXPOSURE_FIELDS
