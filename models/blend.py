@@ -19,7 +19,9 @@ Fitting:
    its series is one the student started, its reach (share of its series' students who took it), the
    share of the student's history in its subject, and its global popularity. A scikit-learn
    `LogisticRegression` learns the weights.
-5. The components are refitted on all the training data.
+5. The components are refitted on all the training data, or taken as given: `fit(data, fitted)`
+   takes components already fitted on `data` with the same parameters (a run that fitted them
+   already, `learnrec train -m all`, fits each once); the hold-out cut's fits are always made.
 
 Scoring computes the same features for every lecture and returns the logistic regression's logit.
 Coefficients are saved as JSON, the components in sub-directories (their own formats).
@@ -371,7 +373,7 @@ class BlendRecommender(Recommender):
         out = {k: v for k, v in self._init_kwargs().items() if k not in ("components", "component_params")}
         out["components"] = ",".join(self.components)
         for name in self.components:
-            model = self._models.get(name) or self._new_component(name)
+            model = self._models.get(name) or self.component(name)
             out.update({f"{name}.{k}": v for k, v in model.params().items()})
         return out
 
@@ -392,9 +394,28 @@ class BlendRecommender(Recommender):
         names = [f"{c}:{kind}" for c in self.components for kind in ("rank", "recip", "score")]
         return (*names, *_EXTRA_FEATURES)
 
-    def _new_component(self, name: str) -> Recommender:
+    def component(self, name: str) -> Recommender:
+        """Component `name` as the blend fits it (its seed and parameters), not fitted."""
         kwargs = {"seed": self.seed, **self.component_params.get(name, {})}
         return COMPONENTS[name](**kwargs)
+
+    @property
+    def fitted_components(self) -> tuple[str, ...]:
+        """The components a fit keeps, fitted on all its data: the fallback alone, else every one."""
+        return self.components if self.fallback is None else (self.fallback,)
+
+    def _fit_on_all(self, name: str, data: TrainingData, fitted: Mapping[str, Recommender]) -> Recommender:
+        """Component `name` fitted on `data`: `fitted[name]` when it is that fit (the same parameters,
+        seed included, and `data`'s id maps), else a new fit."""
+        new, given = self.component(name), fitted.get(name)
+        if (
+            given is not None
+            and given.params() == new.params()
+            and given.catalogue is data.catalogue
+            and given.students is data.students
+        ):
+            return given
+        return new.fit(data)
 
     def _check_fitted(self) -> None:
         _ = self.catalogue
@@ -548,15 +569,25 @@ class BlendRecommender(Recommender):
             return np.zeros((0, n_features), np.float32), np.zeros(0, np.int8)
         return np.concatenate(x_parts), np.concatenate(y_parts)
 
-    def fit(self, data: TrainingData) -> Self:
+    def fit(self, data: TrainingData, fitted: Mapping[str, Recommender] | None = None) -> Self:
+        """Learn the weights on the hold-out cut of `data`, then fit the components on all of `data`.
+
+        Args:
+            data: the training data.
+            fitted: components already fitted on `data` itself, by name: each one fitted with the
+                parameters and seed this blend gives it (`component(name).params()`) is taken instead of
+                fitting it again (fits are deterministic for a seed, so the blend is the same); the others
+                are fitted. The components fitted on the hold-out cut are always fitted here.
+        """
         from sklearn.linear_model import LogisticRegression
 
         self._catalogue, self._students = data.catalogue, data.students
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
         self._lookup_cache = None
+        fitted = fitted or {}
         if self.fallback is not None:
-            return self._fit_fallback(data)
+            return self._fit_fallback(data, fitted)
         if self.holdout_kind == "random":
             train, held_rows, held_cols = random_holdout(data, self.holdout_share or 0.2, self.seed)
         elif self.holdout_days or self.holdout_share > 0:
@@ -569,8 +600,9 @@ class BlendRecommender(Recommender):
             np.asarray(decayed_interactions(train, self.half_life_days).sum(axis=0), dtype=np.float32).ravel()
         )
         _, self._reach = series_similarity_and_reach(train.interactions, data.catalogue.series, 10.0)
-        validation_models = {name: self._new_component(name).fit(train) for name in self.components}
+        validation_models = {name: self.component(name).fit(train) for name in self.components}
         x, y = self._training_pairs(validation_models, train, held_rows, held_cols)
+        del validation_models, train  # the cut's fits are done with: not held through the fits on all data
         names = self.feature_names()
         self._n_pairs = int(y.size)
         if y.size >= 10 and 0 < int(y.sum()) < y.size:
@@ -590,10 +622,10 @@ class BlendRecommender(Recommender):
             np.asarray(decayed_interactions(data, self.half_life_days).sum(axis=0), dtype=np.float32).ravel()
         )
         _, self._reach = series_similarity_and_reach(data.interactions, data.catalogue.series, 10.0)
-        self._models = {name: self._new_component(name).fit(data) for name in self.components}
+        self._models = {name: self._fit_on_all(name, data, fitted) for name in self.components}
         return self
 
-    def _fit_fallback(self, data: TrainingData) -> Self:
+    def _fit_fallback(self, data: TrainingData, fitted: Mapping[str, Recommender]) -> Self:
         """Fit the fallback component alone; the blend's score is then that component's score."""
         assert self.fallback is not None
         names = self.feature_names()
@@ -601,7 +633,7 @@ class BlendRecommender(Recommender):
         self._intercept, self._learned, self._n_pairs = 0.0, False, 0
         n = len(data.catalogue.lectures)
         self._popularity, self._reach = np.zeros(n, np.float32), np.zeros(n, np.float32)
-        self._models = {self.fallback: self._new_component(self.fallback).fit(data)}
+        self._models = {self.fallback: self._fit_on_all(self.fallback, data, fitted)}
         return self
 
     # ------------------------------------------------------------------------------------------------

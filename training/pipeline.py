@@ -8,6 +8,7 @@ functions run under the CLI's rich display, in tests, or silently.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,7 +84,13 @@ def prepare(
     return Prepared(Path(dataset_dir), ds, split, data, fingerprint)
 
 
-def fit(name: str, params: Mapping[str, Any], data: TrainingData, seed: int) -> tuple[Recommender, float]:
+def fit(
+    name: str,
+    params: Mapping[str, Any],
+    data: TrainingData,
+    seed: int,
+    fitted: Mapping[str, Recommender] | None = None,
+) -> tuple[Recommender, float]:
     """Construct a registered model with `params` and fit it.
 
     Args:
@@ -91,6 +98,8 @@ def fit(name: str, params: Mapping[str, Any], data: TrainingData, seed: int) -> 
         params: constructor keyword arguments.
         data: the training data.
         seed: the model's seed.
+        fitted: models already fitted on `data` itself, by name: a blend takes those that are its
+            components' fits instead of fitting them again (`BlendRecommender.fit`); other models ignore it.
 
     Returns:
         (the fitted model, fit seconds).
@@ -99,7 +108,7 @@ def fit(name: str, params: Mapping[str, Any], data: TrainingData, seed: int) -> 
         ValueError: a bad hyper-parameter (names the model and the parameter).
         ModelError: the fit failed (for example NaN in learned factors).
     """
-    from models import get_model_class
+    from models import BlendRecommender, get_model_class
 
     factory: Callable[..., Recommender] = get_model_class(name)
     try:
@@ -107,7 +116,10 @@ def fit(name: str, params: Mapping[str, Any], data: TrainingData, seed: int) -> 
     except TypeError as exc:
         raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
     started = time.perf_counter()
-    model.fit(data)
+    if isinstance(model, BlendRecommender):
+        model.fit(data, fitted)
+    else:
+        model.fit(data)
     return model, time.perf_counter() - started
 
 
@@ -135,6 +147,7 @@ def fit_evaluate_log(
     seed: int,
     extra_metrics: Mapping[str, float] | None = None,
     run_name: str | None = None,
+    fits: dict[str, Recommender] | None = None,
     step: Step = _no_step,
 ) -> Trained:
     """Fit one model, evaluate its served lists on the split and log one MLflow run (params, metrics, pyfunc).
@@ -148,6 +161,8 @@ def fit_evaluate_log(
         seed: the model's seed.
         extra_metrics: more metrics for the run (validation figures, ...).
         run_name: the run's name (default MLflow's).
+        fits: models of this run fitted on `prepared.data`, by name, or None: a blend takes its
+            components' fits from it (`fit`); any other model fitted here is added to it.
         step: progress callback (task = `name`).
 
     Returns:
@@ -156,11 +171,14 @@ def fit_evaluate_log(
     Raises:
         ValueError, ModelError: the model cannot be built, fitted or evaluated (nothing was logged).
     """
+    from models import BlendRecommender
     from training import tracking
     from training.evaluate import evaluate
 
     step(name, f"{name}: fitting", None, None)
-    model, fit_seconds = fit(name, params, prepared.data, seed)
+    model, fit_seconds = fit(name, params, prepared.data, seed, fits)
+    if fits is not None and not isinstance(model, BlendRecommender):
+        fits[name] = model
     total = len(prepared.split.test_students)
     step(name, f"{name}: evaluating", 0, total)
     report = evaluate(
@@ -318,6 +336,7 @@ def run_training(
     Returns:
         The run's outcomes and messages.
     """
+    from models import BlendRecommender
     from models.errors import ModelError
     from training import splits, tracking
     from training.evaluate import ground_truth_dir
@@ -336,18 +355,26 @@ def run_training(
         on_step=lambda line: step("selection", line, None, None),
     )  # fmt: skip
     step("selection", selection.summary(), 1, 1)
-    for name in models:
+
+    def final_params(name: str) -> dict[str, Any]:
         choice = selection.choices.get(name)
-        kwargs = (
-            dict(choice.params)
-            if choice is not None
-            else splits.split_model_params(name, dict(params.get(name, {})), prepared.split)
-        )
+        if choice is not None:
+            return dict(choice.params)
+        return splits.split_model_params(name, dict(params.get(name, {})), prepared.split)
+
+    # the blend comes last and takes the fits of its components made here (same parameters, same data)
+    blend_takes: tuple[str, ...] = ()
+    if "blend" in models:
+        with contextlib.suppress(TypeError, ValueError):  # a bad blend: its own fit below says what is wrong
+            blend_takes = BlendRecommender(seed=seed, **final_params("blend")).fitted_components
+    fits: dict[str, Recommender] = {}
+    for name in sorted(models, key=lambda m: m == "blend"):
+        choice = selection.choices.get(name)
         extra = {} if choice is None else {f"validation_{key}": choice.value}
         try:
             result = fit_evaluate_log(
-                name, kwargs, prepared, experiment_id=experiment_id, ks=ks, seed=seed, extra_metrics=extra,
-                step=step,
+                name, final_params(name), prepared, experiment_id=experiment_id, ks=ks, seed=seed,
+                extra_metrics=extra, fits=fits if name in (*blend_takes, "blend") else None, step=step,
             )  # fmt: skip
             assert result.report is not None
             step(name, f"{name}: {key} = {result.report.overall.get(key, 0.0):.4f}", 1, 1)
@@ -357,6 +384,7 @@ def run_training(
         if choice is not None:
             result.validation, result.note = choice.value, choice.note
         results.append(result)
+    fits.clear()
     if oracle and ground_truth_dir(prepared.dataset_dir) is not None:
         if oracle_logged(client, experiment, prepared, ks):
             step("oracle", "oracle: already logged for this evaluation", 1, 1)

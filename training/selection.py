@@ -130,6 +130,8 @@ class Trial:
         raw_value: the validation metric of the model's raw ranking (scores, eligibility, top-k), or
             None when not scored.
         raw_per_student: the raw metric per validation student, or None.
+        models: the fitted models, one per validation fold, while the blend may take them as its
+            components (`select` drops them before it returns), else None.
     """
 
     params: dict[str, Any]
@@ -138,6 +140,7 @@ class Trial:
     per_student: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
     raw_value: float | None = None
     raw_per_student: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    models: list[Recommender] | None = field(default=None, repr=False, compare=False)
 
     def own(self) -> tuple[float, npt.NDArray[np.float64] | None]:
         """The model's own ranking on validation, what its hyper-parameters are chosen on: (mean, per
@@ -460,22 +463,29 @@ def _score(
     ks: tuple[int, ...],
     metric: str,
     seed: int,
+    *,
+    keep: bool = False,
+    fitted: Sequence[Mapping[str, Recommender]] | None = None,
 ) -> Trial:
     """Fit the candidate on each validation fold and score its served lists and its raw ranking, as the
     test is scored; per student (the folds' students pooled), so a lead can be weighed against the noise
-    of validation. `profiles`: the dataset holding every validation student's profile."""
-    from models import get_model_class
+    of validation. `profiles`: the dataset holding every validation student's profile. `keep`: the trial
+    keeps its fitted models; `fitted`: per fold, models fitted on that fold a blend takes as components."""
     from training.evaluate import student_values
+    from training.pipeline import fit
 
     started = time.perf_counter()
-    factory: Callable[..., Recommender] = get_model_class(name)
     parts: dict[str, list[npt.NDArray[np.float64]]] = {"served": [], "raw": []}
-    for val, fold_data in zip(folds, data, strict=True):
-        model = factory(seed=seed, **params).fit(fold_data)
+    models: list[Recommender] = []
+    for i, (val, fold_data) in enumerate(zip(folds, data, strict=True)):
+        model, _ = fit(name, params, fold_data, seed, None if fitted is None else fitted[i])
         for kind, values in student_values(model, val, profiles, ks[0], metric, data=fold_data).items():
             parts[kind].append(values)
+        if keep:
+            models.append(model)
     served, raw = np.concatenate(parts["served"]), np.concatenate(parts["raw"])
-    return Trial(dict(params), _mean(served), time.perf_counter() - started, served, _mean(raw), raw)
+    seconds = time.perf_counter() - started
+    return Trial(dict(params), _mean(served), seconds, served, _mean(raw), raw, models=models or None)
 
 
 def _mean(values: npt.NDArray[np.float64]) -> float:
@@ -554,6 +564,8 @@ def select(
         grids[m], always[m] = candidates(m, fixed[m])
     rounds = max((len(g) for g in grids.values()), default=0)
     complete = True
+    # the blend takes its components' chosen fits on each fold instead of fitting them again
+    blend_components = _blend_components(fixed["blend"]) if "blend" in models else ()
     for r in range(rounds):
         for name in plain:
             if r >= len(grids[name]) or name in errors:
@@ -563,7 +575,10 @@ def select(
                 continue
             say(f"validation: {name} candidate {r + 1}/{len(grids[name])}")
             try:
-                trial = _score(name, grids[name][r], folds, data, split.train, ks, metric, seed)
+                trial = _score(
+                    name, grids[name][r], folds, data, split.train, ks, metric, seed,
+                    keep=name in blend_components,
+                )  # fmt: skip
             except (ModelError, ValueError) as exc:
                 if r == 0:
                     errors[name] = str(exc)
@@ -575,8 +590,15 @@ def select(
             (value, values), (kept, kept_values) = trial.own(), _chosen_trial(choice).own()
             if value - kept > MARGIN_SE * _standard_error(values, kept_values):
                 choice.params, choice.value = trial.params, trial.value
+            chosen = _chosen_trial(choice)
+            for other in choice.trials:
+                if other is not chosen:
+                    other.models = None
     if "blend" in models:
         _select_blend(choices, errors, fixed["blend"], split, folds, data, ks, metric, seed, say)
+    for choice in choices.values():
+        for trial in choice.trials:
+            trial.models = None
     champion = max(choices, key=lambda m: choices[m].value, default=None)
     return SelectionReport(
         metric=key,
@@ -608,11 +630,10 @@ def _select_blend(
     say: OnStep,
 ) -> None:
     """Score the blend of the chosen components on validation; fall back when it does not beat the best."""
-    from models.blend import DEFAULT_COMPONENTS
     from models.errors import ModelError
     from training.metrics import metric_key
 
-    components = tuple(fixed.get("components", DEFAULT_COMPONENTS))
+    components = _blend_components(fixed)
     component_params = {
         c: {**choices[c].params, **dict(fixed.get("component_params", {}).get(c, {}))}
         for c in components
@@ -621,11 +642,14 @@ def _select_blend(
     base = {**fixed, "component_params": component_params}
     base.pop("fallback", None)
     say("validation: blend")
+    kept = {c: _chosen_trial(choices[c]).models for c in components if c in choices}
+    fitted = [{c: models[i] for c, models in kept.items() if models} for i in range(len(folds))]
     try:
         # inside validation the blend's hold-out copies the validation split, as it copies the test one
         trial = _score(
-            "blend", {**blend_holdout_params(folds[0]), **base}, folds, data, split.train, ks, metric, seed
-        )
+            "blend", {**blend_holdout_params(folds[0]), **base}, folds, data, split.train, ks, metric, seed,
+            fitted=fitted,
+        )  # fmt: skip
     except (ModelError, ValueError) as exc:
         errors["blend"] = str(exc)
         return
@@ -651,6 +675,13 @@ def _select_blend(
         else:
             choice.note = f"blend keeps blending: it beats {best} on validation ({versus})"
     choices["blend"] = choice
+
+
+def _blend_components(fixed: Mapping[str, Any]) -> tuple[str, ...]:
+    """The components of the blend with the user's fixed parameters `fixed`."""
+    from models.blend import DEFAULT_COMPONENTS
+
+    return tuple(fixed.get("components", DEFAULT_COMPONENTS))
 
 
 def _standard_error(a: npt.NDArray[np.float64] | None, b: npt.NDArray[np.float64] | None) -> float:

@@ -374,6 +374,42 @@ def test_blend_fallback_serves_its_component_unblended(blocks: Blocks, tmp_path)
         BlendRecommender(components=("popularity",), fallback="item_knn")
 
 
+def test_blend_takes_its_components_fits_on_the_same_data(sequential: TrainingData, monkeypatch):
+    """`learnrec train -m all` at 1M fitted LightFM 6-7 times, the blend refitting its components with the
+    parameters the run had just fitted them with on the same data. Given those fits, the blend fits only
+    its hold-out cut's components, and scores exactly as the blend that fits them all itself."""
+    components = ("segment_popularity", "item_knn", "lightfm", "sequence")
+    params = {
+        "seed": 1, "components": components, "component_params": {"lightfm": LIGHTFM_TEST}, "negatives": 5,
+        "max_students": 300,
+    }  # fmt: skip
+    fits: dict[str, int] = {}
+    for cls in (SegmentPopularityRecommender, ItemKNNRecommender, LightFMRecommender, SequenceRecommender):
+
+        def counted(self, data, _fit=cls.fit):  # type: ignore[no-untyped-def]
+            fits[self.name] = fits.get(self.name, 0) + 1
+            return _fit(self, data)
+
+        monkeypatch.setattr(cls, "fit", counted)
+    refitted = BlendRecommender(**params).fit(sequential)  # type: ignore[arg-type]
+    assert fits == dict.fromkeys(components, 2)  # the hold-out cut, then all the data
+    blend = BlendRecommender(**params)  # type: ignore[arg-type]
+    given = {name: blend.component(name).fit(sequential) for name in blend.components}
+    # a fit with other parameters is not the blend's: fitted again
+    given["item_knn"] = ItemKNNRecommender(seed=1, neighbours=3).fit(sequential)
+    fits.clear()
+    blend.fit(sequential, given)
+    assert fits == {**dict.fromkeys(components, 1), "item_knn": 2}
+    assert all(blend.models[n] is given[n] for n in ("segment_popularity", "lightfm", "sequence"))
+    assert blend.models["item_knn"] is not given["item_knn"]
+    batch = sequential.batch(np.arange(len(sequential.students), dtype=np.int32))
+    np.testing.assert_array_equal(blend.score(batch), refitted.score(batch))
+    assert blend.coefficients == refitted.coefficients
+    # a fallen-back blend takes its one component's fit
+    fallback = BlendRecommender(**params, fallback="sequence").fit(sequential, given)  # type: ignore[arg-type]
+    assert fallback.models["sequence"] is given["sequence"]
+
+
 def test_blend_random_holdout_keeps_one_lecture_per_student(sequential: TrainingData):
     train, rows, cols = random_holdout(sequential, 0.3, seed=1)
     lengths = np.array([s.size for s in sequential.sequences])

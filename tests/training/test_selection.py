@@ -152,7 +152,7 @@ def test_select_chooses_on_validation_deterministically(ds: Dataset):
 def test_blend_falls_back_when_it_does_not_beat_its_best_component(ds: Dataset, monkeypatch):
     values = {"popularity": 0.30, "item_knn": 0.20, "blend": 0.25}
 
-    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+    def fake(name, params, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         return Trial(dict(params), values[name], 0.0)
 
     monkeypatch.setattr(selection, "_score", fake)
@@ -190,7 +190,7 @@ def test_lightfm_library_configuration_always_runs(ds: Dataset, monkeypatch):
 
     seen: list[dict[str, object]] = []
 
-    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+    def fake(name, params, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         seen.append(dict(params))
         return Trial(dict(params), 0.1 + 0.1 * (params == LIBRARY_PARAMS), 0.0)
 
@@ -212,7 +212,7 @@ def test_blend_lead_inside_the_validation_noise_falls_back(ds: Dataset, monkeypa
     noise = rng.normal(0.0, 0.3, 200)
     per = {"popularity": base, "item_knn": base - 0.1}
 
-    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+    def fake(name, params, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         values = per[name]
         return Trial(dict(params), float(values.mean()), 0.0, values)
 
@@ -244,7 +244,7 @@ def test_grid_candidate_needs_a_lead_beyond_the_noise(ds: Dataset, monkeypatch):
     se = float(np.std(noise, ddof=1) / np.sqrt(noise.size))
     lead = {"default": 0.0, "library": 0.001, "grid": se}
 
-    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+    def fake(name, params, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         kind = "default" if not params else "library" if params == LIBRARY_PARAMS else "grid"
         values = base + (noise - noise.mean() if kind == "grid" else 0.0) + lead[kind]
         return Trial(dict(params), float(values.mean()), 0.0, values)
@@ -270,7 +270,7 @@ def test_defaults_replace_the_library_configuration_only_beyond_the_noise(ds: Da
     se = float(np.std(noise, ddof=1) / np.sqrt(noise.size))
     lead = {"default": se}
 
-    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+    def fake(name, params, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         values = base if params == LIBRARY_PARAMS else base + noise - noise.mean() + lead["default"]
         return Trial(dict(params), float(values.mean()), 0.0, values)
 
@@ -297,7 +297,7 @@ def test_hyper_parameters_are_chosen_on_the_raw_ranking(ds: Dataset, monkeypatch
     # the defaults' lead over the library's configuration: (served, raw)
     lead = {"served": 3 * se, "raw": -3 * se}
 
-    def fake(name, params, *_args):  # type: ignore[no-untyped-def]
+    def fake(name, params, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         served, raw = base.copy(), base.copy()
         if params != LIBRARY_PARAMS:
             served = base + noise - noise.mean() + lead["served"]

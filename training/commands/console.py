@@ -67,13 +67,22 @@ def task_progress() -> Progress:
 
 
 def rich_steps(progress: Progress) -> Callable[[str, str, int | None, int | None], None]:
-    """A `training.pipeline.Step` that shows each named task as one line of a rich `Progress`."""
+    """A `training.pipeline.Step` that shows each named task as one line of a rich `Progress`; on a
+    console that is not a terminal (a log), each new description once, as a line with the UTC time."""
+    import time
+
     tasks: dict[str, TaskID] = {}
+    said: dict[str, str] = {}
+    log = not progress.console.is_terminal
 
     def step(task: str, description: str, done: int | None, total: int | None) -> None:
         if task not in tasks:
             tasks[task] = progress.add_task(description, total=total)
         progress.update(tasks[task], description=description, completed=done or 0, total=total)
+        if log and said.get(task) != description:
+            said[task] = description
+            now = time.strftime("%H:%M:%S", time.gmtime())
+            progress.console.print(f"{now} {description}", highlight=False)
 
     return step
 
