@@ -575,10 +575,9 @@ def packed_exposure(
 ) -> streams.PackedRecord:
     """`stamped_exposure` of an answer's fields packed once (`streams.pack_pairs` of `answer_exposure`'s
     items): the record the service's exposure writer appends, built per request from bytes."""
-    if shown_at.tzinfo is None:
-        raise ValueError("shown_at must be timezone-aware (UTC)")
-    shown = shown_at.astimezone(UTC).isoformat(timespec="microseconds")
-    body = b"".join((_REQUEST_ID, streams.bulk(request_id), answer, _SHOWN_AT, streams.bulk(shown)))
+    body = b"".join(
+        (_REQUEST_ID, streams.bulk(request_id), answer, _SHOWN_AT, streams.bulk(_shown_at_text(shown_at)))
+    )
     return streams.PackedRecord(student_id, EXPOSURE_FIELDS, body)
 
 
@@ -589,10 +588,11 @@ _REQUEST_ID, _SHOWN_AT = streams.bulk("request_id"), streams.bulk("shown_at")
 
 def stamped_exposure(answer: dict[str, str], request_id: str, shown_at: datetime) -> dict[str, str]:
     """`answer_exposure` fields completed with the request that showed them and when."""
+    return {"request_id": request_id, **answer, "shown_at": _shown_at_text(shown_at)}
+
+
+def _shown_at_text(shown_at: datetime) -> str:
+    """An exposure's ``shown_at``: ISO 8601 in UTC to the microsecond."""
     if shown_at.tzinfo is None:
         raise ValueError("shown_at must be timezone-aware (UTC)")
-    return {
-        "request_id": request_id,
-        **answer,
-        "shown_at": shown_at.astimezone(UTC).isoformat(timespec="microseconds"),
-    }
+    return shown_at.astimezone(UTC).isoformat(timespec="microseconds")

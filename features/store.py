@@ -262,9 +262,7 @@ def _profile_from(student_id: str, raw: bytes | str | None) -> StudentProfile | 
         ) from exc
     if len(_PROFILE_VALUES) >= PROFILE_MEMO_SIZE:
         _PROFILE_VALUES.clear()
-    _PROFILE_VALUES[bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else raw] = (
-        profile.feature_key
-    )
+    _PROFILE_VALUES[raw] = profile.feature_key
     return profile
 
 

@@ -24,10 +24,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
 from typing import Any
 
-from features.streams import PackedRecord, pack_record
+from features.streams import PackedRecord
 from service.metrics import Metrics
 
 logger = logging.getLogger("learnrec.service.exposures")
@@ -85,11 +84,11 @@ class ExposureWriter:
 
     # -- request path ------------------------------------------------------------------------------
 
-    def submit(self, record: PackedRecord | Mapping[str, str]) -> bool:
+    def submit(self, record: PackedRecord) -> bool:
         """Queue one exposure (never blocks, never raises); False when it was dropped (queue full).
 
-        The service submits records packed per request (`features.experiments.packed_exposure`): the
-        writer then only joins bytes. Fields (`features.experiments.exposure_fields`) are packed here.
+        The record is packed by its maker (`features.experiments.packed_exposure`, or
+        `features.streams.pack_record` of `exposure_fields`): the writer only joins bytes.
         """
         if self.client is None:
             self._metrics.exposures.labels(outcome="dropped").inc()
@@ -99,8 +98,6 @@ class ExposureWriter:
         if len(queue) >= self.capacity:
             self._metrics.exposures.labels(outcome="dropped").inc()
             return False
-        if not isinstance(record, PackedRecord):
-            record = pack_record(record.get("student_id", ""), record)
         queue.append(record)
         if not self._wake.is_set():  # wake the writer for the first exposure of a batch only
             self._wake.set()

@@ -78,8 +78,9 @@ def configure_logging(level: str | int = "INFO", *, everything: bool = False) ->
 class StudentHasher:
     """Keyed hash of student ids for logs: stable under one key, not reversible without it.
 
-    BLAKE2b in its keyed mode (a MAC by design, RFC 7693), 8 bytes: on every computed answer, and a
-    quarter of HMAC-SHA256's cost. A key longer than BLAKE2b's 64 bytes is hashed down to 32 first.
+    BLAKE2b in its keyed mode (a MAC by design, RFC 7693), 8 bytes: on every computed answer, and about
+    half of HMAC-SHA256's cost (1.0 vs 1.9 µs). A key longer than BLAKE2b's 64 bytes is hashed down to
+    32 first.
     """
 
     def __init__(self, key: bytes | None = None) -> None:

@@ -230,13 +230,16 @@ def test_exposures_go_to_their_students_shard(client: RedisCluster):
     from datetime import datetime as dt
 
     from features.experiments import exposure_fields
+    from features.streams import pack_record
     from service.exposures import ExposureWriter
     from service.metrics import Metrics
 
     writer = ExposureWriter(client, Metrics(), shards=6)
     now = dt.now(UTC)
     for i in range(60):
-        assert writer.submit(exposure_fields(f"r{i}", f"학생{i}", "seoul", None, "1", ["L1"], now))
+        assert writer.submit(
+            pack_record(f"학생{i}", exposure_fields(f"r{i}", f"학생{i}", "seoul", None, "1", ["L1"], now))
+        )
     while writer.pending:
         assert writer.flush()
     shards = keys.stream_shards(keys.EXPOSURES_STREAM, 6)

@@ -18,6 +18,7 @@ import yaml
 
 from features import keys
 from features.experiments import ExperimentRegistry, exposure_fields
+from features.streams import pack_record
 from service.exposures import ExposureWriter
 from service.metrics import Metrics
 from tests.conftest import RedisServerControl
@@ -297,7 +298,10 @@ def test_writer_holds_exposures_while_redis_is_down(redis_server: RedisServerCon
     metrics = Metrics()
     writer = ExposureWriter(client, metrics, stream=stream, capacity=3)
     now = datetime.now(UTC)
-    fields = [exposure_fields(f"r{i}", f"s{i}", "seoul", None, "1", ["L1"], now) for i in range(5)]
+    fields = [
+        pack_record(f"s{i}", exposure_fields(f"r{i}", f"s{i}", "seoul", None, "1", ["L1"], now))
+        for i in range(5)
+    ]
     try:
         with redis_server.down():
             assert all(writer.submit(f) for f in fields[:3])
@@ -326,10 +330,10 @@ def test_writer_thread_flushes_and_drains_on_close(redis_server: RedisServerCont
     writer.start()
     now = datetime.now(UTC)
     try:
-        writer.submit(exposure_fields("t0", "s0", "seoul", None, "1", ["L1"], now))
+        writer.submit(pack_record("s0", exposure_fields("t0", "s0", "seoul", None, "1", ["L1"], now)))
         assert wait_for(lambda: client.xlen(stream) == 1, timeout=2)
         for i in range(1, 50):
-            writer.submit(exposure_fields(f"t{i}", "s0", "seoul", None, "1", ["L1"], now))
+            writer.submit(pack_record("s0", exposure_fields(f"t{i}", "s0", "seoul", None, "1", ["L1"], now)))
         writer.close()
         assert client.xlen(stream) == 50
     finally:
