@@ -131,17 +131,25 @@ class LearnrecRecommender(PythonModel):  # type: ignore[misc]
         recommender: Recommender = load_model(recommender_dir)
         fallback = json.loads(fallback_file.read_text(encoding="utf-8"))
         self.ranker = RankingModel.from_parts(recommender, pq.read_table(lectures_file), fallback)
-        table = pq.read_table(students_file).to_pydict()
-        columns = [c for c in PROFILE_COLUMNS if c in table]
-        self.records: dict[str, _Record] = {}
-        for i, sid in enumerate(table["student_id"]):
-            ids = [str(x) for x in table["history"][i]]
-            self.records[str(sid)] = _Record(
-                profile=_profile({c: table[c][i] for c in columns}),
-                history=dict(zip(ids, (float(w) for w in table["history_weight"][i]), strict=True)),
-                # the ordered history stands in for the store's recent enrolments
-                recent=tuple(ids[-RECENT_LEN:]),
-            )
+        # records are built when asked for: one million students' histories as Python objects would
+        # cost gigabytes at every load (MLflow loads the model once more to check the input example)
+        self.students = pq.read_table(students_file).combine_chunks()
+        self.student_row = {sid: i for i, sid in enumerate(self.students.column("student_id").to_pylist())}
+        self.profile_columns = [c for c in PROFILE_COLUMNS if c in self.students.column_names]
+
+    def record(self, student_id: str) -> _Record | None:
+        """The training state of `student_id` from students.parquet, None for a student not in training."""
+        row = self.student_row.get(student_id)
+        if row is None:
+            return None
+        values = self.students.slice(row, 1).to_pylist()[0]
+        ids = [str(x) for x in values["history"]]
+        return _Record(
+            profile=_profile({c: values[c] for c in self.profile_columns}),
+            history=dict(zip(ids, (float(w) for w in values["history_weight"]), strict=True)),
+            # the ordered history stands in for the store's recent enrolments
+            recent=tuple(ids[-RECENT_LEN:]),
+        )
 
     # ------------------------------------------------------------------------------------------------
     def rank(
@@ -159,7 +167,7 @@ class LearnrecRecommender(PythonModel):  # type: ignore[misc]
         """
         given = given if given is not None else [{} for _ in student_ids]
         records = [
-            self.records.get(sid) or _Record(profile=_profile(extra), history={}, recent=())
+            self.record(sid) or _Record(profile=_profile(extra), history={}, recent=())
             for sid, extra in zip(student_ids, given, strict=True)
         ]
         ranked = self.ranker.rank_many(list(student_ids), records, k)

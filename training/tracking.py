@@ -189,17 +189,7 @@ def students_table(data: TrainingData, students: pd.DataFrame) -> pa.Table:
     ids = list(data.students.ids)
     table = students.assign(student_id=students["student_id"].astype(str)).set_index("student_id")
     table = table.reindex(ids)
-    lecture_ids = np.asarray(data.catalogue.lectures.ids, dtype=object)
-    interactions = data.interactions.tocsr()
-    histories: list[list[str]] = []
-    weights: list[list[float]] = []
-    for row, sequence in enumerate(data.sequences):
-        histories.append([str(x) for x in lecture_ids[sequence]])
-        start, end = interactions.indptr[row], interactions.indptr[row + 1]
-        weight_of = dict(
-            zip(interactions.indices[start:end].tolist(), interactions.data[start:end].tolist(), strict=True)
-        )
-        weights.append([float(weight_of.get(int(x), 0.0)) for x in sequence])
+    history, history_weight = _history_columns(data)
     columns: dict[str, Any] = {"student_id": ids}
     fields = [pa.field("student_id", pa.string(), nullable=False)]
     for f in STUDENTS_SCHEMA:
@@ -213,10 +203,54 @@ def students_table(data: TrainingData, students: pd.DataFrame) -> pa.Table:
             for v in values
         ]
         fields.append(pa.field(f.name, f.type, nullable=True))
-    columns["history"] = histories
-    columns["history_weight"] = weights
+    columns["history"] = history
+    columns["history_weight"] = history_weight
     fields += [pa.field("history", pa.list_(pa.string())), pa.field("history_weight", pa.list_(pa.float32()))]
-    return pa.Table.from_pydict(columns, schema=pa.schema(fields))
+    return pa.table(columns, schema=pa.schema(fields))
+
+
+#: Students per block of `_history_columns` (bounds its temporary arrays: ~40 bytes an event of a block).
+HISTORY_BLOCK_STUDENTS = 65_536
+
+
+def _history_columns(data: TrainingData) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """Per student, the lecture ids of `data.sequences` and their interaction weights, as Arrow lists.
+
+    Built from the arrays in blocks of students (no Python object per event): a lecture of a sequence
+    that has no interaction weighs 0.
+    """
+    import pyarrow as pa
+
+    lecture_ids = pa.array(data.catalogue.lectures.ids, type=pa.string())
+    n_lectures = len(data.catalogue.lectures)
+    interactions = data.interactions.tocsr()
+    if not interactions.has_sorted_indices:
+        interactions = interactions.sorted_indices()
+    histories, weights = [], []
+    n = len(data.sequences)
+    for start in range(0, n, HISTORY_BLOCK_STUDENTS) or [0]:
+        stop = min(start + HISTORY_BLOCK_STUDENTS, n)
+        sequences = data.sequences[start:stop]
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.zeros(len(sequences) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.concatenate(sequences).astype(np.int64) if len(sequences) else np.empty(0, np.int64)
+        # (row, lecture) as one sorted key: the block's CSR entries are sorted by row, then lecture
+        block = interactions[start:stop]
+        stored = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(block.indptr)) * n_lectures
+        stored += block.indices
+        wanted = np.repeat(np.arange(len(sequences), dtype=np.int64), lengths) * n_lectures + flat
+        at = np.searchsorted(stored, wanted)
+        found = at < len(stored)
+        found[found] = stored[at[found]] == wanted[found]
+        weight = np.zeros(len(wanted), dtype=np.float32)
+        weight[found] = block.data[at[found]]
+        histories.append(pa.ListArray.from_arrays(pa.array(offsets), lecture_ids.take(pa.array(flat))))
+        weights.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(weight)))
+    return (
+        pa.chunked_array(histories, type=pa.list_(pa.string())),
+        pa.chunked_array(weights, type=pa.list_(pa.float32())),
+    )
 
 
 def lectures_table(lectures: pd.DataFrame) -> pa.Table:
