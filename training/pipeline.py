@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ class Prepared:
     """A dataset, its split and the split's training data."""
 
     dataset_dir: Path
+    #: the dataset's students, lectures and manifest; its events are in `split` only (train and test)
     dataset: Dataset
     split: Split
     data: TrainingData
@@ -59,6 +60,8 @@ def prepare(
         LearnrecDataError: the dataset is missing or breaks its schema.
         SplitError: the split cannot be made from this data.
     """
+    import pyarrow as pa
+
     from features.matrices import build_training_data
     from features.tables import read_dataset
     from training.splits import make_split
@@ -81,7 +84,12 @@ def prepare(
         4,
         4,
     )
-    return Prepared(Path(dataset_dir), ds, split, data, fingerprint)
+    # the split holds the events the run reads again: the whole table (the largest in memory, fingerprinted
+    # above) is not kept beside it, and Arrow's pool hands its pages back
+    prepared = Prepared(Path(dataset_dir), replace(ds, events=ds.events.iloc[:0]), split, data, fingerprint)
+    del ds
+    pa.default_memory_pool().release_unused()
+    return prepared
 
 
 def fit(
