@@ -103,14 +103,13 @@ class Candidates:
         if magic != MAGIC or n < 0 or b < 0 or len(raw) != 4 * (_HEADER + 2 * n + b):
             return None
         # read as unsigned, a negative row is larger than any catalogue: one bound check per array
-        if n and int(np.frombuffer(raw, "<u4", n, 4 * _HEADER).max()) >= n_lectures:
+        body = np.frombuffer(raw, "<u4", offset=4 * _HEADER)
+        rows, basis = body[:n], body[2 * n :]
+        if (n and rows.max() >= n_lectures) or (b and basis.max() >= n_lectures):
             return None
-        if b and int(np.frombuffer(raw, "<u4", b, 4 * (_HEADER + 2 * n)).max()) >= n_lectures:
-            return None
-        rows = np.frombuffer(raw, "<i4", n, 4 * _HEADER)
-        basis = np.frombuffer(raw, "<i4", b, 4 * (_HEADER + 2 * n))
-        scores = np.frombuffer(raw, dtype="<f4", count=n, offset=4 * (_HEADER + n))
-        return cls(region, grade, rows, scores, basis, bool(complete))
+        return cls(
+            region, grade, rows.view("<i4"), body[n : 2 * n].view("<f4"), basis.view("<i4"), bool(complete)
+        )
 
 
 def split(raw: bytes | None, state_width: int) -> tuple[bytes | None, bytes | None]:

@@ -164,7 +164,7 @@ class Ranked:
     candidates: str | None = None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class _Plan:
     """One student's list before scoring: what the rules decided without the model."""
 
@@ -185,6 +185,21 @@ class _Plan:
     source: str
 
 
+@dataclass(frozen=True)
+class SeriesLinks:
+    """Per lecture row, as Python lists: what the series rules read a few rows of per request (a list
+    item costs a tenth of a numpy scalar)."""
+
+    series: list[int]
+    position: list[int]  # 1-based episode
+    next: list[int]  # next episode of the same series, -1 = last
+    active: list[bool]
+
+    @classmethod
+    def of(cls, cat: Catalogue, next_row: npt.NDArray[np.int32]) -> SeriesLinks:
+        return cls(cat.series.tolist(), cat.series_position.tolist(), next_row.tolist(), cat.active.tolist())
+
+
 @dataclass(frozen=True, eq=False)
 class RankingModel:
     """A loaded model version with everything the request path needs precomputed."""
@@ -202,12 +217,12 @@ class RankingModel:
     subject_of: tuple[str, ...]  # per lecture row
     subject_index: dict[str, int]
     subject_masks: npt.NDArray[np.bool_]  # (n_subjects, n_lectures)
-    next_row: npt.NDArray[np.int32]  # next episode of the same series, -1 = last
     popular_global: npt.NDArray[np.int32]
     popular_region: dict[str, npt.NDArray[np.int32]]
     popular_region_grade: dict[str, npt.NDArray[np.int32]]
     state_width: int
     all_regions_row: int  # row of "*" in the region vocabulary (never a student's region), -1 when absent
+    links: SeriesLinks
     #: When this version was put in service (under this alias).
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: stage 1's list length (`models.candidates.CANDIDATES`)
@@ -285,7 +300,6 @@ class RankingModel:
             subject_of=subject_of,
             subject_index={s: i for i, s in enumerate(cat.subjects)},
             subject_masks=subject_masks,
-            next_row=_frozen(next_in_series(cat)),
             popular_global=_rows(cat, lists.get("global", ())),
             popular_region={str(r): _rows(cat, ids) for r, ids in dict(lists.get("by_region", {})).items()},
             popular_region_grade={
@@ -293,6 +307,7 @@ class RankingModel:
             },
             state_width=int(rec.state_width()),
             all_regions_row=cat.regions.get("*"),
+            links=SeriesLinks.of(cat, next_in_series(cat)),
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -424,7 +439,7 @@ class RankingModel:
                 rows, scores = two_stage.fuse(cands, self.followers, taken)
                 outcome = "fused"
         rest = k - len(plan.continuation)
-        keep = np.flatnonzero(plan.mask[rows])
+        keep = plan.mask[rows].nonzero()[0]
         if rest > 0 and keep.size < rest and not cands.complete:
             # too few candidates left for this request: the full ranking answers it
             if full is None:
@@ -433,8 +448,8 @@ class RankingModel:
         chosen = keep[: max(rest, 0)]
         return self._model_list(
             plan,
-            rows[chosen],
-            [_slot_score(rows, scores, r) for r in plan.continuation] + scores[chosen].tolist(),
+            rows[chosen].tolist(),
+            _slot_scores(rows, scores, plan.continuation) + scores[chosen].tolist(),
             outcome,
         )
 
@@ -487,7 +502,7 @@ class RankingModel:
             rows, best = top_k_one(scores, plan.mask, rest) if rest > 0 else (_NO_ROWS, _NO_SCORES)
             n = int((rows >= 0).sum())
             out_scores = [float(scores[r]) for r in continuation] + best[:n].tolist()
-            return self._model_list(plan, rows[:n], out_scores, None)
+            return self._model_list(plan, rows[:n].tolist(), out_scores, None)
 
         pop_rows, pop_reasons, source = self._popular(plan.region_name, plan.profile, plan.mask, rest)
         out_rows = continuation + pop_rows
@@ -498,7 +513,7 @@ class RankingModel:
         return Ranked(out_rows, out_scores, reasons, source, fallback=fallback, model_error=scored)
 
     def _model_list(
-        self, plan: _Plan, chosen: npt.NDArray[np.int32], scores: list[float], candidates: str | None
+        self, plan: _Plan, chosen: list[int], scores: list[float], candidates: str | None
     ) -> Ranked:
         """The answer of a scored student: series slots, then `chosen` (`scores`: slots' then chosen's)."""
         continues = self._continues(chosen, plan.hist_rows)
@@ -506,7 +521,7 @@ class RankingModel:
             "next_in_series" if c else "similar_students" for c in continues
         ]
         return Ranked(
-            plan.continuation + chosen.tolist(),
+            plan.continuation + chosen,
             scores,
             reasons,
             plan.source,
@@ -519,20 +534,21 @@ class RankingModel:
             return _NO_ROWS, _NO_SCORES
         history = record.history
         n = len(history)
-        rows = np.fromiter(map(self.catalogue.lectures.index.get, history, repeat(-1, n)), np.int32, n)
+        # a list, then one array: cheaper than numpy's fromiter and a test for unknown ids on the array
+        rows = list(map(self.catalogue.lectures.index.get, history, repeat(-1, n)))
         weights = np.fromiter(history.values(), np.float32, n)
-        if (rows < 0).any():
-            known = rows >= 0
-            return rows[known], weights[known]
-        return rows, weights
+        array = np.array(rows, dtype=np.int32)
+        if -1 in rows:
+            known = array >= 0
+            return array[known], weights[known]
+        return array, weights
 
     def _recent_rows(self, record: StudentState | None) -> npt.NDArray[np.int32]:
         if record is None or not record.recent:
             return _NO_ROWS
         recent = record.recent
-        n = len(recent)
-        rows = np.fromiter(map(self.catalogue.lectures.index.get, recent, repeat(-1, n)), np.int32, n)
-        return rows[rows >= 0] if (rows < 0).any() else rows
+        rows = list(map(self.catalogue.lectures.index.get, recent, repeat(-1, len(recent))))
+        return np.array([r for r in rows if r >= 0] if -1 in rows else rows, dtype=np.int32)
 
     def _score_one(self, plan: _Plan) -> npt.NDArray[np.float32]:
         """Scores of one student over the catalogue (the model's own single-student path)."""
@@ -567,44 +583,39 @@ class RankingModel:
         if not recent_rows.size or limit <= 0:
             return []
         weight = dict(zip(hist_rows.tolist(), hist_weights.tolist(), strict=True))
-        recent = recent_rows[::-1][:SERIES_LOOKBACK]
-        series = self.catalogue.series
+        links = self.links
         seen_series: set[int] = set()
         out: list[int] = []
-        for r in recent.tolist():
-            s = int(series[r])
+        for r in recent_rows[::-1][:SERIES_LOOKBACK].tolist():
+            s = links.series[r]
             if s in seen_series:
                 continue
             seen_series.add(s)
             if weight.get(r, 1.0) <= DROPPED_AT_MOST:
                 continue
-            nxt = int(self.next_row[r])
+            nxt = links.next[r]
             # skip episodes already taken or retired; the loop is bounded by the series length
-            while nxt >= 0 and (nxt in weight or not self.catalogue.active[nxt]):
-                nxt = int(self.next_row[nxt])
+            while nxt >= 0 and (nxt in weight or not links.active[nxt]):
+                nxt = links.next[nxt]
             if nxt >= 0 and mask[nxt] and nxt not in out:
                 out.append(nxt)
                 if len(out) >= limit:
                     break
         return out
 
-    def _continues(self, rows: npt.NDArray[np.int32], hist_rows: npt.NDArray[np.int32]) -> list[bool]:
+    def _continues(self, rows: list[int], hist_rows: npt.NDArray[np.int32]) -> list[bool]:
         """Per row, whether it lies beyond every episode the student took of its series (one taken)."""
-        series, position = self.catalogue.series, self.catalogue.series_position
-        row_series = series[rows].tolist()
-        if not row_series:
+        if not rows:
             return []
-        # plain Python: a few rows against a student's history (numpy's set-up costs more); only the
-        # series of those rows are followed through the history
-        wanted = set(row_series)
+        series, position = self.links.series, self.links.position
+        # a few rows against a student's history: only the series of those rows are followed
+        wanted = {series[r] for r in rows}
         furthest: dict[int, int] = {}
-        for s, p in zip(series[hist_rows].tolist(), position[hist_rows].tolist(), strict=True):
-            if s in wanted and p > furthest.get(s, 0):
-                furthest[s] = p
-        return [
-            s in furthest and p > furthest[s]
-            for s, p in zip(row_series, position[rows].tolist(), strict=True)
-        ]
+        for h in hist_rows.tolist():
+            s = series[h]
+            if s in wanted and position[h] > furthest.get(s, 0):
+                furthest[s] = position[h]
+        return [series[r] in furthest and position[r] > furthest[series[r]] for r in rows]
 
     def _popular(
         self, region: str | None, profile: Profile | None, mask: npt.NDArray[np.bool_], k: int
@@ -643,12 +654,15 @@ class RankingModel:
         return rows, reasons, source
 
 
-def _slot_score(rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float32], row: int) -> float:
-    """A series slot's score: its candidate score, or the list's best when it is not a candidate."""
-    at = np.flatnonzero(rows == row)
-    if at.size:
-        return float(scores[at[0]])
-    return float(scores[0]) if scores.size else 0.0
+def _slot_scores(
+    rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float32], slots: list[int]
+) -> list[float]:
+    """The series slots' scores: each one's candidate score, or the list's best when it is not a candidate."""
+    if not slots:
+        return []
+    listed = rows.tolist()
+    best = float(scores[0]) if listed else 0.0
+    return [float(scores[listed.index(r)]) if r in listed else best for r in slots]
 
 
 _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)

@@ -30,8 +30,8 @@ def test_prepared_arrays(ranking: RankingModel) -> None:
     row = cat.lectures.get("MATH-A-2")
     assert ranking.titles[row] == "수학 개념 완성 2강"
     assert ranking.subject_of[row] == "수학" and ranking.providers[row] == "EBS"
-    assert ranking.next_row[cat.lectures.get("MATH-A-1")] == row
-    assert ranking.next_row[cat.lectures.get("MATH-A-5")] == -1
+    assert ranking.links.next[cat.lectures.get("MATH-A-1")] == row
+    assert ranking.links.next[cat.lectures.get("MATH-A-5")] == -1
     assert ranking.region_code("*") == -1 and ranking.region_code("nowhere") == -1
 
 
