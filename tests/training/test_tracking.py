@@ -214,3 +214,35 @@ def test_oracle_logged_once_per_evaluation_on_synthetic_data(tmp_path: Path) -> 
         assert load_report(client, oracle.info.run_id).model == "oracle"
         result = runner.invoke(app, ["train", "-m", "popularity", "--split", "leave_last_n"])
         assert len(find_runs(client, settings.mlflow.experiment, kinds=(KIND_ORACLE,))) == 2
+
+
+def test_students_table_histories_match_each_students_sequence_in_any_block_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The history columns are built from the arrays in blocks of students: per student they are the
+    sequence's lecture ids and each one's interaction weight (0 without one), whatever the block size."""
+    from dataclasses import replace
+
+    import scipy.sparse as sp
+
+    from features.matrices import build_training_data
+    from training import tracking
+
+    ds = modelling_data.dataset()
+    data = build_training_data(ds.students, ds.lectures, ds.events)
+    # one sequence lecture loses its interaction: it must weigh 0, not shift the others
+    interactions = data.interactions.tolil()
+    first = next(i for i, s in enumerate(data.sequences) if len(s) > 1)
+    interactions[first, int(data.sequences[first][0])] = 0
+    data = replace(data, interactions=sp.csr_matrix(interactions))
+    ids = data.catalogue.lectures.ids
+    expected_history = [[ids[r] for r in s] for s in data.sequences]
+    dense = data.interactions.toarray()
+    expected_weight = [[float(dense[i, r]) for r in s] for i, s in enumerate(data.sequences)]
+    assert expected_weight[first][0] == 0.0 and any(w > 0 for w in expected_weight[first])
+    for block in (1, 3, len(data.sequences) + 5):
+        monkeypatch.setattr(tracking, "HISTORY_BLOCK_STUDENTS", block)
+        table = tracking.students_table(data, ds.students).to_pydict()
+        assert table["student_id"] == list(data.students.ids)
+        assert table["history"] == expected_history
+        assert table["history_weight"] == expected_weight  # float32 both ways: exact
