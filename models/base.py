@@ -148,6 +148,16 @@ class Recommender(ABC):
         """Hyper-parameters and seed as plain JSON values (logged to MLflow, saved with the model)."""
         return {}
 
+    def is_fit_of(self, model: Recommender, data: TrainingData) -> bool:
+        """Whether this fitted model is what fitting `model` (not fitted) on `data` gives: the same class
+        and parameters, seed included, fitted on `data`'s id maps (fits are deterministic for a seed)."""
+        return (
+            type(self) is type(model)
+            and self.params() == model.params()
+            and self.catalogue is data.catalogue
+            and self.students is data.students
+        )
+
     @abstractmethod
     def fit(self, data: TrainingData) -> Self:
         """Learn from `data`; returns self."""

@@ -33,6 +33,7 @@ procedure.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -348,6 +349,8 @@ class BlendRecommender(Recommender):
         self._next: npt.NDArray[np.int32] = np.zeros(0, np.int32)
         self._reach: npt.NDArray[np.float32] = np.zeros(0, np.float32)
         self._lookup_cache: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix] | None = None
+        #: seconds of each component the last `fit` fitted on all its data (not those it took), by name
+        self.fit_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
@@ -399,23 +402,16 @@ class BlendRecommender(Recommender):
         kwargs = {"seed": self.seed, **self.component_params.get(name, {})}
         return COMPONENTS[name](**kwargs)
 
-    @property
-    def fitted_components(self) -> tuple[str, ...]:
-        """The components a fit keeps, fitted on all its data: the fallback alone, else every one."""
-        return self.components if self.fallback is None else (self.fallback,)
-
     def _fit_on_all(self, name: str, data: TrainingData, fitted: Mapping[str, Recommender]) -> Recommender:
-        """Component `name` fitted on `data`: `fitted[name]` when it is that fit (the same parameters,
-        seed included, and `data`'s id maps), else a new fit."""
+        """Component `name` fitted on `data`: `fitted[name]` when it is that fit (`Recommender.is_fit_of`),
+        else a new fit, timed in `fit_seconds`."""
         new, given = self.component(name), fitted.get(name)
-        if (
-            given is not None
-            and given.params() == new.params()
-            and given.catalogue is data.catalogue
-            and given.students is data.students
-        ):
+        if given is not None and given.is_fit_of(new, data):
             return given
-        return new.fit(data)
+        started = time.perf_counter()
+        new.fit(data)
+        self.fit_seconds[name] = time.perf_counter() - started
+        return new
 
     def _check_fitted(self) -> None:
         _ = self.catalogue
@@ -585,6 +581,7 @@ class BlendRecommender(Recommender):
         self._student_feature_names = data.student_feature_names
         self._next = next_in_series(data.catalogue)
         self._lookup_cache = None
+        self.fit_seconds = {}
         fitted = fitted or {}
         if self.fallback is not None:
             return self._fit_fallback(data, fitted)

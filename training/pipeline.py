@@ -8,10 +8,9 @@ functions run under the CLI's rich display, in tests, or silently.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,16 +97,19 @@ def fit(
     data: TrainingData,
     seed: int,
     fitted: Mapping[str, Recommender] | None = None,
+    fit_seconds: Mapping[str, float] | None = None,
 ) -> tuple[Recommender, float]:
-    """Construct a registered model with `params` and fit it.
+    """Construct a registered model with `params` and fit it, or take its fit from `fitted`.
 
     Args:
         name: model registry name.
         params: constructor keyword arguments.
         data: the training data.
         seed: the model's seed.
-        fitted: models already fitted on `data` itself, by name: a blend takes those that are its
-            components' fits instead of fitting them again (`BlendRecommender.fit`); other models ignore it.
+        fitted: models already fitted on `data` itself, by name: the model is taken from it when it is
+            this fit (`Recommender.is_fit_of`); a blend takes its components' fits from it
+            (`BlendRecommender.fit`).
+        fit_seconds: how long each model of `fitted` took to fit (a taken model reports that).
 
     Returns:
         (the fitted model, fit seconds).
@@ -123,12 +125,23 @@ def fit(
         model = factory(seed=seed, **params)
     except TypeError as exc:
         raise ValueError(f"{name}: bad hyper-parameter ({exc})") from exc
+    given = (fitted or {}).get(name)
+    if given is not None and given.is_fit_of(model, data):
+        return given, (fit_seconds or {}).get(name, 0.0)
     started = time.perf_counter()
     if isinstance(model, BlendRecommender):
         model.fit(data, fitted)
     else:
         model.fit(data)
     return model, time.perf_counter() - started
+
+
+@dataclass
+class Fits:
+    """Models of a training run fitted on its training data, by name, and how long each fit took."""
+
+    models: dict[str, Recommender] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,7 +168,7 @@ def fit_evaluate_log(
     seed: int,
     extra_metrics: Mapping[str, float] | None = None,
     run_name: str | None = None,
-    fits: dict[str, Recommender] | None = None,
+    fits: Fits | None = None,
     step: Step = _no_step,
 ) -> Trained:
     """Fit one model, evaluate its served lists on the split and log one MLflow run (params, metrics, pyfunc).
@@ -169,8 +182,9 @@ def fit_evaluate_log(
         seed: the model's seed.
         extra_metrics: more metrics for the run (validation figures, ...).
         run_name: the run's name (default MLflow's).
-        fits: models of this run fitted on `prepared.data`, by name, or None: a blend takes its
-            components' fits from it (`fit`); any other model fitted here is added to it.
+        fits: models of this run fitted on `prepared.data`, by name, and their fit seconds, or None: the
+            model is taken from it when it is that fit (`fit`); a blend fitted here adds the components
+            it fitted on all the data.
         step: progress callback (task = `name`).
 
     Returns:
@@ -184,9 +198,11 @@ def fit_evaluate_log(
     from training.evaluate import evaluate
 
     step(name, f"{name}: fitting", None, None)
-    model, fit_seconds = fit(name, params, prepared.data, seed, fits)
-    if fits is not None and not isinstance(model, BlendRecommender):
-        fits[name] = model
+    taken, seconds = (fits.models, fits.seconds) if fits is not None else (None, None)
+    model, fit_seconds = fit(name, params, prepared.data, seed, taken, seconds)
+    if fits is not None and isinstance(model, BlendRecommender):
+        fits.models.update(model.models)
+        fits.seconds.update(model.fit_seconds)
     total = len(prepared.split.test_students)
     step(name, f"{name}: evaluating", 0, total)
     report = evaluate(
@@ -344,7 +360,6 @@ def run_training(
     Returns:
         The run's outcomes and messages.
     """
-    from models import BlendRecommender
     from models.errors import ModelError
     from training import splits, tracking
     from training.evaluate import ground_truth_dir
@@ -370,29 +385,29 @@ def run_training(
             return dict(choice.params)
         return splits.split_model_params(name, dict(params.get(name, {})), prepared.split)
 
-    # the blend comes last and takes the fits of its components made here (same parameters, same data)
-    blend_takes: tuple[str, ...] = ()
-    if "blend" in models:
-        with contextlib.suppress(TypeError, ValueError):  # a bad blend: its own fit below says what is wrong
-            blend_takes = BlendRecommender(seed=seed, **final_params("blend")).fitted_components
-    fits: dict[str, Recommender] = {}
-    for name in sorted(models, key=lambda m: m == "blend"):
+    # the blend comes first: the components it fits on all the data are the single models' final fits
+    # (same parameters, same data), each dropped once that model is logged; no fit is held beside the
+    # blend's hold-out cut fits
+    fits = Fits()
+    for name in sorted(models, key=lambda m: m != "blend"):
         choice = selection.choices.get(name)
         extra = {} if choice is None else {f"validation_{key}": choice.value}
         try:
             result = fit_evaluate_log(
                 name, final_params(name), prepared, experiment_id=experiment_id, ks=ks, seed=seed,
-                extra_metrics=extra, fits=fits if name in (*blend_takes, "blend") else None, step=step,
+                extra_metrics=extra, fits=fits, step=step,
             )  # fmt: skip
             assert result.report is not None
             step(name, f"{name}: {key} = {result.report.overall.get(key, 0.0):.4f}", 1, 1)
         except (ModelError, ValueError) as exc:
             result = Trained(name, error=str(exc))
             step(name, f"[red]{name}: failed[/]", 1, 1)
+        fits.models.pop(name, None)
         if choice is not None:
             result.validation, result.note = choice.value, choice.note
         results.append(result)
-    fits.clear()
+    fits.models.clear()
+    results.sort(key=lambda r: r.model == "blend")  # reported as before: the blend after the others
     if oracle and ground_truth_dir(prepared.dataset_dir) is not None:
         if oracle_logged(client, experiment, prepared, ks):
             step("oracle", "oracle: already logged for this evaluation", 1, 1)

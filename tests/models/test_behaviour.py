@@ -402,6 +402,8 @@ def test_blend_takes_its_components_fits_on_the_same_data(sequential: TrainingDa
     assert fits == {**dict.fromkeys(components, 1), "item_knn": 2}
     assert all(blend.models[n] is given[n] for n in ("segment_popularity", "lightfm", "sequence"))
     assert blend.models["item_knn"] is not given["item_knn"]
+    # it times the fits it made on all the data (the pipeline reports them for the single models)
+    assert set(blend.fit_seconds) == {"item_knn"} and set(refitted.fit_seconds) == set(components)
     batch = sequential.batch(np.arange(len(sequential.students), dtype=np.int32))
     np.testing.assert_array_equal(blend.score(batch), refitted.score(batch))
     assert blend.coefficients == refitted.coefficients

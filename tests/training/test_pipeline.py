@@ -35,6 +35,8 @@ def test_train_fits_each_component_once_per_data_set(tmp_path: Path, monkeypatch
         )  # fmt: skip
     assert [r.model for r in run.results] == ["popularity", "item_knn", "blend"]
     assert all(r.error is None for r in run.results)
+    # the single models took the blend's fits on all the data, and report how long those took
+    assert all(r.fit_seconds > 0 for r in run.results)
     folds = 2  # leave-last-n validation: STUDENT_FOLDS folds of the students
     blending = any("keeps blending" in line for line in run.messages)
     assert fits == dict.fromkeys(("popularity", "item_knn"), folds + folds + 1 + blending)
