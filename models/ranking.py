@@ -534,7 +534,8 @@ class RankingModel:
             return _NO_ROWS, _NO_SCORES
         history = record.history
         n = len(history)
-        # a list, then one array: cheaper than numpy's fromiter and a test for unknown ids on the array
+        # mapped into a list (unknown ids are -1), then one array: cheaper than numpy's fromiter and a
+        # comparison over the array
         rows = list(map(self.catalogue.lectures.index.get, history, repeat(-1, n)))
         weights = np.fromiter(history.values(), np.float32, n)
         array = np.array(rows, dtype=np.int32)
