@@ -533,23 +533,15 @@ class RankingModel:
         if record is None or not record.history:
             return _NO_ROWS, _NO_SCORES
         history = record.history
-        n = len(history)
-        # mapped into a list (unknown ids are -1), then one array: cheaper than numpy's fromiter and a
-        # comparison over the array
-        rows = list(map(self.catalogue.lectures.index.get, history, repeat(-1, n)))
-        weights = np.fromiter(history.values(), np.float32, n)
-        array = np.array(rows, dtype=np.int32)
-        if -1 in rows:
-            known = array >= 0
-            return array[known], weights[known]
-        return array, weights
+        rows, known = _lecture_rows(self.catalogue.lectures.index, history)
+        weights = np.fromiter(history.values(), np.float32, len(history))
+        return (rows, weights) if known is None else (rows[known], weights[known])
 
     def _recent_rows(self, record: StudentState | None) -> npt.NDArray[np.int32]:
         if record is None or not record.recent:
             return _NO_ROWS
-        recent = record.recent
-        rows = list(map(self.catalogue.lectures.index.get, recent, repeat(-1, len(recent))))
-        return np.array([r for r in rows if r >= 0] if -1 in rows else rows, dtype=np.int32)
+        rows, known = _lecture_rows(self.catalogue.lectures.index, record.recent)
+        return rows if known is None else rows[known]
 
     def _score_one(self, plan: _Plan) -> npt.NDArray[np.float32]:
         """Scores of one student over the catalogue (the model's own single-student path)."""
@@ -670,6 +662,17 @@ _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_SCORES: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
 _NO_ROWS.setflags(write=False)
 _NO_SCORES.setflags(write=False)
+
+
+def _lecture_rows(
+    index: Mapping[str, int], ids: Iterable[str]
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_] | None]:
+    """Catalogue rows of a request's lecture ids, and which are known (None: all of them; unknown ids
+    are -1). Mapped into a list, then one array: cheaper than numpy's fromiter and a comparison over
+    the array."""
+    listed = list(map(index.get, ids, repeat(-1)))
+    rows = np.array(listed, dtype=np.int32)
+    return rows, (rows >= 0 if -1 in listed else None)
 
 
 def _rows(cat: Catalogue, ids: Sequence[str]) -> npt.NDArray[np.int32]:

@@ -228,13 +228,13 @@ def _history_columns(data: TrainingData) -> tuple[pa.ChunkedArray, pa.ChunkedArr
         interactions = interactions.sorted_indices()
     histories, weights = [], []
     n = len(data.sequences)
-    for start in range(0, n, HISTORY_BLOCK_STUDENTS) or [0]:
+    for start in range(0, n, HISTORY_BLOCK_STUDENTS):
         stop = min(start + HISTORY_BLOCK_STUDENTS, n)
         sequences = data.sequences[start:stop]
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         offsets = np.zeros(len(sequences) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(sequences).astype(np.int64) if len(sequences) else np.empty(0, np.int64)
+        flat = np.concatenate(sequences).astype(np.int64)
         # (row, lecture) as one sorted key: the block's CSR entries are sorted by row, then lecture
         block = interactions[start:stop]
         stored = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(block.indptr)) * n_lectures
