@@ -41,6 +41,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from models.eligibility import top_k
+from models.stage_two import rows_within
 
 if TYPE_CHECKING:
     from models.base import Recommender
@@ -102,13 +103,16 @@ class Candidates:
         magic, region, grade, n, b, complete = struct.unpack_from(f"<{_HEADER}i", raw)
         if magic != MAGIC or n < 0 or b < 0 or len(raw) != 4 * (_HEADER + 2 * n + b):
             return None
-        # read as unsigned, a negative row is larger than any catalogue: one bound check per array
         body = np.frombuffer(raw, "<u4", offset=4 * _HEADER)
-        rows, basis = body[:n], body[2 * n :]
-        if (n and rows.max() >= n_lectures) or (b and basis.max() >= n_lectures):
+        if not rows_within(body, n, b, n_lectures):
             return None
         return cls(
-            region, grade, rows.view("<i4"), body[n : 2 * n].view("<f4"), basis.view("<i4"), bool(complete)
+            region,
+            grade,
+            body[:n].view("<i4"),
+            body[n : 2 * n].view("<f4"),
+            body[2 * n :].view("<i4"),
+            bool(complete),
         )
 
 

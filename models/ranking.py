@@ -25,7 +25,9 @@ when none is stored (the offline evaluation, students the model version was not 
 the list filtered by the rules above, with the followers of lectures enrolled in since it was built.
 A list too short for the request is set aside for the full ranking (`Ranked.candidates` says which).
 Series slots carry their candidate score, or the list's best score when they are not among the
-candidates (they rank first by rule).
+candidates (they rank first by rule). The rules that run over rows on every request (the series slots,
+the filter and pick from the candidates) are compiled (`models.stage_two`); the whole-catalogue paths (the
+full ranking, popularity) read the eligibility mask (`RankingModel._mask`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +51,7 @@ from models.eligibility import EligibilityIndex, top_k_one
 from models.errors import ModelError
 from models.interactions import DROPPED_AT_MOST
 from models.loading import SEGMENT_SEPARATOR
+from models.stage_two import beyond_history, no_subject, pick, series_slots
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -59,6 +62,10 @@ if TYPE_CHECKING:
 SERIES_SLOTS = 2
 #: How many of the most recent lectures are looked at for series to continue.
 SERIES_LOOKBACK = 5
+
+_A = TypeVar("_A", bound=np.ndarray)  # type: ignore[type-arg]
+#: A model-ranked row's reason by whether it continues a series (`models.stage_two.beyond_history`).
+_REASON_OF: tuple[str, str] = ("similar_students", "next_in_series")
 
 REASON_TEXT: dict[str, str] = {
     "next_in_series": "시리즈 다음 강의",
@@ -178,26 +185,32 @@ class _Plan:
     hist_rows: npt.NDArray[np.int32]
     hist_weights: npt.NDArray[np.float32]
     recent_rows: npt.NDArray[np.int32]
-    mask: npt.NDArray[np.bool_]
-    continuation: list[int]
+    allowed: npt.NDArray[np.bool_]  # the region and grade's static eligibility (a view, not a copy)
+    subject: npt.NDArray[np.bool_]  # the requested subject's lectures; empty for any subject
+    continuation: npt.NDArray[np.int32]  # the series slots (`models.stage_two.series_slots`)
     feature_cols: npt.NDArray[np.int32]
     scorable: bool
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SeriesLinks:
-    """Per lecture row, as Python lists: what the series rules read a few rows of per request (a list
-    item costs a tenth of a numpy scalar)."""
+    """Per lecture row, what the series rules read (`models.stage_two`), in the types its compiled code
+    is built for (int32 and bool, read-only)."""
 
-    series: list[int]
-    position: list[int]  # 1-based episode
-    next: list[int]  # next episode of the same series, -1 = last
-    active: list[bool]
+    series: npt.NDArray[np.int32]
+    position: npt.NDArray[np.int32]  # 1-based episode
+    next: npt.NDArray[np.int32]  # next episode of the same series, -1 = last
+    active: npt.NDArray[np.bool_]
 
     @classmethod
     def of(cls, cat: Catalogue, next_row: npt.NDArray[np.int32]) -> SeriesLinks:
-        return cls(cat.series.tolist(), cat.series_position.tolist(), next_row.tolist(), cat.active.tolist())
+        return cls(
+            _frozen(np.array(cat.series, dtype=np.int32)),
+            _frozen(np.array(cat.series_position, dtype=np.int32)),
+            _frozen(np.array(next_row, dtype=np.int32)),
+            _frozen(np.array(cat.active, dtype=np.bool_)),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -438,19 +451,23 @@ class RankingModel:
             if taken:
                 rows, scores = two_stage.fuse(cands, self.followers, taken)
                 outcome = "fused"
-        rest = k - len(plan.continuation)
-        keep = plan.mask[rows].nonzero()[0]
-        if rest > 0 and keep.size < rest and not cands.complete:
+        links = self.links
+        out_rows, out_scores, follows, exhausted = pick(
+            rows, scores, cands.complete, plan.allowed, plan.subject, plan.hist_rows, plan.continuation, k,
+            links.series, links.position,
+        )  # fmt: skip
+        if exhausted:
             # too few candidates left for this request: the full ranking answers it
             if full is None:
                 full = self._score_plan(plan)
             return replace(self._finish(plan, full, k), candidates="exhausted")
-        chosen = keep[: max(rest, 0)]
-        return self._model_list(
-            plan,
-            rows[chosen].tolist(),
-            _slot_scores(rows, scores, plan.continuation) + scores[chosen].tolist(),
-            outcome,
+        return Ranked(
+            out_rows.tolist(),
+            out_scores.tolist(),
+            [_REASON_OF[f] for f in follows.tolist()],
+            plan.source,
+            fallback=plan.index < 0,
+            candidates=outcome,
         )
 
     def _plan(
@@ -471,18 +488,19 @@ class RankingModel:
 
         hist_rows, hist_weights = self._history(record)
         recent_rows = self._recent_rows(record)
-        mask = self.eligibility.mask_one(region, grade, hist_rows)
-        if subject is not None:
-            mask &= self.subject_masks[self.subject_index[subject]]
-        continuation = self._continuations(recent_rows, hist_rows, hist_weights, mask, min(SERIES_SLOTS, k))
-        if continuation:
-            mask[continuation] = False
+        allowed = self.eligibility.static[region, grade]  # -1 (unknown) is the last row and column
+        lectures = self.subject_masks[self.subject_index[subject]] if subject is not None else no_subject()
+        links = self.links
+        continuation = series_slots(
+            recent_rows, hist_rows, hist_weights, allowed, lectures, links.series, links.next, links.active,
+            min(SERIES_SLOTS, k), SERIES_LOOKBACK, DROPPED_AT_MOST,
+        )  # fmt: skip
         cols = self.encoder.of_profile(profile) if profile is not None else _NO_ROWS
         scorable = not degraded and record is not None and (index >= 0 or cols.size > 0 or hist_rows.size > 0)
         source = "model" if index >= 0 else ("profile" if cols.size else "history")
         return _Plan(
             student_id, record, index, profile, region_name, region, grade, hist_rows, hist_weights,
-            recent_rows, mask, continuation, cols, scorable, source,
+            recent_rows, allowed, lectures, continuation, cols, scorable, source,
         )  # fmt: skip
 
     def _score_plan(self, plan: _Plan) -> npt.NDArray[np.float32] | str:
@@ -493,41 +511,41 @@ class RankingModel:
         except (ModelError, ValueError, IndexError) as exc:
             return repr(exc)
 
+    def _mask(self, plan: _Plan) -> npt.NDArray[np.bool_]:
+        """Every lecture the plan may still list: eligibility, subject, series slots taken out (the full
+        ranking and popularity read it; a candidate list is filtered row by row by `pick`)."""
+        mask = self.eligibility.mask_one(plan.region, plan.grade, plan.hist_rows)
+        if plan.subject.size:
+            mask &= plan.subject
+        mask[plan.continuation] = False
+        return mask
+
     def _finish(self, plan: _Plan, scored: npt.NDArray[np.float32] | str | None, k: int) -> Ranked:
-        continuation = plan.continuation
+        continuation = plan.continuation.tolist()
         rest = k - len(continuation)
         fallback = plan.index < 0
+        mask = self._mask(plan)
         if scored is not None and not isinstance(scored, str):
             scores = scored
-            rows, best = top_k_one(scores, plan.mask, rest) if rest > 0 else (_NO_ROWS, _NO_SCORES)
+            rows, best = top_k_one(scores, mask, rest) if rest > 0 else (_NO_ROWS, _NO_SCORES)
             n = int((rows >= 0).sum())
-            out_scores = [float(scores[r]) for r in continuation] + best[:n].tolist()
-            return self._model_list(plan, rows[:n].tolist(), out_scores, None)
+            chosen = rows[:n]
+            follows = beyond_history(chosen, plan.hist_rows, self.links.series, self.links.position)
+            return Ranked(
+                continuation + chosen.tolist(),
+                [float(scores[r]) for r in continuation] + best[:n].tolist(),
+                ["next_in_series"] * len(continuation) + [_REASON_OF[f] for f in follows.tolist()],
+                plan.source,
+                fallback=fallback,
+            )
 
-        pop_rows, pop_reasons, source = self._popular(plan.region_name, plan.profile, plan.mask, rest)
+        pop_rows, pop_reasons, source = self._popular(plan.region_name, plan.profile, mask, rest)
         out_rows = continuation + pop_rows
         # popularity answers carry their rank as a score in (0, 1]: comparable within the answer only
         total = max(len(out_rows), 1)
         out_scores = [round(1.0 - i / total, 6) for i in range(len(out_rows))]
         reasons = ["next_in_series"] * len(continuation) + pop_reasons
         return Ranked(out_rows, out_scores, reasons, source, fallback=fallback, model_error=scored)
-
-    def _model_list(
-        self, plan: _Plan, chosen: list[int], scores: list[float], candidates: str | None
-    ) -> Ranked:
-        """The answer of a scored student: series slots, then `chosen` (`scores`: slots' then chosen's)."""
-        continues = self._continues(chosen, plan.hist_rows)
-        reasons = ["next_in_series"] * len(plan.continuation) + [
-            "next_in_series" if c else "similar_students" for c in continues
-        ]
-        return Ranked(
-            plan.continuation + chosen,
-            scores,
-            reasons,
-            plan.source,
-            fallback=plan.index < 0,
-            candidates=candidates,
-        )
 
     def _history(self, record: StudentState | None) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         if record is None or not record.history:
@@ -564,51 +582,6 @@ class RankingModel:
         """The record's model state: its first `state_width` floats (a candidate list may follow)."""
         state, _ = two_stage.split(record.state if record is not None else None, self.state_width)
         return np.frombuffer(state, dtype=np.float32) if state is not None else None
-
-    def _continuations(
-        self,
-        recent_rows: npt.NDArray[np.int32],
-        hist_rows: npt.NDArray[np.int32],
-        hist_weights: npt.NDArray[np.float32],
-        mask: npt.NDArray[np.bool_],
-        limit: int,
-    ) -> list[int]:
-        if not recent_rows.size or limit <= 0:
-            return []
-        weight = dict(zip(hist_rows.tolist(), hist_weights.tolist(), strict=True))
-        links = self.links
-        seen_series: set[int] = set()
-        out: list[int] = []
-        for r in recent_rows[::-1][:SERIES_LOOKBACK].tolist():
-            s = links.series[r]
-            if s in seen_series:
-                continue
-            seen_series.add(s)
-            if weight.get(r, 1.0) <= DROPPED_AT_MOST:
-                continue
-            nxt = links.next[r]
-            # skip episodes already taken or retired; the loop is bounded by the series length
-            while nxt >= 0 and (nxt in weight or not links.active[nxt]):
-                nxt = links.next[nxt]
-            if nxt >= 0 and mask[nxt] and nxt not in out:
-                out.append(nxt)
-                if len(out) >= limit:
-                    break
-        return out
-
-    def _continues(self, rows: list[int], hist_rows: npt.NDArray[np.int32]) -> list[bool]:
-        """Per row, whether it lies beyond every episode the student took of its series (one taken)."""
-        if not rows:
-            return []
-        series, position = self.links.series, self.links.position
-        # a few rows against a student's history: only the series of those rows are followed
-        wanted = {series[r] for r in rows}
-        furthest: dict[int, int] = {}
-        for h in hist_rows.tolist():
-            s = series[h]
-            if s in wanted and position[h] > furthest.get(s, 0):
-                furthest[s] = position[h]
-        return [series[r] in furthest and position[r] > furthest[series[r]] for r in rows]
 
     def _popular(
         self, region: str | None, profile: Profile | None, mask: npt.NDArray[np.bool_], k: int
@@ -647,17 +620,6 @@ class RankingModel:
         return rows, reasons, source
 
 
-def _slot_scores(
-    rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float32], slots: list[int]
-) -> list[float]:
-    """The series slots' scores: each one's candidate score, or the list's best when it is not a candidate."""
-    if not slots:
-        return []
-    listed = rows.tolist()
-    best = float(scores[0]) if listed else 0.0
-    return [float(scores[listed.index(r)]) if r in listed else best for r in slots]
-
-
 _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_SCORES: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
 _NO_ROWS.setflags(write=False)
@@ -683,7 +645,7 @@ def _rows(cat: Catalogue, ids: Sequence[str]) -> npt.NDArray[np.int32]:
     return out
 
 
-def _frozen(a: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+def _frozen(a: _A) -> _A:
     a.setflags(write=False)
     return a
 

@@ -1,0 +1,227 @@
+"""The request's rules over a few rows, compiled: the series slots and the pick from a candidate list.
+
+Why: a computed answer runs these on every request (`models.ranking.RankingModel.rank`), over a
+student's ~20 history rows and a stored list of ~100 candidates. In Python with numpy they were about
+25 numpy calls and the loops between them: a rank took ~47 µs in a warm loop, ~30 µs with these compiled
+(numba, `nogil`; ~1.5 to 4 µs a call). Each function reads only what it is given and allocates only its
+result.
+
+One source: each is plain Python over numpy arrays and scalars, which numba compiles; `.py_func` is the
+same code run by the interpreter. `tests/models/test_stage_two.py` holds the compiled functions equal to
+it and to the Python and numpy code they replaced (kept there as the reference), and the served lists
+equal to the full ranking's (`top_k_one` over the whole eligibility mask). ``NUMBA_DISABLE_JIT=1`` runs
+the interpreter everywhere (for a debugger). Each function is built for one signature when this module is
+imported and cached beside it (``__pycache__``): the first process after an install compiles them (about
+five seconds), later ones load them (about half a second), and a request never compiles.
+
+Eligibility here is the rule of `models.eligibility` read row by row: a lecture may be listed when the
+student's region and grade allow it (`allowed`: the static rules' row for them, no copy), it is not in
+the history, it is of the requested subject (`subject`: empty for any) and it is not already a series slot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit, types
+
+_NO_SUBJECT: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+
+# One signature per function, compiled when this module is imported (or loaded from the cache): a
+# writable array passes where a read-only one is declared, so every caller shares the one build, no
+# request compiles, and an argument of another dtype or layout is a TypeError rather than a new build.
+_I32 = types.Array(types.int32, 1, "C", readonly=True)
+_U32 = types.Array(types.uint32, 1, "C", readonly=True)
+_F32 = types.Array(types.float32, 1, "C", readonly=True)
+_BOOL = types.Array(types.boolean, 1, "C", readonly=True)
+_ROWS = types.int32[::1]
+_ANSWER = types.Tuple((_ROWS, types.float32[::1], types.boolean[::1], types.boolean))  # type: ignore[no-untyped-call]
+
+
+@njit(types.boolean(_I32, types.int64, types.int64), cache=True, nogil=True)
+def _has(values: npt.NDArray[np.int32], value: int, n: int) -> bool:
+    """Whether `value` is among the first `n` of `values` (a few rows: a scan beats a set)."""
+    for i in range(n):
+        if values[i] == value:
+            return True
+    return False
+
+
+@njit(
+    _ROWS(_I32, _I32, _F32, _BOOL, _BOOL, _I32, _I32, _BOOL, types.int64, types.int64, types.float64),
+    cache=True,
+    nogil=True,
+)
+def series_slots(
+    recent: npt.NDArray[np.int32],
+    hist_rows: npt.NDArray[np.int32],
+    hist_weights: npt.NDArray[np.float32],
+    allowed: npt.NDArray[np.bool_],
+    subject: npt.NDArray[np.bool_],
+    series: npt.NDArray[np.int32],
+    next_row: npt.NDArray[np.int32],
+    active: npt.NDArray[np.bool_],
+    limit: int,
+    lookback: int,
+    dropped_at_most: float,
+) -> npt.NDArray[np.int32]:
+    """The next episodes of the series the student was last in, most recent first (at most `limit`).
+
+    For each of the last `lookback` lectures of `recent` (newest first, one per series): unless the
+    student dropped it (history weight at most `dropped_at_most`), the series' first later episode that is
+    active and not in the history, when the student may be shown it.
+
+    Args:
+        recent: lecture rows in the order the student enrolled (oldest first).
+        hist_rows: the history's rows; `hist_weights` their weights (a row absent counts 1).
+        allowed: the region and grade's static eligibility per lecture row.
+        subject: the requested subject's rows (empty: any subject).
+        series: series code per lecture row; `next_row` the next episode's row (-1: last); `active`.
+        limit: most slots.
+        lookback: recent lectures looked at.
+        dropped_at_most: a history weight at or below this means dropped.
+
+    Returns:
+        The slots' lecture rows (int32).
+    """
+    out = np.empty(max(limit, 0), dtype=np.int32)
+    n_out = 0
+    n_hist = hist_rows.size
+    seen = np.empty(min(lookback, recent.size), dtype=np.int32)
+    n_seen = 0
+    i = recent.size - 1
+    while i >= 0 and recent.size - 1 - i < lookback and n_out < limit:
+        r = recent[i]
+        i -= 1
+        s = series[r]
+        if _has(seen, s, n_seen):
+            continue
+        seen[n_seen] = s
+        n_seen += 1
+        weight = 1.0
+        for j in range(n_hist):  # the last entry of a row counts, as in a dict built from the pairs
+            if hist_rows[j] == r:
+                weight = hist_weights[j]
+        if weight <= dropped_at_most:
+            continue
+        nxt = next_row[r]
+        # skip episodes already taken or retired; the loop is bounded by the series length
+        while nxt >= 0 and (_has(hist_rows, nxt, n_hist) or not active[nxt]):
+            nxt = next_row[nxt]
+        if nxt < 0 or not allowed[nxt] or (subject.size > 0 and not subject[nxt]):
+            continue
+        if not _has(out, nxt, n_out):
+            out[n_out] = nxt
+            n_out += 1
+    return out[:n_out]
+
+
+@njit(types.boolean[::1](_I32, _I32, _I32, _I32), cache=True, nogil=True)
+def beyond_history(
+    rows: npt.NDArray[np.int32],
+    hist_rows: npt.NDArray[np.int32],
+    series: npt.NDArray[np.int32],
+    position: npt.NDArray[np.int32],
+) -> npt.NDArray[np.bool_]:
+    """Per row, whether it lies beyond every episode the student took of its series (one taken at least):
+    the reason "next in series" of a row the model chose."""
+    out = np.empty(rows.size, dtype=np.bool_)
+    for j in range(rows.size):
+        r = rows[j]
+        furthest = 0
+        for h in range(hist_rows.size):
+            taken = hist_rows[h]
+            if series[taken] == series[r] and position[taken] > furthest:
+                furthest = position[taken]
+        out[j] = furthest > 0 and position[r] > furthest
+    return out
+
+
+@njit(
+    _ANSWER(_I32, _F32, types.boolean, _BOOL, _BOOL, _I32, _I32, types.int64, _I32, _I32),
+    cache=True,
+    nogil=True,
+)
+def pick(
+    rows: npt.NDArray[np.int32],
+    scores: npt.NDArray[np.float32],
+    complete: bool,
+    allowed: npt.NDArray[np.bool_],
+    subject: npt.NDArray[np.bool_],
+    hist_rows: npt.NDArray[np.int32],
+    slots: npt.NDArray[np.int32],
+    k: int,
+    series: npt.NDArray[np.int32],
+    position: npt.NDArray[np.int32],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_], bool]:
+    """A model's answer from its candidate list: the series slots, then the best eligible candidates.
+
+    Args:
+        rows: the candidates' lecture rows, best first; `scores` their scores.
+        complete: the list holds every lecture that was eligible when it was built.
+        allowed: the region and grade's static eligibility; `subject` the subject's rows (empty: any).
+        hist_rows: the student's history rows (never listed).
+        slots: the series slots (`series_slots`), listed first.
+        k: list length.
+        series: series code per lecture row; `position` the 1-based episode.
+
+    Returns:
+        (rows, scores, follows, exhausted): the answer's rows (slots first) and scores (a slot's is its
+        candidate score, else the list's best); per row, whether it continues a series (a slot always
+        does, a chosen row when `beyond_history`); exhausted: fewer than `k` rows without
+        the list being complete (the full ranking must answer instead; the other results are then empty).
+    """
+    n_slots = slots.size
+    n_hist = hist_rows.size
+    rest = max(k - n_slots, 0)
+    chosen = np.empty(rest, dtype=np.int64)
+    n = 0
+    for i in range(rows.size):
+        if n >= rest:
+            break
+        r = rows[i]
+        if not allowed[r] or (subject.size > 0 and not subject[r]):
+            continue
+        if _has(hist_rows, r, n_hist) or _has(slots, r, n_slots):
+            continue
+        chosen[n] = i
+        n += 1
+    if k - n_slots > 0 and n < rest and not complete:
+        return np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.bool_), True
+    size = n_slots + n
+    out_rows = np.empty(size, dtype=np.int32)
+    out_scores = np.empty(size, dtype=np.float32)
+    best = scores[0] if rows.size > 0 else np.float32(0.0)
+    for j in range(n_slots):
+        r = slots[j]
+        out_rows[j] = r
+        out_scores[j] = best
+        for i in range(rows.size):
+            if rows[i] == r:
+                out_scores[j] = scores[i]
+                break
+    for j in range(n):
+        out_rows[n_slots + j] = rows[chosen[j]]
+        out_scores[n_slots + j] = scores[chosen[j]]
+    follows = np.ones(size, dtype=np.bool_)
+    follows[n_slots:] = beyond_history(out_rows[n_slots:], hist_rows, series, position)
+    return out_rows, out_scores, follows, False
+
+
+@njit(types.boolean(_U32, types.int64, types.int64, types.int64), cache=True, nogil=True)
+def rows_within(body: npt.NDArray[np.uint32], n: int, b: int, limit: int) -> bool:
+    """Whether the `n` rows at the start of a stored list's body and the `b` basis rows at its end are
+    all below `limit` (read unsigned, a negative row is larger than any catalogue): the bound check of
+    `models.candidates.Candidates.from_bytes`, one call where two numpy reductions cost three times it."""
+    for i in range(n):
+        if body[i] >= limit:
+            return False
+    for i in range(body.size - b, body.size):
+        if body[i] >= limit:
+            return False
+    return True
+
+
+def no_subject() -> npt.NDArray[np.bool_]:
+    """The `subject` argument meaning any subject."""
+    return _NO_SUBJECT
