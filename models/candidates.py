@@ -41,7 +41,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from models.eligibility import top_k
-from models.stage_two import rows_within
+from models.stage_two import merge_followers, rows_within
 
 if TYPE_CHECKING:
     from models.base import Recommender
@@ -239,16 +239,6 @@ def fuse(
     Returns:
         (rows, scores), best first (score descending, then row).
     """
-    lists = [(candidates.rows, candidates.scores)]
-    for r in taken:
-        keep = followers.rows[r] >= 0
-        if keep.any():
-            lists.append((followers.rows[r][keep], followers.scores[r][keep]))
-    union = np.unique(np.concatenate([rows for rows, _ in lists]))
-    total = np.zeros(union.size, dtype=np.float32)
-    for rows, scores in lists:
-        part = np.full(union.size, scores[-1] if scores.size else 0.0, dtype=np.float32)
-        part[np.searchsorted(union, rows)] = scores
-        total += part
-    order = np.lexsort((union, -total))
-    return union[order].astype(np.int32, copy=False), total[order]
+    return merge_followers(
+        candidates.rows, candidates.scores, followers.rows, followers.scores, np.array(taken, dtype=np.int32)
+    )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from features.online_state import StudentRecord
 from models.interactions import DROPPED_AT_MOST
 from models.ranking import SERIES_LOOKBACK, RankingModel
-from models.stage_two import beyond_history, no_subject, pick, rows_within, series_slots
+from models.stage_two import beyond_history, merge_followers, no_subject, pick, rows_within, series_slots
 from tests.models.test_ranking import _record
 
 
@@ -77,6 +77,23 @@ def _pick_reference(rows, scores, complete, allowed, subject, hist_rows, slots, 
     )
 
 
+def _fuse_reference(rows, scores, follower_rows, follower_scores, taken):
+    """The merge as `models.candidates.fuse` wrote it with numpy before it was compiled."""
+    lists = [(rows, scores)]
+    for r in taken:
+        keep = follower_rows[r] >= 0
+        if keep.any():
+            lists.append((follower_rows[r][keep], follower_scores[r][keep]))
+    union = np.unique(np.concatenate([rows for rows, _ in lists]))
+    total = np.zeros(union.size, dtype=np.float32)
+    for listed, listed_scores in lists:
+        part = np.full(union.size, listed_scores[-1] if listed_scores.size else 0.0, dtype=np.float32)
+        part[np.searchsorted(union, listed)] = listed_scores
+        total += part
+    order = np.lexsort((union, -total))
+    return union[order].tolist(), total[order].tolist()
+
+
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), k=st.integers(1, 12))
 def test_compiled_equals_interpreted(seed: int, n: int, k: int) -> None:
@@ -110,6 +127,22 @@ def test_compiled_equals_interpreted(seed: int, n: int, k: int) -> None:
             assert listed[: slots.size] == slots.tolist()
             assert not set(listed) & set(hist_rows.tolist()) and len(set(listed)) == len(listed)
             assert all(allowed[r] and (subject.size == 0 or subject[r]) for r in listed[slots.size :])
+    width = int(rng.integers(1, 6))
+    follower_rows = np.full((n, width), -1, np.int32)
+    follower_scores = np.full((n, width), -np.inf, np.float32)
+    for r in range(n):
+        length = int(rng.integers(0, min(width, n - 1) + 1))
+        others = rng.permutation(np.delete(np.arange(n), r))[:length]
+        follower_rows[r, :length] = others
+        # coarse scores: ties between lists and within them
+        follower_scores[r, :length] = np.sort(rng.integers(0, 4, length).astype(np.float32) / 4)[::-1]
+    taken = rng.choice(n, size=int(rng.integers(0, min(n, 3) + 1)), replace=False).astype(np.int32)
+    coarse = np.sort(rng.integers(0, 4, rows.size).astype(np.float32) / 4)[::-1].copy()
+    for listed_scores in (scores, coarse):
+        merged = merge_followers(rows, listed_scores, follower_rows, follower_scores, taken)
+        assert (merged[0].tolist(), merged[1].tolist()) == _fuse_reference(
+            rows, listed_scores, follower_rows, follower_scores, taken
+        )
     assert beyond_history(rows, hist_rows, series, position).tolist() == (
         beyond_history.py_func(rows, hist_rows, series, position).tolist()
     )
@@ -155,7 +188,7 @@ def test_a_stored_list_filtered_online_equals_the_full_ranking(ranking: RankingM
 def test_each_rule_is_built_once_for_every_caller() -> None:
     """One signature per function, built at import: a writable array passes where a read-only one is
     declared (every caller shares the one build; no request compiles), another dtype is refused."""
-    for kernel in (series_slots, pick, beyond_history, rows_within):
+    for kernel in (series_slots, pick, beyond_history, rows_within, merge_followers):
         assert len(kernel.signatures) == 1
     rows = np.array([0, 1], np.int32)
     frozen = rows.copy()
