@@ -250,7 +250,13 @@ def merge_followers(
     for t in range(taken.size):
         listed[at : at + lengths[t]] = follower_rows[taken[t], : lengths[t]]
         at += lengths[t]
-    union = np.unique(listed)
+    listed.sort()  # the distinct rows, ascending (numba's np.unique builds Python-style lists)
+    n = 0
+    for i in range(listed.size):
+        if i == 0 or listed[i] != listed[n - 1]:
+            listed[n] = listed[i]
+            n += 1
+    union = listed[:n]
     # each list adds its score, or its last one (the most it can have scored there) when it lacks a row:
     # list by list, in float32, in the order the numpy version added them
     total = np.zeros(union.size, dtype=np.float32)
