@@ -23,6 +23,9 @@ the history, it is of the requested subject (`subject`: empty for any) and it is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit, types
@@ -39,10 +42,20 @@ _BOOL = types.Array(types.boolean, 1, "C", readonly=True)
 _I32_2D = types.Array(types.int32, 2, "C", readonly=True)
 _F32_2D = types.Array(types.float32, 2, "C", readonly=True)
 _ROWS = types.int32[::1]
+_MERGED = types.Tuple((_ROWS, types.float32[::1]))  # type: ignore[no-untyped-call]
 _ANSWER = types.Tuple((_ROWS, types.float32[::1], types.boolean[::1], types.boolean))  # type: ignore[no-untyped-call]
 
 
-@njit(types.boolean(_I32, types.int64, types.int64), cache=True, nogil=True)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled(signature: Any) -> Callable[[_F], _F]:
+    """numba's `njit` for one signature, cached beside this file, releasing the GIL (typed as the Python
+    function it compiles)."""
+    return njit(signature, cache=True, nogil=True)  # type: ignore[no-any-return]
+
+
+@_compiled(types.boolean(_I32, types.int64, types.int64))
 def _has(values: npt.NDArray[np.int32], value: int, n: int) -> bool:
     """Whether `value` is among the first `n` of `values` (a few rows: a scan beats a set)."""
     for i in range(n):
@@ -51,11 +64,7 @@ def _has(values: npt.NDArray[np.int32], value: int, n: int) -> bool:
     return False
 
 
-@njit(
-    _ROWS(_I32, _I32, _F32, _BOOL, _BOOL, _I32, _I32, _BOOL, types.int64, types.int64, types.float64),
-    cache=True,
-    nogil=True,
-)
+@_compiled(_ROWS(_I32, _I32, _F32, _BOOL, _BOOL, _I32, _I32, _BOOL, types.int64, types.int64, types.float64))
 def series_slots(
     recent: npt.NDArray[np.int32],
     hist_rows: npt.NDArray[np.int32],
@@ -120,7 +129,7 @@ def series_slots(
     return out[:n_out]
 
 
-@njit(types.boolean[::1](_I32, _I32, _I32, _I32), cache=True, nogil=True)
+@_compiled(types.boolean[::1](_I32, _I32, _I32, _I32))
 def beyond_history(
     rows: npt.NDArray[np.int32],
     hist_rows: npt.NDArray[np.int32],
@@ -141,11 +150,7 @@ def beyond_history(
     return out
 
 
-@njit(
-    _ANSWER(_I32, _F32, types.boolean, _BOOL, _BOOL, _I32, _I32, types.int64, _I32, _I32),
-    cache=True,
-    nogil=True,
-)
+@_compiled(_ANSWER(_I32, _F32, types.boolean, _BOOL, _BOOL, _I32, _I32, types.int64, _I32, _I32))
 def pick(
     rows: npt.NDArray[np.int32],
     scores: npt.NDArray[np.float32],
@@ -212,11 +217,7 @@ def pick(
     return out_rows, out_scores, follows, False
 
 
-@njit(
-    types.Tuple((_ROWS, types.float32[::1]))(_I32, _F32, _I32_2D, _F32_2D, _I32),  # type: ignore[no-untyped-call]
-    cache=True,
-    nogil=True,
-)
+@_compiled(_MERGED(_I32, _F32, _I32_2D, _F32_2D, _I32))
 def merge_followers(
     rows: npt.NDArray[np.int32],
     scores: npt.NDArray[np.float32],
@@ -275,7 +276,7 @@ def merge_followers(
     return union[order], total[order]
 
 
-@njit(types.boolean(_U32, types.int64, types.int64, types.int64), cache=True, nogil=True)
+@_compiled(types.boolean(_U32, types.int64, types.int64, types.int64))
 def rows_within(body: npt.NDArray[np.uint32], n: int, b: int, limit: int) -> bool:
     """Whether the `n` rows at the start of a stored list's body and the `b` basis rows at its end are
     all below `limit` (read unsigned, a negative row is larger than any catalogue): the bound check of
