@@ -51,7 +51,7 @@ from models.eligibility import EligibilityIndex, top_k_one
 from models.errors import ModelError
 from models.interactions import DROPPED_AT_MOST
 from models.loading import SEGMENT_SEPARATOR
-from models.stage_two import beyond_history, no_subject, pick, series_slots
+from models.stage_two import ANY_SUBJECT, beyond_history, pick, series_slots
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -489,7 +489,7 @@ class RankingModel:
         hist_rows, hist_weights = self._history(record)
         recent_rows = self._recent_rows(record)
         allowed = self.eligibility.static[region, grade]  # -1 (unknown) is the last row and column
-        lectures = self.subject_masks[self.subject_index[subject]] if subject is not None else no_subject()
+        lectures = self.subject_masks[self.subject_index[subject]] if subject is not None else ANY_SUBJECT
         links = self.links
         continuation = series_slots(
             recent_rows, hist_rows, hist_weights, allowed, lectures, links.series, links.next, links.active,

@@ -30,7 +30,9 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, types
 
-_NO_SUBJECT: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+#: The `subject` argument meaning any subject (empty, read-only).
+ANY_SUBJECT: npt.NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+ANY_SUBJECT.setflags(write=False)
 
 # One signature per function, compiled when this module is imported (or loaded from the cache): a
 # writable array passes where a read-only one is declared, so every caller shares the one build, no
@@ -288,8 +290,3 @@ def rows_within(body: npt.NDArray[np.uint32], n: int, b: int, limit: int) -> boo
         if body[i] >= limit:
             return False
     return True
-
-
-def no_subject() -> npt.NDArray[np.bool_]:
-    """The `subject` argument meaning any subject."""
-    return _NO_SUBJECT

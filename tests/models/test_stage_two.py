@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from features.online_state import StudentRecord
 from models.interactions import DROPPED_AT_MOST
 from models.ranking import SERIES_LOOKBACK, RankingModel
-from models.stage_two import beyond_history, merge_followers, no_subject, pick, rows_within, series_slots
+from models.stage_two import ANY_SUBJECT, beyond_history, merge_followers, pick, rows_within, series_slots
 from tests.models.test_ranking import _record
 
 
@@ -100,7 +100,7 @@ def test_compiled_equals_interpreted(seed: int, n: int, k: int) -> None:
     rng = np.random.default_rng(seed)
     series, position, next_row, active = _catalogue(rng, n)
     allowed = rng.random(n) < 0.8
-    subject = rng.random(n) < 0.6 if rng.random() < 0.5 else no_subject()
+    subject = rng.random(n) < 0.6 if rng.random() < 0.5 else ANY_SUBJECT
     hist_rows = rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False).astype(np.int32)
     weights = rng.choice(np.array([0.1, 0.5, 1.0], np.float32), size=hist_rows.size)
     recent = rng.choice(n, size=int(rng.integers(0, 8)), replace=True).astype(np.int32)
