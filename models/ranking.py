@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import scipy.sparse as sp
 
 from models import candidates as two_stage
@@ -228,6 +229,10 @@ class RankingModel:
     titles: tuple[str, ...]
     providers: tuple[str, ...]
     subject_of: tuple[str, ...]  # per lecture row
+    #: per lecture row, its ``lecture_id``, ``title``, ``subject`` and ``provider`` as the members of a JSON
+    #: object (UTF-8), in the order an answer lists them (`service.schemas.RecommendationItem`): an
+    #: answer's body is assembled from them (`service.routes.recommendations.answer_tail`)
+    lecture_json: tuple[bytes, ...]
     subject_index: dict[str, int]
     subject_masks: npt.NDArray[np.bool_]  # (n_subjects, n_lectures)
     popular_global: npt.NDArray[np.int32]
@@ -311,6 +316,7 @@ class RankingModel:
             titles=titles,
             providers=providers,
             subject_of=subject_of,
+            lecture_json=_lecture_json(cat.lectures.ids, titles, subject_of, providers),
             subject_index={s: i for i, s in enumerate(cat.subjects)},
             subject_masks=subject_masks,
             popular_global=_rows(cat, lists.get("global", ())),
@@ -648,6 +654,16 @@ def _rows(cat: Catalogue, ids: Sequence[str]) -> npt.NDArray[np.int32]:
 def _frozen(a: _A) -> _A:
     a.setflags(write=False)
     return a
+
+
+def _lecture_json(
+    ids: Sequence[str], titles: Sequence[str], subjects: Sequence[str], providers: Sequence[str]
+) -> tuple[bytes, ...]:
+    """Each lecture's answer fields as JSON object members (see `RankingModel.lecture_json`)."""
+    return tuple(
+        orjson.dumps({"lecture_id": i, "title": t, "subject": s, "provider": p})[1:-1]
+        for i, t, s, p in zip(ids, titles, subjects, providers, strict=True)
+    )
 
 
 def _lecture_text(lectures: Any, cat: Catalogue) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -237,9 +237,7 @@ async def _answer(
         assignment=assignment,
         variant_fell_back=fell_back,
         lecture_ids=lecture_ids,
-        tail=orjson.dumps(
-            answer_fields(student_id, model, ranked, lecture_ids, degraded, experiment, variant_name)
-        )[1:],  # the body after `{`: `Answer.body` puts the request id first
+        tail=answer_tail(student_id, model, ranked, degraded, experiment, variant_name),
         exposure=pack_pairs(
             answer_exposure(student_id, region or "", assignment, model.version, lecture_ids).items()
         )[1],
@@ -282,47 +280,50 @@ def _account(
         state.exposures.submit(packed_exposure(student_id, answer.exposure, request_id, datetime.now(UTC)))
 
 
-def answer_fields(
+#: Each reason's two answer members, encoded once.
+_REASON_JSON: dict[str, bytes] = {
+    reason: orjson.dumps({"reason": reason, "reason_text": text})[1:-1]
+    for reason, text in REASON_TEXT.items()
+}
+
+
+def answer_tail(
     student_id: str,
     model: RankingModel,
     ranked: Ranked,
-    lecture_ids: list[str],
     degraded: bool,
     experiment: str | None,
     variant: str | None,
-) -> dict[str, Any]:
-    """The answer as `RecommendationsOut` serialises it (same keys, same order) but its first field,
-    ``request_id``, which `Answer.body` puts in front per request."""
-    titles, subjects, providers = model.titles, model.subject_of, model.providers
-    return {
-        "student_id": student_id,
-        "model": {
-            "name": model.model_name,
-            "version": model.version,
-            "alias": model.alias,
-            "run_id": model.run_id,
-        },
-        "source": ranked.source,
-        "fallback": ranked.fallback,
-        "degraded": degraded,
-        "experiment": experiment,
-        "variant": variant,
-        "items": [
-            {
-                "rank": i,
-                "lecture_id": lecture_id,
-                "title": titles[r],
-                "subject": subjects[r],
-                "provider": providers[r],
-                "score": float(score),
-                "reason": reason,
-                "reason_text": REASON_TEXT[reason],
-            }
-            for i, (lecture_id, r, score, reason) in enumerate(
-                zip(lecture_ids, ranked.rows, ranked.scores, ranked.reasons, strict=True), start=1
-            )
-        ],
-    }
+) -> bytes:
+    """The answer's JSON body after its opening brace: exactly what orjson writes for
+    `RecommendationsOut` (same keys, same order, UTF-8) but its first member, ``request_id``, which
+    `Answer.body` puts in front per request.
+
+    Each item is assembled from its lecture's members encoded at load (`RankingModel.lecture_json`) and
+    its reason's (`_REASON_JSON`); only the rank and the score are written per answer, the scores in one
+    orjson call (a JSON number never holds a comma).
+    """
+    head = orjson.dumps(
+        {
+            "student_id": student_id,
+            "model": {"name": model.model_name, "version": model.version, "alias": model.alias,
+                      "run_id": model.run_id},
+            "source": ranked.source,
+            "fallback": ranked.fallback,
+            "degraded": degraded,
+            "experiment": experiment,
+            "variant": variant,
+        }
+    )  # fmt: skip
+    lectures = model.lecture_json
+    scores = orjson.dumps(ranked.scores)[1:-1].split(b",") if ranked.scores else []
+    items = b",".join(
+        [
+            b'{"rank":%d,%b,"score":%b,%b}' % (i, lectures[r], score, _REASON_JSON[reason])
+            for i, (r, score, reason) in enumerate(zip(ranked.rows, scores, ranked.reasons, strict=True), 1)
+        ]
+    )
+    return head[1:-1] + b',"items":[' + items + b"]}"
 
 
 def _variant_model(
