@@ -550,7 +550,8 @@ def drive(
     Args:
         url: the service.
         workloads: request lines per workload: ``computed`` (students asked once each, more of them than
-            the answer cache holds), ``sessions`` (`session_requests`), ``repeats`` (asked once before).
+            the answer cache holds), ``sessions`` (`session_requests`), ``repeats`` (each asked once just
+            before their run).
         api_key: sent as X-API-Key.
         seconds: length of each run.
         opts: the printer.
@@ -570,9 +571,6 @@ def drive(
         return redis_persistence(redis_dir)["total_forks"] if redis_dir is not None else 0
 
     repeats = workloads["repeats"]
-    opts.say(f"  every repeat path once ({len(repeats):,} students) ...")
-    for path in repeats:  # the answer cache then holds these students, as it holds a portal's returning ones
-        http_get(url + path, api_key)
     computed = workloads["computed"]
     warmup = min(WARMUP_SECONDS, seconds)
     opts.say(f"  wrk: warm-up {warmup} s, then {seconds} s per run ...")
@@ -593,6 +591,12 @@ def drive(
     for label, run_paths, connections, half in plan:
         if half and results[0].rps <= 0:
             raise RuntimeError("no /recommendations request completed in the maximum-throughput run")
+        if label == RUN_REPEATS:
+            # asked once just before their run: the answer cache then holds these students, as it holds a
+            # portal's returning ones (the runs before ask more students than it keeps)
+            opts.say(f"  every repeat path once ({len(repeats):,} students) ...")
+            for path in repeats:
+                http_get(url + path, api_key)
         before, counts = forks(), answer_counts(url)
         cpu_before = process_cpu_seconds(pid) if pid is not None else 0.0
         results.append(
@@ -920,7 +924,8 @@ def run(opts: BenchOptions) -> SuiteResult:
         f"({SESSION_STUDENTS:,} students: a page view, the events of one of the student's lectures through "
         "POST /events under new event ids, the next page view, the same view again with nothing done in "
         "between; the POSTs count as requests of that run); "
-        f"repeats only ({len(paths):,} students, every one asked once before the runs). The share from the "
+        f"repeats only ({len(paths):,} students, every one asked once just before that run: the runs before "
+        "ask more students than the answer cache keeps). The share from the "
         "answer cache is read from /metrics around each run. "
         f"wrk 1 thread; maximum runs {MAX_CONNECTIONS} connections for {seconds} s each after a warm-up; "
         "fixed rate = half the measured maximum of the computed workload, requests sent on a schedule "
