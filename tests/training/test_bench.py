@@ -214,6 +214,27 @@ def test_report_shows_skipped_and_partial_rows(tmp_path: Path) -> None:
     assert "1,000,000 students" in text
 
 
+def test_report_sets_the_large_p99_against_the_default_sizes(tmp_path: Path) -> None:
+    """The 1M serve run's p99 at half the maximum is read against the default size's, same champion."""
+    out = tmp_path / "results"
+
+    def serve(size: str, model: str, p99: float) -> None:
+        result = SuiteResult("serve", size, {"students": 10})
+        result.variant = f"champion-from-{model}"
+        result.summary.update(champion={"model": model}, p99_ms=p99)
+        report.write_suite(result, out, command="learnrec bench --suite serve", started_at=_now(),
+                           machine=report.machine_info())  # fmt: skip
+
+    serve("large", "sequence", 5.2)
+    assert "this size ÷ the default size" not in report.render(out)  # no default run of the champion
+    serve("default", "lightfm", 2.0)
+    assert "this size ÷ the default size" not in report.render(out)  # another champion
+    serve("default", "sequence", 4.0)
+    assert "5.2 ÷ 4.0 ms = 1.30; target <= 1.3: met" in report.render(out)
+    serve("large", "sequence", 5.3)
+    assert "5.3 ÷ 4.0 ms = 1.32; target <= 1.3: NOT met" in report.render(out)
+
+
 class _Recorder(BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str | None]]] = []
 

@@ -502,12 +502,43 @@ def render(out_dir: Path) -> str:
             "",
         ]
         lines += _RENDER.get(p["suite"], lambda _: [])(p)
+        if p["suite"] == "serve" and p["size"] == "large":
+            lines += _p99_across_sizes(p, payloads)
         lines.append("")
         for note in p.get("notes", []):
             lines.append(f"- {note}")
         if p.get("notes"):
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+#: The p99 at half the maximum rate at the large size may be at most this many times the default size's
+#: (same champion model).
+P99_GROWTH_TARGET = 1.3
+
+
+def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The large serve run's p99 at half its maximum against the default size's, same champion model
+    (the newest default run of it); nothing when there is none."""
+    model = large.get("summary", {}).get("champion", {}).get("model")
+    same = [
+        p for p in payloads
+        if p["suite"] == "serve" and p["size"] == "default" and p.get("summary", {}).get("p99_ms")
+        and p["summary"].get("champion", {}).get("model") == model
+    ]  # fmt: skip
+    p99 = large.get("summary", {}).get("p99_ms")
+    if not same or not p99 or model is None:
+        return []
+    default = max(same, key=lambda p: p["finished_at"])
+    base = default["summary"]["p99_ms"]
+    ratio = p99 / base
+    verdict = "met" if ratio <= P99_GROWTH_TARGET else "NOT met"
+    return [
+        "",
+        f"- p99 at half the maximum rate, this size ÷ the default size ({model} champion, default run of "
+        f"{default['finished_at'][:10]}, commit {default['git']['commit'][:7]}): {p99:.1f} ÷ {base:.1f} ms = "
+        f"{ratio:.2f}; target <= {P99_GROWTH_TARGET}: {verdict}",
+    ]
 
 
 def write_markdown(out_dir: Path) -> Path:
