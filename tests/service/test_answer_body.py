@@ -79,7 +79,7 @@ labels = st.none() | st.text(min_size=1, max_size=12)
 def test_assembled_body_is_the_dumped_answer(
     model: RankingModel, picks, student, source, flags, experiment, variant, alias
 ) -> None:
-    m = model if alias == model.alias else _with_alias(model, alias)
+    m = replace(model, alias=alias)
     rows = [r % m.n_lectures for r, _, _ in picks]
     ranked = Ranked(rows, [s for _, s, _ in picks], [x for _, _, x in picks], source, fallback=flags[0])
     tail = answer_tail(student, m, ranked, flags[1], experiment, variant)
@@ -87,10 +87,6 @@ def test_assembled_body_is_the_dumped_answer(
     body = b'{"request_id":"r-1",' + tail
     answer = RecommendationsOut.model_validate_json(body)
     assert [item.lecture_id for item in answer.items] == [m.catalogue.lectures.ids[r] for r in rows]
-
-
-def _with_alias(model: RankingModel, alias: str | None) -> RankingModel:
-    return replace(model, alias=alias)
 
 
 def test_korean_text_is_utf8_not_escaped(model: RankingModel) -> None:

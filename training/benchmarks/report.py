@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.benchmarks.runner import SuiteResult
+from training.benchmarks.serve_bench import P99_GROWTH_TARGET
 
 #: Order of the sections in RESULTS.md.
 SUITE_ORDER = ("quality", "data", "train", "serve", "cluster")
@@ -510,11 +511,6 @@ def render(out_dir: Path) -> str:
         if p.get("notes"):
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-#: The p99 at half the maximum rate at the large size may be at most this many times the default size's
-#: (same champion model).
-P99_GROWTH_TARGET = 1.3
 
 
 def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -63,7 +63,11 @@ from training.benchmarks.runner import (
 
 SUITE = "serve"
 RATIO_TARGET = 0.50
-P99_TARGET_MS = {"default": 20.0, "large": 30.0}
+#: p99 of computed answers at half the maximum rate, default size.
+P99_TARGET_MS = 20.0
+#: ... and at the large size, as a multiple of the default size's (same champion): set against the default
+#: run in RESULTS.md (`report`), since one run does not hold both.
+P99_GROWTH_TARGET = 1.3
 #: Students the load rotates over (a random sample of the dataset's students).
 PATH_STUDENTS = 5_000
 #: Students of the portal-shaped sessions workload, and how many sessions go in one round.
@@ -657,7 +661,7 @@ def run(opts: BenchOptions) -> SuiteResult:
     from training.benchmarks.load import ensure_wrk
 
     result = SuiteResult(SUITE, opts.size_label)
-    target_p99 = P99_TARGET_MS["large" if opts.large else "default"]
+    target_p99 = None if opts.large else P99_TARGET_MS
     models = list(opts.serve_models or (("lightfm",) if opts.large else ("all",)))
     opts.say(f"serve suite ({opts.size_label}): champion from `learnrec train --model {' '.join(models)}`")
     try:
@@ -848,7 +852,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         p95_ms=fixed.p95_ms,
         p99_ms=fixed.p99_ms,
         p99_target_ms=target_p99,
-        p99_met=fixed.p99_ms < target_p99,
+        p99_met=fixed.p99_ms < target_p99 if target_p99 is not None else None,
         errors=recs.errors + health.errors + fixed.errors,
         service_rss_bytes=memory.get("VmRSS", 0),
         service_peak_rss_bytes=memory.get("VmHWM", 0),
@@ -875,8 +879,12 @@ def run(opts: BenchOptions) -> SuiteResult:
     )
     result.summary["p99_text"] = (
         f"p50 {fixed.p50_ms:.1f} / p95 {fixed.p95_ms:.1f} / p99 {fixed.p99_ms:.1f} ms at {fixed.rps:,.0f} "
-        f"requests/s (asked {rate:,.0f}); target p99 < {target_p99:.0f} ms: "
-        + ("met" if s["p99_met"] else "NOT met")
+        f"requests/s (asked {rate:,.0f}); "
+        + (
+            f"target p99 < {target_p99:.0f} ms: " + ("met" if s["p99_met"] else "NOT met")
+            if target_p99 is not None
+            else f"target p99 within {P99_GROWTH_TARGET}x of the default size's (set against it below)"
+        )
     )
     result.summary["service_rss_text"] = (
         f"{s['service_rss_bytes'] / 2**20:,.0f} MiB after the runs "
