@@ -13,7 +13,9 @@ The hot path of the service, so it is built for cost per request:
 * The app state, the API key and the three query parameters are read in the body (`client_of`,
   `_query`), not through FastAPI's dependencies and parameter validation, which cost more than the whole
   cached answer (about 60 µs a request on the bench machine, against ~140 µs for all of `/healthz`).
-  `PARAMETERS` documents exactly what `_query` enforces, with FastAPI's 422 shape.
+  `PARAMETERS` documents exactly what `_query` enforces, with FastAPI's 422 shape. The route's class
+  (`DirectRoute`) goes one step further: FastAPI's request handler, which solves the (empty) dependencies
+  and parses the query into a multi-dict anyway, is not run around the endpoint (~20 µs a request).
 * Fields of the answer join the request's one access log line instead of a second log line.
 """
 
@@ -21,13 +23,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 
 from features.experiments import Assignment, ExperimentRegistry, answer_exposure, packed_exposure
 from features.streams import pack_pairs
@@ -40,7 +44,18 @@ from service.schemas import ID_PATTERN, ErrorOut, RecommendationsOut
 
 logger = logging.getLogger("learnrec.service.recommendations")
 
-router = APIRouter(prefix="/recommendations", tags=["recommendations"])
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the `Request` and returns the `Response` itself: FastAPI's request
+    handler (dependency solving, which builds the query multi-dict, and response validation) is not
+    run around it. FastAPI's documented hook for custom request handling (`route_class`); the route is
+    documented as any other (`openapi_extra`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
+
+
+router = APIRouter(prefix="/recommendations", tags=["recommendations"], route_class=DirectRoute)
 
 
 #: The query parameters, once: `_query` enforces exactly what `PARAMETERS` documents.
