@@ -109,7 +109,7 @@ def format_id(value: StreamId) -> str:
 
 #: Appends records to the stream KEYS[1]; ARGV holds each record as its field count (2 x fields) followed
 #: by its fields and values. Returns the entry ids in order.
-_APPEND_LUA = """
+APPEND_SCRIPT = """
 local ids, i = {}, 1
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
@@ -118,7 +118,7 @@ while i <= #ARGV do
 end
 return ids
 """
-_APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode("ascii")).hexdigest()
+_APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode("ascii")).hexdigest()
 #: Most records per script call (Redis runs a script alone: keep each call around a millisecond).
 APPEND_CHUNK = 500
 #: The start of `append`'s script call for one key (`append_packed`): command, script digest, one key.
@@ -210,10 +210,11 @@ def unpack_record(record: PackedRecord) -> dict[str, str]:
 
 
 def append_packed(client: Any, stream: bytes | str, records: Sequence[PackedRecord]) -> None:
-    """`append` of packed records: the script call is assembled from their bytes and sent as it is over
-    one of a standalone client's connections (no per-value work in Python: the service's exposure writer
-    writes every answer's record, and encoding each value took most of its CPU). Through a Redis Cluster
-    client, which routes by key, the records are unpacked and go through `append`.
+    """`append` of packed records: the script calls are assembled from their bytes (`packed_appends`)
+    and sent as they are over one of a standalone client's connections (no per-value work in Python: the
+    service's exposure writer writes every answer's record, and encoding each value took most of its
+    CPU). Through a Redis Cluster client, which routes by key, the records are unpacked and go through
+    `append`.
 
     Raises:
         redis.exceptions.RedisError: the call failed (some chunks may be written: at least once, as
@@ -224,14 +225,22 @@ def append_packed(client: Any, stream: bytes | str, records: Sequence[PackedReco
     if _is_cluster(client):
         append(client, stream, [unpack_record(r) for r in records])
         return
+    for payload in packed_appends(stream, records):
+        _send_packed(client, payload)
+
+
+def packed_appends(stream: bytes | str, records: Sequence[PackedRecord]) -> list[bytes]:
+    """The RESP-encoded script calls (one per `APPEND_CHUNK` records) that append `records` to `stream`,
+    joined from the records' bytes; each replies with the ids given. The script must be loaded
+    (`APPEND_SCRIPT`): a server that lacks it answers NOSCRIPT."""
     head = _EVALSHA_APPEND + bulk(stream)
+    payloads = []
     for start in range(0, len(records), APPEND_CHUNK):
         chunk = records[start : start + APPEND_CHUNK]
         n_args = 4 + sum(1 + 2 * r.n_fields for r in chunk)
-        payload = b"".join(
-            [b"*%d\r\n" % n_args, head, *(b"%b%b" % (bulk(b"%d" % (2 * r.n_fields)), r.body) for r in chunk)]
-        )
-        _send_packed(client, payload)
+        parts = [b"%b%b" % (bulk(b"%d" % (2 * r.n_fields)), r.body) for r in chunk]
+        payloads.append(b"".join([b"*%d\r\n" % n_args, head, *parts]))
+    return payloads
 
 
 def _send_packed(client: Any, payload: bytes) -> None:
@@ -244,7 +253,7 @@ def _send_packed(client: Any, payload: bytes) -> None:
             connection.send_packed_command([payload])
             connection.read_response()
         except NoScriptError:  # first call on this server, or SCRIPT FLUSH
-            client.script_load(_APPEND_LUA)
+            client.script_load(APPEND_SCRIPT)
             connection.send_packed_command([payload])
             connection.read_response()
     except BaseException:
@@ -260,7 +269,7 @@ def _append_call(client: Any, stream: bytes | str, args: list[Any]) -> list[byte
     try:
         reply = client.evalsha(_APPEND_SHA, 1, stream, *args)
     except NoScriptError:  # first call on this server, or SCRIPT FLUSH, or a new cluster node
-        client.script_load(_APPEND_LUA)
+        client.script_load(APPEND_SCRIPT)
         reply = client.evalsha(_APPEND_SHA, 1, stream, *args)
     return [x if isinstance(x, bytes) else str(x).encode() for x in reply]
 

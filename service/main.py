@@ -299,7 +299,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exposures = ExposureWriter(
             store.client if store is not None else None, metrics, shards=settings.redis.shards()
         )
-        exposures.start()
+        if reader is not None:
+            exposures.start_on_loop(reader)  # through the request path's connection (`service.exposures`)
+        else:
+            exposures.start()
         hash_key = settings.service.log_hash_key
         app.state.learnrec = state = AppState(
             settings=settings,
@@ -350,7 +353,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            await asyncio.to_thread(exposures.close)  # last flush before the connection closes
+            await exposures.aclose()  # last flush before the connection closes
             if reader is not None:
                 reader.close()
             if listener is not None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[bytes | str | int]
@@ -205,17 +205,27 @@ class AsyncReader:
             redis.exceptions.ConnectionError / TimeoutError: after one retry on a fresh connection.
             redis.exceptions.ResponseError: Redis refused a command.
         """
-        payload = encode(commands)
-        for attempt in (0, 1):
+        return await self.execute_packed(encode(commands), len(commands))
+
+    async def execute_packed(self, payload: bytes, replies: int, *, retry: bool = True) -> list[Any]:
+        """`execute` of commands already RESP-encoded: `payload` holds `replies` commands. A write that
+        must not be sent twice by this layer passes ``retry=False`` (its caller decides).
+
+        Raises:
+            redis.exceptions.ConnectionError / TimeoutError: the reply did not come (after one retry on a
+                fresh connection unless ``retry=False``).
+            redis.exceptions.ResponseError: Redis refused a command (`NoScriptError` for NOSCRIPT).
+        """
+        for attempt in (0, 1) if retry else (1,):
             try:
                 protocol = await self._connected()
-                replies = await self._wait(protocol, protocol.send(payload, len(commands)))
+                got = await self._wait(protocol, protocol.send(payload, replies))
             except (RedisConnectionError, RedisTimeoutError):
                 if attempt:
                     raise
                 continue
-            _raise_errors(replies)
-            return replies
+            _raise_errors(got)
+            return got
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -240,4 +250,5 @@ def _expire(protocol: _Protocol, future: asyncio.Future[list[Any]]) -> None:
 def _raise_errors(replies: list[Any]) -> None:
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
+            text = str(reply)
+            raise (NoScriptError if text.startswith("NOSCRIPT") else ResponseError)(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from features.experiments import ExperimentRegistry, exposure_fields
 from features.streams import pack_record
 from service.exposures import ExposureWriter
 from service.metrics import Metrics
+from service.redis_reads import AsyncReader
 from tests.conftest import RedisServerControl
 from tests.service.conftest import (
     ADMIN,
@@ -338,4 +340,130 @@ def test_writer_thread_flushes_and_drains_on_close(redis_server: RedisServerCont
         assert client.xlen(stream) == 50
     finally:
         writer.close()
+        client.close()
+
+
+def _packed(i: int, prefix: str, now: datetime) -> Any:
+    student = f"학생{i}"
+    return pack_record(student, exposure_fields(f"{prefix}{i}", student, "seoul", None, "1", ["L1"], now))
+
+
+def _request_ids(client: redis.Redis, stream: bytes) -> list[str]:
+    return [f[b"request_id"].decode() for _, f in client.xrange(stream)]
+
+
+def test_writer_on_the_loop_loads_its_script_writes_in_order_and_drains_on_close(
+    redis_server: RedisServerControl,
+) -> None:
+    """The service's writer (`start_on_loop`): on the event loop, through the request path's reader."""
+    if not redis_server.running:
+        redis_server.start()
+    client = redis_server.client()
+    stream = b"test:exposures:loop-drain"
+    client.delete(stream)
+    client.script_flush()  # the first write meets NOSCRIPT, loads the script and writes
+    metrics = Metrics()
+    writer = ExposureWriter(client, metrics, stream=stream)
+    now = datetime.now(UTC)
+
+    async def run() -> int:
+        reader = AsyncReader.for_client(client, 1.0)
+        assert reader is not None
+        writer.start_on_loop(reader)
+        writer.submit(_packed(0, "q", now))
+        for _ in range(200):  # written by the loop's writer within its flush interval
+            if client.xlen(stream):
+                break
+            await asyncio.sleep(0.01)
+        first = client.xlen(stream)
+        for i in range(1, 50):
+            writer.submit(_packed(i, "q", now))
+        await writer.aclose()  # the last flush takes what the interval had not written yet
+        reader.close()
+        return first
+
+    try:
+        assert asyncio.run(run()) == 1
+        assert _request_ids(client, stream) == [f"q{i}" for i in range(50)]
+        text = metrics.render().decode()
+        assert 'learnrec_exposures_total{outcome="written"} 50.0' in text
+        assert "xadd_exposures" not in text and 'outcome="dropped"' not in text
+    finally:
+        client.close()
+
+
+def test_writer_on_the_loop_holds_exposures_while_redis_is_down_or_stalled(
+    redis_server: RedisServerControl,
+) -> None:
+    """Down: the batch goes back into the queue (what does not fit is dropped, counted), and is written in
+    order once Redis is back. Stalled past the timeout: the batch is kept and written again; a write Redis
+    ran after the client gave up may appear twice (at least once: the A/B analysis counts request ids)."""
+    if not redis_server.running:
+        redis_server.start()
+    client = redis_server.client()
+    stream = b"test:exposures:loop-down"
+    client.delete(stream)
+    metrics = Metrics()
+    writer = ExposureWriter(client, metrics, stream=stream, capacity=3)
+    now = datetime.now(UTC)
+    records = [_packed(i, "d", now) for i in range(7)]
+
+    async def run() -> None:
+        reader = AsyncReader.for_client(client, 0.2)
+        assert reader is not None
+        with redis_server.down():
+            assert all(writer.submit(r) for r in records[:3])
+            assert not writer.submit(records[3])  # full: dropped, counted
+            assert not await writer.flush_async(reader)  # Redis down: the batch goes back into the queue
+            assert writer.pending == 3
+        assert await writer.flush_async(reader)
+        assert writer.submit(records[4]) and await writer.flush_async(reader)
+        assert writer.submit(records[5]) and writer.submit(records[6])
+        with redis_server.frozen():
+            assert not await writer.flush_async(reader)  # timed out: kept
+        assert writer.pending == 2
+        assert await writer.flush_async(reader)
+        reader.close()
+
+    try:
+        asyncio.run(run())
+        ids = _request_ids(client, stream)
+        assert ids[:4] == ["d0", "d1", "d2", "d4"]  # in order, none lost but the one the queue refused
+        assert sorted(set(ids[4:])) == ["d5", "d6"] and len(ids) in (6, 8)
+        text = metrics.render().decode()
+        assert 'learnrec_exposures_total{outcome="dropped"} 1.0' in text
+        assert 'learnrec_redis_errors_total{operation="xadd_exposures"} 2.0' in text
+    finally:
+        client.close()
+
+
+def test_writer_on_the_loop_puts_each_exposure_in_its_shard(
+    redis_server: RedisServerControl,
+) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    client = redis_server.client()
+    stream = b"test:exposures:loop-shards"
+    shards = keys.stream_shards(stream, 3)
+    client.delete(*shards)
+    writer = ExposureWriter(client, Metrics(), stream=stream, shards=3)
+    now = datetime.now(UTC)
+
+    async def run() -> None:
+        reader = AsyncReader.for_client(client, 1.0)
+        assert reader is not None
+        for i in range(30):
+            assert writer.submit(_packed(i, "h", now))
+        assert await writer.flush_async(reader)  # one write: a script call per shard
+        reader.close()
+
+    try:
+        asyncio.run(run())
+        found = {}
+        for k, shard in enumerate(shards):
+            for _, f in client.xrange(shard):
+                assert keys.shard_of(f[b"student_id"].decode(), 3) == k
+                found[f[b"request_id"].decode()] = k
+        assert sorted(found) == sorted(f"h{i}" for i in range(30)) and len(set(found.values())) == 3
+    finally:
         client.close()
