@@ -250,6 +250,15 @@ class RankingModel:
     def n_lectures(self) -> int:
         return len(self.catalogue.lectures)
 
+    def with_alias(self, alias: str | None) -> RankingModel:
+        """This version put in service now under another alias: the same arrays, and the followers if they
+        were computed (`dataclasses.replace` alone makes an instance without them, and its first fused
+        answer would compute them again on the request path)."""
+        out = replace(self, alias=alias, loaded_at=datetime.now(UTC))
+        if "followers" in self.__dict__:  # the cached_property's value
+            out.__dict__["followers"] = self.__dict__["followers"]
+        return out
+
     @property
     def subjects(self) -> tuple[str, ...]:
         return self.catalogue.subjects

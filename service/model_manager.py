@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -316,7 +316,7 @@ class ModelManager:
         for m in (self._current, *loaded.values()):
             if m is not None and m.version == version:
                 # same version already in memory: share its arrays, only the reported alias differs
-                return replace(m, alias=alias, loaded_at=datetime.now(UTC))
+                return m.with_alias(alias)
         try:
             loaded_model = self._loader(self.model_name, version, self.tracking_uri)
         except Exception as exc:
@@ -332,7 +332,7 @@ class ModelManager:
             )
             return None
         self._metrics.model_reloads.inc()
-        return prepared if prepared.alias == alias else replace(prepared, alias=alias)
+        return prepared if prepared.alias == alias else prepared.with_alias(alias)
 
     def _variant_failed_load(self, ref: str, version: str | None, reason: str, message: str) -> None:
         self.variant_errors[ref] = message

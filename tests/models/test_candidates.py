@@ -88,3 +88,13 @@ def test_a_list_too_short_for_the_request_falls_back_to_the_full_ranking(ranking
     full = ranking.rank("s000", record, 8)
     assert out.rows == full.rows
     assert np.all(np.isfinite(out.scores))
+
+
+def test_a_version_served_under_another_alias_keeps_its_followers(ranking: RankingModel) -> None:
+    followers = ranking.followers  # computed once, when the model is prepared for serving
+    renamed = ranking.with_alias("challenger")
+    assert renamed.alias == "challenger" and renamed.version == ranking.version
+    assert renamed.recommender is ranking.recommender
+    assert renamed.__dict__.get("followers") is followers  # not computed again on the first fused answer
+    fresh = replace(ranking, alias="challenger")
+    assert "followers" not in fresh.__dict__  # what dataclasses.replace alone would have served
