@@ -396,3 +396,19 @@ def test_process_cpu_is_read_from_proc_for_a_live_process_and_zero_when_gone() -
     finally:
         busy.communicate(b"\n", timeout=20)
     assert serve_bench.process_cpu_seconds(busy.pid) == 0.0
+
+
+def test_the_throughput_ratio_is_the_median_of_the_side_by_side_pairs() -> None:
+    pairs = [(2_400.0, 5_000.0), (2_750.0, 5_000.0), (2_600.0, 5_000.0)]  # 0.48, 0.55, 0.52
+    assert serve_bench.side_by_side_ratio(pairs) == pytest.approx(0.52)  # not the first (0.48) nor the mean
+    assert serve_bench.side_by_side_ratio(list(reversed(pairs))) == pytest.approx(0.52)
+    assert serve_bench.side_by_side_ratio([(1_000.0, 4_000.0), (3_000.0, 4_000.0)]) == pytest.approx(0.5)
+    # a pair whose /healthz run completed nothing says nothing; no pair at all gives 0
+    assert serve_bench.side_by_side_ratio([(2_000.0, 0.0), (1_000.0, 4_000.0)]) == pytest.approx(0.25)
+    assert serve_bench.side_by_side_ratio([]) == 0.0
+    labels = {
+        serve_bench.pair_label(i, run)
+        for i in (1, 2)
+        for run in (serve_bench.RUN_COMPUTED, serve_bench.RUN_HEALTHZ)
+    }
+    assert len(labels) == 4  # each run of each pair its own row

@@ -280,7 +280,7 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
                 lines.append(f"- {text}: {s[key]}")
         saturated = [
             i for i in payload["items"]
-            if i["item"].startswith("max /recommendations")
+            if "max /recommendations" in i["item"]
             and i["status"] == "ok" and i["metrics"].get("errors")
         ]  # fmt: skip
         for i in saturated:
