@@ -291,12 +291,8 @@ def test_config_change_picked_up_without_restart(
 
 
 def test_writer_holds_exposures_while_redis_is_down(redis_server: RedisServerControl) -> None:
-    if not redis_server.running:
-        redis_server.start()
-    client = redis_server.client(socket_timeout=1.0)
-    # A stream of its own: writers of apps from other tests share this server and may flush late.
     stream = b"test:exposures:redis-down"
-    client.delete(stream)
+    client = _fresh_streams(redis_server, stream, socket_timeout=1.0)
     metrics = Metrics()
     writer = ExposureWriter(client, metrics, stream=stream, capacity=3)
     now = datetime.now(UTC)
@@ -323,11 +319,8 @@ def test_writer_holds_exposures_while_redis_is_down(redis_server: RedisServerCon
 
 
 def test_writer_thread_flushes_and_drains_on_close(redis_server: RedisServerControl) -> None:
-    if not redis_server.running:
-        redis_server.start()
-    client: redis.Redis[bytes] = redis_server.client()
     stream = b"test:exposures:drain"
-    client.delete(stream)
+    client = _fresh_streams(redis_server, stream)
     writer = ExposureWriter(client, Metrics(), stream=stream)
     writer.start()
     now = datetime.now(UTC)
@@ -348,6 +341,16 @@ def _packed(i: int, prefix: str, now: datetime) -> Any:
     return pack_record(student, exposure_fields(f"{prefix}{i}", student, "seoul", None, "1", ["L1"], now))
 
 
+def _fresh_streams(redis_server: RedisServerControl, *streams: bytes, **options: Any) -> redis.Redis[bytes]:
+    """A client of the (started) test server with `streams` deleted. Each test writes streams of its own:
+    writers of apps from other tests share this server and may flush late."""
+    if not redis_server.running:
+        redis_server.start()
+    client: redis.Redis[bytes] = redis_server.client(**options)
+    client.delete(*streams)
+    return client
+
+
 def _request_ids(client: redis.Redis, stream: bytes) -> list[str]:
     return [f[b"request_id"].decode() for _, f in client.xrange(stream)]
 
@@ -356,11 +359,8 @@ def test_writer_on_the_loop_loads_its_script_writes_in_order_and_drains_on_close
     redis_server: RedisServerControl,
 ) -> None:
     """The service's writer (`start_on_loop`): on the event loop, through the request path's reader."""
-    if not redis_server.running:
-        redis_server.start()
-    client = redis_server.client()
     stream = b"test:exposures:loop-drain"
-    client.delete(stream)
+    client = _fresh_streams(redis_server, stream)
     client.script_flush()  # the first write meets NOSCRIPT, loads the script and writes
     metrics = Metrics()
     writer = ExposureWriter(client, metrics, stream=stream)
@@ -398,11 +398,8 @@ def test_writer_on_the_loop_holds_exposures_while_redis_is_down_or_stalled(
     """Down: the batch goes back into the queue (what does not fit is dropped, counted), and is written in
     order once Redis is back. Stalled past the timeout: the batch is kept and written again; a write Redis
     ran after the client gave up may appear twice (at least once: the A/B analysis counts request ids)."""
-    if not redis_server.running:
-        redis_server.start()
-    client = redis_server.client()
     stream = b"test:exposures:loop-down"
-    client.delete(stream)
+    client = _fresh_streams(redis_server, stream)
     metrics = Metrics()
     writer = ExposureWriter(client, metrics, stream=stream, capacity=3)
     now = datetime.now(UTC)
@@ -440,12 +437,9 @@ def test_writer_on_the_loop_holds_exposures_while_redis_is_down_or_stalled(
 def test_writer_on_the_loop_puts_each_exposure_in_its_shard(
     redis_server: RedisServerControl,
 ) -> None:
-    if not redis_server.running:
-        redis_server.start()
-    client = redis_server.client()
     stream = b"test:exposures:loop-shards"
     shards = keys.stream_shards(stream, 3)
-    client.delete(*shards)
+    client = _fresh_streams(redis_server, *shards)
     writer = ExposureWriter(client, Metrics(), stream=stream, shards=3)
     now = datetime.now(UTC)
 
