@@ -30,9 +30,6 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from features.experiments import Assignment
-from models.ranking import Ranked, RankingModel
-
 #: The last invalidation of this many students is remembered against in-flight misses.
 TOMBSTONES_PER_ENTRY = 2
 
@@ -41,28 +38,36 @@ TOMBSTONES_PER_ENTRY = 2
 class Answer:
     """One computed answer, with what every request that serves it needs again.
 
+    Only strings, bytes, numbers and a dict of them: the cache keeps 20,000 of these, and the collector
+    walks every container they hold on each of its passes (the `Ranked`, its lists and the model an
+    answer used to carry were ~8 tracked containers per answer, and the passes over them were the p99 of
+    computed answers; `bench/results/ANALYSIS.md`). A dict of atoms is untracked after its first pass.
+
     `tail` is the JSON body after its first field: ``"request_id"`` comes first, the rest (student id,
     model, items...) is the same for every request served from this answer.
     """
 
-    model: RankingModel
-    ranked: Ranked
+    #: `Ranked.source`, `Ranked.fallback` and `Ranked.model_error` of the list (counted per answer)
+    source: str
+    fallback: bool
+    model_error: str | None
     degraded: bool
     #: the student's registered region (None: no profile), for the key's region check
     region: str | None
-    assignment: Assignment | None
+    #: the student's experiment and variant (None: the champion answered, no experiment)
+    experiment: str | None
+    variant: str | None
     #: the student's variant model was not loaded: the champion answered (counted per answer)
     variant_fell_back: bool
-    lecture_ids: list[str]
     tail: bytes
     #: exposure stream fields but ``request_id`` and ``shown_at``, packed (`features.streams.pack_pairs`)
     exposure: bytes
     #: the fields the answer adds to each request's access log line but ``cached`` (no student id in clear)
-    log_fields: dict[str, Any]
+    log_fields: dict[str, str | int | bool | None]
 
     @property
     def cacheable(self) -> bool:
-        return not self.degraded and not self.ranked.model_error
+        return not self.degraded and not self.model_error
 
     def body(self, request_id: str) -> bytes:
         """The JSON body for one request. Request ids are tokens of ``[A-Za-z0-9._:-]``: no escaping."""

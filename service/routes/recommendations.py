@@ -245,13 +245,14 @@ async def _answer(
     experiment = assignment.experiment if assignment else None
     variant_name = assignment.variant if assignment else None
     return Answer(
-        model=model,
-        ranked=ranked,
+        source=ranked.source,
+        fallback=ranked.fallback,
+        model_error=ranked.model_error,
         degraded=degraded,
         region=profile.region if profile is not None else None,
-        assignment=assignment,
+        experiment=experiment,
+        variant=variant_name,
         variant_fell_back=fell_back,
-        lecture_ids=lecture_ids,
         tail=answer_tail(student_id, model, ranked, degraded, experiment, variant_name),
         exposure=pack_pairs(
             answer_exposure(student_id, region or "", assignment, model.version, lecture_ids).items()
@@ -274,21 +275,15 @@ def _account(
     state: AppState, request: Request, request_id: str, student_id: str, answer: Answer, cached: bool
 ) -> None:
     """Count, log and record the exposure of one answer (a computed or a cached one alike)."""
-    ranked, assignment = answer.ranked, answer.assignment
     m = state.metrics
     m.count_answer(
-        ranked.source,
-        ranked.fallback,
-        assignment.experiment if assignment else None,
-        assignment.variant if assignment else None,
-        answer.variant_fell_back,
-        cached,
+        answer.source, answer.fallback, answer.experiment, answer.variant, answer.variant_fell_back, cached
     )
     if answer.degraded:
         m.degraded.inc()
-    if ranked.model_error:
+    if answer.model_error:
         m.model_errors.inc()
-        logger.error("model failed to score; popularity answered", extra={"error": ranked.model_error})
+        logger.error("model failed to score; popularity answered", extra={"error": answer.model_error})
     # these fields join the request's one access log line (`service.main.RequestContext`)
     request.state.log_fields = {**answer.log_fields, "cached": cached}
     if state.exposures is not None:

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from features.key_changes import KeyChangeListener
-from models.ranking import Ranked
 from service.answer_cache import Answer, AnswerCache
 from tests.conftest import RedisServerControl
 from tests.features.change_sink import Sink
@@ -20,15 +19,15 @@ SERVING = (object(), object(), object())
 
 
 def _answer(tag: str = "a", *, degraded: bool = False, model_error: str | None = None) -> Answer:
-    ranked = Ranked([0], [1.0], ["popular_overall"], "model", False, model_error)
     return Answer(
-        model=None,  # type: ignore[arg-type]  # not used by the cache
-        ranked=ranked,
+        source="model",
+        fallback=False,
+        model_error=model_error,
         degraded=degraded,
         region="seoul",
-        assignment=None,
+        experiment=None,
+        variant=None,
         variant_fell_back=False,
-        lecture_ids=["L1"],
         tail=b'"student_id":"' + tag.encode() + b'"}',
         exposure=b"",
         log_fields={},
