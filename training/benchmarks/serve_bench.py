@@ -799,8 +799,14 @@ def run(opts: BenchOptions) -> SuiteResult:
             return _finish(result, data_dir)
         for load in loads:
             failed(_load_row(load, forks[load.label], hits[load.label], cpu_us[load.label]))
-        recs, sessions, repeats, health, fixed = loads[:5]
-        pairs = [(c.rps, h.rps) for c, h in zip(loads[5::2], loads[6::2], strict=True)]
+        run = {load.label: load for load in loads}
+        recs, sessions, repeats, health, fixed = (
+            run[label] for label in (RUN_COMPUTED, RUN_SESSIONS, RUN_REPEATS, RUN_HEALTHZ, RUN_HALF)
+        )
+        pairs = [
+            (run[pair_label(i, RUN_COMPUTED)].rps, run[pair_label(i, RUN_HEALTHZ)].rps)
+            for i in range(1, SIDE_BY_SIDE_PAIRS + 1)
+        ]
         counts_after = answer_counts(service.url)
         shares = source_shares(counts_before["source"], counts_after["source"])
         cache_shares = source_shares(counts_before["cache"], counts_after["cache"])
