@@ -12,6 +12,8 @@ offline evaluation and the simulator rank from the state the service would read 
 
 from __future__ import annotations
 
+import marshal
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from features.errors import SchemaError
-from features.profile import StudentProfile
+from features.profile import FEATURE_ATTRIBUTES, StudentProfile
 from models.interactions import (
     DROP,
     EVENT_TYPES,
@@ -71,6 +73,37 @@ class StudentRecord:
     history: dict[str, float]
     recent: tuple[str, ...]
     state: bytes | None
+
+    def packed(self) -> bytes:
+        """The record but its history, as bytes (`unpacked` reverses it, given the history).
+
+        What a long-lived cache of records keeps, beside the history (a dict of strings and floats, which
+        the garbage collector never tracks): a record and its profile stay tracked for as long as they are
+        kept, and every collection walks them. Bytes hold nothing the collector looks at. The layout,
+        marshalled: state, how many recent lectures and the lectures, then the profile's feature values
+        (`StudentProfile.feature_key`) with its interest subjects spread at the end (none: no profile).
+        """
+        profile, head = self.profile, (self.state, len(self.recent), *self.recent)
+        if profile is None:
+            return marshal.dumps(head)
+        return marshal.dumps((*head, *_SCALAR_FEATURES(profile), *profile.interest_subjects))
+
+    @classmethod
+    def unpacked(cls, student_id: str, packed: bytes, history: dict[str, float]) -> StudentRecord:
+        """The record `packed` was made from, with its `history` (copied)."""
+        flat = marshal.loads(packed)
+        state, n_recent = flat[:2]
+        rest = flat[2 + n_recent :]
+        profile = None
+        if rest:
+            scalars = dict(zip(_SCALAR_NAMES, rest, strict=False))
+            profile = StudentProfile(student_id, interest_subjects=rest[len(_SCALAR_NAMES) :], **scalars)
+        return cls(profile=profile, history=dict(history), recent=flat[2 : 2 + n_recent], state=state)
+
+
+#: A profile's feature attributes but its interest subjects (a tuple), for `StudentRecord.packed`.
+_SCALAR_NAMES = tuple(name for name in FEATURE_ATTRIBUTES if name != "interest_subjects")
+_SCALAR_FEATURES = operator.attrgetter(*_SCALAR_NAMES)
 
 
 @dataclass(frozen=True)

@@ -18,30 +18,26 @@ the cache emptied or the serving models changed) after the ticket. The last inva
 remembered in a bounded table; a ticket older than what that table forgot is refused too.
 
 Entries are keyed by student, then by what else the answer depends on: k, subject, the key's single
-region (it decides unregistered students' region) and the serving models and experiments (`serving`:
-any change empties the cache). Degraded answers and answers where the model failed are never stored.
+region (it decides unregistered students' region), as one string (`asked`), and the serving models and
+experiments (`serving`: any change empties the cache). Degraded answers and answers where the model
+failed are never stored.
 """
 
 from __future__ import annotations
 
+import marshal
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The last invalidation of this many students is remembered against in-flight misses.
 TOMBSTONES_PER_ENTRY = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """One computed answer, with what every request that serves it needs again.
 
-    Only strings, bytes, numbers and a dict of them: the cache keeps 20,000 of these, and the collector
-    walks every container they hold on each of its passes (the `Ranked`, its lists and the model an
-    answer used to carry were ~8 tracked containers per answer, and the passes over them were the p99 of
-    computed answers; `bench/results/ANALYSIS.md`). A dict of atoms is untracked after its first pass.
+    Only strings, bytes, numbers and None, so that the cache can keep it as a plain tuple (`AnswerCache`).
 
     `tail` is the JSON body after its first field: ``"request_id"`` comes first, the rest (student id,
     model, items...) is the same for every request served from this answer.
@@ -62,8 +58,12 @@ class Answer:
     tail: bytes
     #: exposure stream fields but ``request_id`` and ``shown_at``, packed (`features.streams.pack_pairs`)
     exposure: bytes
-    #: the fields the answer adds to each request's access log line but ``cached`` (no student id in clear)
-    log_fields: dict[str, str | int | bool | None]
+    #: the student's keyed hash (`service.logs.StudentHasher`: no student id in clear in the logs)
+    student_hash: str
+    #: lectures asked for and returned, and the model version that ranked them
+    k: int
+    returned: int
+    model_version: str
 
     @property
     def cacheable(self) -> bool:
@@ -73,6 +73,25 @@ class Answer:
         """The JSON body for one request. Request ids are tokens of ``[A-Za-z0-9._:-]``: no escaping."""
         return b'{"request_id":"' + request_id.encode("ascii") + b'",' + self.tail
 
+    def log_fields(self, cached: bool) -> dict[str, str | int | bool | None]:
+        """The fields the answer adds to its request's access log line."""
+        return {
+            "student": self.student_hash,
+            "k": self.k,
+            "returned": self.returned,
+            "source": self.source,
+            "fallback": self.fallback,
+            "degraded": self.degraded,
+            "model_version": self.model_version,
+            "experiment": self.experiment,
+            "variant": self.variant,
+            "cached": cached,
+        }
+
+
+#: One cached answer's length in a student's entry: what was asked, then the answer's fields.
+_STRIDE = 1 + len(Answer._fields)
+
 
 class AnswerCache:
     """Answers by student (least recently used first out), invalidated by key changes.
@@ -80,13 +99,21 @@ class AnswerCache:
     Thread-safe: hits are read on the event loop, answers put from worker threads, invalidations come from
     the listener thread.
 
+    Each student's entry is bytes: one flat tuple, marshalled, of per request shape asked (`asked`) that
+    string, then the answer's fields (`_STRIDE` of them). Bytes hold nothing the garbage collector walks.
+    Kept as objects (an `Answer`, a dict per student), every computed answer left two tracked objects
+    behind, and the collector's passes over the ~40,000 of them the cache and the record cache held were
+    the p99 of computed answers at half the maximum (young passes of 3-17 ms, older ones of 60-235 ms);
+    kept as tuples, young passes walked every element of every entry made since the last pass (20-80 ms;
+    `bench/results/ANALYSIS.md`). A hit unmarshals its entry (~1 us).
+
     Args:
         capacity: most students kept (0 turns the cache off).
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._students: OrderedDict[str, dict[Hashable, Answer]] = OrderedDict()
+        self._students: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._live = False
         self._serving: tuple[Any, ...] = ()
@@ -110,22 +137,26 @@ class AnswerCache:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def get(self, student_id: str, variant: Hashable, serving: tuple[Any, ...]) -> Answer | None:
-        """The stored answer, or None (counted as a miss when the cache is on)."""
+    def get(self, student_id: str, asked: str, serving: tuple[Any, ...]) -> Answer | None:
+        """The stored answer, or None (counted as a miss when the cache is on).
+
+        `asked` is what the answer depends on in the request besides the student, as one string (the route
+        writes k, the key's single region and the subject); `serving`, the serving objects.
+        """
         if not self._live or self.capacity <= 0:
             return None
         with self._lock:
             if not _same(serving, self._serving):
                 self._drop_all()
                 self._serving = serving
-            answers = self._students.get(student_id)
-            answer = answers.get(variant) if answers is not None else None
-            if answer is None:
-                self.misses += 1
-                return None
-            self._students.move_to_end(student_id)
-            self.hits += 1
-            return answer
+            entry = _entry(self._students.get(student_id))
+            for at in range(0, len(entry), _STRIDE):
+                if entry[at] == asked:
+                    self._students.move_to_end(student_id)
+                    self.hits += 1
+                    return Answer._make(entry[at + 1 : at + _STRIDE])
+            self.misses += 1
+            return None
 
     def ticket(self) -> tuple[int, int]:
         """Taken before reading Redis for an answer that may be `put`."""
@@ -134,7 +165,7 @@ class AnswerCache:
     def put(
         self,
         student_id: str,
-        variant: Hashable,
+        asked: str,
         serving: tuple[Any, ...],
         answer: Answer,
         ticket: tuple[int, int],
@@ -148,7 +179,12 @@ class AnswerCache:
                 return False
             if self._tombstones.get(student_id, -1) > seq:  # invalidated after the ticket
                 return False
-            self._students.setdefault(student_id, {})[variant] = answer
+            entry = _entry(self._students.get(student_id))
+            for at in range(0, len(entry), _STRIDE):
+                if entry[at] == asked:  # replaced
+                    entry = entry[:at] + entry[at + _STRIDE :]
+                    break
+            self._students[student_id] = marshal.dumps((*entry, asked, *answer))
             self._students.move_to_end(student_id)
             while len(self._students) > self.capacity:
                 self._students.popitem(last=False)
@@ -184,6 +220,11 @@ class AnswerCache:
         self._students.clear()
         self._tombstones.clear()
         self._epoch += 1
+
+
+def _entry(packed: bytes | None) -> tuple[Any, ...]:
+    """A student's entry as the flat tuple it was marshalled from (empty: none)."""
+    return marshal.loads(packed) if packed is not None else ()
 
 
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

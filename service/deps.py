@@ -79,9 +79,13 @@ class GuardedStore:
         self._errors = _store_errors()
         self._open_until = 0.0
         self._unavailable = unavailable or "feature store not configured"
-        self._cache: OrderedDict[str, StudentRecord] = OrderedDict()
+        #: the records last read: `StudentRecord.packed` and the history apart (the garbage collector
+        #: tracks neither; `service.model_manager`), the same students in both
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._histories: dict[str, dict[str, float]] = {}
         self._cache_lock = threading.Lock()
-        self._up = True
+        #: the last call succeeded (None: no call yet)
+        self._up: bool | None = None
         #: reads on the event loop (None: through `store`'s client in a worker thread)
         self.reader: AsyncReader | None = reader
 
@@ -91,7 +95,7 @@ class GuardedStore:
         self._metrics.redis_errors.labels(operation=operation).inc()
         self._metrics.redis_up.set(0)
         self._open_until = time.monotonic() + BREAKER_COOLDOWN_SECONDS
-        if self._up:  # log the transition, not every failed request
+        if self._up is not False:  # log the transition, not every failed request
             logger.error(
                 "feature store unavailable; answering degraded",
                 extra={"operation": operation, "error": repr(exc)},
@@ -100,14 +104,15 @@ class GuardedStore:
 
     def _succeeded(self) -> None:
         self._open_until = 0.0
-        if not self._up:
-            logger.info("feature store reachable again; normal answers resume")
-        self._up = True
-        self._metrics.redis_up.set(1)
+        if self._up is not True:  # the transition only: every read passes here
+            if self._up is False:
+                logger.info("feature store reachable again; normal answers resume")
+            self._up = True
+            self._metrics.redis_up.set(1)
 
     @property
     def up(self) -> bool:
-        return self._up and self.store is not None
+        return self._up is not False and self.store is not None
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -239,23 +244,30 @@ class GuardedStore:
 
     def _last_seen(self, student_id: str) -> tuple[StudentRecord | None, bool]:
         """Redis did not answer: the last record seen of the student (None if never), degraded."""
+        from features.online_state import StudentRecord
+
         with self._cache_lock:
-            return self._cache.get(student_id), True
+            packed, history = self._cache.get(student_id), self._histories.get(student_id, {})
+        return (StudentRecord.unpacked(student_id, packed, history) if packed is not None else None), True
 
     def _remember(self, student_id: str, record: StudentRecord) -> None:
         if record.profile is None and not record.history:
             return  # nothing worth knowing when Redis is down
+        packed = record.packed()
         with self._cache_lock:
-            self._cache[student_id] = record
+            self._cache[student_id] = packed
+            self._histories[student_id] = record.history
             self._cache.move_to_end(student_id)
             if len(self._cache) > RECORD_CACHE_SIZE:
-                self._cache.popitem(last=False)
+                oldest, _ = self._cache.popitem(last=False)
+                del self._histories[oldest]
 
     def forget(self, student_ids: list[str]) -> None:
         """Drop cached records (and, through `written`, answers) that a write just made stale."""
         with self._cache_lock:
             for sid in student_ids:
                 self._cache.pop(sid, None)
+                self._histories.pop(sid, None)
         if self._written is not None:
             self._written(student_ids)
 

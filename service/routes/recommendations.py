@@ -176,12 +176,13 @@ async def get_recommendations(request: Request) -> Response:
     # what the answer depends on besides the student's keys (objects replaced whole, never mutated)
     experiments = state.experiments
     serving = (champion, state.models.variants, experiments)
-    variant = (k, subject, client.only_region)
-    answer = state.answers.get(student_id, variant, serving)
+    # k and a region are never ambiguous in front of the subject
+    asked = f"{k}/{client.only_region}/{subject}"
+    answer = state.answers.get(student_id, asked, serving)
     if answer is None:
         ticket = state.answers.ticket()
         answer = await _answer(state, client, champion, experiments, student_id, k, subject)
-        state.answers.put(student_id, variant, serving, answer, ticket)
+        state.answers.put(student_id, asked, serving, answer, ticket)
         cached = False
     else:
         check_region(client, answer.region, "this student")
@@ -257,17 +258,10 @@ async def _answer(
         exposure=pack_pairs(
             answer_exposure(student_id, region or "", assignment, model.version, lecture_ids).items()
         )[1],
-        log_fields={
-            "student": state.hash_student(student_id),
-            "k": k,
-            "returned": len(lecture_ids),
-            "source": ranked.source,
-            "fallback": ranked.fallback,
-            "degraded": degraded,
-            "model_version": model.version,
-            "experiment": experiment,
-            "variant": variant_name,
-        },
+        student_hash=state.hash_student(student_id),
+        k=k,
+        returned=len(lecture_ids),
+        model_version=model.version,
     )
 
 
@@ -285,7 +279,7 @@ def _account(
         m.model_errors.inc()
         logger.error("model failed to score; popularity answered", extra={"error": answer.model_error})
     # these fields join the request's one access log line (`service.main.RequestContext`)
-    request.state.log_fields = {**answer.log_fields, "cached": cached}
+    request.state.log_fields = answer.log_fields(cached)
     if state.exposures is not None:
         state.exposures.submit(packed_exposure(student_id, answer.exposure, request_id, datetime.now(UTC)))
 

@@ -3,6 +3,7 @@ service over HTTP answering from the cache until a write (by it or by anyone els
 
 from __future__ import annotations
 
+import marshal
 import time
 from typing import Any
 
@@ -30,36 +31,55 @@ def _answer(tag: str = "a", *, degraded: bool = False, model_error: str | None =
         variant_fell_back=False,
         tail=b'"student_id":"' + tag.encode() + b'"}',
         exposure=b"",
-        log_fields={},
+        student_hash="h",
+        k=10,
+        returned=0,
+        model_version="1",
     )
 
 
 def _live(capacity: int = 10) -> AnswerCache:
     cache = AnswerCache(capacity)
     cache.live(True)
-    cache.get("nobody", 1, SERVING)  # a request's miss sets the serving objects before any put
+    cache.get("nobody", "1", SERVING)  # a request's miss sets the serving objects before any put
     return cache
 
 
 def test_hit_after_put_and_body_puts_the_request_id_first() -> None:
     cache = _live()
     cache.hits = cache.misses = 0
-    assert cache.get("s1", (10, None, None), SERVING) is None
-    assert cache.put("s1", (10, None, None), SERVING, _answer("s1"), cache.ticket())
-    hit = cache.get("s1", (10, None, None), SERVING)
+    assert cache.get("s1", "10/None/None", SERVING) is None
+    assert cache.put("s1", "10/None/None", SERVING, _answer("s1"), cache.ticket())
+    hit = cache.get("s1", "10/None/None", SERVING)
     assert hit is not None and hit.body("r-1") == b'{"request_id":"r-1","student_id":"s1"}'
-    assert cache.get("s1", (5, None, None), SERVING) is None  # another k is another answer
+    assert cache.get("s1", "5/None/None", SERVING) is None  # another k is another answer
     assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_entries_are_bytes_and_a_hit_gives_back_the_answer_put() -> None:
+    """What the cache keeps per student is bytes, which the garbage collector never walks (kept as
+    objects, ~2 per answer stayed tracked, and the collector's passes over them were the p99 of computed
+    answers); a hit gives back the answer put, as an `Answer`; a put for the same request replaces."""
+    cache = _live()
+    first, second = _answer("s1"), _answer("s1", degraded=False)._replace(k=5)
+    assert cache.put("s1", "10/None/None", SERVING, first, cache.ticket())
+    assert cache.put("s1", "5/seoul/수학", SERVING, second, cache.ticket())
+    assert cache.put("s1", "10/None/None", SERVING, first._replace(returned=3), cache.ticket())
+    entry = cache._students["s1"]
+    assert isinstance(entry, bytes) and len(marshal.loads(entry)) == 2 * (1 + len(Answer._fields))
+    hit = cache.get("s1", "10/None/None", SERVING)
+    assert isinstance(hit, Answer) and hit == first._replace(returned=3)
+    assert cache.get("s1", "5/seoul/수학", SERVING) == second
 
 
 def test_off_until_live_and_emptied_on_every_transition() -> None:
     cache = AnswerCache(10)
-    assert not cache.put("s1", 1, SERVING, _answer(), cache.ticket())  # reports not flowing yet
+    assert not cache.put("s1", "1", SERVING, _answer(), cache.ticket())  # reports not flowing yet
     cache.live(True)
-    cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    cache.put("s1", "1", SERVING, _answer(), cache.ticket())
     cache.live(False)
-    assert cache.get("s1", 1, SERVING) is None and len(cache) == 0
-    assert not cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    assert cache.get("s1", "1", SERVING) is None and len(cache) == 0
+    assert not cache.put("s1", "1", SERVING, _answer(), cache.ticket())
     cache.live(True)
     assert len(cache) == 0 and cache.enabled
     assert not AnswerCache(0).enabled
@@ -67,14 +87,14 @@ def test_off_until_live_and_emptied_on_every_transition() -> None:
 
 def test_invalidate_drops_the_student_and_refuses_answers_read_before_it() -> None:
     cache = _live()
-    cache.put("s1", 1, SERVING, _answer(), cache.ticket())
-    cache.put("s2", 1, SERVING, _answer(), cache.ticket())
+    cache.put("s1", "1", SERVING, _answer(), cache.ticket())
+    cache.put("s2", "1", SERVING, _answer(), cache.ticket())
     ticket = cache.ticket()  # a request starts reading s1 and s3 ...
     cache.invalidate(["s1"])  # ... an event for s1 lands meanwhile
-    assert cache.get("s1", 1, SERVING) is None and cache.get("s2", 1, SERVING) is not None
-    assert not cache.put("s1", 1, SERVING, _answer(), ticket)  # would be stale for good
-    assert cache.put("s3", 1, SERVING, _answer(), ticket)  # another student: fine
-    assert cache.put("s1", 1, SERVING, _answer(), cache.ticket())  # read after the change: fine
+    assert cache.get("s1", "1", SERVING) is None and cache.get("s2", "1", SERVING) is not None
+    assert not cache.put("s1", "1", SERVING, _answer(), ticket)  # would be stale for good
+    assert cache.put("s3", "1", SERVING, _answer(), ticket)  # another student: fine
+    assert cache.put("s1", "1", SERVING, _answer(), cache.ticket())  # read after the change: fine
 
 
 def test_a_ticket_older_than_forgotten_tombstones_is_refused() -> None:
@@ -83,33 +103,33 @@ def test_a_ticket_older_than_forgotten_tombstones_is_refused() -> None:
     cache.invalidate(["a"])
     cache.invalidate(["b"])
     cache.invalidate(["c"])  # "a" is forgotten: was s9 invalidated? the cache cannot tell
-    assert not cache.put("s9", 1, SERVING, _answer(), ticket)
-    assert cache.put("s9", 1, SERVING, _answer(), cache.ticket())
+    assert not cache.put("s9", "1", SERVING, _answer(), ticket)
+    assert cache.put("s9", "1", SERVING, _answer(), cache.ticket())
 
 
 def test_clear_and_serving_changes_empty_it_and_refuse_older_tickets() -> None:
     cache = _live()
     ticket = cache.ticket()
-    cache.put("s1", 1, SERVING, _answer(), ticket)
+    cache.put("s1", "1", SERVING, _answer(), ticket)
     cache.clear()
-    assert cache.get("s1", 1, SERVING) is None
-    assert not cache.put("s1", 1, SERVING, _answer(), ticket)
-    cache.put("s1", 1, SERVING, _answer(), cache.ticket())
+    assert cache.get("s1", "1", SERVING) is None
+    assert not cache.put("s1", "1", SERVING, _answer(), ticket)
+    cache.put("s1", "1", SERVING, _answer(), cache.ticket())
     reloaded = (object(), SERVING[1], SERVING[2])  # a new champion version
     ticket = cache.ticket()
-    assert cache.get("s1", 1, reloaded) is None and len(cache) == 0
-    assert not cache.put("s2", 1, SERVING, _answer(), ticket)  # computed by the old version
+    assert cache.get("s1", "1", reloaded) is None and len(cache) == 0
+    assert not cache.put("s2", "1", SERVING, _answer(), ticket)  # computed by the old version
 
 
 def test_degraded_or_failed_answers_are_not_kept_and_capacity_evicts_least_recent() -> None:
     cache = _live(capacity=2)
-    assert not cache.put("s1", 1, SERVING, _answer(degraded=True), cache.ticket())
-    assert not cache.put("s1", 1, SERVING, _answer(model_error="boom"), cache.ticket())
+    assert not cache.put("s1", "1", SERVING, _answer(degraded=True), cache.ticket())
+    assert not cache.put("s1", "1", SERVING, _answer(model_error="boom"), cache.ticket())
     for sid in ("s1", "s2"):
-        cache.put(sid, 1, SERVING, _answer(), cache.ticket())
-    cache.get("s1", 1, SERVING)  # s1 used: s2 is now the least recent
-    cache.put("s3", 1, SERVING, _answer(), cache.ticket())
-    assert cache.get("s2", 1, SERVING) is None and cache.get("s1", 1, SERVING) is not None
+        cache.put(sid, "1", SERVING, _answer(), cache.ticket())
+    cache.get("s1", "1", SERVING)  # s1 used: s2 is now the least recent
+    cache.put("s3", "1", SERVING, _answer(), cache.ticket())
+    assert cache.get("s2", "1", SERVING) is None and cache.get("s1", "1", SERVING) is not None
     assert len(cache) == 2
 
 
