@@ -292,6 +292,21 @@ def test_serve_helpers_pick_students_and_dev_keys(data_result: SuiteResult, tiny
     assert env["LEARNREC_DATA_DIR"] == "/x/serve" and "REDIS_URL" not in env
 
 
+def test_the_serve_bench_refuses_a_dataset_too_small_for_its_workloads(
+    data_result: SuiteResult, tiny_opts: BenchOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: below ~15,000 students the sessions group came out empty and the bench died in pyarrow
+    (ArrowTypeError) after training and loading Redis; it now says at once how many students it needs."""
+    monkeypatch.setattr("training.benchmarks.load.ensure_wrk", lambda: "/usr/bin/wrk")  # not needed here
+    result = serve_bench.run(tiny_opts)
+    (row,) = result.items
+    assert row.status == "skipped" and f"has {STUDENTS} students" in row.reason
+    assert f"at least {serve_bench.min_students():,}" in row.reason and "--students" in row.reason
+    assert serve_bench.min_students() == 5_000 + 10_000 + 20_000 + 1
+    assert serve_bench.min_students({"LEARNREC_SERVICE__ANSWER_CACHE_SIZE": "0"}) == 15_001
+    assert not (tiny_opts.data_root / "serve-default").exists()  # nothing trained, nothing loaded
+
+
 def test_seed_item_loads_profiles_and_history_into_a_real_redis(
     data_result: SuiteResult, tiny_opts: BenchOptions, redis_client: object, redis_url: str, tmp_path: Path
 ) -> None:

@@ -187,6 +187,17 @@ def student_groups(dataset: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
+def min_students(serve_env: Mapping[str, str] | None = None) -> int:
+    """Students a dataset needs for `student_groups`: the repeats' and the sessions' groups, and more than
+    the answer cache holds (its default size, or the one `serve_env` gives the service) left for the
+    computed group, so that rotating over it never meets a cached answer."""
+    from features.settings import ServiceSettings
+
+    size = (serve_env or {}).get("LEARNREC_SERVICE__ANSWER_CACHE_SIZE")
+    cache = int(size) if size is not None else ServiceSettings.model_fields["answer_cache_size"].default
+    return PATH_STUDENTS + SESSION_STUDENTS + cache + 1
+
+
 def paths_for(students: list[str], k: int = K) -> list[str]:
     """``/recommendations?student_id=...&k=...`` per student."""
     return [f"/recommendations?student_id={sid}&k={k}" for sid in students]
@@ -701,6 +712,17 @@ def run(opts: BenchOptions) -> SuiteResult:
             result.items.append(skipped(SUITE, "serve", "the dataset was not generated"))
             return result
     result.dataset = dataset_sizes(dataset)
+    needed, students = min_students(opts.serve_env), result.dataset.get("students", 0)
+    if students < needed:
+        reason = (
+            f"the dataset {dataset} has {students:,} students; the serve bench needs at least {needed:,}: "
+            f"{PATH_STUDENTS:,} asked again and again, {SESSION_STUDENTS:,} in sessions, and more than the "
+            "answer cache holds for every answer to be computed (use --students)"
+        )
+        opts.say(f"  {reason}")
+        result.items.append(skipped(SUITE, "serve", reason))
+        result.notes.append(reason)
+        return result
     data_dir = opts.data_root / f"serve-{opts.size_label}"
     _wipe(data_dir)
     env = bench_env(data_dir)
