@@ -3,6 +3,7 @@ service over HTTP answering from the cache until a write (by it or by anyone els
 
 from __future__ import annotations
 
+import gc
 import marshal
 import time
 from typing import Any
@@ -208,3 +209,27 @@ def test_service_answers_from_cache_until_another_writer_changes_the_student(
         assert wait_for(
             lambda: top not in [i["lecture_id"] for i in _recommend(client, "s001")["items"]], timeout=5
         )
+
+
+def test_what_computed_answers_leave_behind_in_the_service_is_nothing_the_collector_tracks(
+    registry: Registry, redis_server: RedisServerControl
+) -> None:
+    """The real service over HTTP: after computed answers for many students, the answer cache holds bytes
+    and the records kept for degraded answers are bytes and untracked history dicts. Regression: each
+    computed answer left ~4 tracked objects in these caches, and the collector's passes over them were the
+    p99 of computed answers at half the maximum (`bench/results/ANALYSIS.md`)."""
+    seed(redis_server)
+    students = [f"s{i:03d}" for i in range(60)]
+    with running(service_settings(registry, redis_server.url)) as (live, client, _logs):
+        assert wait_for(lambda: "learnrec_answer_cache_live 1.0" in client.get("/metrics").text, timeout=5)
+        for sid in students:
+            for k in (3, 5):
+                r = client.get("/recommendations", params={"student_id": sid, "k": k}, headers=PORTAL)
+                assert not answer(r)["degraded"]
+        state = live.app.state.learnrec
+        entries = list(state.answers._students.values())
+        records = list(state.store._cache.values())
+        histories = list(state.store._histories.values())
+        assert len(entries) == len(students) and len(records) == len(histories) >= len(students) // 2
+        assert all(type(e) is bytes for e in entries) and all(type(r) is bytes for r in records)
+        assert any(histories) and not any(gc.is_tracked(h) for h in histories)
