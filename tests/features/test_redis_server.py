@@ -76,7 +76,8 @@ def test_start_records_pid_port_url_and_persists(redis_dir: Path):
     config = {_s(k): _s(v) for k, v in client.config_get("*").items()}
     assert config["appendonly"] == "yes" and config["bind"] == "127.0.0.1"
     assert Path(config["dir"]).resolve() == redis_dir.resolve()
-    assert config["save"]  # RDB snapshots on
+    assert config["appendfsync"] == "everysec" and config["aof-use-rdb-preamble"] == "yes"
+    assert config["save"] == ""  # no RDB snapshots: a restart loads the AOF
     client.close()
 
 
