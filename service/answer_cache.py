@@ -37,7 +37,7 @@ TOMBSTONES_PER_ENTRY = 2
 class Answer(NamedTuple):
     """One computed answer, with what every request that serves it needs again.
 
-    Only strings, bytes, numbers and None, so that the cache can keep it as a plain tuple (`AnswerCache`).
+    Only strings, bytes, numbers and None, so that the cache can keep it marshalled (`AnswerCache`).
 
     `tail` is the JSON body after its first field: ``"request_id"`` comes first, the rest (student id,
     model, items...) is the same for every request served from this answer.
@@ -101,8 +101,9 @@ class AnswerCache:
     Thread-safe: hits are read on the event loop, answers put from worker threads, invalidations come from
     the listener thread.
 
-    Each student's entry is bytes: one flat tuple, marshalled, of per request shape asked (`asked`) that
-    string, then the answer's fields (`_STRIDE` of them). Bytes hold nothing the garbage collector walks.
+    Each student's entry is bytes: a flat tuple, marshalled, holding for each request shape asked its
+    `asked` string followed by the answer's fields (`_STRIDE` values in all). Bytes hold nothing the
+    garbage collector walks.
     Kept as objects (an `Answer`, a dict per student), every computed answer left two tracked objects
     behind, and the collector's passes over the ~40,000 of them the cache and the record cache held were
     the p99 of computed answers at half the maximum (young passes of 3-17 ms, older ones of 60-235 ms);
