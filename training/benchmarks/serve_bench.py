@@ -7,21 +7,22 @@ Everything goes through the command line, as an operator would, in a scratch dat
 2. every student's profile and training history into Redis (`seed_partitioned`, what ``learnrec features
    seed`` does: a group of students at a time, so memory stays bounded at any size; a measured item);
 3. ``learnrec features materialize``: the champion's per-student state (time; Redis bytes per student);
-   then wait until Redis has finished the snapshot / AOF rewrite the bulk load set off;
+   then wait until Redis has finished the AOF rewrite the bulk load set off;
 4. ``learnrec serve``: time until ``/readyz`` answers 200;
 5. wrk against that one server: maximum throughput of ``/recommendations`` (rotating over many students)
-   and of ``/healthz``, their ratio (target >= 0.70), then latency of ``/recommendations`` at a fixed
-   rate of half the maximum (target p99 < 20 ms; 30 ms at the large size); the service's RSS.
+   and of ``/healthz``, their ratio (`RATIO_TARGET`, the median of `SIDE_BY_SIDE_PAIRS` pairs), then
+   latency of ``/recommendations`` at a fixed rate of half the maximum (`P99_TARGET_MS`; at the large size
+   `P99_GROWTH_TARGET` times the default size's); the service's RSS.
 
 The service logs every request (JSON, level info) to ``service.log`` in the scratch directory, as in
-production. wrk runs with one thread, leaving the other core to the service and Redis. Redis forks
-(snapshots, AOF rewrites) during each run are counted: with a large dataset a snapshot competes for the
-CPU. When ``learnrec train`` does not fit the budgets at the full size (the large size), the champion is
-trained on the largest subsample of the students that fits (`train_bench.Datasets`), with the whole
-catalogue; every student of the full dataset is still seeded and served, and the load rotates over students
-of the full dataset: those the model never saw are answered from their profile (the model's user features)
-or from the popularity lists. The share of answers by source (model / profile / history / popularity) is
-read from the service's ``/metrics`` over the wrk runs.
+production. wrk runs with one thread, leaving the other core to the service and Redis. Redis forks (AOF
+rewrites; snapshots, were any configured) during each run are counted: with a large dataset a rewrite competes
+for the CPU. When ``learnrec train`` does not fit the budgets at the full size (the large size), the champion
+is trained on the largest subsample of the students that fits (`train_bench.Datasets`), with the whole
+catalogue; every student of the full dataset is still seeded and served, and the load rotates over students of
+the full dataset: those the model never saw are answered from their profile (the model's user features) or
+from the popularity lists. The share of answers by source (model / profile / history / popularity) is read
+from the service's ``/metrics`` over the wrk runs.
 
 Size: over 600 lines because one end-to-end scenario run step by step as an operator would run it; splitting
 it would scatter the scenario.
@@ -187,13 +188,13 @@ def student_groups(dataset: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
-def min_students(serve_env: Mapping[str, str] | None = None) -> int:
+def min_students(service_env: Mapping[str, str] | None = None) -> int:
     """Students a dataset needs for `student_groups`: the repeats' and the sessions' groups, and more than
-    the answer cache holds (its default size, or the one `serve_env` gives the service) left for the
-    computed group, so that rotating over it never meets a cached answer."""
+    the answer cache holds (its default size, or the one the service's environment `service_env` sets)
+    left for the computed group, so that rotating over it never meets a cached answer."""
     from features.settings import ServiceSettings
 
-    size = (serve_env or {}).get("LEARNREC_SERVICE__ANSWER_CACHE_SIZE")
+    size = (service_env or {}).get("LEARNREC_SERVICE__ANSWER_CACHE_SIZE")
     cache = int(size) if size is not None else ServiceSettings.model_fields["answer_cache_size"].default
     return PATH_STUDENTS + SESSION_STUDENTS + cache + 1
 
@@ -712,7 +713,11 @@ def run(opts: BenchOptions) -> SuiteResult:
             result.items.append(skipped(SUITE, "serve", "the dataset was not generated"))
             return result
     result.dataset = dataset_sizes(dataset)
-    needed, students = min_students(opts.serve_env), result.dataset.get("students", 0)
+    data_dir = opts.data_root / f"serve-{opts.size_label}"
+    env = bench_env(data_dir)
+    # what `learnrec serve` runs with (the steps before it run with `env`)
+    service_env = {**env, **(opts.serve_env or {})}
+    needed, students = min_students(service_env), result.dataset.get("students", 0)
     if students < needed:
         reason = (
             f"the dataset {dataset} has {students:,} students; the serve bench needs at least {needed:,}: "
@@ -723,9 +728,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         result.items.append(skipped(SUITE, "serve", reason))
         result.notes.append(reason)
         return result
-    data_dir = opts.data_root / f"serve-{opts.size_label}"
     _wipe(data_dir)
-    env = bench_env(data_dir)
     log = data_dir / "bench-steps.log"
 
     def failed(row: ItemResult) -> bool:
@@ -772,15 +775,15 @@ def run(opts: BenchOptions) -> SuiteResult:
     n_state = _materialised_students(mat.metrics["note"])
     mat.metrics.update(redis_bytes=after - before, students=n_state)
 
-    # the bulk load makes Redis snapshot and rewrite its AOF; the service is measured once that is over
+    # the bulk load makes Redis rewrite its AOF; the service is measured once that is over
     quiet_s = wait_redis_quiet(redis_dir)
     if quiet_s > 1:
-        opts.say(f"  waited {quiet_s:.0f} s for Redis to finish its snapshot / AOF rewrite")
+        opts.say(f"  waited {quiet_s:.0f} s for Redis to finish its AOF rewrite")
     service: _Service | None = None
     try:
         opts.say("  learnrec serve ...")
         try:
-            service, ready_s = start_service({**env, **(opts.serve_env or {})}, data_dir / "service.log")
+            service, ready_s = start_service(service_env, data_dir / "service.log")
         except RuntimeError as exc:
             result.items.append(ItemResult(SUITE, "start service", "failed", f"failed: {exc}"))
             return _finish(result, data_dir)
@@ -838,9 +841,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         service = None
         opts.say(f"  learnrec serve --workers {SCALE_WORKERS} ...")
         try:
-            service, _ = start_service(
-                {**env, **(opts.serve_env or {})}, data_dir / "service.log", workers=SCALE_WORKERS
-            )
+            service, _ = start_service(service_env, data_dir / "service.log", workers=SCALE_WORKERS)
             scaled = drive_workers(service.url, workloads["computed"], portal_key, seconds, SCALE_WORKERS)
             for load in scaled[:2]:
                 failed(_load_row(load, 0, scaled[2] if load is scaled[0] else None))
