@@ -153,13 +153,13 @@ class AnswerCache:
                 self._drop_all()
                 self._serving = serving
             entry = _entry(self._students.get(student_id))
-            for at in range(0, len(entry), _STRIDE):
-                if entry[at] == asked:
-                    self._students.move_to_end(student_id)
-                    self.hits += 1
-                    return Answer._make(entry[at + 1 : at + _STRIDE])
-            self.misses += 1
-            return None
+            at = _find(entry, asked)
+            if at < 0:
+                self.misses += 1
+                return None
+            self._students.move_to_end(student_id)
+            self.hits += 1
+            return Answer._make(entry[at + 1 : at + _STRIDE])
 
     def ticket(self) -> tuple[int, int]:
         """Taken before reading Redis for an answer that may be `put`."""
@@ -183,10 +183,9 @@ class AnswerCache:
             if self._tombstones.get(student_id, -1) > seq:  # invalidated after the ticket
                 return False
             entry = _entry(self._students.get(student_id))
-            for at in range(0, len(entry), _STRIDE):
-                if entry[at] == asked:  # replaced
-                    entry = entry[:at] + entry[at + _STRIDE :]
-                    break
+            at = _find(entry, asked)
+            if at >= 0:  # replaced
+                entry = entry[:at] + entry[at + _STRIDE :]
             self._students[student_id] = marshal.dumps((*entry, asked, *answer), _MARSHAL_VERSION)
             self._students.move_to_end(student_id)
             while len(self._students) > self.capacity:
@@ -228,6 +227,14 @@ class AnswerCache:
 def _entry(packed: bytes | None) -> tuple[Any, ...]:
     """A student's entry as the flat tuple it was marshalled from (empty: none)."""
     return marshal.loads(packed) if packed is not None else ()
+
+
+def _find(entry: tuple[Any, ...], asked: str) -> int:
+    """Where the answer to `asked` starts in a student's entry (-1: none)."""
+    for at in range(0, len(entry), _STRIDE):
+        if entry[at] == asked:
+            return at
+    return -1
 
 
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
