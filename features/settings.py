@@ -116,7 +116,8 @@ class ServiceSettings(BaseModel):
         default=20_000,
         ge=0,
         description=(
-            "Students whose computed answers the service keeps in memory (about 1.5 KB each at k=10) until "
+            "Students whose computed answers the service keeps in memory (about 1.5 KB an answer at k=10, "
+            "at most 4 request shapes a student: service.answer_cache.ANSWERS_PER_STUDENT) until "
             "Redis reports that their keys changed (service.answer_cache); 0 = off. On Redis Cluster "
             "it tracks every primary."
         ),
