@@ -117,9 +117,16 @@ class ServiceSettings(BaseModel):
         ge=0,
         description=(
             "Students whose computed answers the service keeps in memory (about 1.5 KB an answer at k=10, "
-            "at most 4 request shapes a student: service.answer_cache.ANSWERS_PER_STUDENT) until "
-            "Redis reports that their keys changed (service.answer_cache); 0 = off. On Redis Cluster "
-            "it tracks every primary."
+            "`answer_cache_shapes` answers at most a student) until Redis reports that their keys changed "
+            "(service.answer_cache); 0 = off. On Redis Cluster it tracks every primary."
+        ),
+    )
+    answer_cache_shapes: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Answers the answer cache keeps per student, one per request shape (k, subject, the key's "
+            "region), the least recently put out first: bounds its memory and the cost of a put."
         ),
     )
     regions: tuple[str, ...] = Field(

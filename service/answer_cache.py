@@ -20,9 +20,11 @@ remembered in a bounded table; a ticket older than what that table forgot is ref
 Entries are keyed by student, then by what else the answer depends on: k, subject, the key's single
 region (it decides unregistered students' region), as one string (`asked`), and the serving models and
 experiments (`serving`: any change empties the cache). Degraded answers and answers where the model
-failed are never stored. A student's entry keeps the answers to the last `ANSWERS_PER_STUDENT` shapes
-asked (the portal asks a student for a few, a page's k and maybe a subject), so that memory is bounded by
-the capacity and a `put`, which writes the entry again, costs the same whatever the student was asked before.
+failed are never stored. A student's entry keeps the answers to the last few shapes asked
+(``service.answer_cache_shapes``; the portal asks a student for a few, a page's k and maybe a subject), so
+that memory is bounded and a `put`, which writes the entry again, costs the same whatever the student was
+asked for before. Without that bound an entry grew with every shape a student was asked for: memory beyond
+the capacity's, and a put that marshalled every answer of the entry again.
 """
 
 from __future__ import annotations
@@ -32,12 +34,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
+from features.settings import ServiceSettings
+
 #: The last invalidation of this many students is remembered against in-flight misses.
 TOMBSTONES_PER_ENTRY = 2
-#: Answers kept per student (one per shape asked: k, subject, region), the least recently put out first.
-#: Without a bound an entry grew with every shape a student was asked for: memory beyond the capacity
-#: (about 1.5 KB an answer at k=10) and a `put` that marshals every answer of the entry again.
-ANSWERS_PER_STUDENT = 4
 
 
 class Answer(NamedTuple):
@@ -109,7 +109,7 @@ class AnswerCache:
 
     Each student's entry is bytes: a flat tuple, marshalled, holding for each request shape asked its
     `asked` string followed by the answer's fields (`_STRIDE` values in all), oldest put first, at most
-    `ANSWERS_PER_STUDENT` of them. Bytes hold nothing the
+    `shapes` of them. Bytes hold nothing the
     garbage collector walks.
     Kept as objects (an `Answer`, a dict per student), every computed answer left two tracked objects
     behind, and the collector's passes over the ~40,000 of them the cache and the record cache held were
@@ -119,10 +119,14 @@ class AnswerCache:
 
     Args:
         capacity: most students kept (0 turns the cache off).
+        shapes: most answers kept per student (one per `asked`).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self, capacity: int, shapes: int = ServiceSettings.model_fields["answer_cache_shapes"].default
+    ) -> None:
         self.capacity = capacity
+        self.shapes = shapes
         self._students: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._live = False
@@ -193,7 +197,7 @@ class AnswerCache:
             at = _find(entry, asked)
             if at >= 0:  # replaced
                 entry = entry[:at] + entry[at + _STRIDE :]
-            elif len(entry) >= ANSWERS_PER_STUDENT * _STRIDE:  # full: the shape put longest ago goes
+            elif len(entry) >= self.shapes * _STRIDE:  # full: the shape put longest ago goes
                 entry = entry[_STRIDE:]
             self._students[student_id] = marshal.dumps((*entry, asked, *answer), _MARSHAL_VERSION)
             self._students.move_to_end(student_id)

@@ -281,7 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serving_gc_thresholds()  # the heap is frozen after each model swap (`service.model_manager`)
         store, connection, why = await asyncio.to_thread(_connect_store, settings)
         supervisor = _supervise_embedded(settings)
-        answers = AnswerCache(settings.service.answer_cache_size)
+        answers = AnswerCache(settings.service.answer_cache_size, settings.service.answer_cache_shapes)
         metrics.answer_cache_entries.set_function(lambda: len(answers))
         metrics.answer_cache_live.set_function(lambda: int(answers.enabled))
         listener = _listen_for_changes(connection, answers)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from features.key_changes import KeyChangeListener
-from service.answer_cache import ANSWERS_PER_STUDENT, Answer, AnswerCache
+from service.answer_cache import Answer, AnswerCache
 from tests.conftest import RedisServerControl
 from tests.features.change_sink import Sink
 from tests.service.conftest import PORTAL, Registry, answer, running, seed, service_settings, wait_for
@@ -123,23 +123,27 @@ def test_clear_and_serving_changes_empty_it_and_refuse_older_tickets() -> None:
 
 
 def test_a_student_keeps_the_last_shapes_put_and_an_entry_stops_growing() -> None:
-    """A student asked for more shapes than `ANSWERS_PER_STUDENT` keeps the answers put last (one put
+    """A student asked for more shapes than the cache keeps (`shapes`) keeps the answers put last (one put
     again counts as new): the entry, which every put marshals again, stays the same size."""
-    cache = _live()
-    shapes = [f"{k}/None/None" for k in range(1, ANSWERS_PER_STUDENT + 3)]
+    shapes = 3
+    cache = AnswerCache(10, shapes)
+    cache.live(True)
+    cache.get("nobody", "1", SERVING)
+    asked = [f"{k}/None/None" for k in range(1, shapes + 3)]
     sizes = []
-    for k, asked in enumerate(shapes, 1):
-        assert cache.put("s1", asked, SERVING, _answer("s1")._replace(k=k), cache.ticket())
+    for k, a in enumerate(asked, 1):
+        assert cache.put("s1", a, SERVING, _answer("s1")._replace(k=k), cache.ticket())
         sizes.append(len(cache._students["s1"]))
-    kept = shapes[-ANSWERS_PER_STUDENT:]
-    assert [cache.get("s1", a, SERVING) is not None for a in shapes] == [a in kept for a in shapes]
-    assert cache.get("s1", kept[0], SERVING).k == len(shapes) - ANSWERS_PER_STUDENT + 1  # type: ignore[union-attr]
-    assert len(set(sizes[ANSWERS_PER_STUDENT - 1 :])) == 1  # full from the bound on: the same size
+    kept = asked[-shapes:]
+    assert [cache.get("s1", a, SERVING) is not None for a in asked] == [a in kept for a in asked]
+    assert cache.get("s1", kept[0], SERVING).k == len(asked) - shapes + 1  # type: ignore[union-attr]
+    assert len(set(sizes[shapes - 1 :])) == 1  # full from the bound on: the same size
     # the oldest kept shape put again becomes the newest: the next new shape pushes out the one after it
     cache.put("s1", kept[0], SERVING, _answer("s1"), cache.ticket())
     cache.put("s1", "99/None/None", SERVING, _answer("s1"), cache.ticket())
     assert cache.get("s1", kept[0], SERVING) is not None and cache.get("s1", kept[1], SERVING) is None
-    assert len(marshal.loads(cache._students["s1"])) == ANSWERS_PER_STUDENT * (1 + len(Answer._fields))
+    assert len(marshal.loads(cache._students["s1"])) == shapes * (1 + len(Answer._fields))
+    assert AnswerCache(10).shapes == 4  # the setting's default (`service.answer_cache_shapes`)
 
 
 def test_degraded_or_failed_answers_are_not_kept_and_capacity_evicts_least_recent() -> None:

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from service.answer_cache import Answer, AnswerCache
 from training.benchmarks import data_bench, report, serve_bench, train_bench
 from training.benchmarks.load import run_wrk
 from training.benchmarks.runner import (
@@ -302,9 +303,48 @@ def test_the_serve_bench_refuses_a_dataset_too_small_for_its_workloads(
     (row,) = result.items
     assert row.status == "skipped" and f"has {STUDENTS} students" in row.reason
     assert f"at least {serve_bench.min_students():,}" in row.reason and "--students" in row.reason
-    assert serve_bench.min_students() == 5_000 + 10_000 + 20_000 + 1
-    assert serve_bench.min_students({"LEARNREC_SERVICE__ANSWER_CACHE_SIZE": "0"}) == 15_001
+    slack = serve_bench.CYCLE_SLACK
+    assert serve_bench.min_students() == 5_000 + 10_000 + 20_000 + slack
+    assert serve_bench.min_students({"LEARNREC_SERVICE__ANSWER_CACHE_SIZE": "0"}) == 15_000 + slack
     assert not (tiny_opts.data_root / "serve-default").exists()  # nothing trained, nothing loaded
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_computed_cycle_never_meets_a_cached_answer_nor_an_entry(workers: int) -> None:
+    """The computed workload's runs, played against the service's own answer cache (one per worker, each
+    request to a worker at random): with the smallest group `min_students` allows, every answer is a miss,
+    run after run, although wrk's count of each run leaves out up to one request per connection; with one
+    worker it is put into a new entry (nothing kept of the student). Regression: every run started at the
+    top of the list at another k, so the students of one run were still cached in the next and every put
+    added an answer to their entries."""
+    capacity = 2_000  # with the smallest group, a worker of two puts fewer students in a lap than it holds
+    students = [f"s{i:05d}" for i in range(capacity + serve_bench.CYCLE_SLACK)]
+    caches = [AnswerCache(capacity) for _ in range(workers)]
+    for cache in caches:
+        cache.live(True)
+    shapes = caches[0].shapes
+    cycle = serve_bench.ComputedCycle(
+        students, serve_bench.worker_ks(workers, shapes) if workers > 1 else (10,)
+    )
+    rng = np.random.default_rng(7)
+    asked = 0
+    for _ in range(12):  # runs from a third of a lap of the group to more than a lap
+        paths = cycle.next_run()
+        n = int(rng.integers(1_000, 4_000))
+        for path in (paths * 2)[:n]:
+            query = dict(part.split("=") for part in path.split("?", 1)[1].split("&"))
+            cache = caches[int(rng.integers(workers))]
+            shape = f"{query['k']}/None/None"
+            assert cache.get(query["student_id"], shape, ()) is None
+            if workers == 1:  # a new entry, as after a key change (a worker of several may still keep the
+                assert query["student_id"] not in cache._students  # student's answer of the lap before)
+            computed = Answer(
+                "model", False, None, False, "seoul", None, None, False, b"}", b"", "h", 10, 0, "1"
+            )
+            cache.put(query["student_id"], shape, (), computed, cache.ticket())
+        asked += n
+        cycle.advance(n - int(rng.integers(0, serve_bench.MAX_CONNECTIONS + 1)))  # in flight: not counted
+    assert asked > 5 * len(students) and all(len(cache) == capacity for cache in caches)
 
 
 def test_seed_item_loads_profiles_and_history_into_a_real_redis(

@@ -81,8 +81,11 @@ SESSION_ROUND = 100
 #: Most events posted in one session (the events of one lecture).
 SESSION_EVENTS = 5
 #: Most students the "every answer computed" workload rotates over (more than the answer cache holds,
-#: so the least-recently-used cache never has the next one).
+#: so the least-recently-used cache never has the next one: `ComputedCycle`).
 COMPUTED_STUDENTS = 200_000
+#: Students of the computed workload beyond what the answer cache holds, at the least (`min_students`):
+#: room for each run to start `CYCLE_AHEAD` past where the last one stopped.
+CYCLE_SLACK = 1_000
 #: Recommendations asked per request.
 K = 10
 #: Worker processes of the scaling runs (`learnrec serve --workers`).
@@ -90,6 +93,9 @@ SCALE_WORKERS = 2
 #: Open connections of the maximum-throughput runs and of the fixed-rate run.
 MAX_CONNECTIONS = 16
 FIXED_CONNECTIONS = 8
+#: How far past the requests a run counted the next run of the computed workload starts (`ComputedCycle`):
+#: wrk's count leaves out the requests in flight when it stops, at most one per connection.
+CYCLE_AHEAD = 4 * MAX_CONNECTIONS
 WARMUP_SECONDS = 5
 READY_TIMEOUT_S = 600.0
 #: Environment variables that would point the bench at someone else's Redis or MLflow.
@@ -188,20 +194,61 @@ def student_groups(dataset: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
-def min_students(service_env: Mapping[str, str] | None = None) -> int:
-    """Students a dataset needs for `student_groups`: the repeats' and the sessions' groups, and more than
-    the answer cache holds (its default size, or the one the service's environment `service_env` sets)
-    left for the computed group, so that rotating over it never meets a cached answer."""
+def answer_cache_setting(name: str, service_env: Mapping[str, str] | None = None) -> int:
+    """The service's answer-cache setting `name` (``answer_cache_size``, ``answer_cache_shapes``): the one
+    its environment `service_env` sets, else the default."""
     from features.settings import ServiceSettings
 
-    size = (service_env or {}).get("LEARNREC_SERVICE__ANSWER_CACHE_SIZE")
-    cache = int(size) if size is not None else ServiceSettings.model_fields["answer_cache_size"].default
-    return PATH_STUDENTS + SESSION_STUDENTS + cache + 1
+    value = (service_env or {}).get(f"LEARNREC_SERVICE__{name.upper()}")
+    return int(value) if value is not None else int(ServiceSettings.model_fields[name].default)
+
+
+def min_students(service_env: Mapping[str, str] | None = None) -> int:
+    """Students a dataset needs for `student_groups`: the repeats' and the sessions' groups, and more than
+    the answer cache holds (``answer_cache_size`` in the service's environment `service_env`) left for the
+    computed group, with `CYCLE_SLACK` to spare, so that cycling over it never meets a cached answer
+    (`ComputedCycle`)."""
+    cache = answer_cache_setting("answer_cache_size", service_env)
+    return PATH_STUDENTS + SESSION_STUDENTS + cache + CYCLE_SLACK
 
 
 def paths_for(students: list[str], k: int = K) -> list[str]:
     """``/recommendations?student_id=...&k=...`` per student."""
     return [f"/recommendations?student_id={sid}&k={k}" for sid in students]
+
+
+class ComputedCycle:
+    """The computed workload's requests asked as one cycle across its runs: each run starts where the last
+    one stopped (`CYCLE_AHEAD` past it), so a student is asked again only after every other student of the
+    group, more of them than the answer cache holds. With the cache's least-recently-used order the student
+    is never in it: every answer is computed and is put into a new entry, as after a student's keys changed
+    (the portal's computed answer).
+
+    Each wrk run starts at the top of its list of paths. Starting every run at the top again and telling
+    the runs apart by k (as this bench did) kept the students of one run in the cache into the next, where
+    each was asked for another k: a miss, but one that added an answer to the student's entry, up to six
+    by the last run, so the later runs measured bigger entries than the first.
+
+    Args:
+        students: the computed group.
+        ks: the k of each lap over the group, in turn. One worker needs one (the group is more than its cache
+            holds); a server of several workers, each with its own cache, needs at least as many laps as
+            workers before a k comes back, so that the worker that kept a student's answer has put more
+            students than it holds since.
+    """
+
+    def __init__(self, students: list[str], ks: Sequence[int] = (K,)) -> None:
+        self.paths = [path for k in ks for path in paths_for(students, k)]
+        self.at = 0
+
+    def next_run(self) -> list[str]:
+        """The paths of the next run, from where the last one stopped."""
+        at = self.at % len(self.paths)
+        return self.paths[at:] + self.paths[:at]
+
+    def advance(self, requests: int) -> None:
+        """A run of `requests` requests is over."""
+        self.at += requests + CYCLE_AHEAD
 
 
 def session_requests(dataset: Path, students: list[str], seed: int, k: int = K) -> list[str]:
@@ -583,9 +630,9 @@ def drive(
 
     Args:
         url: the service.
-        workloads: request lines per workload: ``computed`` (students asked once each, more of them than
-            the answer cache holds), ``sessions`` (`session_requests`), ``repeats`` (each asked once just
-            before their run).
+        workloads: ``computed``: the students of the every-answer-computed runs (more than the answer
+            cache holds), asked as one `ComputedCycle` across the warm-up and those runs; request lines
+            of ``sessions`` (`session_requests`) and ``repeats`` (each asked once just before their run).
         api_key: sent as X-API-Key.
         seconds: length of each run.
         opts: the printer.
@@ -605,29 +652,32 @@ def drive(
         return redis_persistence(redis_dir)["total_forks"] if redis_dir is not None else 0
 
     repeats = workloads["repeats"]
-    computed = workloads["computed"]
+    cycle = ComputedCycle(workloads["computed"])
     warmup = min(WARMUP_SECONDS, seconds)
     opts.say(f"  wrk: warm-up {warmup} s, then {seconds} s per run ...")
-    # the warm-up and the half-rate run ask other k than the maximum run: never an answer cached before
-    run_wrk(url, [p.replace(f"&k={K}", f"&k={K - 2}") for p in computed], label="warm-up",
-            api_key=api_key, seconds=warmup, connections=MAX_CONNECTIONS)  # fmt: skip
+    warm = run_wrk(url, cycle.next_run(), label="warm-up", api_key=api_key, seconds=warmup,
+                   connections=MAX_CONNECTIONS)  # fmt: skip
+    cycle.advance(warm.requests)
     results: list[Any] = []
     during: dict[str, int] = {}
     hits: dict[str, float] = {}
     cpu_us: dict[str, float] = {}
-    plan: list[tuple[str, list[str], int, bool]] = [
-        (RUN_COMPUTED, computed, MAX_CONNECTIONS, False),
+    #: (label, request lines or None for the computed cycle's next run, connections, at half the maximum)
+    plan: list[tuple[str, list[str] | None, int, bool]] = [
+        (RUN_COMPUTED, None, MAX_CONNECTIONS, False),
         (RUN_SESSIONS, workloads["sessions"], MAX_CONNECTIONS, False),
         (RUN_REPEATS, repeats, MAX_CONNECTIONS, False),
         (RUN_HEALTHZ, ["/healthz"], MAX_CONNECTIONS, False),
-        (RUN_HALF, [p.replace(f"&k={K}", f"&k={K - 1}") for p in computed], FIXED_CONNECTIONS, True),
+        (RUN_HALF, None, FIXED_CONNECTIONS, True),
     ]
 
-    def measure(label: str, run_paths: list[str], connections: int, rate: float | None = None) -> Any:
+    def measure(label: str, run_paths: list[str] | None, connections: int, rate: float | None = None) -> Any:
         before, counts = forks(), answer_counts(url)
         cpu_before = process_cpu_seconds(pid) if pid is not None else 0.0
-        load = run_wrk(url, run_paths, label=label, api_key=api_key, seconds=seconds,
-                       connections=connections, rate=rate)  # fmt: skip
+        load = run_wrk(url, cycle.next_run() if run_paths is None else run_paths, label=label,
+                       api_key=api_key, seconds=seconds, connections=connections, rate=rate)  # fmt: skip
+        if run_paths is None:
+            cycle.advance(load.requests)
         cpu = process_cpu_seconds(pid) - cpu_before if pid is not None else 0.0
         during[label] = forks() - before
         hits[label] = cache_hit_share(counts, answer_counts(url))
@@ -647,23 +697,50 @@ def drive(
         measure(label, run_paths, connections, results[0].rps / 2 if half else None)
     opts.say(f"  {SIDE_BY_SIDE_PAIRS} pairs side by side: every answer computed, then /healthz ...")
     for i in range(1, SIDE_BY_SIDE_PAIRS + 1):
-        # one more lecture per pair than any run before: never an answer from the cache, never a cheaper one
-        measure(pair_label(i, RUN_COMPUTED), [p.replace(f"&k={K}", f"&k={K + i}") for p in computed],
-                MAX_CONNECTIONS)  # fmt: skip
+        measure(pair_label(i, RUN_COMPUTED), None, MAX_CONNECTIONS)
         measure(pair_label(i, RUN_HEALTHZ), ["/healthz"], MAX_CONNECTIONS)
     return results, during, hits, cpu_us
 
 
+def worker_ks(workers: int, shapes: int) -> tuple[int, ...]:
+    """The k of each lap of the computed cycle on a server of `workers` processes (`drive_workers`): one
+    more lap than a student's entry keeps answers (`shapes`, ``service.answer_cache_shapes``), at
+    consecutive k around `K`.
+
+    Each worker keeps its own cache, and at the default size a worker puts fewer students in a lap than
+    it holds, so a student sent to the same worker lap after lap keeps an entry there, one answer more each
+    lap. By the time a k comes back, the entry has either dropped that answer (it keeps the last shapes
+    put) or, if the student went to the other worker in between, been pushed out of the cache (two laps'
+    puts, half of a group larger than the cache twice, are more than a worker holds).
+
+    Raises:
+        ValueError: more than 2 workers (two laps' puts at one worker may then be fewer than it holds).
+    """
+    if workers > 2:
+        raise ValueError(f"the computed cycle is laid out for at most 2 workers, not {workers}")
+    laps = shapes + 1
+    return tuple(K + lap - laps // 2 for lap in range(laps))
+
+
 def drive_workers(
-    url: str, computed: list[str], api_key: str, seconds: int, workers: int
+    url: str, computed: list[str], api_key: str, seconds: int, workers: int, shapes: int
 ) -> tuple[Any, Any, float]:
-    """Every answer computed and /healthz at their maximum on a server of `workers` processes."""
+    """Every answer computed and /healthz at their maximum on a server of `workers` processes.
+
+    `computed` is asked as a `ComputedCycle` of laps at the k of `worker_ks`. A worker may still keep a
+    student's answers of the laps before (other k): the miss then adds to that entry, a little more work
+    than the one worker's computed answers do.
+
+    Returns the two runs and the computed run's share of answers from the cache, as one worker's
+    ``/metrics`` counts it."""
     from training.benchmarks.load import run_wrk
 
-    paths = [p.replace(f"&k={K}", f"&k={K - 3}") for p in computed]
-    run_wrk(url, paths, label="warm-up", api_key=api_key, seconds=WARMUP_SECONDS, connections=MAX_CONNECTIONS)
+    cycle = ComputedCycle(computed, worker_ks(workers, shapes))
+    warm = run_wrk(url, cycle.next_run(), label="warm-up", api_key=api_key, seconds=WARMUP_SECONDS,
+                   connections=MAX_CONNECTIONS)  # fmt: skip
+    cycle.advance(warm.requests)
     counts = answer_counts(url)
-    recs = run_wrk(url, paths, label=f"{RUN_COMPUTED} ({workers} workers)", api_key=api_key,
+    recs = run_wrk(url, cycle.next_run(), label=f"{RUN_COMPUTED} ({workers} workers)", api_key=api_key,
                    seconds=seconds, connections=MAX_CONNECTIONS)  # fmt: skip
     hit = cache_hit_share(counts, answer_counts(url))
     health = run_wrk(url, ["/healthz"], label=f"{RUN_HEALTHZ} ({workers} workers)", api_key=api_key,
@@ -798,7 +875,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         paths = paths_for(groups["repeats"])
         workloads = {
             "repeats": paths,
-            "computed": paths_for(groups["computed"]),
+            "computed": groups["computed"],
             "sessions": session_requests(full_dataset, groups["sessions"], opts.seed),
         }
         counts_before = answer_counts(service.url)
@@ -842,7 +919,10 @@ def run(opts: BenchOptions) -> SuiteResult:
         opts.say(f"  learnrec serve --workers {SCALE_WORKERS} ...")
         try:
             service, _ = start_service(service_env, data_dir / "service.log", workers=SCALE_WORKERS)
-            scaled = drive_workers(service.url, workloads["computed"], portal_key, seconds, SCALE_WORKERS)
+            shapes = answer_cache_setting("answer_cache_shapes", service_env)
+            scaled = drive_workers(
+                service.url, workloads["computed"], portal_key, seconds, SCALE_WORKERS, shapes
+            )
             for load in scaled[:2]:
                 failed(_load_row(load, 0, scaled[2] if load is scaled[0] else None))
         except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
@@ -982,8 +1062,10 @@ def run(opts: BenchOptions) -> SuiteResult:
         )
     result.notes.append(
         f"Three workloads on one server, students split at random into disjoint groups: every answer "
-        f"computed ({len(workloads['computed']):,} students, each asked once per pass, more than the answer "
-        "cache holds); portal sessions replayed from the dataset's events "
+        f"computed ({len(workloads['computed']):,} students, more than the answer cache holds, asked as one "
+        "cycle across the warm-up and the computed runs, each run starting where the last one stopped: "
+        "a student comes back only after all the others, long out of the cache); portal sessions "
+        "replayed from the dataset's events "
         f"({SESSION_STUDENTS:,} students: a page view, the events of one of the student's lectures through "
         "POST /events under new event ids, the next page view, the same view again with nothing done in "
         "between; the POSTs count as requests of that run); "
@@ -994,11 +1076,16 @@ def run(opts: BenchOptions) -> SuiteResult:
         "fixed rate = half the measured maximum of the computed workload, requests sent on a schedule "
         f"(start + n / rate) over {FIXED_CONNECTIONS} connections; latency percentiles from wrk's histogram "
         f"(from when a request is written). The throughput ratio is the median of {SIDE_BY_SIDE_PAIRS} "
-        f"pairs run back to back after those runs, every answer computed then /healthz (k={K} + the pair's "
-        "number: never from the cache); the three workloads' ratios are of their own runs. "
+        "pairs run back to back after those runs, every answer computed (the cycle goes on) then /healthz; "
+        "the three workloads' ratios are of their own runs. "
         f"k={K}, key X-API-Key (dev key for every region). One uvicorn "
-        f"worker, then `learnrec serve --workers {SCALE_WORKERS}` for the scaling rows (their cache share is "
-        "one worker's /metrics); the service logs every request (info) to service.log."
+        f"worker, then `learnrec serve --workers {SCALE_WORKERS}` for the scaling rows (the computed cycle "
+        "in laps at k="
+        + ", ".join(
+            map(str, worker_ks(SCALE_WORKERS, answer_cache_setting("answer_cache_shapes", service_env)))
+        )
+        + ", as each worker keeps its own cache; their "
+        "cache share is one worker's /metrics); the service logs every request (info) to service.log."
     )
     return _finish(result, data_dir)
 
