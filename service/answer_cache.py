@@ -109,8 +109,7 @@ class AnswerCache:
 
     Each student's entry is bytes: a flat tuple, marshalled, holding for each request shape asked its
     `asked` string followed by the answer's fields (`_STRIDE` values in all), oldest put first, at most
-    `shapes` of them. Bytes hold nothing the
-    garbage collector walks.
+    `shapes` of them. Bytes hold nothing the garbage collector walks.
     Kept as objects (an `Answer`, a dict per student), every computed answer left two tracked objects
     behind, and the collector's passes over the ~40,000 of them the cache and the record cache held were
     the p99 of computed answers at half the maximum (young passes of 3-17 ms, older ones of 60-235 ms);
