@@ -280,6 +280,20 @@ def test_wrk_rotates_paths_sends_the_key_and_reports_percentiles(http_server: st
     assert 0 < fixed.requests <= 60  # held near 40/s, far below what the closed loop above managed
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_the_warm_up_goes_one_lap_over_the_computed_group_and_the_next_run_goes_on_from_there(
+    http_server: str,
+) -> None:
+    """A real wrk against a server: the warm-up asks every student of the group (in runs of a second),
+    and the next run starts past where it stopped."""
+    students = [f"s{i:04d}" for i in range(300)]
+    cycle = serve_bench.ComputedCycle(students)
+    asked = cycle.warm_up(http_server, "k-1", seconds=1)
+    seen = {p.split("student_id=")[1].split("&")[0] for p, _ in _Recorder.seen}
+    assert asked >= len(students) and cycle.at >= cycle.lap and seen == set(students)
+    assert cycle.next_run()[0] == serve_bench.paths_for(students)[cycle.at % len(students)]
+
+
 def test_serve_helpers_pick_students_and_dev_keys(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
     from features.api_keys import DEV_KEYS
 
