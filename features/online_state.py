@@ -75,30 +75,30 @@ class StudentRecord:
     state: bytes | None
 
     def packed(self) -> bytes:
-        """The record but its history, as bytes (`unpacked` reverses it, given the history).
+        """The record as bytes (`unpacked` reverses it).
 
-        What a long-lived cache of records keeps, beside the history (a dict of strings and floats, which
-        the garbage collector never tracks): a record and its profile stay tracked for as long as they are
-        kept, and every collection walks them. Bytes hold nothing the collector looks at. The layout,
-        marshalled: state, how many recent lectures and the lectures, then the profile's feature values
+        What a long-lived cache of records keeps: a record and its profile stay tracked by the garbage
+        collector for as long as they are kept, and every collection walks them. Bytes hold nothing the
+        collector looks at, and one is freed at once when it leaves the cache. The layout, marshalled: state,
+        history, how many recent lectures and the lectures, then the profile's feature values
         (`StudentProfile.feature_key`) with its interest subjects spread at the end (none: no profile).
         """
-        profile, head = self.profile, (self.state, len(self.recent), *self.recent)
+        profile, head = self.profile, (self.state, self.history, len(self.recent), *self.recent)
         if profile is None:
             return marshal.dumps(head)
         return marshal.dumps((*head, *_SCALAR_FEATURES(profile), *profile.interest_subjects))
 
     @classmethod
-    def unpacked(cls, student_id: str, packed: bytes, history: dict[str, float]) -> StudentRecord:
-        """The record `packed` was made from, with its `history` (copied)."""
+    def unpacked(cls, student_id: str, packed: bytes) -> StudentRecord:
+        """The record `packed` was made from."""
         flat = marshal.loads(packed)
-        state, n_recent = flat[:2]
-        rest = flat[2 + n_recent :]
+        state, history, n_recent = flat[:3]
+        rest = flat[3 + n_recent :]
         profile = None
         if rest:
             scalars = dict(zip(_SCALAR_NAMES, rest, strict=False))
             profile = StudentProfile(student_id, interest_subjects=rest[len(_SCALAR_NAMES) :], **scalars)
-        return cls(profile=profile, history=dict(history), recent=flat[2 : 2 + n_recent], state=state)
+        return cls(profile=profile, history=history, recent=flat[3 : 3 + n_recent], state=state)
 
 
 #: A profile's feature attributes but its interest subjects (a tuple), for `StudentRecord.packed`.

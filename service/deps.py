@@ -79,10 +79,9 @@ class GuardedStore:
         self._errors = _store_errors()
         self._open_until = 0.0
         self._unavailable = unavailable or "feature store not configured"
-        #: the records last read: `StudentRecord.packed` and the history apart (the garbage collector
-        #: tracks neither; `service.model_manager`), the same students in both
+        #: the records last read, as `StudentRecord.packed` (the garbage collector never walks bytes;
+        #: `service.model_manager`)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
-        self._histories: dict[str, dict[str, float]] = {}
         self._cache_lock = threading.Lock()
         #: the last call succeeded (None: no call yet)
         self._up: bool | None = None
@@ -247,8 +246,8 @@ class GuardedStore:
         from features.online_state import StudentRecord
 
         with self._cache_lock:
-            packed, history = self._cache.get(student_id), self._histories.get(student_id, {})
-        return (StudentRecord.unpacked(student_id, packed, history) if packed is not None else None), True
+            packed = self._cache.get(student_id)
+        return (StudentRecord.unpacked(student_id, packed) if packed is not None else None), True
 
     def _remember(self, student_id: str, record: StudentRecord) -> None:
         if record.profile is None and not record.history:
@@ -256,18 +255,15 @@ class GuardedStore:
         packed = record.packed()
         with self._cache_lock:
             self._cache[student_id] = packed
-            self._histories[student_id] = record.history
             self._cache.move_to_end(student_id)
             if len(self._cache) > RECORD_CACHE_SIZE:
-                oldest, _ = self._cache.popitem(last=False)
-                del self._histories[oldest]
+                self._cache.popitem(last=False)
 
     def forget(self, student_ids: list[str]) -> None:
         """Drop cached records (and, through `written`, answers) that a write just made stale."""
         with self._cache_lock:
             for sid in student_ids:
                 self._cache.pop(sid, None)
-                self._histories.pop(sid, None)
         if self._written is not None:
             self._written(student_ids)
 

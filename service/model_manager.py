@@ -15,9 +15,9 @@ collector ran every ~45 answers and, every ~6,000, a full pass over the ~300,000
 process: about 70 us of CPU per computed answer on the bench machine (`gc.callbacks`, thread CPU), and a
 pause of 0.2-0.3 s each full pass (the sessions workload's p99). Frozen and with the thresholds below:
 about 7 us per answer and no full pass over the models. Rare passes are short only while requests leave
-nothing tracked behind: the answer cache and the record cache keep bytes and dicts of numbers
-(`service.answer_cache`, `StudentRecord.packed`); tuples would do for the collector's bookkeeping, but a
-young pass walks every element of every tuple made since the last one (10,000 thresholds apart: 20-80 ms).
+nothing tracked behind: the answer cache and the record cache keep bytes (`service.answer_cache`,
+`StudentRecord.packed`); tuples would do for the collector's bookkeeping, but a young pass walks every
+element of every tuple made since the last one (10,000 thresholds apart: 20-80 ms).
 """
 
 from __future__ import annotations

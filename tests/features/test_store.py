@@ -103,8 +103,8 @@ def test_profiles_round_trip_with_korean_text(redis_client):
 
 
 def test_a_record_read_packs_into_what_the_collector_does_not_track(redis_client):
-    """`StudentRecord.packed` (what the service keeps for degraded answers, beside the history): bytes,
-    and a history dict the collector never tracks; `unpacked` gives the same record back."""
+    """`StudentRecord.packed` (what the service keeps for degraded answers): bytes, which the collector
+    never walks; `unpacked` gives the same record back."""
     store = FeatureStore(redis_client)
     store.put_profiles([StudentProfile("s1", "seoul", "h2", "high", "수능", ("수학", "영어"))])
     store.apply_events([_event(1, "s1", "MATH-1", "enrol"), _event(2, "s1", "ENG-1", "complete", day=1)])
@@ -113,13 +113,13 @@ def test_a_record_read_packs_into_what_the_collector_does_not_track(redis_client
     packed = record.packed()
     assert isinstance(packed, bytes) and not gc.is_tracked(record.history)
     assert gc.is_tracked(record) and gc.is_tracked(record.profile)  # what it replaces
-    assert type(record).unpacked("s1", packed, record.history) == record
+    assert type(record).unpacked("s1", packed) == record
     for other in (
         store.read_student("nobody", "m", "1"),
         replace(record, profile=None, state=b"\x00\x01"),
         replace(record, profile=StudentProfile("s1", "gimpo", "adult"), history={}, recent=()),
     ):
-        assert type(other).unpacked("s1", other.packed(), other.history) == other
+        assert type(other).unpacked("s1", other.packed()) == other
 
 
 def test_a_profile_without_region_is_refused(redis_client):
