@@ -199,11 +199,10 @@ def model_state(student_id: str, model_name: str, version: str) -> bytes:
     Returns:
         ``lr:{s:<student_id>}:m:<model>:<version>``.
     """
-    return _student_key(
-        student_id, b"m:" + check_name(model_name, "model name") + b":" + check_name(version, "version")
-    )
+    return _student_key(student_id, model_state_suffix(model_name, version)[1:])
 
 
+@functools.lru_cache(maxsize=256)
 def model_state_suffix(model_name: str, version: str) -> bytes:
     """The common end of all state keys of one model version (``:m:<model>:<version>``).
 
@@ -212,7 +211,8 @@ def model_state_suffix(model_name: str, version: str) -> bytes:
         version: model version.
 
     Returns:
-        The suffix bytes.
+        The suffix bytes (kept for the last 256 versions asked: every computed answer names its
+        model's state key).
     """
     return b":m:" + check_name(model_name, "model name") + b":" + check_name(version, "version")
 

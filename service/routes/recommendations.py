@@ -25,7 +25,6 @@ import logging
 import re
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -281,7 +280,7 @@ def _account(
     # these fields join the request's one access log line (`service.main.RequestContext`)
     request.state.log_fields = answer.log_fields(cached)
     if state.exposures is not None:
-        state.exposures.submit(packed_exposure(student_id, answer.exposure, request_id, datetime.now(UTC)))
+        state.exposures.submit(packed_exposure(student_id, answer.exposure, request_id))
 
 
 #: Each reason's two answer members, encoded once.

@@ -176,6 +176,28 @@ def test_read_student_is_one_round_trip(redis_server):
     client.close()
 
 
+def test_the_read_payload_is_the_read_commands_encoded_and_reads_the_same_record(redis_client):
+    """The service sends `read_payload` (one format operation) where the client sends `read_commands`:
+    the same bytes on the wire, so the same replies and the same record."""
+    from service.redis_reads import encode
+
+    store = FeatureStore(redis_client)
+    store.put_profiles([StudentProfile("학생-7", "seoul", "h1")])
+    store.apply_events([_event(1, "학생-7", "국어-01", "enrol")])
+    store.materialize("m", "1", ["학생-7"], np.ones((1, 3), dtype=np.float32))
+    for sid in ("학생-7", "s1", "x", "s" * 300):
+        state_key = keys.model_state(sid, "m", "1")
+        payload = store.read_payload(sid, state_key)
+        assert payload == encode(store.read_commands(sid, state_key)), sid
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        conn.send_packed_command([store.read_payload("학생-7", keys.model_state("학생-7", "m", "1"))])
+        got = [conn.read_response() for _ in range(4)]
+    finally:
+        redis_client.connection_pool.release(conn)
+    assert store.record("학생-7", got, with_state=True) == store.read_student("학생-7", "m", "1")
+
+
 def test_version_none_reads_the_active_version(redis_client):
     store = FeatureStore(redis_client)
     store.materialize("m", "4", ["s1"], np.full((1, 2), 4, dtype=np.float32))

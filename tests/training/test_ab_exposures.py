@@ -13,6 +13,8 @@ from features.errors import DatasetNotFoundError, SchemaError
 from features.experiments import (
     EXPOSURE_FIELDS,
     Assignment,
+    _now_text,
+    _shown_at_text,
     answer_exposure,
     exposure_fields,
     packed_exposure,
@@ -105,6 +107,20 @@ def test_the_packed_exposure_the_service_submits_holds_the_exposure_fields() -> 
         assert list(fields) == list(
             exposure_fields("r1", "학생1", "taebaek", assignment, "7", lectures, SHOWN)
         )
+
+
+def test_an_exposure_stamped_now_reads_as_the_datetime_of_that_instant() -> None:
+    """`packed_exposure` without a time stamps it from the clock, the text to the second made once a
+    second: the same text `shown_at` of that instant gets, whatever the microseconds and the second."""
+    for ns in (0, 1_764_000_000_000_000_000, 1_764_000_000_123_456_789, 1_764_000_059_999_999_999):
+        instant = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=ns // 1000 % 1_000_000)
+        assert _now_text(ns) == _shown_at_text(instant), ns
+    answer = pack_pairs(answer_exposure("학생1", "taebaek", None, "7", ["국어-01"]).items())[1]
+    before = datetime.now(UTC)
+    fields = unpack_record(packed_exposure("학생1", answer, "r1"))
+    after = datetime.now(UTC)
+    assert before <= datetime.fromisoformat(fields["shown_at"]) <= after
+    assert fields["request_id"] == "r1"
 
 
 def test_from_stream_fields_names_the_bad_field() -> None:
