@@ -22,8 +22,9 @@ loop the batch costs one more payload in the connection's next write and one rep
 While Redis fails, the batch is put back (ahead of newer items) and retried after a pause; what does not
 fit in the queue is dropped and counted (`learnrec_exposures_total{outcome="dropped"}`): losing exposures
 is preferable to holding answers or growing memory without bound. At shutdown the queue is flushed once
-more. A batch is written at least once (a reply lost after Redis wrote it puts the batch back): the A/B
-analysis counts each request id once.
+more, after the batch that is out (if any) has its reply: cut off, it would go back into the queue and be
+written again though Redis had it. A batch is written at least once (a reply lost after Redis wrote it puts
+the batch back): the A/B analysis counts each request id once.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class ExposureWriter:
         self._failing = False
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
+        #: the loop writer's batch out at Redis now (`_run_on_loop`), which `aclose` lets finish
+        self._inflight: asyncio.Future[bool] | None = None
         self._reader: AsyncReader | None = None
 
     # -- request path ------------------------------------------------------------------------------
@@ -149,7 +152,10 @@ class ExposureWriter:
             await asyncio.sleep(self.flush_interval)  # let concurrent answers join this batch
             signal.clear()
             while self._queue:
-                if not await self.flush_async(reader):
+                # shielded: stopping the writer (`aclose` cancels this task) must not cut off a batch that
+                # is out, which Redis may have written already; queued again, it would be written twice
+                self._inflight = asyncio.ensure_future(self.flush_async(reader))
+                if not await asyncio.shield(self._inflight):
                     await asyncio.sleep(RETRY_PAUSE_SECONDS)
                     break
             if self._queue:
@@ -188,6 +194,10 @@ class ExposureWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         deadline = time.monotonic() + DRAIN_SECONDS
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and not inflight.done():
+            # its reply decides whether the batch was written or goes back to the queue for the drain
+            await asyncio.wait([inflight], timeout=DRAIN_SECONDS)
         while self._queue and time.monotonic() < deadline and await self.flush_async(reader):
             pass
         self._drop_rest()

@@ -392,6 +392,53 @@ def test_writer_on_the_loop_loads_its_script_writes_in_order_and_drains_on_close
         client.close()
 
 
+def test_stopping_the_writer_while_a_batch_is_out_writes_it_once(redis_server: RedisServerControl) -> None:
+    """`aclose` while Redis has written a batch and its reply is not yet in: the batch is neither cut off
+    and queued again (written twice by the last flush) nor lost. The reader holds the reply back until
+    the close has begun: the race the close would otherwise lose now and then."""
+    stream = b"test:exposures:close-in-flight"
+    client = _fresh_streams(redis_server, stream)
+    metrics = Metrics()
+    writer = ExposureWriter(client, metrics, stream=stream, flush_interval=0.0)
+    now = datetime.now(UTC)
+
+    class ReplyHeldBack:
+        """The real reader; the reply of a batch is handed over only once `release` is set."""
+
+        def __init__(self, reader: AsyncReader) -> None:
+            self.reader, self.written, self.release = reader, asyncio.Event(), asyncio.Event()
+
+        async def execute(self, commands: Any) -> list[Any]:
+            return await self.reader.execute(commands)
+
+        async def execute_packed(self, payload: bytes, replies: int, *, retry: bool = True) -> list[Any]:
+            got = await self.reader.execute_packed(payload, replies, retry=retry)
+            self.written.set()
+            await self.release.wait()
+            return got
+
+    async def run() -> None:
+        reader = AsyncReader.for_client(client, 1.0)
+        assert reader is not None
+        held = ReplyHeldBack(reader)
+        writer.start_on_loop(held)  # type: ignore[arg-type]
+        writer.submit(_packed(0, "c", now))
+        await asyncio.wait_for(held.written.wait(), 5)
+        assert client.xlen(stream) == 1  # in Redis, the reply still out
+        closing = asyncio.ensure_future(writer.aclose())
+        await asyncio.sleep(0.05)  # the close has cancelled the writer's task by now
+        held.release.set()
+        await closing
+        reader.close()
+
+    try:
+        asyncio.run(run())
+        assert _request_ids(client, stream) == ["c0"]
+        assert 'learnrec_exposures_total{outcome="written"} 1.0' in metrics.render().decode()
+    finally:
+        client.close()
+
+
 def test_writer_on_the_loop_holds_exposures_while_redis_is_down_or_stalled(
     redis_server: RedisServerControl,
 ) -> None:
