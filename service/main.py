@@ -409,7 +409,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return await http_exception_handler(request, exc)
 
-    for module in (recommendations, events, students, admin, health):
+    # the hot route's router is added to the app's routes, first (`recommendations.DirectRoute`)
+    app.router.routes[:0] = recommendations.router.routes
+    for module in (events, students, admin, health):
         app.include_router(module.router)
     add_docs(app)
 
