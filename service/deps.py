@@ -138,8 +138,7 @@ class GuardedStore:
             return await run_in_threadpool(self.read_student, student_id, model_name, version)
         if time.monotonic() >= self._open_until:
             try:
-                state_key = keys.model_state(student_id, model_name, version)
-                replies = await reader.execute_packed(store.read_payload(student_id, state_key), 4)
+                replies = await reader.execute_packed(store.read_payload(student_id, model_name, version), 4)
                 record = store.record(student_id, replies, with_state=True)
             except self._errors as exc:
                 self._failed("read_student", exc)

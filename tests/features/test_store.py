@@ -187,11 +187,11 @@ def test_the_read_payload_is_the_read_commands_encoded_and_reads_the_same_record
     store.materialize("m", "1", ["학생-7"], np.ones((1, 3), dtype=np.float32))
     for sid in ("학생-7", "s1", "x", "s" * 300):
         state_key = keys.model_state(sid, "m", "1")
-        payload = store.read_payload(sid, state_key)
+        payload = store.read_payload(sid, "m", "1")
         assert payload == encode(store.read_commands(sid, state_key)), sid
     conn = redis_client.connection_pool.get_connection()
     try:
-        conn.send_packed_command([store.read_payload("학생-7", keys.model_state("학생-7", "m", "1"))])
+        conn.send_packed_command([store.read_payload("학생-7", "m", "1")])
         got = [conn.read_response() for _ in range(4)]
     finally:
         redis_client.connection_pool.release(conn)
