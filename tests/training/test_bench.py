@@ -233,7 +233,14 @@ def test_report_sets_the_large_p99_against_the_default_sizes(tmp_path: Path) -> 
     serve("default", "sequence", 4.0)
     assert "5.2 ÷ 4.0 ms = 1.30; target <= 1.3: met" in report.render(out)
     serve("large", "sequence", 5.3)
-    assert "5.3 ÷ 4.0 ms = 1.32; target <= 1.3: NOT met" in report.render(out)
+    assert "the same commit): 5.3 ÷ 4.0 ms = 1.32; target <= 1.3: NOT met" in report.render(out)
+    default = out / "serve-default-champion-from-sequence.json"
+    payload = json.loads(default.read_text(encoding="utf-8"))
+    payload["git"]["commit"] = "0" * 40
+    default.write_text(json.dumps(payload), encoding="utf-8")
+    assert "commit 0000000, another commit, perhaps another machine: not side by side): 5.3 ÷ 4.0" in (
+        report.render(out)
+    )
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -515,7 +515,8 @@ def render(out_dir: Path) -> str:
 
 def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, Any]]) -> list[str]:
     """The large serve run's p99 at half its maximum against the default size's, same champion model
-    (the newest default run of it); nothing when there is none."""
+    (the newest default run of it), said to be side by side only when it ran on the same commit (a run of
+    another commit may be of another machine too); nothing when there is none."""
     model = large.get("summary", {}).get("champion", {}).get("model")
     same = [
         p for p in payloads
@@ -525,15 +526,21 @@ def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, 
     p99 = large.get("summary", {}).get("p99_ms")
     if not same or not p99 or model is None:
         return []
+    commit = large.get("git", {}).get("commit")
     default = max(same, key=lambda p: p["finished_at"])
     base = default["summary"]["p99_ms"]
     ratio = p99 / base
     verdict = "met" if ratio <= P99_GROWTH_TARGET else "NOT met"
+    side_by_side = (
+        "the same commit"
+        if default.get("git", {}).get("commit") == commit
+        else "another commit, perhaps another machine: not side by side"
+    )
     return [
         "",
         f"- p99 at half the maximum rate, this size ÷ the default size ({model} champion, default run of "
-        f"{default['finished_at'][:10]}, commit {default['git']['commit'][:7]}): {p99:.1f} ÷ {base:.1f} ms = "
-        f"{ratio:.2f}; target <= {P99_GROWTH_TARGET}: {verdict}",
+        f"{default['finished_at'][:10]}, commit {default['git']['commit'][:7]}, {side_by_side}): "
+        f"{p99:.1f} ÷ {base:.1f} ms = {ratio:.2f}; target <= {P99_GROWTH_TARGET}: {verdict}",
     ]
 
 
