@@ -14,14 +14,14 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
 from service.answer_cache import Answer, AnswerCache
 from training.benchmarks import data_bench, report, serve_bench, train_bench
-from training.benchmarks.load import run_wrk
+from training.benchmarks.load import LoadResult, run_wrk
 from training.benchmarks.runner import (
     BenchOptions,
     ItemResult,
@@ -242,6 +242,19 @@ def test_report_sets_the_large_p99_against_the_default_sizes(tmp_path: Path) -> 
         report.render(out)
     )
 
+    # the verdict taken in turns with the default size's server, when the large run has it
+    large = out / "serve-large-champion-from-sequence.json"
+    payload = json.loads(large.read_text(encoding="utf-8"))
+    payload["summary"]["p99_turns"] = {
+        "rounds": 2, "large_p99_ms": [4.0, 5.2], "default_p99_ms": [4.0, 4.0], "ratios": [1.0, 1.3],
+        "ratio": 1.15, "target": 1.3, "met": True,
+    }  # fmt: skip
+    large.write_text(json.dumps(payload), encoding="utf-8")
+    assert (
+        "(same machine, same minutes; 2 rounds, the order turned each round): this size 4.0, 5.2 ms, the "
+        "default size 4.0, 4.0 ms; this ÷ default per round 1.00, 1.30; median 1.15; target <= 1.3: met"
+    ) in report.render(out)
+
 
 class _Recorder(BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str | None]]] = []
@@ -299,6 +312,60 @@ def test_the_warm_up_goes_one_lap_over_the_computed_group_and_the_next_run_goes_
     seen = {p.split("student_id=")[1].split("&")[0] for p, _ in _Recorder.seen}
     assert asked >= len(students) and cycle.at >= cycle.lap and seen == set(students)
     assert cycle.next_run()[0] == serve_bench.paths_for(students)[cycle.at % len(students)]
+
+
+def _fake_wrk(calls: list[tuple[str, str, float | None]]) -> Any:
+    """`run_wrk`'s double: twice the requests at the maximum as at a fixed rate, p99 by server."""
+
+    def run(url: str, paths: list[str], *, label: str, rate: float | None = None, **_: Any) -> LoadResult:
+        calls.append((url, paths[0], rate))
+        rps = 1000.0 if url == "http://large" else 1200.0
+        p99 = {"http://large": 5.0, "http://default": 4.0}[url]
+        n = int(rps if rate is None else rate)
+        return LoadResult(label, n, 1.0, float(n), 0, 1.0, 2.0, p99, 9.0, rate)
+
+    return run
+
+
+def test_the_large_size_takes_turns_with_the_default_size_at_half_their_maximums() -> None:
+    """Each server's maximum first, then runs at half of it, the order turned round every round; each run
+    goes on along the server's own computed cycle."""
+    calls: list[tuple[str, str, float | None]] = []
+    large = serve_bench.ComputedCycle([f"L{i}" for i in range(5000)])
+    default = serve_bench.ComputedCycle([f"D{i}" for i in range(5000)])
+    turns = serve_bench.p99_in_turns(
+        {"large": ("http://large", large), "default": ("http://default", default)}, "k", 1, rounds=3,
+        run=_fake_wrk(calls),
+    )  # fmt: skip
+    assert [(url, rate) for url, _, rate in calls] == [
+        ("http://large", None), ("http://default", None),
+        ("http://large", 500.0), ("http://default", 600.0),
+        ("http://default", 600.0), ("http://large", 500.0),
+        ("http://large", 500.0), ("http://default", 600.0),
+    ]  # fmt: skip
+    starts = [first for url, first, _ in calls if url == "http://large"]
+    assert len(set(starts)) == len(starts)  # every run started where the last one stopped
+    assert [len(turns["large"]), len(turns["default"])] == [4, 4]
+    summary = serve_bench.turns_summary(turns, "large", "default")
+    assert summary["ratios"] == [1.25, 1.25, 1.25] and summary["ratio"] == 1.25 and summary["met"]
+    assert summary["large_p99_ms"] == [5.0, 5.0, 5.0] and summary["rounds"] == 3
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_turns_run_real_wrk_against_live_servers(http_server: str) -> None:
+    """The same turns through wrk against a live server (under two names, two groups of students)."""
+    groups = {name: [f"{name}{i:03d}" for i in range(200)] for name in ("a", "b")}
+    cycles = {name: serve_bench.ComputedCycle(students) for name, students in groups.items()}
+    turns = serve_bench.p99_in_turns(
+        {name: (http_server, cycle) for name, cycle in cycles.items()}, "k-1", 1, rounds=2
+    )
+    for loads in turns.values():
+        assert len(loads) == 3 and all(load.errors == 0 and load.requests > 0 for load in loads)
+        assert [load.target_rps for load in loads[1:]] == [loads[0].rps / 2] * 2
+    seen = {p.split("student_id=")[1].split("&")[0] for p, _ in _Recorder.seen}
+    assert {s[0] for s in seen} == {"a", "b"}
+    summary = serve_bench.turns_summary(turns, "a", "b")
+    assert summary["rounds"] == 2 and summary["ratio"] > 0
 
 
 def test_serve_helpers_pick_students_and_dev_keys(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:

@@ -517,6 +517,7 @@ def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, 
     """The large serve run's p99 at half its maximum against the default size's, same champion model
     (the newest default run of it), said to be side by side only when it ran on the same commit (a run of
     another commit may be of another machine too); nothing when there is none."""
+    lines = _p99_turns(large.get("summary", {}).get("p99_turns"))
     model = large.get("summary", {}).get("champion", {}).get("model")
     same = [
         p for p in payloads
@@ -525,7 +526,7 @@ def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, 
     ]  # fmt: skip
     p99 = large.get("summary", {}).get("p99_ms")
     if not same or not p99 or model is None:
-        return []
+        return lines
     commit = large.get("git", {}).get("commit")
     default = max(same, key=lambda p: p["finished_at"])
     base = default["summary"]["p99_ms"]
@@ -537,10 +538,32 @@ def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, 
         else "another commit, perhaps another machine: not side by side"
     )
     return [
+        *lines,
         "",
         f"- p99 at half the maximum rate, this size ÷ the default size ({model} champion, default run of "
         f"{default['finished_at'][:10]}, commit {default['git']['commit'][:7]}, {side_by_side}): "
         f"{p99:.1f} ÷ {base:.1f} ms = {ratio:.2f}; target <= {P99_GROWTH_TARGET}: {verdict}",
+    ]
+
+
+def _p99_turns(turns: Mapping[str, Any] | None) -> list[str]:
+    """The large serve run's p99 at half its maximum taking turns with the default size's server
+    (`serve_bench.p99_in_turns`): the verdict measured side by side."""
+    if not turns or not turns.get("rounds"):
+        return []
+
+    def ms(values: Sequence[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    verdict = "met" if turns["met"] else "NOT met"
+    return [
+        "",
+        f"- p99 at half the maximum rate, taking turns with the default size's server (same machine, same "
+        f"minutes; {turns['rounds']} rounds, the order turned each round): this size "
+        f"{ms(turns['large_p99_ms'])} ms, the default size {ms(turns['default_p99_ms'])} ms; this ÷ default "
+        "per round "
+        + ", ".join(f"{r:.2f}" for r in turns["ratios"])
+        + f"; median {turns['ratio']:.2f}; target <= {turns['target']}: {verdict}",
     ]
 
 

@@ -42,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -632,6 +632,76 @@ def side_by_side_ratio(pairs: Sequence[tuple[float, float]]) -> float:
     return statistics.median(ratios) if ratios else 0.0
 
 
+#: Rounds of the large size's p99 at half its maximum taken in turn with the default size's server
+#: (`p99_in_turns`): one run of each a round.
+P99_TURNS = 5
+
+
+def p99_in_turns(
+    servers: Mapping[str, tuple[str, ComputedCycle]],
+    api_key: str,
+    seconds: int,
+    rounds: int = P99_TURNS,
+    run: Callable[..., Any] | None = None,
+) -> dict[str, list[Any]]:
+    """Every answer computed on live servers taking turns: each one's maximum, then `rounds` rounds of one
+    run at half of it on each, the order turned round every round (first in odd rounds, last in even
+    ones), so that a slow spell of the shared machine falls on every server alike. Set apart in time, two
+    runs of the same server read p99s 1.6x apart on this VM; taking turns reads the sizes, not the hour.
+
+    Args:
+        servers: per name, the service's URL and its computed cycle (each run goes on where the last
+            stopped, so every answer stays computed).
+        api_key: sent as X-API-Key.
+        seconds: length of each run.
+        rounds: runs at half the maximum per server.
+        run: `load.run_wrk` (a double in unit tests).
+
+    Returns:
+        Per name, its maximum run, then its runs at half of it in order (`LoadResult`).
+    """
+    from training.benchmarks.load import run_wrk
+
+    run = run or run_wrk
+    names = list(servers)
+    out: dict[str, list[Any]] = {name: [] for name in names}
+
+    def measure(name: str, label: str, connections: int, rate: float | None) -> None:
+        url, cycle = servers[name]
+        load = run(url, cycle.next_run(), label=label, api_key=api_key, seconds=seconds,
+                   connections=connections, rate=rate)  # fmt: skip
+        cycle.advance(load.requests)
+        out[name].append(load)
+
+    for name in names:
+        measure(name, f"turns: max /recommendations, every answer computed ({name})", MAX_CONNECTIONS, None)
+    for r in range(1, rounds + 1):
+        for name in names if r % 2 else names[::-1]:
+            half = out[name][0].rps / 2
+            measure(name, f"turn {r}: {RUN_HALF} ({name})", FIXED_CONNECTIONS, half)
+    return out
+
+
+def turns_summary(turns: Mapping[str, list[Any]], large: str, default: str) -> dict[str, Any]:
+    """The p99s at half the maximum of `p99_in_turns`, and the large size's as a multiple of the default
+    size's: per round, and their median (the verdict, against `P99_GROWTH_TARGET`)."""
+    large_p99 = [load.p99_ms for load in turns[large][1:]]
+    default_p99 = [load.p99_ms for load in turns[default][1:]]
+    ratios = [a / b for a, b in zip(large_p99, default_p99, strict=True) if b > 0]
+    ratio = statistics.median(ratios) if ratios else 0.0
+    return {
+        "rounds": len(ratios),
+        "large_p99_ms": large_p99,
+        "default_p99_ms": default_p99,
+        "large_rps": [load.rps for load in turns[large][1:]],
+        "default_rps": [load.rps for load in turns[default][1:]],
+        "ratios": ratios,
+        "ratio": ratio,
+        "target": P99_GROWTH_TARGET,
+        "met": bool(ratios) and ratio <= P99_GROWTH_TARGET,
+    }
+
+
 def cache_hit_share(before: Mapping[str, Any], after: Mapping[str, Any]) -> float:
     """Share of the answers between two `answer_counts` readings that came from the answer cache."""
     hits = after["cache"].get("hit", 0) - before["cache"].get("hit", 0)
@@ -647,6 +717,7 @@ def drive(
     opts: BenchOptions,
     redis_dir: Path | None = None,
     pid: int | None = None,
+    cycle: ComputedCycle | None = None,
 ) -> tuple[list[Any], dict[str, int], dict[str, float], dict[str, float]]:
     """The wrk runs on one server: the three workloads and /healthz at their maximum, every answer
     computed at half its maximum, then `SIDE_BY_SIDE_PAIRS` pairs of every answer computed and /healthz
@@ -662,6 +733,7 @@ def drive(
         opts: the printer.
         redis_dir: the embedded Redis, to count its forks (snapshots, AOF rewrites) during each run.
         pid: the service's process, to read the CPU it spent per request in each run.
+        cycle: the computed cycle over ``computed`` (None: a new one), for runs after these to go on with.
 
     Returns:
         The `LoadResult` of each run (after a warm-up that is not reported), per run label the Redis forks
@@ -676,7 +748,7 @@ def drive(
         return redis_persistence(redis_dir)["total_forks"] if redis_dir is not None else 0
 
     repeats = workloads["repeats"]
-    cycle = ComputedCycle(workloads["computed"])
+    cycle = cycle or ComputedCycle(workloads["computed"])
     warmup = min(WARMUP_SECONDS, seconds)
     opts.say(f"  wrk: warm-up, one lap over the computed group ({cycle.lap:,} students) ...")
     opts.say(f"  warm-up: {cycle.warm_up(url, api_key, warmup):,} requests; then {seconds} s per run ...")
@@ -722,6 +794,57 @@ def drive(
         measure(pair_label(i, RUN_COMPUTED), None, MAX_CONNECTIONS)
         measure(pair_label(i, RUN_HEALTHZ), ["/healthz"], MAX_CONNECTIONS)
     return results, during, hits, cpu_us
+
+
+def _p99_versus_default(
+    opts: BenchOptions, model: str, api_key: str, url: str, cycle: ComputedCycle
+) -> dict[str, list[Any]] | str:
+    """The large size's p99 at half its maximum taking turns with the default size's server (`p99_in_turns`):
+    the default size's serve run in the same ``--data-root`` (its champion, Redis and dataset, as its own
+    run left them) is started beside the large one, warmed up, and the two take turns.
+
+    Returns:
+        The runs (`p99_in_turns`), or why there was nothing to take turns with.
+    """
+    from dataclasses import replace
+
+    from mlflow.exceptions import MlflowException
+
+    from training.benchmarks.data_bench import dataset_dir, dataset_matches
+
+    default_opts = replace(opts, large=False, students=None, lectures=None)
+    default_dir = opts.data_root / f"serve-{default_opts.size_label}"
+    dataset = dataset_dir(default_opts)
+    rerun = f"`learnrec bench --suite serve --serve-model {model} --data-root {opts.data_root}` first"
+    not_taken = "p99 not taken in turns with the default size"
+    if not (default_dir / "mlflow").is_dir() or not dataset_matches(dataset, default_opts):
+        return f"{not_taken}: no default-size serve run in {opts.data_root} ({rerun})"
+    env = {**bench_env(default_dir), **(opts.serve_env or {})}
+    try:
+        other = _champion(env, default_dir)["model"]
+    except MlflowException as exc:
+        return f"{not_taken}: its champion could not be read ({exc.message[:200]}; {rerun})"
+    if other != model:
+        return f"{not_taken}: its champion is {other}, not {model} ({rerun})"
+    opts.say(
+        f"  p99 at half the maximum, taking turns with the default size's server ({P99_TURNS} rounds) ..."
+    )
+    service: _Service | None = None
+    try:
+        service, _ = start_service(env, default_dir / "service.log")
+        default_cycle = ComputedCycle(student_groups(dataset, opts.seed)["computed"])
+        default_cycle.warm_up(service.url, api_key, WARMUP_SECONDS)
+        return p99_in_turns(
+            {opts.size_label: (url, cycle), "default": (service.url, default_cycle)},
+            api_key,
+            opts.serve_seconds,
+        )
+    except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
+        return f"{not_taken}: {' '.join(str(exc).split())[:300]}"
+    finally:
+        if service is not None:
+            stop_service(service)
+        _stop_redis(default_dir / "redis")
 
 
 def worker_ks(workers: int, shapes: int) -> tuple[int, ...]:
@@ -912,13 +1035,24 @@ def run(opts: BenchOptions) -> SuiteResult:
             return _finish(result, data_dir)
 
         seconds = opts.serve_seconds
+        cycle = ComputedCycle(workloads["computed"])
         try:
             loads, forks, hits, cpu_us = drive(
-                service.url, workloads, portal_key, seconds, opts, redis_dir, service.proc.pid
+                service.url, workloads, portal_key, seconds, opts, redis_dir, service.proc.pid, cycle
             )
         except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
             failed(ItemResult(SUITE, "wrk", "failed", f"failed: {' '.join(str(exc).split())[:300]}"))
             return _finish(result, data_dir)
+        if opts.large:
+            turns = _p99_versus_default(opts, champion["model"], portal_key, service.url, cycle)
+            if isinstance(turns, str):
+                opts.say(f"  {turns}")
+                result.notes.append(turns)
+            else:
+                for name_loads in turns.values():
+                    for load in name_loads:
+                        failed(_load_row(load, 0))
+                result.summary["p99_turns"] = turns_summary(turns, opts.size_label, "default")
         for load in loads:
             failed(_load_row(load, forks[load.label], hits[load.label], cpu_us[load.label]))
         run = {load.label: load for load in loads}
