@@ -305,7 +305,7 @@ def _serve_tables(payload: Mapping[str, Any]) -> list[str]:
             load.append([
                 item["item"], str(m.get("connections", "")), _n(target) if target else "max", _n(m["rps"]),
                 _ms(m["p50_ms"]), _ms(m["p95_ms"]), _ms(m["p99_ms"]), _ms(m["max_ms"]),
-                f"{m['errors']:,} / {m['requests']:,}", str(m.get("redis_forks", "-")),
+                f"{m['errors']:,} / {m['requests']:,}", _forks(m.get("redis_forks")),
             ])  # fmt: skip
         else:
             prep.append([
@@ -544,6 +544,11 @@ def _p99_across_sizes(large: Mapping[str, Any], payloads: Sequence[Mapping[str, 
         f"{default['finished_at'][:10]}, commit {default['git']['commit'][:7]}, {side_by_side}): "
         f"{p99:.1f} ÷ {base:.1f} ms = {ratio:.2f}; target <= {P99_GROWTH_TARGET}: {verdict}",
     ]
+
+
+def _forks(n: int | None) -> str:
+    """Redis forks during a wrk run ("-": not counted, as in the runs taking turns on two Redis servers)."""
+    return "-" if n is None else str(n)
 
 
 def _p99_turns(turns: Mapping[str, Any] | None) -> list[str]:

@@ -12,7 +12,8 @@ Everything goes through the command line, as an operator would, in a scratch dat
 5. wrk against that one server: maximum throughput of ``/recommendations`` (rotating over many students)
    and of ``/healthz``, their ratio (`RATIO_TARGET`, the median of `SIDE_BY_SIDE_PAIRS` pairs), then
    latency of ``/recommendations`` at a fixed rate of half the maximum (`P99_TARGET_MS`; at the large size
-   `P99_GROWTH_TARGET` times the default size's); the service's RSS.
+   `P99_GROWTH_TARGET` times the default size's, measured taking turns with the default size's server of the
+   same ``--data-root``, `p99_in_turns`); the service's RSS.
 
 The service logs every request (JSON, level info) to ``service.log`` in the scratch directory, as in
 production. wrk runs with one thread, leaving the other core to the service and Redis. Redis forks (AOF
@@ -646,8 +647,8 @@ def p99_in_turns(
 ) -> dict[str, list[Any]]:
     """Every answer computed on live servers taking turns: each one's maximum, then `rounds` rounds of one
     run at half of it on each, the order turned round every round (first in odd rounds, last in even
-    ones), so that a slow spell of the shared machine falls on every server alike. Set apart in time, two
-    runs of the same server read p99s 1.6x apart on this VM; taking turns reads the sizes, not the hour.
+    ones), so that a slow spell of the shared machine falls on every server alike. Set apart in time, the
+    default size's p99 read 2.5 and 4.0 ms in two runs on this VM; taking turns reads the sizes, not the hour.
 
     Args:
         servers: per name, the service's URL and its computed cycle (each run goes on where the last
@@ -892,7 +893,7 @@ def drive_workers(
 
 
 def _load_row(
-    load: Any, redis_forks: int, cache_hits: float | None = None, cpu_us: float | None = None
+    load: Any, redis_forks: int | None, cache_hits: float | None = None, cpu_us: float | None = None
 ) -> ItemResult:
     return ItemResult(
         SUITE, load.label, STATUS_OK, "", load.duration_s, 0, {"connections": load.connections},
@@ -1043,18 +1044,17 @@ def run(opts: BenchOptions) -> SuiteResult:
         except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as exc:
             failed(ItemResult(SUITE, "wrk", "failed", f"failed: {' '.join(str(exc).split())[:300]}"))
             return _finish(result, data_dir)
+        for load in loads:
+            failed(_load_row(load, forks[load.label], hits[load.label], cpu_us[load.label]))
         if opts.large:
             turns = _p99_versus_default(opts, champion["model"], portal_key, service.url, cycle)
             if isinstance(turns, str):
                 opts.say(f"  {turns}")
                 result.notes.append(turns)
             else:
-                for name_loads in turns.values():
-                    for load in name_loads:
-                        failed(_load_row(load, 0))
+                for load in (load for runs in turns.values() for load in runs):
+                    failed(_load_row(load, None))  # two Redis servers: forks not counted
                 result.summary["p99_turns"] = turns_summary(turns, opts.size_label, "default")
-        for load in loads:
-            failed(_load_row(load, forks[load.label], hits[load.label], cpu_us[load.label]))
         run = {load.label: load for load in loads}
         recs, sessions, repeats, health, fixed = (
             run[label] for label in (RUN_COMPUTED, RUN_SESSIONS, RUN_REPEATS, RUN_HEALTHZ, RUN_HALF)
