@@ -254,6 +254,10 @@ def test_report_sets_the_large_p99_against_the_default_sizes(tmp_path: Path) -> 
         "(same machine, same minutes; 2 rounds, the order turned each round): this size 4.0, 5.2 ms, the "
         "default size 4.0, 4.0 ms; this ÷ default per round 1.00, 1.30; median 1.15; target <= 1.3: met"
     ) in report.render(out)
+    assert (
+        "5.3 ÷ 4.0 ms = 1.32; context (runs apart in time): the verdict is taken in turns"
+        in report.render(out)
+    )
 
 
 class _Recorder(BaseHTTPRequestHandler):
