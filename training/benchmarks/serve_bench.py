@@ -44,7 +44,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -807,8 +807,6 @@ def _p99_versus_default(
     Returns:
         The runs (`p99_in_turns`), or why there was nothing to take turns with.
     """
-    from dataclasses import replace
-
     from mlflow.exceptions import MlflowException
 
     from training.benchmarks.data_bench import dataset_dir, dataset_matches
