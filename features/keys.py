@@ -69,6 +69,9 @@ PREFIX = b"lr"
 #: The start of every key of one student (``lr:{s:``), and of every active-version pointer.
 STUDENT_PREFIX = PREFIX + b":{s:"
 ACTIVE_PREFIX = PREFIX + b":active:"
+#: The ends of a student's keys after ``lr:{s:<id>}:`` (`profile`, `history`, `recent`; the service's
+#: read, `features.store.FeatureStore.read_payload`, writes them into its RESP template).
+PROFILE_KEY, HISTORY_KEY, RECENT_KEY = b"profile", b"hist", b"recent"
 EVENTS_STREAM = b"lr:stream:events"
 EXPOSURES_STREAM = b"lr:stream:exposures"
 #: Stream names accepted by the CLI -> stream key.
@@ -149,7 +152,7 @@ def profile(student_id: str) -> bytes:
     Returns:
         ``lr:{s:<student_id>}:profile``.
     """
-    return _student_key(student_id, b"profile")
+    return _student_key(student_id, PROFILE_KEY)
 
 
 def history(student_id: str) -> bytes:
@@ -161,7 +164,7 @@ def history(student_id: str) -> bytes:
     Returns:
         ``lr:{s:<student_id>}:hist``.
     """
-    return _student_key(student_id, b"hist")
+    return _student_key(student_id, HISTORY_KEY)
 
 
 def pairs(student_id: str) -> bytes:
@@ -185,7 +188,7 @@ def recent(student_id: str) -> bytes:
     Returns:
         ``lr:{s:<student_id>}:recent``.
     """
-    return _student_key(student_id, b"recent")
+    return _student_key(student_id, RECENT_KEY)
 
 
 def model_state(student_id: str, model_name: str, version: str) -> bytes:

@@ -267,14 +267,15 @@ def _profile_from(student_id: str, raw: bytes | str | None) -> StudentProfile | 
 
 
 #: The student keys a read names, after ``lr:<tag>`` (`keys.profile`, `keys.history`, `keys.recent`).
-_PROFILE, _HISTORY, _RECENT = b":profile", b":hist", b":recent"
+_PROFILE, _HISTORY, _RECENT = (b":" + end for end in (keys.PROFILE_KEY, keys.HISTORY_KEY, keys.RECENT_KEY))
+_LR = keys.PREFIX + b":"
 #: `FeatureStore.read_commands` with a state key as RESP: each of the four keys is ``lr:<tag>`` and its end
 #: after its length; `tests/features/test_store.py` holds it to `read_commands` encoded.
 _READ_RESP = (
-    b"*2\r\n$3\r\nGET\r\n$%d\r\nlr:%b" + _PROFILE + b"\r\n"
-    b"*2\r\n$7\r\nHGETALL\r\n$%d\r\nlr:%b" + _HISTORY + b"\r\n"
-    b"*4\r\n$6\r\nLRANGE\r\n$%d\r\nlr:%b" + _RECENT + b"\r\n$1\r\n0\r\n$2\r\n-1\r\n"
-    b"*2\r\n$3\r\nGET\r\n$%d\r\nlr:%b%b\r\n"
+    b"*2\r\n$3\r\nGET\r\n$%d\r\n" + _LR + b"%b" + _PROFILE + b"\r\n"
+    b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n" + _LR + b"%b" + _HISTORY + b"\r\n"
+    b"*4\r\n$6\r\nLRANGE\r\n$%d\r\n" + _LR + b"%b" + _RECENT + b"\r\n$1\r\n0\r\n$2\r\n-1\r\n"
+    b"*2\r\n$3\r\nGET\r\n$%d\r\n" + _LR + b"%b%b\r\n"
 )
 
 
@@ -345,7 +346,7 @@ class FeatureStore:
         """
         tag = keys.student_tag(student_id)
         state = keys.model_state_suffix(model_name, version)
-        n = len(tag) + 3  # "lr:" + tag
+        n = len(_LR) + len(tag)
         return _READ_RESP % (
             n + len(_PROFILE),
             tag,
