@@ -14,10 +14,12 @@ dataset stays as it was until the new one is complete. Replacing takes two renam
 `read_dataset` points to. Temporary directories of a crashed writer are left for a person to delete
 (never removed automatically: another writer may own them).
 
-Events in memory: the events' `student_id`, `lecture_id` and `type` are read dictionary-encoded and held as
-pandas categoricals (an integer code per event, each distinct value once, sorted, so ordering by the column
-orders by the text); `event_id` and `request_id` stay Arrow text (pandas `str`), checked and sorted with
-pyarrow compute, never a Python object per event. pyarrow, not polars or DuckDB: the project already reads
+Events are read and checked on Arrow (`features.stored_events`: every rule of `validate_events` over the
+Arrow columns, so no validated copy is made) and reach pandas once. In memory the events' `student_id`,
+`lecture_id` and `type` are dictionary-encoded and held as pandas categoricals (an integer code per
+event, each distinct value once, sorted, so ordering by the column orders by the text); `event_id` and
+`request_id` stay Arrow text (pandas `str`), checked and sorted with pyarrow compute, never a Python
+object per event. pyarrow, not polars or DuckDB: the project already reads
 and writes every table with it, the models and the service take pandas and numpy, and Arrow hands columns
 to both without a copy, so no second engine (and no second set of validation rules) is needed; memory and
 time stay linear in events (`bench/RESULTS.md`, data rows).
@@ -48,16 +50,19 @@ import pyarrow.parquet as pq
 
 from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
-from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED, LECTURES, STUDENTS
+from features.schemas import EVENTS, LECTURES, STUDENTS
+from features.stored_events import (
+    check_whole_file,
+    dictionary_codes,
+    events_frame,
+    is_coded,
+    read_events_table,
+    typed_events,
+)
 from features.validation import (
-    _rows,
-    _show,
-    all_distinct,
     arrow_text,
-    duplicate_ids,
     epoch_microseconds,
     generated_event_ids,
-    sorted_categories,
     validate_events,
     validate_lectures,
     validate_students,
@@ -327,17 +332,10 @@ def validated(ds: Dataset, progress: Progress | None = None) -> Dataset:
 
 
 def _read_parquet(path: Path, name: str) -> pd.DataFrame:
-    """A table as pandas; the events' ids and types dictionary-encoded (pandas categoricals: an integer
-    code per row and each distinct value once, in sorted order)."""
+    """The students or lectures table as pandas (list cells as Python lists); the events go through
+    `features.stored_events`."""
     try:
-        coded: list[str] = []
-        if name == "events":
-            schema = pq.read_schema(path)
-            coded = [
-                c for c in _DICTIONARY_COLUMNS
-                if c in schema.names and pa.types.is_string(schema.field(c).type)
-            ]  # fmt: skip
-        table = pq.read_table(path, read_dictionary=coded or None)
+        table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaError(
             str(path), "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset"
@@ -348,14 +346,28 @@ def _read_parquet(path: Path, name: str) -> pd.DataFrame:
         for f in _SCHEMAS[name]
         if pa.types.is_list(f.type) and f.name in table.column_names
     }
-    # each column's Arrow buffers are released as it is converted (not two copies of the events at once)
-    frame: pd.DataFrame = table.to_pandas(split_blocks=True, self_destruct=True)
-    del table
-    for column in coded:
-        frame[column] = sorted_categories(frame[column])
+    frame: pd.DataFrame = table.to_pandas()
     for column, cells in lists.items():
         frame[column] = pd.Series(cells, dtype=object)
     return frame
+
+
+def _read_events(path: Path, known: tuple[pd.Index, pd.Index] | None) -> pd.DataFrame:
+    """The events file in pandas, validated against the (student ids, lecture ids) `known` when given.
+
+    A file in the schema's types is checked on Arrow and converted once (`features.stored_events`); any
+    other goes through `validate_events`, which converts what it can and names the rows it cannot."""
+    table = read_events_table(path)
+    if known is None:
+        return events_frame(table)
+    students, lectures = known
+    if is_coded(table):
+        check_whole_file(str(path), table, students, lectures)
+        typed = typed_events(str(path), table)
+        if typed is not None:
+            del table
+            return events_frame(typed)
+    return validate_events(events_frame(table), str(path), student_ids=students, lecture_ids=lectures)
 
 
 def _open_dataset(directory: Path) -> dict[str, Any]:
@@ -400,18 +412,14 @@ def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
     """
     directory = Path(directory)
     manifest = _open_dataset(directory)
-    frames = {name: _read_parquet(directory / file, name) for name, file in TABLE_FILES.items()}
+    students = _read_parquet(directory / TABLE_FILES["students"], "students")
+    lectures = _read_parquet(directory / TABLE_FILES["lectures"], "lectures")
+    known = None
     if validate:
-        students = validate_students(frames["students"], str(directory / TABLE_FILES["students"]))
-        lectures = validate_lectures(frames["lectures"], str(directory / TABLE_FILES["lectures"]))
-        events = validate_events(
-            frames["events"],
-            str(directory / TABLE_FILES["events"]),
-            student_ids=pd.Index(students["student_id"]),
-            lecture_ids=pd.Index(lectures["lecture_id"]),
-        )
-    else:
-        students, lectures, events = frames["students"], frames["lectures"], frames["events"]
+        students = validate_students(students, str(directory / TABLE_FILES["students"]))
+        lectures = validate_lectures(lectures, str(directory / TABLE_FILES["lectures"]))
+        known = (pd.Index(students["student_id"]), pd.Index(lectures["lecture_id"]))
+    events = _read_events(directory / TABLE_FILES["events"], known)
     return Dataset(students, lectures, sort_events(events), manifest)
 
 
@@ -420,8 +428,6 @@ def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
 
 #: Events per partition of `read_partitioned` by default (what is held in pandas at a time).
 PARTITION_EVENTS = 1_000_000
-#: Columns of the events read dictionary-encoded (few distinct values, many rows).
-_DICTIONARY_COLUMNS = ("student_id", "lecture_id", "type")
 
 
 @dataclass(frozen=True)
@@ -468,6 +474,7 @@ class PartitionedDataset:
     _order: npt.NDArray[np.int64]
     _bounds: npt.NDArray[np.int64]
     _generate_ids: bool
+    _checked: bool = False
     _batches: list[pa.RecordBatch] | None = None
     _offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
@@ -506,6 +513,8 @@ class PartitionedDataset:
             if pa.types.is_dictionary(column.type):  # coded again on the partition's own values
                 column = column.cast(column.type.value_type).dictionary_encode()
             columns[name] = column
+        if self._checked:  # the whole file was checked on Arrow when it was read
+            return sort_events(events_frame(pa.table(columns)))
         frame = pa.table(columns).to_pandas()
         try:
             events = validate_events(frame, self.events_file)
@@ -520,90 +529,6 @@ class PartitionedDataset:
         return sort_events(events)
 
 
-def _dictionary_codes(table: pa.Table, name: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
-    """Per row the code of a (unified) dictionary column (-1 = null) and the dictionary's values."""
-    column = table.column(name)
-    if column.num_chunks == 0:
-        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
-    codes = np.concatenate(
-        [pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False) for chunk in column.chunks]
-    ).astype(np.int32, copy=False)
-    values = column.chunks[0].dictionary.to_numpy(zero_copy_only=False)
-    return codes, values
-
-
-def _check_dictionary_column(
-    file: str, name: str, codes: npt.NDArray[np.int32], values: npt.NDArray[Any]
-) -> None:
-    """Nulls and blank values of a dictionary column (the rules of `validate_events` for ids and codes)."""
-    null = codes < 0
-    if null.any():
-        raise SchemaError(file, name, _rows(null), f"missing {name}: every row needs a value")
-    blank_values = np.fromiter((not str(v).strip() for v in values), dtype=bool, count=len(values))
-    if blank_values.any():
-        blank = blank_values[codes]
-        if blank.any():
-            raise SchemaError(file, name, _rows(blank), f"empty {name}: every row needs a non-blank value")
-
-
-def _check_unknown(
-    file: str,
-    name: str,
-    codes: npt.NDArray[np.int32],
-    values: npt.NDArray[Any],
-    known: pd.Index,
-    problem: str,
-) -> None:
-    """Rows whose dictionary value is not among `known`: raise naming file, rows, column and values."""
-    unknown_values = known.get_indexer(pd.Index(values, dtype=object)) < 0
-    if unknown_values.any():
-        unknown = unknown_values[codes]
-        if unknown.any():
-            shown = _show(values[codes[unknown]])
-            raise SchemaError(file, name, _rows(unknown), f"unknown {name} {shown}: {problem}")
-
-
-def _check_event_ids(file: str, table: pa.Table) -> None:
-    """Event ids: no nulls, no blanks, no duplicates, over the whole file (8 bytes per event held)."""
-    column = table.column("event_id")
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return  # not text: the partition's validation names the rows
-    if column.null_count:
-        null = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in column.chunks])
-        raise SchemaError(file, "event_id", _rows(null), "missing event_id: every row needs a value")
-    start = 0
-    for chunk in column.chunks:
-        blank = pc.equal(pc.utf8_trim_whitespace(chunk), "").to_numpy(zero_copy_only=False)
-        if blank.any():
-            mask = np.zeros(len(column), dtype=bool)
-            mask[start : start + len(chunk)] = blank
-            raise SchemaError(
-                file, "event_id", _rows(mask), "empty event_id: every row needs a non-blank value"
-            )
-        start += len(chunk)
-    if all_distinct(column):
-        return
-    # a repeat: find its rows by hash (8 bytes per event), then compare the ids themselves
-    hashes = np.empty(len(column), dtype=np.uint64)
-    start = 0
-    for chunk in column.chunks:
-        hashes[start : start + len(chunk)] = pd.util.hash_array(
-            chunk.to_numpy(zero_copy_only=False), categorize=False
-        )
-        start += len(chunk)
-    ordered = np.sort(hashes)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    del ordered
-    if repeated.size == 0:
-        return
-    # equal hashes: compare the ids themselves (a 64-bit collision is not a duplicate)
-    candidates = np.flatnonzero(np.isin(hashes, repeated))
-    ids = pd.Series(column.take(pa.array(candidates)).to_numpy(zero_copy_only=False), index=candidates)
-    error = duplicate_ids(file, "event_id", ids, len(column))
-    if error is not None:
-        raise error
-
-
 def read_partitioned(
     directory: Path | str, *, partition_events: int = PARTITION_EVENTS, partitions: int | None = None
 ) -> PartitionedDataset:
@@ -612,8 +537,10 @@ def read_partitioned(
     The students and lectures are read and validated as `read_dataset` does. The events file is read
     with pyarrow (ids and types dictionary-encoded: a few bytes per event) and checked at once for what
     needs the whole file: missing or blank ids and types, unknown students, lectures and event types,
-    duplicate event ids. Each partition is then converted to pandas and validated (every other rule of
-    `features.validation.validate_events`) only when it is produced. Students are split by their code
+    duplicate event ids; a file in the schema's types has every other rule checked there too
+    (`features.stored_events`), and each partition is only converted to pandas when it is produced.
+    Any other file has each partition validated by `features.validation.validate_events` (which
+    converts what it can) when it is produced. Students are split by their code
     in the events' dictionary modulo the number of partitions, so every event of a student is in one
     partition; within a partition the events are in dataset order, so a per-student computation gives
     what it gives on `read_dataset`'s events.
@@ -642,52 +569,25 @@ def read_partitioned(
     )
     path = directory / TABLE_FILES["events"]
     file = str(path)
-    try:
-        schema = pq.read_schema(path)
-        names = list(schema.names)
-        if len(set(names)) != len(names):
-            dupe = sorted({n for n in names if names.count(n) > 1})[0]
-            raise SchemaError(file, dupe, [], "the column appears more than once: keep one")
-        missing = [c for c in EVENTS_REQUIRED if c not in names]
-        if missing:
-            raise SchemaError(
-                file, missing[0], [], f"required column '{missing[0]}' is missing (columns present: "
-                f"{', '.join(names) or 'none'})",
-            )  # fmt: skip
-        columns = [f.name for f in EVENTS if f.name in names]
-        text = [
-            c for c in _DICTIONARY_COLUMNS
-            if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)
-        ]  # fmt: skip
-        table = pq.read_table(path, columns=columns, read_dictionary=text)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SchemaError(file, "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset") from exc
+    table = read_events_table(path)
     n = table.num_rows
-    if len(text) < len(_DICTIONARY_COLUMNS):
+    student_ids, lecture_ids = pd.Index(students["student_id"]), pd.Index(lectures["lecture_id"])
+    if not is_coded(table):
         # ids or types that are not text: the whole file goes through `validate_events`, which names the rows
-        validate_events(table, file, pd.Index(students["student_id"]), pd.Index(lectures["lecture_id"]))
+        validate_events(table, file, student_ids, lecture_ids)
         raise SchemaError(file, "*", [], "student_id, lecture_id and type must be stored as text")
-    table = table.unify_dictionaries()
-    student_codes, student_values = _dictionary_codes(table, "student_id")
-    for name, known, problem in (
-        ("student_id", pd.Index(students["student_id"]), "not in the students table"),
-        ("lecture_id", pd.Index(lectures["lecture_id"]), "not in the lectures table"),
-        ("type", pd.Index(EVENT_TYPES), f"expected one of {', '.join(EVENT_TYPES)}"),
-    ):
-        codes, values = (
-            (student_codes, student_values) if name == "student_id" else _dictionary_codes(table, name)
-        )
-        _check_dictionary_column(file, name, codes, values)
-        _check_unknown(file, name, codes, values, known, problem)
-        del codes, values
-    has_ids = "event_id" in columns
-    if has_ids:
-        _check_event_ids(file, table)
+    check_whole_file(file, table, student_ids, lecture_ids)
+    has_ids = "event_id" in table.column_names
+    typed = typed_events(file, table)
+    if typed is not None:  # every rule checked: partitions are only converted
+        table = typed
+    student_codes, _ = dictionary_codes(table, "student_id")
     count = max(1, partitions if partitions is not None else -(-n // max(1, partition_events)))
     part = (student_codes % count).astype(np.int32) if count > 1 else np.zeros(n, dtype=np.int32)
     del student_codes
     order = np.argsort(part, kind="stable").astype(np.int64, copy=False)
     bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=count))]).astype(np.int64)
     return PartitionedDataset(
-        students, lectures, manifest, file, n, count, table, order, bounds, _generate_ids=not has_ids
-    )
+        students, lectures, manifest, file, n, count, table, order, bounds,
+        _generate_ids=not has_ids, _checked=typed is not None,
+    )  # fmt: skip

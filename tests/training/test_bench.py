@@ -61,7 +61,7 @@ def test_data_suite_measures_generation_and_reading_in_subprocesses(data_result:
     for row in (generate, read):
         # the child's own peak: at least what the interpreter with numpy and pyarrow holds
         assert row.peak_rss_bytes > 20 * 2**20
-    for step in ("read", "validate", "fingerprint", "split", "matrices"):
+    for step in ("load", "fingerprint", "split", "matrices"):
         assert read.metrics[f"{step}_s"] >= 0
         assert read.metrics[f"{step}_peak_rss_bytes"] > 0
     assert read.metrics["interactions"] > 0
@@ -104,7 +104,7 @@ def test_train_suite_reuses_the_dataset_and_scores(tiny_opts: BenchOptions, data
     markdown = report.write_markdown(out).read_text(encoding="utf-8")
     assert markdown.index("## data — custom-60x40") < markdown.index("## train — custom-60x40")
     assert "Command: `learnrec bench --students 60`" in markdown
-    assert "| popularity |" in markdown and "| generate |" in markdown and "| validate |" in markdown
+    assert "| popularity |" in markdown and "| generate |" in markdown and "| load |" in markdown
 
 
 def _now() -> dt.datetime:

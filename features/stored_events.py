@@ -1,0 +1,281 @@
+"""A dataset's events file read with pyarrow and checked on its Arrow columns (no validated copy).
+
+`read_dataset` and `read_partitioned` read `events.parquet` through here. The ids and types come in
+dictionary-encoded (an integer code per event, each distinct value once) and every rule of
+`features.validation.validate_events` is checked over the Arrow columns with pyarrow compute and numpy:
+
+* ids and types: nulls and blank values, unknown students, lectures and types, each checked once per
+  distinct value and reaching the rows through the codes;
+* event ids: nulls, blanks, repeats (`pyarrow.compute.count_distinct`; a repeat's rows found by hash);
+* progress: missing (null or NaN), not finite, outside 0..1; timestamps: missing.
+
+When every rule holds the table is already what `validate_events` would return, so the events reach
+pandas once, converted column by column, instead of being read and then copied by the validator (at
+1M students: one copy of 63 M events less, `bench/RESULTS.md`). A file whose columns are not the
+schema's types (ids stored as integers, timestamps as text, `event_id` or `progress` missing) is not
+checked further here: `validate_events` converts what it can and names the rows of what it cannot. The
+errors of the two are the same (file, 1-based rows, column, message), which the tests hold rule by rule,
+so `features.validation` stays the one place that says what a valid events table is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.errors import SchemaError
+from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED
+from features.validation import _rows, _show, all_distinct, duplicate_ids, sorted_categories
+
+#: Columns read dictionary-encoded (few distinct values, many rows).
+DICTIONARY_COLUMNS = ("student_id", "lecture_id", "type")
+_TIMESTAMP = EVENTS.field("occurred_at").type
+
+
+def read_events_table(path: Path) -> pa.Table:
+    """The schema's columns of an events file, text ids and types dictionary-encoded (dictionaries unified).
+
+    Args:
+        path: the events Parquet file.
+
+    Returns:
+        The columns of `EVENTS` the file holds, in the schema's order.
+
+    Raises:
+        SchemaError: the file is not readable Parquet, a column appears twice or a required one is missing.
+    """
+    file = str(path)
+    try:
+        schema = pq.read_schema(path)
+        names = list(schema.names)
+        if len(set(names)) != len(names):
+            dupe = sorted({n for n in names if names.count(n) > 1})[0]
+            raise SchemaError(file, dupe, [], "the column appears more than once: keep one")
+        missing = [c for c in EVENTS_REQUIRED if c not in names]
+        if missing:
+            raise SchemaError(
+                file, missing[0], [], f"required column '{missing[0]}' is missing (columns present: "
+                f"{', '.join(names) or 'none'})",
+            )  # fmt: skip
+        text = [c for c in DICTIONARY_COLUMNS if _is_text(schema.field(c).type)]
+        table = pq.read_table(path, columns=[f.name for f in EVENTS if f.name in names], read_dictionary=text)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(file, "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset") from exc
+    return table.unify_dictionaries()
+
+
+def is_coded(table: pa.Table) -> bool:
+    """Whether the ids and types are dictionary-encoded text (what `check_whole_file` needs)."""
+    return all(pa.types.is_dictionary(table.schema.field(c).type) for c in DICTIONARY_COLUMNS)
+
+
+def dictionary_codes(table: pa.Table, name: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
+    """Per row the code of a (unified) dictionary column (-1 = null) and the dictionary's values."""
+    column = table.column(name)
+    if column.num_chunks == 0:
+        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
+    codes = np.concatenate(
+        [pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    ).astype(np.int32, copy=False)
+    values = column.chunks[0].dictionary.to_numpy(zero_copy_only=False)
+    return codes, values
+
+
+def check_whole_file(file: str, table: pa.Table, student_ids: pd.Index, lecture_ids: pd.Index) -> None:
+    """The rules that need every row at once: ids and types present, known and not blank; event ids unique.
+
+    Args:
+        file: the events file (named in errors).
+        table: its events, `is_coded`.
+        student_ids: the students table's ids.
+        lecture_ids: the lectures table's ids.
+
+    Raises:
+        SchemaError: naming the file, its 1-based rows, the column and the value.
+    """
+    if "event_id" in table.column_names:
+        _check_present_text(file, table.column("event_id"), "event_id")
+    for name, known, problem in (
+        ("student_id", student_ids, "not in the students table"),
+        ("lecture_id", lecture_ids, "not in the lectures table"),
+        ("type", pd.Index(EVENT_TYPES), f"expected one of {', '.join(EVENT_TYPES)}"),
+    ):
+        codes, values = dictionary_codes(table, name)
+        _check_dictionary_column(file, name, codes, values)
+        _check_unknown(file, name, codes, values, known, problem)
+        del codes, values
+    if "event_id" in table.column_names:
+        _check_unique_ids(file, table.column("event_id"))
+
+
+def typed_events(file: str, table: pa.Table) -> pa.Table | None:
+    """The events in the schema's exact types, after the rules on their values; None when a column is
+    missing or not of a type these checks read (then `validate_events` converts and checks it).
+
+    Args:
+        file: the events file (named in errors).
+        table: its events, `is_coded` and through `check_whole_file`.
+
+    Returns:
+        The `EVENTS` columns in order (ids and types still dictionary-encoded, progress float32, times
+        microseconds UTC), or None.
+
+    Raises:
+        SchemaError: a progress value missing, not finite or outside 0..1; a timestamp missing.
+    """
+    names = table.column_names
+    if not all(c in names for c in ("event_id", "progress")) or not _is_text(
+        table.schema.field("event_id").type
+    ):
+        return None
+    progress, occurred = table.column("progress").type, table.column("occurred_at").type
+    numeric = pa.types.is_floating(progress) or pa.types.is_integer(progress)
+    if not numeric or not (pa.types.is_timestamp(occurred) and occurred.tz is not None):
+        return None
+    request = table.column("request_id").type if "request_id" in names else pa.null()
+    if not (_is_text(request) or pa.types.is_null(request)):
+        return None
+    columns = {name: table.column(name) for name in ("event_id", *DICTIONARY_COLUMNS)}
+    columns["progress"] = _checked_progress(file, table.column("progress"))
+    times = table.column("occurred_at")
+    if times.null_count:
+        raise SchemaError(
+            file, "occurred_at", _rows(_nulls(times)), "missing occurred_at: every row needs a value"
+        )
+    # a zone other than UTC is the same instant; finer units are truncated to microseconds, as validated
+    columns["occurred_at"] = times.cast(_TIMESTAMP, safe=False)
+    columns["request_id"] = (
+        table.column("request_id") if "request_id" in names else pa.nulls(table.num_rows, pa.string())
+    )
+    typed = {f.name: columns[f.name] for f in EVENTS}
+    for name, column in typed.items():
+        want = EVENTS.field(name).type
+        if not pa.types.is_dictionary(column.type) and column.type != want:
+            typed[name] = column.cast(want)
+    return pa.table(typed)
+
+
+def events_frame(table: pa.Table) -> pd.DataFrame:
+    """The events as pandas: dictionary columns as categoricals whose categories are sorted text (ordering by
+    the column orders by the text), other text Arrow-backed `str`. Each column's Arrow buffers are released
+    as it is converted, so the events are not held twice."""
+    coded = [c for c in table.column_names if pa.types.is_dictionary(table.schema.field(c).type)]
+    frame: pd.DataFrame = table.to_pandas(split_blocks=True, self_destruct=True)
+    for column in coded:
+        frame[column] = sorted_categories(frame[column])
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the checks
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _nulls(column: pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+    if column.num_chunks == 0:
+        return np.zeros(0, dtype=bool)
+    return np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in column.chunks])
+
+
+def _check_dictionary_column(
+    file: str, name: str, codes: npt.NDArray[np.int32], values: npt.NDArray[Any]
+) -> None:
+    """Nulls and blank values of a dictionary column (the rules of `validate_events` for ids and codes)."""
+    null = codes < 0
+    if null.any():
+        raise SchemaError(file, name, _rows(null), f"missing {name}: every row needs a value")
+    blank_values = np.fromiter((not str(v).strip() for v in values), dtype=bool, count=len(values))
+    if blank_values.any():
+        blank = blank_values[codes]
+        if blank.any():
+            raise SchemaError(file, name, _rows(blank), f"empty {name}: every row needs a non-blank value")
+
+
+def _check_unknown(
+    file: str,
+    name: str,
+    codes: npt.NDArray[np.int32],
+    values: npt.NDArray[Any],
+    known: pd.Index,
+    problem: str,
+) -> None:
+    """Rows whose dictionary value is not among `known`: raise naming file, rows, column and values."""
+    unknown_values = known.get_indexer(pd.Index(values, dtype=object)) < 0
+    if unknown_values.any():
+        unknown = unknown_values[codes]
+        if unknown.any():
+            shown = _show(values[codes[unknown]])
+            raise SchemaError(file, name, _rows(unknown), f"unknown {name} {shown}: {problem}")
+
+
+def _check_present_text(file: str, column: pa.ChunkedArray, name: str) -> None:
+    """No nulls and no blank values in a plain (not dictionary-encoded) text column."""
+    if not _is_text(column.type):
+        return  # not text: `validate_events` names the rows
+    if column.null_count:
+        raise SchemaError(file, name, _rows(_nulls(column)), f"missing {name}: every row needs a value")
+    start = 0
+    for chunk in column.chunks:
+        blank = pc.equal(pc.utf8_trim_whitespace(chunk), "").to_numpy(zero_copy_only=False)
+        if blank.any():
+            mask = np.zeros(len(column), dtype=bool)
+            mask[start : start + len(chunk)] = blank
+            raise SchemaError(file, name, _rows(mask), f"empty {name}: every row needs a non-blank value")
+        start += len(chunk)
+
+
+def _check_unique_ids(file: str, column: pa.ChunkedArray) -> None:
+    """No event id twice over the whole file (8 bytes per event held while a repeat is looked for)."""
+    if not _is_text(column.type) or all_distinct(column):
+        return
+    # a repeat: find its rows by hash (8 bytes per event), then compare the ids themselves
+    hashes = np.empty(len(column), dtype=np.uint64)
+    start = 0
+    for chunk in column.chunks:
+        hashes[start : start + len(chunk)] = pd.util.hash_array(
+            chunk.to_numpy(zero_copy_only=False), categorize=False
+        )
+        start += len(chunk)
+    ordered = np.sort(hashes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    if repeated.size == 0:
+        return
+    # equal hashes: compare the ids themselves (a 64-bit collision is not a duplicate)
+    candidates = np.flatnonzero(np.isin(hashes, repeated))
+    ids = pd.Series(column.take(pa.array(candidates)).to_numpy(zero_copy_only=False), index=candidates)
+    error = duplicate_ids(file, "event_id", ids, len(column))
+    if error is not None:
+        raise error
+
+
+def _checked_progress(file: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Progress as float32 after the rules `validate_events` applies to it (read as float64, as it does)."""
+    values = column.cast(pa.float64()).to_numpy()  # nulls become NaN
+    missing = np.isnan(values)
+    if missing.any():
+        raise SchemaError(file, "progress", _rows(missing), "missing progress: every row needs a value")
+    infinite = np.isinf(values)
+    if infinite.any():
+        raise SchemaError(
+            file, "progress", _rows(infinite), f"progress {_show(values[infinite])} is not a finite number"
+        )
+    del values
+    stored = column if column.type == pa.float32() else column.cast(pa.float32(), safe=False)
+    small = stored.to_numpy()  # the range is checked on the values kept, as `validate_events` does
+    outside = (small < 0.0) | (small > 1.0)
+    if outside.any():
+        raise SchemaError(
+            file, "progress", _rows(outside), f"progress {_show(small[outside])} is outside 0..1"
+        )
+    return stored
