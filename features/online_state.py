@@ -26,6 +26,7 @@ from features.errors import SchemaError
 from features.profile import FEATURE_ATTRIBUTES, StudentProfile
 from models.interactions import (
     DROP,
+    ENROL,
     EVENT_TYPES,
     RECENT_LEN,
     pair_weight,
@@ -131,12 +132,18 @@ class HistoryAggregate:
 def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> HistoryAggregate:
     """The online state left by applying `events` in time order (ties: table order), computed in bulk.
 
+    The events are grouped as integers: each id column is coded once (a dictionary-encoded column hands
+    over its codes), and the pairs, their aggregates and the recent lists come from numpy sorts and
+    reductions over the codes. Only the distinct ids and the output become Python text, never a value
+    per event.
+
     Args:
         events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
         recent_len: length of the recent lists.
 
     Returns:
-        The aggregates.
+        The aggregates: students in order of their first event, each student's pairs in order of their
+        first event.
 
     Raises:
         SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
@@ -146,14 +153,16 @@ def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> His
     for col in ("student_id", "lecture_id", "type", "occurred_at"):
         if col not in events.columns:
             raise SchemaError("events", col, [], f"column '{col}' is missing")
-    types = events["type"].astype(str)
-    unknown = ~types.isin(EVENT_TYPES)
+    type_codes, type_values = pd.factorize(events["type"], use_na_sentinel=True)
+    known = np.array([EVENT_TYPES.index(str(v)) if str(v) in EVENT_TYPES else -1 for v in type_values])
+    kind = known[type_codes] if len(type_values) else np.full(len(events), -1)
+    unknown = (type_codes < 0) | (kind < 0)
     if unknown.any():
-        rows = (np.flatnonzero(unknown.to_numpy()) + 1).tolist()
+        rows = (np.flatnonzero(unknown) + 1).tolist()
+        shown = events["type"].iloc[rows[0] - 1]
         raise SchemaError(
-            "events", "type", rows,
-            f"unknown event type '{types[unknown].iloc[0]}': expected one of {', '.join(EVENT_TYPES)}",
-        )  # fmt: skip
+            "events", "type", rows, f"unknown event type '{shown}': expected one of {', '.join(EVENT_TYPES)}"
+        )
     try:
         when = pd.to_datetime(events["occurred_at"], utc=True)
     except (ValueError, TypeError) as exc:
@@ -161,47 +170,85 @@ def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> His
     if when.isna().any():
         rows = (np.flatnonzero(when.isna().to_numpy()) + 1).tolist()
         raise SchemaError("events", "occurred_at", rows, "missing timestamp: every event needs occurred_at")
+    micros = ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
     progress = (
         events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
         if "progress" in events.columns
         else np.zeros(len(events))
     )
-    codes = pd.Categorical(types, categories=list(EVENT_TYPES)).codes
-    frame = pd.DataFrame(
-        {
-            "s": events["student_id"].astype(str).to_numpy(),
-            "l": events["lecture_id"].astype(str).to_numpy(),
-            "type": types.to_numpy(),
-            "t": ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(),
-            "stage": stage_weights(codes, progress),
-            "row": np.arange(len(events)),
-        }
-    ).sort_values(["t", "row"], kind="stable")  # time order; ties keep table order
-    pairs = (
-        frame.groupby(["s", "l"], sort=False)
-        .agg(max_stage=("stage", "max"), last_t=("t", "last"), last_type=("type", "last"))
-        .reset_index()
-    )
-    # group the pairs by student, students in order of first appearance
-    student_order = pd.unique(pairs["s"])
-    position = pd.Index(student_order).get_indexer(pd.Index(pairs["s"]))
-    order = np.argsort(position, kind="stable")
-    pairs = pairs.iloc[order]
-    bounds = np.zeros(len(student_order) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(position, minlength=len(student_order)), out=bounds[1:])
-    dropped = (pairs["last_type"] == "drop").to_numpy()
-    max_stage = pairs["max_stage"].to_numpy(dtype=np.float64)
-    enrols = frame[frame["type"] == "enrol"].drop_duplicates(["s", "l"], keep="last")
-    recent = enrols.groupby("s", sort=False)["l"].agg(lambda x: list(x)[-recent_len:])
+    student, student_ids = pd.factorize(events["student_id"], use_na_sentinel=True)
+    lecture, lecture_ids = pd.factorize(events["lecture_id"], use_na_sentinel=True)
+    for name, codes in (("student_id", student), ("lecture_id", lecture)):
+        if (codes < 0).any():
+            rows = (np.flatnonzero(codes < 0) + 1).tolist()
+            raise SchemaError("events", name, rows, f"missing {name}: every event needs one")
+    return _aggregate_codes(
+        student.astype(np.int64), np.asarray(student_ids, dtype=object).astype(str),
+        lecture.astype(np.int64), np.asarray(lecture_ids, dtype=object).astype(str),
+        kind.astype(np.int8), micros, progress, recent_len,
+    )  # fmt: skip
+
+
+def _aggregate_codes(
+    student: npt.NDArray[np.int64],
+    student_ids: npt.NDArray[np.str_],
+    lecture: npt.NDArray[np.int64],
+    lecture_ids: npt.NDArray[np.str_],
+    kind: npt.NDArray[np.int8],
+    micros: npt.NDArray[np.int64],
+    progress: npt.NDArray[np.float64],
+    recent_len: int,
+) -> HistoryAggregate:
+    """`aggregate_history` on integer codes: per event its student and lecture (indices into the id arrays),
+    type (index into `EVENT_TYPES`), time in microseconds and progress."""
+    order = np.argsort(micros, kind="stable")  # time order; ties keep table order
+    key = (student * max(len(lecture_ids), 1) + lecture)[order]
+    stage = stage_weights(kind[order], progress[order])
+    # the pairs, numbered in order of their first event; the events grouped by pair, in time order
+    by_pair = np.argsort(key, kind="stable")
+    grouped_keys = key[by_pair]
+    starts = np.flatnonzero(np.r_[True, grouped_keys[1:] != grouped_keys[:-1]])
+    ends = np.r_[starts[1:], by_pair.size] - 1
+    pair_keys, first = grouped_keys[starts], by_pair[starts]
+    max_stage = np.maximum.reduceat(stage[by_pair], starts).astype(np.float64)
+    last = order[by_pair[ends]]  # each pair's last event (in the table)
+    pair_student = pair_keys // max(len(lecture_ids), 1)
+    pair_lecture = pair_keys % max(len(lecture_ids), 1)
+    # students in order of their first event; a student's pairs in order of theirs
+    student_first = np.full(len(student_ids), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(student_first, pair_student, first)
+    listed = np.argsort(student_first, kind="stable")[: len(np.unique(pair_student))]
+    rank = np.empty(len(student_ids), dtype=np.int64)
+    rank[listed] = np.arange(listed.size)
+    pairs = np.lexsort((first, rank[pair_student]))
+    bounds = np.zeros(listed.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rank[pair_student], minlength=listed.size), out=bounds[1:])
+    dropped = kind[last[pairs]] == DROP
+    max_stage = max_stage[pairs]
+    # recent: each student's enrolled lectures by their last enrolment, oldest first, the last `recent_len`
+    enrol_at = np.flatnonzero(kind[order] == ENROL)
+    enrol_key = key[enrol_at]
+    _, last_of_key = np.unique(enrol_key[::-1], return_index=True)
+    kept = np.sort(enrol_at[enrol_at.size - 1 - last_of_key])
+    kept_student = student[order[kept]]
+    by_student = np.argsort(kept_student, kind="stable")
+    grouped = kept_student[by_student]
+    recent_lectures = lecture_ids[lecture[order[kept[by_student]]]].tolist()
+    group_starts = np.flatnonzero(np.r_[True, np.diff(grouped) != 0]) if grouped.size else grouped
+    group_ends = np.r_[group_starts[1:], grouped.size] if grouped.size else grouped
+    recent = {
+        str(student_ids[grouped[a]]): recent_lectures[max(a, b - recent_len) : b]
+        for a, b in zip(group_starts.tolist(), group_ends.tolist(), strict=True)
+    }
     return HistoryAggregate(
-        students=[str(s) for s in student_order],
+        students=student_ids[listed].tolist(),
         bounds=bounds,
-        lectures=pairs["l"].tolist(),
+        lectures=lecture_ids[pair_lecture[pairs]].tolist(),
         max_stage=max_stage,
-        last_us=pairs["last_t"].to_numpy(dtype=np.int64),
+        last_us=micros[last[pairs]],
         dropped=dropped,
         weight=pair_weights(max_stage, dropped),
-        recent={str(s): list(v) for s, v in recent.items()},
+        recent=recent,
     )
 
 

@@ -65,9 +65,11 @@ class RedisServerControl:
             probe.close()
 
     def client(self, **options: Any) -> redis.Redis:
-        """A new client of the server (bytes responses unless `decode_responses=True` is passed)."""
+        """A new client of the server (bytes responses unless `decode_responses=True` is passed); `db=N`
+        selects database N (the URL names database 0, and redis-py lets a URL's database win over `db`)."""
         options.setdefault("socket_timeout", 5.0)
-        return redis.Redis.from_url(self.url, **options)
+        url = self.url.rsplit("/", 1)[0] + f"/{int(options.pop('db', 0))}"
+        return redis.Redis.from_url(url, **options)
 
     def stop(self) -> None:
         """Stop the server (clients then fail with ConnectionError)."""

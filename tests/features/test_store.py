@@ -461,6 +461,34 @@ def test_seed_history_equals_the_training_pipeline_and_the_online_path(redis_cli
     online_client.close()
 
 
+def test_seed_history_with_ties_in_time_follows_the_table_order_as_the_online_path(
+    redis_client, redis_server
+):
+    # many events share a timestamp (a pair's ties decide its last type and the recent order): the bulk
+    # rule applies them in table order, as the online path does when they arrive in that order
+    rng = np.random.default_rng(5)
+    frame = _random_events(rng, n_students=6, n_events=300)
+    frame["student_id"] = frame["student_id"].str.replace("s0", "학생-")
+    frame["occurred_at"] = T0 + pd.to_timedelta(rng.integers(0, 3, len(frame)), "h")
+    coded = frame.astype({"student_id": "category", "lecture_id": "category", "type": "category"})
+    for events in (frame, coded):
+        redis_client.flushdb()
+        store = FeatureStore(redis_client, recent_len=3)
+        assert store.seed_history(events, []) == frame["student_id"].nunique()
+        online_client = redis_server.client(db=1)
+        online_client.flushdb()
+        online = FeatureStore(online_client, recent_len=3)
+        online.apply_events(_events_in(frame.sort_values("occurred_at", kind="stable")))
+        students = sorted(frame["student_id"].unique())
+        for sid, seeded, applied in zip(
+            students, store.read_students(students), online.read_students(students), strict=True
+        ):
+            assert seeded.history == applied.history and seeded.recent == applied.recent, sid
+            assert redis_client.hgetall(keys.pairs(sid)) == online_client.hgetall(keys.pairs(sid)), sid
+        online_client.flushdb()
+        online_client.close()
+
+
 def test_seed_history_replaces_earlier_state(redis_client):
     store = FeatureStore(redis_client)
     store.apply_events([_event(1, "s1", "OLD", "enrol")])
