@@ -170,7 +170,8 @@ def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> His
     if when.isna().any():
         rows = (np.flatnonzero(when.isna().to_numpy()) + 1).tolist()
         raise SchemaError("events", "occurred_at", rows, "missing timestamp: every event needs occurred_at")
-    micros = ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
+    since_epoch = (when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    micros = np.asarray(since_epoch.to_numpy(), dtype=np.int64)
     progress = (
         events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
         if "progress" in events.columns
