@@ -325,6 +325,12 @@ def held_out_pairs(
     return codes
 
 
+def _distinct_text(values: pd.Series[Any]) -> set[str]:
+    """The distinct values of an id column as text: the distinct values are found first (on a coded column,
+    from its codes), so only they become Python strings, not every event's."""
+    return {str(v) for v in values.unique()}
+
+
 def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
     """`events[mask]`, sharing the events' memory when the rows are a leading run (events in time order
     cut at an instant): a slice, not a copy. At 1 M students the training side of a temporal split is
@@ -391,7 +397,7 @@ def new_students(ds: Dataset, fraction: float = DEFAULT_FRACTION, seed: int = 42
     """
     if not 0.0 < fraction < 1.0:
         raise SplitError(f"new_students split: fraction must be in (0, 1), got {fraction}")
-    candidates = np.array(sorted(set(ds.events["student_id"].astype(str))), dtype=object)
+    candidates = np.array(sorted(_distinct_text(ds.events["student_id"])), dtype=object)
     if candidates.size < 2:
         raise SplitError("new_students split: needs at least two students with events")
     size = min(max(1, round(fraction * candidates.size)), candidates.size - 1)
@@ -479,7 +485,7 @@ def explicit(
         else:
             frames.append(value)
     train, test = frames
-    cold = not set(test["student_id"].astype(str)) & set(train["student_id"].astype(str))
+    cold = not _distinct_text(test["student_id"]) & _distinct_text(train["student_id"])
     return _finish("explicit", ds, ds.students, train, test, params, cold_start=cold)
 
 
