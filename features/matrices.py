@@ -25,6 +25,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from features.errors import SchemaError
+from features.ids import positions
 from features.profile import FEATURE_ATTRIBUTES
 from features.schemas import ALL_REGIONS, EVENT_TYPES, GRADES
 from models.base import Catalogue, IdMap, StudentBatch, TrainingData
@@ -83,24 +84,6 @@ def _scalar_pairs(values: pd.Series[Any]) -> tuple[npt.NDArray[np.int64], npt.ND
     """(row, value) pairs of a scalar column; nulls give no pair."""
     rows, codes, uniques = _coded_pairs(values)
     return rows, np.asarray(uniques, dtype=object)[codes] if uniques else np.zeros(0, dtype=object)
-
-
-def _codes(vocabulary: Any, values: Any) -> npt.NDArray[np.int64]:
-    """Position of each of `values` in `vocabulary` (-1 when absent or null).
-
-    Values are factorised first so only their distinct values are looked up (millions of event ids
-    have ~1e5 distinct values).
-    """
-    import pandas as pd
-
-    index = vocabulary if isinstance(vocabulary, pd.Index) else pd.Index(list(vocabulary))
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    # ids are compared as strings (an integer id column in a CSV still matches)
-    table = index.get_indexer(pd.Index(uniques).astype(str)).astype(np.int64)
-    out: npt.NDArray[np.int64] = np.full(len(codes), -1, dtype=np.int64)
-    known = codes >= 0
-    out[known] = table[codes[known]]
-    return out
 
 
 def _sorted_unique(values: Iterable[str]) -> list[str]:
@@ -202,7 +185,7 @@ def build_catalogue(
     licensed = np.zeros((len(region_vocab), n), dtype=np.bool_)
     if "regions" in lectures.columns:
         rows, vals = _explode(lectures["regions"])
-        codes = _codes(region_index, vals)
+        codes = positions(region_index, vals)
         everywhere = np.unique(rows[vals == ALL_REGIONS])
         licensed[:, everywhere] = True
         known = codes >= 0
@@ -215,7 +198,7 @@ def build_catalogue(
     grade_vals = np.zeros(0, dtype=object)
     if "grades" in lectures.columns:
         grade_rows, grade_vals = _explode(lectures["grades"])
-        codes = _codes(grade_index, grade_vals)
+        codes = positions(grade_index, grade_vals)
         known = codes >= 0
         suits[codes[known], grade_rows[known]] = True
         suits[:, np.unique(grade_rows[grade_vals == "*"])] = True
@@ -261,7 +244,7 @@ def build_catalogue(
         else:
             continue
         vocab = _sorted_unique(vals.tolist())
-        codes = _codes(vocab, vals) if len(vals) else np.zeros(0, np.int64)
+        codes = positions(vocab, vals) if len(vals) else np.zeros(0, np.int64)
         blocks_rows.append(rows)
         blocks_cols.append(codes + len(names))
         names.extend(f"{prefix}={v}" for v in vocab)
@@ -331,7 +314,7 @@ def _aggregate_events(
         if col not in events.columns:
             raise SchemaError(file, col, [], f"column '{col}' is missing")
     events = events.reset_index(drop=True)
-    type_code = _codes(EVENT_TYPES, events["type"])
+    type_code = positions(EVENT_TYPES, events["type"])
     bad = np.flatnonzero(type_code < 0)
     if bad.size:
         value = events["type"].iloc[int(bad[0])]
@@ -340,8 +323,8 @@ def _aggregate_events(
             file, "type", bad.tolist(), f"unknown event type '{value}': expected one of {expected}"
         )
     t = _utc_seconds(events["occurred_at"], file) if times is None else times
-    s = _codes(student_index, events["student_id"])
-    lec = _codes(lecture_index, events["lecture_id"])
+    s = positions(student_index, events["student_id"])
+    lec = positions(lecture_index, events["lecture_id"])
     unknown_lecture = int((lec < 0).sum())
     if unknown_lecture:
         log.warning(
@@ -511,8 +494,8 @@ def build_training_data(
 
     region = np.full(n_students, -1, dtype=np.int32)
     grade = np.full(n_students, -1, dtype=np.int32)
-    region[: len(students)] = _codes(catalogue.regions.ids, students["region"].astype(str))
-    grade[: len(students)] = _codes(catalogue.grades.ids, students["grade"].astype(str))
+    region[: len(students)] = positions(catalogue.regions.ids, students["region"].astype(str))
+    grade[: len(students)] = positions(catalogue.grades.ids, students["grade"].astype(str))
     return TrainingData(
         students=student_map,
         catalogue=catalogue,
@@ -542,7 +525,7 @@ def _build_batch(
     ids = _unique_ids(students["student_id"], "students", "student_id")
     b = len(ids)
     batch_index = pd.Index(ids)
-    index = _codes(student_map.ids, batch_index).astype(np.int32)
+    index = positions(student_map.ids, batch_index).astype(np.int32)
     pairs = _aggregate_events(events, batch_index, pd.Index(list(catalogue.lectures.ids)), None)
     shape = (b, len(catalogue.lectures))
     features = _encode_students(students, feature_names, b, np.arange(b, dtype=np.int64))
@@ -551,7 +534,7 @@ def _build_batch(
         if column not in students.columns:
             return np.full(b, -1, dtype=np.int32)
         values = students[column].astype(str).where(students[column].notna(), "")
-        return _codes(vocab.ids, values).astype(np.int32)
+        return positions(vocab.ids, values).astype(np.int32)
 
     region = lookup("region", catalogue.regions)
     # "*" is the licence row of unknown regions, never a student's region

@@ -300,6 +300,9 @@ def slot_shares(
 def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
     """Lecture popularity (distinct training students) as self-information, subjects, active count.
 
+    Counted on integer codes: the (lecture, student) pairs of the events as a sparse matrix, whose
+    construction drops repeats, so no event's id becomes text.
+
     Args:
         catalogue: the model's catalogue (row order of the recommendations).
         train_events: the split's training events.
@@ -307,12 +310,17 @@ def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
     Returns:
         The statistics for novelty, diversity and coverage.
     """
-    import pandas as pd
+    from features.ids import positions, text_codes
 
-    pairs = train_events[["student_id", "lecture_id"]].drop_duplicates().astype(str)
-    rows = pd.Index(list(catalogue.lectures.ids)).get_indexer(pd.Index(pairs["lecture_id"]))
-    counts = np.bincount(rows[rows >= 0], minlength=len(catalogue.lectures))
-    n_users = int(pairs["student_id"].nunique())
+    student, distinct = text_codes(train_events["student_id"])
+    lecture = positions(catalogue.lectures.ids, train_events["lecture_id"])
+    known = (student >= 0) & (lecture >= 0)
+    pairs = sp.csr_matrix(
+        (np.ones(int(known.sum()), dtype=np.bool_), (lecture[known].astype(np.int32), student[known])),
+        shape=(len(catalogue.lectures), max(distinct.size, 1)),
+    )
+    counts = np.diff(pairs.indptr)
+    n_users = int(np.count_nonzero(np.bincount(student[student >= 0], minlength=distinct.size)))
     return ItemStats(
         information=self_information(counts, n_users),
         subject=catalogue.subject.astype(np.int32),
@@ -321,11 +329,11 @@ def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
 
 
 def _relevant_matrix(split: Split, students: Sequence[str], catalogue: Catalogue) -> sp.csr_matrix:
-    import pandas as pd
+    from features.ids import positions
 
     rel = split.relevant
-    rows = pd.Index(list(students)).get_indexer(pd.Index(rel["student_id"].astype(str)))
-    cols = pd.Index(list(catalogue.lectures.ids)).get_indexer(pd.Index(rel["lecture_id"].astype(str)))
+    rows = positions(students, rel["student_id"])
+    cols = positions(catalogue.lectures.ids, rel["lecture_id"])
     keep = (rows >= 0) & (cols >= 0)
     return sp.csr_matrix(
         (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], cols[keep])),
@@ -404,13 +412,13 @@ def _inputs(
     split: Split, dataset: Dataset, students: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, npt.NDArray[np.int64]]:
     """The students' profiles (in order), their training events grouped by student, each event's student."""
-    import pandas as pd
+    from features.ids import positions
 
     profiles = _profiles(dataset, students)
     history = split.train.events
-    history = history[history["student_id"].isin(students)]
-    codes = pd.Index(students).get_indexer(pd.Index(history["student_id"].astype(str)))
-    order = np.argsort(codes, kind="stable")
+    codes = positions(students, history["student_id"])
+    mine = np.flatnonzero(codes >= 0)
+    order = mine[np.argsort(codes[mine], kind="stable")]
     return profiles, history.iloc[order], codes[order]
 
 

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from features.ids import is_in, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
 
     train = split.train.events
     test_ids = set(split.test_students)
-    known = train[train["student_id"].astype(str).isin(test_ids)]
+    known = train[is_in(train["student_id"], test_ids)]
     n_train = known.groupby(known["student_id"].astype(str))["lecture_id"].nunique()
     n_test = split.relevant.groupby("student_id")["lecture_id"].size()
     both = pd.concat([n_train.rename("train"), n_test.rename("test")], axis=1, join="inner")
@@ -292,7 +293,7 @@ def validation_split(split: Split, *, seed: int = 42) -> Split:
     elif split.name == "leave_last_n":
         val = splits.leave_last_n(ds, int(params.get("n", 1)))
     elif split.name in ("new_students", "new_region"):
-        with_events = ds.events["student_id"].astype(str).nunique()
+        with_events = len(used_text(ds.events["student_id"]))
         share = len(split.test_students) / max(with_events + len(split.test_students), 1)
         val = splits.new_students(ds, fraction=min(max(share, 0.05), 0.5), seed=seed)
     elif split.name == "explicit":
@@ -377,9 +378,9 @@ def student_folds(val: Split, n_folds: int, *, seed: int = 42) -> list[Split]:
         mine = set(ids[group == j].tolist())
         if not mine:
             continue
-        held = val.test["student_id"].astype(str).isin(mine).to_numpy()
+        held = is_in(val.test["student_id"], mine)
         events = sort_events(pd.concat([val.train.events, val.test[~held]], ignore_index=True))
-        relevant = val.relevant[val.relevant["student_id"].astype(str).isin(mine).to_numpy()]
+        relevant = val.relevant[is_in(val.relevant["student_id"], mine)]
         folds.append(
             dataclasses.replace(
                 val,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from features.ids import distinct_text, is_in, positions, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -82,9 +83,35 @@ class Split:
         }
 
 
-def _pairs(events: pd.DataFrame) -> pd.DataFrame:
-    """Distinct (student, lecture) pairs as text (repeats dropped first: on coded ids that is cheap)."""
-    return events[["student_id", "lecture_id"]].drop_duplicates().astype(str).reset_index(drop=True)
+def _relevant(test_events: pd.DataFrame, train_events: pd.DataFrame, lectures: pd.DataFrame) -> pd.DataFrame:
+    """Each test student's lectures of the catalogue that the student's training events do not hold.
+
+    Matched as integer pair codes over the test students and the lectures in text order, so only the
+    distinct ids become text, and the codes' order is the (student_id, lecture_id) text order.
+
+    Returns:
+        The pairs (`student_id`, `lecture_id`, text), sorted by student, then lecture.
+    """
+    import pandas as pd
+
+    students = pd.Index(np.sort(used_text(test_events["student_id"])), dtype=object)
+    lecture_ids = pd.Index(np.unique(lectures["lecture_id"].astype(str).to_numpy(dtype=object)), dtype=object)
+    width = max(len(lecture_ids), 1)
+
+    def pairs(events: pd.DataFrame) -> npt.NDArray[np.int64]:
+        student = positions(students, events["student_id"])
+        lecture = positions(lecture_ids, events["lecture_id"])
+        keep = (student >= 0) & (lecture >= 0)
+        return np.unique(student[keep] * width + lecture[keep])
+
+    # only the test students' training pairs can match
+    codes = np.setdiff1d(pairs(test_events), pairs(train_events), assume_unique=True)
+    return pd.DataFrame(
+        {
+            "student_id": students.to_numpy()[codes // width],
+            "lecture_id": lecture_ids.to_numpy()[codes % width],
+        }
+    )
 
 
 def _finish(
@@ -103,21 +130,11 @@ def _finish(
 
     if len(train_events) == 0:
         raise SplitError(f"{name} split leaves no training events: {_hint(name)}")
-    test_pairs = _pairs(test_events)
-    # only the test students' training pairs can match (a left join on student and lecture)
-    train_pairs = _pairs(train_events[train_events["student_id"].isin(test_pairs["student_id"].unique())])
-    known = set(ds.lectures["lecture_id"].astype(str))
-    test_pairs = test_pairs[test_pairs["lecture_id"].isin(known)]
-    merged = test_pairs.merge(train_pairs, on=["student_id", "lecture_id"], how="left", indicator=True)
-    relevant = (
-        merged.loc[merged["_merge"] == "left_only", ["student_id", "lecture_id"]]
-        .sort_values(["student_id", "lecture_id"], kind="stable")
-        .reset_index(drop=True)
-    )
+    relevant = _relevant(test_events, train_events, ds.lectures)
     if len(relevant) == 0:
         raise SplitError(f"{name} split leaves no test student with a new lecture to find: {_hint(name)}")
     test_students = tuple(sorted(relevant["student_id"].unique().tolist()))
-    test = test_events[test_events["student_id"].astype(str).isin(set(test_students))].reset_index(drop=True)
+    test = test_events[is_in(test_events["student_id"], test_students)].reset_index(drop=True)
     train = Dataset(
         students=train_students.reset_index(drop=True),
         lectures=ds.lectures,
@@ -218,12 +235,11 @@ def temporal(
     params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
     before = (times <= cut).to_numpy()
     train_events = _rows_where(events, before)
-    seen = pd.Series(train_events["student_id"].unique()).astype(str).unique()
     later = ~before
     if horizon is not None:
         later &= (times <= cut + pd.Timedelta(days=horizon)).to_numpy()
-    after = events[later]
-    test_events = after[after["student_id"].astype(str).isin(seen)]
+    # the test side: later events of students seen before the cut, taken in one pass
+    test_events = events[later & is_in(events["student_id"], distinct_text(train_events["student_id"]))]
     return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
 
 
@@ -325,12 +341,6 @@ def held_out_pairs(
     return codes
 
 
-def _distinct_text(values: pd.Series[Any]) -> set[str]:
-    """The distinct values of an id column as text: the distinct values are found first (on a coded column,
-    from its codes), so only they become Python strings, not every event's."""
-    return {str(v) for v in values.unique()}
-
-
 def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
     """`events[mask]`, sharing the events' memory when the rows are a leading run (events in time order
     cut at an instant): a slice, not a copy. At 1 M students the training side of a temporal split is
@@ -367,13 +377,12 @@ def leave_last_n(ds: Dataset, n: int = 1) -> Split:
 
 def _hold_out_students(name: str, ds: Dataset, held: set[str], params: dict[str, Any]) -> Split:
     students = ds.students
-    ids = students["student_id"].astype(str)
     events = ds.events
-    in_test = events["student_id"].astype(str).isin(held).to_numpy()
+    in_test = is_in(events["student_id"], held)
     return _finish(
         name,
         ds,
-        students[~ids.isin(held).to_numpy()],
+        students[~is_in(students["student_id"], held)],
         events[~in_test],
         events[in_test],
         params,
@@ -397,7 +406,7 @@ def new_students(ds: Dataset, fraction: float = DEFAULT_FRACTION, seed: int = 42
     """
     if not 0.0 < fraction < 1.0:
         raise SplitError(f"new_students split: fraction must be in (0, 1), got {fraction}")
-    candidates = np.array(sorted(_distinct_text(ds.events["student_id"])), dtype=object)
+    candidates = np.array(sorted(distinct_text(ds.events["student_id"])), dtype=object)
     if candidates.size < 2:
         raise SplitError("new_students split: needs at least two students with events")
     size = min(max(1, round(fraction * candidates.size)), candidates.size - 1)
@@ -485,7 +494,7 @@ def explicit(
         else:
             frames.append(value)
     train, test = frames
-    cold = not _distinct_text(test["student_id"]) & _distinct_text(train["student_id"])
+    cold = not distinct_text(test["student_id"]) & distinct_text(train["student_id"])
     return _finish("explicit", ds, ds.students, train, test, params, cold_start=cold)
 
 

@@ -18,7 +18,8 @@ from models.item_knn import ItemKNNRecommender
 from models.popularity import PopularityRecommender
 from tests.training import modelling_data
 from training.errors import EvaluationError
-from training.evaluate import EvaluationReport, evaluate, oracle_report
+from training.evaluate import EvaluationReport, evaluate, item_stats, oracle_report
+from training.metrics import self_information
 from training.splits import Split, leave_last_n, new_region, temporal
 
 
@@ -151,6 +152,39 @@ class _RandomScores(PopularityRecommender):
     def score(self, batch: StudentBatch) -> npt.NDArray[np.float32]:
         rng = np.random.default_rng(0)
         return rng.random((len(batch), len(self.catalogue.lectures)), dtype=np.float32)
+
+
+def _plain(ds: Dataset) -> Dataset:
+    """The same dataset with its id columns as Python strings instead of dictionary codes."""
+    events = ds.events.astype({"student_id": object, "lecture_id": object})
+    return Dataset(ds.students, ds.lectures, events, ds.manifest)
+
+
+def test_item_statistics_count_each_lecture_s_distinct_students(synthetic: tuple[Dataset, Path]) -> None:
+    ds, _ = synthetic
+    assert isinstance(ds.events["student_id"].dtype, pd.CategoricalDtype)  # as read: coded ids
+    split = temporal(ds)
+    catalogue = _fit(PopularityRecommender, split).catalogue
+    events = split.train.events
+    # the definition, on every event's text
+    pairs = events[["student_id", "lecture_id"]].astype(str).drop_duplicates()
+    counts = pairs["lecture_id"].value_counts()
+    per_lecture = np.array([counts.get(lecture, 0) for lecture in catalogue.lectures.ids])
+    expected = self_information(per_lecture, pairs["student_id"].nunique())
+    assert (counts > 1).any() and len(pairs) < len(events)  # repeats to drop, lectures shared
+    for frame in (events, _plain(split.train).events):
+        np.testing.assert_array_equal(item_stats(catalogue, frame).information, expected)
+
+
+def test_coded_and_plain_ids_evaluate_alike(synthetic: tuple[Dataset, Path]) -> None:
+    ds, _ = synthetic
+    reports = []
+    for d in (ds, _plain(ds)):
+        split = temporal(d)
+        report = evaluate(_fit(ItemKNNRecommender, split), split, d, ks=(5, 10), fingerprint="f" * 64)
+        reports.append({k: v for k, v in report.to_dict().items() if k != "seconds"})
+    assert reports[0] == reports[1]
+    assert reports[0]["overall"]["hit_rate_at_10"] > 0
 
 
 def test_oracle_ranks_by_true_appeal(synthetic: tuple[Dataset, Path]) -> None:

@@ -215,6 +215,25 @@ def test_pair_codes_follow_the_text_order_of_the_ids() -> None:
         pair_codes(events.assign(lecture_id=pd.Series(["l9", None, "l10", "l10", "l9"], dtype=object)))
 
 
+@pytest.mark.parametrize("name", ["temporal", "leave_last_n", "new_students", "new_region"])
+def test_relevant_pairs_are_every_new_test_pair_alike_for_coded_ids(ds: Dataset, name: str) -> None:
+    """Relevant = the test events' pairs of catalogue lectures minus the training pairs, sorted as text;
+    the same split whether the ids are Python strings or dictionary codes (as a stored dataset is read)."""
+    coded = dataclasses.replace(
+        ds, events=ds.events.astype({"student_id": "category", "lecture_id": "category"})
+    )
+    known = set(ds.lectures["lecture_id"].astype(str))
+    made = [make_split(name, d) for d in (ds, coded)]
+    for split in made:
+        expected = {p for p in _pairs(split.test) if p[1] in known} - _pairs(split.train.events)
+        assert list(split.relevant.itertuples(index=False, name=None)) == sorted(expected)
+    plain, from_codes = made
+    pd.testing.assert_frame_equal(plain.relevant, from_codes.relevant)
+    assert plain.test_students == from_codes.test_students
+    assert plain.test["event_id"].tolist() == from_codes.test["event_id"].tolist()
+    assert plain.train.events["event_id"].tolist() == from_codes.train.events["event_id"].tolist()
+
+
 def test_new_students_are_absent_from_training(ds: Dataset) -> None:
     split = new_students(ds, fraction=0.25, seed=3)
     held = set(split.test_students)

@@ -1,0 +1,68 @@
+"""Id columns matched as text on their distinct values.
+
+Student and lecture ids are compared as text everywhere (an integer id column read from a CSV still
+matches). An events column holds tens of millions of ids but only ~1e6 distinct ones, and the stored
+events are dictionary-encoded (`features.stored_events`): each function here takes the distinct values
+first (a coded column's own categories, else `pandas.factorize`) and turns only those into text, never
+every event's id. This is the one place that rule lives; the splits, the matrices and the evaluation
+match event ids through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+
+def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.object_]]:
+    """(code per row, distinct values as text): a code indexes the text array, -1 is a null; values with
+    the same text share a code.
+
+    On a categorical column the codes are its own (as narrow as the categories allow: no 8-byte copy
+    per event) and the text its categories (some may be unused by these rows: a filtered column keeps
+    its categories); otherwise the values are factorised.
+    """
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        codes = values.cat.codes.to_numpy()
+        uniques: Any = values.cat.categories
+    else:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    text = np.asarray(pd.Index(uniques).astype(str), dtype=object)
+    if not pd.Index(text, dtype=object).is_unique:  # 1 and "1" in one column are one id
+        canon, distinct = pd.factorize(text)
+        codes, text = np.append(canon, -1)[codes], np.asarray(distinct, dtype=object)
+    return codes, text
+
+
+def positions(vocabulary: Iterable[str] | pd.Index, values: Any) -> npt.NDArray[np.int64]:
+    """Position of each of `values` in `vocabulary`, compared as text (-1 when absent or null)."""
+    index = vocabulary if isinstance(vocabulary, pd.Index) else pd.Index(list(vocabulary))
+    codes, text = text_codes(values)
+    table = np.append(index.get_indexer(pd.Index(text, dtype=object)).astype(np.int64), -1)
+    out: npt.NDArray[np.int64] = table[codes]  # a null's code -1 takes the appended -1
+    return out
+
+
+def is_in(values: Any, ids: Collection[str]) -> npt.NDArray[np.bool_]:
+    """Per row, whether its value as text is one of `ids` (a null is not)."""
+    codes, text = text_codes(values)
+    hit = np.append(pd.Index(text, dtype=object).isin(list(ids)), False)
+    out: npt.NDArray[np.bool_] = hit[codes]
+    return out
+
+
+def used_text(values: Any) -> npt.NDArray[np.object_]:
+    """The distinct non-null values the rows hold, as text, in code order (a categorical's order)."""
+    codes, text = text_codes(values)
+    used = np.bincount(codes[codes >= 0], minlength=text.size) > 0
+    out: npt.NDArray[np.object_] = text[used]
+    return out
+
+
+def distinct_text(values: Any) -> set[str]:
+    """The distinct non-null values the rows hold, as text."""
+    return set(used_text(values).tolist())

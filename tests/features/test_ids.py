@@ -1,0 +1,75 @@
+"""Id columns matched as text on their distinct values (`features.ids`): the same answers as the per-row
+text (`values.astype(str)`) they replace, on coded and plain columns, with nulls and unused categories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.ids import distinct_text, is_in, positions, text_codes, used_text
+
+IDS = st.sampled_from(["s1", "s2", "s10", "서울-7", "", "3"])
+CELLS = st.one_of(IDS, st.none(), st.just(3))
+
+
+def _columns(cells: list[Any]) -> list[pd.Series[Any]]:
+    """The same cells as a plain object column and as a categorical one (with an unused category)."""
+    plain = pd.Series(cells, dtype=object)
+    texts = pd.Series([None if c is None else str(c) for c in cells], dtype=object)
+    coded = texts.astype(pd.CategoricalDtype([*sorted(set(texts.dropna())), "unused"]))
+    return [plain, coded]
+
+
+def _text(cells: list[Any]) -> list[str | None]:
+    return [None if c is None else str(c) for c in cells]
+
+
+@settings(max_examples=150, deadline=None)
+@given(cells=st.lists(CELLS, max_size=30), vocabulary=st.lists(IDS, unique=True, max_size=6))
+def test_positions_and_membership_are_the_per_row_texts(cells: list[Any], vocabulary: list[str]) -> None:
+    expected_pos = [vocabulary.index(t) if t in vocabulary else -1 for t in _text(cells)]
+    expected_in = [t is not None and t in vocabulary for t in _text(cells)]
+    for column in _columns(cells):
+        assert positions(vocabulary, column).tolist() == expected_pos
+        assert positions(pd.Index(vocabulary, dtype=object), column).tolist() == expected_pos
+        assert is_in(column, set(vocabulary)).tolist() == expected_in
+        assert distinct_text(column) == {t for t in _text(cells) if t is not None}
+        assert sorted(used_text(column).tolist()) == sorted(distinct_text(column))
+
+
+@settings(max_examples=100, deadline=None)
+@given(cells=st.lists(CELLS, max_size=30))
+def test_codes_name_each_text_once(cells: list[Any]) -> None:
+    for column in _columns(cells):
+        codes, text = text_codes(column)
+        assert len(set(text.tolist())) == text.size  # 3 and "3" are one id
+        decoded = [None if c < 0 else text[c] for c in codes.tolist()]
+        assert decoded == _text(cells)
+
+
+def test_a_coded_column_keeps_its_narrow_codes() -> None:
+    column = pd.Series(["a", "b", "a"] * 1000, dtype="category")
+    codes, text = text_codes(column)
+    assert codes.dtype == np.int8 and text.tolist() == ["a", "b"]
+
+
+def test_integer_ids_match_their_text() -> None:
+    assert positions(["7", "8"], pd.Series([8, 7, 9])).tolist() == [1, 0, -1]
+    assert is_in(np.array([8, 7, 9]), {"9"}).tolist() == [False, False, True]
+
+
+def test_empty_columns() -> None:
+    for column in (pd.Series([], dtype=object), pd.Series([], dtype="category")):
+        assert positions(["a"], column).tolist() == []
+        assert is_in(column, {"a"}).tolist() == []
+        assert distinct_text(column) == set()
+
+
+def test_a_vocabulary_with_repeats_is_refused() -> None:
+    with pytest.raises(pd.errors.InvalidIndexError):
+        positions(["a", "a"], pd.Series(["a"]))
