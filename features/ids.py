@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.validation import arrow_text
 
 
 def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[np.object_]]:
@@ -48,7 +52,15 @@ def positions(vocabulary: Iterable[str] | pd.Index, values: Any) -> npt.NDArray[
 
 
 def is_in(values: Any, ids: Collection[str]) -> npt.NDArray[np.bool_]:
-    """Per row, whether its value as text is one of `ids` (a null is not)."""
+    """Per row, whether its value as text is one of `ids` (a null is not).
+
+    A text column held by Arrow (pandas `str`; event ids, one per event) is scanned against a set of
+    `ids` by Arrow instead of being factorised: no hash table the size of the column.
+    """
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.StringDtype):
+        wanted = pa.array(list(ids), type=pa.large_string())
+        found: npt.NDArray[np.bool_] = pc.is_in(arrow_text(values), value_set=wanted).to_numpy()
+        return found
     codes, text = text_codes(values)
     hit = np.append(pd.Index(text, dtype=object).isin(list(ids)), False)
     out: npt.NDArray[np.bool_] = hit[codes]

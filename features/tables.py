@@ -63,6 +63,7 @@ from features.validation import (
     arrow_text,
     epoch_microseconds,
     generated_event_ids,
+    sorted_categories,
     validate_events,
     validate_lectures,
     validate_students,
@@ -233,6 +234,27 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     key = pa.table({"t": ts, "id": ids})
     order = pc.sort_indices(key, sort_keys=[("t", "ascending"), ("id", "ascending")])
     return events.take(order.to_numpy()).reset_index(drop=True)
+
+
+def append_events(events: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    """`events` then the rows of `more` (its columns taken in `events`' order), index 0..n-1.
+
+    A dictionary-encoded column of `events` (ids and types, as `read_dataset` gives them) stays encoded,
+    its categories extended by the new values and kept in text order: concatenating it with plain text
+    would turn every event's id into a Python string.
+    """
+    more = more[list(events.columns)]
+    extended = []
+    for name in events.columns:
+        if not isinstance(events[name].dtype, pd.CategoricalDtype):
+            continue
+        added = pd.Index(more[name].dropna().unique()).difference(events[name].cat.categories)
+        if len(added):  # the codes keep their meaning; the new values take new codes
+            events = events.assign(**{name: events[name].cat.add_categories(added)})
+            extended.append(name)
+        more = more.assign(**{name: more[name].astype(events[name].dtype)})
+    out = pd.concat([events, more], ignore_index=True)
+    return out.assign(**{name: sorted_categories(out[name]) for name in extended})
 
 
 def write_dataset(

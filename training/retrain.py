@@ -397,7 +397,9 @@ def _read_exported(events_dir: Path) -> pd.DataFrame:
 def _append(ctx: _Context) -> dict[str, Any]:
     import pandas as pd
 
-    from features.tables import Dataset, read_dataset, write_dataset
+    from features.ids import distinct_text, is_in
+    from features.tables import Dataset, append_events, read_dataset, write_dataset
+    from features.validation import validate_events
 
     state, options = ctx.state, ctx.state.options
     base = Path(options.dataset)
@@ -405,14 +407,14 @@ def _append(ctx: _Context) -> dict[str, Any]:
     exported = _read_exported(Path(options.events_dir))
     total = len(exported)
     exported = exported.drop_duplicates("event_id", keep="first")  # the stream is at-least-once
-    known_ids = set(ds.events["event_id"].astype(str))
-    new = exported[~exported["event_id"].astype(str).isin(known_ids)].copy()
+    # the dataset's events scanned for the exported ids (a set of those, not of every event's id)
+    held = ds.events["event_id"]
+    known_ids = distinct_text(held[is_in(held, distinct_text(exported["event_id"]))])
+    new = exported[~is_in(exported["event_id"], known_ids)].copy()
     already = len(exported) - len(new)
-    students = set(ds.students["student_id"].astype(str))
-    lectures = set(ds.lectures["lecture_id"].astype(str))
     reason = pd.Series("", index=new.index, dtype=object)
-    reason[~new["lecture_id"].astype(str).isin(lectures)] = "lecture not in the dataset"
-    reason[~new["student_id"].astype(str).isin(students)] = "student not in the dataset"
+    reason[~is_in(new["lecture_id"], distinct_text(ds.lectures["lecture_id"]))] = "lecture not in the dataset"
+    reason[~is_in(new["student_id"], distinct_text(ds.students["student_id"]))] = "student not in the dataset"
     rejected = new[reason != ""].assign(reason=reason[reason != ""])
     new = new[reason == ""]
     result: dict[str, Any] = {
@@ -438,7 +440,6 @@ def _append(ctx: _Context) -> dict[str, Any]:
     state.scratch["append_target"] = str(target)
     state.save()
     new["occurred_at"] = pd.to_datetime(new["occurred_at"], utc=True)
-    events = pd.concat([ds.events, new[ds.events.columns]], ignore_index=True)
     manifest = {k: v for k, v in ds.manifest.items() if k not in ("sizes", "fingerprint", "format")}
     manifest["lineage"] = [
         *ds.manifest.get("lineage", []),
@@ -452,7 +453,12 @@ def _append(ctx: _Context) -> dict[str, Any]:
             "retrain": state.id,
         },
     ]
-    write_dataset(Dataset(ds.students, ds.lectures, events, manifest), target, progress=ctx.progress)
+    # the base was checked as it was read and the new rows are checked here (their ids are new, their
+    # students and lectures known): the whole table is not checked again
+    checked = validate_events(new, f"the exported events in {options.events_dir}")
+    appended = Dataset(ds.students, ds.lectures, append_events(ds.events, checked), manifest)
+    del ds, held  # the base's events: the appended table is a copy
+    write_dataset(appended, target, validate=False, progress=ctx.progress)
     _carry_ground_truth(base, target)
     result["dataset"] = str(target)
     tied = new["request_id"].notna() & (new["request_id"].astype(str) != "")

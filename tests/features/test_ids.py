@@ -18,11 +18,11 @@ CELLS = st.one_of(IDS, st.none(), st.just(3))
 
 
 def _columns(cells: list[Any]) -> list[pd.Series[Any]]:
-    """The same cells as a plain object column and as a categorical one (with an unused category)."""
+    """The same cells as a plain object column, a categorical one (with an unused category) and text."""
     plain = pd.Series(cells, dtype=object)
     texts = pd.Series([None if c is None else str(c) for c in cells], dtype=object)
     coded = texts.astype(pd.CategoricalDtype([*sorted(set(texts.dropna())), "unused"]))
-    return [plain, coded]
+    return [plain, coded, texts.astype("str")]  # object, dictionary codes, text held by Arrow
 
 
 def _text(cells: list[Any]) -> list[str | None]:

@@ -12,7 +12,15 @@ import pytest
 
 from features.errors import DatasetNotFoundError, SchemaError
 from features.schemas import EVENTS, LECTURES, STUDENTS
-from features.tables import MANIFEST_FILE, TABLE_FILES, Dataset, read_dataset, sort_events, write_dataset
+from features.tables import (
+    MANIFEST_FILE,
+    TABLE_FILES,
+    Dataset,
+    append_events,
+    read_dataset,
+    sort_events,
+    write_dataset,
+)
 
 
 def dataset() -> Dataset:
@@ -265,3 +273,37 @@ def test_a_repeated_event_id_is_named_with_its_rows(tmp_path: Path) -> None:
     pq.write_table(events, out / "events.parquet")
     with pytest.raises(SchemaError, match=r"rows 2, 4\): ids must be unique"):
         read_dataset(out)
+
+
+def test_appended_events_keep_their_codes_in_text_order(tmp_path: Path) -> None:
+    """Appending plain rows to the coded events `read_dataset` gives: the ids stay coded, the new ids take
+    codes in text order, and the table is the plain concatenation (same fingerprint)."""
+    base = read_dataset(write_dataset(dataset(), tmp_path / "ds"))
+    more = pd.DataFrame(
+        {
+            "event_id": ["e", "f"],
+            "student_id": ["a-new", "s2"],  # a new id that sorts first, and a known one
+            "lecture_id": ["l2", "국어-1"],
+            "type": ["enrol", "enrol"],
+            "progress": [0.0, 0.0],
+            "occurred_at": pd.to_datetime(["2025-03-06T10:00:00Z", "2025-03-07T10:00:00Z"], utc=True),
+            "request_id": [None, "요청-2"],
+        }
+    )
+    out = append_events(base.events, more[list(reversed(more.columns))])
+    for column in ("student_id", "lecture_id", "type"):
+        dtype = out[column].dtype
+        assert isinstance(dtype, pd.CategoricalDtype), column
+        assert list(dtype.categories) == sorted(dtype.categories), column
+    assert out["student_id"].astype(str).tolist() == [*base.events["student_id"].astype(str), "a-new", "s2"]
+    plain = pd.concat(
+        [base.events.astype({"student_id": object, "lecture_id": object, "type": object}), more]
+    )
+    students = pd.concat(
+        [base.students, pd.DataFrame({"student_id": ["a-new"], "region": ["seoul"], "grade": ["h1"]})]
+    )
+    assert (
+        Dataset(students, base.lectures, out, {}).fingerprint()
+        == Dataset(students, base.lectures, plain.reset_index(drop=True), {}).fingerprint()
+    )
+    assert len(base.events) == 4  # the base table is left as it was

@@ -202,6 +202,54 @@ def test_retrain_registers_a_challenger_and_leaves_the_champion(world: World) ->
     assert (state.path.parent / "history" / f"{state.id}.done.json").is_file()
 
 
+def _append_alone(tmp_path: Path, exported: pd.DataFrame) -> tuple[Path, dict[str, Any]]:
+    """The append step on its own: a written dataset and one exported Parquet file of `exported`."""
+    from training.retrain import _append, _Context
+
+    base = modelling_data.write(tmp_path / "datasets" / "synthetic")
+    events_dir = tmp_path / "exports"
+    events_dir.mkdir()
+    exported.to_parquet(events_dir / "part-0.parquet", index=False)
+    options = RetrainOptions(dataset=str(base), events_dir=str(events_dir), model="popularity", seed=7)
+    state = begin(tmp_path / "retrain" / "state.json", options)
+    return base, _append(_Context(settings=None, state=state, progress=None))  # type: ignore[arg-type]
+
+
+def _exported(base_events: pd.DataFrame, already: int, fresh: int) -> pd.DataFrame:
+    """`already` events of the dataset exported again, then `fresh` copies of others under new ids, later."""
+    plain = base_events.astype(object)
+    old, new = plain.iloc[:already], plain.iloc[-fresh:]
+    new = new.assign(
+        event_id=[f"exported-{i}" for i in range(fresh)],
+        occurred_at=new["occurred_at"] + timedelta(days=90),
+    )
+    return pd.concat([old, new], ignore_index=True)
+
+
+def test_the_appended_version_is_the_base_and_the_new_rows(tmp_path: Path) -> None:
+    from features.tables import Dataset
+
+    base_events = modelling_data.dataset().events
+    exported = _exported(base_events, already=5, fresh=12)
+    base, result = _append_alone(tmp_path, exported)
+    assert (result["already_in_dataset"], result["appended"], result["rejected"]) == (5, 12, 0)
+    before, after = read_dataset(base), read_dataset(Path(result["dataset"]))
+    plain = pd.concat([before.events.astype(object), exported.iloc[5:]], ignore_index=True)
+    assert after.fingerprint() == Dataset(before.students, before.lectures, plain, {}).fingerprint()
+    assert isinstance(after.events["student_id"].dtype, pd.CategoricalDtype)
+
+
+def test_a_broken_exported_row_stops_the_append_and_writes_nothing(tmp_path: Path) -> None:
+    from features.errors import SchemaError
+
+    exported = _exported(modelling_data.dataset().events, already=0, fresh=3)
+    exported.loc[1, "progress"] = 1.5
+    with pytest.raises(SchemaError, match="exported events") as caught:
+        _append_alone(tmp_path, exported)
+    assert "progress" in str(caught.value)
+    assert not (tmp_path / "datasets" / "synthetic-v2").exists()
+
+
 @pytest.mark.slow
 def test_retrain_resumes_after_a_failure(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     import training.registry
