@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
+from features.fingerprint import FINGERPRINT_VERSION, table_digest
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.stored_events import (
     check_whole_file,
@@ -81,7 +82,6 @@ MANIFEST_FILE = "manifest.json"
 #: Written into every manifest; bump when the on-disk layout changes.
 DATASET_FORMAT = "learnrec-dataset/1"
 _SCHEMAS: dict[str, pa.Schema] = {"students": STUDENTS, "lectures": LECTURES, "events": EVENTS}
-_LIST_SEPARATOR = "\x1f"  # unit separator: cannot appear in codes and keeps ["a b"] != ["a", "b"]
 
 #: `progress(stage, done, total)` callback that long operations call as they go.
 Progress = Callable[[str, int, int], None]
@@ -113,8 +113,8 @@ class Dataset:
 
         Covers every column of the three tables (not the manifest) and does not depend on row order,
         nor on the in-memory dtypes (tables missing optional columns are validated first),
-        so a dataset and its written-then-read copy have the same fingerprint. Row hashes come from
-        `pandas.util.hash_pandas_object`, which is stable across runs and machines.
+        so a dataset and its written-then-read copy have the same fingerprint. The rule is
+        `features.fingerprint` (`FINGERPRINT_VERSION`), stable across runs, machines and library versions.
 
         Returns:
             64 hex digits.
@@ -125,50 +125,15 @@ class Dataset:
         digest = hashlib.sha256(DATASET_FORMAT.encode())
         for name in ("students", "lectures", "events"):
             frame: pd.DataFrame = getattr(ds, name)
-            digest.update(_table_digest(name, frame, _SCHEMAS[name]))
+            digest.update(table_digest(name, frame, _SCHEMAS[name]))
         return digest.hexdigest()
 
-
-#: Rows hashed at a time by `Dataset.fingerprint` (bounds its memory: the row hashes are 8 bytes a row).
-_FINGERPRINT_ROWS = 1_000_000
-
-
-def _canonical_column(values: pd.Series[Any], kind: pa.DataType) -> pd.Series[Any]:
-    """One column in the representation the fingerprint hashes (independent of the in-memory dtype).
-
-    A categorical text column without nulls is hashed as it is: pandas hashes its distinct values once and
-    maps them through the codes, which gives the same row hashes as the text itself."""
-    if pa.types.is_list(kind):
-        return values.map(
-            lambda v: (
-                _LIST_SEPARATOR.join(str(x) for x in v) if isinstance(v, list | tuple | np.ndarray) else None
-            )
-        ).astype("str")
-    if pa.types.is_timestamp(kind):
-        return pd.Series(epoch_microseconds(pd.to_datetime(values, utc=True)))
-    if pa.types.is_string(kind):
-        if isinstance(values.dtype, pd.CategoricalDtype) and not values.hasnans:
-            return values
-        return values.astype("str")
-    return values.astype(kind.to_pandas_dtype())
-
-
-def _table_digest(name: str, frame: pd.DataFrame, schema: pa.Schema) -> bytes:
-    digest = hashlib.sha256()
-    digest.update(f"{name}\n{len(frame)}\n".encode())
-    for f in schema:
-        digest.update(f"{f.name}:{f.type}\n".encode())
-    if len(frame):
-        rows = np.empty(len(frame), dtype=np.uint64)
-        for start in range(0, len(frame), _FINGERPRINT_ROWS):
-            part = frame.iloc[start : start + _FINGERPRINT_ROWS].reset_index(drop=True)
-            columns = {f.name: _canonical_column(part[f.name], f.type) for f in schema}
-            hashed = pd.util.hash_pandas_object(pd.DataFrame(columns), index=False)
-            rows[start : start + len(part)] = hashed.to_numpy(dtype=np.uint64)
-        # sorting the row hashes makes the digest independent of row order
-        rows.sort()
-        digest.update(rows.astype("<u8", copy=False).tobytes())
-    return digest.digest()
+    def recorded_fingerprint(self) -> str | None:
+        """The manifest's fingerprint when it was computed by today's rule (else None: compute it)."""
+        if self.manifest.get("fingerprint_version") != FINGERPRINT_VERSION:
+            return None
+        recorded = self.manifest.get("fingerprint")
+        return str(recorded) if recorded else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,6 +265,7 @@ def write_dataset(
             "format": DATASET_FORMAT,
             "sizes": ds.sizes,
             "fingerprint": ds.fingerprint(),
+            "fingerprint_version": FINGERPRINT_VERSION,
         }
         with (tmp / MANIFEST_FILE).open("w", encoding="utf-8") as fh:
             json.dump(manifest, fh, ensure_ascii=False, indent=2, sort_keys=False, default=str)

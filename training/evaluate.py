@@ -530,7 +530,7 @@ def _run(
                 summarise(per_student(recs[kind], relevant, k, items), recs[kind], k, items.n_candidates)
             )
     if fingerprint is None:
-        fingerprint = str(dataset.manifest.get("fingerprint") or dataset.fingerprint())
+        fingerprint = dataset.recorded_fingerprint() or dataset.fingerprint()
     levels = (
         dataset.lectures.set_index(dataset.lectures["lecture_id"].astype(str))["level"]
         .reindex(list(catalogue.lectures.ids))

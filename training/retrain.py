@@ -440,12 +440,13 @@ def _append(ctx: _Context) -> dict[str, Any]:
     state.scratch["append_target"] = str(target)
     state.save()
     new["occurred_at"] = pd.to_datetime(new["occurred_at"], utc=True)
-    manifest = {k: v for k, v in ds.manifest.items() if k not in ("sizes", "fingerprint", "format")}
+    written = ("sizes", "fingerprint", "fingerprint_version", "format")  # write_dataset records them anew
+    manifest = {k: v for k, v in ds.manifest.items() if k not in written}
     manifest["lineage"] = [
         *ds.manifest.get("lineage", []),
         {
             "parent": str(base),
-            "parent_fingerprint": ds.manifest.get("fingerprint") or ds.fingerprint(),
+            "parent_fingerprint": ds.recorded_fingerprint() or ds.fingerprint(),
             "appended_events": len(new),
             "first_new_event": new["occurred_at"].min().isoformat(),
             "last_new_event": new["occurred_at"].max().isoformat(),

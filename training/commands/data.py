@@ -135,11 +135,18 @@ def validate(
         ds = read_dataset(directory, validate=True)
         fingerprint = ds.fingerprint()
         progress("validating", 1, 1)
-    recorded = ds.manifest.get("fingerprint")
+    recorded = ds.recorded_fingerprint()
     if recorded and recorded != fingerprint:
         typer.echo(
             "warning: the tables changed since the dataset was written "
             "(their fingerprint differs from manifest.json)",
+            err=True,
+        )
+    elif recorded is None and ds.manifest.get("fingerprint"):
+        typer.echo(
+            f"note: manifest.json's fingerprint was computed by an earlier rule "
+            f"({ds.manifest.get('fingerprint_version') or 'learnrec-fingerprint/1'}), so it is not compared: "
+            f"that is not a change of the tables",
             err=True,
         )
     _summary("valid", directory, ds.sizes, time.perf_counter() - started, f"fingerprint {fingerprint[:12]}")

@@ -1,0 +1,143 @@
+"""The dataset fingerprint's rule (`features.fingerprint`): its text hash against a plain-Python FNV-1a,
+the same digest whatever holds a column (codes, Arrow text, Python strings, other number dtypes, blocks),
+any one cell's change seen, row order ignored, and the digest pinned so a library upgrade cannot move it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.fingerprint import LIST_SEPARATOR, mix, table_digest, text_hashes
+from features.schemas import EVENTS, LECTURES, STUDENTS
+from features.tables import Dataset
+from tests.features.test_tables import dataset
+
+M64 = (1 << 64) - 1
+
+
+def _reference(text: str | None) -> int:
+    """FNV-1a over the UTF-8 bytes, xor the length, then splitmix64's finaliser: one value, in Python."""
+    if text is None:
+        return int(text_hashes(pa.array([None], type=pa.string()))[0])
+    h = 0xCBF29CE484222325
+    data = text.encode("utf-8")
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & M64
+    x = h ^ len(data)
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=40), cut=st.integers(0, 40))
+def test_text_hashes_are_fnv1a_of_the_utf8_bytes(texts: list[str | None], cut: int) -> None:
+    expected = [_reference(t) for t in texts]
+    whole = pa.array(texts, type=pa.string())
+    assert text_hashes(whole).tolist() == expected
+    assert text_hashes(whole.cast(pa.large_string())).tolist() == expected
+    # sliced chunks read their own offsets
+    cut = min(cut, len(texts))
+    chunked = pa.chunked_array([whole.slice(0, cut), whole.slice(cut)], type=pa.string())
+    assert text_hashes(chunked).tolist() == expected
+
+
+def test_null_text_is_not_the_empty_text() -> None:
+    hashes = text_hashes(pa.array(["", None, "null"]))
+    assert len(set(hashes.tolist())) == 3
+
+
+def test_mix_is_splitmix64s_finaliser() -> None:
+    # splitmix64's first output for seed 0 is mix(0x9E3779B97F4A7C15)
+    assert int(mix(np.array([0x9E3779B97F4A7C15], dtype=np.uint64))[0]) == 0xE220A8397B1DCDAF
+
+
+def _digest(ds: Dataset, block: int = 1_000_000) -> list[bytes]:
+    schemas = (("students", STUDENTS), ("lectures", LECTURES), ("events", EVENTS))
+    checked = ds if list(ds.events.columns) == EVENTS.names else _validated(ds)
+    return [table_digest(name, getattr(checked, name), schema, block) for name, schema in schemas]
+
+
+def _validated(ds: Dataset) -> Dataset:
+    from features.tables import validated
+
+    return validated(ds)
+
+
+def test_how_a_column_is_held_does_not_count() -> None:
+    base = _validated(dataset())
+    events = base.events
+    text = ("event_id", "student_id", "lecture_id", "type")
+    held: dict[str, Any] = {
+        "coded": events.astype(dict.fromkeys(text[1:], "category")),
+        "Arrow text": events.astype(dict.fromkeys(text, "str")),
+        "Python strings": events.astype(dict.fromkeys(text, object)),
+        "float64 progress": events.astype({"progress": np.float64}),
+        "time in ns, another zone": events.assign(
+            occurred_at=events["occurred_at"].dt.tz_convert("Asia/Seoul").astype("datetime64[ns, Asia/Seoul]")
+        ),
+    }
+    expected = _digest(base)
+    for what, frame in held.items():
+        assert _digest(Dataset(base.students, base.lectures, frame, {})) == expected, what
+    assert _digest(base, block=3) == expected  # blocks of rows do not count either
+    lectures = base.lectures.assign(level=base.lectures["level"].astype(np.int64))
+    assert _digest(Dataset(base.students, lectures, base.events, {})) == expected
+
+
+def test_row_order_does_not_count_and_any_cell_does() -> None:
+    base = _validated(dataset())
+    expected = _digest(base)
+    shuffled = Dataset(base.students.iloc[::-1], base.lectures.iloc[::-1], base.events.iloc[[3, 1, 0, 2]], {})
+    assert _digest(shuffled) == expected
+    changes = {
+        "event id": ("events", "event_id", "z"),
+        "student of an event": ("events", "student_id", "s2"),
+        "progress": ("events", "progress", 0.41),
+        "time": ("events", "occurred_at", pd.Timestamp("2025-03-01T09:00:00.000001Z")),
+        "request id": ("events", "request_id", "요청-2"),
+        "level": ("lectures", "level", 3),
+        "active": ("lectures", "active", False),
+        "a list": ("lectures", "grades", ["h1", "h2"]),
+        "region": ("students", "region", "gimpo"),
+    }
+    for what, (table, column, value) in changes.items():
+        frame = getattr(base, table).copy()
+        frame.at[frame.index[0], column] = value
+        tables = {n: getattr(base, n) for n in ("students", "lectures", "events")}
+        changed = Dataset(**{**tables, table: frame})
+        assert _digest(changed) != expected, what
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [([["a b"]], [["a", "b"]]), ([[]], [None]), ([["a", "b"]], [["b", "a"]]), ([["ab"]], [["a", "b"]])],
+)
+def test_list_cells_keep_their_items_apart(one: list[Any], other: list[Any]) -> None:
+    from features.fingerprint import _list_text
+
+    first, second = (text_hashes(_list_text(pd.Series(v, dtype=object))) for v in (one, other))
+    assert first.tolist() != second.tolist()
+    assert LIST_SEPARATOR not in "".join(str(x) for v in one + other if v for x in v)
+
+
+def test_minus_zero_and_float32_rounding_hash_as_the_stored_value() -> None:
+    base = _validated(dataset())
+    events = base.events.astype({"progress": np.float64})
+    events.loc[1, "progress"] = -0.0  # stored as 0.0
+    events.loc[0, "progress"] = float(np.float32(0.4))  # 0.4 as float32 stores it
+    assert _digest(Dataset(base.students, base.lectures, events, {})) == _digest(base)
+
+
+def test_the_fingerprint_is_pinned() -> None:
+    """This dataset's fingerprint, fixed: a change of pandas, pyarrow or numpy must not move it (the
+    manifests of written datasets record it); changing the rule means a new FINGERPRINT_VERSION."""
+    assert dataset().fingerprint() == "a0a9a92b5eec58e125b64023450b5d0e1d898a551a240945569b4005c0150296"
