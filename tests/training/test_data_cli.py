@@ -128,6 +128,30 @@ def test_validate_warns_when_tables_changed_after_writing(tmp_path: Path) -> Non
     assert "fingerprint differs from manifest.json" in result.stderr
 
 
+def test_validate_does_not_compare_a_fingerprint_of_an_earlier_rule(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "events.csv").write_text(EVENTS_CSV, encoding="utf-8")
+    out = tmp_path / "ds"
+    imported = runner.invoke(
+        app, ["data", "import", "--events", str(tmp_path / "events.csv"), "--out", str(out)]
+    )
+    assert imported.exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["fingerprint_version"] == "learnrec-fingerprint/2"
+    # as written before the rule had a version: another digest of the same tables
+    del manifest["fingerprint_version"]
+    manifest["fingerprint"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    result = runner.invoke(app, ["data", "validate", str(out)])
+    assert result.exit_code == 0
+    assert "differs" not in result.stderr
+    assert (
+        "earlier rule (learnrec-fingerprint/1)" in result.stderr
+        and "not a change of the tables" in result.stderr
+    )
+
+
 def test_oulad_command_writes_under_the_data_dir(data_dir: Path) -> None:
     if not (REAL_OULAD / "studentInfo.csv").is_file():
         pytest.skip(f"OULAD not found at {REAL_OULAD}")
