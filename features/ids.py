@@ -10,7 +10,7 @@ match event ids through it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,14 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
 
     On a categorical column the codes are its own (as narrow as the categories allow: no 8-byte copy
     per event) and the text its categories (some may be unused by these rows: a filtered column keeps
-    its categories); otherwise the values are factorised.
+    its categories); otherwise, or when the categories outnumber the rows (a batch's slice of a column
+    coded over every student), the values are factorised.
     """
-    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+    coded = isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype)
+    if coded and len(values.cat.categories) <= len(values):
         codes = values.cat.codes.to_numpy()
         uniques: Any = values.cat.categories
-    else:
+    else:  # (a few rows of a column coded over many values: only the values they use)
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
     text = np.asarray(pd.Index(uniques).astype(str), dtype=object)
     if not pd.Index(text, dtype=object).is_unique:  # 1 and "1" in one column are one id
@@ -42,11 +44,19 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
     return codes, text
 
 
-def positions(vocabulary: Iterable[str] | pd.Index, values: Any) -> npt.NDArray[np.int64]:
-    """Position of each of `values` in `vocabulary`, compared as text (-1 when absent or null)."""
-    index = vocabulary if isinstance(vocabulary, pd.Index) else pd.Index(list(vocabulary))
+def positions(vocabulary: Iterable[str] | pd.Index | Mapping[str, int], values: Any) -> npt.NDArray[np.int64]:
+    """Position of each of `values` in `vocabulary`, compared as text (-1 when absent or null).
+
+    A mapping (id -> position, as `models.base.IdMap.index` holds) is looked up value by distinct value:
+    for a few values against a large vocabulary, no index of the vocabulary is built.
+    """
     codes, text = text_codes(values)
-    table = np.append(index.get_indexer(pd.Index(text, dtype=object)).astype(np.int64), -1)
+    if isinstance(vocabulary, Mapping):
+        found = np.fromiter((vocabulary.get(t, -1) for t in text.tolist()), dtype=np.int64, count=text.size)
+    else:
+        index = vocabulary if isinstance(vocabulary, pd.Index) else pd.Index(list(vocabulary))
+        found = index.get_indexer(pd.Index(text, dtype=object)).astype(np.int64)
+    table = np.append(found, -1)
     out: npt.NDArray[np.int64] = table[codes]  # a null's code -1 takes the appended -1
     return out
 

@@ -525,7 +525,7 @@ def _build_batch(
     ids = _unique_ids(students["student_id"], "students", "student_id")
     b = len(ids)
     batch_index = pd.Index(ids)
-    index = positions(student_map.ids, batch_index).astype(np.int32)
+    index = positions(student_map.index, batch_index).astype(np.int32)
     pairs = _aggregate_events(events, batch_index, pd.Index(list(catalogue.lectures.ids)), None)
     shape = (b, len(catalogue.lectures))
     features = _encode_students(students, feature_names, b, np.arange(b, dtype=np.int64))

@@ -37,6 +37,7 @@ def test_positions_and_membership_are_the_per_row_texts(cells: list[Any], vocabu
     for column in _columns(cells):
         assert positions(vocabulary, column).tolist() == expected_pos
         assert positions(pd.Index(vocabulary, dtype=object), column).tolist() == expected_pos
+        assert positions({v: i for i, v in enumerate(vocabulary)}, column).tolist() == expected_pos
         assert is_in(column, set(vocabulary)).tolist() == expected_in
         assert distinct_text(column) == {t for t in _text(cells) if t is not None}
         assert sorted(used_text(column).tolist()) == sorted(distinct_text(column))
@@ -73,3 +74,12 @@ def test_empty_columns() -> None:
 def test_a_vocabulary_with_repeats_is_refused() -> None:
     with pytest.raises(pd.errors.InvalidIndexError):
         positions(["a", "a"], pd.Series(["a"]))
+
+
+def test_a_few_rows_of_a_column_coded_over_many_values_turn_only_their_values_into_text() -> None:
+    column = pd.Series(pd.Categorical([f"s{i}" for i in range(1000)]))
+    batch = column.iloc[[5, 7, 5]]  # a batch's slice: three rows, a thousand categories
+    codes, text = text_codes(batch)
+    assert sorted(text.tolist()) == ["s5", "s7"]
+    assert [text[c] for c in codes] == ["s5", "s7", "s5"]
+    assert positions({"s7": 0, "s5": 1}, batch).tolist() == [1, 0, 1]
