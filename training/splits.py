@@ -100,9 +100,10 @@ def _relevant(test_events: pd.DataFrame, train_events: pd.DataFrame, lectures: p
 
     def pairs(events: pd.DataFrame) -> npt.NDArray[np.int64]:
         student = positions(students, events["student_id"])
-        lecture = positions(lecture_ids, events["lecture_id"])
-        keep = (student >= 0) & (lecture >= 0)
-        return np.unique(student[keep] * width + lecture[keep])
+        mine = np.flatnonzero(student >= 0)  # the lectures of these rows only
+        lecture = positions(lecture_ids, events["lecture_id"].take(mine))
+        keep = lecture >= 0
+        return np.unique(student[mine[keep]] * width + lecture[keep])
 
     # only the test students' training pairs can match
     codes = np.setdiff1d(pairs(test_events), pairs(train_events), assume_unique=True)
