@@ -103,7 +103,8 @@ def _relevant(test_events: pd.DataFrame, train_events: pd.DataFrame, lectures: p
         mine = np.flatnonzero(student >= 0)  # the lectures of these rows only
         lecture = positions(lecture_ids, events["lecture_id"].take(mine))
         keep = lecture >= 0
-        return np.unique(student[mine[keep]] * width + lecture[keep])
+        codes = np.sort(student[mine[keep]] * width + lecture[keep])
+        return codes[np.r_[True, codes[1:] != codes[:-1]]] if codes.size else codes  # sorted, distinct
 
     # only the test students' training pairs can match
     codes = np.setdiff1d(pairs(test_events), pairs(train_events), assume_unique=True)
