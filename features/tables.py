@@ -19,7 +19,9 @@ Arrow columns, so no validated copy is made) and reach pandas once. In memory th
 `lecture_id` and `type` are dictionary-encoded and held as pandas categoricals (an integer code per
 event, each distinct value once, sorted, so ordering by the column orders by the text); `event_id` and
 `request_id` stay Arrow text (pandas `str`), checked and sorted with pyarrow compute, never a Python
-object per event. pyarrow, not polars or DuckDB: the project already reads
+object per event. Event ids are matched to lists of ids through `features.ids` (only the distinct values
+become text) and fingerprinted by `features.fingerprint` (numpy over the codes and Arrow buffers). pyarrow,
+not polars or DuckDB: the project already reads
 and writes every table with it, the models and the service take pandas and numpy, and Arrow hands columns
 to both without a copy, so no second engine (and no second set of validation rules) is needed; memory and
 time stay linear in events (`bench/RESULTS.md`, data rows).
