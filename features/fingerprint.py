@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.ids import text_codes
 from features.validation import arrow_text, epoch_microseconds
 
 #: Mixed into every digest and recorded in manifests (`fingerprint_version`).
@@ -111,9 +112,8 @@ def _column_blocks(values: pd.Series[Any], kind: pa.DataType, block: int) -> Any
     n = len(values)
     if pa.types.is_string(kind) and isinstance(values.dtype, pd.CategoricalDtype):
         # the distinct values once, then by code (a null's code -1 takes the appended null hash)
-        categories = values.cat.categories.astype(str).to_numpy(dtype=object)
-        distinct = np.append(text_hashes(pa.array(categories, type=pa.large_string())), _NULL)
-        codes = values.cat.codes.to_numpy()
+        codes, text = text_codes(values)
+        distinct = np.append(text_hashes(pa.array(text, type=pa.large_string())), _NULL)
         for start in range(0, n, block):
             yield distinct[codes[start : start + block]]
     elif pa.types.is_string(kind) and isinstance(values.dtype, pd.StringDtype):

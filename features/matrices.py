@@ -25,7 +25,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from features.errors import SchemaError
-from features.ids import positions
+from features.ids import positions, used_text
 from features.profile import FEATURE_ATTRIBUTES
 from features.schemas import ALL_REGIONS, EVENT_TYPES, GRADES
 from models.base import Catalogue, IdMap, StudentBatch, TrainingData
@@ -468,8 +468,7 @@ def build_training_data(
     if len(events):
         if "student_id" not in events.columns:
             raise SchemaError("events", "student_id", [], "column 'student_id' is missing")
-        event_ids = pd.unique(pd.Series(events["student_id"].unique()).astype(str))
-        extra = sorted(x for x in event_ids.tolist() if x not in known)
+        extra = sorted(x for x in used_text(events["student_id"]).tolist() if x not in known)
     student_map = IdMap(tuple(table_ids + extra))
     n_students, n_lectures = len(student_map), len(catalogue.lectures)
     student_index = pd.Index(list(student_map.ids))
@@ -494,8 +493,8 @@ def build_training_data(
 
     region = np.full(n_students, -1, dtype=np.int32)
     grade = np.full(n_students, -1, dtype=np.int32)
-    region[: len(students)] = positions(catalogue.regions.ids, students["region"].astype(str))
-    grade[: len(students)] = positions(catalogue.grades.ids, students["grade"].astype(str))
+    region[: len(students)] = positions(catalogue.regions.index, students["region"])
+    grade[: len(students)] = positions(catalogue.grades.index, students["grade"])
     return TrainingData(
         students=student_map,
         catalogue=catalogue,
@@ -533,8 +532,7 @@ def _build_batch(
     def lookup(column: str, vocab: IdMap) -> npt.NDArray[np.int32]:
         if column not in students.columns:
             return np.full(b, -1, dtype=np.int32)
-        values = students[column].astype(str).where(students[column].notna(), "")
-        return positions(vocab.ids, values).astype(np.int32)
+        return positions(vocab.index, students[column]).astype(np.int32)
 
     region = lookup("region", catalogue.regions)
     # "*" is the licence row of unknown regions, never a student's region

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from features.ids import distinct_text, is_in, positions, used_text
+from features.ids import distinct_text, is_in, positions, text_codes, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -241,24 +241,21 @@ def temporal(
     if horizon is not None:
         later &= (times <= cut + pd.Timedelta(days=horizon)).to_numpy()
     # the test side: later events of students seen before the cut, taken in one pass
-    test_events = events[later & is_in(events["student_id"], distinct_text(train_events["student_id"]))]
+    test_events = events[later & is_in(events["student_id"], used_text(train_events["student_id"]))]
     return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
 
 
 def _text_order_codes(values: pd.Series[Any], what: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
     """(code per row, distinct values as text): codes number the distinct values in their text order.
 
-    Only the distinct values become text (a dictionary-encoded id column is factorised on its codes).
+    Only the distinct values become text (`features.ids.text_codes`).
 
     Raises:
         SplitError: a null id.
     """
-    import pandas as pd
-
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    codes, labels = text_codes(values)
     if (codes < 0).any():
         raise SplitError(f"{what} has a null value")
-    labels = np.asarray(pd.Index(uniques).astype(str), dtype=object)
     order = np.argsort(labels, kind="stable")
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size, dtype=np.int64)

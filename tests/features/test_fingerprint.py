@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from features.fingerprint import LIST_SEPARATOR, mix, table_digest, text_hashes
 from features.schemas import EVENTS, LECTURES, STUDENTS
-from features.tables import Dataset
+from features.tables import Dataset, validated
 from tests.features.test_tables import dataset
 
 M64 = (1 << 64) - 1
@@ -61,19 +61,13 @@ def test_mix_is_splitmix64s_finaliser() -> None:
 
 
 def _digest(ds: Dataset, block: int = 1_000_000) -> list[bytes]:
+    """Each table's digest (the tables hold every column of their schema: built from `validated`)."""
     schemas = (("students", STUDENTS), ("lectures", LECTURES), ("events", EVENTS))
-    checked = ds if list(ds.events.columns) == EVENTS.names else _validated(ds)
-    return [table_digest(name, getattr(checked, name), schema, block) for name, schema in schemas]
-
-
-def _validated(ds: Dataset) -> Dataset:
-    from features.tables import validated
-
-    return validated(ds)
+    return [table_digest(name, getattr(ds, name), schema, block) for name, schema in schemas]
 
 
 def test_how_a_column_is_held_does_not_count() -> None:
-    base = _validated(dataset())
+    base = validated(dataset())
     events = base.events
     text = ("event_id", "student_id", "lecture_id", "type")
     held: dict[str, Any] = {
@@ -94,7 +88,7 @@ def test_how_a_column_is_held_does_not_count() -> None:
 
 
 def test_row_order_does_not_count_and_any_cell_does() -> None:
-    base = _validated(dataset())
+    base = validated(dataset())
     expected = _digest(base)
     shuffled = Dataset(base.students.iloc[::-1], base.lectures.iloc[::-1], base.events.iloc[[3, 1, 0, 2]], {})
     assert _digest(shuffled) == expected
@@ -130,7 +124,7 @@ def test_list_cells_keep_their_items_apart(one: list[Any], other: list[Any]) -> 
 
 
 def test_minus_zero_and_float32_rounding_hash_as_the_stored_value() -> None:
-    base = _validated(dataset())
+    base = validated(dataset())
     events = base.events.astype({"progress": np.float64})
     events.loc[1, "progress"] = -0.0  # stored as 0.0
     events.loc[0, "progress"] = float(np.float32(0.4))  # 0.4 as float32 stores it
