@@ -264,7 +264,7 @@ class _Recorder(BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str | None]]] = []
 
     def do_GET(self) -> None:
-        _Recorder.seen.append((self.path, self.headers.get("X-API-Key")))
+        self.seen.append((self.path, self.headers.get("X-API-Key")))  # its own server's list
         body = b'{"status": "ok"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -278,11 +278,14 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    # each server records into a list of its own, which the tests read as `_Recorder.seen`: a request
+    # the previous test's wrk left in flight, answered after that server shut down, lands in its old list
+    seen: list[tuple[str, str | None]] = []
+    _Recorder.seen = seen
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("_Recording", (_Recorder,), {"seen": seen}))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    _Recorder.seen = []
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
