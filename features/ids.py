@@ -29,12 +29,19 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
     On a categorical column the codes are its own (as narrow as the categories allow: no 8-byte copy
     per event) and the text its categories (some may be unused by these rows: a filtered column keeps
     its categories); otherwise, or when the categories outnumber the rows (a batch's slice of a column
-    coded over every student), the values are factorised.
+    coded over every student), the values are factorised. An Arrow column (a `pyarrow` array or chunked
+    array) hands over its dictionary's indices, or is dictionary-encoded by Arrow.
     """
-    coded = isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype)
-    if coded and len(values.cat.categories) <= len(values):
-        codes = values.cat.codes.to_numpy()
-        uniques: Any = values.cat.categories
+    codes: npt.NDArray[np.integer[Any]]
+    uniques: Any
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        codes, uniques = _arrow_codes(values)
+    elif (
+        isinstance(values, pd.Series)
+        and isinstance(values.dtype, pd.CategoricalDtype)
+        and len(values.cat.categories) <= len(values)
+    ):
+        codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
     else:  # (a few rows of a column coded over many values: only the values they use)
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
     text = np.asarray(pd.Index(uniques).astype(str), dtype=object)
@@ -42,6 +49,22 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
         canon, distinct = pd.factorize(text)
         codes, text = np.append(canon, -1)[codes], np.asarray(distinct, dtype=object)
     return codes, text
+
+
+def _arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
+    """(dictionary index per row, -1 for a null; the dictionary's values) of an Arrow column."""
+    chunked = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
+    if not pa.types.is_dictionary(chunked.type):
+        chunked = chunked.dictionary_encode()  # one dictionary over every chunk
+    elif chunked.num_chunks > 1:
+        chunked = chunked.unify_dictionaries()
+    if chunked.num_chunks == 0:
+        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
+    indices = pa.chunked_array([c.indices for c in chunked.chunks])
+    if indices.null_count:
+        indices = pc.fill_null(indices, -1)
+    codes = np.asarray(indices.to_numpy(), dtype=np.int32)
+    return codes, chunked.chunks[0].dictionary.to_numpy(zero_copy_only=False)
 
 
 def positions(vocabulary: Iterable[str] | pd.Index | Mapping[str, int], values: Any) -> npt.NDArray[np.int64]:
@@ -64,12 +87,17 @@ def positions(vocabulary: Iterable[str] | pd.Index | Mapping[str, int], values: 
 def is_in(values: Any, ids: Collection[str]) -> npt.NDArray[np.bool_]:
     """Per row, whether its value as text is one of `ids` (a null is not).
 
-    A text column held by Arrow (pandas `str`; event ids, one per event) is scanned against a set of
-    `ids` by Arrow instead of being factorised: no hash table the size of the column.
+    A text column held by Arrow (an Arrow `large_string` column or pandas `str`; event ids, one per event)
+    is scanned against a set of `ids` by Arrow instead of being factorised: no hash table the size of the
+    column.
     """
-    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.StringDtype):
-        wanted = pa.array(list(ids), type=pa.large_string())
-        found: npt.NDArray[np.bool_] = pc.is_in(arrow_text(values), value_set=wanted).to_numpy()
+    plain = isinstance(values, pa.Array | pa.ChunkedArray) and (
+        pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    )
+    if plain or (isinstance(values, pd.Series) and isinstance(values.dtype, pd.StringDtype)):
+        column = values if plain else arrow_text(values)
+        wanted = pa.array(list(ids), type=column.type)
+        found: npt.NDArray[np.bool_] = pc.is_in(column, value_set=wanted).to_numpy(zero_copy_only=False)
         return found
     codes, text = text_codes(values)
     hit = np.append(pd.Index(text, dtype=object).isin(list(ids)), False)

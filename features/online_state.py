@@ -17,7 +17,7 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from models.interactions import (
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from features.store import EventIn, EventOutcome
 
@@ -129,13 +130,14 @@ class HistoryAggregate:
     recent: dict[str, list[str]]
 
 
-def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> HistoryAggregate:
+def aggregate_history(events: pd.DataFrame | pa.Table, recent_len: int = RECENT_LEN) -> HistoryAggregate:
     """The online state left by applying `events` in time order (ties: table order), computed in bulk.
 
     The events are grouped as integers: each id column is coded once (a dictionary-encoded column hands
-    over its codes), and the pairs, their aggregates and the recent lists come from numpy sorts and
-    reductions over the codes. Only the distinct ids and the output become Python text, never a value
-    per event.
+    over its codes, `features.ids.text_codes`), and the pairs, their aggregates and the recent lists come
+    from numpy sorts and reductions over the codes. Only the distinct ids and the output become Python
+    text, never a value per event. The events may be held by pandas or by Arrow (a partition of
+    `features.tables.read_partitioned`), read column by column either way.
 
     Args:
         events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
@@ -148,46 +150,73 @@ def aggregate_history(events: pd.DataFrame, recent_len: int = RECENT_LEN) -> His
     Raises:
         SchemaError: a column is missing, an event type is unknown or a timestamp unreadable.
     """
-    import pandas as pd
+    import pyarrow as pa
 
+    from features.ids import text_codes
+
+    names = events.column_names if isinstance(events, pa.Table) else list(events.columns)
     for col in ("student_id", "lecture_id", "type", "occurred_at"):
-        if col not in events.columns:
+        if col not in names:
             raise SchemaError("events", col, [], f"column '{col}' is missing")
-    type_codes, type_values = pd.factorize(events["type"], use_na_sentinel=True)
-    known = np.array([EVENT_TYPES.index(str(v)) if str(v) in EVENT_TYPES else -1 for v in type_values])
-    kind = known[type_codes] if len(type_values) else np.full(len(events), -1)
-    unknown = (type_codes < 0) | (kind < 0)
-    if unknown.any():
-        rows = (np.flatnonzero(unknown) + 1).tolist()
-        shown = events["type"].iloc[rows[0] - 1]
+    type_codes, type_text = text_codes(events["type"])
+    known = np.array(
+        [EVENT_TYPES.index(t) if t in EVENT_TYPES else -1 for t in type_text.tolist()], dtype=np.int64
+    )
+    kind = np.append(known, -1)[type_codes]  # a null's code -1 takes the appended -1
+    if (kind < 0).any():
+        rows = (np.flatnonzero(kind < 0) + 1).tolist()
+        code = int(type_codes[rows[0] - 1])
+        shown = type_text[code] if code >= 0 else None
         raise SchemaError(
             "events", "type", rows, f"unknown event type '{shown}': expected one of {', '.join(EVENT_TYPES)}"
         )
-    try:
-        when = pd.to_datetime(events["occurred_at"], utc=True)
-    except (ValueError, TypeError) as exc:
-        raise SchemaError("events", "occurred_at", [], f"cannot read as timestamps: {exc}") from exc
-    if when.isna().any():
-        rows = (np.flatnonzero(when.isna().to_numpy()) + 1).tolist()
-        raise SchemaError("events", "occurred_at", rows, "missing timestamp: every event needs occurred_at")
-    since_epoch = (when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
-    micros = np.asarray(since_epoch.to_numpy(), dtype=np.int64)
+    micros = _event_microseconds(events["occurred_at"])
     progress = (
-        events["progress"].fillna(0.0).to_numpy(dtype=np.float64)
-        if "progress" in events.columns
-        else np.zeros(len(events))
+        np.nan_to_num(_floats(events["progress"]), nan=0.0) if "progress" in names else np.zeros(len(events))
     )
-    student, student_ids = pd.factorize(events["student_id"], use_na_sentinel=True)
-    lecture, lecture_ids = pd.factorize(events["lecture_id"], use_na_sentinel=True)
+    student, student_ids = text_codes(events["student_id"])
+    lecture, lecture_ids = text_codes(events["lecture_id"])
     for name, codes in (("student_id", student), ("lecture_id", lecture)):
         if (codes < 0).any():
             rows = (np.flatnonzero(codes < 0) + 1).tolist()
             raise SchemaError("events", name, rows, f"missing {name}: every event needs one")
     return _aggregate_codes(
-        student.astype(np.int64), np.asarray(student_ids, dtype=object).astype(str),
-        lecture.astype(np.int64), np.asarray(lecture_ids, dtype=object).astype(str),
+        student.astype(np.int64), student_ids.astype(str),
+        lecture.astype(np.int64), lecture_ids.astype(str),
         kind.astype(np.int8), micros, progress, recent_len,
     )  # fmt: skip
+
+
+def _event_microseconds(column: pd.Series[Any] | pa.ChunkedArray) -> npt.NDArray[np.int64]:
+    """The events' times in microseconds since the epoch (UTC); a pandas column is parsed first."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from features.validation import epoch_microseconds
+
+    if isinstance(column, pa.ChunkedArray | pa.Array):
+        if not pa.types.is_timestamp(column.type):
+            raise SchemaError("events", "occurred_at", [], f"cannot read {column.type} as timestamps")
+        missing = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+    else:
+        try:
+            column = pd.to_datetime(column, utc=True)
+        except (ValueError, TypeError) as exc:
+            raise SchemaError("events", "occurred_at", [], f"cannot read as timestamps: {exc}") from exc
+        missing = column.isna().to_numpy() if column.isna().any() else None
+    if missing is not None:
+        rows = (np.flatnonzero(missing) + 1).tolist()
+        raise SchemaError("events", "occurred_at", rows, "missing timestamp: every event needs occurred_at")
+    return epoch_microseconds(column)
+
+
+def _floats(column: pd.Series[Any] | pa.ChunkedArray) -> npt.NDArray[np.float64]:
+    """A numeric column as float64, nulls as NaN."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray | pa.Array):
+        return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
 
 
 def _aggregate_codes(
@@ -289,7 +318,7 @@ class OnlineState:
         for p in profiles:
             self._profiles[p.student_id] = p
 
-    def seed(self, events: pd.DataFrame, profiles: Iterable[StudentProfile]) -> int:
+    def seed(self, events: pd.DataFrame | pa.Table, profiles: Iterable[StudentProfile]) -> int:
         """Load profiles and past events as `FeatureStore.seed_history` does (replacing students' state).
 
         Args:

@@ -50,6 +50,7 @@ from models.interactions import DROP_WEIGHT, EVENT_TYPES, PROGRESS_SLOPE, RECENT
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 #: `progress(stage, done, total)` callback that long operations call as they go.
 Progress = Callable[[str, int, int], None]
@@ -657,7 +658,10 @@ class FeatureStore:
     # -- bulk -----------------------------------------------------------------------------------------
 
     def seed_history(
-        self, events: pd.DataFrame, profiles: Iterable[StudentProfile], progress: Progress | None = None
+        self,
+        events: pd.DataFrame | pa.Table,
+        profiles: Iterable[StudentProfile],
+        progress: Progress | None = None,
     ) -> int:
         """Load profiles and the history of past events in bulk (pipelined), replacing what students had.
 
@@ -682,7 +686,7 @@ class FeatureStore:
         return self.seed_events(events, progress)
 
     def seed_events(
-        self, events: pd.DataFrame, progress: Progress | None = None, label: str = "history"
+        self, events: pd.DataFrame | pa.Table, progress: Progress | None = None, label: str = "history"
     ) -> int:
         """The history part of `seed_history`: replace the history of the students found in `events`.
 
@@ -691,7 +695,8 @@ class FeatureStore:
         events leaves (`features.tables.read_partitioned`).
 
         Args:
-            events: events table (`features.schemas.EVENTS` columns; ``progress`` optional).
+            events: events table (`features.schemas.EVENTS` columns; ``progress`` optional), in pandas or
+                Arrow (`features.online_state.aggregate_history`).
             progress: ``progress(stage, done, total)`` callback, counting students.
             label: the stage name given to `progress`.
 

@@ -177,6 +177,22 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _dataset_order(ts: npt.NDArray[np.int64], ids: pa.ChunkedArray) -> npt.NDArray[np.int64] | None:
+    """The row order by (`occurred_at` microseconds `ts`, `event_id` `ids`); None when already in it."""
+    if ts.size < 2:
+        return None
+    if bool((ts[1:] >= ts[:-1]).all()):
+        ties = np.flatnonzero(ts[1:] == ts[:-1])
+        if ties.size == 0:
+            return None
+        in_order = pc.less_equal(ids.take(pa.array(ties)), ids.take(pa.array(ties + 1)))
+        if bool(pc.all(in_order).as_py()):
+            return None
+    key = pa.table({"t": ts, "id": ids})
+    order = pc.sort_indices(key, sort_keys=[("t", "ascending"), ("id", "ascending")])
+    return np.asarray(order.to_numpy(), dtype=np.int64)
+
+
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Events in dataset order: by `occurred_at`, then `event_id` (ties broken deterministically).
 
@@ -186,21 +202,15 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     Returns:
         The same rows sorted, index 0..n-1 (the input itself when it is already in order).
     """
-    if len(events) < 2:
-        return events.reset_index(drop=True)
-    ts = epoch_microseconds(events["occurred_at"])
     # the ids stay in Arrow (pandas keeps `str` columns there): no Python object per event
-    ids = arrow_text(events["event_id"])
-    if bool((ts[1:] >= ts[:-1]).all()):
-        ties = np.flatnonzero(ts[1:] == ts[:-1])
-        if ties.size == 0:
-            return events.reset_index(drop=True)
-        in_order = pc.less_equal(ids.take(pa.array(ties)), ids.take(pa.array(ties + 1)))
-        if bool(pc.all(in_order).as_py()):
-            return events.reset_index(drop=True)
-    key = pa.table({"t": ts, "id": ids})
-    order = pc.sort_indices(key, sort_keys=[("t", "ascending"), ("id", "ascending")])
-    return events.take(order.to_numpy()).reset_index(drop=True)
+    order = _dataset_order(epoch_microseconds(events["occurred_at"]), arrow_text(events["event_id"]))
+    return events.reset_index(drop=True) if order is None else events.take(order).reset_index(drop=True)
+
+
+def sort_event_table(events: pa.Table) -> pa.Table:
+    """`sort_events` for events held by Arrow (the schema's columns, without nulls in the two keys)."""
+    order = _dataset_order(epoch_microseconds(events.column("occurred_at")), events.column("event_id"))
+    return events if order is None else events.take(order)
 
 
 def append_events(events: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
@@ -416,7 +426,7 @@ def read_dataset(directory: Path | str, validate: bool = True) -> Dataset:
 # ----------------------------------------------------------------------------------------------------------
 # reading the events in student partitions
 
-#: Events per partition of `read_partitioned` by default (what is held in pandas at a time).
+#: Events per partition of `read_partitioned` by default (what is taken out of the whole table at a time).
 PARTITION_EVENTS = 1_000_000
 
 
@@ -427,14 +437,15 @@ class EventPartition:
     Attributes:
         number: 1-based partition number.
         count: partitions in all.
-        events: the events of the partition's students (schema `EVENTS`, as `read_dataset` returns them,
-            sorted by (occurred_at, event_id)); every event of these students is here.
+        events: the events of the partition's students as an Arrow table (schema `EVENTS`, validated, the
+            ids and types dictionary-encoded when the file's were, sorted by (occurred_at, event_id));
+            every event of these students is here.
         rows: 1-based row numbers in the events file of `events`' rows, aligned with them.
     """
 
     number: int
     count: int
-    events: pd.DataFrame
+    events: pa.Table
     rows: npt.NDArray[np.int64]
 
 
@@ -443,7 +454,8 @@ class PartitionedDataset:
     """A dataset whose events are read in disjoint groups of students (`read_partitioned`).
 
     The students and lectures are held in pandas; the events are held as one Arrow table with the ids and
-    types dictionary-encoded, and each partition goes to pandas only while it is used.
+    types dictionary-encoded, and each partition is taken out of it as an Arrow table: a file in the
+    schema's types never goes through pandas (`features.online_state.aggregate_history` reads Arrow).
 
     Attributes:
         students: validated students.
@@ -495,8 +507,8 @@ class PartitionedDataset:
             return self._table.slice(0, 0)
         return pa.Table.from_batches(pieces, schema=self._table.schema)
 
-    def _events(self, picked: npt.NDArray[np.int64]) -> pd.DataFrame:
-        part = self._take(picked)
+    def _events(self, picked: npt.NDArray[np.int64]) -> pa.Table:
+        part = self._take(picked).combine_chunks()  # one chunk per column: one dictionary each
         columns = {}
         for name in part.column_names:
             column = part.column(name)
@@ -504,7 +516,7 @@ class PartitionedDataset:
                 column = column.cast(column.type.value_type).dictionary_encode()
             columns[name] = column
         if self._checked:  # the whole file was checked on Arrow when it was read
-            return sort_events(events_frame(pa.table(columns)))
+            return sort_event_table(pa.table(columns))
         frame = pa.table(columns).to_pandas()
         try:
             events = validate_events(frame, self.events_file)
@@ -516,7 +528,7 @@ class PartitionedDataset:
                 events["student_id"], events["lecture_id"], events["type"], events["occurred_at"],
                 events["progress"], row_numbers=picked + 1,
             )  # fmt: skip
-        return sort_events(events)
+        return sort_event_table(_to_arrow(events, EVENTS, "events"))
 
 
 def read_partitioned(
@@ -528,9 +540,9 @@ def read_partitioned(
     with pyarrow (ids and types dictionary-encoded: a few bytes per event) and checked at once for what
     needs the whole file: missing or blank ids and types, unknown students, lectures and event types,
     duplicate event ids; a file in the schema's types has every other rule checked there too
-    (`features.stored_events`), and each partition is only converted to pandas when it is produced.
-    Any other file has each partition validated by `features.validation.validate_events` (which
-    converts what it can) when it is produced. Students are split by their code
+    (`features.stored_events`), and each partition is only taken out of it (as Arrow) when it is
+    produced. Any other file has each partition validated by `features.validation.validate_events`
+    (which converts what it can) when it is produced. Students are split by their code
     in the events' dictionary modulo the number of partitions, so every event of a student is in one
     partition; within a partition the events are in dataset order, so a per-student computation gives
     what it gives on `read_dataset`'s events.

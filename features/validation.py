@@ -307,15 +307,19 @@ def all_distinct(values: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> bool:
     return distinct == valid
 
 
-def epoch_microseconds(timestamps: pd.Series[Any]) -> npt.NDArray[np.int64]:
+def epoch_microseconds(timestamps: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:
     """Microseconds since 1970-01-01 UTC of timezone-aware timestamps.
 
     Args:
-        timestamps: a `datetime64[..., tz]` Series.
+        timestamps: a `datetime64[..., tz]` Series, or an Arrow timestamp column (a zone-less one is UTC)
+            without nulls.
 
     Returns:
         int64 microseconds.
     """
+    if isinstance(timestamps, pa.ChunkedArray | pa.Array):
+        micros = timestamps.cast(pa.timestamp("us", tz=timestamps.type.tz), safe=False).cast(pa.int64())
+        return np.asarray(micros.to_numpy(), dtype=np.int64)
     naive_utc = timestamps.astype(_TS_DTYPE).dt.tz_localize(None)
     return naive_utc.to_numpy(dtype="datetime64[us]").view(np.int64)
 

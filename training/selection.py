@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from features.ids import is_in, used_text
+from features.ids import is_in, positions, text_codes, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -220,27 +220,38 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
     """The kind of a given (explicit) split: (share of a test student's lectures held out, time-ordered).
 
     Time-ordered: for most test students (80 %) every test event is at or after their last training
-    event. Only counts and times are read, never which lectures are relevant.
+    event. Only counts and times are read, never which lectures are relevant; per test student, on
+    integer codes (`features.ids`) and numpy reductions.
     """
     import pandas as pd
 
+    from features.validation import epoch_microseconds
+
+    students = pd.Index(split.test_students, dtype=object)  # sorted, distinct
     train = split.train.events
-    test_ids = set(split.test_students)
-    known = train[is_in(train["student_id"], test_ids)]
-    n_train = known.groupby(known["student_id"].astype(str))["lecture_id"].nunique()
-    n_test = split.relevant.groupby("student_id")["lecture_id"].size()
-    both = pd.concat([n_train.rename("train"), n_test.rename("test")], axis=1, join="inner")
-    if both.empty:
+    student = positions(students, train["student_id"])
+    known = np.flatnonzero(student >= 0)  # the test students' training rows
+    lecture, lectures = text_codes(train["lecture_id"].take(known))
+    pairs = np.unique(student[known] * max(lectures.size, 1) + lecture)
+    n_train = np.bincount(pairs // max(lectures.size, 1), minlength=len(students))
+    relevant = positions(students, split.relevant["student_id"])
+    n_test = np.bincount(relevant[relevant >= 0], minlength=len(students))
+    both = (n_train > 0) & (n_test > 0)
+    if not both.any():
         return 0.2, False
-    share = float(np.median(both["test"] / (both["train"] + both["test"])))
-    last_train = pd.to_datetime(known["occurred_at"], utc=True).groupby(known["student_id"].astype(str)).max()
-    first_test = (
-        pd.to_datetime(split.test["occurred_at"], utc=True)
-        .groupby(split.test["student_id"].astype(str))
-        .min()
-    )
-    times = pd.concat([last_train.rename("train"), first_test.rename("test")], axis=1, join="inner")
-    ordered = bool(len(times) and float((times["test"] >= times["train"]).mean()) >= 0.8)
+    share = float(np.median(n_test[both] / (n_train[both] + n_test[both])))
+
+    def micros(events: pd.DataFrame, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return epoch_microseconds(pd.to_datetime(events["occurred_at"].take(rows), utc=True))
+
+    last_train = np.full(len(students), np.iinfo(np.int64).min)
+    np.maximum.at(last_train, student[known], micros(train, known))
+    test_student = positions(students, split.test["student_id"])
+    tested = np.flatnonzero(test_student >= 0)
+    first_test = np.full(len(students), np.iinfo(np.int64).max)
+    np.minimum.at(first_test, test_student[tested], micros(split.test, tested))
+    timed = (n_train > 0) & (np.bincount(test_student[tested], minlength=len(students)) > 0)
+    ordered = bool(timed.any() and float((first_test[timed] >= last_train[timed]).mean()) >= 0.8)
     return min(max(share, 0.05), 0.5), ordered
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from features.ids import distinct_text, is_in, positions, text_codes, used_text
+from features.validation import epoch_microseconds
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -172,6 +173,12 @@ def _utc(value: datetime | str) -> pd.Timestamp:
     return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
 
 
+def _micros(moment: pd.Timestamp) -> int:
+    """A UTC instant in microseconds since the epoch, rounded down (stored times are whole microseconds:
+    a time is at or before `moment` exactly when its microseconds are at or before these)."""
+    return int(moment.as_unit("ns").value) // 1_000
+
+
 def _horizon(value: float | None) -> float | None:
     """The test horizon in days: a positive finite number, or None (0 and None both mean unbounded)."""
     if value is None:
@@ -223,11 +230,11 @@ def temporal(
     events = ds.events
     if len(events) == 0:
         raise SplitError("temporal split: the dataset has no events")
-    times = pd.to_datetime(events["occurred_at"], utc=True)
+    micros = epoch_microseconds(pd.to_datetime(events["occurred_at"], utc=True))
     if cutoff is None:
         # the 'lower' quantile is an actual event time: no float interpolation between instants
-        ordered = np.sort(times.dt.tz_convert(None).to_numpy())
-        cut = pd.Timestamp(ordered[int(np.floor(quantile * (ordered.size - 1)))]).tz_localize(UTC)
+        k = int(np.floor(quantile * (micros.size - 1)))
+        cut = pd.Timestamp(int(np.partition(micros, k)[k]), unit="us", tz=UTC)
         params: dict[str, Any] = {"quantile": quantile}
     else:
         cut = _utc(cutoff)
@@ -235,11 +242,11 @@ def temporal(
     params["cutoff"] = cut.isoformat()
     # whole days log as integers (14, not 14.0); None = unbounded
     params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
-    before = (times <= cut).to_numpy()
+    before = micros <= _micros(cut)
     train_events = _rows_where(events, before)
     later = ~before
     if horizon is not None:
-        later &= (times <= cut + pd.Timedelta(days=horizon)).to_numpy()
+        later &= micros <= _micros(cut + pd.Timedelta(days=horizon))
     # the test side: later events of students seen before the cut, taken in one pass
     test_events = events[later & is_in(events["student_id"], used_text(train_events["student_id"]))]
     return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
@@ -284,41 +291,64 @@ def pair_codes(events: pd.DataFrame) -> tuple[npt.NDArray[np.int64], npt.NDArray
     return students * max(lecture_ids.size, 1) + lectures, student_ids, lecture_ids
 
 
-def first_times(events: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
-    """Each (student, lecture) pair's first event time, on integer codes (`pair_codes`).
+@dataclass(frozen=True)
+class PairTimes:
+    """The distinct (student, lecture) pairs of some events with each pair's first event time, sorted by
+    pair code (`pair_codes`: student id, then lecture id, in text order); numpy arrays aligned by pair.
+
+    Attributes:
+        student: the pair's student code (in student-id order).
+        lecture: the pair's lecture code (in lecture-id order).
+        pair: the pair code.
+        first_us: the pair's first event time, microseconds since the epoch (UTC).
+    """
+
+    student: npt.NDArray[np.int64]
+    lecture: npt.NDArray[np.int64]
+    pair: npt.NDArray[np.int64]
+    first_us: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.pair.size)
+
+
+def first_times(events: pd.DataFrame) -> tuple[PairTimes, npt.NDArray[np.int64]]:
+    """Each (student, lecture) pair's first event time, on integer codes (`pair_codes`) and a numpy sort.
 
     Returns:
-        (one row per pair sorted by student then lecture id, columns `student` (code, in student-id
-        order), `lecture` (code, in lecture-id order), `pair` (code), `first` (UTC time); the pair code
-        per event).
+        (the pairs, sorted by student then lecture id; the pair code per event).
     """
     import pandas as pd
 
     pair, _, lecture_ids = pair_codes(events)
-    times = pd.to_datetime(events["occurred_at"], utc=True).reset_index(drop=True)
-    first = times.groupby(pair, sort=True).min()
-    codes = first.index.to_numpy(dtype=np.int64)
+    micros = epoch_microseconds(pd.to_datetime(events["occurred_at"], utc=True))
+    bits = max(pair.size - 1, 1).bit_length()  # a row number's bits
+    in_time_order = bool((micros[1:] >= micros[:-1]).all())
+    if in_time_order and pair.size and int(pair.max()) < 1 << (63 - bits):
+        # (dataset order) one sort of (pair, row) packed in an int64: a pair's first row is its first time
+        packed = np.sort((pair << bits) | np.arange(pair.size, dtype=np.int64))
+        grouped = packed >> bits
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        codes, first = grouped[starts], micros[packed[starts] & ((1 << bits) - 1)]
+    else:
+        order = np.argsort(pair)  # the minimum below needs no stable order
+        grouped = pair[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if grouped.size else grouped
+        codes = grouped[starts]
+        first = np.minimum.reduceat(micros[order], starts) if starts.size else micros[:0]
     width = max(lecture_ids.size, 1)
-    frame = pd.DataFrame(
-        {
-            "student": codes // width,
-            "lecture": codes % width,
-            "pair": codes,
-            "first": first.reset_index(drop=True),
-        }
-    )
-    return frame, pair
+    return PairTimes(codes // width, codes % width, codes, first), pair
 
 
 def held_out_pairs(
-    pairs: pd.DataFrame,
+    pairs: PairTimes,
     held: Callable[[npt.NDArray[np.int64]], npt.NDArray[Any]],
     key: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[np.int64]:
     """The pair codes each student holds out: their first `held(count)` pairs in `key` order.
 
     Args:
-        pairs: `first_times`'s pairs (student, lecture, pair, first).
+        pairs: `first_times`'s pairs.
         held: per pair, from the count of its student's pairs, how many of that student's to hold out.
         key: the order within a student, ascending (default: newest first event first); ties by lecture id
             descending, so the newest of lectures started at the same instant is the later id.
@@ -326,17 +356,15 @@ def held_out_pairs(
     Returns:
         The held-out pair codes.
     """
-    student = pairs["student"].to_numpy(dtype=np.int64)
+    student = pairs.student
     if key is None:
-        key = -pairs["first"].astype("int64").to_numpy()
-    order = np.lexsort((-pairs["lecture"].to_numpy(dtype=np.int64), key, student))
+        key = -pairs.first_us
+    order = np.lexsort((-pairs.lecture, key, student))
     grouped = student[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     counts = np.diff(np.r_[starts, grouped.size])
     rank = np.arange(grouped.size) - np.repeat(starts, counts)
-    codes: npt.NDArray[np.int64] = pairs["pair"].to_numpy(dtype=np.int64)[order][
-        rank < held(np.repeat(counts, counts))
-    ]
+    codes: npt.NDArray[np.int64] = pairs.pair[order][rank < held(np.repeat(counts, counts))]
     return codes
 
 

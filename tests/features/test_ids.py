@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,12 +18,21 @@ IDS = st.sampled_from(["s1", "s2", "s10", "서울-7", "", "3"])
 CELLS = st.one_of(IDS, st.none(), st.just(3))
 
 
-def _columns(cells: list[Any]) -> list[pd.Series[Any]]:
-    """The same cells as a plain object column, a categorical one (with an unused category) and text."""
+def _columns(cells: list[Any]) -> list[Any]:
+    """The same cells as a plain object column, a categorical one (with an unused category), text held
+    by Arrow in pandas, and Arrow columns: plain text and dictionary-encoded, in two chunks whose
+    dictionaries differ (as a file's row groups can)."""
     plain = pd.Series(cells, dtype=object)
     texts = pd.Series([None if c is None else str(c) for c in cells], dtype=object)
     coded = texts.astype(pd.CategoricalDtype([*sorted(set(texts.dropna())), "unused"]))
-    return [plain, coded, texts.astype("str")]  # object, dictionary codes, text held by Arrow
+    half = len(cells) // 2
+    chunks = [
+        pa.array(_text(cells)[:half], pa.large_string()),
+        pa.array(_text(cells)[half:], pa.large_string()),
+    ]
+    arrow_plain = pa.chunked_array(chunks, type=pa.large_string())
+    arrow_coded = pa.chunked_array([c.dictionary_encode() for c in chunks])
+    return [plain, coded, texts.astype("str"), arrow_plain, arrow_coded, arrow_plain.combine_chunks()]
 
 
 def _text(cells: list[Any]) -> list[str | None]:
@@ -62,10 +72,19 @@ def test_a_coded_column_keeps_its_narrow_codes() -> None:
 def test_integer_ids_match_their_text() -> None:
     assert positions(["7", "8"], pd.Series([8, 7, 9])).tolist() == [1, 0, -1]
     assert is_in(np.array([8, 7, 9]), {"9"}).tolist() == [False, False, True]
+    arrow = pa.chunked_array([pa.array([8, 7]), pa.array([9])])
+    assert positions(["7", "8"], arrow).tolist() == [1, 0, -1]
+    assert positions(["7", "8"], arrow.dictionary_encode()).tolist() == [1, 0, -1]
 
 
 def test_empty_columns() -> None:
-    for column in (pd.Series([], dtype=object), pd.Series([], dtype="category")):
+    empty_arrow = pa.chunked_array([], type=pa.large_string())
+    for column in (
+        pd.Series([], dtype=object),
+        pd.Series([], dtype="category"),
+        empty_arrow,
+        empty_arrow.dictionary_encode(),
+    ):
         assert positions(["a"], column).tolist() == []
         assert is_in(column, {"a"}).tolist() == []
         assert distinct_text(column) == set()

@@ -18,7 +18,7 @@ from features.errors import SchemaError
 from features.profile import from_table as profiles_from_table
 from features.store import FeatureStore
 from features.tables import Dataset, read_dataset, read_partitioned, write_dataset
-from features.validation import epoch_microseconds
+from tests.features.arrow_frames import as_arrow
 from tests.training.modelling_data import lectures as lecture_table
 from training.commands.feature_store import seed_partitioned
 
@@ -121,27 +121,19 @@ def test_partitions_hold_disjoint_students_in_dataset_order(dataset_dir: Path):
     parts = list(read_partitioned(dataset_dir, partitions=4).partitions())
     seen: set[str] = set()
     for part in parts:
-        students = set(part.events["student_id"])
+        # held by Arrow, the ids coded on the partition's own values
+        assert isinstance(part.events, pa.Table)
+        assert pa.types.is_dictionary(part.events.schema.field("student_id").type)
+        events = part.events.to_pandas()
+        students = set(events["student_id"])
         assert not students & seen
         seen |= students
         # the file's rows, and the same rows as the whole file gives (dataset order within the partition)
         mine = whole[whole["student_id"].isin(students)].reset_index(drop=True)
         # the coded ids hold each side's own distinct values: compare them as text
-        pd.testing.assert_frame_equal(_as_text(part.events.reset_index(drop=True)), _as_text(mine))
-        assert (whole.loc[part.rows - 1, "event_id"].to_numpy() == part.events["event_id"].to_numpy()).all()
+        pd.testing.assert_frame_equal(_as_text(events), _as_text(mine))
+        assert (whole.loc[part.rows - 1, "event_id"].to_numpy() == events["event_id"].to_numpy()).all()
     assert sum(len(p.events) for p in parts) == len(whole)
-
-
-def _arrow(frame: pd.DataFrame) -> pa.Table:
-    """A frame as Arrow as a person would write it (timestamps as UTC microseconds, text as text)."""
-    columns = {}
-    for name in frame.columns:
-        values = frame[name]
-        if isinstance(values.dtype, pd.DatetimeTZDtype):
-            columns[name] = pa.array(epoch_microseconds(values), type=pa.timestamp("us", tz="UTC"))
-        else:
-            columns[name] = pa.array(values.tolist())
-    return pa.table(columns)
 
 
 def _write_raw(directory: Path, ds: Dataset, events: pa.Table) -> Path:
@@ -154,16 +146,20 @@ def _write_raw(directory: Path, ds: Dataset, events: pa.Table) -> Path:
 def test_a_hand_written_file_without_ids_in_any_order_seeds_the_same(tmp_path: Path, redis_client):
     ds = _dataset(seed=5)
     shuffled = ds.events.sample(frac=1.0, random_state=1).drop(columns=["event_id", "progress", "request_id"])
-    directory = _write_raw(tmp_path / "raw", ds, _arrow(shuffled))
+    directory = _write_raw(tmp_path / "raw", ds, as_arrow(shuffled))
     expected = _seed_all_at_once(directory, redis_client)
     for partitions in (1, 6):
         redis_client.flushdb()
         seed_partitioned(directory, redis_client, partitions=partitions)
         assert _digest(_state(redis_client)) == _digest(expected), partitions
     # the generated ids are those of the whole file (they hash the file's row number)
-    ids = pd.concat([p.events for p in read_partitioned(directory, partitions=6).partitions()])
+    ids = [
+        i
+        for p in read_partitioned(directory, partitions=6).partitions()
+        for i in p.events["event_id"].to_pylist()
+    ]
     whole = read_dataset(directory).events
-    assert sorted(ids["event_id"]) == sorted(whole["event_id"])
+    assert sorted(ids) == sorted(whole["event_id"])
 
 
 def _bad(tmp_path: Path, change: dict[str, tuple[int, object]]) -> Path:
@@ -172,7 +168,7 @@ def _bad(tmp_path: Path, change: dict[str, tuple[int, object]]) -> Path:
     for column, (row, value) in change.items():
         events[column] = events[column].astype(object)
         events.loc[row, column] = value
-    table = _arrow(events)
+    table = as_arrow(events)
     return _write_raw(tmp_path / "bad", ds, table)
 
 
@@ -214,7 +210,7 @@ def test_a_rule_checked_per_partition_names_the_files_row(tmp_path: Path, redis_
 
 def test_missing_column_is_named(tmp_path: Path, redis_client: redis.Redis):
     ds = _dataset()
-    table = _arrow(ds.events.drop(columns=["occurred_at"]))
+    table = as_arrow(ds.events.drop(columns=["occurred_at"]))
     directory = _write_raw(tmp_path / "nocol", ds, table)
     with pytest.raises(SchemaError, match=r"column 'occurred_at': required column 'occurred_at' is missing"):
         seed_partitioned(directory, redis_client)

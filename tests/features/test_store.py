@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import redis
 
@@ -17,6 +18,7 @@ from features.errors import FeatureStoreError, SchemaError
 from features.matrices import build_training_data
 from features.profile import StudentProfile
 from features.store import EventIn, FeatureStore
+from tests.features.arrow_frames import as_arrow
 from tests.training.modelling_data import lectures as lecture_table
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -471,7 +473,9 @@ def test_seed_history_with_ties_in_time_follows_the_table_order_as_the_online_pa
     frame["student_id"] = frame["student_id"].str.replace("s0", "학생-")
     frame["occurred_at"] = T0 + pd.to_timedelta(rng.integers(0, 3, len(frame)), "h")
     coded = frame.astype({"student_id": "category", "lecture_id": "category", "type": "category"})
-    for events in (frame, coded):
+    arrow, arrow_coded = as_arrow(frame), as_arrow(coded)  # as a partition of `read_partitioned`
+    assert pa.types.is_dictionary(arrow_coded.schema.field("student_id").type)
+    for events in (frame, coded, arrow, arrow_coded):
         redis_client.flushdb()
         store = FeatureStore(redis_client, recent_len=3)
         assert store.seed_history(events, []) == frame["student_id"].nunique()
@@ -510,10 +514,22 @@ def test_seed_history_names_bad_rows(redis_client):
             "occurred_at": [T0, T0],
         }
     )
-    with pytest.raises(SchemaError, match=r"events: row 2, column 'type': unknown event type 'watch'"):
-        store.seed_history(frame, [])
+    arrow = as_arrow(frame)
+    for events in (frame, arrow, as_arrow(frame.astype({"type": "category"}))):
+        with pytest.raises(SchemaError, match=r"events: row 2, column 'type': unknown event type 'watch'"):
+            store.seed_history(events, [])
     with pytest.raises(SchemaError, match="column 'occurred_at' is missing"):
         store.seed_history(frame.drop(columns="occurred_at"), [])
+    with pytest.raises(SchemaError, match="column 'occurred_at' is missing"):
+        store.seed_history(arrow.drop_columns(["occurred_at"]), [])
+    no_time = pa.table({**{n: arrow[n] for n in ("student_id", "lecture_id")}, "type": ["enrol", "enrol"],
+                        "occurred_at": pa.array([T0, None], pa.timestamp("us", tz="UTC"))})  # fmt: skip
+    with pytest.raises(SchemaError, match=r"row 2, column 'occurred_at': missing timestamp"):
+        store.seed_history(no_time, [])
+    no_student = pa.table({"student_id": ["s1", None], "lecture_id": ["A", "B"], "type": ["enrol", "enrol"],
+                           "occurred_at": pa.array([T0, T0], pa.timestamp("us", tz="UTC"))})  # fmt: skip
+    with pytest.raises(SchemaError, match=r"row 2, column 'student_id': missing student_id"):
+        store.seed_history(no_student, [])
     assert redis_client.dbsize() == 0
 
 

@@ -316,3 +316,36 @@ def test_hyper_parameters_are_chosen_on_the_raw_ranking(ds: Dataset, monkeypatch
     # ahead raw by one standard error only: a tie, the incumbent stays
     lead.update(raw=se)
     assert select(["lightfm"], split, budget_seconds=0).choices["lightfm"].params == LIBRARY_PARAMS
+
+
+def _shape_by_pandas(split: splits.Split) -> tuple[float, bool]:
+    """`explicit_shape` by its definition: pandas groupbys on the ids as text."""
+    train = split.train.events
+    known = train[train["student_id"].astype(str).isin(set(split.test_students))]
+    n_train = known.groupby(known["student_id"].astype(str))["lecture_id"].nunique()
+    n_test = split.relevant.groupby("student_id")["lecture_id"].size()
+    both = pd.concat([n_train.rename("train"), n_test.rename("test")], axis=1, join="inner")
+    if both.empty:
+        return 0.2, False
+    share = float(np.median(both["test"] / (both["train"] + both["test"])))
+    last_train = known.groupby(known["student_id"].astype(str))["occurred_at"].max()
+    first_test = split.test.groupby(split.test["student_id"].astype(str))["occurred_at"].min()
+    times = pd.concat([last_train.rename("train"), first_test.rename("test")], axis=1, join="inner")
+    ordered = bool(len(times) and float((times["test"] >= times["train"]).mean()) >= 0.8)
+    return min(max(share, 0.05), 0.5), ordered
+
+
+@pytest.mark.parametrize("kind", ["leave_last_n", "random pairs", "new_students", "temporal"])
+def test_explicit_shape_is_its_definition(ds: Dataset, kind: str):
+    """On integer codes, the same share and order as the per-student groupbys it replaces."""
+    if kind == "random pairs":
+        rng = np.random.default_rng(5)
+        is_test = rng.random(len(ds.events)) < 0.3
+        split = splits.explicit(ds, ds.events[~is_test], ds.events[is_test])
+    else:
+        split = splits.make_split(kind, ds)
+    coded = splits.explicit(
+        ds, split.train.events, split.test.astype({"student_id": "category", "lecture_id": "category"})
+    )
+    for one in (split, coded):
+        assert explicit_shape(one) == _shape_by_pandas(one), kind

@@ -15,8 +15,10 @@ from tests.training import modelling_data
 from training.errors import SplitError
 from training.splits import (
     DEFAULT_HORIZON_DAYS,
+    PairTimes,
     Split,
     explicit,
+    first_times,
     held_out_pairs,
     leave_last_n,
     make_split,
@@ -163,13 +165,40 @@ def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:
         leave_last_n(ds, n=0)
 
 
+def test_first_times_are_each_pairs_earliest_event_in_any_row_order() -> None:
+    """The numpy rule against its definition (a groupby minimum), on rows out of time order with
+    coded and plain ids; the pairs come sorted by (student_id, lecture_id) text."""
+    rng = np.random.default_rng(3)
+    n = 2_000
+    events = pd.DataFrame(
+        {
+            "student_id": rng.choice(["s1", "s10", "s2", "학생-3"], n),
+            "lecture_id": rng.choice([f"L{i}" for i in range(12)], n),
+            "occurred_at": pd.Timestamp("2026-03-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 10**6, n), "s"),
+        }
+    )
+    expected = events.groupby(["student_id", "lecture_id"])["occurred_at"].min()  # sorted by text
+    coded = events.astype({"student_id": "category", "lecture_id": "category"})
+    in_order = coded.sort_values("occurred_at", kind="stable").reset_index(drop=True)  # as read: one sort
+    for frame in (events, coded, in_order):
+        pairs, pair = first_times(frame)
+        _, students, lectures = pair_codes(frame)
+        assert len(pairs) == len(expected)
+        got = list(zip(students[pairs.student], lectures[pairs.lecture], strict=True))
+        assert got == list(expected.index)
+        micros = expected.to_numpy(dtype="datetime64[us]").view(np.int64)
+        assert pairs.first_us.tolist() == micros.tolist()
+        assert (pairs.pair[np.searchsorted(pairs.pair, pair)] == pair).all()  # each event's pair listed
+
+
 def test_held_out_pairs_orders_each_student_newest_first_ties_by_later_lecture() -> None:
     """One rule for every per-student hold-out (leave_last_n, the validation carve): newest first,
     ties by lecture id descending; `held` says how many per student from their count; any order key."""
-    t = pd.Timestamp("2026-03-01", tz="UTC")
-    pairs = pd.DataFrame(
-        {"student": [0, 0, 0, 1, 1, 2], "lecture": [0, 1, 2, 0, 3, 1], "pair": [10, 11, 12, 20, 23, 31],
-         "first": [t, t + pd.Timedelta(hours=1), t + pd.Timedelta(hours=1), t, t - pd.Timedelta(hours=1), t]}
+    t, hour = 1_772_323_200_000_000, 3_600_000_000  # 2026-03-01 UTC, in microseconds
+    pairs = PairTimes(
+        student=np.array([0, 0, 0, 1, 1, 2]), lecture=np.array([0, 1, 2, 0, 3, 1]),
+        pair=np.array([10, 11, 12, 20, 23, 31]), first_us=np.array([t, t + hour, t + hour, t, t - hour, t]),
     )  # fmt: skip
     # student 0: lectures 1 and 2 started at the same instant, the later id counts as newer
     assert held_out_pairs(pairs, lambda c: np.where(c > 1, 1, 0)).tolist() == [12, 20]
