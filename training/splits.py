@@ -316,7 +316,7 @@ def first_times(events: pd.DataFrame) -> tuple[PairTimes, npt.NDArray[np.int64]]
     """Each (student, lecture) pair's first event time, on integer codes (`pair_codes`) and a numpy sort.
 
     Returns:
-        (the pairs, sorted by student then lecture id; the pair code per event).
+        (the pairs, sorted by student then lecture id; per event, its pair's position in them).
     """
     import pandas as pd
 
@@ -325,27 +325,31 @@ def first_times(events: pd.DataFrame) -> tuple[PairTimes, npt.NDArray[np.int64]]
     bits = max(pair.size - 1, 1).bit_length()  # a row number's bits
     in_time_order = bool((micros[1:] >= micros[:-1]).all())
     if in_time_order and pair.size and int(pair.max()) < 1 << (63 - bits):
-        # (dataset order) one sort of (pair, row) packed in an int64: a pair's first row is its first time
+        # (dataset order) one sort of (pair, row) packed in an int64 instead of an argsort
         packed = np.sort((pair << bits) | np.arange(pair.size, dtype=np.int64))
-        grouped = packed >> bits
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-        codes, first = grouped[starts], micros[packed[starts] & ((1 << bits) - 1)]
+        grouped, rows = packed >> bits, packed & ((1 << bits) - 1)
+        del packed
     else:
-        order = np.argsort(pair)  # the minimum below needs no stable order
-        grouped = pair[order]
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if grouped.size else grouped
-        codes = grouped[starts]
-        first = np.minimum.reduceat(micros[order], starts) if starts.size else micros[:0]
+        rows = np.argsort(pair)  # the minimum below needs no stable order
+        grouped = pair[rows]
+    del pair
+    new = np.r_[True, grouped[1:] != grouped[:-1]] if grouped.size else np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(new)
+    codes = grouped[starts]
+    del grouped
+    first = np.minimum.reduceat(micros[rows], starts) if starts.size else micros[:0]
+    position = np.empty(rows.size, dtype=np.int64)
+    position[rows] = np.cumsum(new) - 1  # each event's pair, back in the events' order
     width = max(lecture_ids.size, 1)
-    return PairTimes(codes // width, codes % width, codes, first), pair
+    return PairTimes(codes // width, codes % width, codes, first), position
 
 
 def held_out_pairs(
     pairs: PairTimes,
     held: Callable[[npt.NDArray[np.int64]], npt.NDArray[Any]],
     key: npt.NDArray[Any] | None = None,
-) -> npt.NDArray[np.int64]:
-    """The pair codes each student holds out: their first `held(count)` pairs in `key` order.
+) -> npt.NDArray[np.bool_]:
+    """Which pairs each student holds out: their first `held(count)` pairs in `key` order.
 
     Args:
         pairs: `first_times`'s pairs.
@@ -354,7 +358,8 @@ def held_out_pairs(
             descending, so the newest of lectures started at the same instant is the later id.
 
     Returns:
-        The held-out pair codes.
+        Per pair (aligned with `pairs`), whether it is held out; an event is held out when its pair is
+        (`held[position]`, the positions `first_times` gives).
     """
     student = pairs.student
     if key is None:
@@ -364,8 +369,9 @@ def held_out_pairs(
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
     counts = np.diff(np.r_[starts, grouped.size])
     rank = np.arange(grouped.size) - np.repeat(starts, counts)
-    codes: npt.NDArray[np.int64] = pairs.pair[order][rank < held(np.repeat(counts, counts))]
-    return codes
+    out = np.zeros(len(pairs), dtype=bool)
+    out[order] = rank < held(np.repeat(counts, counts))
+    return out
 
 
 def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
@@ -397,8 +403,8 @@ def leave_last_n(ds: Dataset, n: int = 1) -> Split:
     if n < 1:
         raise SplitError(f"leave_last_n split: n must be >= 1, got {n}")
     events = ds.events.reset_index(drop=True)
-    first, pair = first_times(events)
-    is_test = np.isin(pair, held_out_pairs(first, lambda count: np.where(count > n, n, 0)))
+    first, position = first_times(events)
+    is_test = held_out_pairs(first, lambda count: np.where(count > n, n, 0))[position]
     return _finish("leave_last_n", ds, ds.students, events[~is_test], events[is_test], {"n": n})
 
 
