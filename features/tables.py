@@ -15,7 +15,8 @@ dataset stays as it was until the new one is complete. Replacing takes two renam
 (never removed automatically: another writer may own them).
 
 Events are read and checked on Arrow (`features.stored_events`: every rule of `validate_events` over the
-Arrow columns, so no validated copy is made) and reach pandas once. In memory the events' `student_id`,
+Arrow columns, so no validated copy is made) and reach pandas once (`read_dataset`; the partitions of
+`read_partitioned`, which seeding reads, stay Arrow tables). In memory the events' `student_id`,
 `lecture_id` and `type` are dictionary-encoded and held as pandas categoricals (an integer code per
 event, each distinct value once, sorted, so ordering by the column orders by the text); `event_id` and
 `request_id` stay Arrow text (pandas `str`), checked and sorted with pyarrow compute, never a Python

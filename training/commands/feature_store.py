@@ -268,8 +268,9 @@ def seed_partitioned(
 
     The events are read with pyarrow and checked over the whole file before anything is written
     (`features.tables.read_partitioned`); then the profiles are stored and each partition of students is
-    converted to pandas, validated and seeded on its own, so memory is bounded by the partition size, not
-    by the dataset. The Redis state is the one `FeatureStore.seed_history` leaves with all events at once.
+    taken out as an Arrow table (validated) and seeded on its own, so memory is bounded by the partition
+    size, not by the dataset. The Redis state is the one `FeatureStore.seed_history` leaves with all
+    events at once.
 
     Args:
         dataset_dir: dataset directory.
