@@ -266,6 +266,7 @@ def _per_student_holdout(ds: Dataset, share: float, ordered: bool, seed: int) ->
         pairs, lambda count: np.minimum(np.maximum(1, np.round(share * count)), count - 1), key
     )
     is_test = held[position]
+    del pairs, position, held  # before the two sides are copied out
     return explicit(ds, ds.events[~is_test], ds.events[is_test])
 
 
