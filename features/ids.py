@@ -62,9 +62,14 @@ def _arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int
         return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
     indices = pa.chunked_array([c.indices for c in chunked.chunks])
     if indices.null_count:
-        indices = pc.fill_null(indices, -1)
+        indices = pc.fill_null(indices.cast(pa.int64()), -1)  # (unsigned indices cannot hold -1)
     codes = np.asarray(indices.to_numpy(), dtype=np.int32)
-    return codes, chunked.chunks[0].dictionary.to_numpy(zero_copy_only=False)
+    dictionary = chunked.chunks[0].dictionary
+    if dictionary.null_count:  # a null held in the dictionary is a null row
+        codes = np.where(
+            np.append(dictionary.is_null().to_numpy(zero_copy_only=False), False)[codes], -1, codes
+        )
+    return codes, dictionary.to_numpy(zero_copy_only=False)
 
 
 def positions(vocabulary: Iterable[str] | pd.Index | Mapping[str, int], values: Any) -> npt.NDArray[np.int64]:

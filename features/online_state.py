@@ -171,9 +171,7 @@ def aggregate_history(events: pd.DataFrame | pa.Table, recent_len: int = RECENT_
             "events", "type", rows, f"unknown event type '{shown}': expected one of {', '.join(EVENT_TYPES)}"
         )
     micros = _event_microseconds(events["occurred_at"])
-    progress = (
-        np.nan_to_num(_floats(events["progress"]), nan=0.0) if "progress" in names else np.zeros(len(events))
-    )
+    progress = _floats(events["progress"]) if "progress" in names else np.zeros(len(events))
     student, student_ids = text_codes(events["student_id"])
     lecture, lecture_ids = text_codes(events["lecture_id"])
     for name, codes in (("student_id", student), ("lecture_id", lecture)):
@@ -211,12 +209,14 @@ def _event_microseconds(column: pd.Series[Any] | pa.ChunkedArray) -> npt.NDArray
 
 
 def _floats(column: pd.Series[Any] | pa.ChunkedArray) -> npt.NDArray[np.float64]:
-    """A numeric column as float64, nulls as NaN."""
+    """A numeric column as float64, a null or NaN as 0 (pandas' `fillna(0.0)`)."""
     import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray | pa.Array):
-        return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-    return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+        values = np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    else:
+        values = np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    return np.where(np.isnan(values), 0.0, values)
 
 
 def _aggregate_codes(

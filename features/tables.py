@@ -208,10 +208,10 @@ def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     return events.reset_index(drop=True) if order is None else events.take(order).reset_index(drop=True)
 
 
-def sort_event_table(events: pa.Table) -> pa.Table:
-    """`sort_events` for events held by Arrow (the schema's columns, without nulls in the two keys)."""
-    order = _dataset_order(epoch_microseconds(events.column("occurred_at")), events.column("event_id"))
-    return events if order is None else events.take(order)
+def event_table_order(events: pa.Table) -> npt.NDArray[np.int64] | None:
+    """`sort_events`' order for events held by Arrow (the schema's columns, without nulls in the two keys):
+    the row order, or None when the rows are in it."""
+    return _dataset_order(epoch_microseconds(events.column("occurred_at")), events.column("event_id"))
 
 
 def append_events(events: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
@@ -488,8 +488,8 @@ class PartitionedDataset:
             SchemaError: a partition breaks the events' schema (rows are the file's row numbers).
         """
         for k in range(self.n_partitions):
-            picked = self._order[self._bounds[k] : self._bounds[k + 1]]
-            yield EventPartition(k + 1, self.n_partitions, self._events(picked), picked + 1)
+            events, picked = self._events(self._order[self._bounds[k] : self._bounds[k + 1]])
+            yield EventPartition(k + 1, self.n_partitions, events, picked + 1)
 
     def _take(self, picked: npt.NDArray[np.int64]) -> pa.Table:
         """Rows `picked` (ascending) of the events, taken batch by batch (a take over the whole chunked
@@ -508,7 +508,9 @@ class PartitionedDataset:
             return self._table.slice(0, 0)
         return pa.Table.from_batches(pieces, schema=self._table.schema)
 
-    def _events(self, picked: npt.NDArray[np.int64]) -> pa.Table:
+    def _events(self, picked: npt.NDArray[np.int64]) -> tuple[pa.Table, npt.NDArray[np.int64]]:
+        """The events of the file's rows `picked` (0-based), validated and in dataset order; `picked` in
+        that order."""
         part = self._take(picked).combine_chunks()  # one chunk per column: one dictionary each
         columns = {}
         for name in part.column_names:
@@ -517,7 +519,7 @@ class PartitionedDataset:
                 column = column.cast(column.type.value_type).dictionary_encode()
             columns[name] = column
         if self._checked:  # the whole file was checked on Arrow when it was read
-            return sort_event_table(pa.table(columns))
+            return _in_dataset_order(pa.table(columns), picked)
         frame = pa.table(columns).to_pandas()
         try:
             events = validate_events(frame, self.events_file)
@@ -529,7 +531,15 @@ class PartitionedDataset:
                 events["student_id"], events["lecture_id"], events["type"], events["occurred_at"],
                 events["progress"], row_numbers=picked + 1,
             )  # fmt: skip
-        return sort_event_table(_to_arrow(events, EVENTS, "events"))
+        return _in_dataset_order(_to_arrow(events, EVENTS, "events"), picked)
+
+
+def _in_dataset_order(
+    events: pa.Table, rows: npt.NDArray[np.int64]
+) -> tuple[pa.Table, npt.NDArray[np.int64]]:
+    """The events sorted into dataset order, and their `rows` (aligned with them) in that order too."""
+    order = event_table_order(events)
+    return (events, rows) if order is None else (events.take(order), rows[order])
 
 
 def read_partitioned(

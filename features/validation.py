@@ -318,6 +318,8 @@ def epoch_microseconds(timestamps: pd.Series[Any] | pa.ChunkedArray | pa.Array) 
         int64 microseconds.
     """
     if isinstance(timestamps, pa.ChunkedArray | pa.Array):
+        if timestamps.type.unit == "ns":  # rounded down, as pandas does (a cast rounds toward zero)
+            timestamps = pc.floor_temporal(timestamps, unit="microsecond")
         micros = timestamps.cast(pa.timestamp("us", tz=timestamps.type.tz), safe=False).cast(pa.int64())
         return np.asarray(micros.to_numpy(), dtype=np.int64)
     naive_utc = timestamps.astype(_TS_DTYPE).dt.tz_localize(None)

@@ -232,7 +232,8 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
     student = positions(students, train["student_id"])
     known = np.flatnonzero(student >= 0)  # the test students' training rows
     lecture, lectures = text_codes(train["lecture_id"].take(known))
-    pairs = np.unique(student[known] * max(lectures.size, 1) + lecture)
+    with_lecture = lecture >= 0  # (a null lecture id counts for no pair)
+    pairs = np.unique(student[known[with_lecture]] * max(lectures.size, 1) + lecture[with_lecture])
     n_train = np.bincount(pairs // max(lectures.size, 1), minlength=len(students))
     relevant = positions(students, split.relevant["student_id"])
     n_test = np.bincount(relevant[relevant >= 0], minlength=len(students))

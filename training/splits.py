@@ -22,7 +22,6 @@ import numpy as np
 import numpy.typing as npt
 
 from features.ids import distinct_text, is_in, positions, text_codes, used_text
-from features.validation import epoch_microseconds
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -173,10 +172,20 @@ def _utc(value: datetime | str) -> pd.Timestamp:
     return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
 
 
-def _micros(moment: pd.Timestamp) -> int:
-    """A UTC instant in microseconds since the epoch, rounded down (stored times are whole microseconds:
-    a time is at or before `moment` exactly when its microseconds are at or before these)."""
-    return int(moment.as_unit("ns").value) // 1_000
+def event_ticks(events: pd.DataFrame) -> tuple[npt.NDArray[np.int64], str]:
+    """The events' times as integer counts since the epoch (UTC) in the column's own unit, and the unit:
+    compared as integers, nothing is rounded (a validated column is in microseconds)."""
+    import pandas as pd
+
+    times = pd.to_datetime(events["occurred_at"], utc=True)
+    ticks: npt.NDArray[np.int64] = times.dt.tz_convert(None).to_numpy().view(np.int64)
+    return ticks, str(times.dt.unit)
+
+
+def _ticks(moment: pd.Timestamp, unit: str) -> int:
+    """A UTC instant as a count of `unit` since the epoch, rounded down: a time held in `unit` is at or
+    before `moment` exactly when its count is at or before this one (any date pandas can hold)."""
+    return int(np.datetime64(moment.tz_convert(None).asm8).astype(f"datetime64[{unit}]").view(np.int64))
 
 
 def _horizon(value: float | None) -> float | None:
@@ -230,11 +239,13 @@ def temporal(
     events = ds.events
     if len(events) == 0:
         raise SplitError("temporal split: the dataset has no events")
-    micros = epoch_microseconds(pd.to_datetime(events["occurred_at"], utc=True))
+    ticks, unit = event_ticks(events)
     if cutoff is None:
         # the 'lower' quantile is an actual event time: no float interpolation between instants
-        k = int(np.floor(quantile * (micros.size - 1)))
-        cut = pd.Timestamp(int(np.partition(micros, k)[k]), unit="us", tz=UTC)
+        k = int(np.floor(quantile * (ticks.size - 1)))
+        cut = pd.Timestamp(np.array([np.partition(ticks, k)[k]]).view(f"datetime64[{unit}]")[0]).tz_localize(
+            UTC
+        )
         params: dict[str, Any] = {"quantile": quantile}
     else:
         cut = _utc(cutoff)
@@ -242,11 +253,11 @@ def temporal(
     params["cutoff"] = cut.isoformat()
     # whole days log as integers (14, not 14.0); None = unbounded
     params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
-    before = micros <= _micros(cut)
+    before = ticks <= _ticks(cut, unit)
     train_events = _rows_where(events, before)
     later = ~before
     if horizon is not None:
-        later &= micros <= _micros(cut + pd.Timedelta(days=horizon))
+        later &= ticks <= _ticks(cut + pd.Timedelta(days=horizon), unit)
     # the test side: later events of students seen before the cut, taken in one pass
     test_events = events[later & is_in(events["student_id"], used_text(train_events["student_id"]))]
     return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
@@ -300,13 +311,14 @@ class PairTimes:
         student: the pair's student code (in student-id order).
         lecture: the pair's lecture code (in lecture-id order).
         pair: the pair code.
-        first_us: the pair's first event time, microseconds since the epoch (UTC).
+        first: the pair's first event time, a count since the epoch (UTC) in the events' time unit
+            (`event_ticks`).
     """
 
     student: npt.NDArray[np.int64]
     lecture: npt.NDArray[np.int64]
     pair: npt.NDArray[np.int64]
-    first_us: npt.NDArray[np.int64]
+    first: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return int(self.pair.size)
@@ -318,12 +330,10 @@ def first_times(events: pd.DataFrame) -> tuple[PairTimes, npt.NDArray[np.int64]]
     Returns:
         (the pairs, sorted by student then lecture id; per event, its pair's position in them).
     """
-    import pandas as pd
-
     pair, _, lecture_ids = pair_codes(events)
-    micros = epoch_microseconds(pd.to_datetime(events["occurred_at"], utc=True))
+    ticks, _ = event_ticks(events)
     bits = max(pair.size - 1, 1).bit_length()  # a row number's bits
-    in_time_order = bool((micros[1:] >= micros[:-1]).all())
+    in_time_order = bool((ticks[1:] >= ticks[:-1]).all())
     if in_time_order and pair.size and int(pair.max()) < 1 << (63 - bits):
         # (dataset order) one sort of (pair, row) packed in an int64 instead of an argsort
         packed = np.sort((pair << bits) | np.arange(pair.size, dtype=np.int64))
@@ -337,7 +347,7 @@ def first_times(events: pd.DataFrame) -> tuple[PairTimes, npt.NDArray[np.int64]]
     starts = np.flatnonzero(new)
     codes = grouped[starts]
     del grouped
-    first = np.minimum.reduceat(micros[rows], starts) if starts.size else micros[:0]
+    first = np.minimum.reduceat(ticks[rows], starts) if starts.size else ticks[:0]
     position = np.empty(rows.size, dtype=np.int64)
     position[rows] = np.cumsum(new) - 1  # each event's pair, back in the events' order
     width = max(lecture_ids.size, 1)
@@ -363,7 +373,7 @@ def held_out_pairs(
     """
     student = pairs.student
     if key is None:
-        key = -pairs.first_us
+        key = -pairs.first
     order = np.lexsort((-pairs.lecture, key, student))
     grouped = student[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])

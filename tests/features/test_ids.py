@@ -102,3 +102,12 @@ def test_a_few_rows_of_a_column_coded_over_many_values_turn_only_their_values_in
     assert sorted(text.tolist()) == ["s5", "s7"]
     assert [text[c] for c in codes] == ["s5", "s7", "s5"]
     assert positions({"s7": 0, "s5": 1}, batch).tolist() == [1, 0, 1]
+
+
+def test_arrow_nulls_in_unsigned_indices_and_in_the_dictionary() -> None:
+    unsigned = pa.DictionaryArray.from_arrays(pa.array([0, None, 1], pa.uint8()), pa.array(["a", "b"]))
+    assert positions(["b", "a"], unsigned).tolist() == [1, -1, 0]
+    held = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), pa.array(["a", None, "c"]))
+    codes, text = text_codes(held)
+    assert [None if c < 0 else text[c] for c in codes.tolist()] == ["a", None, "c"]
+    assert is_in(held, {"a", "None", "nan"}).tolist() == [True, False, False]

@@ -160,6 +160,12 @@ def test_a_hand_written_file_without_ids_in_any_order_seeds_the_same(tmp_path: P
     ]
     whole = read_dataset(directory).events
     assert sorted(ids) == sorted(whole["event_id"])
+    # each partition's rows name the file's rows its events came from, in the partition's (sorted) order
+    raw = pq.read_table(directory / "events.parquet")
+    for part in read_partitioned(directory, partitions=3).partitions():
+        source = raw.take(part.rows - 1)
+        for column in ("student_id", "lecture_id", "occurred_at"):
+            assert source[column].to_pylist() == part.events[column].to_pylist(), column
 
 
 def _bad(tmp_path: Path, change: dict[str, tuple[int, object]]) -> Path:

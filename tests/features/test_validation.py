@@ -423,3 +423,14 @@ def test_duplicate_column_names_rejected() -> None:
     ev.columns = ["event_id", "student_id", "lecture_id", "type", "progress", "occurred_at", "type"]
     err = _error(lambda: validate_events(ev, "events.csv"))
     _assert_names(err, "events.csv", None, "type", "more than once")
+
+
+def test_epoch_microseconds_round_down_on_pandas_and_arrow() -> None:
+    """Nanoseconds are dropped toward the past on both sides, before 1970 too."""
+    from features.validation import epoch_microseconds
+
+    times = pd.Series(
+        pd.to_datetime(["1969-12-31T23:59:59.9999985Z", "1970-01-01T00:00:00.0000015Z"], format="ISO8601")
+    )
+    arrow = pa.array(times.dt.tz_convert(None).to_numpy(), pa.timestamp("ns")).cast(pa.timestamp("ns", "UTC"))
+    assert epoch_microseconds(times).tolist() == epoch_microseconds(arrow).tolist() == [-2, 1]

@@ -349,3 +349,14 @@ def test_explicit_shape_is_its_definition(ds: Dataset, kind: str):
     )
     for one in (split, coded):
         assert explicit_shape(one) == _shape_by_pandas(one), kind
+
+
+def test_explicit_shape_counts_no_pair_for_a_missing_lecture(ds: Dataset):
+    """A training row without a lecture id (a frame handed in unvalidated) counts for no pair, and does
+    not shift another student's count."""
+    split = splits.leave_last_n(ds, 1)
+    train = split.train.events.astype({"lecture_id": object})
+    first = train.index[train["student_id"].astype(str) == split.test_students[0]][0]
+    train.loc[first, "lecture_id"] = None
+    broken = splits.explicit(ds, train, split.test)
+    assert explicit_shape(broken) == _shape_by_pandas(broken)

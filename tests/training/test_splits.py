@@ -188,7 +188,7 @@ def test_first_times_are_each_pairs_earliest_event_in_any_row_order() -> None:
         got = list(zip(students[pairs.student], lectures[pairs.lecture], strict=True))
         assert got == list(expected.index)
         micros = expected.to_numpy(dtype="datetime64[us]").view(np.int64)
-        assert pairs.first_us.tolist() == micros.tolist()
+        assert pairs.first.tolist() == micros.tolist()
         assert (pairs.pair[position] == pair).all()  # each event's position names its pair
 
 
@@ -198,7 +198,7 @@ def test_held_out_pairs_orders_each_student_newest_first_ties_by_later_lecture()
     t, hour = 1_772_323_200_000_000, 3_600_000_000  # 2026-03-01 UTC, in microseconds
     pairs = PairTimes(
         student=np.array([0, 0, 0, 1, 1, 2]), lecture=np.array([0, 1, 2, 0, 3, 1]),
-        pair=np.array([10, 11, 12, 20, 23, 31]), first_us=np.array([t, t + hour, t + hour, t, t - hour, t]),
+        pair=np.array([10, 11, 12, 20, 23, 31]), first=np.array([t, t + hour, t + hour, t, t - hour, t]),
     )  # fmt: skip
     # student 0: lectures 1 and 2 started at the same instant, the later id counts as newer
 
@@ -321,3 +321,26 @@ def test_make_split_dispatch_and_unknown_params(ds: Dataset) -> None:
         make_split("temporal", ds, fraction=0.2)
     with pytest.raises(SplitError, match="unknown split 'random'"):
         make_split("random", ds)
+
+
+def test_temporal_compares_times_in_their_own_unit(ds: Dataset) -> None:
+    """Times are compared as integers of the column's unit: nanoseconds of an in-memory frame are kept
+    (an event 300 ns after the cut is a test event), and dates far from 1970 (a year-1600 log, a horizon of
+    100,000 days) split as the pandas comparison did, with no overflow."""
+    events = ds.events.copy()
+    ns = events["occurred_at"].astype("datetime64[ns, UTC]")
+    cut = ns.iloc[len(ns) // 2]
+    events["occurred_at"] = ns.where(ns != cut, cut + pd.Timedelta(nanoseconds=300))
+    split = temporal(dataclasses.replace(ds, events=events), cutoff=cut, horizon_days=None)
+    moved = events["occurred_at"] == cut + pd.Timedelta(nanoseconds=300)
+    assert moved.any() and not set(events.loc[moved, "event_id"]) & set(split.train.events["event_id"])
+    assert (split.train.events["occurred_at"] <= cut).all()
+
+    shift = pd.Timestamp("1600-01-01", tz="UTC").as_unit("us") - pd.Timestamp("2025-01-01", tz="UTC")
+    old = events.assign(occurred_at=ds.events["occurred_at"] + shift)
+    early = temporal(dataclasses.replace(ds, events=old))
+    assert early.as_of is not None and early.as_of.year < 1700
+    expected = (old["occurred_at"] <= pd.Timestamp(early.as_of)).sum()
+    assert len(early.train.events) == expected
+    far = temporal(ds, horizon_days=100_000)  # the test window ends past 2262 (beyond nanoseconds)
+    assert len(far.test) == len(temporal(ds, horizon_days=None).test)
