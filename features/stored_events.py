@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.errors import SchemaError
+from features.fingerprint import text_hashes
 from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED
 from features.validation import _rows, _show, all_distinct, duplicate_ids, sorted_categories
 
@@ -239,13 +240,7 @@ def _check_unique_ids(file: str, column: pa.ChunkedArray) -> None:
     if not _is_text(column.type) or all_distinct(column):
         return
     # a repeat: find its rows by hash (8 bytes per event), then compare the ids themselves
-    hashes = np.empty(len(column), dtype=np.uint64)
-    start = 0
-    for chunk in column.chunks:
-        hashes[start : start + len(chunk)] = pd.util.hash_array(
-            chunk.to_numpy(zero_copy_only=False), categorize=False
-        )
-        start += len(chunk)
+    hashes = text_hashes(column)
     ordered = np.sort(hashes)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     del ordered

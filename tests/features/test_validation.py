@@ -434,3 +434,27 @@ def test_epoch_microseconds_round_down_on_pandas_and_arrow() -> None:
     )
     arrow = pa.array(times.dt.tz_convert(None).to_numpy(), pa.timestamp("ns")).cast(pa.timestamp("ns", "UTC"))
     assert epoch_microseconds(times).tolist() == epoch_microseconds(arrow).tolist() == [-2, 1]
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_distinct_text_is_found_by_hash_and_confirmed_exactly(monkeypatch: pytest.MonkeyPatch, collide: bool):
+    """Arrow text is checked by sorting 64-bit hashes; equal hashes (forced here: every value one hash)
+    are only a suspicion, settled by comparing the values, so distinct ids are never called repeats and
+    a real repeat is always found, its rows named."""
+    import features.fingerprint
+    import features.stored_events as stored
+    from features.validation import all_distinct
+
+    if collide:
+        monkeypatch.setattr(
+            features.fingerprint, "text_hashes", lambda values: np.zeros(len(values), dtype=np.uint64)
+        )
+        monkeypatch.setattr(stored, "text_hashes", lambda values: np.zeros(len(values), dtype=np.uint64))
+    ids = pa.chunked_array([pa.array(["e1", "학생-2", None]), pa.array(["e3", "e4"])])
+    assert all_distinct(ids)
+    assert all_distinct(pd.Series(["e1", "e2", None], dtype="str"))
+    stored._check_unique_ids("events.parquet", pa.chunked_array([pa.array(["e1", "e2"]), pa.array(["e3"])]))
+    repeated = pa.chunked_array([pa.array(["e1", "e2"]), pa.array(["e3", "e2"])])
+    assert not all_distinct(repeated)
+    with pytest.raises(SchemaError, match=r"rows? .*4.*duplicate event_id 'e2'"):
+        stored._check_unique_ids("events.parquet", repeated)
