@@ -35,7 +35,7 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
     codes: npt.NDArray[np.integer[Any]]
     uniques: Any
     if isinstance(values, pa.Array | pa.ChunkedArray):
-        codes, uniques = _arrow_codes(values)
+        codes, uniques = arrow_codes(values)
     elif (
         isinstance(values, pd.Series)
         and isinstance(values.dtype, pd.CategoricalDtype)
@@ -51,13 +51,17 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
     return codes, text
 
 
-def _arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
-    """(dictionary index per row, -1 for a null; the dictionary's values) of an Arrow column."""
+def arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
+    """(dictionary index per row, -1 for a null; the dictionary's values) of an Arrow column: a
+    dictionary-encoded column's own indices (its chunks' dictionaries unified when they differ), any other
+    column dictionary-encoded by Arrow."""
     chunked = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
     if not pa.types.is_dictionary(chunked.type):
         chunked = chunked.dictionary_encode()  # one dictionary over every chunk
     elif chunked.num_chunks > 1:
-        chunked = chunked.unify_dictionaries()
+        first = chunked.chunks[0].dictionary
+        if not all(c.dictionary.equals(first) for c in chunked.chunks[1:]):  # (as read: one already)
+            chunked = chunked.unify_dictionaries()
     if chunked.num_chunks == 0:
         return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
     indices = pa.chunked_array([c.indices for c in chunked.chunks])

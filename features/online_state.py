@@ -152,19 +152,16 @@ def aggregate_history(events: pd.DataFrame | pa.Table, recent_len: int = RECENT_
     """
     import pyarrow as pa
 
-    from features.ids import text_codes
+    from features.ids import positions, text_codes
 
     names = events.column_names if isinstance(events, pa.Table) else list(events.columns)
     for col in ("student_id", "lecture_id", "type", "occurred_at"):
         if col not in names:
             raise SchemaError("events", col, [], f"column '{col}' is missing")
-    type_codes, type_text = text_codes(events["type"])
-    known = np.array(
-        [EVENT_TYPES.index(t) if t in EVENT_TYPES else -1 for t in type_text.tolist()], dtype=np.int64
-    )
-    kind = np.append(known, -1)[type_codes]  # a null's code -1 takes the appended -1
+    kind = positions(EVENT_TYPES, events["type"])  # -1: unknown or null
     if (kind < 0).any():
         rows = (np.flatnonzero(kind < 0) + 1).tolist()
+        type_codes, type_text = text_codes(events["type"])  # (the value shown in the error)
         code = int(type_codes[rows[0] - 1])
         shown = type_text[code] if code >= 0 else None
         raise SchemaError(

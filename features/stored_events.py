@@ -31,9 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.errors import SchemaError
-from features.fingerprint import text_hashes
+from features.ids import arrow_codes
 from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED
-from features.validation import _rows, _show, all_distinct, duplicate_ids, sorted_categories
+from features.validation import _rows, _show, duplicate_ids, hash_repeats, sorted_categories
 
 #: Columns read dictionary-encoded (few distinct values, many rows).
 DICTIONARY_COLUMNS = ("student_id", "lecture_id", "type")
@@ -77,18 +77,6 @@ def is_coded(table: pa.Table) -> bool:
     return all(pa.types.is_dictionary(table.schema.field(c).type) for c in DICTIONARY_COLUMNS)
 
 
-def dictionary_codes(table: pa.Table, name: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
-    """Per row the code of a (unified) dictionary column (-1 = null) and the dictionary's values."""
-    column = table.column(name)
-    if column.num_chunks == 0:
-        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
-    codes = np.concatenate(
-        [pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False) for chunk in column.chunks]
-    ).astype(np.int32, copy=False)
-    values = column.chunks[0].dictionary.to_numpy(zero_copy_only=False)
-    return codes, values
-
-
 def check_whole_file(file: str, table: pa.Table, student_ids: pd.Index, lecture_ids: pd.Index) -> None:
     """The rules that need every row at once: ids and types present, known and not blank; event ids unique.
 
@@ -108,7 +96,7 @@ def check_whole_file(file: str, table: pa.Table, student_ids: pd.Index, lecture_
         ("lecture_id", lecture_ids, "not in the lectures table"),
         ("type", pd.Index(EVENT_TYPES), f"expected one of {', '.join(EVENT_TYPES)}"),
     ):
-        codes, values = dictionary_codes(table, name)
+        codes, values = arrow_codes(table.column(name))
         _check_dictionary_column(file, name, codes, values)
         _check_unknown(file, name, codes, values, known, problem)
         del codes, values
@@ -237,17 +225,12 @@ def _check_present_text(file: str, column: pa.ChunkedArray, name: str) -> None:
 
 def _check_unique_ids(file: str, column: pa.ChunkedArray) -> None:
     """No event id twice over the whole file (8 bytes per event held while a repeat is looked for)."""
-    if not _is_text(column.type) or all_distinct(column):
+    if not _is_text(column.type):
         return
-    # a repeat: find its rows by hash (8 bytes per event), then compare the ids themselves
-    hashes = text_hashes(column)
-    ordered = np.sort(hashes)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    del ordered
-    if repeated.size == 0:
+    candidates = hash_repeats(column)
+    if candidates.size == 0:
         return
     # equal hashes: compare the ids themselves (a 64-bit collision is not a duplicate)
-    candidates = np.flatnonzero(np.isin(hashes, repeated))
     ids = pd.Series(column.take(pa.array(candidates)).to_numpy(zero_copy_only=False), index=candidates)
     error = duplicate_ids(file, "event_id", ids, len(column))
     if error is not None:

@@ -54,10 +54,10 @@ import pyarrow.parquet as pq
 from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
 from features.fingerprint import FINGERPRINT_VERSION, table_digest
+from features.ids import arrow_codes
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.stored_events import (
     check_whole_file,
-    dictionary_codes,
     events_frame,
     is_coded,
     read_events_table,
@@ -594,7 +594,7 @@ def read_partitioned(
     typed = typed_events(file, table)
     if typed is not None:  # every rule checked: partitions are only converted
         table = typed
-    student_codes, _ = dictionary_codes(table, "student_id")
+    student_codes, _ = arrow_codes(table.column("student_id"))
     count = max(1, partitions if partitions is not None else -(-n // max(1, partition_events)))
     part = (student_codes % count).astype(np.int32) if count > 1 else np.zeros(n, dtype=np.int32)
     del student_codes

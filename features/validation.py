@@ -303,16 +303,27 @@ def all_distinct(values: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> bool:
         if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
             return not bool(values.dropna().duplicated().any())
         values = arrow_text(values)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        from features.fingerprint import text_hashes  # (the fingerprint reads this module)
-
-        hashes = np.sort(text_hashes(pc.drop_null(values) if values.null_count else values))
-        if not bool((hashes[1:] == hashes[:-1]).any()):
-            return True  # distinct hashes, distinct values; an equal pair is counted exactly below
-        del hashes
+    text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    if text and hash_repeats(pc.drop_null(values) if values.null_count else values).size == 0:
+        return True  # distinct hashes, distinct values; an equal pair is counted exactly below
     valid = int(len(values) - values.null_count)
     distinct = int(pc.count_distinct(values, mode="only_valid").as_py())
     return distinct == valid
+
+
+def hash_repeats(values: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:
+    """The rows of Arrow text whose 64-bit hash (`features.fingerprint.text_hashes`, read from Arrow's
+    buffers, 8 bytes per value) another row shares: every row of a repeated value, and (one chance in 2^64
+    per pair) rows of distinct values sharing a hash. Empty when every value is distinct."""
+    from features.fingerprint import text_hashes  # (the fingerprint reads this module)
+
+    hashes = text_hashes(values)
+    ordered = np.sort(hashes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    if repeated.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.isin(hashes, repeated))
 
 
 def epoch_microseconds(timestamps: pd.Series[Any] | pa.ChunkedArray | pa.Array) -> npt.NDArray[np.int64]:

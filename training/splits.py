@@ -182,6 +182,13 @@ def event_ticks(events: pd.DataFrame) -> tuple[npt.NDArray[np.int64], str]:
     return ticks, str(times.dt.unit)
 
 
+def _instant(tick: int, unit: str) -> pd.Timestamp:
+    """The UTC instant `tick` counts of `unit` after the epoch (the inverse of `_ticks`), in that unit."""
+    import pandas as pd
+
+    return pd.Timestamp(np.array([tick], dtype=np.int64).view(f"datetime64[{unit}]")[0]).tz_localize(UTC)
+
+
 def _ticks(moment: pd.Timestamp, unit: str) -> int:
     """A UTC instant as a count of `unit` since the epoch, rounded down: a time held in `unit` is at or
     before `moment` exactly when its count is at or before this one (any date pandas can hold)."""
@@ -243,9 +250,7 @@ def temporal(
     if cutoff is None:
         # the 'lower' quantile is an actual event time: no float interpolation between instants
         k = int(np.floor(quantile * (ticks.size - 1)))
-        cut = pd.Timestamp(np.array([np.partition(ticks, k)[k]]).view(f"datetime64[{unit}]")[0]).tz_localize(
-            UTC
-        )
+        cut = _instant(int(np.partition(ticks, k)[k]), unit)
         params: dict[str, Any] = {"quantile": quantile}
     else:
         cut = _utc(cutoff)

@@ -449,7 +449,6 @@ def test_distinct_text_is_found_by_hash_and_confirmed_exactly(monkeypatch: pytes
         monkeypatch.setattr(
             features.fingerprint, "text_hashes", lambda values: np.zeros(len(values), dtype=np.uint64)
         )
-        monkeypatch.setattr(stored, "text_hashes", lambda values: np.zeros(len(values), dtype=np.uint64))
     ids = pa.chunked_array([pa.array(["e1", "학생-2", None]), pa.array(["e3", "e4"])])
     assert all_distinct(ids)
     assert all_distinct(pd.Series(["e1", "e2", None], dtype="str"))
