@@ -82,21 +82,34 @@ def text_hashes(values: pa.Array | pa.ChunkedArray) -> U64:
     return out
 
 
-def _number_hashes(values: pd.Series[Any], kind: pa.DataType) -> U64:
-    nulls = values.isna().to_numpy()
-    if pa.types.is_timestamp(kind):
-        bits = epoch_microseconds(pd.to_datetime(values, utc=True)).view(np.uint64)
+def _value_bits(typed: npt.NDArray[Any]) -> U64:
+    """Numbers held in the schema's type as 64 bits: floats widened (one zero, one NaN), integers as int64."""
+    if np.issubdtype(typed.dtype, np.floating):
+        wide = typed.astype(np.float64) + 0.0  # -0.0 + 0.0 is 0.0
+        wide[np.isnan(wide)] = np.nan  # one NaN
+        return wide.view(np.uint64)
+    return typed.astype(np.int64).view(np.uint64)
+
+
+def _number_hashes(values: pd.Series[Any] | pa.ChunkedArray, kind: pa.DataType) -> U64:
+    """Each number's or timestamp's hash (pandas or Arrow alike: the value counts, not how it is held)."""
+    if isinstance(values, pa.ChunkedArray):
+        nulls = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else np.zeros(0, bool)
+        filled = pc.fill_null(values, pa.scalar(0, type=values.type)) if values.null_count else values
+        if pa.types.is_timestamp(kind):
+            bits = epoch_microseconds(filled).view(np.uint64)
+        else:  # the schema's type first
+            bits = _value_bits(np.asarray(filled.to_numpy()).astype(kind.to_pandas_dtype(), copy=False))
     else:
-        filled = values.where(~nulls, 0) if nulls.any() else values
-        typed = np.asarray(filled.to_numpy(dtype=kind.to_pandas_dtype()))  # the schema's type first
-        if np.issubdtype(typed.dtype, np.floating):
-            wide = typed.astype(np.float64) + 0.0  # -0.0 + 0.0 is 0.0
-            wide[np.isnan(wide)] = np.nan  # one NaN
-            bits = wide.view(np.uint64)
+        nulls = values.isna().to_numpy()
+        if pa.types.is_timestamp(kind):
+            bits = epoch_microseconds(pd.to_datetime(values, utc=True)).view(np.uint64)
         else:
-            bits = typed.astype(np.int64).view(np.uint64)
+            filled = values.where(~nulls, 0) if nulls.any() else values
+            bits = _value_bits(np.asarray(filled.to_numpy(dtype=kind.to_pandas_dtype())))
     out = mix(bits)
-    out[nulls] = _NULL
+    if nulls.size:
+        out[nulls] = _NULL
     return out
 
 
@@ -107,8 +120,39 @@ def _list_text(values: pd.Series[Any]) -> pa.Array:
     return pc.binary_join(pa.array(cells, type=pa.list_(pa.string())), LIST_SEPARATOR)
 
 
-def _column_blocks(values: pd.Series[Any], kind: pa.DataType, block: int) -> Any:
+def _arrow_blocks(values: pa.ChunkedArray, kind: pa.DataType, block: int) -> Any:
+    """`_column_blocks` of an Arrow column (the events held by `features.event_table`)."""
+    n = len(values)
+    if pa.types.is_string(kind) and pa.types.is_dictionary(values.type):
+        codes, text = text_codes(values)  # the distinct values once, then by code
+        distinct = np.append(text_hashes(pa.array(text, type=pa.large_string())), _NULL)
+        for start in range(0, n, block):
+            yield distinct[codes[start : start + block]]
+        return
+    held = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
+    plain = (
+        (pa.types.is_string(kind) and (pa.types.is_string(held) or pa.types.is_large_string(held)))
+        or (
+            (pa.types.is_floating(kind) or pa.types.is_integer(kind))
+            and (pa.types.is_floating(held) or pa.types.is_integer(held))
+        )
+        or (pa.types.is_timestamp(kind) and pa.types.is_timestamp(held))
+    )
+    for start in range(0, n, block):
+        part = values.slice(start, block)
+        if not plain:  # (an unvalidated table's other types: converted as pandas converts them)
+            yield from _column_blocks(part.to_pandas(), kind, block)
+        elif pa.types.is_string(kind):
+            yield text_hashes(part.cast(held))
+        else:
+            yield _number_hashes(part.cast(held), kind)
+
+
+def _column_blocks(values: pd.Series[Any] | pa.ChunkedArray, kind: pa.DataType, block: int) -> Any:
     """The column's cell hashes, `block` rows at a time."""
+    if isinstance(values, pa.ChunkedArray):
+        yield from _arrow_blocks(values, kind, block)
+        return
     n = len(values)
     if pa.types.is_string(kind) and isinstance(values.dtype, pd.CategoricalDtype):
         # the distinct values once, then by code (a null's code -1 takes the appended null hash)
@@ -131,12 +175,14 @@ def _column_blocks(values: pd.Series[Any], kind: pa.DataType, block: int) -> Any
                 yield _number_hashes(part, kind)
 
 
-def table_digest(name: str, frame: pd.DataFrame, schema: pa.Schema, block: int = BLOCK_ROWS) -> bytes:
+def table_digest(
+    name: str, frame: pd.DataFrame | pa.Table, schema: pa.Schema, block: int = BLOCK_ROWS
+) -> bytes:
     """sha256 of one table: its name, row count and schema, then its sorted row hashes.
 
     Args:
         name: the table's name.
-        frame: the table, with every column of `schema`.
+        frame: the table (pandas, or Arrow as the events are held), with every column of `schema`.
         schema: its schema (column order and types).
         block: rows hashed at a time.
 

@@ -64,10 +64,13 @@ def arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int3
             chunked = chunked.unify_dictionaries()
     if chunked.num_chunks == 0:
         return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
-    indices = pa.chunked_array([c.indices for c in chunked.chunks])
-    if indices.null_count:
-        indices = pc.fill_null(indices.cast(pa.int64()), -1)  # (unsigned indices cannot hold -1)
-    codes = np.asarray(indices.to_numpy(), dtype=np.int32)
+    parts = []  # each chunk's indices as a view, copied once by numpy (not into Arrow's pool)
+    for chunk in chunked.chunks:
+        indices = chunk.indices
+        if indices.null_count:
+            indices = pc.fill_null(indices.cast(pa.int64()), -1)  # (unsigned indices cannot hold -1)
+        parts.append(indices.to_numpy(zero_copy_only=False))
+    codes = np.concatenate(parts).astype(np.int32, copy=False)
     dictionary = chunked.chunks[0].dictionary
     if dictionary.null_count:  # a null held in the dictionary is a null row
         codes = np.where(

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import scipy.sparse as sp
 
 from features.errors import SchemaError
+from features.event_table import as_event_table, event_ticks
 from features.ids import positions, used_text
 from features.profile import FEATURE_ATTRIBUTES
 from features.schemas import ALL_REGIONS, EVENT_TYPES, GRADES
@@ -49,6 +51,8 @@ LECTURE_FEATURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("series", "series_id"),
 )
 _SECONDS_PER_DAY = 86_400.0
+#: `event_ticks`' units in a second.
+_TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -104,22 +108,21 @@ def _multi_hot(
     return m
 
 
-def _utc_seconds(column: pd.Series[Any], file: str) -> npt.NDArray[np.int64]:
-    """Event times as int64 seconds since the epoch (UTC); naive times are taken as UTC."""
-    import pandas as pd
-
+def _utc_seconds(events: pa.Table, file: str) -> npt.NDArray[np.int64]:
+    """Event times as int64 seconds since the epoch (UTC), rounded down; naive times are taken as UTC."""
     try:
-        ts = pd.to_datetime(column, utc=True)
-    except (ValueError, TypeError) as exc:
+        ticks, unit = event_ticks(events)
+    except (ValueError, TypeError, pa.ArrowInvalid) as exc:
         raise SchemaError(file, "occurred_at", [], f"cannot read as timestamps: {exc}") from exc
-    bad = np.flatnonzero(ts.isna().to_numpy())
+    bad = np.flatnonzero(ticks == np.iinfo(np.int64).min)  # (a null)
     if bad.size:
         raise SchemaError(
             file, "occurred_at", bad.tolist(), "missing timestamp: every event needs occurred_at"
         )
-    secs: npt.NDArray[np.int64] = (
-        ts.dt.tz_convert(None).to_numpy().astype("datetime64[s]").astype(np.int64)  # type: ignore[union-attr]
-    )
+    if ticks.flags.writeable:  # (a copy of the column's times: no second one)
+        np.floor_divide(ticks, _TICKS_PER_SECOND[unit], out=ticks)
+        return ticks
+    secs: npt.NDArray[np.int64] = ticks // _TICKS_PER_SECOND[unit]
     return secs
 
 
@@ -295,7 +298,7 @@ class _Pairs:
 
 
 def _aggregate_events(
-    events: pd.DataFrame,
+    events: pa.Table,
     student_index: pd.Index[Any],
     lecture_index: pd.Index[Any],
     as_of: int | None,
@@ -311,18 +314,17 @@ def _aggregate_events(
     if len(events) == 0:
         return empty
     for col in ("student_id", "lecture_id", "type", "occurred_at"):
-        if col not in events.columns:
+        if col not in events.column_names:
             raise SchemaError(file, col, [], f"column '{col}' is missing")
-    events = events.reset_index(drop=True)
     type_code = positions(EVENT_TYPES, events["type"])
     bad = np.flatnonzero(type_code < 0)
     if bad.size:
-        value = events["type"].iloc[int(bad[0])]
+        value = events["type"][int(bad[0])].as_py()
         expected = ", ".join(EVENT_TYPES)
         raise SchemaError(
             file, "type", bad.tolist(), f"unknown event type '{value}': expected one of {expected}"
         )
-    t = _utc_seconds(events["occurred_at"], file) if times is None else times
+    t = _utc_seconds(events, file) if times is None else times
     s = positions(student_index, events["student_id"])
     lec = positions(lecture_index, events["lecture_id"])
     unknown_lecture = int((lec < 0).sum())
@@ -333,8 +335,10 @@ def _aggregate_events(
     keep = (s >= 0) & (lec >= 0)
     if as_of is not None:
         keep &= t <= as_of
-    if "progress" in events.columns:
-        progress = events["progress"].fillna(0.0).to_numpy(dtype=np.float32)
+    if "progress" in events.column_names:
+        progress = np.asarray(events["progress"].cast(pa.float32()).to_numpy())  # (a null is NaN)
+        if np.isnan(progress).any():  # (as fillna)
+            progress = np.where(np.isnan(progress), np.float32(0.0), progress)
     else:
         progress = np.zeros(len(events), dtype=np.float32)
     s, lec, t, type_code, progress = s[keep], lec[keep], t[keep], type_code[keep], progress[keep]
@@ -431,15 +435,19 @@ def _encode_students(
 
 
 def build_training_data(
-    students: pd.DataFrame, lectures: pd.DataFrame, events: pd.DataFrame, *, as_of: datetime | None = None
+    students: pd.DataFrame,
+    lectures: pd.DataFrame,
+    events: pd.DataFrame | pa.Table,
+    *,
+    as_of: datetime | None = None,
 ) -> TrainingData:
     """Id maps, interaction/recency matrices, sequences and side features for fitting recommenders.
 
     Args:
         students: students table (`features.schemas.STUDENTS` columns; profile columns optional).
         lectures: lectures table (`features.schemas.LECTURES`).
-        events: events table (`features.schemas.EVENTS`); events naming unknown lectures are ignored
-            (logged), events after `as_of` are ignored.
+        events: events table (`features.schemas.EVENTS`; Arrow, `features.event_table`, or pandas);
+            events naming unknown lectures are ignored (logged), events after `as_of` are ignored.
         as_of: end of the training window (default: the latest event). `age_days` counts from here.
 
     Returns:
@@ -465,8 +473,9 @@ def build_training_data(
 
     known = set(table_ids)
     extra: list[str] = []
+    events = as_event_table(events)
     if len(events):
-        if "student_id" not in events.columns:
+        if "student_id" not in events.column_names:
             raise SchemaError("events", "student_id", [], "column 'student_id' is missing")
         extra = sorted(x for x in used_text(events["student_id"]).tolist() if x not in known)
     student_map = IdMap(tuple(table_ids + extra))
@@ -474,12 +483,12 @@ def build_training_data(
     student_index = pd.Index(list(student_map.ids))
     lecture_index = pd.Index(list(catalogue.lectures.ids))
 
-    if len(events) and "occurred_at" not in events.columns:
+    if len(events) and "occurred_at" not in events.column_names:
         raise SchemaError("events", "occurred_at", [], "column 'occurred_at' is missing")
-    times = _utc_seconds(events["occurred_at"], "events") if len(events) else np.zeros(0, np.int64)
+    times = _utc_seconds(events, "events") if len(events) else np.zeros(0, np.int64)
     # the training window ends at as_of, else at the latest event
     end = _as_of_seconds(as_of) if as_of is not None else (int(times.max()) if times.size else 0)
-    pairs = _aggregate_events(events.reset_index(drop=True), student_index, lecture_index, end, times=times)
+    pairs = _aggregate_events(events, student_index, lecture_index, end, times=times)
     shape = (n_students, n_lectures)
     interactions = _pairs_matrix(pairs, pairs.weight, shape)
     age = np.maximum((end - pairs.last_seen) / _SECONDS_PER_DAY, 0.0).astype(np.float32)
@@ -514,7 +523,7 @@ def _build_batch(
     catalogue: Catalogue,
     feature_names: Sequence[str],
     students: pd.DataFrame,
-    events: pd.DataFrame,
+    events: pd.DataFrame | pa.Table,
 ) -> StudentBatch:
     import pandas as pd
 
@@ -525,7 +534,9 @@ def _build_batch(
     b = len(ids)
     batch_index = pd.Index(ids)
     index = positions(student_map.index, batch_index).astype(np.int32)
-    pairs = _aggregate_events(events, batch_index, pd.Index(list(catalogue.lectures.ids)), None)
+    pairs = _aggregate_events(
+        as_event_table(events), batch_index, pd.Index(list(catalogue.lectures.ids)), None
+    )
     shape = (b, len(catalogue.lectures))
     features = _encode_students(students, feature_names, b, np.arange(b, dtype=np.int64))
 
@@ -547,7 +558,7 @@ def _build_batch(
     )
 
 
-def build_batch(data: TrainingData, students: pd.DataFrame, events: pd.DataFrame) -> StudentBatch:
+def build_batch(data: TrainingData, students: pd.DataFrame, events: pd.DataFrame | pa.Table) -> StudentBatch:
     """A batch of arbitrary students (known or not) to score, with the history in `events`.
 
     Args:
@@ -563,7 +574,9 @@ def build_batch(data: TrainingData, students: pd.DataFrame, events: pd.DataFrame
     return _build_batch(data.students, data.catalogue, data.student_feature_names, students, events)
 
 
-def build_batch_for_model(model: Recommender, students: pd.DataFrame, events: pd.DataFrame) -> StudentBatch:
+def build_batch_for_model(
+    model: Recommender, students: pd.DataFrame, events: pd.DataFrame | pa.Table
+) -> StudentBatch:
     """`build_batch` against a fitted or loaded model instead of its training data.
 
     Args:

@@ -6,12 +6,12 @@ dictionary-encoded (an integer code per event, each distinct value once) and eve
 
 * ids and types: nulls and blank values, unknown students, lectures and types, each checked once per
   distinct value and reaching the rows through the codes;
-* event ids: nulls, blanks, repeats (`pyarrow.compute.count_distinct`; a repeat's rows found by hash);
+* event ids: nulls, blanks, repeats (64-bit hashes sorted, equal hashes settled exactly:
+  `features.validation.hash_repeats`);
 * progress: missing (null or NaN), not finite, outside 0..1; timestamps: missing.
 
-When every rule holds the table is already what `validate_events` would return, so the events reach
-pandas once, converted column by column, instead of being read and then copied by the validator (at
-1M students: one copy of 63 M events less, `bench/RESULTS.md`). A file whose columns are not the
+When every rule holds the table is already what `validate_events` would return and is kept as it is
+(`features.event_table`): the events never reach pandas. A file whose columns are not the
 schema's types (ids stored as integers, timestamps as text, `event_id` or `progress` missing) is not
 checked further here: `validate_events` converts what it can and names the rows of what it cannot. The
 errors of the two are the same (file, 1-based rows, column, message), which the tests hold rule by rule,
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from features.errors import SchemaError
 from features.ids import arrow_codes
 from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED
-from features.validation import _rows, _show, duplicate_ids, hash_repeats, sorted_categories
+from features.validation import _rows, _show, duplicate_ids, hash_repeats
 
 #: Columns read dictionary-encoded (few distinct values, many rows).
 DICTIONARY_COLUMNS = ("student_id", "lecture_id", "type")
@@ -149,17 +149,6 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
         if not pa.types.is_dictionary(column.type) and column.type != want:
             typed[name] = column.cast(want)
     return pa.table(typed)
-
-
-def events_frame(table: pa.Table) -> pd.DataFrame:
-    """The events as pandas: dictionary columns as categoricals whose categories are sorted text (ordering by
-    the column orders by the text), other text Arrow-backed `str`. Each column's Arrow buffers are released
-    as it is converted, so the events are not held twice."""
-    coded = [c for c in table.column_names if pa.types.is_dictionary(table.schema.field(c).type)]
-    frame: pd.DataFrame = table.to_pandas(split_blocks=True, self_destruct=True)
-    for column in coded:
-        frame[column] = sorted_categories(frame[column])
-    return frame
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,17 +15,16 @@ dataset stays as it was until the new one is complete. Replacing takes two renam
 (never removed automatically: another writer may own them).
 
 Events are read and checked on Arrow (`features.stored_events`: every rule of `validate_events` over the
-Arrow columns, so no validated copy is made) and reach pandas once (`read_dataset`; the partitions of
-`read_partitioned`, which seeding reads, stay Arrow tables). In memory the events' `student_id`,
-`lecture_id` and `type` are dictionary-encoded and held as pandas categoricals (an integer code per
-event, each distinct value once, sorted, so ordering by the column orders by the text); `event_id` and
-`request_id` stay Arrow text (pandas `str`), checked and sorted with pyarrow compute, never a Python
+Arrow columns, so no validated copy is made) and stay an Arrow table in memory (`features.event_table`):
+`read_dataset`'s and the partitions of `read_partitioned`, which seeding reads. The events' `student_id`,
+`lecture_id` and `type` are dictionary-encoded (an integer code per event, each distinct value once);
+`event_id` and `request_id` are Arrow text, checked and sorted with pyarrow compute, never a Python
 object per event. Event ids are matched to lists of ids through `features.ids` (only the distinct values
 become text) and fingerprinted by `features.fingerprint` (numpy over the codes and Arrow buffers). pyarrow,
-not polars or DuckDB: the project already reads
-and writes every table with it, the models and the service take pandas and numpy, and Arrow hands columns
-to both without a copy, so no second engine (and no second set of validation rules) is needed; memory and
-time stay linear in events (`bench/RESULTS.md`, data rows).
+not polars or DuckDB: the project already reads and writes every table with it, the models take numpy
+and scipy, and Arrow hands columns to numpy without a copy, so no second engine (and no second set of
+validation rules) is needed; memory and time stay linear in events (`bench/RESULTS.md`, data rows). The
+students and lectures tables (one row per student or lecture, not per event) are pandas frames.
 
 Size: over 600 lines because plain, partitioned and atomic reads and writes of one on-disk format share its
 layout and manifest rules.
@@ -53,21 +52,19 @@ import pyarrow.parquet as pq
 
 from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
+from features.event_table import as_event_table, concat_events, take_rows
 from features.fingerprint import FINGERPRINT_VERSION, table_digest
 from features.ids import arrow_codes
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.stored_events import (
     check_whole_file,
-    events_frame,
     is_coded,
     read_events_table,
     typed_events,
 )
 from features.validation import (
-    arrow_text,
     epoch_microseconds,
     generated_event_ids,
-    sorted_categories,
     validate_events,
     validate_lectures,
     validate_students,
@@ -97,14 +94,18 @@ class Dataset:
     Attributes:
         students: one row per student (schema `STUDENTS`).
         lectures: one row per lecture (schema `LECTURES`).
-        events: one row per event (schema `EVENTS`).
+        events: one row per event (schema `EVENTS`), an Arrow table (`features.event_table`); a pandas
+            frame given here is converted once.
         manifest: JSON-serialisable provenance (source, licence, mapping report ...).
     """
 
     students: pd.DataFrame
     lectures: pd.DataFrame
-    events: pd.DataFrame
+    events: pa.Table
     manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.events = as_event_table(self.events)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -123,12 +124,13 @@ class Dataset:
             64 hex digits.
         """
         ds = self
-        if any(list(getattr(self, n).columns) != _SCHEMAS[n].names for n in _SCHEMAS):
+        names = {"students": list(self.students.columns), "lectures": list(self.lectures.columns)}
+        names["events"] = self.events.column_names
+        if any(names[n] != _SCHEMAS[n].names for n in _SCHEMAS):
             ds = validated(self)  # fill defaulted columns so equal content gives equal fingerprints
         digest = hashlib.sha256(DATASET_FORMAT.encode())
         for name in ("students", "lectures", "events"):
-            frame: pd.DataFrame = getattr(ds, name)
-            digest.update(table_digest(name, frame, _SCHEMAS[name]))
+            digest.update(table_digest(name, getattr(ds, name), _SCHEMAS[name]))
         return digest.hexdigest()
 
     def recorded_fingerprint(self) -> str | None:
@@ -159,10 +161,13 @@ def _arrow_column(values: pd.Series[Any], kind: pa.DataType) -> pa.Array:
     return pa.array(values, type=kind, from_pandas=True)
 
 
-def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
-    """The frame as an Arrow table with exactly `schema` (no pandas metadata)."""
+def _to_arrow(frame: pd.DataFrame | pa.Table, schema: pa.Schema, name: str) -> pa.Table:
+    """The table as an Arrow table with exactly `schema` (no pandas metadata; dictionaries decoded)."""
     try:
-        arrays = [_arrow_column(frame[f.name].reset_index(drop=True), f.type) for f in schema]
+        if isinstance(frame, pa.Table):
+            arrays = [frame.column(f.name).cast(f.type) for f in schema]
+        else:
+            arrays = [_arrow_column(frame[f.name].reset_index(drop=True), f.type) for f in schema]
         table = pa.Table.from_arrays(arrays, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError, ValueError) as exc:
         raise SchemaError(
@@ -194,45 +199,36 @@ def _dataset_order(ts: npt.NDArray[np.int64], ids: pa.ChunkedArray) -> npt.NDArr
     return np.asarray(order.to_numpy(), dtype=np.int64)
 
 
-def sort_events(events: pd.DataFrame) -> pd.DataFrame:
+def sort_events(events: pd.DataFrame | pa.Table) -> pa.Table:
     """Events in dataset order: by `occurred_at`, then `event_id` (ties broken deterministically).
 
     Args:
-        events: validated events.
+        events: validated events (a pandas frame is converted: `features.event_table`).
 
     Returns:
-        The same rows sorted, index 0..n-1 (the input itself when it is already in order).
+        The same rows sorted (the table itself when it is already in order).
     """
-    # the ids stay in Arrow (pandas keeps `str` columns there): no Python object per event
-    order = _dataset_order(epoch_microseconds(events["occurred_at"]), arrow_text(events["event_id"]))
-    return events.reset_index(drop=True) if order is None else events.take(order).reset_index(drop=True)
+    table = as_event_table(events)
+    order = event_table_order(table)
+    return table if order is None else take_rows(table, order)
 
 
 def event_table_order(events: pa.Table) -> npt.NDArray[np.int64] | None:
-    """`sort_events`' order for events held by Arrow (the schema's columns, without nulls in the two keys):
-    the row order, or None when the rows are in it."""
-    return _dataset_order(epoch_microseconds(events.column("occurred_at")), events.column("event_id"))
+    """`sort_events`' order (the schema's columns, without nulls in the two keys): the row order, or None
+    when the rows are in it."""
+    ids = events.column("event_id")
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    return _dataset_order(epoch_microseconds(events.column("occurred_at")), ids)
 
 
-def append_events(events: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
-    """`events` then the rows of `more` (its columns taken in `events`' order), index 0..n-1.
+def append_events(events: pa.Table, more: pd.DataFrame | pa.Table) -> pa.Table:
+    """`events` then the rows of `more` (its columns taken in `events`' order and types).
 
-    A dictionary-encoded column of `events` (ids and types, as `read_dataset` gives them) stays encoded,
-    its categories extended by the new values and kept in text order: concatenating it with plain text
-    would turn every event's id into a Python string.
+    A dictionary-encoded column of `events` (ids and types, as `read_dataset` gives them) stays encoded:
+    the new rows are encoded on their own values (`features.event_table.concat_events`).
     """
-    more = more[list(events.columns)]
-    extended = []
-    for name in events.columns:
-        if not isinstance(events[name].dtype, pd.CategoricalDtype):
-            continue
-        added = pd.Index(more[name].dropna().unique()).difference(events[name].cat.categories)
-        if len(added):  # the codes keep their meaning; the new values take new codes
-            events = events.assign(**{name: events[name].cat.add_categories(added)})
-            extended.append(name)
-        more = more.assign(**{name: more[name].astype(events[name].dtype)})
-    out = pd.concat([events, more], ignore_index=True)
-    return out.assign(**{name: sorted_categories(out[name]) for name in extended})
+    return concat_events([events, as_event_table(more)])
 
 
 def write_dataset(
@@ -264,8 +260,7 @@ def write_dataset(
     steps = 5
     if validate:
         ds = validated(ds, progress=progress)
-    events = sort_events(ds.events)
-    ds = Dataset(ds.students, ds.lectures, events, ds.manifest)
+    ds = Dataset(ds.students, ds.lectures, sort_events(ds.events), ds.manifest)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
@@ -353,22 +348,21 @@ def _read_parquet(path: Path, name: str) -> pd.DataFrame:
     return frame
 
 
-def _read_events(path: Path, known: tuple[pd.Index, pd.Index] | None) -> pd.DataFrame:
-    """The events file in pandas, validated against the (student ids, lecture ids) `known` when given.
+def _read_events(path: Path, known: tuple[pd.Index, pd.Index] | None) -> pa.Table:
+    """The events file as Arrow, validated against the (student ids, lecture ids) `known` when given.
 
-    A file in the schema's types is checked on Arrow and converted once (`features.stored_events`); any
-    other goes through `validate_events`, which converts what it can and names the rows it cannot."""
+    A file in the schema's types is checked on Arrow and kept as it is typed (`features.stored_events`);
+    any other goes through `validate_events`, which converts what it can and names the rows it cannot."""
     table = read_events_table(path)
     if known is None:
-        return events_frame(table)
+        return table
     students, lectures = known
     if is_coded(table):
         check_whole_file(str(path), table, students, lectures)
         typed = typed_events(str(path), table)
         if typed is not None:
-            del table
-            return events_frame(typed)
-    return validate_events(events_frame(table), str(path), student_ids=students, lecture_ids=lectures)
+            return typed
+    return as_event_table(validate_events(table, str(path), student_ids=students, lecture_ids=lectures))
 
 
 def _open_dataset(directory: Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from training.metrics import METRICS, ItemStats, grouped, metric_key, per_studen
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from features.tables import Dataset
     from models.base import Catalogue, Recommender, StudentBatch, TrainingData
@@ -59,7 +60,7 @@ GROUND_TRUTH_DIR = "ground_truth"
 Progress = Callable[[int, int], None]
 #: `score(student_ids, batch) -> (b, n_lectures)` scores.
 Scorer = Callable[[list[str], "StudentBatch"], npt.NDArray[np.float32]]
-BatchBuilder = Callable[["pd.DataFrame", "pd.DataFrame"], "StudentBatch"]
+BatchBuilder = Callable[["pd.DataFrame", "pa.Table"], "StudentBatch"]
 
 
 @dataclass
@@ -297,7 +298,7 @@ def slot_shares(
     return result
 
 
-def item_stats(catalogue: Catalogue, train_events: pd.DataFrame) -> ItemStats:
+def item_stats(catalogue: Catalogue, train_events: pa.Table) -> ItemStats:
     """Lecture popularity (distinct training students) as self-information, subjects, active count.
 
     Counted on integer codes: the (lecture, student) pairs of the events as a sparse matrix, whose
@@ -350,7 +351,7 @@ def _profiles(dataset: Dataset, ids: Sequence[str]) -> pd.DataFrame:
 
 
 #: `lists(start, stop, profiles, history) -> (stop - start, k) lecture rows` (-1 pads) of a batch.
-Lister = Callable[[int, int, "pd.DataFrame", "pd.DataFrame"], npt.NDArray[np.int32]]
+Lister = Callable[[int, int, "pd.DataFrame", "pa.Table"], npt.NDArray[np.int32]]
 
 
 def _raw_lister(
@@ -359,7 +360,7 @@ def _raw_lister(
     """The raw ranking: scores, then eligibility (`models.eligibility`) and top-k."""
     from models.eligibility import eligible_mask, top_k
 
-    def lists(start: int, stop: int, profiles: pd.DataFrame, history: pd.DataFrame) -> npt.NDArray[np.int32]:
+    def lists(start: int, stop: int, profiles: pd.DataFrame, history: pa.Table) -> npt.NDArray[np.int32]:
         batch = build(profiles, history)
         scores = np.asarray(score(students[start:stop], batch), dtype=np.float32)
         finite = np.isfinite(scores).all(axis=1)
@@ -382,7 +383,7 @@ def _served_lister(ranker: RankingModel, students: list[str], k: int) -> Lister:
     from features.online_state import OnlineState
     from features.profile import from_table
 
-    def lists(start: int, stop: int, profiles: pd.DataFrame, history: pd.DataFrame) -> npt.NDArray[np.int32]:
+    def lists(start: int, stop: int, profiles: pd.DataFrame, history: pa.Table) -> npt.NDArray[np.int32]:
         state = OnlineState()
         state.seed(history, from_table(profiles[profiles["region"].notna() & profiles["grade"].notna()]))
         ids = students[start:stop]
@@ -410,8 +411,9 @@ def _served_lister(ranker: RankingModel, students: list[str], k: int) -> Lister:
 
 def _inputs(
     split: Split, dataset: Dataset, students: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame, npt.NDArray[np.int64]]:
+) -> tuple[pd.DataFrame, pa.Table, npt.NDArray[np.int64]]:
     """The students' profiles (in order), their training events grouped by student, each event's student."""
+    from features.event_table import take_rows
     from features.ids import positions
 
     profiles = _profiles(dataset, students)
@@ -419,7 +421,7 @@ def _inputs(
     codes = positions(students, history["student_id"])
     mine = np.flatnonzero(codes >= 0)
     order = mine[np.argsort(codes[mine], kind="stable")]
-    return profiles, history.iloc[order], codes[order]
+    return profiles, take_rows(history, order), codes[order]
 
 
 def served_lists(
@@ -477,7 +479,7 @@ def _lists(
         stop = min(start + batch_size, len(students))
         lo, hi = np.searchsorted(codes, [start, stop])
         for kind, lists in built.items():
-            recs[kind][start:stop] = lists(start, stop, profiles.iloc[start:stop], history.iloc[lo:hi])
+            recs[kind][start:stop] = lists(start, stop, profiles.iloc[start:stop], history.slice(lo, hi - lo))
         if progress:
             progress(stop, len(students))
     return students, relevant, profiles, recs

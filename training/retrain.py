@@ -396,6 +396,7 @@ def _read_exported(events_dir: Path) -> pd.DataFrame:
 
 def _append(ctx: _Context) -> dict[str, Any]:
     import pandas as pd
+    import pyarrow as pa
 
     from features.ids import distinct_text, is_in
     from features.tables import Dataset, append_events, read_dataset, write_dataset
@@ -409,7 +410,7 @@ def _append(ctx: _Context) -> dict[str, Any]:
     exported = exported.drop_duplicates("event_id", keep="first")  # the stream is at-least-once
     # the dataset's events scanned for the exported ids (a set of those, not of every event's id)
     held = ds.events["event_id"]
-    known_ids = distinct_text(held[is_in(held, distinct_text(exported["event_id"]))])
+    known_ids = distinct_text(held.filter(pa.array(is_in(held, distinct_text(exported["event_id"])))))
     new = exported[~is_in(exported["event_id"], known_ids)].copy()
     already = len(exported) - len(new)
     reason = pd.Series("", index=new.index, dtype=object)
@@ -458,7 +459,7 @@ def _append(ctx: _Context) -> dict[str, Any]:
     # students and lectures known): the whole table is not checked again
     checked = validate_events(new, f"the exported events in {options.events_dir}")
     appended = Dataset(ds.students, ds.lectures, append_events(ds.events, checked), manifest)
-    del ds, held  # the base's events: the appended table is a copy
+    del ds, held  # (the appended table shares the base's columns: no copy of them)
     write_dataset(appended, target, validate=False, progress=ctx.progress)
     _carry_ground_truth(base, target)
     result["dataset"] = str(target)

@@ -62,10 +62,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from features.event_table import concat_events, rows_where
 from features.ids import is_in, positions, text_codes, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from features.tables import Dataset
     from models.base import Recommender, TrainingData
     from training.splits import Split
@@ -242,8 +245,8 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
         return 0.2, False
     share = float(np.median(n_test[both] / (n_train[both] + n_test[both])))
 
-    def micros(events: pd.DataFrame, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return epoch_microseconds(pd.to_datetime(events["occurred_at"].take(rows), utc=True))
+    def micros(events: pa.Table, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return epoch_microseconds(events["occurred_at"].take(rows))
 
     last_train = np.full(len(students), np.iinfo(np.int64).min)
     np.maximum.at(last_train, student[known], micros(train, known))
@@ -268,7 +271,7 @@ def _per_student_holdout(ds: Dataset, share: float, ordered: bool, seed: int) ->
     )
     is_test = held[position]
     del pairs, position, held  # before the two sides are copied out
-    return explicit(ds, ds.events[~is_test], ds.events[is_test])
+    return explicit(ds, rows_where(ds.events, ~is_test), rows_where(ds.events, is_test))
 
 
 def validation_split(split: Split, *, seed: int = 42) -> Split:
@@ -378,8 +381,6 @@ def student_folds(val: Split, n_folds: int, *, seed: int = 42) -> list[Split]:
     """
     import dataclasses
 
-    import pandas as pd
-
     from features.tables import sort_events
 
     if n_folds < 1:
@@ -392,13 +393,13 @@ def student_folds(val: Split, n_folds: int, *, seed: int = 42) -> list[Split]:
         if not mine:
             continue
         held = is_in(val.test["student_id"], mine)
-        events = sort_events(pd.concat([val.train.events, val.test[~held]], ignore_index=True))
+        events = sort_events(concat_events([val.train.events, rows_where(val.test, ~held)]))
         relevant = val.relevant[is_in(val.relevant["student_id"], mine)]
         folds.append(
             dataclasses.replace(
                 val,
                 train=dataclasses.replace(val.train, events=events),
-                test=val.test[held].reset_index(drop=True),
+                test=rows_where(val.test, held),
                 test_students=tuple(s for s in val.test_students if s in mine),
                 relevant=relevant.reset_index(drop=True),
                 params={**val.params, "students_fold": f"{j + 1}/{n_folds}"},

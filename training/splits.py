@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from features.event_table import as_event_table, event_ticks, rows_where
 from features.ids import distinct_text, is_in, positions, text_codes, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from features.tables import Dataset
 
@@ -46,7 +48,8 @@ class Split:
     Attributes:
         name: split kind (one of `SPLITS`).
         train: what the model is fitted on: the students it may know, every lecture, the training events.
-        test: the test events (of test students; may include events of lectures already in training).
+        test: the test events (of test students; may include events of lectures already in training),
+            an Arrow table as the training events are (`features.event_table`).
         test_students: ids of the students scored, sorted; each has at least one relevant lecture.
         relevant: unique (student_id, lecture_id) pairs to find, sorted; lectures of the student's
             training history are excluded.
@@ -57,7 +60,7 @@ class Split:
 
     name: str
     train: Dataset
-    test: pd.DataFrame
+    test: pa.Table
     test_students: tuple[str, ...]
     relevant: pd.DataFrame
     params: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +78,7 @@ class Split:
         """Sizes of the split (for logs and MLflow params)."""
         return {
             "split": self.name,
-            "train_students": int(self.train.events["student_id"].nunique()),
+            "train_students": len(used_text(self.train.events["student_id"])),
             "train_events": len(self.train.events),
             "test_students": len(self.test_students),
             "test_events": len(self.test),
@@ -83,7 +86,7 @@ class Split:
         }
 
 
-def _relevant(test_events: pd.DataFrame, train_events: pd.DataFrame, lectures: pd.DataFrame) -> pd.DataFrame:
+def _relevant(test_events: pa.Table, train_events: pa.Table, lectures: pd.DataFrame) -> pd.DataFrame:
     """Each test student's lectures of the catalogue that the student's training events do not hold.
 
     Matched as integer pair codes over the test students and the lectures in text order, so only the
@@ -98,7 +101,7 @@ def _relevant(test_events: pd.DataFrame, train_events: pd.DataFrame, lectures: p
     lecture_ids = pd.Index(np.unique(lectures["lecture_id"].astype(str).to_numpy(dtype=object)), dtype=object)
     width = max(len(lecture_ids), 1)
 
-    def pairs(events: pd.DataFrame) -> npt.NDArray[np.int64]:
+    def pairs(events: pa.Table) -> npt.NDArray[np.int64]:
         student = positions(students, events["student_id"])
         mine = np.flatnonzero(student >= 0)  # the lectures of these rows only
         lecture = positions(lecture_ids, events["lecture_id"].take(mine))
@@ -120,8 +123,8 @@ def _finish(
     name: str,
     ds: Dataset,
     train_students: pd.DataFrame,
-    train_events: pd.DataFrame,
-    test_events: pd.DataFrame,
+    train_events: pa.Table,
+    test_events: pa.Table,
     params: dict[str, Any],
     *,
     as_of: datetime | None = None,
@@ -136,11 +139,11 @@ def _finish(
     if len(relevant) == 0:
         raise SplitError(f"{name} split leaves no test student with a new lecture to find: {_hint(name)}")
     test_students = tuple(sorted(relevant["student_id"].unique().tolist()))
-    test = test_events[is_in(test_events["student_id"], test_students)].reset_index(drop=True)
+    test = rows_where(test_events, is_in(test_events["student_id"], test_students))
     train = Dataset(
         students=train_students.reset_index(drop=True),
         lectures=ds.lectures,
-        events=train_events.reset_index(drop=True),
+        events=train_events,
         manifest={**ds.manifest, "split": name, "split_params": params},
     )
     return Split(
@@ -170,16 +173,6 @@ def _utc(value: datetime | str) -> pd.Timestamp:
 
     ts = pd.Timestamp(value)
     return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
-
-
-def event_ticks(events: pd.DataFrame) -> tuple[npt.NDArray[np.int64], str]:
-    """The events' times as integer counts since the epoch (UTC) in the column's own unit, and the unit:
-    compared as integers, nothing is rounded (a validated column is in microseconds)."""
-    import pandas as pd
-
-    times = pd.to_datetime(events["occurred_at"], utc=True)
-    ticks: npt.NDArray[np.int64] = times.dt.tz_convert(None).to_numpy().view(np.int64)
-    return ticks, str(times.dt.unit)
 
 
 def _instant(tick: int, unit: str) -> pd.Timestamp:
@@ -259,16 +252,17 @@ def temporal(
     # whole days log as integers (14, not 14.0); None = unbounded
     params["horizon_days"] = None if horizon is None else (int(horizon) if horizon.is_integer() else horizon)
     before = ticks <= _ticks(cut, unit)
-    train_events = _rows_where(events, before)
+    train_events = rows_where(events, before)
     later = ~before
     if horizon is not None:
         later &= ticks <= _ticks(cut + pd.Timedelta(days=horizon), unit)
     # the test side: later events of students seen before the cut, taken in one pass
-    test_events = events[later & is_in(events["student_id"], used_text(train_events["student_id"]))]
+    seen = used_text(train_events["student_id"])
+    test_events = rows_where(events, later & is_in(events["student_id"], seen))
     return _finish("temporal", ds, ds.students, train_events, test_events, params, as_of=cut.to_pydatetime())
 
 
-def _text_order_codes(values: pd.Series[Any], what: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+def _text_order_codes(values: Any, what: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
     """(code per row, distinct values as text): codes number the distinct values in their text order.
 
     Only the distinct values become text (`features.ids.text_codes`).
@@ -285,7 +279,7 @@ def _text_order_codes(values: pd.Series[Any], what: str) -> tuple[npt.NDArray[np
     return rank[codes], labels[order]
 
 
-def pair_codes(events: pd.DataFrame) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[Any]]:
+def pair_codes(events: pa.Table) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[Any]]:
     """One integer per event naming its (student, lecture) pair, in the pairs' text order.
 
     Pairs are grouped, ordered and matched as integers; only the distinct ids become text, never every
@@ -329,7 +323,7 @@ class PairTimes:
         return int(self.pair.size)
 
 
-def first_times(events: pd.DataFrame) -> tuple[PairTimes, npt.NDArray[np.int64]]:
+def first_times(events: pa.Table) -> tuple[PairTimes, npt.NDArray[np.int64]]:
     """Each (student, lecture) pair's first event time, on integer codes (`pair_codes`) and a numpy sort.
 
     Returns:
@@ -389,16 +383,6 @@ def held_out_pairs(
     return out
 
 
-def _rows_where(events: pd.DataFrame, mask: npt.NDArray[np.bool_]) -> pd.DataFrame:
-    """`events[mask]`, sharing the events' memory when the rows are a leading run (events in time order
-    cut at an instant): a slice, not a copy. At 1 M students the training side of a temporal split is
-    50 M of 63 M events; copied, the split and its validation split held three copies of the events."""
-    kept = int(np.count_nonzero(mask))
-    if bool(mask[:kept].all()):
-        return events.iloc[:kept]
-    return events[mask]
-
-
 def leave_last_n(ds: Dataset, n: int = 1) -> Split:
     """Per student, hold out the n lectures started last (all their events); train on the rest.
 
@@ -417,11 +401,13 @@ def leave_last_n(ds: Dataset, n: int = 1) -> Split:
     """
     if n < 1:
         raise SplitError(f"leave_last_n split: n must be >= 1, got {n}")
-    events = ds.events.reset_index(drop=True)
+    events = ds.events
     first, position = first_times(events)
     is_test = held_out_pairs(first, lambda count: np.where(count > n, n, 0))[position]
     del first, position  # (1 GiB at 1M students) before the two sides are copied out
-    return _finish("leave_last_n", ds, ds.students, events[~is_test], events[is_test], {"n": n})
+    return _finish(
+        "leave_last_n", ds, ds.students, rows_where(events, ~is_test), rows_where(events, is_test), {"n": n}
+    )
 
 
 def _hold_out_students(name: str, ds: Dataset, held: set[str], params: dict[str, Any]) -> Split:
@@ -432,8 +418,8 @@ def _hold_out_students(name: str, ds: Dataset, held: set[str], params: dict[str,
         name,
         ds,
         students[~is_in(students["student_id"], held)],
-        events[~in_test],
-        events[in_test],
+        rows_where(events, ~in_test),
+        rows_where(events, in_test),
         params,
         cold_start=True,
     )
@@ -488,7 +474,7 @@ def new_region(ds: Dataset, region: str = DEFAULT_NEW_REGION) -> Split:
     return _hold_out_students("new_region", ds, held, {"region": region})
 
 
-def read_events_file(path: Path | str, ds: Dataset) -> pd.DataFrame:
+def read_events_file(path: Path | str, ds: Dataset) -> pa.Table:
     """Read and validate an events file (.parquet or .csv) against the dataset's students and lectures.
 
     Args:
@@ -496,7 +482,7 @@ def read_events_file(path: Path | str, ds: Dataset) -> pd.DataFrame:
         ds: the dataset whose students and lectures the events must reference.
 
     Returns:
-        The validated events.
+        The validated events (`features.event_table`).
 
     Raises:
         DatasetNotFoundError: the file does not exist.
@@ -511,16 +497,19 @@ def read_events_file(path: Path | str, ds: Dataset) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetNotFoundError(f"events file {path} does not exist")
     frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    return validate_events(
+    checked = validate_events(
         frame,
         str(path),
         student_ids=pd.Index(ds.students["student_id"].astype(str)),
         lecture_ids=pd.Index(ds.lectures["lecture_id"].astype(str)),
     )
+    return as_event_table(checked)
 
 
 def explicit(
-    ds: Dataset, train_events: pd.DataFrame | Path | str, test_events: pd.DataFrame | Path | str
+    ds: Dataset,
+    train_events: pd.DataFrame | pa.Table | Path | str,
+    test_events: pd.DataFrame | pa.Table | Path | str,
 ) -> Split:
     """A split given as two event tables (for comparison with published results).
 
@@ -528,8 +517,8 @@ def explicit(
 
     Args:
         ds: the dataset (students and lectures; its own events are not used).
-        train_events: training events, a DataFrame or a .parquet/.csv file.
-        test_events: test events, a DataFrame or a .parquet/.csv file.
+        train_events: training events, a table (Arrow or pandas) or a .parquet/.csv file.
+        test_events: test events, a table (Arrow or pandas) or a .parquet/.csv file.
 
     Returns:
         The split.
@@ -541,7 +530,7 @@ def explicit(
             params[f"{role}_events"] = str(value)
             frames.append(read_events_file(value, ds))
         else:
-            frames.append(value)
+            frames.append(as_event_table(value))
     train, test = frames
     cold = not distinct_text(test["student_id"]) & distinct_text(train["student_id"])
     return _finish("explicit", ds, ds.students, train, test, params, cold_start=cold)

@@ -372,9 +372,20 @@ def log_dataset_inputs(split: Split, dataset_dir: Path | None, fingerprint: str,
     from mlflow.models import infer_signature
 
     class EventsDataset(PandasDataset):  # type: ignore[misc]
+        """The events held by Arrow (`features.event_table`): MLflow is handed their first rows as pandas
+        (for the schema) and the whole table's counts (the profile)."""
+
+        def __init__(self, events: pa.Table, **kwargs: Any) -> None:
+            super().__init__(df=events.slice(0, SCHEMA_SAMPLE_ROWS).to_pandas(), **kwargs)
+            self.rows, self.columns = events.num_rows, events.num_columns
+
+        @property
+        def profile(self) -> Any:
+            return {"num_rows": self.rows, "num_elements": self.rows * self.columns}
+
         @cached_property
         def schema(self) -> Any:
-            sample = self.df.head(SCHEMA_SAMPLE_ROWS).copy()
+            sample = self.df.copy()
             if "occurred_at" in sample.columns:
                 # naive UTC: MLflow reads tz-aware columns through a deprecated pandas path
                 sample["occurred_at"] = sample["occurred_at"].dt.tz_convert(None)
@@ -387,7 +398,7 @@ def log_dataset_inputs(split: Split, dataset_dir: Path | None, fingerprint: str,
     )
     for context, events in (("training", split.train.events), ("testing", split.test)):
         ds = EventsDataset(
-            df=events,
+            events,
             source=source,
             name=f"{dataset_name}/{split.name}/{context}",
             digest=fingerprint[:DIGEST_CHARS],

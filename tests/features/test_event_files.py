@@ -46,7 +46,7 @@ def error(fn: object, *args: object) -> SchemaError:
 
 def test_csv_events_only_with_documented_defaults(tmp_path: Path) -> None:
     ds = load_event_files(write(tmp_path / "events.csv", EVENTS_CSV))
-    ev = ds.events
+    ev = ds.events.to_pandas()
     assert ds.sizes == {"students": 2, "lectures": 2, "events": 4}
     # "+09:00" converted to UTC; a timestamp without zone is read as UTC
     assert ev["occurred_at"].tolist()[0] == pd.Timestamp("2025-03-01T00:00:00Z")
@@ -75,8 +75,8 @@ def test_csv_events_only_with_documented_defaults(tmp_path: Path) -> None:
 def test_generated_ids_are_the_same_on_every_load(tmp_path: Path) -> None:
     path = write(tmp_path / "events.csv", EVENTS_CSV)
     assert (
-        load_event_files(path).events["event_id"].tolist()
-        == load_event_files(path).events["event_id"].tolist()
+        load_event_files(path).events["event_id"].to_pylist()
+        == load_event_files(path).events["event_id"].to_pylist()
     )
 
 
@@ -130,9 +130,10 @@ def test_parquet_events_with_integer_ids_and_naive_timestamps(tmp_path: Path) ->
     )
     pq.write_table(table, tmp_path / "events.parquet")
     ds = load_event_files(tmp_path / "events.parquet")
-    assert ds.events["student_id"].tolist() == ["101", "102"]
-    assert ds.events["occurred_at"].tolist()[0] == pd.Timestamp("2025-03-01T09:00:00Z")
-    assert ds.events["progress"].tolist() == [0.0, 1.0]
+    ev = ds.events.to_pandas()
+    assert ev["student_id"].tolist() == ["101", "102"]
+    assert ev["occurred_at"].tolist()[0] == pd.Timestamp("2025-03-01T09:00:00Z")
+    assert ev["progress"].tolist() == [0.0, 1.0]
     assert ds.manifest["defaults"]["timestamps_read_as_utc"] == 2
 
 

@@ -66,9 +66,30 @@ def _digest(ds: Dataset, block: int = 1_000_000) -> list[bytes]:
     return [table_digest(name, getattr(ds, name), schema, block) for name, schema in schemas]
 
 
+def _set_column(table: pa.Table, name: str, column: pa.Array | pa.ChunkedArray) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, column)
+
+
+def _text_as(table: pa.Table, kind: pa.DataType) -> pa.Table:
+    """The table with its text columns (string or large string) held as `kind`."""
+    text = (pa.types.is_string, pa.types.is_large_string)
+    fields = [f.with_type(kind) if any(t(f.type) for t in text) else f for f in table.schema]
+    out = table.cast(pa.schema(fields))
+    assert all(out.schema.field(f.name).type == kind for f in table.schema if any(t(f.type) for t in text))
+    return out
+
+
+def _dictionary_chunks(column: pa.ChunkedArray, cut: int) -> pa.ChunkedArray:
+    """The column dictionary-encoded in two chunks, each with its own dictionary (as appended events)."""
+    plain = column.combine_chunks()
+    parts = [plain.slice(0, cut).dictionary_encode(), plain.slice(cut).dictionary_encode()]
+    return pa.chunked_array(parts)
+
+
 def test_how_a_column_is_held_does_not_count() -> None:
     base = validated(dataset())
-    events = base.events
+    assert isinstance(base.events, pa.Table)
+    events = base.events.to_pandas()
     text = ("event_id", "student_id", "lecture_id", "type")
     held: dict[str, Any] = {
         "coded": events.astype(dict.fromkeys(text[1:], "category")),
@@ -81,7 +102,29 @@ def test_how_a_column_is_held_does_not_count() -> None:
     }
     expected = _digest(base)
     for what, frame in held.items():
+        # the pandas frame itself, and the Arrow table a `Dataset` makes of it
+        assert table_digest("events", frame, EVENTS) == expected[2], what
         assert _digest(Dataset(base.students, base.lectures, frame, {})) == expected, what
+    table = base.events
+    coded = table
+    for name in text[1:]:
+        coded = _set_column(coded, name, table[name].combine_chunks().dictionary_encode())
+    held_by_arrow: dict[str, pa.Table] = {
+        "Arrow dictionaries": coded,
+        "Arrow dictionaries, a chunk each": _set_column(
+            table, "student_id", _dictionary_chunks(table["student_id"], 2)
+        ),
+        "Arrow string": _text_as(table, pa.string()),
+        "Arrow large string": _text_as(table, pa.large_string()),
+        "Arrow float64 progress": _set_column(table, "progress", table["progress"].cast(pa.float64())),
+        "Arrow time in ns, another zone": _set_column(
+            table, "occurred_at", table["occurred_at"].cast(pa.timestamp("ns", tz="Asia/Seoul"))
+        ),
+    }
+    for what, arrow in held_by_arrow.items():
+        assert isinstance(Dataset(base.students, base.lectures, arrow, {}).events, pa.Table)
+        assert _digest(Dataset(base.students, base.lectures, arrow, {})) == expected, what
+        assert _digest(Dataset(base.students, base.lectures, arrow, {}), block=3) == expected, what
     assert _digest(base, block=3) == expected  # blocks of rows do not count either
     lectures = base.lectures.assign(level=base.lectures["level"].astype(np.int64))
     assert _digest(Dataset(base.students, lectures, base.events, {})) == expected
@@ -90,8 +133,10 @@ def test_how_a_column_is_held_does_not_count() -> None:
 def test_row_order_does_not_count_and_any_cell_does() -> None:
     base = validated(dataset())
     expected = _digest(base)
-    shuffled = Dataset(base.students.iloc[::-1], base.lectures.iloc[::-1], base.events.iloc[[3, 1, 0, 2]], {})
+    shuffled = Dataset(base.students.iloc[::-1], base.lectures.iloc[::-1], base.events.take([3, 1, 0, 2]), {})
     assert _digest(shuffled) == expected
+    as_pandas = Dataset(base.students, base.lectures, base.events.to_pandas().iloc[[3, 1, 0, 2]], {})
+    assert _digest(as_pandas) == expected
     changes = {
         "event id": ("events", "event_id", "z"),
         "student of an event": ("events", "student_id", "s2"),
@@ -104,7 +149,8 @@ def test_row_order_does_not_count_and_any_cell_does() -> None:
         "region": ("students", "region", "gimpo"),
     }
     for what, (table, column, value) in changes.items():
-        frame = getattr(base, table).copy()
+        held = getattr(base, table)
+        frame = held.to_pandas() if isinstance(held, pa.Table) else held.copy()  # (the events: Arrow)
         frame.at[frame.index[0], column] = value
         tables = {n: getattr(base, n) for n in ("students", "lectures", "events")}
         changed = Dataset(**{**tables, table: frame})
@@ -125,10 +171,46 @@ def test_list_cells_keep_their_items_apart(one: list[Any], other: list[Any]) -> 
 
 def test_minus_zero_and_float32_rounding_hash_as_the_stored_value() -> None:
     base = validated(dataset())
-    events = base.events.astype({"progress": np.float64})
+    events = base.events.to_pandas().astype({"progress": np.float64})
     events.loc[1, "progress"] = -0.0  # stored as 0.0
     events.loc[0, "progress"] = float(np.float32(0.4))  # 0.4 as float32 stores it
     assert _digest(Dataset(base.students, base.lectures, events, {})) == _digest(base)
+    # the same values held by Arrow as float64
+    progress = pa.array(events["progress"].to_numpy(), type=pa.float64())
+    arrow = _set_column(base.events, "progress", progress)
+    assert arrow["progress"].to_pylist()[:2] == [float(np.float32(0.4)), -0.0]
+    assert _digest(Dataset(base.students, base.lectures, arrow, {})) == _digest(base)
+
+
+def test_the_same_events_given_as_pandas_or_as_arrow_have_one_fingerprint() -> None:
+    """`Dataset.fingerprint()` of the same events handed over as a pandas frame (plain text or
+    categoricals) and as an Arrow table (plain or large text, or dictionary-encoded ids and types)."""
+    ds = dataset()
+    frame = ds.events.to_pandas()
+    table = ds.events  # what the `Dataset` made of the frame it was given
+    assert isinstance(table, pa.Table)
+    coded = table
+    for name in ("student_id", "lecture_id", "type"):
+        coded = _set_column(coded, name, table[name].combine_chunks().dictionary_encode())
+    assert pa.types.is_dictionary(coded.schema.field("student_id").type)
+    plain = _text_as(table, pa.string())
+    assert pa.types.is_string(plain.schema.field("student_id").type)
+    given: dict[str, Any] = {
+        "pandas": frame,
+        "pandas categoricals": frame.astype(dict.fromkeys(("student_id", "lecture_id", "type"), "category")),
+        "Arrow": table,
+        "Arrow plain text": plain,
+        "Arrow dictionaries": coded,
+        "Arrow dictionaries, a chunk each": _set_column(
+            coded, "lecture_id", _dictionary_chunks(table["lecture_id"], 1)
+        ),
+    }
+    expected = ds.fingerprint()
+    for what, events in given.items():
+        assert Dataset(ds.students, ds.lectures, events, {}).fingerprint() == expected, what
+    # and any changed cell still shows, whichever way it is held
+    changed = _set_column(coded, "progress", pa.array([0.41, 0.0, 0.0, 1.0], type=pa.float32()))
+    assert Dataset(ds.students, ds.lectures, changed, {}).fingerprint() != expected
 
 
 def test_the_fingerprint_is_pinned() -> None:

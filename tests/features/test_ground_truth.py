@@ -84,7 +84,7 @@ def test_completion_probability_is_calibrated_on_the_generated_events(
 ) -> None:
     """The generator draws every completion from `complete_probability`: observed rates must match."""
     ds = read_dataset(dataset, validate=False)
-    ev = ds.events
+    ev = ds.events.to_pandas()
     pairs = ev.groupby(["student_id", "lecture_id"])["type"].agg(lambda t: "complete" in set(t)).reset_index()
     # enrolments near the end of the window may be cut before their completion: leave them out
     enrolled = ev[ev["type"] == "enrol"].set_index(["student_id", "lecture_id"])["occurred_at"]
@@ -113,7 +113,8 @@ def test_completion_probability_is_calibrated_on_the_generated_events(
 def test_oracle_ranks_enrolled_lectures_high(dataset: Path, truth: GroundTruth) -> None:
     """Among the lectures a student may take, the ones taken rank high by true appeal (an AUC)."""
     ds = read_dataset(dataset, validate=False)
-    en = ds.events[ds.events["type"] == "enrol"]
+    events = ds.events.to_pandas()
+    en = events[events["type"] == "enrol"]
     lec = ds.lectures
     students = ds.students.set_index("student_id")
     ids = sorted(en["student_id"].unique())[:150]

@@ -117,7 +117,7 @@ def test_partition_size_sets_the_number_of_partitions(dataset_dir: Path, redis_c
 
 
 def test_partitions_hold_disjoint_students_in_dataset_order(dataset_dir: Path):
-    whole = read_dataset(dataset_dir).events
+    whole = read_dataset(dataset_dir).events.to_pandas()
     parts = list(read_partitioned(dataset_dir, partitions=4).partitions())
     seen: set[str] = set()
     for part in parts:
@@ -138,14 +138,15 @@ def test_partitions_hold_disjoint_students_in_dataset_order(dataset_dir: Path):
 
 def _write_raw(directory: Path, ds: Dataset, events: pa.Table) -> Path:
     """A dataset directory written by hand: events as given (any order, columns left out)."""
-    write_dataset(Dataset(ds.students, ds.lectures, ds.events.iloc[:0], {}), directory)
+    write_dataset(Dataset(ds.students, ds.lectures, ds.events.slice(0, 0), {}), directory)
     pq.write_table(events, directory / "events.parquet")
     return directory
 
 
 def test_a_hand_written_file_without_ids_in_any_order_seeds_the_same(tmp_path: Path, redis_client):
     ds = _dataset(seed=5)
-    shuffled = ds.events.sample(frac=1.0, random_state=1).drop(columns=["event_id", "progress", "request_id"])
+    events = ds.events.to_pandas()
+    shuffled = events.sample(frac=1.0, random_state=1).drop(columns=["event_id", "progress", "request_id"])
     directory = _write_raw(tmp_path / "raw", ds, as_arrow(shuffled))
     expected = _seed_all_at_once(directory, redis_client)
     for partitions in (1, 6):
@@ -159,7 +160,7 @@ def test_a_hand_written_file_without_ids_in_any_order_seeds_the_same(tmp_path: P
         for i in p.events["event_id"].to_pylist()
     ]
     whole = read_dataset(directory).events
-    assert sorted(ids) == sorted(whole["event_id"])
+    assert sorted(ids) == sorted(whole["event_id"].to_pylist())
     # each partition's rows name the file's rows its events came from, in the partition's (sorted) order
     raw = pq.read_table(directory / "events.parquet")
     for part in read_partitioned(directory, partitions=3).partitions():
@@ -170,7 +171,7 @@ def test_a_hand_written_file_without_ids_in_any_order_seeds_the_same(tmp_path: P
 
 def _bad(tmp_path: Path, change: dict[str, tuple[int, object]]) -> Path:
     ds = _dataset()
-    events = ds.events.copy()
+    events = ds.events.to_pandas()
     for column, (row, value) in change.items():
         events[column] = events[column].astype(object)
         events.loc[row, column] = value
@@ -216,7 +217,7 @@ def test_a_rule_checked_per_partition_names_the_files_row(tmp_path: Path, redis_
 
 def test_missing_column_is_named(tmp_path: Path, redis_client: redis.Redis):
     ds = _dataset()
-    table = as_arrow(ds.events.drop(columns=["occurred_at"]))
+    table = as_arrow(ds.events.to_pandas().drop(columns=["occurred_at"]))
     directory = _write_raw(tmp_path / "nocol", ds, table)
     with pytest.raises(SchemaError, match=r"column 'occurred_at': required column 'occurred_at' is missing"):
         seed_partitioned(directory, redis_client)
@@ -225,7 +226,9 @@ def test_missing_column_is_named(tmp_path: Path, redis_client: redis.Redis):
 
 def test_a_dataset_without_events_seeds_the_profiles_only(tmp_path: Path, redis_client: redis.Redis):
     ds = _dataset()
-    directory = write_dataset(Dataset(ds.students, ds.lectures, ds.events.iloc[:0], {}), tmp_path / "empty")
+    directory = write_dataset(
+        Dataset(ds.students, ds.lectures, ds.events.slice(0, 0), {}), tmp_path / "empty"
+    )
     summary = seed_partitioned(directory, redis_client, partition_events=10)
     assert (summary.students, summary.histories, summary.events, summary.partitions) == (40, 0, 0, 1)
     assert redis_client.dbsize() == 40

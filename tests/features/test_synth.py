@@ -32,7 +32,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthSummary]
 @pytest.fixture(scope="module")
 def tables(small: tuple[Path, SynthSummary]) -> dict[str, pd.DataFrame]:
     ds = read_dataset(small[0])
-    return {"students": ds.students, "lectures": ds.lectures, "events": ds.events}
+    return {"students": ds.students, "lectures": ds.lectures, "events": ds.events.to_pandas()}
 
 
 def _enrolments(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -123,7 +123,7 @@ def test_chunking_keeps_every_student_and_id_unique(tmp_path: Path) -> None:
     ds = read_dataset(generate(config, tmp_path / "chunked").out_dir)
     assert ds.students["student_id"].tolist() == [f"s{i:07d}" for i in range(1, 98)]
     assert ds.students["region"].value_counts().to_dict() == {"seoul": 90, "taebaek": 7}
-    assert ds.events["student_id"].nunique() > 50
+    assert ds.events.to_pandas()["student_id"].nunique() > 50
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,7 +266,8 @@ def test_support_activity_is_an_assumption_that_changes_only_that_category(
     pd.testing.assert_frame_equal(base.students, less.students)  # the categories do not move
 
     def per_student(ds: Any) -> pd.Series:
-        enrols = ds.events[ds.events["type"] == "enrol"].groupby("student_id").size()
+        events = ds.events.to_pandas()
+        enrols = events[events["type"] == "enrol"].groupby("student_id").size()
         st = ds.students.set_index("student_id")
         return enrols.reindex(st.index, fill_value=0).groupby(st["support_category"]).mean()
 
@@ -402,5 +403,6 @@ def test_tiny_and_custom_configs_still_make_valid_data(tmp_path: Path) -> None:
     )
     ds = read_dataset(generate(custom, tmp_path / "custom").out_dir)
     assert set(ds.students["region"]) == {"busan", "seoul"}
-    assert ds.events["occurred_at"].min() >= pd.Timestamp("2025-08-31T15:00:00Z")
-    assert ds.events["occurred_at"].max() < pd.Timestamp("2026-03-02T15:00:00Z")
+    events = ds.events.to_pandas()
+    assert events["occurred_at"].min() >= pd.Timestamp("2025-08-31T15:00:00Z")
+    assert events["occurred_at"].max() < pd.Timestamp("2026-03-02T15:00:00Z")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from features.errors import DatasetNotFoundError, SchemaError
+from features.event_table import as_event_table, concat_events, event_ticks, rows_where
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.tables import (
     MANIFEST_FILE,
@@ -79,8 +82,8 @@ def test_round_trip_keeps_korean_text_exact_schemas_and_sorts_events(tmp_path: P
     assert back.lectures["title"].tolist() == ["수능 국어 문학 완성 (1강)", "중학 영어 🙂 기초"]
     assert back.lectures.loc[0, "series_id"] == "국어-문학"
     # sorted by (occurred_at, event_id): "b" and "c" share a timestamp
-    assert back.events["event_id"].tolist() == ["a", "b", "c", "d"]
-    assert back.events.loc[1, "request_id"] == "요청-1"
+    assert back.events["event_id"].to_pylist() == ["a", "b", "c", "d"]
+    assert back.events.to_pandas().loc[1, "request_id"] == "요청-1"
     assert back.manifest["name"] == "서울런 샘플"
     assert back.manifest["sizes"] == {"students": 2, "lectures": 2, "events": 4}
     assert back.manifest["fingerprint"] == ds.fingerprint() == back.fingerprint()
@@ -94,22 +97,33 @@ def test_round_trip_keeps_korean_text_exact_schemas_and_sorts_events(tmp_path: P
 def test_read_without_validation_gives_the_same_tables(tmp_path: Path) -> None:
     out = write_dataset(dataset(), tmp_path / "ds")
     checked, unchecked = read_dataset(out), read_dataset(out, validate=False)
-    for name in ("students", "lectures", "events"):
+    for name in ("students", "lectures"):
         pd.testing.assert_frame_equal(getattr(checked, name), getattr(unchecked, name))
+    # the events are Arrow tables: the same columns, each of the same type (dictionaries included) and values
+    assert checked.events.column_names == unchecked.events.column_names
+    for column in checked.events.column_names:
+        assert checked.events[column].equals(unchecked.events[column]), column
+    pd.testing.assert_frame_equal(checked.events.to_pandas(), unchecked.events.to_pandas())
 
 
 def test_fingerprint_depends_on_content_not_row_order() -> None:
     ds = dataset()
     shuffled = Dataset(
-        ds.students.iloc[::-1], ds.lectures, ds.events.iloc[[2, 0, 3, 1]], {"other": "manifest"}
+        ds.students.iloc[::-1], ds.lectures, ds.events.to_pandas().iloc[[2, 0, 3, 1]], {"other": "manifest"}
     )
     assert shuffled.fingerprint() == ds.fingerprint()
-    changed = dataset()
-    changed.events.loc[0, "progress"] = 0.41
+    changed = _with_event_cell(dataset(), 0, "progress", 0.41)
     assert changed.fingerprint() != ds.fingerprint()
     renamed = dataset()
     renamed.lectures.loc[1, "title"] = "중학 영어 기초"
     assert renamed.fingerprint() != ds.fingerprint()
+
+
+def _with_event_cell(ds: Dataset, row: int, column: str, value: object) -> Dataset:
+    """`ds` with one event cell changed: the events read into pandas, edited, handed back to a `Dataset`."""
+    events = ds.events.to_pandas()
+    events.loc[row, column] = value
+    return Dataset(ds.students, ds.lectures, events, ds.manifest)
 
 
 def test_sizes() -> None:
@@ -119,8 +133,8 @@ def test_sizes() -> None:
 def test_overwrite_replaces_dataset_and_leaves_no_temporary_directories(tmp_path: Path) -> None:
     target = tmp_path / "ds"
     write_dataset(dataset(), target)
-    smaller = dataset()
-    smaller.events = smaller.events.iloc[:2]
+    full = dataset()
+    smaller = Dataset(full.students, full.lectures, full.events.to_pandas().iloc[:2], full.manifest)
     write_dataset(smaller, target)
     assert read_dataset(target).sizes["events"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -133,7 +147,9 @@ def test_failed_write_leaves_the_old_dataset_intact(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     broken = read_dataset(target)  # complete tables: students and lectures are written to the temp dir ...
     broken.students = broken.students.iloc[:1]
-    broken.events["progress"] = pd.Series(["half", 0.0, 0.0, 1.0], dtype=object)  # ... then events fail
+    events = broken.events.to_pandas()
+    events["progress"] = pd.Series(["half", 0.0, 0.0, 1.0], dtype=object)  # ... then events fail
+    broken = Dataset(broken.students, broken.lectures, events, broken.manifest)
     with pytest.raises(SchemaError) as info:
         write_dataset(broken, target, validate=False)
     assert info.value.file == "events.parquet"
@@ -144,8 +160,7 @@ def test_failed_write_leaves_the_old_dataset_intact(tmp_path: Path) -> None:
 
 
 def test_write_validates_first_and_writes_nothing_on_error(tmp_path: Path) -> None:
-    bad = dataset()
-    bad.events.loc[2, "type"] = "watch"
+    bad = _with_event_cell(dataset(), 2, "type", "watch")
     with pytest.raises(SchemaError, match=r"events: row 3, column 'type': unknown type 'watch'"):
         write_dataset(bad, tmp_path / "ds")
     assert list(tmp_path.iterdir()) == []
@@ -198,13 +213,16 @@ def test_events_written_out_of_order_are_sorted_on_read(tmp_path: Path) -> None:
     out = write_dataset(dataset(), tmp_path / "ds")
     table = pq.read_table(out / "events.parquet")
     pq.write_table(table.take([3, 2, 1, 0]), out / "events.parquet")
-    assert read_dataset(out).events["event_id"].tolist() == ["a", "b", "c", "d"]
+    assert read_dataset(out).events["event_id"].to_pylist() == ["a", "b", "c", "d"]
 
 
 def test_sort_events_breaks_timestamp_ties_by_event_id() -> None:
-    ev = dataset().events.iloc[[0, 2]]  # same timestamp, ids "b" then "c"
-    assert sort_events(ev)["event_id"].tolist() == ["b", "c"]
-    assert sort_events(ev.iloc[::-1])["event_id"].tolist() == ["b", "c"]
+    ev = dataset().events.to_pandas().iloc[[0, 2]]  # same timestamp, ids "b" then "c"
+    assert sort_events(ev)["event_id"].to_pylist() == ["b", "c"]
+    assert sort_events(ev.iloc[::-1])["event_id"].to_pylist() == ["b", "c"]
+    # held by Arrow, the same order
+    table = dataset().events.take([2, 0])
+    assert sort_events(table)["event_id"].to_pylist() == ["b", "c"]
 
 
 def test_events_held_by_arrow_sort_as_in_pandas(tmp_path: Path) -> None:
@@ -213,7 +231,7 @@ def test_events_held_by_arrow_sort_as_in_pandas(tmp_path: Path) -> None:
     table = pq.read_table(out / "events.parquet")
     for rows in ([3, 2, 1, 0], [2, 0, 3, 1], [0, 2, 1, 3]):
         shuffled = table.take(rows)
-        expected = sort_events(shuffled.to_pandas())["event_id"].tolist()
+        expected = sort_events(shuffled.to_pandas())["event_id"].to_pylist()
         order = event_table_order(shuffled)
         assert order is not None
         assert shuffled.take(order)["event_id"].to_pylist() == expected == ["a", "b", "c", "d"]
@@ -241,19 +259,29 @@ def test_missing_directory_points_to_a_copy_set_aside_by_an_interrupted_write(tm
         read_dataset(target)
 
 
+def _assert_coded_text(events: pa.Table, column: str) -> None:
+    """`column` is dictionary-encoded text: an integer code per event, each distinct value once per chunk."""
+    kind = events.schema.field(column).type
+    assert pa.types.is_dictionary(kind), column
+    assert pa.types.is_integer(kind.index_type) and pa.types.is_string(kind.value_type), column
+    for chunk in events[column].chunks:
+        values = chunk.dictionary.to_pylist()
+        assert len(set(values)) == len(values), column
+
+
 def test_event_ids_and_types_are_read_as_integer_codes_in_text_order(tmp_path: Path) -> None:
     out = write_dataset(dataset(), tmp_path / "ds")
     events = read_dataset(out).events
+    assert isinstance(events, pa.Table)
     for column in ("student_id", "lecture_id", "type"):
-        dtype = events[column].dtype
-        assert isinstance(dtype, pd.CategoricalDtype), column
-        assert list(dtype.categories) == sorted(dtype.categories), column
+        _assert_coded_text(events, column)
     # the codes decode to the text of the file, and sorting by the column sorts by that text
-    assert events["student_id"].astype(str).tolist() == ["학생-001", "학생-001", "s2", "s2"]
-    order = events.sort_values("student_id", kind="stable")["student_id"].astype(str).tolist()
-    assert order == sorted(order)
-    # event ids are Arrow-backed text (no Python object per id); they round-trip as written
-    assert isinstance(events["event_id"].dtype, pd.StringDtype)
+    assert events["student_id"].to_pylist() == ["학생-001", "학생-001", "s2", "s2"]
+    students = events["student_id"].combine_chunks()
+    order = students.take(pc.array_sort_indices(students)).to_pylist()
+    assert order == sorted(order) == ["s2", "s2", "학생-001", "학생-001"]
+    # event ids are plain Arrow text (no Python object per id); they round-trip as written
+    assert pa.types.is_string(events.schema.field("event_id").type)
     again = write_dataset(read_dataset(out), tmp_path / "again")
     assert read_dataset(again).fingerprint() == dataset().fingerprint()
 
@@ -290,8 +318,9 @@ def test_a_repeated_event_id_is_named_with_its_rows(tmp_path: Path) -> None:
 
 
 def test_appended_events_keep_their_codes_in_text_order(tmp_path: Path) -> None:
-    """Appending plain rows to the coded events `read_dataset` gives: the ids stay coded, the new ids take
-    codes in text order, and the table is the plain concatenation (same fingerprint)."""
+    """Appending plain rows to the coded events `read_dataset` gives: the ids stay coded (the new rows
+    encoded on their own values), read as text they are the rows appended, and the table is the plain
+    concatenation (same fingerprint)."""
     base = read_dataset(write_dataset(dataset(), tmp_path / "ds"))
     more = pd.DataFrame(
         {
@@ -304,14 +333,24 @@ def test_appended_events_keep_their_codes_in_text_order(tmp_path: Path) -> None:
             "request_id": [None, "요청-2"],
         }
     )
+    before = base.events
     out = append_events(base.events, more[list(reversed(more.columns))])
+    assert isinstance(out, pa.Table) and out.column_names == base.events.column_names
     for column in ("student_id", "lecture_id", "type"):
-        dtype = out[column].dtype
-        assert isinstance(dtype, pd.CategoricalDtype), column
-        assert list(dtype.categories) == sorted(dtype.categories), column
-    assert out["student_id"].astype(str).tolist() == [*base.events["student_id"].astype(str), "a-new", "s2"]
+        assert out.schema.field(column).type == base.events.schema.field(column).type, column
+        _assert_coded_text(out, column)
+    assert out["student_id"].to_pylist() == [*base.events["student_id"].to_pylist(), "a-new", "s2"]
+    assert out["request_id"].to_pylist() == [*base.events["request_id"].to_pylist(), None, "요청-2"]
+    # sorting by the coded column (each chunk with its own dictionary) sorts by the text
+    coded = out["student_id"].combine_chunks()
+    assert pa.types.is_dictionary(coded.type)
+    order = coded.take(pc.array_sort_indices(coded)).to_pylist()
+    assert order == sorted(order) and order[0] == "a-new"
     plain = pd.concat(
-        [base.events.astype({"student_id": object, "lecture_id": object, "type": object}), more]
+        [
+            base.events.to_pandas().astype({"student_id": object, "lecture_id": object, "type": object}),
+            more,
+        ]
     )
     students = pd.concat(
         [base.students, pd.DataFrame({"student_id": ["a-new"], "region": ["seoul"], "grade": ["h1"]})]
@@ -321,3 +360,130 @@ def test_appended_events_keep_their_codes_in_text_order(tmp_path: Path) -> None:
         == Dataset(students, base.lectures, plain.reset_index(drop=True), {}).fingerprint()
     )
     assert len(base.events) == 4  # the base table is left as it was
+    assert base.events is before and base.events.equals(read_dataset(tmp_path / "ds").events)
+
+
+# ------------------------------------------------------------------------------------- features.event_table
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _buffer_address(column: pa.ChunkedArray) -> int:
+    """Where the column's first chunk holds its values (shared by a slice, new for a filtered copy)."""
+    return column.chunks[0].buffers()[1].address
+
+
+def test_as_event_table_converts_each_kind_of_pandas_column() -> None:
+    seoul = pd.to_datetime(["2025-03-01 09:00", None, "2025-03-02 00:30"]).tz_localize("Asia/Seoul")
+    frame = pd.DataFrame(
+        {
+            "coded": pd.Categorical(["b", None, "a"], categories=["b", "a", "unused"]),
+            "at": pd.Series(seoul),
+            "arrow_text": pd.Series(["가", None, "c"], dtype=pd.StringDtype("pyarrow")),
+            "mixed": pd.Series([7, "two", None], dtype=object),
+        }
+    ).set_axis([10, 11, 12])
+    table = as_event_table(frame)
+    assert isinstance(table, pa.Table) and table.column_names == ["coded", "at", "arrow_text", "mixed"]
+    assert table.num_rows == 3  # the index dropped, not a column
+    # a categorical stays dictionary-encoded text, its null kept
+    coded = table.schema.field("coded").type
+    assert pa.types.is_dictionary(coded) and _is_text(coded.value_type)
+    assert table["coded"].to_pylist() == ["b", None, "a"]
+    assert table["coded"].combine_chunks().dictionary.to_pylist() == ["b", "a", "unused"]
+    # a zone-aware time: the same instants, as UTC timestamps in the column's unit
+    at = table.schema.field("at").type
+    assert pa.types.is_timestamp(at) and at.tz == "UTC" and at.unit == frame["at"].dt.unit
+    assert table["at"].to_pylist() == [
+        pd.Timestamp("2025-03-01T00:00:00Z").to_pydatetime(),
+        None,
+        pd.Timestamp("2025-03-01T15:30:00Z").to_pydatetime(),
+    ]
+    assert pd.Series(table["at"].to_pandas()).equals(frame["at"].dt.tz_convert("UTC").reset_index(drop=True))
+    # Arrow-backed text handed over as text
+    assert _is_text(table.schema.field("arrow_text").type)
+    assert table["arrow_text"].to_pylist() == ["가", None, "c"]
+    # values Arrow cannot type together become the text of each value, the null kept
+    assert table.schema.field("mixed").type == pa.string()
+    assert table["mixed"].to_pylist() == ["7", "two", None]
+
+
+def test_as_event_table_keeps_an_arrow_table_and_refuses_other_things() -> None:
+    table = pa.table({"event_id": ["a"]})
+    assert as_event_table(table) is table
+    with pytest.raises(TypeError, match="expected a pandas DataFrame or a pyarrow Table of events, got list"):
+        as_event_table([{"event_id": "a"}])  # type: ignore[arg-type]
+
+
+def test_concat_events_keeps_the_first_tables_dictionaries() -> None:
+    coded = pa.table(
+        {
+            "student_id": pa.array(["s2", "s1", "s2"]).dictionary_encode(),
+            "progress": pa.array([0.0, 0.5, 1.0], type=pa.float32()),
+        }
+    )
+    plain = pa.table({"progress": pa.array([0.25, 0.75]), "student_id": pa.array(["s3", "s1"])})
+    out = concat_events([coded, plain])
+    assert out.schema.equals(coded.schema)  # the first table's columns and types, the other's taken by name
+    assert pa.types.is_dictionary(out.schema.field("student_id").type)
+    assert out["student_id"].to_pylist() == ["s2", "s1", "s2", "s3", "s1"]
+    assert out["progress"].to_pylist() == [0.0, 0.5, 1.0, 0.25, 0.75]
+    assert coded.num_rows == 3 and plain.num_rows == 2  # the inputs are left as they were
+    with pytest.raises(KeyError, match="lack the column"):
+        concat_events([coded, plain.drop_columns(["progress"])])
+
+
+def test_rows_where_slices_a_leading_run_and_filters_otherwise() -> None:
+    table = pa.table({"event_id": [f"e{i}" for i in range(6)], "n": pa.array(range(6), type=pa.int64())})
+    leading = np.array([True, True, True, False, False, False])
+    head = rows_where(table, leading)
+    assert head["n"].to_pylist() == [0, 1, 2]
+    assert head.equals(table.slice(0, 3))
+    # a slice: the same memory as the events, no copy
+    assert _buffer_address(head["n"]) == _buffer_address(table["n"])
+    assert _buffer_address(head["event_id"]) == _buffer_address(table["event_id"])
+    assert rows_where(table, np.ones(6, dtype=bool)).equals(table)
+    assert rows_where(table, np.zeros(6, dtype=bool)).num_rows == 0
+    # any other mask: the rows where it holds, in order (a filtered copy)
+    scattered = np.array([False, True, False, True, True, False])
+    kept = rows_where(table, scattered)
+    assert kept["n"].to_pylist() == [1, 3, 4]
+    assert kept["event_id"].to_pylist() == ["e1", "e3", "e4"]
+    assert _buffer_address(kept["n"]) != _buffer_address(table["n"])
+    late = np.array([False, False, False, True, True, True])  # a run, but not a leading one
+    assert rows_where(table, late)["n"].to_pylist() == [3, 4, 5]
+
+
+def test_event_ticks_counts_in_the_columns_own_unit() -> None:
+    nanos = [1_700_000_000_123_456_789, 1_700_000_001_000_000_001]
+    in_ns = pa.table({"occurred_at": pa.array(nanos, type=pa.timestamp("ns", tz="UTC"))})
+    ticks, unit = event_ticks(in_ns)
+    assert unit == "ns" and ticks.dtype == np.int64 and ticks.tolist() == nanos  # nothing rounded
+    micros = [1_700_000_000_123_456, 1_700_000_001_000_001]
+    in_us = pa.table({"occurred_at": pa.array(micros, type=pa.timestamp("us", tz="UTC"))})
+    ticks, unit = event_ticks(in_us)
+    assert unit == "us" and ticks.tolist() == micros
+    # another zone: the same instants
+    seoul = in_us.set_column(0, "occurred_at", in_us["occurred_at"].cast(pa.timestamp("us", tz="Asia/Seoul")))
+    assert event_ticks(seoul)[0].tolist() == micros
+    # a zone-less column is read as UTC
+    naive = pa.table({"occurred_at": pa.array(micros, type=pa.timestamp("us"))})
+    ticks, unit = event_ticks(naive)
+    assert unit == "us" and ticks.tolist() == micros
+    naive_ms = pa.table({"occurred_at": pa.array([1_700_000_000_123], type=pa.timestamp("ms"))})
+    assert event_ticks(naive_ms)[0].tolist() == [1_700_000_000_123] and event_ticks(naive_ms)[1] == "ms"
+    # times still held as text (an unvalidated frame's) are parsed as pandas parses them
+    text = pa.table({"occurred_at": ["2025-03-01T09:00:00+09:00", "2025-03-01T00:00:01Z"]})
+    ticks, unit = event_ticks(text)
+    start = np.datetime64("2025-03-01T00:00:00", unit)  # counts in `unit` since the epoch
+    second = np.timedelta64(1, "s").astype(f"timedelta64[{unit}]")
+    assert ticks.tolist() == [int(start.view(np.int64)), int((start + second).view(np.int64))]
+    assert pd.Timestamp(int(ticks[0]), unit=unit, tz="UTC") == pd.Timestamp("2025-03-01T00:00:00Z")
+    # a missing time is pandas' NaT
+    with_null = pa.table({"occurred_at": pa.array([micros[0], None], type=pa.timestamp("us", tz="UTC"))})
+    assert event_ticks(with_null)[0].tolist() == [micros[0], np.iinfo(np.int64).min]
+    # an empty column
+    empty = event_ticks(in_us.slice(0, 0))
+    assert empty[0].dtype == np.int64 and empty[0].size == 0 and empty[1] == "us"

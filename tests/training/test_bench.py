@@ -124,7 +124,8 @@ def test_subsample_keeps_a_share_of_the_students_with_all_their_events(
     kept = set(sub.students["student_id"])
     assert 0 < len(kept) < STUDENTS and row.metrics["students"] == len(kept)
     assert len(sub.lectures) == LECTURES
-    expected = full.events[full.events["student_id"].isin(kept)]
+    full_events = full.events.to_pandas()
+    expected = full_events[full_events["student_id"].isin(kept)]
     assert len(sub.events) == len(expected) == row.metrics["events"]
     assert sub.manifest["subsample"] == {"source": str(source), "fraction": 0.5, "seed": 3}
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -116,8 +117,8 @@ def test_train_on_an_explicit_split(store: Settings, tmp_path: Path) -> None:
 
     split = temporal(read_dataset(store.datasets_dir / "synthetic"))
     train_file, test_file = tmp_path / "train.parquet", tmp_path / "test.csv"
-    split.train.events.to_parquet(train_file)
-    split.test.to_csv(test_file, index=False)
+    pq.write_table(split.train.events, train_file)
+    split.test.to_pandas().to_csv(test_file, index=False)
     args = ["train", "-m", "popularity", "--split", "explicit", "--train-events", str(train_file)]
     result = runner.invoke(app, [*args, "--test-events", str(test_file), "--no-oracle"])
     assert result.exit_code == 0, result.output
@@ -139,8 +140,8 @@ def test_compare_without_split_takes_the_newest_runs_split(store: Settings, tmp_
     assert runner.invoke(app, [*train, "--split", "leave_last_n"]).exit_code == 0
     split = temporal(read_dataset(store.datasets_dir / "synthetic"))
     train_file, test_file = tmp_path / "train.parquet", tmp_path / "test.parquet"
-    split.train.events.to_parquet(train_file)
-    split.test.to_parquet(test_file)
+    pq.write_table(split.train.events, train_file)
+    pq.write_table(split.test, test_file)
     files = ["--train-events", str(train_file), "--test-events", str(test_file)]
     result = runner.invoke(app, [*train, "--split", "explicit", *files])
     assert result.exit_code == 0, result.output

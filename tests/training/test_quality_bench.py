@@ -26,25 +26,27 @@ def ds() -> Dataset:
 
 
 def _pairs(ds: Dataset) -> pd.DataFrame:
-    return ds.events[["student_id", "lecture_id"]].drop_duplicates()
+    return ds.events.select(["student_id", "lecture_id"]).to_pandas().drop_duplicates()
 
 
 def test_variants_break_one_habit_each(ds: Dataset):
     no_series = variant(ds, "no_series")
     assert no_series.lectures["series_id"].nunique() == len(ds.lectures)
-    assert set(no_series.events["event_id"]) == set(ds.events["event_id"])
+    ids = set(ds.events["event_id"].to_pylist())
+    assert set(no_series.events["event_id"].to_pylist()) == ids
     sparse = variant(ds, "sparse")
     assert (_pairs(sparse).groupby("student_id").size() <= 3).all()
-    assert set(sparse.events["event_id"]) < set(ds.events["event_id"])
+    assert set(sparse.events["event_id"].to_pylist()) < ids
     heavy = variant(ds, "heavy_popularity", seed=1)
-    assert set(heavy.events["event_id"]) < set(ds.events["event_id"])
+    assert set(heavy.events["event_id"].to_pylist()) < ids
     shuffled = variant(ds, "shuffled_time", seed=1)
     assert len(shuffled.events) == len(ds.events)
-    before = ds.events.groupby("student_id")["occurred_at"].agg(["min", "max"])
-    after = shuffled.events.groupby("student_id")["occurred_at"].agg(["min", "max"])
+    events, shuffled_events = ds.events.to_pandas(), shuffled.events.to_pandas()
+    before = events.groupby("student_id")["occurred_at"].agg(["min", "max"])
+    after = shuffled_events.groupby("student_id")["occurred_at"].agg(["min", "max"])
     assert (after["min"] >= before["min"]).all()  # times only move within each student's own pairs
-    moved = (shuffled.events.sort_values("event_id")["occurred_at"].to_numpy()
-             != ds.events.sort_values("event_id")["occurred_at"].to_numpy())  # fmt: skip
+    moved = (shuffled_events.sort_values("event_id")["occurred_at"].to_numpy()
+             != events.sort_values("event_id")["occurred_at"].to_numpy())  # fmt: skip
     assert moved.any()
     with pytest.raises(ValueError, match="unknown variant"):
         variant(ds, "nope")
@@ -79,9 +81,10 @@ def test_lightfm_is_not_below_lightfm_used_directly_on_an_imported_log(tmp_path:
     a log learnrec's lightfm must score at least as well as LightFM fitted directly on the binary matrix."""
     ds = load_event_files(_plain_log(tmp_path / "log.csv"))
     pairs = _pairs(ds).sample(frac=0.2, random_state=3)
-    key = ds.events["student_id"] + "/" + ds.events["lecture_id"]
+    events = ds.events.to_pandas()
+    key = events["student_id"] + "/" + events["lecture_id"]
     is_test = key.isin(set(pairs["student_id"] + "/" + pairs["lecture_id"])).to_numpy()
-    split = splits.explicit(ds, ds.events[~is_test], ds.events[is_test])
+    split = splits.explicit(ds, events[~is_test], events[is_test])
     data = build_training_data(split.train.students, split.train.lectures, split.train.events)
     assert LightFMRecommender(seed=1, epochs=1).fit(data)._student_keep.sum() == 0  # nothing tells apart
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from features.matrices import build_training_data
@@ -29,7 +30,9 @@ def ds() -> Dataset:
     return modelling_data.dataset()
 
 
-def _keys(events: pd.DataFrame) -> set[str]:
+def _keys(events: pd.DataFrame | pa.Table) -> set[str]:
+    if isinstance(events, pa.Table):  # (the events of a dataset and a split's test events)
+        return {str(v) for v in events["event_id"].to_pylist()}
     return set(events["event_id"].astype(str))
 
 
@@ -94,13 +97,14 @@ def test_per_student_validation_holds_out_one_group_of_students_per_fold(ds: Dat
         seen += fold.test_students
         assert fold.name == "leave_last_n" and fold.params["validation_of"] == "leave_last_n"
         # the fold's students lose exactly what the plain validation holds out of them ...
-        assert _keys(fold.test) == _keys(val.test[val.test["student_id"].isin(mine)])
+        val_test = val.test.to_pandas()
+        assert _keys(fold.test) == _keys(val_test[val_test["student_id"].isin(mine)])
         assert fold.relevant.equals(
             val.relevant[val.relevant["student_id"].isin(mine)].reset_index(drop=True)
         )
         # ... and every other student trains on their whole history
         assert _keys(fold.train.events) == _keys(split.train.events) - _keys(fold.test)
-        assert fold.train.events["occurred_at"].is_monotonic_increasing
+        assert fold.train.events["occurred_at"].to_pandas().is_monotonic_increasing
     assert sorted(seen) == sorted(val.test_students)
     # seeded: the same groups again, other groups under another seed
     assert [f.test_students for f in validation_folds(split)] == [f.test_students for f in folds]
@@ -113,12 +117,13 @@ def test_per_student_validation_holds_out_one_group_of_students_per_fold(ds: Dat
 def test_explicit_split_shape_is_read_and_copied(ds: Dataset):
     """A random per-student test reads as unordered; its validation holds out a similar share."""
     rng = np.random.default_rng(0)
-    pairs = ds.events[["student_id", "lecture_id"]].drop_duplicates()
+    events = ds.events.to_pandas()
+    pairs = events[["student_id", "lecture_id"]].drop_duplicates()
     held = pairs.sample(frac=0.3, random_state=1)
     held = held[held["student_id"].map(pairs["student_id"].value_counts()) > 1]
-    key = ds.events["student_id"] + "/" + ds.events["lecture_id"]
+    key = events["student_id"] + "/" + events["lecture_id"]
     is_test = key.isin(set(held["student_id"] + "/" + held["lecture_id"])).to_numpy()
-    split = splits.explicit(ds, ds.events[~is_test], ds.events[is_test])
+    split = splits.explicit(ds, events[~is_test], events[is_test])
     share, ordered = explicit_shape(split)
     assert not ordered and 0.05 <= share <= 0.5
     val = validation_split(split, seed=int(rng.integers(100)))
@@ -320,7 +325,7 @@ def test_hyper_parameters_are_chosen_on_the_raw_ranking(ds: Dataset, monkeypatch
 
 def _shape_by_pandas(split: splits.Split) -> tuple[float, bool]:
     """`explicit_shape` by its definition: pandas groupbys on the ids as text."""
-    train = split.train.events
+    train = split.train.events.to_pandas()
     known = train[train["student_id"].astype(str).isin(set(split.test_students))]
     n_train = known.groupby(known["student_id"].astype(str))["lecture_id"].nunique()
     n_test = split.relevant.groupby("student_id")["lecture_id"].size()
@@ -329,7 +334,8 @@ def _shape_by_pandas(split: splits.Split) -> tuple[float, bool]:
         return 0.2, False
     share = float(np.median(both["test"] / (both["train"] + both["test"])))
     last_train = known.groupby(known["student_id"].astype(str))["occurred_at"].max()
-    first_test = split.test.groupby(split.test["student_id"].astype(str))["occurred_at"].min()
+    test = split.test.to_pandas()
+    first_test = test.groupby(test["student_id"].astype(str))["occurred_at"].min()
     times = pd.concat([last_train.rename("train"), first_test.rename("test")], axis=1, join="inner")
     ordered = bool(len(times) and float((times["test"] >= times["train"]).mean()) >= 0.8)
     return min(max(share, 0.05), 0.5), ordered
@@ -341,12 +347,15 @@ def test_explicit_shape_is_its_definition(ds: Dataset, kind: str):
     if kind == "random pairs":
         rng = np.random.default_rng(5)
         is_test = rng.random(len(ds.events)) < 0.3
-        split = splits.explicit(ds, ds.events[~is_test], ds.events[is_test])
+        split = splits.explicit(ds, ds.events.filter(pa.array(~is_test)), ds.events.filter(pa.array(is_test)))
     else:
         split = splits.make_split(kind, ds)
     coded = splits.explicit(
-        ds, split.train.events, split.test.astype({"student_id": "category", "lecture_id": "category"})
+        ds,
+        split.train.events,
+        split.test.to_pandas().astype({"student_id": "category", "lecture_id": "category"}),
     )
+    assert all(pa.types.is_dictionary(coded.test[c].type) for c in ("student_id", "lecture_id"))
     for one in (split, coded):
         assert explicit_shape(one) == _shape_by_pandas(one), kind
 
@@ -355,7 +364,7 @@ def test_explicit_shape_counts_no_pair_for_a_missing_lecture(ds: Dataset):
     """A training row without a lecture id (a frame handed in unvalidated) counts for no pair, and does
     not shift another student's count."""
     split = splits.leave_last_n(ds, 1)
-    train = split.train.events.astype({"lecture_id": object})
+    train = split.train.events.to_pandas().astype({"lecture_id": object})
     first = train.index[train["student_id"].astype(str) == split.test_students[0]][0]
     train.loc[first, "lecture_id"] = None
     broken = splits.explicit(ds, train, split.test)

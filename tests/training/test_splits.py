@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from features.errors import SchemaError
+from features.event_table import as_event_table
 from features.tables import Dataset, sort_events
 from tests.training import modelling_data
 from training.errors import SplitError
@@ -34,8 +37,31 @@ def ds() -> Dataset:
     return modelling_data.dataset()
 
 
-def _pairs(events: pd.DataFrame) -> set[tuple[str, str]]:
+def _frame(events: pd.DataFrame | pa.Table) -> pd.DataFrame:
+    """Events (an Arrow table, as a dataset and a split hold them) as a pandas frame, for reading."""
+    return events.to_pandas() if isinstance(events, pa.Table) else events
+
+
+def _text(column: pa.ChunkedArray) -> list[str]:
+    """An Arrow column's values as Python text (dictionary-encoded ids decoded)."""
+    return [str(v) for v in column.to_pylist()]
+
+
+def _pairs(events: pd.DataFrame | pa.Table) -> set[tuple[str, str]]:
+    events = _frame(events)
     return set(zip(events["student_id"].astype(str), events["lecture_id"].astype(str), strict=True))
+
+
+def _shares_memory(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:
+    """Whether a chunk of `a` and a chunk of `b` view the same memory (numpy views of the Arrow buffers,
+    taken without a copy)."""
+    views = [[chunk.to_numpy(zero_copy_only=True) for chunk in column.chunks] for column in (a, b)]
+    return any(np.shares_memory(x, y) for x in views[0] for y in views[1])
+
+
+def _same_table(a: pa.Table, b: pa.Table) -> None:
+    assert a.schema == b.schema
+    pd.testing.assert_frame_equal(a.to_pandas(), b.to_pandas())
 
 
 def _check_relevant(split: Split) -> None:
@@ -49,8 +75,8 @@ def _check_relevant(split: Split) -> None:
 
 
 def _same(a: Split, b: Split) -> None:
-    pd.testing.assert_frame_equal(a.train.events, b.train.events)
-    pd.testing.assert_frame_equal(a.test, b.test)
+    _same_table(a.train.events, b.train.events)
+    _same_table(a.test, b.test)
     pd.testing.assert_frame_equal(a.relevant, b.relevant)
     assert a.test_students == b.test_students and a.params == b.params
 
@@ -59,12 +85,13 @@ def test_temporal_cutoff_default_quantile(ds: Dataset) -> None:
     split = temporal(ds)
     cut = pd.Timestamp(split.params["cutoff"])
     assert split.as_of is not None and pd.Timestamp(split.as_of) == cut
-    assert (split.train.events["occurred_at"] <= cut).all()
-    assert (split.test["occurred_at"] > cut).all()
+    train, test = split.train.events.to_pandas(), split.test.to_pandas()
+    assert (train["occurred_at"] <= cut).all()
+    assert (test["occurred_at"] > cut).all()
     share = len(split.train.events) / len(ds.events)
     assert 0.75 <= share <= 0.85  # quantile 0.8 of the event times
     # every test student was seen before the cutoff
-    assert set(split.test_students) <= set(split.train.events["student_id"])
+    assert set(split.test_students) <= set(train["student_id"].astype(str))
     assert not split.cold_start
     _check_relevant(split)
     _same(split, temporal(ds))
@@ -92,10 +119,12 @@ def test_temporal_horizon_limits_the_test_window(ds: Dataset) -> None:
         split = temporal(ds, horizon_days=days)
         assert split.params["horizon_days"] == days and split.params["cutoff"] == default.params["cutoff"]
         end = cut + pd.Timedelta(days=days)
-        assert (split.test["occurred_at"] > cut).all() and (split.test["occurred_at"] <= end).all()
+        test = split.test.to_pandas()
+        assert (test["occurred_at"] > cut).all() and (test["occurred_at"] <= end).all()
         # the same training side; the test side is the unbounded one cut at the horizon
-        pd.testing.assert_frame_equal(split.train.events, unbounded.train.events)
-        later = unbounded.test[unbounded.test["occurred_at"] <= end]
+        _same_table(split.train.events, unbounded.train.events)
+        unbounded_test = unbounded.test.to_pandas()
+        later = unbounded_test[unbounded_test["occurred_at"] <= end]
         assert _pairs(split.test) == _pairs(later[later["student_id"].isin(split.test_students)])
         assert _pairs(split.relevant) <= _pairs(unbounded.relevant)
         _check_relevant(split)
@@ -128,7 +157,7 @@ def test_temporal_horizon_boundaries(ds: Dataset) -> None:
     )
     small = Dataset(students=ds.students, lectures=ds.lectures, events=events, manifest=ds.manifest)
     split = temporal(small, cutoff=cut.isoformat(), horizon_days=3)
-    assert set(split.train.events["lecture_id"]) == {"MATH-1", "MATH-2"}
+    assert set(_text(split.train.events["lecture_id"])) == {"MATH-1", "MATH-2"}
     assert split.relevant["lecture_id"].tolist() == ["MATH-3", "MATH-4"]
     assert split.params == {"cutoff": "2025-03-20T00:00:00+00:00", "horizon_days": 3}
     assert temporal(small, cutoff=cut.isoformat(), horizon_days=None).relevant["lecture_id"].tolist() == [
@@ -152,12 +181,13 @@ def test_leave_last_n_holds_out_latest_lectures(ds: Dataset) -> None:
     # a partition of the events
     assert len(split.train.events) + len(split.test) == len(ds.events)
     relevant = split.relevant_by_student()
-    first_seen = ds.events.groupby(["student_id", "lecture_id"])["occurred_at"].min()
+    events = ds.events.to_pandas()
+    first_seen = events.groupby(["student_id", "lecture_id"], observed=True)["occurred_at"].min()
     for sid, lectures in relevant.items():
         assert len(lectures) == 2
         mine = first_seen.loc[sid].sort_values()
         assert sorted(lectures) == sorted(mine.index[-2:].tolist())
-    counts = ds.events.groupby("student_id")["lecture_id"].nunique()
+    counts = events.groupby("student_id", observed=True)["lecture_id"].nunique()
     assert set(split.test_students) == set(counts[counts > 2].index)
     _check_relevant(split)
     _same(split, leave_last_n(ds, n=2))
@@ -182,8 +212,9 @@ def test_first_times_are_each_pairs_earliest_event_in_any_row_order() -> None:
     coded = events.astype({"student_id": "category", "lecture_id": "category"})
     in_order = coded.sort_values("occurred_at", kind="stable").reset_index(drop=True)  # as read: one sort
     for frame in (events, coded, in_order):
-        pairs, position = first_times(frame)
-        pair, students, lectures = pair_codes(frame)
+        table = as_event_table(frame)  # (categories become dictionary codes)
+        pairs, position = first_times(table)
+        pair, students, lectures = pair_codes(table)
         assert len(pairs) == len(expected)
         got = list(zip(students[pairs.student], lectures[pairs.lecture], strict=True))
         assert got == list(expected.index)
@@ -218,15 +249,18 @@ def test_temporal_training_side_shares_the_events_in_time_order(ds: Dataset) -> 
     split = temporal(in_order)
     train = split.train.events
     # a leading run of events in time order: a slice of them, not a copy
-    assert np.shares_memory(train["progress"].to_numpy(), in_order.events["progress"].to_numpy())
-    assert train["occurred_at"].max() <= split.as_of < in_order.events["occurred_at"].iloc[len(train)]
+    assert _shares_memory(train["progress"], in_order.events["progress"])
+    starts = {c.buffers()[1].address for c in in_order.events["progress"].chunks}
+    assert {c.buffers()[1].address for c in train["progress"].chunks} <= starts  # zero-copy slices
+    times = in_order.events["occurred_at"].to_pandas()
+    assert pd.Timestamp(pc.max(train["occurred_at"]).as_py()) <= split.as_of < times.iloc[len(train)]
     # out of time order the same rows are picked (copied)
-    reversed_events = in_order.events.iloc[::-1].reset_index(drop=True)
-    other = temporal(dataclasses.replace(ds, events=reversed_events))
-    assert not np.shares_memory(
-        other.train.events["progress"].to_numpy(), reversed_events["progress"].to_numpy()
+    reversed_ds = dataclasses.replace(
+        ds, events=in_order.events.to_pandas().iloc[::-1].reset_index(drop=True)
     )
-    assert sorted(other.train.events["event_id"]) == sorted(train["event_id"])
+    other = temporal(reversed_ds)
+    assert not _shares_memory(other.train.events["progress"], reversed_ds.events["progress"])
+    assert sorted(_text(other.train.events["event_id"])) == sorted(_text(train["event_id"]))
     assert other.test_students == split.test_students
 
 
@@ -253,8 +287,9 @@ def test_relevant_pairs_are_every_new_test_pair_alike_for_coded_ids(ds: Dataset,
     """Relevant = the test events' pairs of catalogue lectures minus the training pairs, sorted as text;
     the same split whether the ids are Python strings or dictionary codes (as a stored dataset is read)."""
     coded = dataclasses.replace(
-        ds, events=ds.events.astype({"student_id": "category", "lecture_id": "category"})
+        ds, events=ds.events.to_pandas().astype({"student_id": "category", "lecture_id": "category"})
     )
+    assert all(pa.types.is_dictionary(coded.events[c].type) for c in ("student_id", "lecture_id"))
     known = set(ds.lectures["lecture_id"].astype(str))
     made = [make_split(name, d) for d in (ds, coded)]
     for split in made:
@@ -263,8 +298,8 @@ def test_relevant_pairs_are_every_new_test_pair_alike_for_coded_ids(ds: Dataset,
     plain, from_codes = made
     pd.testing.assert_frame_equal(plain.relevant, from_codes.relevant)
     assert plain.test_students == from_codes.test_students
-    assert plain.test["event_id"].tolist() == from_codes.test["event_id"].tolist()
-    assert plain.train.events["event_id"].tolist() == from_codes.train.events["event_id"].tolist()
+    assert _text(plain.test["event_id"]) == _text(from_codes.test["event_id"])
+    assert _text(plain.train.events["event_id"]) == _text(from_codes.train.events["event_id"])
 
 
 def test_new_students_are_absent_from_training(ds: Dataset) -> None:
@@ -272,7 +307,7 @@ def test_new_students_are_absent_from_training(ds: Dataset) -> None:
     held = set(split.test_students)
     assert len(held) == 15  # 25 % of 60 students
     assert split.cold_start
-    assert not held & set(split.train.events["student_id"])
+    assert not held & set(_text(split.train.events["student_id"]))
     assert not held & set(split.train.students["student_id"])
     assert len(split.train.students) == 45
     _check_relevant(split)
@@ -297,8 +332,8 @@ def test_explicit_from_files(ds: Dataset, tmp_path: Path) -> None:
     reference = temporal(ds)
     train_file = tmp_path / "train.parquet"
     test_file = tmp_path / "test.csv"
-    reference.train.events.to_parquet(train_file)
-    reference.test.to_csv(test_file, index=False)
+    reference.train.events.to_pandas().to_parquet(train_file)
+    reference.test.to_pandas().to_csv(test_file, index=False)
     split = explicit(ds, train_file, test_file)
     assert split.name == "explicit"
     assert split.test_students == reference.test_students
@@ -307,7 +342,7 @@ def test_explicit_from_files(ds: Dataset, tmp_path: Path) -> None:
 
 
 def test_explicit_file_with_unknown_lecture_names_row(ds: Dataset, tmp_path: Path) -> None:
-    bad = ds.events.head(5).copy()
+    bad = ds.events.slice(0, 5).to_pandas()
     bad.loc[bad.index[3], "lecture_id"] = "NO-SUCH"
     path = tmp_path / "test.csv"
     bad.to_csv(path, index=False)
@@ -327,17 +362,18 @@ def test_temporal_compares_times_in_their_own_unit(ds: Dataset) -> None:
     """Times are compared as integers of the column's unit: nanoseconds of an in-memory frame are kept
     (an event 300 ns after the cut is a test event), and dates far from 1970 (a year-1600 log, a horizon of
     100,000 days) split as the pandas comparison did, with no overflow."""
-    events = ds.events.copy()
+    original = ds.events.to_pandas()
+    events = original.copy()
     ns = events["occurred_at"].astype("datetime64[ns, UTC]")
     cut = ns.iloc[len(ns) // 2]
     events["occurred_at"] = ns.where(ns != cut, cut + pd.Timedelta(nanoseconds=300))
     split = temporal(dataclasses.replace(ds, events=events), cutoff=cut, horizon_days=None)
     moved = events["occurred_at"] == cut + pd.Timedelta(nanoseconds=300)
-    assert moved.any() and not set(events.loc[moved, "event_id"]) & set(split.train.events["event_id"])
-    assert (split.train.events["occurred_at"] <= cut).all()
+    assert moved.any() and not set(events.loc[moved, "event_id"]) & set(_text(split.train.events["event_id"]))
+    assert (split.train.events["occurred_at"].to_pandas() <= cut).all()
 
     shift = pd.Timestamp("1600-01-01", tz="UTC").as_unit("us") - pd.Timestamp("2025-01-01", tz="UTC")
-    old = events.assign(occurred_at=ds.events["occurred_at"] + shift)
+    old = events.assign(occurred_at=original["occurred_at"] + shift)
     early = temporal(dataclasses.replace(ds, events=old))
     assert early.as_of is not None and early.as_of.year < 1700
     expected = (old["occurred_at"] <= pd.Timestamp(early.as_of)).sum()

@@ -69,6 +69,10 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
         DatasetNotFoundError: the dataset or its ground truth is missing.
         SimulationError: no student of those regions.
     """
+    import pyarrow.compute as pc
+
+    from features.event_table import rows_where
+    from features.ids import is_in
     from features.tables import read_dataset
 
     dataset_dir = Path(dataset_dir)
@@ -86,9 +90,10 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
     lecture_rows = dict(zip(lecture_ids, truth.lecture_rows(lecture_ids).tolist(), strict=True))
     profiles = list(profile_rows(students))
     state = OnlineState(recent_len)
-    events = ds.events[ds.events["student_id"].isin(set(ids))]
+    events = rows_where(ds.events, is_in(ds.events["student_id"], set(ids)))  # (Arrow: a region's rows)
     state.seed(events, profiles)
-    last = ds.events["occurred_at"].max() if len(ds.events) else None
+    last = pc.max(ds.events["occurred_at"]).as_py() if len(ds.events) else None
+    taken = rows_where(events, is_in(events["type"], {"enrol", "complete"}))
     return Population(
         dataset_dir=dataset_dir,
         student_ids=ids,
@@ -98,8 +103,6 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
         truth=truth,
         lecture_rows=lecture_rows,
         state=state,
-        last_event=None if last is None else last.to_pydatetime(),
-        history=events.loc[
-            events["type"].isin(["enrol", "complete"]), ["event_id", "student_id", "type", "occurred_at"]
-        ].reset_index(drop=True),
+        last_event=last,
+        history=taken.select(["event_id", "student_id", "type", "occurred_at"]).to_pandas(),
     )
