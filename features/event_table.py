@@ -99,6 +99,19 @@ def concat_events(tables: Sequence[pa.Table]) -> pa.Table:
     return pa.concat_tables([first, *rest])
 
 
+def numpy_column(column: pa.ChunkedArray) -> npt.NDArray[Any]:
+    """A fixed-width column (numbers, timestamps) as one numpy array: each chunk's buffer viewed (a null
+    read as NaN or NaT), then one copy by numpy, none for a single chunk. (Arrow's own `to_numpy` of a
+    chunked column copies into Arrow's memory pool, which keeps the pages after they are freed: at 1 M
+    students a column of the training events is 400 MB.)"""
+    parts = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return np.zeros(0, dtype=column.type.to_pandas_dtype())
+    return np.concatenate(parts)
+
+
 def event_ticks(events: pa.Table) -> tuple[npt.NDArray[np.int64], str]:
     """The events' `occurred_at` as integer counts since the epoch (UTC) in the column's own unit, and
     the unit: compared as integers, nothing is rounded (a validated column is in microseconds; a
@@ -110,10 +123,4 @@ def event_ticks(events: pa.Table) -> tuple[npt.NDArray[np.int64], str]:
         times = pd.to_datetime(column.to_pandas(), utc=True)
         unit = str(times.dt.unit)
         column = pa.chunked_array([pa.array(times.dt.tz_convert(None).to_numpy(), pa.timestamp(unit))])
-    unit = str(column.type.unit)
-    if column.num_chunks == 0:
-        return np.zeros(0, dtype=np.int64), unit
-    # one copy of the column (none for a single chunk without nulls); a null is NaT, the int64 minimum
-    one = column.num_chunks == 1
-    times = column.chunk(0).to_numpy(zero_copy_only=False) if one else column.to_numpy()
-    return times.view(np.int64), unit
+    return numpy_column(column).view(np.int64), str(column.type.unit)  # (a null is NaT: the minimum)

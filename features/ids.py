@@ -2,10 +2,11 @@
 
 Student and lecture ids are compared as text everywhere (an integer id column read from a CSV still
 matches). An events column holds tens of millions of ids but only ~1e6 distinct ones, and the stored
-events are dictionary-encoded (`features.stored_events`): each function here takes the distinct values
-first (a coded column's own categories, else `pandas.factorize`) and turns only those into text, never
-every event's id. This is the one place that rule lives; the splits, the matrices and the evaluation
-match event ids through it.
+events are dictionary-encoded Arrow columns (`features.event_table`): each function here takes the
+distinct values first (an Arrow column's dictionary, a pandas categorical's categories, else
+`pandas.factorize` of a small pandas column) and turns only those into text, never every event's id
+(a few rows of a column coded over many values: only the values they use). This is the one place that
+rule lives; the splits, the matrices and the evaluation match event ids through it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int3
         codes = np.where(
             np.append(dictionary.is_null().to_numpy(zero_copy_only=False), False)[codes], -1, codes
         )
+    if len(dictionary) > codes.size:
+        # a few rows of a column coded over many values (a batch of students' events): only the values
+        # they use become numpy objects, not the whole dictionary
+        present = codes >= 0
+        used, inverse = np.unique(codes[present], return_inverse=True)
+        codes = np.full(codes.size, -1, dtype=np.int32)
+        codes[present] = inverse
+        dictionary = dictionary.take(pa.array(used, type=pa.int64()))
     return codes, dictionary.to_numpy(zero_copy_only=False)
 
 

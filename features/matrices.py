@@ -26,7 +26,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from features.errors import SchemaError
-from features.event_table import as_event_table, event_ticks
+from features.event_table import as_event_table, event_ticks, numpy_column
 from features.ids import positions, used_text
 from features.profile import FEATURE_ATTRIBUTES
 from features.schemas import ALL_REGIONS, EVENT_TYPES, GRADES
@@ -336,7 +336,7 @@ def _aggregate_events(
     if as_of is not None:
         keep &= t <= as_of
     if "progress" in events.column_names:
-        progress = np.asarray(events["progress"].cast(pa.float32()).to_numpy())  # (a null is NaN)
+        progress = numpy_column(events["progress"].cast(pa.float32()))  # (a null is NaN)
         if np.isnan(progress).any():  # (as fillna)
             progress = np.where(np.isnan(progress), np.float32(0.0), progress)
     else:

@@ -104,6 +104,19 @@ def test_a_few_rows_of_a_column_coded_over_many_values_turn_only_their_values_in
     assert positions({"s7": 0, "s5": 1}, batch).tolist() == [1, 0, 1]
 
 
+def test_a_slice_of_an_arrow_column_coded_over_many_values_turns_only_its_values_into_text() -> None:
+    """The Arrow form of the rule above: a batch of students' events sliced out of the whole table keeps
+    the table's dictionary (every student); only the values its rows use are taken, nulls stay -1."""
+    ids = pa.array([f"s{i}" for i in range(1000)] + [None]).dictionary_encode()
+    table = pa.chunked_array([ids.slice(0, 600), ids.slice(600)])
+    batch = table.take(pa.array([7, 1000, 5, 700, 7]))  # five rows; the dictionary holds a thousand values
+    codes, text = text_codes(batch)
+    assert sorted(text.tolist()) == ["s5", "s7", "s700"]
+    assert [None if c < 0 else text[c] for c in codes.tolist()] == ["s7", None, "s5", "s700", "s7"]
+    assert positions({"s7": 0, "s5": 1}, batch).tolist() == [0, -1, 1, -1, 0]
+    assert used_text(table.slice(998, 3)).tolist() == ["s998", "s999"]
+
+
 def test_arrow_nulls_in_unsigned_indices_and_in_the_dictionary() -> None:
     unsigned = pa.DictionaryArray.from_arrays(pa.array([0, None, 1], pa.uint8()), pa.array(["a", "b"]))
     assert positions(["b", "a"], unsigned).tolist() == [1, -1, 0]
