@@ -12,20 +12,38 @@ Column values are matched as text through `features.ids`, times read through `ev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
+#: A table or a column (`take_ascending` gives back what it is given).
+Taken = TypeVar("Taken", pa.Table, pa.ChunkedArray)
+
+
+#: What `pandas.api.types.infer_dtype` calls a column Arrow holds as it is (an object column of text, a
+#: categorical of text or numbers); anything else, e.g. 7 among text ids or True among numbers, Arrow
+#: would coerce.
+_OBJECT_KINDS = ("string", "empty")
+_CATEGORY_KINDS = ("string", "empty", "integer", "floating")
+
+
+def _held_as_is(values: pd.Series[Any]) -> bool:
+    """Whether Arrow holds the column's values as they are (no value coerced to another type)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return pd.api.types.infer_dtype(values.cat.categories, skipna=True) in _CATEGORY_KINDS
+    if values.dtype == object:
+        return pd.api.types.infer_dtype(values, skipna=True) in _OBJECT_KINDS
+    return True
+
 
 def _arrow_column(values: pd.Series[Any]) -> pa.Array | pa.ChunkedArray:
-    """One pandas column as Arrow, converted as it is (checking is `validate_events`' job): categoricals
-    stay dictionary-encoded, zone-aware times become UTC timestamps in their unit, Arrow-backed text is
-    handed over; a column Arrow cannot type (mixed values) becomes the text of each value, nulls kept."""
+    """One pandas column (`_held_as_is`) as Arrow: categoricals stay dictionary-encoded (int32 codes),
+    zone-aware times become UTC timestamps in their unit, Arrow-backed text is handed over."""
     if isinstance(values.dtype, pd.CategoricalDtype):
-        codes = pa.array(values.cat.codes.to_numpy(), mask=values.isna().to_numpy())
+        codes = pa.array(values.cat.codes.to_numpy().astype(np.int32), mask=values.isna().to_numpy())
         distinct = _arrow_column(pd.Series(values.cat.categories))
         if isinstance(distinct, pa.ChunkedArray):
             distinct = distinct.combine_chunks()
@@ -36,23 +54,30 @@ def _arrow_column(values: pd.Series[Any]) -> pa.Array | pa.ChunkedArray:
         return pa.array(naive, type=pa.timestamp(unit, tz="UTC"), mask=values.isna().to_numpy())
     if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
         return pa.array(values.array)
-    try:
-        return pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        nulls = values.isna().to_numpy()
-        text = [None if null else str(v) for v, null in zip(values.tolist(), nulls.tolist(), strict=True)]
-        return pa.array(text, type=pa.string())
+    return pa.array(values, from_pandas=True)
 
 
 def as_event_table(events: pd.DataFrame | pa.Table) -> pa.Table:
     """The events as an Arrow table: an Arrow table as it is, a pandas frame converted column by column
-    (its index dropped, column names as text, a repeated name kept so validation can name it)."""
+    (its index dropped, column names as text, a repeated name kept so validation can name it).
+
+    A frame with a column Arrow would coerce (`_held_as_is`: mixed values in an object column) is
+    validated first (`features.validation.validate_events`), so a bad value is named with its row as
+    the validator names it, never turned into another one; the validated columns are converted.
+
+    Raises:
+        SchemaError: such a frame breaks the events' schema.
+    """
     if isinstance(events, pa.Table):
         return events
     if not isinstance(events, pd.DataFrame):
         kind = type(events).__name__
         raise TypeError(f"expected a pandas DataFrame or a pyarrow Table of events, got {kind}")
     frame = events.reset_index(drop=True)
+    if not all(_held_as_is(frame.iloc[:, i]) for i in range(frame.shape[1])):
+        from features.validation import validate_events
+
+        frame = validate_events(frame, "events")
     arrays = [_arrow_column(frame.iloc[:, i]) for i in range(frame.shape[1])]
     return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
@@ -67,36 +92,85 @@ def rows_where(events: pa.Table, mask: npt.NDArray[np.bool_]) -> pa.Table:
     return events.filter(pa.array(mask, type=pa.bool_()))
 
 
+def take_ascending(data: Taken, rows: npt.NDArray[np.integer[Any]]) -> Taken:
+    """The rows at positions `rows` (ascending) of a table or a column, taken chunk by chunk: Arrow's take
+    over a chunked column first concatenates its chunks (a copy of the whole column: at 1 M students the
+    event ids alone are 1.5 GB), here each chunk hands over its own rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    pieces = data.to_batches() if isinstance(data, pa.Table) else data.chunks
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces], dtype=np.int64)])
+    cuts = np.searchsorted(rows, offsets)
+    taken = [
+        piece.take(pa.array(rows[cuts[i] : cuts[i + 1]] - offsets[i], type=pa.int64()))
+        for i, piece in enumerate(pieces)
+        if cuts[i + 1] > cuts[i]
+    ]
+    if isinstance(data, pa.Table):
+        return pa.Table.from_batches(taken, schema=data.schema) if taken else data.slice(0, 0)
+    return pa.chunked_array(taken, type=data.type) if taken else data.slice(0, 0)
+
+
 def take_rows(events: pa.Table, rows: npt.NDArray[np.integer[Any]]) -> pa.Table:
-    """The rows at positions `rows`, in that order."""
-    return events.take(pa.array(np.asarray(rows, dtype=np.int64), type=pa.int64()))
+    """The rows at positions `rows`, in that order: taken in ascending order chunk by chunk
+    (`take_ascending`), then put in `rows`' order within what was taken (a copy the size of the result,
+    not of the table)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size < 2 or bool((rows[1:] >= rows[:-1]).all()):
+        return take_ascending(events, rows)
+    order = np.argsort(rows, kind="stable")
+    part = take_ascending(events, rows[order])
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size, dtype=np.int64)
+    return part.take(pa.array(back, type=pa.int64()))
 
 
-def _like(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
-    """`column` in the type `kind` of the table it joins: text dictionary-encoded for a dictionary column
-    (the ids keep a few bytes per event), any other type cast."""
+def _joined_type(columns: Sequence[pa.ChunkedArray]) -> pa.DataType:
+    """The type one column of several tables takes when they are joined: the first table's with rows
+    (else the first's) that is not all-null; a dictionary with int32 indices (room for the new values'
+    codes)."""
+    typed = [c.type for c in columns if not pa.types.is_null(c.type)]
+    filled = [c.type for c in columns if len(c) and not pa.types.is_null(c.type)]
+    kind = (filled or typed or [columns[0].type])[0]
+    return pa.dictionary(pa.int32(), kind.value_type) if pa.types.is_dictionary(kind) else kind
+
+
+def _as_type(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    """`column` in the type `kind`: text dictionary-encoded for a dictionary (the ids keep a few bytes per
+    event), an empty or null column as nothing or nulls of it, times cast without a safety check (a finer unit rounded),
+    anything else cast."""
     if column.type == kind:
         return column
+    if len(column) == 0:
+        return pa.chunked_array([], type=kind)
+    if pa.types.is_null(column.type):
+        return pa.chunked_array([pa.nulls(len(column), type=kind)])
     if pa.types.is_dictionary(kind):
-        plain = column.cast(kind.value_type) if not pa.types.is_dictionary(column.type) else column
-        encoded = plain.cast(kind.value_type).dictionary_encode() if plain.num_chunks else plain
-        return encoded.cast(kind) if encoded.type != kind else encoded
-    return column.cast(kind)
+        if not pa.types.is_dictionary(column.type):
+            column = column.cast(kind.value_type).dictionary_encode()
+        return column.cast(kind)
+    return column.cast(kind, safe=not pa.types.is_timestamp(kind))
 
 
 def concat_events(tables: Sequence[pa.Table]) -> pa.Table:
-    """The tables' rows one after the other, with the first table's columns and types (each other
-    table's columns taken by name, converted to them). Chunks keep their own dictionaries (`features.ids`
-    reads such a column as one)."""
-    first = tables[0]
-    rest = []
+    """The tables' rows one after the other, with the first table's columns (each other table's taken by
+    name) in one type each (`_joined_type`). Chunks keep their own dictionaries (`features.ids` reads
+    such a column as one).
+
+    Raises:
+        KeyError: a table lacks one of the first's columns.
+    """
+    names = tables[0].column_names
     for table in tables[1:]:
-        missing = [n for n in first.column_names if n not in table.column_names]
+        missing = [n for n in names if n not in table.column_names]
         if missing:
             raise KeyError(f"events to append lack the column(s) {', '.join(missing)}")
-        columns = [_like(table.column(f.name), f.type) for f in first.schema]
-        rest.append(pa.Table.from_arrays(columns, schema=first.schema))
-    return pa.concat_tables([first, *rest])
+    joined = []
+    kinds = [_joined_type([t.column(n) for t in tables]) for n in names]
+    schema = pa.schema([pa.field(n, k) for n, k in zip(names, kinds, strict=True)])
+    for table in tables:
+        columns = [_as_type(table.column(n), k) for n, k in zip(names, kinds, strict=True)]
+        joined.append(pa.Table.from_arrays(columns, schema=schema))
+    return pa.concat_tables(joined)
 
 
 def numpy_column(column: pa.ChunkedArray) -> npt.NDArray[Any]:
@@ -108,7 +182,7 @@ def numpy_column(column: pa.ChunkedArray) -> npt.NDArray[Any]:
     if len(parts) == 1:
         return parts[0]
     if not parts:
-        return np.zeros(0, dtype=column.type.to_pandas_dtype())
+        return pa.array([], type=column.type).to_numpy(zero_copy_only=False)
     return np.concatenate(parts)
 
 
@@ -117,10 +191,22 @@ def event_ticks(events: pa.Table) -> tuple[npt.NDArray[np.int64], str]:
     the unit: compared as integers, nothing is rounded (a validated column is in microseconds; a
     zone-less one is read as UTC; a null is the int64 minimum, as pandas' NaT). The array may be a
     read-only view of the table's buffer. A column not held as timestamps (an unvalidated frame's text)
-    is parsed as `pandas.to_datetime` does."""
+    is parsed as ISO 8601 text by `pandas.to_datetime`."""
     column = events.column("occurred_at")
     if not pa.types.is_timestamp(column.type):
-        times = pd.to_datetime(column.to_pandas(), utc=True)
+        times = pd.to_datetime(column.to_pandas(), utc=True, format="ISO8601")
         unit = str(times.dt.unit)
         column = pa.chunked_array([pa.array(times.dt.tz_convert(None).to_numpy(), pa.timestamp(unit))])
     return numpy_column(column).view(np.int64), str(column.type.unit)  # (a null is NaT: the minimum)
+
+
+def event_microseconds(events: pa.Table) -> npt.NDArray[np.int64]:
+    """The events' `occurred_at` as microseconds since the epoch (UTC), rounded down: `event_ticks` in
+    one unit for every table (a null stays the int64 minimum)."""
+    ticks, unit = event_ticks(events)
+    if unit == "us":
+        return ticks
+    null = ticks == np.iinfo(np.int64).min
+    micros = ticks // 1_000 if unit == "ns" else ticks * {"s": 1_000_000, "ms": 1_000}[unit]
+    micros[null] = np.iinfo(np.int64).min
+    return micros

@@ -94,7 +94,8 @@ def _value_bits(typed: npt.NDArray[Any]) -> U64:
 def _number_hashes(values: pd.Series[Any] | pa.ChunkedArray, kind: pa.DataType) -> U64:
     """Each number's or timestamp's hash (pandas or Arrow alike: the value counts, not how it is held)."""
     if isinstance(values, pa.ChunkedArray):
-        nulls = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else np.zeros(0, bool)
+        missing = pc.is_null(values, nan_is_null=True)  # (a NaN is missing, as pandas' isna has it)
+        nulls = missing.to_numpy(zero_copy_only=False) if pc.any(missing).as_py() else np.zeros(0, bool)
         filled = pc.fill_null(values, pa.scalar(0, type=values.type)) if values.null_count else values
         if pa.types.is_timestamp(kind):
             bits = epoch_microseconds(filled).view(np.uint64)

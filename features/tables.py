@@ -52,7 +52,13 @@ import pyarrow.parquet as pq
 
 from features.durable import fsync_dir, swap_in
 from features.errors import DatasetNotFoundError, SchemaError
-from features.event_table import as_event_table, concat_events, take_rows
+from features.event_table import (
+    as_event_table,
+    concat_events,
+    event_microseconds,
+    take_ascending,
+    take_rows,
+)
 from features.fingerprint import FINGERPRINT_VERSION, table_digest
 from features.ids import arrow_codes
 from features.schemas import EVENTS, LECTURES, STUDENTS
@@ -63,7 +69,6 @@ from features.stored_events import (
     typed_events,
 )
 from features.validation import (
-    epoch_microseconds,
     generated_event_ids,
     validate_events,
     validate_lectures,
@@ -161,11 +166,18 @@ def _arrow_column(values: pd.Series[Any], kind: pa.DataType) -> pa.Array:
     return pa.array(values, type=kind, from_pandas=True)
 
 
+def _cast_column(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    """An Arrow column in the schema's type; times finer than it rounded down, as pandas rounds them."""
+    if pa.types.is_timestamp(kind) and pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+        return pc.floor_temporal(column, unit="microsecond").cast(kind, safe=False)
+    return column.cast(kind)
+
+
 def _to_arrow(frame: pd.DataFrame | pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     """The table as an Arrow table with exactly `schema` (no pandas metadata; dictionaries decoded)."""
     try:
         if isinstance(frame, pa.Table):
-            arrays = [frame.column(f.name).cast(f.type) for f in schema]
+            arrays = [_cast_column(frame.column(f.name), f.type) for f in schema]
         else:
             arrays = [_arrow_column(frame[f.name].reset_index(drop=True), f.type) for f in schema]
         table = pa.Table.from_arrays(arrays, schema=schema)
@@ -191,7 +203,7 @@ def _dataset_order(ts: npt.NDArray[np.int64], ids: pa.ChunkedArray) -> npt.NDArr
         ties = np.flatnonzero(ts[1:] == ts[:-1])
         if ties.size == 0:
             return None
-        in_order = pc.less_equal(ids.take(pa.array(ties)), ids.take(pa.array(ties + 1)))
+        in_order = pc.less_equal(take_ascending(ids, ties), take_ascending(ids, ties + 1))
         if bool(pc.all(in_order).as_py()):
             return None
     key = pa.table({"t": ts, "id": ids})
@@ -219,7 +231,7 @@ def event_table_order(events: pa.Table) -> npt.NDArray[np.int64] | None:
     ids = events.column("event_id")
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)
-    return _dataset_order(epoch_microseconds(events.column("occurred_at")), ids)
+    return _dataset_order(event_microseconds(events), ids)
 
 
 def append_events(events: pa.Table, more: pd.DataFrame | pa.Table) -> pa.Table:
@@ -472,8 +484,6 @@ class PartitionedDataset:
     _bounds: npt.NDArray[np.int64]
     _generate_ids: bool
     _checked: bool = False
-    _batches: list[pa.RecordBatch] | None = None
-    _offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
     def partitions(self) -> Iterator[EventPartition]:
         """The partitions one after the other, each validated when it is produced.
@@ -485,27 +495,11 @@ class PartitionedDataset:
             events, picked = self._events(self._order[self._bounds[k] : self._bounds[k + 1]])
             yield EventPartition(k + 1, self.n_partitions, events, picked + 1)
 
-    def _take(self, picked: npt.NDArray[np.int64]) -> pa.Table:
-        """Rows `picked` (ascending) of the events, taken batch by batch (a take over the whole chunked
-        table would first concatenate it: a copy of the table per partition)."""
-        if self._batches is None:
-            self._batches = self._table.to_batches()
-            lengths = np.array([b.num_rows for b in self._batches], dtype=np.int64)
-            self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        cuts = np.searchsorted(picked, self._offsets)
-        pieces = [
-            batch.take(pa.array(picked[cuts[i] : cuts[i + 1]] - self._offsets[i], type=pa.int64()))
-            for i, batch in enumerate(self._batches)
-            if cuts[i + 1] > cuts[i]
-        ]
-        if not pieces:
-            return self._table.slice(0, 0)
-        return pa.Table.from_batches(pieces, schema=self._table.schema)
-
     def _events(self, picked: npt.NDArray[np.int64]) -> tuple[pa.Table, npt.NDArray[np.int64]]:
         """The events of the file's rows `picked` (0-based), validated and in dataset order; `picked` in
         that order."""
-        part = self._take(picked).combine_chunks()  # one chunk per column: one dictionary each
+        # one chunk per column: one dictionary each
+        part = take_ascending(self._table, picked).combine_chunks()
         columns = {}
         for name in part.column_names:
             column = part.column(name)

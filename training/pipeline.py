@@ -85,7 +85,8 @@ def prepare(
     )
     # the split holds the events the run reads again: the whole table (the largest in memory, fingerprinted
     # above) is not kept beside it, and Arrow's pool hands its pages back
-    prepared = Prepared(Path(dataset_dir), replace(ds, events=ds.events.slice(0, 0)), split, data, fingerprint)
+    without_events = replace(ds, events=ds.events.slice(0, 0))
+    prepared = Prepared(Path(dataset_dir), without_events, split, data, fingerprint)
     del ds
     pa.default_memory_pool().release_unused()
     return prepared

@@ -62,13 +62,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from features.event_table import concat_events, rows_where
+from features.event_table import concat_events, event_microseconds, rows_where, take_ascending
 from features.ids import is_in, positions, text_codes, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from features.tables import Dataset
     from models.base import Recommender, TrainingData
     from training.splits import Split
@@ -228,8 +226,6 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
     """
     import pandas as pd
 
-    from features.validation import epoch_microseconds
-
     students = pd.Index(split.test_students, dtype=object)  # sorted, distinct
     train = split.train.events
     student = positions(students, train["student_id"])
@@ -245,15 +241,12 @@ def explicit_shape(split: Split) -> tuple[float, bool]:
         return 0.2, False
     share = float(np.median(n_test[both] / (n_train[both] + n_test[both])))
 
-    def micros(events: pa.Table, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return epoch_microseconds(events["occurred_at"].take(rows))
-
     last_train = np.full(len(students), np.iinfo(np.int64).min)
-    np.maximum.at(last_train, student[known], micros(train, known))
+    np.maximum.at(last_train, student[known], event_microseconds(take_ascending(train, known)))
     test_student = positions(students, split.test["student_id"])
     tested = np.flatnonzero(test_student >= 0)
     first_test = np.full(len(students), np.iinfo(np.int64).max)
-    np.minimum.at(first_test, test_student[tested], micros(split.test, tested))
+    np.minimum.at(first_test, test_student[tested], event_microseconds(take_ascending(split.test, tested)))
     timed = (n_train > 0) & (np.bincount(test_student[tested], minlength=len(students)) > 0)
     ordered = bool(timed.any() and float((first_test[timed] >= last_train[timed]).mean()) >= 0.8)
     return min(max(share, 0.05), 0.5), ordered

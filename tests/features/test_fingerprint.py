@@ -182,6 +182,19 @@ def test_minus_zero_and_float32_rounding_hash_as_the_stored_value() -> None:
     assert _digest(Dataset(base.students, base.lectures, arrow, {})) == _digest(base)
 
 
+def test_a_nan_held_by_arrow_is_missing_as_a_nan_held_by_pandas() -> None:
+    """An unvalidated table's NaN progress (Arrow keeps NaN and null apart, pandas' `isna` does not): the
+    same table hashes alike either way, and like a null."""
+    base = validated(dataset())
+    values = [np.nan, 0.0, None, 1.0]
+    frame = base.events.to_pandas().astype({"progress": np.float64}).assign(progress=values)
+    arrow = _set_column(base.events, "progress", pa.array(values, type=pa.float64(), from_pandas=False))
+    assert arrow["progress"].null_count == 1  # the NaN is a value to Arrow
+    nulls = _set_column(base.events, "progress", pa.array([None, 0.0, None, 1.0], type=pa.float64()))
+    digests = {tuple(_digest(Dataset(base.students, base.lectures, e, {}))) for e in (frame, arrow, nulls)}
+    assert len(digests) == 1
+
+
 def test_the_same_events_given_as_pandas_or_as_arrow_have_one_fingerprint() -> None:
     """`Dataset.fingerprint()` of the same events handed over as a pandas frame (plain text or
     categoricals) and as an Arrow table (plain or large text, or dictionary-encoded ids and types)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.errors import DatasetNotFoundError, SchemaError
-from features.event_table import as_event_table, concat_events, event_ticks, rows_where
+from features.event_table import (
+    as_event_table,
+    concat_events,
+    event_microseconds,
+    event_ticks,
+    rows_where,
+    take_ascending,
+    take_rows,
+)
+from features.ids import used_text
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.tables import (
     MANIFEST_FILE,
@@ -147,8 +157,10 @@ def test_failed_write_leaves_the_old_dataset_intact(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     broken = read_dataset(target)  # complete tables: students and lectures are written to the temp dir ...
     broken.students = broken.students.iloc[:1]
-    events = broken.events.to_pandas()
-    events["progress"] = pd.Series(["half", 0.0, 0.0, 1.0], dtype=object)  # ... then events fail
+    held = broken.events  # ... then events fail: a progress Arrow cannot store as a number
+    events = held.set_column(
+        held.column_names.index("progress"), "progress", pa.array(["half", "0", "0", "1"])
+    )
     broken = Dataset(broken.students, broken.lectures, events, broken.manifest)
     with pytest.raises(SchemaError) as info:
         write_dataset(broken, target, validate=False)
@@ -382,15 +394,15 @@ def test_as_event_table_converts_each_kind_of_pandas_column() -> None:
             "coded": pd.Categorical(["b", None, "a"], categories=["b", "a", "unused"]),
             "at": pd.Series(seoul),
             "arrow_text": pd.Series(["가", None, "c"], dtype=pd.StringDtype("pyarrow")),
-            "mixed": pd.Series([7, "two", None], dtype=object),
+            "text": pd.Series(["x", None, "y"], dtype=object),
         }
     ).set_axis([10, 11, 12])
     table = as_event_table(frame)
-    assert isinstance(table, pa.Table) and table.column_names == ["coded", "at", "arrow_text", "mixed"]
+    assert isinstance(table, pa.Table) and table.column_names == ["coded", "at", "arrow_text", "text"]
     assert table.num_rows == 3  # the index dropped, not a column
     # a categorical stays dictionary-encoded text, its null kept
     coded = table.schema.field("coded").type
-    assert pa.types.is_dictionary(coded) and _is_text(coded.value_type)
+    assert pa.types.is_dictionary(coded) and _is_text(coded.value_type) and coded.index_type == pa.int32()
     assert table["coded"].to_pylist() == ["b", None, "a"]
     assert table["coded"].combine_chunks().dictionary.to_pylist() == ["b", "a", "unused"]
     # a zone-aware time: the same instants, as UTC timestamps in the column's unit
@@ -405,9 +417,35 @@ def test_as_event_table_converts_each_kind_of_pandas_column() -> None:
     # Arrow-backed text handed over as text
     assert _is_text(table.schema.field("arrow_text").type)
     assert table["arrow_text"].to_pylist() == ["가", None, "c"]
-    # values Arrow cannot type together become the text of each value, the null kept
-    assert table.schema.field("mixed").type == pa.string()
-    assert table["mixed"].to_pylist() == ["7", "two", None]
+    # an object column of text stays text, the null kept
+    assert table["text"].to_pylist() == ["x", None, "y"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("student_id", 7, "row 2, column 'student_id': expected text, got int 7"),
+        ("progress", True, "row 2, column 'progress': expected a number, got bool True"),
+        ("progress", "0.5", "row 2, column 'progress': expected a number, got text '0.5'"),
+        ("request_id", 5, "row 2, column 'request_id': expected text, got int 5"),
+    ],
+)
+def test_a_frame_arrow_would_coerce_is_named_by_the_validator(
+    column: str, value: object, message: str
+) -> None:
+    """A value of another type among a column's (7 among text ids, True among numbers) is not turned into
+    text or a number on its way to Arrow: the frame is validated first, so the error names the row and
+    the value as `validate_events` does (and `write_dataset` did before events were held by Arrow)."""
+    frame = dataset().events.to_pandas()
+    cells = frame[column].astype(object).tolist()
+    cells[1] = value
+    with pytest.raises(SchemaError, match=re.escape(message)):
+        Dataset(
+            dataset().students, dataset().lectures, frame.assign(**{column: pd.Series(cells, dtype=object)})
+        )
+    mixed = pd.Categorical(["s2", 7] + ["s2"] * (len(frame) - 2))  # categories that are not all text
+    with pytest.raises(SchemaError, match=re.escape("row 2, column 'student_id': expected text, got int 7")):
+        Dataset(dataset().students, dataset().lectures, frame.assign(student_id=mixed))
 
 
 def test_as_event_table_keeps_an_arrow_table_and_refuses_other_things() -> None:
@@ -435,6 +473,37 @@ def test_concat_events_keeps_the_first_tables_dictionaries() -> None:
         concat_events([coded, plain.drop_columns(["progress"])])
 
 
+def test_concat_events_makes_room_for_new_codes_and_fills_empty_and_null_columns() -> None:
+    """A pandas categorical's codes are int8 for a few values: appending more values than that widens
+    them (int32), not overflows; a base column of nulls only (no `request_id` yet) or an empty base takes
+    the appended rows' type; times finer than the base's are rounded."""
+    few = pd.Categorical([f"s{i}" for i in range(60)])
+    base = as_event_table(
+        pd.DataFrame(
+            {"student_id": few, "request_id": [None] * 60, "at": pd.Series(range(60), dtype="int64")}
+        )
+    )
+    assert pa.types.is_null(base.schema.field("request_id").type)
+    assert base.schema.field("student_id").type.index_type == pa.int32()
+    more = pa.table(
+        {
+            "student_id": pa.array([f"n{i}" for i in range(200)]),
+            "request_id": pa.array([f"r{i}" for i in range(200)]),
+            "at": pa.array(range(200), type=pa.int64()),
+        }
+    )
+    out = concat_events([base, more])
+    assert out["student_id"].to_pylist() == [f"s{i}" for i in range(60)] + [f"n{i}" for i in range(200)]
+    assert out["request_id"].to_pylist() == [None] * 60 + [f"r{i}" for i in range(200)]
+    assert out.schema.field("request_id").type == pa.string()
+    assert len(used_text(out["student_id"])) == 260  # the chunks' dictionaries read as one
+    empty = as_event_table(pd.DataFrame({"student_id": [], "request_id": [], "at": []}))
+    assert concat_events([empty, more]).to_pylist() == more.to_pylist()
+    us = pa.table({"t": pa.array([1_000_000], pa.timestamp("us", tz="UTC"))})
+    ns = pa.table({"t": pa.array([2_000_000_999], pa.timestamp("ns", tz="UTC"))})
+    assert concat_events([us, ns])["t"].cast(pa.int64()).to_pylist() == [1_000_000, 2_000_000]
+
+
 def test_rows_where_slices_a_leading_run_and_filters_otherwise() -> None:
     table = pa.table({"event_id": [f"e{i}" for i in range(6)], "n": pa.array(range(6), type=pa.int64())})
     leading = np.array([True, True, True, False, False, False])
@@ -454,6 +523,47 @@ def test_rows_where_slices_a_leading_run_and_filters_otherwise() -> None:
     assert _buffer_address(kept["n"]) != _buffer_address(table["n"])
     late = np.array([False, False, False, True, True, True])  # a run, but not a leading one
     assert rows_where(table, late)["n"].to_pylist() == [3, 4, 5]
+
+
+def test_rows_are_taken_chunk_by_chunk_as_arrow_takes_them() -> None:
+    """`take_rows` and `take_ascending` give what Arrow's own take gives, on a table of several chunks
+    whose dictionaries differ, for rows in any order, repeated, at chunk edges, and none."""
+    first = pa.table(
+        {"event_id": ["a", "b", "c"], "student_id": pa.array(["s1", "s2", "s1"]).dictionary_encode()}
+    )
+    second = pa.table({"event_id": ["d", "e"], "student_id": pa.array(["s3", "s1"]).dictionary_encode()})
+    table = pa.concat_tables([first, first.slice(0, 0), second])
+    assert table["event_id"].num_chunks == 3
+    for rows in ([4, 0, 2, 2, 3], [0, 2, 3, 4], [2, 3], [4, 4, 1], []):
+        picked = np.array(rows, dtype=np.int64)
+        expected = table.take(pa.array(picked, type=pa.int64()))
+        got = take_rows(table, picked)
+        assert got.to_pylist() == expected.to_pylist()
+        assert got.schema == table.schema
+        if rows == sorted(rows):
+            column = take_ascending(table["event_id"], picked)
+            assert column.to_pylist() == expected["event_id"].to_pylist()
+            assert column.type == table["event_id"].type
+
+
+def test_event_microseconds_in_one_unit_and_unvalidated_times_ordered() -> None:
+    """Tables whose times are held in different units compare in microseconds (rounded down; a null
+    stays the minimum); text times (an unvalidated frame's) are read as ISO 8601 instants, so
+    `sort_events` orders them by instant; a table without chunks has no times."""
+    ns = pa.table({"occurred_at": pa.array([-1_500, 2_999, None], pa.timestamp("ns", tz="UTC"))})
+    s_ = pa.table({"occurred_at": pa.array([3], pa.timestamp("s", tz="UTC"))})
+    assert event_microseconds(ns).tolist() == [-2, 2, np.iinfo(np.int64).min]
+    assert event_microseconds(s_).tolist() == [3_000_000]
+    text = pd.DataFrame(
+        {
+            "event_id": ["a", "b", "c"],
+            "occurred_at": ["2025-03-01T09:00:00+09:00", "2025-03-01T00:30:00Z", "2025-03-01 00:10:00"],
+        }
+    )
+    assert sort_events(text)["event_id"].to_pylist() == ["a", "c", "b"]
+    nothing = pa.Table.from_batches([], schema=pa.schema([("occurred_at", pa.timestamp("us", tz="UTC"))]))
+    ticks, unit = event_ticks(nothing)
+    assert ticks.size == 0 and ticks.dtype == np.int64 and unit == "us"
 
 
 def test_event_ticks_counts_in_the_columns_own_unit() -> None:
