@@ -136,8 +136,8 @@ def _joined_type(columns: Sequence[pa.ChunkedArray]) -> pa.DataType:
 
 def _as_type(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
     """`column` in the type `kind`: text dictionary-encoded for a dictionary (the ids keep a few bytes per
-    event), an empty or null column as nothing or nulls of it, times cast without a safety check (a finer unit rounded),
-    anything else cast."""
+    event), an empty or null column as nothing or nulls of it, times cast without a safety check (a
+    finer unit rounded toward zero), anything else cast."""
     if column.type == kind:
         return column
     if len(column) == 0:
