@@ -178,11 +178,11 @@ def numpy_column(column: pa.ChunkedArray) -> npt.NDArray[Any]:
     read as NaN or NaT), then one copy by numpy, none for a single chunk. (Arrow's own `to_numpy` of a
     chunked column copies into Arrow's memory pool, which keeps the pages after they are freed: at 1 M
     students a column of the training events is 400 MB.)"""
-    parts = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    parts: list[npt.NDArray[Any]] = [np.asarray(c.to_numpy(zero_copy_only=False)) for c in column.chunks]
     if len(parts) == 1:
         return parts[0]
     if not parts:
-        return pa.array([], type=column.type).to_numpy(zero_copy_only=False)
+        return np.asarray(pa.array([], type=column.type).to_numpy(zero_copy_only=False))
     return np.concatenate(parts)
 
 
