@@ -218,7 +218,7 @@ def run(opts: BenchOptions) -> SuiteResult:
         result.notes.append("the dataset was already there (generated earlier with the same config): reused")
     result.notes.append(
         "generate = features.synth.generate(scaled_config(students, lectures, seed)); the process peak "
-        "includes interpreter and imports. read and check = read_dataset (Parquet -> Arrow, every rule "
+        "includes interpreter and imports. read and check = read_dataset (Parquet read, every rule "
         "checked, events sorted), fingerprint = Dataset.fingerprint, split = the "
         "default temporal split (training.splits), matrices = build_training_data on its training side "
         "(what learnrec train prepares)."

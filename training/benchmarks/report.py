@@ -181,11 +181,11 @@ def _status(item: Mapping[str, Any]) -> str | None:
 
 
 _READ_STEPS = {
-    "load": "features.tables.read_dataset: Parquet -> Arrow, every rule checked (on the Arrow columns when "
-    "the file has the schema's types: no validated copy), events sorted; what learnrec train reads",
+    "load": "features.tables.read_dataset: the Parquet files read, every rule checked (on the Arrow columns "
+    "when the file has the schema's types: no validated copy), events sorted; what learnrec train reads "
+    "(events held by pandas until stop 33, by Arrow since stop 34)",
     # results written before the two were measured as one step (load)
-    "read": "features.tables.read_dataset(validate=False): Parquet -> pandas (before the events were held "
-    "by Arrow), events sorted",
+    "read": "features.tables.read_dataset(validate=False): Parquet -> pandas, events sorted",
     "validate": "features.tables.validated: types, ids, enums, ranges, references",
     "fingerprint": "Dataset.fingerprint() (what learnrec train logs)",
     "split": "training.splits.make_split('temporal'): quantile 0.8, 14-day horizon",
