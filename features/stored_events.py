@@ -72,6 +72,41 @@ def read_events_table(path: Path) -> pa.Table:
     return table.unify_dictionaries()
 
 
+def checked_events(file: str, table: pa.Table, student_ids: pd.Index, lecture_ids: pd.Index) -> pa.Table:
+    """Events held by Arrow, every rule of `validate_events` checked against the students and lectures.
+
+    Text ids and types are dictionary-encoded first (a file read by `read_events_table` already is); a
+    table in the schema's types is then checked on its Arrow columns and returned as it is
+    (`check_whole_file`, `typed_events`); any other goes through `validate_events`, which converts what
+    it can and names the rows of what it cannot.
+
+    Args:
+        file: what the errors name.
+        table: the events.
+        student_ids: the students table's ids.
+        lecture_ids: the lectures table's ids.
+
+    Returns:
+        The validated events (`features.event_table`).
+
+    Raises:
+        SchemaError: naming the file, its 1-based rows, the column and the value.
+    """
+    from features.event_table import as_event_table
+    from features.validation import validate_events
+
+    names = table.column_names
+    for name in DICTIONARY_COLUMNS:
+        if name in names and _is_text(table.schema.field(name).type):
+            table = table.set_column(names.index(name), name, table.column(name).dictionary_encode())
+    if is_coded(table):
+        check_whole_file(file, table, student_ids, lecture_ids)
+        typed = typed_events(file, table)
+        if typed is not None:
+            return typed
+    return as_event_table(validate_events(table, file, student_ids=student_ids, lecture_ids=lecture_ids))
+
+
 def is_coded(table: pa.Table) -> bool:
     """Whether the ids and types are dictionary-encoded text (what `check_whole_file` needs)."""
     return all(pa.types.is_dictionary(table.schema.field(c).type) for c in DICTIONARY_COLUMNS)

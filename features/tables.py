@@ -64,6 +64,7 @@ from features.ids import arrow_codes
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.stored_events import (
     check_whole_file,
+    checked_events,
     is_coded,
     read_events_table,
     typed_events,
@@ -366,15 +367,7 @@ def _read_events(path: Path, known: tuple[pd.Index, pd.Index] | None) -> pa.Tabl
     A file in the schema's types is checked on Arrow and kept as it is typed (`features.stored_events`);
     any other goes through `validate_events`, which converts what it can and names the rows it cannot."""
     table = read_events_table(path)
-    if known is None:
-        return table
-    students, lectures = known
-    if is_coded(table):
-        check_whole_file(str(path), table, students, lectures)
-        typed = typed_events(str(path), table)
-        if typed is not None:
-            return typed
-    return as_event_table(validate_events(table, str(path), student_ids=students, lecture_ids=lectures))
+    return table if known is None else checked_events(str(path), table, *known)
 
 
 def _open_dataset(directory: Path) -> dict[str, Any]:

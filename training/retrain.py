@@ -44,7 +44,7 @@ from training.errors import RetrainError
 from training.registry import KIND_REEVALUATION, TAG_REEVALUATION_OF
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pyarrow as pa
 
     from features.experiments import ExperimentConfig
     from features.settings import Settings
@@ -378,59 +378,67 @@ def _export(ctx: _Context) -> dict[str, Any]:
     }
 
 
-def _read_exported(events_dir: Path) -> pd.DataFrame:
-    """Every exported event under `events_dir` (empty frame when there are none yet)."""
-    import pandas as pd
+def _read_exported(events_dir: Path) -> pa.Table:
+    """Every exported event under `events_dir` (an empty table when there are none yet)."""
+    import pyarrow as pa
 
     from features.errors import DatasetNotFoundError
     from features.schemas import EVENTS
     from training.ab.exposures import read_events
 
     try:
-        table = read_events(events_dir)
+        table: pa.Table = read_events(events_dir)
     except DatasetNotFoundError:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in EVENTS.names})
-    frame: pd.DataFrame = table.to_pandas()
-    return frame
+        return pa.table({f.name: pa.array([], type=f.type) for f in EVENTS})
+    return table
 
 
 def _append(ctx: _Context) -> dict[str, Any]:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    from features.ids import distinct_text, is_in
+    from features.event_table import rows_where, take_ascending
+    from features.ids import arrow_codes, distinct_text, is_in
+    from features.stored_events import checked_events
     from features.tables import Dataset, append_events, read_dataset, write_dataset
-    from features.validation import validate_events
 
     state, options = ctx.state, ctx.state.options
     base = Path(options.dataset)
     ds = read_dataset(base)
     exported = _read_exported(Path(options.events_dir))
-    total = len(exported)
-    exported = exported.drop_duplicates("event_id", keep="first")  # the stream is at-least-once
+    total = exported.num_rows
+    # the stream is at-least-once: each event id's first row
+    _, first = np.unique(arrow_codes(exported["event_id"])[0], return_index=True)
+    exported = take_ascending(exported, np.sort(first))
     # the dataset's events scanned for the exported ids (a set of those, not of every event's id)
     held = ds.events["event_id"]
     known_ids = distinct_text(held.filter(pa.array(is_in(held, distinct_text(exported["event_id"])))))
-    new = exported[~is_in(exported["event_id"], known_ids)].copy()
-    already = len(exported) - len(new)
-    reason = pd.Series("", index=new.index, dtype=object)
-    reason[~is_in(new["lecture_id"], distinct_text(ds.lectures["lecture_id"]))] = "lecture not in the dataset"
-    reason[~is_in(new["student_id"], distinct_text(ds.students["student_id"]))] = "student not in the dataset"
-    rejected = new[reason != ""].assign(reason=reason[reason != ""])
-    new = new[reason == ""]
+    new = rows_where(exported, ~is_in(exported["event_id"], known_ids))
+    already = exported.num_rows - new.num_rows
+    no_student = ~is_in(new["student_id"], distinct_text(ds.students["student_id"]))
+    no_lecture = ~is_in(new["lecture_id"], distinct_text(ds.lectures["lecture_id"]))
+    reason = np.where(
+        no_student, "student not in the dataset", np.where(no_lecture, "lecture not in the dataset", "")
+    )
+    bad = reason != ""
+    rejected = rows_where(new, bad).append_column("reason", pa.array(reason[bad].tolist(), pa.string()))
+    new = rows_where(new, ~bad)
     result: dict[str, Any] = {
         "base": str(base),
         "exported": total,
-        "stream_duplicates": total - len(exported),
+        "stream_duplicates": total - exported.num_rows,
         "already_in_dataset": already,
-        "appended": len(new),
-        "rejected": len(rejected),
+        "appended": new.num_rows,
+        "rejected": rejected.num_rows,
     }
-    if len(rejected):
+    if rejected.num_rows:
         state.work_dir.mkdir(parents=True, exist_ok=True)
-        rejected.to_parquet(state.work_dir / REJECTED_FILE, index=False)
+        pq.write_table(rejected, state.work_dir / REJECTED_FILE)
         result["rejected_file"] = str(state.work_dir / REJECTED_FILE)
-    if new.empty:
+    if new.num_rows == 0:
         result["stop"] = (
             f"no new events in {options.events_dir} since {base.name}: nothing to retrain on "
             "(run the service or `learnrec simulate` first)"
@@ -440,7 +448,15 @@ def _append(ctx: _Context) -> dict[str, Any]:
     target = Path(state.scratch.get("append_target") or next_version(base))
     state.scratch["append_target"] = str(target)
     state.save()
-    new["occurred_at"] = pd.to_datetime(new["occurred_at"], utc=True)
+    # the base was checked as it was read and the new rows are checked here (their ids are new, their
+    # students and lectures known): the whole table is not checked again
+    checked = checked_events(
+        f"the exported events in {options.events_dir}",
+        new,
+        pd.Index(ds.students["student_id"].astype(str)),
+        pd.Index(ds.lectures["lecture_id"].astype(str)),
+    )
+    span = pc.min_max(checked["occurred_at"]).as_py()
     written = ("sizes", "fingerprint", "fingerprint_version", "format")  # write_dataset records them anew
     manifest = {k: v for k, v in ds.manifest.items() if k not in written}
     manifest["lineage"] = [
@@ -448,23 +464,21 @@ def _append(ctx: _Context) -> dict[str, Any]:
         {
             "parent": str(base),
             "parent_fingerprint": ds.recorded_fingerprint() or ds.fingerprint(),
-            "appended_events": len(new),
-            "first_new_event": new["occurred_at"].min().isoformat(),
-            "last_new_event": new["occurred_at"].max().isoformat(),
+            "appended_events": checked.num_rows,
+            "first_new_event": span["min"].isoformat(),
+            "last_new_event": span["max"].isoformat(),
             "events_dir": options.events_dir,
             "retrain": state.id,
         },
     ]
-    # the base was checked as it was read and the new rows are checked here (their ids are new, their
-    # students and lectures known): the whole table is not checked again
-    checked = validate_events(new, f"the exported events in {options.events_dir}")
     appended = Dataset(ds.students, ds.lectures, append_events(ds.events, checked), manifest)
     del ds, held  # (the appended table shares the base's columns: no copy of them)
     write_dataset(appended, target, validate=False, progress=ctx.progress)
     _carry_ground_truth(base, target)
     result["dataset"] = str(target)
-    tied = new["request_id"].notna() & (new["request_id"].astype(str) != "")
-    result["from_recommendations"] = round(float(tied.mean()), 4)
+    request = new["request_id"]
+    tied = pc.and_(pc.is_valid(request), pc.not_equal(pc.fill_null(request, ""), ""))
+    result["from_recommendations"] = round(float(pc.mean(tied.cast(pa.float64())).as_py()), 4)
     result["first_new_event"] = manifest["lineage"][-1]["first_new_event"]
     result["last_new_event"] = manifest["lineage"][-1]["last_new_event"]
     return result

@@ -240,6 +240,33 @@ def test_the_appended_version_is_the_base_and_the_new_rows(tmp_path: Path) -> No
     assert pa.types.is_dictionary(after.events.schema.field("student_id").type)
 
 
+def test_the_append_keeps_an_ids_first_row_and_names_why_rows_are_left_out(tmp_path: Path) -> None:
+    """The stream is at-least-once: a resent id keeps its first row; a row of an unknown student (even of
+    an unknown lecture too) is rejected as such; the summary reads the appended rows' times and ties."""
+    exported = _exported(modelling_data.dataset().events, already=0, fresh=4)
+    exported["request_id"] = ["req-1", None, "", None]
+    resent = exported.iloc[[0]].assign(
+        progress=0.5, occurred_at=exported["occurred_at"].iloc[0] + timedelta(1)
+    )
+    stranger = exported.iloc[[3]].assign(event_id="stranger", student_id="s999", lecture_id="NO-SUCH")
+    exported = pd.concat([exported, resent, stranger], ignore_index=True)
+    _, result = _append_alone(tmp_path, exported)
+    assert (result["exported"], result["stream_duplicates"], result["appended"], result["rejected"]) == (
+        6,
+        1,
+        4,
+        1,
+    )
+    assert pd.read_parquet(result["rejected_file"])["reason"].tolist() == ["student not in the dataset"]
+    after = read_dataset(Path(result["dataset"])).events.to_pandas()
+    kept = after[after["event_id"] == "exported-0"]
+    assert len(kept) == 1 and kept["progress"].iloc[0] == exported["progress"].iloc[0]  # the first row
+    times = pd.to_datetime(exported["occurred_at"].iloc[:4], utc=True)
+    assert result["first_new_event"] == times.min().isoformat()
+    assert result["last_new_event"] == times.max().isoformat()
+    assert result["from_recommendations"] == 0.25  # one of four appended rows follows a list
+
+
 def test_a_broken_exported_row_stops_the_append_and_writes_nothing(tmp_path: Path) -> None:
     from features.errors import SchemaError
 
