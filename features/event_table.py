@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: A table or a column (`take_ascending` gives back what it is given).
 Taken = TypeVar("Taken", pa.Table, pa.ChunkedArray)
@@ -112,13 +113,15 @@ def take_ascending(data: Taken, rows: npt.NDArray[np.integer[Any]]) -> Taken:
 
 def take_rows(events: pa.Table, rows: npt.NDArray[np.integer[Any]]) -> pa.Table:
     """The rows at positions `rows`, in that order: taken in ascending order chunk by chunk
-    (`take_ascending`), then put in `rows`' order within what was taken (a copy the size of the result,
+    (`take_ascending`), then put in `rows`' order within what was taken (copies the size of the result,
     not of the table)."""
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size < 2 or bool((rows[1:] >= rows[:-1]).all()):
         return take_ascending(events, rows)
     order = np.argsort(rows, kind="stable")
-    part = take_ascending(events, rows[order])
+    # one chunk per column (dictionaries unified first), the chunk-by-chunk pieces released: the take
+    # below has nothing to concatenate (a full permutation holds two copies at most, as Arrow's own)
+    part = take_ascending(events, rows[order]).unify_dictionaries().combine_chunks()
     back = np.empty_like(order)
     back[order] = np.arange(order.size, dtype=np.int64)
     return part.take(pa.array(back, type=pa.int64()))
@@ -153,8 +156,7 @@ def _as_type(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
 
 def concat_events(tables: Sequence[pa.Table]) -> pa.Table:
     """The tables' rows one after the other, with the first table's columns (each other table's taken by
-    name) in one type each (`_joined_type`). Chunks keep their own dictionaries (`features.ids` reads
-    such a column as one).
+    name) in one type each (`_joined_type`), a dictionary column over one dictionary (`_one_dictionary`).
 
     Raises:
         KeyError: a table lacks one of the first's columns.
@@ -164,13 +166,40 @@ def concat_events(tables: Sequence[pa.Table]) -> pa.Table:
         missing = [n for n in names if n not in table.column_names]
         if missing:
             raise KeyError(f"events to append lack the column(s) {', '.join(missing)}")
-    joined = []
     kinds = [_joined_type([t.column(n) for t in tables]) for n in names]
     schema = pa.schema([pa.field(n, k) for n, k in zip(names, kinds, strict=True)])
-    for table in tables:
-        columns = [_as_type(table.column(n), k) for n, k in zip(names, kinds, strict=True)]
-        joined.append(pa.Table.from_arrays(columns, schema=schema))
-    return pa.concat_tables(joined)
+    columns = []
+    for name, kind in zip(names, kinds, strict=True):
+        parts = [_as_type(t.column(name), kind) for t in tables]
+        chunks = [c for part in parts for c in part.chunks]
+        if pa.types.is_dictionary(kind):
+            chunks = _one_dictionary(chunks)
+        columns.append(pa.chunked_array(chunks, kind))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _one_dictionary(chunks: list[pa.DictionaryArray]) -> list[pa.DictionaryArray]:
+    """Dictionary chunks over one dictionary: the first chunk's, with each value another chunk adds
+    appended (codes keep their meaning: a chunk already over it keeps its indices, no copy); the other
+    chunks' indices mapped onto it. One dictionary per column, as a file read has, so nothing downstream
+    unifies dictionaries chunk by chunk (Arrow's `unify_dictionaries` maps every chunk, even one that
+    shares the dictionary: hundreds of chunks of a 1M-value dictionary)."""
+    if not chunks:
+        return chunks
+    dictionary = chunks[0].dictionary
+    indices = []
+    for chunk in chunks:
+        if chunk.dictionary.equals(dictionary):  # (the same buffers: no comparison of the values)
+            indices.append(chunk.indices)
+            continue
+        values = chunk.dictionary
+        added = values.filter(pc.invert(pc.is_in(values, value_set=dictionary)))
+        if len(added):
+            dictionary = pa.concat_arrays([dictionary, added])
+        position = pc.index_in(values, value_set=dictionary).cast(pa.int32())
+        indices.append(position.take(chunk.indices))
+    kind = chunks[0].type.index_type
+    return [pa.DictionaryArray.from_arrays(i.cast(kind), dictionary) for i in indices]
 
 
 def numpy_column(column: pa.ChunkedArray) -> npt.NDArray[Any]:

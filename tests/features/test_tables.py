@@ -497,6 +497,12 @@ def test_concat_events_makes_room_for_new_codes_and_fills_empty_and_null_columns
     assert out["request_id"].to_pylist() == [None] * 60 + [f"r{i}" for i in range(200)]
     assert out.schema.field("request_id").type == pa.string()
     assert len(used_text(out["student_id"])) == 260  # the chunks' dictionaries read as one
+    # one dictionary for the column: the base's, the new values appended; the base's codes not copied
+    first = out["student_id"].chunks[0].dictionary
+    assert all(c.dictionary.equals(first) for c in out["student_id"].chunks)
+    assert first.to_pylist() == sorted(f"s{i}" for i in range(60)) + [f"n{i}" for i in range(200)]
+    base_indices = base["student_id"].chunks[0].indices.buffers()[1].address
+    assert out["student_id"].chunks[0].indices.buffers()[1].address == base_indices
     empty = as_event_table(pd.DataFrame({"student_id": [], "request_id": [], "at": []}))
     assert concat_events([empty, more]).to_pylist() == more.to_pylist()
     us = pa.table({"t": pa.array([1_000_000], pa.timestamp("us", tz="UTC"))})
@@ -523,6 +529,33 @@ def test_rows_where_slices_a_leading_run_and_filters_otherwise() -> None:
     assert _buffer_address(kept["n"]) != _buffer_address(table["n"])
     late = np.array([False, False, False, True, True, True])  # a run, but not a leading one
     assert rows_where(table, late)["n"].to_pylist() == [3, 4, 5]
+
+
+def test_appended_rows_are_merged_into_dataset_order() -> None:
+    """`append_events` on events in dataset order gives what sorting the concatenation gives (new rows
+    before, among and after the old, at the same instants as old rows with smaller and larger ids), and
+    the old rows stay slices of the table they came from; on events out of order, the concatenation."""
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n, m = int(rng.integers(0, 30)), int(rng.integers(1, 12))
+        times = np.sort(rng.integers(0, 20, n)).astype("datetime64[s]").astype("datetime64[us]")
+        ids = [f"e{int(i):03d}" for i in rng.permutation(1000)[: n + m]]
+        base = sort_events(
+            pa.table({"event_id": ids[:n], "occurred_at": pa.array(times, pa.timestamp("us", tz="UTC"))})
+        )
+        more_times = rng.integers(-2, 22, m).astype("datetime64[s]").astype("datetime64[us]")
+        more = pa.table(
+            {"event_id": ids[n:], "occurred_at": pa.array(more_times, pa.timestamp("us", tz="UTC"))}
+        )
+        out = append_events(base, more)
+        expected = sort_events(pa.concat_tables([base, more]))
+        assert out.to_pylist() == expected.to_pylist(), trial
+        assert event_table_order(out) is None
+    shuffled = pa.table(
+        {"event_id": ["b", "a"], "occurred_at": pa.array([2, 1], pa.timestamp("us", tz="UTC"))}
+    )
+    late = pa.table({"event_id": ["c"], "occurred_at": pa.array([0], pa.timestamp("us", tz="UTC"))})
+    assert append_events(shuffled, late)["event_id"].to_pylist() == ["b", "a", "c"]
 
 
 def test_rows_are_taken_chunk_by_chunk_as_arrow_takes_them() -> None:
