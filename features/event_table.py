@@ -215,6 +215,10 @@ def numpy_column(column: pa.ChunkedArray) -> npt.NDArray[Any]:
     return np.concatenate(parts)
 
 
+#: `event_ticks`' units (Arrow's and numpy's timestamp units) in a second.
+TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
 def event_ticks(events: pa.Table) -> tuple[npt.NDArray[np.int64], str]:
     """The events' `occurred_at` as integer counts since the epoch (UTC) in the column's own unit, and
     the unit: compared as integers, nothing is rounded (a validated column is in microseconds; a
@@ -236,6 +240,10 @@ def event_microseconds(events: pa.Table) -> npt.NDArray[np.int64]:
     if unit == "us":
         return ticks
     null = ticks == np.iinfo(np.int64).min
-    micros = ticks // 1_000 if unit == "ns" else ticks * {"s": 1_000_000, "ms": 1_000}[unit]
+    per_second = TICKS_PER_SECOND[unit]
+    if per_second > TICKS_PER_SECOND["us"]:
+        micros = ticks // (per_second // TICKS_PER_SECOND["us"])
+    else:
+        micros = ticks * (TICKS_PER_SECOND["us"] // per_second)
     micros[null] = np.iinfo(np.int64).min
     return micros

@@ -26,7 +26,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from features.errors import SchemaError
-from features.event_table import as_event_table, event_ticks, numpy_column
+from features.event_table import TICKS_PER_SECOND, as_event_table, event_ticks, numpy_column
 from features.ids import positions, used_text
 from features.profile import FEATURE_ATTRIBUTES
 from features.schemas import ALL_REGIONS, EVENT_TYPES, GRADES
@@ -51,8 +51,6 @@ LECTURE_FEATURE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("series", "series_id"),
 )
 _SECONDS_PER_DAY = 86_400.0
-#: `event_ticks`' units in a second.
-_TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,9 +118,9 @@ def _utc_seconds(events: pa.Table, file: str) -> npt.NDArray[np.int64]:
             file, "occurred_at", bad.tolist(), "missing timestamp: every event needs occurred_at"
         )
     if ticks.flags.writeable:  # (a copy of the column's times: no second one)
-        np.floor_divide(ticks, _TICKS_PER_SECOND[unit], out=ticks)
+        np.floor_divide(ticks, TICKS_PER_SECOND[unit], out=ticks)
         return ticks
-    secs: npt.NDArray[np.int64] = ticks // _TICKS_PER_SECOND[unit]
+    secs: npt.NDArray[np.int64] = ticks // TICKS_PER_SECOND[unit]
     return secs
 
 

@@ -380,7 +380,6 @@ def _export(ctx: _Context) -> dict[str, Any]:
 
 def _read_exported(events_dir: Path) -> pa.Table:
     """Every exported event under `events_dir` (an empty table when there are none yet)."""
-    import pyarrow as pa
 
     from features.errors import DatasetNotFoundError
     from features.schemas import EVENTS
@@ -389,7 +388,7 @@ def _read_exported(events_dir: Path) -> pa.Table:
     try:
         table: pa.Table = read_events(events_dir)
     except DatasetNotFoundError:
-        return pa.table({f.name: pa.array([], type=f.type) for f in EVENTS})
+        return EVENTS.empty_table()
     return table
 
 
