@@ -8,8 +8,10 @@ defaults documented in `features.validation`.
 Reading rules (documented choices):
 
 * CSV files are UTF-8 (a byte-order mark is allowed) with a header row; an empty cell is a missing value.
-  Header names are stripped of surrounding spaces. Row numbers in errors are 1-based data rows: row N is
-  line N + 1 of the file (for rows without line breaks inside quoted cells).
+  Header names are stripped of surrounding spaces; a name twice is an error. Every row has as many cells
+  as the header (a shorter or longer row is a malformed row, named). Row numbers in errors are 1-based
+  data rows: row N is line N + 1 of the file (for rows without line breaks inside quoted cells). A
+  compressed CSV (`.csv.gz`, `.bz2`, `.zst`, `.xz`, `.zip` holding one file) is read as it streams.
 * List cells (`grades`, `regions`, `interest_subjects`) in CSV are separated by `|` (`m1|m2|m3`) or
   written as a JSON array (`["m1", "m2"]`).
 * `level` and `series_position` must be whole numbers, `duration_min` and `progress` numbers,
@@ -20,6 +22,12 @@ Reading rules (documented choices):
 * A missing `event_id` column gives deterministic ids (`features.validation.generated_event_ids`: a hash
   of the row's content and row number). A missing `progress` column, or a blank/null progress cell,
   gives 1.0 for `complete` and 0.0 for other types.
+
+The events never become a pandas frame: a CSV file is read by pyarrow's streaming reader a block at a
+time, each block's cells converted to the schema's types as it arrives (ids and types
+dictionary-encoded), and the table is checked by `features.stored_events.checked_events`, the rules
+`read_dataset` applies. A Parquet file is read into Arrow as it is. The students and lectures files
+(one row per student or lecture) go through pandas and `features.validation`.
 
 Without a students file, students are derived from the events: region `"unknown"` (a valid region code
 that no partner region uses, so the student sees only lectures licensed everywhere), grade = the grade
@@ -32,20 +40,37 @@ at position 1, duration 1 minute (unknown), level 1, active.
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import io
 import json
-import re
+import lzma
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from features.errors import DatasetNotFoundError, SchemaError
-from features.schemas import GRADES
+from features.ids import arrow_codes
+from features.schemas import EVENTS, GRADES
+from features.stored_events import DICTIONARY_COLUMNS, check_event_columns, checked_events
 from features.tables import Dataset, Progress, sort_events
-from features.validation import default_progress, validate_events, validate_lectures, validate_students
+from features.validation import (
+    ZONE_SUFFIX,
+    generated_event_id_column,
+    validate_lectures,
+    validate_students,
+)
 
 #: Region given to students derived from events.
 UNKNOWN_REGION = "unknown"
@@ -70,7 +95,9 @@ _BOOL_TEXT = {
     "t": True,
     "f": False,
 }
-_ZONE_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+#: Bytes of CSV text the streaming reader converts at a time.
+_CSV_BLOCK_BYTES = 16 << 20
+_EVENT_COLUMNS = tuple(EVENTS.names)
 
 
 def load_event_files(
@@ -105,25 +132,25 @@ def load_event_files(
         if progress:
             progress(stage, step, steps)
 
-    raw_events, events_text = _read_file(events, "events")
+    event_table, stats = _read_events(events, progress)
     tick("reading")
-    prepared, stats = _prepare_events(raw_events, str(events), events_text)
 
     lecture_table = None
     if lectures_path is not None:
-        raw, is_text = _read_file(Path(lectures_path), "lectures")
+        raw, is_text = _read_frame(Path(lectures_path), "lectures")
         lecture_table = validate_lectures(_prepare(raw, str(lectures_path), is_text), str(lectures_path))
     student_table = None
     if students_path is not None:
-        raw, is_text = _read_file(Path(students_path), "students")
+        raw, is_text = _read_frame(Path(students_path), "students")
         student_table = validate_students(_prepare(raw, str(students_path), is_text), str(students_path))
     tick("reading")
 
-    event_table = validate_events(
-        prepared,
+    # derived tables know every id the events use: only the ids' own rules are checked then
+    event_table = checked_events(
         str(events),
-        student_ids=None if student_table is None else pd.Index(student_table["student_id"]),
-        lecture_ids=None if lecture_table is None else pd.Index(lecture_table["lecture_id"]),
+        event_table,
+        student_ids=_known(student_table, "student_id", event_table),
+        lecture_ids=_known(lecture_table, "lecture_id", event_table),
     )
     tick("validating")
     if lecture_table is None:
@@ -152,63 +179,223 @@ def load_event_files(
     return ds
 
 
+def _known(table: pd.DataFrame | None, name: str, events: pa.Table) -> pd.Index:
+    """The ids of a students / lectures table, or (derived) every id the events' column holds."""
+    if table is not None:
+        ids: pd.Index = pd.Index(table[name])
+    else:
+        _, values = arrow_codes(events.column(name))
+        ids = pd.Index(values, dtype=object)
+    return ids
+
+
 # ----------------------------------------------------------------------------------------------------------
 # reading files
 
 
-def _read_file(path: Path, kind: str) -> tuple[pd.DataFrame, bool]:
-    """The file as a DataFrame, and whether its cells are raw text (CSV) rather than typed (Parquet)."""
+def _check_exists(path: Path, kind: str) -> None:
     if not path.is_file():
         raise DatasetNotFoundError(f"{kind} file {path} does not exist")
+
+
+def _is_csv(path: Path) -> bool:
     name = path.name.lower()
-    if name.endswith(_PARQUET_SUFFIXES):
-        try:
-            frame = pq.read_table(path).to_pandas()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise SchemaError(str(path), "*", [], f"not a readable Parquet file: {exc}") from exc
-        return frame, False
     if name.endswith(_CSV_SUFFIXES):
-        return _read_csv(path), True
+        return True
+    if name.endswith(_PARQUET_SUFFIXES):
+        return False
     raise SchemaError(
         str(path), "*", [], f"unsupported file type '{path.suffix}': use .csv (UTF-8) or .parquet"
     )
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """A Parquet file's table, its text columns among `dictionary` read dictionary-encoded."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+        schema = pq.read_schema(path)
+        text = [f.name for f in schema if f.name in dictionary and pa.types.is_string(f.type)]
+        return pq.read_table(path, read_dictionary=text or None)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(str(path), "*", [], f"not a readable Parquet file: {exc}") from exc
+
+
+def _read_frame(path: Path, kind: str) -> tuple[pd.DataFrame, bool]:
+    """A students / lectures file as a DataFrame, and whether its cells are raw text (CSV) rather than
+    typed (Parquet)."""
+    _check_exists(path, kind)
+    if not _is_csv(path):
+        return _read_parquet(path).to_pandas(), False
+    names, batches = _csv_batches(path)
+    return pa.Table.from_batches(list(batches), schema=_text_schema(names)).to_pandas(), True
+
+
+def _read_events(path: Path, progress: Progress | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """The events file as an Arrow table of the schema's columns (what was defaulted counted): ids and
+    types dictionary-encoded; progress and times converted where the file holds text or numbers. The
+    rows read so far are reported as stage "events read" (total unknown: 0) block by block."""
+    _check_exists(path, "events")
+    file = str(path)
+    stats = {"event_ids_generated": 0, "progress_defaulted": 0, "timestamps_read_as_utc": 0}
+    is_text = _is_csv(path)
+    if is_text:
+        names, batches = _csv_batches(path)
+    else:
+        whole = _read_parquet(path, DICTIONARY_COLUMNS)
+        names, batches = whole.column_names, iter(whole.to_batches())
+    check_event_columns(file, names)
+    parts, first_row = [], 1
+    for batch in batches:
+        parts.append(_typed_columns(batch, file, first_row, stats, is_text=is_text))
+        first_row += batch.num_rows
+        if progress:
+            progress("events read", first_row - 1, 0)
+    if not parts:  # no rows: the columns still say what the file holds
+        empty = pa.RecordBatch.from_pylist([], schema=_text_schema(names) if is_text else whole.schema)
+        parts.append(_typed_columns(empty, file, 1, stats, is_text=is_text))
+    table = pa.Table.from_batches(parts).unify_dictionaries()
+    if "event_id" not in table.column_names:
+        stats["event_ids_generated"] = table.num_rows
+        if _hashable(table):  # (otherwise the check converts what it can, gives the ids or names the rows)
+            ids = generated_event_id_column(*(table.column(c) for c in _HASHED))
+            table = table.add_column(0, "event_id", ids)
+    return table, stats
+
+
+def _text_schema(names: list[str]) -> pa.Schema:
+    return pa.schema([pa.field(n, pa.string()) for n in names])
+
+
+#: The columns a generated event id hashes (with the row number), in its order.
+_HASHED = ("student_id", "lecture_id", "type", "occurred_at", "progress")
+
+
+def _hashable(table: pa.Table) -> bool:
+    """Whether the columns a generated id hashes are there in the types it reads."""
+    if not all(c in table.column_names for c in _HASHED):
+        return False
+    kind = {name: table.schema.field(name).type for name in _HASHED}
+    return (
+        all(pa.types.is_dictionary(kind[c]) for c in DICTIONARY_COLUMNS)
+        and pa.types.is_floating(kind["progress"])
+        and pa.types.is_timestamp(kind["occurred_at"])
+    )
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[IO[bytes]]:
+    """The file's bytes, decompressed as they are read (by its suffix)."""
+    name = path.name.lower()
+    with ExitStack() as stack:
+        if name.endswith(".zip"):
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            if len(members) != 1:
+                raise SchemaError(
+                    str(path), "*", [], f"the zip archive holds {len(members)} files: expected one CSV"
+                )
+            yield stack.enter_context(archive.open(members[0]))
+        elif name.endswith(".zst"):  # (Python's own zstd arrives in 3.14: Arrow's codec reads it)
+            yield stack.enter_context(pa.input_stream(str(path), compression="zstd"))  # type: ignore[misc]
+        else:
+            module = {".gz": gzip, ".bz2": bz2, ".xz": lzma}.get(path.suffix.lower())
+            yield stack.enter_context(module.open(path, "rb") if module else path.open("rb"))  # type: ignore[attr-defined]
+
+
+def _csv_batches(path: Path) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+    """A CSV file's header names (stripped) and its rows a block at a time, every cell text (an empty
+    cell null).
+
+    Raises:
+        SchemaError: the file is empty, not UTF-8, a header name is repeated or a row is malformed (the
+            last two as the blocks are read).
+    """
+    file = str(path)
+    names = [n.strip() for n in _csv_header(path)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SchemaError(file, repeated[0], [], "the column appears more than once: keep one")
+    return names, _csv_blocks(path, names)
+
+
+def _csv_blocks(path: Path, names: list[str]) -> Iterator[pa.RecordBatch]:
+    file = str(path)
+    read = pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=_CSV_BLOCK_BYTES)
+    convert = pcsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, null_values=[""]
+    )
+    malformed: list[str] = []
+
+    def on_invalid_row(row: Any) -> str:  # (an exception raised here would be dropped by Arrow)
+        malformed.append(f"{row.actual_columns} cells, the header has {row.expected_columns}")
+        return "error"
+
+    parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid_row)
+    with _open_text(path) as raw:
+        try:
+            reader = pcsv.open_csv(raw, read_options=read, parse_options=parse, convert_options=convert)
+            yield from reader
+        except pa.ArrowInvalid as exc:
+            if malformed:
+                row = _malformed_row(path, len(names))
+                raise SchemaError(
+                    file, "*", [row] if row else [],
+                    f"malformed CSV row ({malformed[0]}); check quoting and commas",
+                ) from None  # fmt: skip
+            if "UTF8" in str(exc) or "UTF-8" in str(exc):
+                raise _not_utf8(path) from None
+            raise SchemaError(file, "*", [], f"malformed CSV ({exc}); check quoting and commas") from None
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header row's names (a byte-order mark dropped)."""
+    with _open_text(path) as raw:
+        head = raw.read(1 << 20)
+    try:
+        text = head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        row = _first_undecodable_row(path)
-        raise SchemaError(
-            str(path),
-            "*",
-            [row] if row else [],
-            f"not UTF-8 text ({exc.reason}); save the file as UTF-8 (in Excel: 'CSV UTF-8')",
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise SchemaError(
-            str(path), "*", [], "the file is empty: expected a header row and data rows"
-        ) from None
-    except pd.errors.ParserError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        rows = [int(match.group(1)) - 1] if match else []
-        detail = str(exc).split("C error: ")[-1].strip()
-        raise SchemaError(
-            str(path), "*", rows, f"malformed CSV row ({detail}); check quoting and commas"
-        ) from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    # short rows leave NaN in the trailing cells; empty cells are "" -> both mean "missing"
-    return frame.replace("", np.nan) if len(frame) else frame
+        if exc.start < len(head) - 4:  # (not just a character cut at the end of the read)
+            raise _not_utf8(path) from None
+        text = head[: exc.start].decode("utf-8-sig")
+    header = next(csv.reader(io.StringIO(text)), None)
+    if not header or not text.strip():
+        raise SchemaError(str(path), "*", [], "the file is empty: expected a header row and data rows")
+    return header
+
+
+def _not_utf8(path: Path) -> SchemaError:
+    row = _first_undecodable_row(path)
+    return SchemaError(
+        str(path),
+        "*",
+        [row] if row else [],
+        "not UTF-8 text; save the file as UTF-8 (in Excel: 'CSV UTF-8')",
+    )
 
 
 def _first_undecodable_row(path: Path) -> int | None:
     """1-based data row of the first line that is not UTF-8 (only called when decoding failed)."""
-    with path.open("rb") as fh:
+    with _open_text(path) as fh:
         for line_no, line in enumerate(fh, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
                 return max(line_no - 1, 1)
+    return None
+
+
+def _malformed_row(path: Path, cells: int) -> int | None:
+    """1-based data row of the first row whose cell count is not the header's (only called when the
+    reader met one; empty lines are skipped, as the reader skips them)."""
+    with _open_text(path) as fh, io.TextIOWrapper(fh, encoding="utf-8-sig", newline="") as text:
+        rows = csv.reader(text)
+        next(rows, None)
+        number = 0
+        for row in rows:
+            if not row:
+                continue
+            number += 1
+            if len(row) != cells:
+                return number
     return None
 
 
@@ -270,53 +457,164 @@ def _parse_lists(s: pd.Series[Any]) -> pd.Series[Any]:
     return s.map(cell, na_action="ignore").astype(object)
 
 
-def _prepare_events(frame: pd.DataFrame, file: str, is_text: bool) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Events with typed columns, defaulted progress and UTC timestamps, plus counts of what was defaulted."""
-    out = _prepare(frame.drop(columns=[c for c in ("progress",) if c in frame.columns]), file, is_text)
-    stats = {"event_ids_generated": 0, "progress_defaulted": 0, "timestamps_read_as_utc": 0}
-    if "event_id" not in out.columns:
-        stats["event_ids_generated"] = len(out)
-    if "type" in out.columns:
-        defaults = default_progress(out["type"].astype("str"))
-        if "progress" in frame.columns:
-            raw = frame["progress"]
-            values = _parse_numbers(raw, file, "progress", whole=False) if is_text else raw
-            if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-                numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-                missing = np.isnan(numbers)
-                stats["progress_defaulted"] = int(missing.sum())
-                values = pd.Series(np.where(missing, defaults.to_numpy(), numbers))
-            out["progress"] = values  # anything else is left for validation to reject with its row
+def _typed_columns(
+    batch: pa.RecordBatch, file: str, first_row: int, stats: dict[str, int], *, is_text: bool
+) -> pa.RecordBatch:
+    """One block of an events file in the schema's columns: integer ids as their digits, the ids and
+    types `features.stored_events.DICTIONARY_COLUMNS` dictionary-encoded, progress read and defaulted,
+    times in UTC. A column of a type not handled here is left as it is, for the check to name its rows.
+
+    Args:
+        batch: the block (CSV: every cell text or null).
+        file: the file (named in errors).
+        first_row: the block's first 1-based data row.
+        stats: counts of defaulted values, added to.
+        is_text: the cells are CSV text (numbers are parsed), not typed Parquet values.
+    """
+    names = batch.schema.names
+    columns: dict[str, pa.Array] = {}
+    for name in _EVENT_COLUMNS:
+        if name == "progress":
+            if "type" in names:  # (without types the check names the missing column)
+                columns[name] = _progress(batch, file, first_row, stats, is_text=is_text)
+        elif name not in names:
+            continue
+        elif name == "occurred_at":
+            columns[name] = _utc_times(batch.column(name), file, first_row, stats)
         else:
-            stats["progress_defaulted"] = len(out)
-            out["progress"] = defaults
-    if "occurred_at" in out.columns:
-        out["occurred_at"], stats["timestamps_read_as_utc"] = _utc_timestamps(out["occurred_at"], file)
-    return out, stats
+            columns[name] = _text_id(batch.column(name), dictionary=name in DICTIONARY_COLUMNS)
+    return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
-def _utc_timestamps(s: pd.Series[Any], file: str) -> tuple[pd.Series[Any], int]:
-    """Timestamps in UTC; values without a zone are taken as UTC (and counted)."""
-    if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return s.dt.tz_convert("UTC"), 0
-    if pd.api.types.is_datetime64_dtype(s.dtype):
-        return s.dt.tz_localize("UTC"), int(s.notna().sum())
-    kind = pd.api.types.infer_dtype(s, skipna=True)
-    if not (isinstance(s.dtype, pd.StringDtype) or kind in ("string", "empty")):
-        return s, 0  # not text: validation reports the type with the row
-    text = s.astype("str").str.strip()
-    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
-    bad = (parsed.isna() & text.notna()).to_numpy()
-    if bad.any():
-        raise SchemaError(
-            file,
-            "occurred_at",
-            _rows(bad),
-            f"cannot read {text[bad].iloc[0]!r} as an ISO 8601 timestamp (e.g. 2025-03-01T09:30:00+09:00; "
-            "without a zone it is read as UTC)",
-        )
-    naive = ~text.str.contains(_ZONE_SUFFIX, regex=True).fillna(True)
-    return parsed, int(naive.sum())
+def _text_id(column: pa.Array, *, dictionary: bool) -> pa.Array:
+    if pa.types.is_integer(column.type):
+        column = column.cast(pa.string())  # lossless: integer ids become their digits
+    elif pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    if dictionary and pa.types.is_string(column.type):
+        return column.dictionary_encode()
+    return column
+
+
+def _progress(
+    batch: pa.RecordBatch, file: str, first_row: int, stats: dict[str, int], *, is_text: bool
+) -> pa.Array:
+    """Progress as float64, a missing value (or a missing column) given the type's default."""
+    types = batch.column("type")
+    if pa.types.is_dictionary(types.type):
+        types = types.cast(types.type.value_type)
+    complete = pc.fill_null(pc.equal(types, "complete"), False).to_numpy(zero_copy_only=False)
+    defaults = np.where(complete, 1.0, 0.0)
+    if "progress" not in batch.schema.names:
+        stats["progress_defaulted"] += batch.num_rows
+        return pa.array(defaults)
+    column = batch.column("progress")
+    if is_text:
+        values = _numbers(column, file, "progress", first_row)
+    elif (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)) and len(column):
+        values = np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    elif pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+        values = np.zeros(0)
+    else:
+        return column  # text or flags in a typed file: the check names the rows
+    missing = np.isnan(values)
+    stats["progress_defaulted"] += int(missing.sum())
+    return pa.array(np.where(missing, defaults, values))
+
+
+def _numbers(column: pa.Array, file: str, name: str, first_row: int) -> npt.NDArray[np.float64]:
+    """CSV text as float64 (a null NaN); text that is not a number is an error naming its rows."""
+    text = pc.utf8_trim_whitespace(column)
+    try:
+        values = text.cast(pa.float64())
+    except pa.ArrowInvalid:
+        values = None
+    if values is not None:
+        numbers = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+        written_nan = np.isnan(numbers) & ~np.asarray(text.is_null().to_numpy(zero_copy_only=False))
+        if not written_nan.any():
+            return numbers
+    bad = [i for i, v in enumerate(text.to_pylist()) if v is not None and not _reads_as(v, pa.float64())]
+    raise SchemaError(
+        file, name, [first_row + i for i in bad], f"expected a number, got {text[bad[0]].as_py()!r}"
+    )
+
+
+def _reads_as(text: str, kind: pa.DataType) -> bool:
+    """Whether one cell casts to `kind` (a written NaN is not a number); used on the error path only."""
+    try:
+        value = pa.scalar(text).cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return not (pa.types.is_floating(kind) and value.as_py() != value.as_py())
+
+
+#: Rewrites of ISO 8601 text that Arrow's parser does not read into forms it does, tried when a block
+#: does not read as it is: the basic format (`20250301T090000Z`), a decimal comma, a fraction of a second
+#: past microseconds (truncated to the schema's unit: a floor), a space before the zone.
+_ISO_REWRITES = (
+    (r"^(\d{4})(\d{2})(\d{2})([Tt ]|$)", r"\1-\2-\3\4"),
+    (r"([Tt ])(\d{2})(\d{2})(\d{2})", r"\1\2:\3:\4"),
+    (r"(:\d{2}),(\d)", r"\1.\2"),
+    (r"(\.\d{6})\d+", r"\1"),
+    (r"\s+([Zz]|[+-]\d{2}(?::?\d{2})?)$", r"\1"),
+)
+_UTC = pa.timestamp("us", tz="UTC")
+_NAIVE = pa.timestamp("us")
+
+
+def _utc_times(column: pa.Array, file: str, first_row: int, stats: dict[str, int]) -> pa.Array:
+    """Timestamps in UTC; values without a zone are taken as UTC (and counted). Text is ISO 8601; a
+    value that is neither text nor a timestamp is left for the check to name."""
+    if pa.types.is_timestamp(column.type):
+        if column.type.tz is not None:
+            return column
+        stats["timestamps_read_as_utc"] += len(column) - column.null_count
+        return column.cast(pa.timestamp(column.type.unit, tz="UTC"))  # (the same instants, as UTC)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column
+    text = pc.utf8_trim_whitespace(column)
+    times = _parsed_times(text, stats)
+    if times is not None:
+        return times
+    rewritten = text  # (only when the block does not read as it is)
+    for pattern, replacement in _ISO_REWRITES:
+        rewritten = pc.replace_substring_regex(rewritten, pattern, replacement)
+    times = _parsed_times(rewritten, stats)
+    if times is not None:
+        return times
+    zoned = pc.match_substring_regex(rewritten, ZONE_SUFFIX).to_pylist()
+    values = text.to_pylist()
+    bad = [
+        i for i, (v, written, z) in enumerate(zip(values, rewritten.to_pylist(), zoned, strict=True))
+        if v is not None and not _reads_as(written, _UTC if z else _NAIVE)
+    ]  # fmt: skip
+    raise SchemaError(
+        file,
+        "occurred_at",
+        [first_row + i for i in bad],
+        f"cannot read {values[bad[0]]!r} as an ISO 8601 timestamp (e.g. 2025-03-01T09:30:00+09:00; "
+        "without a zone it is read as UTC)",
+    )
+
+
+def _parsed_times(text: pa.Array, stats: dict[str, int]) -> pa.Array | None:
+    """ISO 8601 text as UTC timestamps (text without a zone as UTC, counted), or None when a value does
+    not read."""
+    zoned = pc.fill_null(pc.match_substring_regex(text, ZONE_SUFFIX), True)
+    naive_count = int(pc.sum(pc.invert(zoned)).as_py() or 0)
+    try:
+        if naive_count == 0:
+            times = text.cast(_UTC)
+        elif naive_count == len(text):
+            times = text.cast(_NAIVE).cast(_UTC)
+        else:
+            in_zone = pc.if_else(zoned, text, None).cast(_UTC)
+            times = pc.if_else(zoned, in_zone, pc.if_else(zoned, None, text).cast(_NAIVE).cast(_UTC))
+    except pa.ArrowInvalid:
+        return None
+    stats["timestamps_read_as_utc"] += naive_count
+    return times
 
 
 def _rows(mask: Any) -> list[int]:
@@ -327,23 +625,45 @@ def _rows(mask: Any) -> list[int]:
 # tables derived from the events
 
 
-def _derive_lectures(events: pd.DataFrame) -> pd.DataFrame:
-    ids = np.sort(events["lecture_id"].unique().astype(str))
+def _used(events: pa.Table, name: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
+    """(code per event, the distinct values the events use, as text) of an id column."""
+    codes, values = arrow_codes(events.column(name))
+    return codes, values.astype(str)
+
+
+def _derive_lectures(events: pa.Table) -> pd.DataFrame:
+    codes, values = _used(events, "lecture_id")
+    ids = np.unique(values[np.unique(codes)])
     return pd.DataFrame({"lecture_id": ids, "title": ids, "provider": UNKNOWN, "subject": UNKNOWN})
 
 
-def _derive_students(events: pd.DataFrame, lectures: pd.DataFrame | None) -> pd.DataFrame:
-    ids = np.sort(events["student_id"].unique().astype(str))
-    grade = pd.Series(DEFAULT_GRADE, index=pd.Index(ids), dtype="str")
+def _derive_students(events: pa.Table, lectures: pd.DataFrame | None) -> pd.DataFrame:
+    student_codes, student_values = _used(events, "student_id")
+    present = np.bincount(student_codes, minlength=len(student_values)) > 0  # (checked: no nulls)
+    order = np.flatnonzero(present)[np.argsort(student_values[present], kind="stable")]
+    grade = np.full(len(student_values), DEFAULT_GRADE, dtype=object)
     if lectures is not None:
         restricted = lectures.loc[lectures["grades"].map(len) < len(GRADES), ["lecture_id", "grades"]]
-        if len(restricted):
-            suits = restricted.explode("grades").rename(columns={"grades": "grade"})
-            pairs = events[["student_id", "lecture_id"]].drop_duplicates().merge(suits, on="lecture_id")
-            if len(pairs):
-                counts = pairs.groupby(["student_id", "grade"]).size().rename("n").reset_index()
-                counts["order"] = counts["grade"].map({g: i for i, g in enumerate(GRADES)})
-                best = counts.sort_values(["student_id", "n", "order"], ascending=[True, False, True])
-                best = best.drop_duplicates("student_id")
-                grade.loc[best["student_id"].to_numpy()] = best["grade"].to_numpy()
-    return pd.DataFrame({"student_id": ids, "region": UNKNOWN_REGION, "grade": grade.to_numpy()})
+        lecture_codes, lecture_values = _used(events, "lecture_id")
+        # suits[lecture code, grade]: the restricted lecture is for that grade
+        suits = np.zeros((len(lecture_values), len(GRADES)), dtype=np.float64)
+        at = pd.Index(lecture_values).get_indexer(restricted["lecture_id"])
+        for code, grades in zip(at, restricted["grades"], strict=True):
+            if code >= 0:
+                suits[code, [GRADES.index(g) for g in grades]] = 1.0
+        on_restricted = np.asarray(suits.any(axis=1))[lecture_codes]
+        pairs = np.unique(
+            student_codes[on_restricted].astype(np.int64) * len(lecture_values) + lecture_codes[on_restricted]
+        )  # each student-lecture pair once
+        students, lectures_of = pairs // len(lecture_values), pairs % len(lecture_values)
+        counts = np.stack(
+            [np.bincount(students, weights=suits[lectures_of, g], minlength=len(student_values))
+             for g in range(len(GRADES))],
+            axis=1,
+        )  # fmt: skip
+        best = np.argmax(counts, axis=1)  # the first of equal counts: ties in school order
+        has = counts.max(axis=1, initial=0.0) > 0
+        grade[has] = np.asarray(GRADES, dtype=object)[best[has]]
+    return pd.DataFrame(
+        {"student_id": student_values[order], "region": UNKNOWN_REGION, "grade": grade[order].astype(str)}
+    )

@@ -56,20 +56,29 @@ def read_events_table(path: Path) -> pa.Table:
     try:
         schema = pq.read_schema(path)
         names = list(schema.names)
-        if len(set(names)) != len(names):
-            dupe = sorted({n for n in names if names.count(n) > 1})[0]
-            raise SchemaError(file, dupe, [], "the column appears more than once: keep one")
-        missing = [c for c in EVENTS_REQUIRED if c not in names]
-        if missing:
-            raise SchemaError(
-                file, missing[0], [], f"required column '{missing[0]}' is missing (columns present: "
-                f"{', '.join(names) or 'none'})",
-            )  # fmt: skip
+        check_event_columns(file, names)
         text = [c for c in DICTIONARY_COLUMNS if _is_text(schema.field(c).type)]
         table = pq.read_table(path, columns=[f.name for f in EVENTS if f.name in names], read_dictionary=text)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaError(file, "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset") from exc
     return table.unify_dictionaries()
+
+
+def check_event_columns(file: str, names: list[str]) -> None:
+    """An events file's column names: none twice, every required one present.
+
+    Raises:
+        SchemaError: naming the file and the column.
+    """
+    if len(set(names)) != len(names):
+        dupe = sorted({n for n in names if names.count(n) > 1})[0]
+        raise SchemaError(file, dupe, [], "the column appears more than once: keep one")
+    missing = [c for c in EVENTS_REQUIRED if c not in names]
+    if missing:
+        raise SchemaError(
+            file, missing[0], [], f"required column '{missing[0]}' is missing (columns present: "
+            f"{', '.join(names) or 'none'})",
+        )  # fmt: skip
 
 
 def checked_events(file: str, table: pa.Table, student_ids: pd.Index, lecture_ids: pd.Index) -> pa.Table:

@@ -69,8 +69,9 @@ from features.schemas import (
 TableLike: TypeAlias = pd.DataFrame | pa.Table
 _SHOW_VALUES = 3
 _TS_DTYPE: Final = "datetime64[us, UTC]"
-#: ISO 8601 text that carries its own zone: `Z` or an offset such as `+09:00` / `+0900` / `+09`.
-_ZONE_SUFFIX = r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+#: ISO 8601 text that carries its own zone: a time of day followed by `Z` or an offset such as `+09:00` /
+#: `+0900` / `+09` (a date alone, `2025-03-01`, has none: its `-01` is the day).
+ZONE_SUFFIX = r"[Tt ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -210,7 +211,8 @@ def generated_event_ids(
 
     The id is ``"ev-"`` plus 16 hex digits of a 64-bit hash of the 1-based row number and the row's
     student, lecture, type, timestamp and progress. The same file always gives the same ids; two
-    identical rows still get different ids because their row numbers differ.
+    identical rows still get different ids because their row numbers differ. `generated_event_id_column`
+    gives the same ids for Arrow columns.
 
     Args:
         student_id: validated student ids.
@@ -224,6 +226,51 @@ def generated_event_ids(
     Returns:
         The ids, a `str` Series aligned with the inputs.
     """
+    hashes = _event_id_hashes(
+        student_id.to_numpy(), lecture_id.to_numpy(), type_.to_numpy(), epoch_microseconds(occurred_at),
+        progress.to_numpy(dtype=np.float32), row_numbers,
+    )  # fmt: skip
+    text = _event_id_text(hashes)
+    return pd.Series(text.to_numpy(zero_copy_only=False), index=student_id.index, dtype="str")
+
+
+def generated_event_id_column(
+    student_id: pa.ChunkedArray,
+    lecture_id: pa.ChunkedArray,
+    type_: pa.ChunkedArray,
+    occurred_at: pa.ChunkedArray,
+    progress: pa.ChunkedArray,
+) -> pa.ChunkedArray:
+    """`generated_event_ids` of a whole file's Arrow columns (the same ids): text columns are hashed
+    through their dictionaries (each distinct value once, as pandas hashes a categorical), the ids are
+    written straight into an Arrow text column (19 bytes per event, no Python string per id).
+
+    Args:
+        student_id: student ids (text, dictionary-encoded or not).
+        lecture_id: lecture ids.
+        type_: event types.
+        occurred_at: UTC timestamps.
+        progress: progress values.
+
+    Returns:
+        The ids, `string`, one per row.
+    """
+    from features.ids import arrow_codes  # (features.ids reads this module)
+
+    def text(values: pa.ChunkedArray) -> pd.Categorical:
+        codes, distinct = arrow_codes(values)
+        return pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype=object))
+
+    hashes = _event_id_hashes(
+        text(student_id), text(lecture_id), text(type_), epoch_microseconds(occurred_at),
+        progress.cast(pa.float32()).to_numpy(), None,
+    )  # fmt: skip
+    return _event_id_text(hashes)
+
+
+def _event_id_hashes(
+    student_id: Any, lecture_id: Any, type_: Any, micros: Any, progress: Any, row_numbers: Any
+) -> npt.NDArray[np.uint64]:
     n = len(student_id)
     rows = np.arange(1, n + 1, dtype=np.int64) if row_numbers is None else np.asarray(row_numbers, np.int64)
     if rows.shape != (n,):
@@ -231,17 +278,40 @@ def generated_event_ids(
     content = pd.DataFrame(
         {
             "row": rows,
-            "student_id": student_id.to_numpy(),
-            "lecture_id": lecture_id.to_numpy(),
-            "type": type_.to_numpy(),
-            "occurred_at": epoch_microseconds(occurred_at),
-            "progress": progress.to_numpy(dtype=np.float32),
-        }
+            "student_id": student_id,
+            "lecture_id": lecture_id,
+            "type": type_,
+            "occurred_at": micros,
+            "progress": progress,
+        },
+        copy=False,
     )
-    hashes = pd.util.hash_pandas_object(content, index=False).to_numpy(dtype=np.uint64)
-    hex_digits = hashes.astype(">u8").tobytes().hex().encode("ascii")
-    ids = np.char.add("ev-", np.frombuffer(hex_digits, dtype="S16").astype(str)) if n else np.array([], str)
-    return pd.Series(ids, index=student_id.index, dtype="str")
+    return np.asarray(pd.util.hash_pandas_object(content, index=False), dtype=np.uint64)
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_ID_PREFIX = np.frombuffer(b"ev-", dtype=np.uint8)
+#: Ids per Arrow chunk: 19 bytes each stay within a `string` column's 32-bit offsets.
+_IDS_PER_CHUNK = 1 << 26
+
+
+def _event_id_text(hashes: npt.NDArray[np.uint64]) -> pa.ChunkedArray:
+    """``"ev-"`` and the 16 hex digits of each hash (big-endian), as an Arrow `string` column."""
+    width = _ID_PREFIX.size + 16
+    chunks = []
+    for start in range(0, max(hashes.size, 1), _IDS_PER_CHUNK):
+        part = hashes[start : start + _IDS_PER_CHUNK].astype(">u8").view(np.uint8).reshape(-1, 8)
+        text = np.empty((part.shape[0], width), dtype=np.uint8)
+        text[:, : _ID_PREFIX.size] = _ID_PREFIX
+        text[:, _ID_PREFIX.size :: 2] = _HEX_DIGITS[part >> 4]
+        text[:, _ID_PREFIX.size + 1 :: 2] = _HEX_DIGITS[part & 15]
+        offsets = np.arange(0, (part.shape[0] + 1) * width, width, dtype=np.int32)
+        chunks.append(
+            pa.Array.from_buffers(
+                pa.string(), part.shape[0], [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+            )
+        )
+    return pa.chunked_array(chunks, type=pa.string())
 
 
 def sorted_categories(values: pd.Series[Any]) -> pd.Series[Any]:
@@ -610,7 +680,7 @@ class _Validator:
             "empty",
         ):
             text = s.astype("str")
-            zoned = text.str.strip().str.contains(_ZONE_SUFFIX, regex=True).fillna(True).to_numpy(dtype=bool)
+            zoned = text.str.strip().str.contains(ZONE_SUFFIX, regex=True).fillna(True).to_numpy(dtype=bool)
             parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
             unreadable = (parsed.isna() & text.notna()).to_numpy()
             if unreadable.any():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features import event_files
 from features.errors import DatasetNotFoundError, SchemaError
 from features.event_files import load_event_files
 from features.schemas import GRADES
@@ -250,3 +252,186 @@ def test_unsupported_file_type(tmp_path: Path) -> None:
 def test_empty_csv(tmp_path: Path) -> None:
     err = error(load_event_files, write(tmp_path / "events.csv", ""))
     assert "the file is empty" in str(err)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the streaming Arrow reader (issue 14): blocks, compression, times, derived grades
+
+
+def test_rows_are_numbered_across_blocks_and_ids_do_not_depend_on_the_block_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = "".join(
+        f"s{i % 7},l{i % 5},enrol,2025-03-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z,\n" for i in range(400)
+    )
+    path = write(tmp_path / "events.csv", "student_id,lecture_id,type,occurred_at,progress\n" + rows)
+    whole = load_event_files(path)
+    monkeypatch.setattr(event_files, "_CSV_BLOCK_BYTES", 512)  # about 12 rows a block
+    assert len(list(event_files._csv_batches(path)[1])) > 10
+    blocks = load_event_files(path)
+    assert blocks.fingerprint() == whole.fingerprint()  # generated ids hash the row number across blocks
+    lines = rows.splitlines(keepends=True)
+    lines[300] = "s4,l0,enrol,sometime,\n"
+    bad = write(tmp_path / "bad.csv", "student_id,lecture_id,type,occurred_at,progress\n" + "".join(lines))
+    err = error(load_event_files, bad)
+    assert err.column == "occurred_at" and err.rows == [301] and "'sometime'" in str(err)
+    short = write(
+        tmp_path / "short.csv", "student_id,lecture_id,type,occurred_at,progress\n" + rows + "s9,l1\n"
+    )
+    err = error(load_event_files, short)
+    assert err.rows == [401] and "malformed CSV row (2 cells, the header has 5)" in str(err)
+
+
+def test_a_parquet_file_of_many_row_groups_names_the_row_of_a_bad_time(tmp_path: Path) -> None:
+    times = [f"2025-03-01T00:00:{i % 60:02d}Z" for i in range(50)]
+    times[37] = "not a time"
+    table = pa.table(
+        {"student_id": ["s1"] * 50, "lecture_id": ["l1"] * 50, "type": ["enrol"] * 50, "occurred_at": times}
+    )
+    pq.write_table(table, tmp_path / "events.parquet", row_group_size=8)
+    err = error(load_event_files, tmp_path / "events.parquet")
+    assert err.column == "occurred_at" and err.rows == [38]
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip", ".csv.zst"])
+def test_compressed_csv_reads_as_the_plain_file(tmp_path: Path, suffix: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    raw = EVENTS_CSV.encode()
+    path = tmp_path / f"events{suffix}"
+    if suffix == ".csv.zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("events.csv", raw)
+    elif suffix == ".csv.zst":
+        with pa.output_stream(str(path), compression="zstd") as out:
+            out.write(raw)
+    else:
+        path.write_bytes({".csv.gz": gzip, ".csv.bz2": bz2, ".csv.xz": lzma}[suffix].compress(raw))
+    plain = load_event_files(write(tmp_path / "events.csv", EVENTS_CSV))
+    assert load_event_files(path).fingerprint() == plain.fingerprint()
+
+
+def test_iso_forms_are_read_as_the_same_instants(tmp_path: Path) -> None:
+    forms = {
+        "2025-03-01T09:00:00+09:00": "2025-03-01T00:00:00Z",
+        "2025-03-01T00:00:00.1234567Z": "2025-03-01T00:00:00.123456Z",  # past microseconds: cut
+        "20250301T090000+0900": "2025-03-01T00:00:00Z",  # basic format
+        "2025-03-01T00:00:00,5Z": "2025-03-01T00:00:00.5Z",  # decimal comma
+        "2025-03-01T09:00:00 +09:00": "2025-03-01T00:00:00Z",  # a space before the zone
+        "2025-03-01": "2025-03-01T00:00:00Z",  # a date alone has no zone: read as UTC
+        "2025-03-01 00:00": "2025-03-01T00:00:00Z",
+    }
+    rows = "".join(f's1,l1,enrol,"{text}",\n' for text in forms)
+    ds = load_event_files(
+        write(tmp_path / "events.csv", "student_id,lecture_id,type,occurred_at,progress\n" + rows)
+    )
+    got = sorted(ds.events.column("occurred_at").to_pylist())
+    assert got == sorted(pd.Timestamp(v).to_pydatetime() for v in forms.values())
+    assert ds.manifest["defaults"]["timestamps_read_as_utc"] == 2
+
+
+@pytest.mark.parametrize("cell", ["nan", "0x1", "1,5", "half"])
+def test_progress_text_that_is_not_a_number_names_its_row(tmp_path: Path, cell: str) -> None:
+    path = write(tmp_path / "events.csv", EVENTS_CSV.replace(",0.4", f',"{cell}"'))
+    err = error(load_event_files, path)
+    assert err.column == "progress" and err.rows == [2] and f"got {cell!r}" in str(err)
+
+
+def test_a_header_name_twice_and_a_file_of_only_a_byte_order_mark(tmp_path: Path) -> None:
+    dupe = write(
+        tmp_path / "dupe.csv", "student_id,lecture_id,type,occurred_at,type\ns1,l1,enrol,2025-03-01,enrol\n"
+    )
+    err = error(load_event_files, dupe)
+    assert err.column == "type" and "appears more than once" in str(err)
+    err = error(load_event_files, write(tmp_path / "bom.csv", "\ufeff"))
+    assert "the file is empty" in str(err)
+
+
+def test_integer_request_ids_in_parquet_become_their_digits(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "event_id": ["a", "b"],
+            "student_id": ["s1", "s2"],
+            "lecture_id": ["l1", "l1"],
+            "type": ["enrol", "complete"],
+            "occurred_at": pa.array(["2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z"]),
+            "request_id": pa.array([17, None], pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    assert load_event_files(tmp_path / "events.parquet").events.column("request_id").to_pylist() == [
+        "17",
+        None,
+    ]
+
+
+def test_derived_grades_are_the_most_common_grade_among_a_students_restricted_lectures(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(5)
+    lectures = pd.DataFrame(
+        {
+            "lecture_id": [f"l{i}" for i in range(30)],
+            "title": "t",
+            "provider": "p",
+            "subject": "s",
+            "grades": [
+                "|".join(rng.choice(GRADES, size=rng.integers(1, 4), replace=False))
+                if i % 3
+                else "|".join(GRADES)
+                for i in range(30)
+            ],
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "student_id": [f"s{i}" for i in rng.integers(0, 60, 900)],
+            "lecture_id": [f"l{i}" for i in rng.integers(0, 30, 900)],
+            "type": "enrol",
+            "occurred_at": "2025-03-01T00:00:00Z",
+        }
+    )
+    lectures.to_csv(tmp_path / "lectures.csv", index=False)
+    events.to_csv(tmp_path / "events.csv", index=False)
+    ds = load_event_files(tmp_path / "events.csv", None, tmp_path / "lectures.csv")
+    # the rule, counted plainly: each (student, lecture) pair once, restricted lectures only
+    suits = {
+        r.lecture_id: r.grades.split("|")
+        for r in lectures.itertuples()
+        if r.grades.count("|") < len(GRADES) - 1
+    }
+    expected = {}
+    for student, group in events.drop_duplicates(["student_id", "lecture_id"]).groupby("student_id"):
+        counts = dict.fromkeys(GRADES, 0)
+        for lecture in group["lecture_id"]:
+            for g in suits.get(lecture, []):
+                counts[g] += 1
+        best = max(GRADES, key=lambda g: (counts[g], -GRADES.index(g)))
+        expected[student] = best if counts[best] else "adult"
+    assert dict(zip(ds.students["student_id"], ds.students["grade"], strict=True)) == expected
+    assert ds.students["student_id"].tolist() == sorted(expected)
+
+
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_events_are_checked_on_arrow_never_through_the_pandas_validator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_ids: bool
+) -> None:
+    """The import of a file in the documented forms never falls back to `validate_events` (a pandas frame
+    of every event): its columns are converted block by block into the types the Arrow check reads."""
+    import features.validation
+
+    text = EVENTS_CSV if not with_ids else EVENTS_CSV.replace("student_id,", "event_id,student_id,", 1)
+    if with_ids:
+        lines = text.splitlines()
+        text = "\n".join([lines[0], *(f"e{i},{line}" for i, line in enumerate(lines[1:]))]) + "\n"
+    path = write(tmp_path / "events.csv", text)
+    expected = load_event_files(path).fingerprint()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the events went through the pandas validator")
+
+    monkeypatch.setattr(features.validation, "validate_events", refuse)
+    assert load_event_files(path).fingerprint() == expected

@@ -11,9 +11,11 @@ import pyarrow as pa
 import pytest
 
 from features.errors import SchemaError
+from features.event_table import as_event_table
 from features.schemas import EVENTS, GRADES, LECTURES, STUDENTS
 from features.validation import (
     default_progress,
+    generated_event_id_column,
     generated_event_ids,
     validate_events,
     validate_lectures,
@@ -169,6 +171,53 @@ def test_generated_event_ids_are_deterministic_and_distinguish_identical_rows() 
     assert direct.tolist() == first  # the file's progress (0.0 for enrol) equals the default
     twin.loc[1, "lecture_id"] = "l2"
     assert validate_events(twin, "events.csv")["event_id"].tolist()[1] != first[1]
+
+
+def test_generated_ids_are_the_same_for_pandas_and_arrow_columns_and_across_versions() -> None:
+    """A file without event ids imported again must give its events the ids it gave them before: the ids
+    are pinned (values of learnrec 39ed76c), and the Arrow path (dictionary-encoded or plain text) gives
+    the pandas path's ids."""
+    rng = np.random.default_rng(2)
+    n = 500
+    frame = pd.DataFrame(
+        {
+            "student_id": pd.Series([f"학생{i}" for i in rng.integers(0, 40, n)], dtype="str"),
+            "lecture_id": pd.Series([f"l{i}" for i in rng.integers(0, 9, n)], dtype="str"),
+            "type": pd.Series(rng.choice(["enrol", "progress", "complete"], n), dtype="str"),
+            "occurred_at": pd.Series(
+                pd.to_datetime(rng.integers(1.70e15, 1.75e15, n), unit="us", utc=True)
+            ).astype("datetime64[us, UTC]"),
+            "progress": pd.Series(rng.random(n).astype(np.float32)),
+        }
+    )
+    pandas_ids = generated_event_ids(*(frame[c] for c in frame.columns)).tolist()
+    table = as_event_table(frame)  # (pyarrow's own conversion of zone-aware times is deprecated)
+    coded = [table.column(c).dictionary_encode() if i < 3 else table.column(c) for i, c in enumerate(frame)]
+    assert generated_event_id_column(*coded).to_pylist() == pandas_ids
+    assert generated_event_id_column(*table.columns).to_pylist() == pandas_ids
+    pinned = generated_event_ids(
+        pd.Series(["학생1", "s2"], dtype="str"),
+        pd.Series(["l1", "강의"], dtype="str"),
+        pd.Series(["enrol", "complete"], dtype="str"),
+        pd.Series(
+            pd.to_datetime(["2025-03-01T00:00:00.123456Z", "2025-03-02T09:00:00.000000Z"], format="ISO8601")
+        ),
+        pd.Series(np.array([0.0, 1.0], np.float32)),
+    )
+    assert pinned.tolist() == ["ev-b073f8f93ef8c7ec", "ev-203756a8f95ec875"]
+
+
+def test_a_date_without_a_time_has_no_zone() -> None:
+    """`2025-03-01` ends in `-01`, the day, not an offset."""
+    ev = events()
+    ev["occurred_at"] = [
+        "2025-03-01T09:00:00Z",
+        "2025-03-02",
+        "2025-03-03T00:00:00-01",
+        "2025-03-04T00:00:00Z",
+    ]
+    err = _error(lambda: validate_events(ev, "events.parquet"))
+    _assert_names(err, "events.parquet", 2, "occurred_at", "has no time zone")
 
 
 def test_categorical_columns_are_read_as_their_values() -> None:

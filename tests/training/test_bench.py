@@ -51,9 +51,12 @@ def data_result(tiny_opts: BenchOptions) -> SuiteResult:
 
 
 def test_data_suite_measures_generation_and_reading_in_subprocesses(data_result: SuiteResult) -> None:
-    generate, read = data_result.items
-    assert [generate.item, read.item] == ["generate", "read + validate"]
-    assert generate.ok and read.ok, (generate.reason, read.reason)
+    generate, read, imported = data_result.items
+    assert [generate.item, read.item, imported.item] == ["generate", "read + validate", "import"]
+    assert generate.ok and read.ok and imported.ok, (generate.reason, read.reason, imported.reason)
+    # the events written as CSV and imported back are the dataset: same rows, same fingerprint
+    assert imported.metrics["events"] == read.metrics["events"] and imported.metrics["same_fingerprint"]
+    assert imported.metrics["import_peak_rss_bytes"] > 0
     assert generate.metrics["students"] == STUDENTS
     assert generate.metrics["lectures"] == LECTURES
     assert generate.metrics["events"] == read.metrics["events"] == data_result.dataset["events"] > 0
@@ -69,7 +72,7 @@ def test_data_suite_measures_generation_and_reading_in_subprocesses(data_result:
 
 def test_data_suite_reuses_a_generated_dataset(data_result: SuiteResult, tiny_opts: BenchOptions) -> None:
     again = data_bench.run(tiny_opts)
-    assert [row.item for row in again.items] == ["read + validate"]
+    assert [row.item for row in again.items] == ["read + validate", "import"]  # (the CSV kept: no export)
     assert again.items[0].ok, again.items[0].reason
     assert again.dataset == data_result.dataset
     assert any("reused" in note for note in again.notes)

@@ -26,7 +26,7 @@ def ds() -> Dataset:
 
 
 def _pairs(ds: Dataset) -> pd.DataFrame:
-    return ds.events.select(["student_id", "lecture_id"]).to_pandas().drop_duplicates()
+    return ds.events.select(["student_id", "lecture_id"]).to_pandas().astype(str).drop_duplicates()
 
 
 def test_variants_break_one_habit_each(ds: Dataset):
@@ -82,7 +82,7 @@ def test_lightfm_is_not_below_lightfm_used_directly_on_an_imported_log(tmp_path:
     ds = load_event_files(_plain_log(tmp_path / "log.csv"))
     pairs = _pairs(ds).sample(frac=0.2, random_state=3)
     events = ds.events.to_pandas()
-    key = events["student_id"] + "/" + events["lecture_id"]
+    key = events["student_id"].astype(str) + "/" + events["lecture_id"].astype(str)
     is_test = key.isin(set(pairs["student_id"] + "/" + pairs["lecture_id"])).to_numpy()
     split = splits.explicit(ds, events[~is_test], events[is_test])
     data = build_training_data(split.train.students, split.train.lectures, split.train.events)

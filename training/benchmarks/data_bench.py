@@ -3,7 +3,9 @@
 Items run in their own processes (`training.benchmarks.runner`): ``generate`` calls
 `features.synth.generate` on `features.synth.scaled_config`; ``read`` times `features.tables.read_dataset`
 (reading and checking every rule, as `learnrec train` reads), then `Dataset.fingerprint`, the temporal
-split and the training matrices: the steps `learnrec train` takes before it fits.
+split and the training matrices: the steps `learnrec train` takes before it fits; ``import`` times
+`learnrec data import` (`features.event_files.load_event_files`) of the events exported as plain CSV
+(``export``, once per dataset) with the dataset's students and lectures files.
 """
 
 from __future__ import annotations
@@ -94,8 +96,59 @@ def _read(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
     return metrics
 
 
+def _export_csv(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+    """The dataset's events written as a plain CSV file, a row group at a time (what `_import` reads)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from features.tables import TABLE_FILES
+
+    source = pq.ParquetFile(Path(params["dir"]) / TABLE_FILES["events"])
+    out = Path(params["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    writer = None
+    with Phase() as phase:
+        for group in range(source.num_row_groups):
+            table = source.read_row_group(group)
+            table = pa.table(
+                [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
+                names=table.column_names,
+            )  # (plain text, as a CSV from another system holds it)
+            writer = writer or pcsv.CSVWriter(str(partial), table.schema)
+            writer.write_table(table)
+            progress("export csv", group + 1, source.num_row_groups)
+        if writer is not None:
+            writer.close()
+        partial.replace(out)
+    return {"export_s": phase.seconds, "csv_bytes": out.stat().st_size}
+
+
+def _import(params: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+    """`learnrec data import` of the exported CSV with the dataset's students and lectures files."""
+    from features.event_files import load_event_files
+    from features.tables import TABLE_FILES, read_dataset
+
+    directory = Path(params["dir"])
+    with Phase() as phase:
+        ds = load_event_files(
+            Path(params["csv"]), directory / TABLE_FILES["students"], directory / TABLE_FILES["lectures"]
+        )
+    metrics: dict[str, Any] = dict(
+        ds.sizes, import_s=phase.seconds, import_peak_rss_bytes=phase.peak_rss_bytes
+    )
+    checkpoint(metrics)
+    progress("import", 1, 2)
+    imported = ds.fingerprint()
+    del ds
+    metrics["same_fingerprint"] = read_dataset(directory).fingerprint() == imported
+    progress("import", 2, 2)
+    return metrics
+
+
 #: Items the runner can start in a child process.
-ITEMS: dict[str, ItemFn] = {"generate": _generate, "read": _read}
+ITEMS: dict[str, ItemFn] = {"generate": _generate, "read": _read, "export": _export_csv, "import": _import}
 
 
 def generate_params(opts: BenchOptions, out: Path) -> dict[str, Any]:
@@ -214,6 +267,7 @@ def run(opts: BenchOptions) -> SuiteResult:
     result.items.append(read)
     if read.ok:
         result.summary["read_validate_s"] = read.metrics["load_s"]
+    result.items.extend(_import_rows(opts, directory))
     if reused:
         result.notes.append("the dataset was already there (generated earlier with the same config): reused")
     result.notes.append(
@@ -221,6 +275,30 @@ def run(opts: BenchOptions) -> SuiteResult:
         "includes interpreter and imports. read and check = read_dataset (Parquet read, every rule "
         "checked, events sorted), fingerprint = Dataset.fingerprint, split = the "
         "default temporal split (training.splits), matrices = build_training_data on its training side "
-        "(what learnrec train prepares)."
+        "(what learnrec train prepares). import = learnrec data import (features.event_files) of the "
+        "events written as plain CSV, with the dataset's students and lectures files."
     )
     return result
+
+
+def _import_rows(opts: BenchOptions, directory: Path) -> list[ItemResult]:
+    """The events exported as CSV (kept under the data root's `imports/` until the dataset is written
+    again), then imported in a process of its own."""
+    from features.tables import TABLE_FILES
+
+    csv_file = opts.data_root / "imports" / f"{directory.name}.events.csv"
+    events_file = directory / TABLE_FILES["events"]
+    if not csv_file.is_file() or csv_file.stat().st_mtime < events_file.stat().st_mtime:
+        export = run_item(
+            SUITE, "export", {"dir": str(directory), "out": str(csv_file)},
+            budget_s=opts.budget_s, memory_budget=opts.memory_budget, label="prep: export csv",
+        )  # fmt: skip
+        opts.say(describe(export))
+        if not export.ok:
+            return [skipped(SUITE, "import", "the events could not be exported as CSV")]
+    imported = run_item(
+        SUITE, "import", {"dir": str(directory), "csv": str(csv_file)},
+        budget_s=opts.budget_s, memory_budget=opts.memory_budget, label="import",
+    )  # fmt: skip
+    opts.say(describe(imported))
+    return [imported]

@@ -212,6 +212,15 @@ def _data_tables(payload: Mapping[str, Any]) -> list[str]:
                 ])  # fmt: skip
         elif why:
             rows.append([item["item"], why, _s(item["seconds"]), _mib(item["peak_rss_bytes"]), "-", "-"])
+        elif item["item"] == "import":
+            rate = m["events"] / m["import_s"] if m["import_s"] else None
+            same = {True: "yes", False: "NO"}.get(m.get("same_fingerprint"), "not reached")
+            rows.append([
+                "import", _s(m["import_s"]), _s(item["seconds"]), _mib(m["import_peak_rss_bytes"]),
+                f"{_n(rate)} events/s",
+                "learnrec data import (features.event_files): the events as plain CSV, streamed by pyarrow, "
+                f"with the students and lectures files; same fingerprint as the dataset: {same}",
+            ])  # fmt: skip
         else:
             rows.append([
                 item["item"], _s(m["generate_s"]), _s(item["seconds"]), _mib(item["peak_rss_bytes"]),
