@@ -23,8 +23,10 @@ object per event. Event ids are matched to lists of ids through `features.ids` (
 become text) and fingerprinted by `features.fingerprint` (numpy over the codes and Arrow buffers). pyarrow,
 not polars or DuckDB: the project already reads and writes every table with it, the models take numpy
 and scipy, and Arrow hands columns to numpy without a copy, so no second engine (and no second set of
-validation rules) is needed; memory and time stay linear in events (`bench/RESULTS.md`, data rows). The
-students and lectures tables (one row per student or lecture, not per event) are pandas frames.
+validation rules) is needed; memory and time stay linear in events (`bench/RESULTS.md`, data rows). Event
+files a data scientist brings (`learnrec data import`) reach the same checks without pandas:
+`features.event_files` streams a CSV through pyarrow a block at a time. The students and lectures tables
+(one row per student or lecture, not per event) are pandas frames.
 
 Size: over 600 lines because plain, partitioned and atomic reads and writes of one on-disk format share its
 layout and manifest rules.

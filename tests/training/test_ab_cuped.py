@@ -126,6 +126,41 @@ def test_pre_activity_counts_only_the_weeks_before_the_first_exposure() -> None:
     assert add_pre_activity(students, late)["pre_enrolments"].tolist() == [0, 0]
 
 
+def test_pre_activity_from_several_tables_counts_an_event_given_twice_once() -> None:
+    """The dataset's history and the experiment's export, given as two tables (pandas or Arrow, ids
+    dictionary-encoded as a dataset holds them): an event in both counts once, as in one table."""
+    from training.ab.columns import as_table
+
+    first = pd.Timestamp("2026-03-01", tz="UTC")
+    day = pd.Timedelta(days=1)
+    students = pd.DataFrame(
+        {"student_id": ["a", "b", "c"], "first_shown_at": [first, first + 5 * day, first]}
+    )
+    history = pd.DataFrame(
+        {
+            "event_id": ["h1", "h2", "x"],
+            "student_id": ["a", "b", "c"],
+            "type": ["enrol", "complete", "enrol"],
+            "occurred_at": [first - day, first, first - 2 * day],
+        }
+    )
+    export = pd.DataFrame(
+        {
+            "event_id": ["x", "e1", "e2"],
+            "student_id": ["c", "b", "a"],
+            "type": ["enrol", "enrol", "enrol"],
+            "occurred_at": [first - 2 * day, first + day, first + day],
+        }
+    )
+    coded = as_table(history)
+    coded = coded.set_column(1, "student_id", coded.column("student_id").dictionary_encode())
+    one = add_pre_activity(students, pd.concat([history, export], ignore_index=True))
+    for given in ([history, export], [coded, as_table(export)], [coded, export]):
+        out = add_pre_activity(students, given)
+        pd.testing.assert_frame_equal(out, one)
+    assert one["pre_enrolments"].tolist() == [1, 1, 1] and one["pre_completions"].tolist() == [0, 1, 0]
+
+
 def test_sequential_interval_covers_the_truth_at_every_look() -> None:
     """Coverage on simulated experiments: 14 daily looks, the interval holds the true lift at all of them.
 

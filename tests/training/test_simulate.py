@@ -258,7 +258,8 @@ def test_students_active_before_the_experiment_visit_more(
         simulate(config, population, backend)
         counts[mode] = pd.Series([x["student_id"] for x in backend.exposures]).value_counts()
     start = default_start(population.last_event, 8)
-    recent = history.loc[history["occurred_at"] >= pd.Timestamp(start) - pd.Timedelta(days=28), "student_id"]
+    frame = history.to_pandas()
+    recent = frame.loc[frame["occurred_at"] >= pd.Timestamp(start) - pd.Timedelta(days=28), "student_id"]
     active = pd.Index(population.student_ids).isin(recent.unique())
     assert 5 <= active.sum() < len(population) - 5  # both kinds of student exist
 

@@ -10,10 +10,17 @@ experiment's export, deduplicated by ``event_id``), whatever lecture or recommen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from training.ab.columns import as_table, codes, index_in, micros, microseconds, text
 from training.ab.errors import AnalysisInputError
 
 #: Per-student covariate columns `add_pre_activity` adds, in the order the adjustment uses them.
@@ -22,14 +29,22 @@ COVARIATES: tuple[str, ...] = ("pre_enrolments", "pre_completions")
 PRE_DAYS = 28.0
 _TYPES = {"enrol": "pre_enrolments", "complete": "pre_completions"}
 
+EventsLike: TypeAlias = pa.Table | pd.DataFrame
 
-def add_pre_activity(students: pd.DataFrame, events: pd.DataFrame, days: float = PRE_DAYS) -> pd.DataFrame:
+
+def add_pre_activity(
+    students: pd.DataFrame, events: EventsLike | Sequence[EventsLike], days: float = PRE_DAYS
+) -> pd.DataFrame:
     """``students`` with `COVARIATES`: their enrolments and completions in the ``days`` before first exposure.
+
+    The events are read as Arrow columns and numpy codes (a dataset's history of every event is never a
+    pandas frame): only the enrolments and completions of these students are kept from each table.
 
     Args:
         students: per-student outcomes (``student_id``, ``first_shown_at``; `attribution.STUDENT_COLUMNS`).
-        events: events of any period (``student_id``, ``type``, ``occurred_at``; ``event_id`` optional,
-            used to count an event given twice once).
+        events: events of any period, one table or several (e.g. the dataset's history and the
+            experiment's export) (``student_id``, ``type``, ``occurred_at``; ``event_id`` optional, used to
+            count an event given twice once: its first copy, tables in the order given).
         days: look-back in days (> 0).
 
     Returns:
@@ -40,22 +55,46 @@ def add_pre_activity(students: pd.DataFrame, events: pd.DataFrame, days: float =
     """
     if not days > 0:
         raise AnalysisInputError(f"pre-period must be > 0 days, got {days}")
-    missing = [c for c in ("student_id", "type", "occurred_at") if c not in events.columns]
-    if missing:
-        raise AnalysisInputError(f"events: missing column(s) {missing} for the pre-period covariates")
+    tables = [as_table(t) for t in ([events] if isinstance(events, EventsLike) else events)]
+    for table in tables:
+        missing = [c for c in ("student_id", "type", "occurred_at") if c not in table.column_names]
+        if missing:
+            raise AnalysisInputError(f"events: missing column(s) {missing} for the pre-period covariates")
     out = students.copy()
-    ev = events.loc[
-        events["type"].isin(list(_TYPES)) & events["student_id"].isin(out["student_id"].unique()),
-        [c for c in ("event_id", "student_id", "type", "occurred_at") if c in events.columns],
-    ]
-    if "event_id" in ev.columns:
-        ev = ev.drop_duplicates("event_id")
-    ev = ev.merge(out[["student_id", "first_shown_at"]].drop_duplicates("student_id"), on="student_id")
-    at = pd.to_datetime(ev["occurred_at"], utc=True)
-    start = ev["first_shown_at"] - pd.Timedelta(timedelta(days=days))
-    ev = ev.loc[(at >= start) & (at < ev["first_shown_at"])]
-    counts = ev.groupby(["student_id", "type"]).size().unstack("type", fill_value=0)
-    for kind, column in _TYPES.items():
-        per = counts[kind] if kind in counts.columns else pd.Series(dtype="int64")
-        out[column] = out["student_id"].map(per).fillna(0).astype("int64")
+    firsts = out[["student_id", "first_shown_at"]].drop_duplicates("student_id")
+    known = pa.array(firsts["student_id"].astype(str).tolist(), pa.string())
+    first_shown = pd.to_datetime(firsts["first_shown_at"], utc=True).dt.tz_localize(None)
+    first_at = first_shown.to_numpy(dtype="datetime64[us]").view(np.int64)
+    students_of, kinds, times, ids = [], [], [], []
+    for table in tables:
+        student = index_in(table.column("student_id"), known)
+        kind = _kind(text(table.column("type")))
+        rows = np.flatnonzero((student >= 0) & (kind >= 0))
+        taken = table.take(pa.array(rows))
+        students_of.append(student[rows])
+        kinds.append(kind[rows])
+        times.append(micros(taken.column("occurred_at")))
+        if "event_id" in taken.column_names:
+            ids.extend(text(taken.column("event_id")).cast(pa.string()).chunks)
+    student = np.concatenate([np.zeros(0, np.int64), *students_of])
+    kind = np.concatenate([np.zeros(0, np.int64), *kinds])
+    at = np.concatenate([np.zeros(0, np.int64), *times])
+    if all("event_id" in t.column_names for t in tables):  # the first copy of an event given twice
+        event_codes, _ = codes(pa.chunked_array(ids, type=pa.string()))
+        _, first = np.unique(event_codes, return_index=True)
+        keep = np.sort(first)
+        student, kind, at = student[keep], kind[keep], at[keep]
+    shown = first_at[student]
+    inside = (at >= shown - microseconds(timedelta(days=days))) & (at < shown)
+    at_row = pd.Index(firsts["student_id"].astype(str)).get_indexer(pd.Index(out["student_id"].astype(str)))
+    for code, column in enumerate(_TYPES.values()):
+        chosen = inside & (kind == code)
+        per_student = np.bincount(student[chosen], minlength=len(known))
+        out[column] = per_student[at_row].astype("int64")
     return out
+
+
+def _kind(types: pa.ChunkedArray) -> npt.NDArray[np.int64]:
+    """0 for an enrolment, 1 for a completion (`_TYPES` order), -1 for any other type."""
+    found = pc.index_in(types, value_set=pa.array(list(_TYPES)))
+    return np.asarray(pc.fill_null(found.cast(pa.int64()), -1).to_numpy(), dtype=np.int64)

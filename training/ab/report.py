@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from training import charts
 from training.ab import stats
 from training.ab.attribution import Attribution, attribute
+from training.ab.columns import as_table, text
 from training.ab.covariates import COVARIATES, PRE_DAYS, add_pre_activity
 from training.ab.equity import group_lifts
 from training.ab.errors import ExperimentNotFoundError
@@ -69,10 +71,6 @@ class Report:
         return [s["region"] for s in self.data["srm"] if s["mismatch"]]
 
 
-def _frame(x: pa.Table | pd.DataFrame) -> pd.DataFrame:
-    return x.to_pandas() if isinstance(x, pa.Table) else x
-
-
 #: Student attributes the equity section breaks the primary metric down by.
 EQUITY_ATTRIBUTES: tuple[str, ...] = ("support_category", "grade")
 
@@ -111,19 +109,19 @@ def build_report(
     Raises:
         ExperimentNotFoundError: no exposure carries the experiment key.
     """
-    ex = _frame(exposures)
-    ex = ex.loc[ex["experiment"] == experiment.key]
-    if ex.empty:
+    table = as_table(exposures)
+    named = text(table.column("experiment")) if "experiment" in table.column_names else None
+    ex = table.filter(pc.fill_null(pc.equal(named, experiment.key), False)) if named is not None else table
+    if ex.num_rows == 0:
+        present = [] if named is None else sorted(v for v in pc.unique(named).to_pylist() if v is not None)
         raise ExperimentNotFoundError(
-            f"no exposures of experiment {experiment.key!r} in the input "
-            f"(experiments present: {sorted(_frame(exposures)['experiment'].dropna().unique().tolist())})"
+            f"no exposures of experiment {experiment.key!r} in the input (experiments present: {present})"
         )
-    ev = _frame(events)
+    ev = as_table(events)
     att = attribute(ex, ev, window=window)
     present = sorted(att.students["region"].unique())
     regions = list(experiment.regions) + [r for r in present if r not in experiment.regions]
-    every = ev if history is None else pd.concat([_frame(history), ev], ignore_index=True)
-    with_pre = add_pre_activity(att.students, every)
+    with_pre = add_pre_activity(att.students, [ev] if history is None else [history, ev])
     shares = experiment.shares()
     analysis = stats.analyse(with_pre, shares, alpha=alpha, regions=regions, covariates=COVARIATES)
     cumulative = stats.cumulative_rates(
@@ -238,7 +236,7 @@ def _document(
     window: timedelta,
     alpha: float,
     sources: dict[str, str],
-    events: pd.DataFrame,
+    events: pa.Table,
     regions: Sequence[str],
 ) -> dict[str, Any]:
     a = analysis.to_dict()
@@ -260,7 +258,7 @@ def _document(
         "inputs": {
             **sources,
             "exposures": len(att.exposures),
-            "events": len(events),
+            "events": events.num_rows,
             "students": len(att.students),
             "attributed_enrolments": len(att.outcomes),
             "attributed_completions": int(att.outcomes["completed_at"].notna().sum()),

@@ -16,7 +16,7 @@ from rich.table import Table
 from training.commands.console import fail
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pyarrow as pa
 
     from features.experiments import ExperimentConfig
     from features.settings import Settings
@@ -99,9 +99,9 @@ def report(
     with _err.status("reading exposures and events..."):
         ex_table = read_exposures(exposures)
         ev_table = read_events(events)
-        before = read_events(history).to_pandas() if history is not None else None
+        before = read_events(history) if history is not None else None
         people = read_students(students).to_pandas() if students is not None else None
-    models = served_models(settings, ex_table.to_pandas(), exp)
+    models = served_models(settings, ex_table, exp)
     sources = {"exposures_path": str(exposures), "events_path": str(events)}
     sources.update({k: str(v) for k, v in (("history_path", history), ("students_path", students)) if v})
     clock = read_run_clock(exposures)  # a simulated run's export: its window is the simulated days
@@ -168,7 +168,7 @@ def report(
 
 
 def served_models(
-    settings: Settings, exposures: pd.DataFrame, experiment: ExperimentConfig
+    settings: Settings, exposures: pa.Table, experiment: ExperimentConfig
 ) -> dict[str, dict[str, Any]] | None:
     """Variant -> registered model, version, alias and kind, from the exposures' versions and the registry.
 
@@ -176,13 +176,21 @@ def served_models(
     that cannot be read, or a local store that does not exist (nothing is created for a report), leaves
     ``alias`` and ``model`` unknown rather than failing the report.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from training.ab.columns import text
     from training.registry import describe_versions
     from training.tracking import configure
 
-    ex = exposures.loc[exposures["experiment"] == experiment.key]
-    versions = {
-        str(v): ", ".join(sorted(g["model_version"].astype(str).unique())) for v, g in ex.groupby("variant")
-    }
+    named = text(exposures.column("experiment"))
+    ex = exposures.filter(pc.fill_null(pc.equal(named, experiment.key), False))
+    pairs = pa.table({"variant": text(ex.column("variant")), "version": text(ex.column("model_version"))})
+    shown: dict[str, set[str]] = {}
+    for row in pairs.group_by(["variant", "version"]).aggregate([]).to_pylist():  # (distinct pairs)
+        if row["variant"] is not None:
+            shown.setdefault(str(row["variant"]), set()).add(str(row["version"]))
+    versions = {variant: ", ".join(sorted(shown[variant])) for variant in sorted(shown)}
     if not versions:
         return None
     uri = settings.tracking_uri()

@@ -494,7 +494,7 @@ def _report(
             exposures, read_events(exported.events_dir), exp,
             window=timedelta(days=7), sources=sources,
             history=None if population is None else population.history, students=students,
-            models=served_models(settings, exposures.to_pandas(), exp),
+            models=served_models(settings, exposures, exp),
         )  # fmt: skip
         html_path, _ = write_report(rep, settings.data_dir / "reports" / f"ab-{key}-{result.run}.html")
     except (ExperimentConfigError, LearnrecDataError, ABError) as exc:

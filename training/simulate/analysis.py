@@ -18,6 +18,7 @@ from training.simulate.population import Population
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from features.experiments import ExperimentConfig
     from models.ranking import RankingModel
@@ -29,7 +30,7 @@ def run_students(
     events: pd.DataFrame,
     experiment: ExperimentConfig,
     window: timedelta = timedelta(days=7),
-    history: pd.DataFrame | None = None,
+    history: pa.Table | pd.DataFrame | None = None,
     pre_days: float | None = None,
 ) -> pd.DataFrame:
     """Per-student outcomes of one experiment, with their pre-experiment activity (CUPED covariates).
@@ -55,16 +56,14 @@ def with_covariates(
     students: pd.DataFrame,
     events: pd.DataFrame,
     experiment: ExperimentConfig,
-    history: pd.DataFrame | None = None,
+    history: pa.Table | pd.DataFrame | None = None,
     pre_days: float | None = None,
 ) -> pd.DataFrame:
     """The experiment's students with `training.ab.covariates.COVARIATES` from the history and the events."""
-    import pandas as pd
-
     from training.ab.covariates import PRE_DAYS, add_pre_activity
 
     students = students[students["experiment"] == experiment.key]
-    every = events if history is None else pd.concat([history, events[list(history.columns)]])
+    every = [events] if history is None else [history, events]
     return add_pre_activity(students, every, PRE_DAYS if pre_days is None else pre_days)
 
 
@@ -75,7 +74,7 @@ def analyse_run(
     alpha: float = 0.05,
     metrics: Sequence[str] | None = None,
     window: timedelta = timedelta(days=7),
-    history: pd.DataFrame | None = None,
+    history: pa.Table | pd.DataFrame | None = None,
     cuped: bool = True,
 ) -> Analysis:
     """Attribute and analyse one experiment, as `learnrec ab report` does.

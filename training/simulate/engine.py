@@ -8,8 +8,8 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,8 +28,7 @@ from training.simulate.config import (
 )
 from training.simulate.population import Population
 
-if TYPE_CHECKING:
-    pass
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -201,18 +200,19 @@ def visit_weights(
     v = config.visiting
     if v.mode == "uniform":
         return None
-    import pandas as pd
+    import pyarrow as pa
+
+    from training.ab.columns import index_in, micros
 
     n = len(population)
     activity = np.zeros(n, dtype=np.float64)
     history = population.history
-    if history is not None and len(history):
-        at = pd.to_datetime(history["occurred_at"], utc=True)
-        before = (at < pd.Timestamp(start)).to_numpy()
-        age_days = (pd.Timestamp(start) - at[before]).dt.total_seconds().to_numpy() / 86400.0
-        rows = pd.Index(population.student_ids).get_indexer(
-            pd.Index(history["student_id"].to_numpy()[before])
-        )
+    if history is not None and history.num_rows:
+        at = micros(history.column("occurred_at"))
+        start_at = int((start - _EPOCH) // timedelta(microseconds=1))
+        before = (at < start_at) & (at != np.iinfo(np.int64).min)
+        age_days = (start_at - at[before]) / 1e6 / 86400.0  # (as pandas' total_seconds() / 86400)
+        rows = index_in(history.column("student_id"), pa.array(population.student_ids, pa.string()))[before]
         known = rows >= 0
         np.add.at(activity, rows[known], np.exp(-age_days[known] * math.log(2) / v.half_life_days))
     # one normal per ground-truth row: a student's propensity does not depend on who else is simulated

@@ -18,7 +18,7 @@ from features.profile import from_table as profile_rows
 from training.errors import SimulationError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pyarrow as pa
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Population:
         state: online state seeded from the dataset's events of these students.
         last_event: the dataset's latest event time.
         history: the dataset's enrol and complete events of these students (``event_id``, ``student_id``,
-            ``type``, ``occurred_at``): the pre-experiment activity CUPED adjusts by.
+            ``type``, ``occurred_at``; an Arrow table): the pre-experiment activity CUPED adjusts by.
     """
 
     dataset_dir: Path
@@ -48,7 +48,7 @@ class Population:
     lecture_rows: dict[str, int]
     state: OnlineState
     last_event: datetime | None
-    history: pd.DataFrame | None = None
+    history: pa.Table | None = None
 
     def __len__(self) -> int:
         return len(self.student_ids)
@@ -104,5 +104,5 @@ def load_population(dataset_dir: Path, regions: Sequence[str], recent_len: int =
         lecture_rows=lecture_rows,
         state=state,
         last_event=last,
-        history=taken.select(["event_id", "student_id", "type", "occurred_at"]).to_pandas(),
+        history=taken.select(["event_id", "student_id", "type", "occurred_at"]),
     )
