@@ -302,39 +302,55 @@ def _open_text(path: Path) -> Iterator[IO[bytes]]:
 
 
 def _csv_batches(path: Path) -> tuple[list[str], Iterator[pa.RecordBatch]]:
-    """A CSV file's header names (stripped) and its rows a block at a time, every cell text (an empty
-    cell null).
+    """A CSV file's header names (stripped; an empty one named `(unnamed N)`) and its rows a block at a
+    time, every cell text (an empty cell null).
 
     Raises:
         SchemaError: the file is empty, not UTF-8, a header name is repeated or a row is malformed (the
             last two as the blocks are read).
     """
     file = str(path)
-    names = [n.strip() for n in _csv_header(path)]
+    raw_names = _csv_header(path)
+    names = [n.strip() or f"(unnamed {i + 1})" for i, n in enumerate(raw_names)]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SchemaError(file, repeated[0], [], "the column appears more than once: keep one")
-    return names, _csv_blocks(path, names)
+    return names, _csv_blocks(path, raw_names, names)
 
 
-def _csv_blocks(path: Path, names: list[str]) -> Iterator[pa.RecordBatch]:
-    file = str(path)
-    read = pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=_CSV_BLOCK_BYTES)
-    convert = pcsv.ConvertOptions(
-        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, null_values=[""]
-    )
-    malformed: list[str] = []
+def _csv_reader(
+    raw: Any, column_types: dict[str, pa.DataType], malformed: list[str] | None
+) -> pcsv.CSVStreamingReader:
+    """pyarrow's streaming reader over the file's bytes: blank and whitespace-only lines skipped, any
+    other row of another length than the header recorded in `malformed` (and an error; skipped when
+    `malformed` is None: the header is all that is read then)."""
 
     def on_invalid_row(row: Any) -> str:  # (an exception raised here would be dropped by Arrow)
+        if not row.text.strip() or malformed is None:
+            return "skip"
         malformed.append(f"{row.actual_columns} cells, the header has {row.expected_columns}")
         return "error"
 
-    parse = pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid_row)
+    return pcsv.open_csv(
+        raw,
+        read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid_row),
+        convert_options=pcsv.ConvertOptions(
+            column_types=column_types, strings_can_be_null=True, null_values=[""]
+        ),
+    )
+
+
+def _csv_blocks(path: Path, raw_names: list[str], names: list[str]) -> Iterator[pa.RecordBatch]:
+    file = str(path)
+    malformed: list[str] = []
     with _open_text(path) as raw:
         try:
-            reader = pcsv.open_csv(raw, read_options=read, parse_options=parse, convert_options=convert)
-            yield from reader
+            for batch in _csv_reader(raw, dict.fromkeys(raw_names, pa.string()), malformed):
+                yield batch.rename_columns(names)
         except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return  # a header alone: no rows
             if malformed:
                 row = _malformed_row(path, len(names))
                 raise SchemaError(
@@ -347,19 +363,28 @@ def _csv_blocks(path: Path, names: list[str]) -> Iterator[pa.RecordBatch]:
 
 
 def _csv_header(path: Path) -> list[str]:
-    """The header row's names (a byte-order mark dropped)."""
+    """The header row's names as pyarrow reads them (a byte-order mark and blank lines before it dropped)."""
     with _open_text(path) as raw:
-        head = raw.read(1 << 20)
-    try:
-        text = head.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # (not just a character cut at the end of the read)
-            raise _not_utf8(path) from None
-        text = head[: exc.start].decode("utf-8-sig")
-    header = next(csv.reader(io.StringIO(text)), None)
-    if not header or not text.strip():
+        try:
+            return list(_csv_reader(raw, {}, None).schema.names)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return _header_alone(path)
+            if "UTF8" in str(exc) or "UTF-8" in str(exc):
+                raise _not_utf8(path) from None
+            raise SchemaError(
+                str(path), "*", [], f"malformed CSV ({exc}); check quoting and commas"
+            ) from None
+
+
+def _header_alone(path: Path) -> list[str]:
+    """The names of a file that is a header line without a line break (Arrow reads it as empty)."""
+    with _open_text(path) as raw:
+        text = raw.read(1 << 20).decode("utf-8-sig", errors="replace")
+    names = next(csv.reader(io.StringIO(text.strip(), newline="")), []) if text.strip() else []
+    if not names:
         raise SchemaError(str(path), "*", [], "the file is empty: expected a header row and data rows")
-    return header
+    return names
 
 
 def _not_utf8(path: Path) -> SchemaError:
@@ -391,7 +416,7 @@ def _malformed_row(path: Path, cells: int) -> int | None:
         next(rows, None)
         number = 0
         for row in rows:
-            if not row:
+            if not row or (len(row) == 1 and not row[0].strip()):  # (blank lines are skipped)
                 continue
             number += 1
             if len(row) != cells:
@@ -482,14 +507,16 @@ def _typed_columns(
         elif name == "occurred_at":
             columns[name] = _utc_times(batch.column(name), file, first_row, stats)
         else:
-            columns[name] = _text_id(batch.column(name), dictionary=name in DICTIONARY_COLUMNS)
+            column = batch.column(name)
+            if name in _ID_COLUMNS and pa.types.is_integer(column.type):
+                column = column.cast(pa.string())  # lossless: integer ids become their digits
+            columns[name] = _text(column, dictionary=name in DICTIONARY_COLUMNS)
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
-def _text_id(column: pa.Array, *, dictionary: bool) -> pa.Array:
-    if pa.types.is_integer(column.type):
-        column = column.cast(pa.string())  # lossless: integer ids become their digits
-    elif pa.types.is_large_string(column.type):
+def _text(column: pa.Array, *, dictionary: bool) -> pa.Array:
+    """Text as `string` (dictionary-encoded when asked); any other type as it is, for the check."""
+    if pa.types.is_large_string(column.type):
         column = column.cast(pa.string())
     if dictionary and pa.types.is_string(column.type):
         return column.dictionary_encode()
@@ -503,7 +530,10 @@ def _progress(
     types = batch.column("type")
     if pa.types.is_dictionary(types.type):
         types = types.cast(types.type.value_type)
-    complete = pc.fill_null(pc.equal(types, "complete"), False).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(types.type) or pa.types.is_large_string(types.type):
+        complete = pc.fill_null(pc.equal(types, "complete"), False).to_numpy(zero_copy_only=False)
+    else:  # (types that are not text: the check names them)
+        complete = np.zeros(batch.num_rows, dtype=bool)
     defaults = np.where(complete, 1.0, 0.0)
     if "progress" not in batch.schema.names:
         stats["progress_defaulted"] += batch.num_rows
@@ -550,11 +580,13 @@ def _reads_as(text: str, kind: pa.DataType) -> bool:
 
 
 #: Rewrites of ISO 8601 text that Arrow's parser does not read into forms it does, tried when a block
-#: does not read as it is: the basic format (`20250301T090000Z`), a decimal comma, a fraction of a second
-#: past microseconds (truncated to the schema's unit: a floor), a space before the zone.
+#: does not read as it is: the basic format (`20250301T090000Z`, `20250301T0900Z`), a decimal comma, a
+#: fraction of a second past microseconds (truncated to the schema's unit: a floor), a space before the
+#: zone.
 _ISO_REWRITES = (
     (r"^(\d{4})(\d{2})(\d{2})([Tt ]|$)", r"\1-\2-\3\4"),
     (r"([Tt ])(\d{2})(\d{2})(\d{2})", r"\1\2:\3:\4"),
+    (r"([Tt ])(\d{2})(\d{2})([Zz]|[+-]\d{2}(?::?\d{2})?)?$", r"\1\2:\3\4"),
     (r"(:\d{2}),(\d)", r"\1.\2"),
     (r"(\.\d{6})\d+", r"\1"),
     (r"\s+([Zz]|[+-]\d{2}(?::?\d{2})?)$", r"\1"),

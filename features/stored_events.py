@@ -182,7 +182,10 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
         raise SchemaError(
             file, "occurred_at", _rows(_nulls(times)), "missing occurred_at: every row needs a value"
         )
-    # a zone other than UTC is the same instant; finer units are truncated to microseconds, as validated
+    # a zone other than UTC is the same instant; finer units are rounded down to microseconds, as
+    # validated (a cast alone would round toward zero: up, before 1970)
+    if times.type.unit == "ns":
+        times = pc.floor_temporal(times, unit="microsecond")
     columns["occurred_at"] = times.cast(_TIMESTAMP, safe=False)
     columns["request_id"] = (
         table.column("request_id") if "request_id" in names else pa.nulls(table.num_rows, pa.string())

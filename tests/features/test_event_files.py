@@ -319,6 +319,7 @@ def test_iso_forms_are_read_as_the_same_instants(tmp_path: Path) -> None:
         "2025-03-01T09:00:00+09:00": "2025-03-01T00:00:00Z",
         "2025-03-01T00:00:00.1234567Z": "2025-03-01T00:00:00.123456Z",  # past microseconds: cut
         "20250301T090000+0900": "2025-03-01T00:00:00Z",  # basic format
+        "20250301T0900Z": "2025-03-01T09:00:00Z",
         "2025-03-01T00:00:00,5Z": "2025-03-01T00:00:00.5Z",  # decimal comma
         "2025-03-01T09:00:00 +09:00": "2025-03-01T00:00:00Z",  # a space before the zone
         "2025-03-01": "2025-03-01T00:00:00Z",  # a date alone has no zone: read as UTC
@@ -435,3 +436,53 @@ def test_events_are_checked_on_arrow_never_through_the_pandas_validator(
 
     monkeypatch.setattr(features.validation, "validate_events", refuse)
     assert load_event_files(path).fingerprint() == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "student_id,lecture_id,type,occurred_at\rs1,l1,enrol,2025-03-01T00:00:00Z\r",  # CR alone ends lines
+        "\n\nstudent_id,lecture_id,type,occurred_at\ns1,l1,enrol,2025-03-01T00:00:00Z\n",  # blank lines first
+        "student_id,lecture_id,type,occurred_at\ns1,l1,enrol,2025-03-01T00:00:00Z\n \n\t\n",  # blank lines
+        "student_id,lecture_id,type,occurred_at,,\ns1,l1,enrol,2025-03-01T00:00:00Z,,\n",  # unnamed columns
+    ],
+)
+def test_line_endings_blank_lines_and_unnamed_columns_read_as_the_plain_file(
+    tmp_path: Path, text: str
+) -> None:
+    plain = "student_id,lecture_id,type,occurred_at\ns1,l1,enrol,2025-03-01T00:00:00Z\n"
+    expected = load_event_files(write(tmp_path / "plain.csv", plain)).fingerprint()
+    assert load_event_files(write(tmp_path / "events.csv", text)).fingerprint() == expected
+
+
+def test_a_header_alone_without_a_line_break_is_an_empty_dataset(tmp_path: Path) -> None:
+    ds = load_event_files(write(tmp_path / "events.csv", "student_id,lecture_id,type,occurred_at"))
+    assert ds.sizes["events"] == 0
+
+
+def test_types_that_are_not_text_in_parquet_are_named(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "student_id": ["s1", "s2"],
+            "lecture_id": ["l1", "l1"],
+            "type": pa.array([1, 2], pa.int64()),
+            "occurred_at": ["2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z"],
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    err = error(load_event_files, tmp_path / "events.parquet")
+    assert err.column == "type" and "expected text, got int 1" in str(err)
+
+
+def test_nanoseconds_before_1970_are_rounded_down_like_every_other_time(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "student_id": ["s1", "s2"],
+            "lecture_id": ["l1", "l1"],
+            "type": ["enrol", "enrol"],
+            "occurred_at": pa.array([-1500, 2500], pa.timestamp("ns", tz="UTC")),
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    micros = load_event_files(tmp_path / "events.parquet").events.column("occurred_at").cast(pa.int64())
+    assert sorted(micros.to_pylist()) == [-2, 2]  # floor, not toward zero

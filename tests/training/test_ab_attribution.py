@@ -345,3 +345,24 @@ def test_two_enrolments_at_one_instant_go_to_the_one_logged_first() -> None:
     for first, second, request in (("r2", None, "r2"), (None, "r2", "r1")):
         att = run(exposures, [E("s1", "A", "enrol", at, first), E("s1", "A", "enrol", at, second)])
         assert outcome(att, "s1", "A")["request_id"] == request
+
+
+def test_events_and_exposures_without_an_id_or_a_time_are_left_out() -> None:
+    """A null lecture, student or time cannot be placed: it attributes nothing and takes nothing (a null
+    must not stand for another student's or lecture's code)."""
+    exposures = [
+        X("r0", "s1", ["Z"], T0 - timedelta(hours=1)),
+        X("r1", "s1", ["A"], T0 + timedelta(hours=1)),
+        {**X("r2", "s1", ["A"], T0, exp="f"), "student_id": None},  # earlier, in another experiment
+        X("r3", "s1", ["A"], T0 + timedelta(days=3)),
+    ]
+    events = [
+        E("s1", "A", "enrol", T0 + timedelta(hours=2)),
+        {**E("s2", "A", "complete", T0 + timedelta(hours=3)), "lecture_id": None},
+        {**E("s1", "A", "enrol", T0, "r3"), "occurred_at": pd.NaT},
+        {**E("s1", "B", "enrol", T0 + timedelta(hours=3)), "lecture_id": None},
+    ]
+    att = run(exposures, events)
+    assert att.outcomes[["student_id", "lecture_id", "request_id"]].values.tolist() == [["s1", "A", "r1"]]
+    assert att.outcomes["enrolled_at"].tolist() == [T0 + timedelta(hours=2)]
+    assert att.outcomes["completed_at"].isna().all()

@@ -163,9 +163,12 @@ class _Events:
     def __init__(self, ev: pa.Table, x: _Exposures) -> None:
         student = index_in(ev.column("student_id"), x.students)
         types = text(ev.column("type"))
+        outcome = pc.and_kleene(
+            pc.is_in(types, value_set=pa.array(["enrol", "complete"])),
+            pc.and_kleene(pc.is_valid(ev.column("lecture_id")), pc.is_valid(ev.column("occurred_at"))),
+        )  # (an event without its lecture or its time cannot be placed: left out)
         keep = (student >= 0) & np.asarray(
-            pc.is_in(types, value_set=pa.array(["enrol", "complete"])).to_numpy(zero_copy_only=False),
-            dtype=bool,
+            pc.fill_null(outcome, False).to_numpy(zero_copy_only=False), dtype=bool
         )
         rows = np.flatnonzero(keep)
         ev = ev.take(pa.array(rows))
@@ -190,8 +193,9 @@ def _attribute_enrolments(x: _Exposures, e: _Events, window: timedelta) -> dict[
         Arrays aligned by outcome: ``experiment``, ``event`` (row in `_Events`), ``request_row`` (row in
         `_Exposures`), ``via_request`` (rule 1, else 2), in rule 3's order (enrolment time, event row).
     """
-    # each enrolment once per experiment its student is in
-    pairs = _distinct(x.experiment * len(x.students) + x.student)
+    # each enrolment once per experiment its student is in (an exposure without a student has none)
+    named = x.student >= 0
+    pairs = _distinct(x.experiment[named] * len(x.students) + x.student[named])
     member_experiment, member_student = pairs // len(x.students), pairs % len(x.students)
     enrols = np.flatnonzero(e.is_enrol)
     order = np.argsort(member_student, kind="stable")
@@ -216,7 +220,7 @@ def _attribute_enrolments(x: _Exposures, e: _Events, window: timedelta) -> dict[
     rest = np.flatnonzero(~direct)
     if rest.size and x.shown_row.size:
         shown_lecture = index_in(pa.chunked_array([x.shown_lecture]), e.lectures)  # (-1: no event of it)
-        listed = shown_lecture >= 0
+        listed = (shown_lecture >= 0) & named[x.shown_row]
         s_row = x.shown_row[listed]
         shown_key = _key(x, e, x.experiment[s_row], x.student[s_row], shown_lecture[listed])
         asked = event[rest]
