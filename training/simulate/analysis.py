@@ -369,7 +369,7 @@ def repeat_experiment(
         )
         backend = InProcessBackend(population.state.fork(), models, next(iter(models)), [experiment])
         simulate(cfg, population, backend)
-        ex, ev = backend.exposures_frame(), backend.events_frame()
+        ex, ev = backend.exposures_table(), backend.events_frame()
         attribution = attribute(ex, ev)
         students = with_covariates(attribution.students, ev, experiment, population.history)
         for method, covs in (("plain", ()), ("cuped", COVARIATES)):

@@ -14,6 +14,7 @@ from training.simulate.engine import PostSummary, Shown, Visit
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from features.experiments import ExperimentConfig
     from models.ranking import RankingModel
@@ -90,12 +91,11 @@ class InProcessBackend:
             rejected=outcomes.count("conflict"),
         )
 
-    def exposures_frame(self) -> pd.DataFrame:
-        """The exposures logged so far (columns of `training.ab.exposures.EXPOSURES`)."""
+    def exposures_table(self) -> pa.Table:
+        """The exposures logged so far (`training.ab.exposures.EXPOSURES`; lists stay Arrow lists)."""
         from training.ab.exposures import records_to_table
 
-        frame: pd.DataFrame = records_to_table(self.exposures).to_pandas()
-        return frame
+        return records_to_table(self.exposures)
 
     def events_frame(self) -> pd.DataFrame:
         """The events applied so far (columns of `features.schemas.EVENTS`)."""
