@@ -137,3 +137,10 @@ def used_text(values: Any) -> npt.NDArray[np.object_]:
 def distinct_text(values: Any) -> set[str]:
     """The distinct non-null values the rows hold, as text."""
     return set(used_text(values).tolist())
+
+
+def sorted_distinct(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The distinct integers (codes, keys), sorted: a sort and a comparison of neighbours (numpy's
+    `unique` hashes int64 keys, several times slower on tens of millions of them)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if ordered.size else ordered

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from features.event_table import as_event_table, event_ticks, rows_where
-from features.ids import distinct_text, is_in, positions, text_codes, used_text
+from features.ids import distinct_text, is_in, positions, sorted_distinct, text_codes, used_text
 from training.errors import SplitError
 
 if TYPE_CHECKING:
@@ -106,8 +106,7 @@ def _relevant(test_events: pa.Table, train_events: pa.Table, lectures: pd.DataFr
         mine = np.flatnonzero(student >= 0)  # the lectures of these rows only
         lecture = positions(lecture_ids, events["lecture_id"].take(mine))
         keep = lecture >= 0
-        codes = np.sort(student[mine[keep]] * width + lecture[keep])
-        return codes[np.r_[True, codes[1:] != codes[:-1]]] if codes.size else codes  # sorted, distinct
+        return sorted_distinct(student[mine[keep]] * width + lecture[keep])
 
     # only the test students' training pairs can match
     codes = np.setdiff1d(pairs(test_events), pairs(train_events), assume_unique=True)

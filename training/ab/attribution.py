@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.ids import sorted_distinct
 from training.ab.columns import NONE, UTC, as_table, codes, index_in, micros, microseconds, text, times
 from training.ab.errors import AnalysisInputError
 
@@ -195,7 +196,7 @@ def _attribute_enrolments(x: _Exposures, e: _Events, window: timedelta) -> dict[
     """
     # each enrolment once per experiment its student is in (an exposure without a student has none)
     named = x.student >= 0
-    pairs = _distinct(x.experiment[named] * len(x.students) + x.student[named])
+    pairs = sorted_distinct(x.experiment[named] * len(x.students) + x.student[named])
     member_experiment, member_student = pairs // len(x.students), pairs % len(x.students)
     enrols = np.flatnonzero(e.is_enrol)
     order = np.argsort(member_student, kind="stable")
@@ -258,12 +259,6 @@ def _key(
     return (experiment * max(len(x.students), 1) + student) * max(len(e.lectures), 1) + lecture
 
 
-def _distinct(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """The distinct values, sorted (a sort and a comparison: numpy's `unique` hashes, slower here)."""
-    ordered = np.sort(values)
-    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if ordered.size else ordered
-
-
 def _first_at_or_after(
     keys: npt.NDArray[np.int64],
     times: npt.NDArray[np.int64],
@@ -273,12 +268,12 @@ def _first_at_or_after(
 ) -> npt.NDArray[np.int64]:
     """For each query, the index (into ``keys``) of the row with its key and the earliest time at or
     after its time (equal times: the smallest ``ties``), or -1."""
-    distinct = _distinct(keys)
+    distinct = sorted_distinct(keys)
     key_rank = np.searchsorted(distinct, keys)
     query_rank = np.searchsorted(distinct, query_keys)
     known = query_rank < distinct.size
     known[known] = distinct[query_rank[known]] == query_keys[known]
-    instants = _distinct(np.concatenate([times, query_times]))
+    instants = sorted_distinct(np.concatenate([times, query_times]))
     span = np.int64(instants.size + 1)
     composite = key_rank * span + np.searchsorted(instants, times)
     query = query_rank * span + np.searchsorted(instants, query_times)
