@@ -53,9 +53,17 @@ def text_codes(values: Any) -> tuple[npt.NDArray[np.integer[Any]], npt.NDArray[n
 
 
 def arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[Any]]:
-    """(dictionary index per row, -1 for a null; the dictionary's values) of an Arrow column: a
+    """(dictionary index per row, -1 for a null; the dictionary's values as numpy) of an Arrow column
+    (`arrow_dictionary`)."""
+    codes, dictionary = arrow_dictionary(values)
+    return codes, dictionary.to_numpy(zero_copy_only=False)
+
+
+def arrow_dictionary(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], pa.Array]:
+    """(dictionary index per row, -1 for a null; the dictionary, still Arrow) of an Arrow column: a
     dictionary-encoded column's own indices (its chunks' dictionaries unified when they differ), any other
-    column dictionary-encoded by Arrow."""
+    column dictionary-encoded by Arrow. A dictionary larger than the rows (a few rows of a column coded
+    over many values) keeps only the values they use."""
     chunked = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
     if not pa.types.is_dictionary(chunked.type):
         chunked = chunked.dictionary_encode()  # one dictionary over every chunk
@@ -64,7 +72,7 @@ def arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int3
         if not all(c.dictionary.equals(first) for c in chunked.chunks[1:]):  # (as read: one already)
             chunked = chunked.unify_dictionaries()
     if chunked.num_chunks == 0:
-        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
+        return np.zeros(0, dtype=np.int32), pa.array([], chunked.type.value_type)
     parts = []  # each chunk's indices as a view, copied once by numpy (not into Arrow's pool)
     for chunk in chunked.chunks:
         indices = chunk.indices
@@ -85,7 +93,7 @@ def arrow_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int3
         codes = np.full(codes.size, -1, dtype=np.int32)
         codes[present] = inverse
         dictionary = dictionary.take(pa.array(used, type=pa.int64()))
-    return codes, dictionary.to_numpy(zero_copy_only=False)
+    return codes, dictionary
 
 
 def positions(vocabulary: Iterable[str] | pd.Index | Mapping[str, int], values: Any) -> npt.NDArray[np.int64]:

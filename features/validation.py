@@ -257,15 +257,21 @@ def generated_event_id_column(
     """
     from features.ids import arrow_codes  # (features.ids reads this module)
 
-    def text(values: pa.ChunkedArray) -> pd.Categorical:
-        codes, distinct = arrow_codes(values)
-        return pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype=object))
-
-    hashes = _event_id_hashes(
-        text(student_id), text(lecture_id), text(type_), epoch_microseconds(occurred_at),
-        progress.cast(pa.float32()).to_numpy(), None,
-    )  # fmt: skip
-    return _event_id_text(hashes)
+    coded = [arrow_codes(c) for c in (student_id, lecture_id, type_)]
+    categories = [pd.Index(distinct, dtype=object) for _, distinct in coded]
+    micros = epoch_microseconds(occurred_at)
+    values = progress.cast(pa.float32()).to_numpy()
+    chunks: list[pa.Array] = []
+    for start in range(0, max(len(micros), 1), _HASHED_PER_BLOCK):  # (bounded temporaries: a block at a time)
+        stop = min(len(micros), start + _HASHED_PER_BLOCK)
+        student, lecture, kind = (
+            pd.Categorical.from_codes(codes[start:stop], categories=index)  # hashed as pandas hashes it
+            for (codes, _), index in zip(coded, categories, strict=True)
+        )
+        rows = np.arange(start + 1, stop + 1, dtype=np.int64)
+        hashes = _event_id_hashes(student, lecture, kind, micros[start:stop], values[start:stop], rows)
+        chunks.extend(_event_id_text(hashes).chunks)
+    return pa.chunked_array(chunks, type=pa.string())
 
 
 def _event_id_hashes(
@@ -293,6 +299,8 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _ID_PREFIX = np.frombuffer(b"ev-", dtype=np.uint8)
 #: Ids per Arrow chunk: 19 bytes each stay within a `string` column's 32-bit offsets.
 _IDS_PER_CHUNK = 1 << 26
+#: Rows hashed at a time for generated ids (each block's hashes and their text, not the whole file's).
+_HASHED_PER_BLOCK = 1 << 22
 
 
 def _event_id_text(hashes: npt.NDArray[np.uint64]) -> pa.ChunkedArray:
@@ -400,8 +408,8 @@ def epoch_microseconds(timestamps: pd.Series[Any] | pa.ChunkedArray | pa.Array) 
     """Microseconds since 1970-01-01 UTC of timezone-aware timestamps.
 
     Args:
-        timestamps: a `datetime64[..., tz]` Series, or an Arrow timestamp column (a zone-less one is UTC)
-            without nulls.
+        timestamps: a `datetime64[..., tz]` Series without nulls, or an Arrow timestamp column (a zone-less
+            one is UTC; a null becomes the int64 minimum).
 
     Returns:
         int64 microseconds.
@@ -410,6 +418,8 @@ def epoch_microseconds(timestamps: pd.Series[Any] | pa.ChunkedArray | pa.Array) 
         if timestamps.type.unit == "ns":  # rounded down, as pandas does (a cast rounds toward zero)
             timestamps = pc.floor_temporal(timestamps, unit="microsecond")
         micros = timestamps.cast(pa.timestamp("us", tz=timestamps.type.tz), safe=False).cast(pa.int64())
+        if micros.null_count:
+            micros = pc.fill_null(micros, np.iinfo(np.int64).min)
         return np.asarray(micros.to_numpy(), dtype=np.int64)
     naive_utc = timestamps.astype(_TS_DTYPE).dt.tz_localize(None)
     return naive_utc.to_numpy(dtype="datetime64[us]").view(np.int64)

@@ -50,7 +50,8 @@ def run(exposures: list[dict], events: list[dict], **kw):
 
 
 def outcome(att, sid: str, lecture: str) -> dict:
-    rows = att.outcomes[(att.outcomes["student_id"] == sid) & (att.outcomes["lecture_id"] == lecture)]
+    outcomes = att.outcomes.to_pandas()  # (Arrow: one row per attributed lecture)
+    rows = outcomes[(outcomes["student_id"] == sid) & (outcomes["lecture_id"] == lecture)]
     assert len(rows) == 1, rows
     return rows.iloc[0].to_dict()
 
@@ -59,7 +60,7 @@ def test_enrolment_inside_window_goes_to_the_exposure() -> None:
     att = run([X("r1", "s1", ["L1", "L2"], T0)], [E("s1", "L2", "enrol", T0 + timedelta(days=2))])
     o = outcome(att, "s1", "L2")
     assert o["request_id"] == "r1" and o["via"] == "window" and o["variant"] == "control"
-    assert att.exposures.set_index("request_id").loc["r1", "n_enrolled"] == 1
+    assert att.exposures.to_pandas().set_index("request_id").loc["r1", "n_enrolled"] == 1
 
 
 def test_window_bounds_are_inclusive_and_exclude_earlier_enrolments() -> None:
@@ -72,7 +73,7 @@ def test_window_bounds_are_inclusive_and_exclude_earlier_enrolments() -> None:
             E("s1", "C", "enrol", T0 - timedelta(seconds=1)),  # before the exposure: out
         ],
     )
-    assert att.outcomes["lecture_id"].tolist() == ["A"]
+    assert att.outcomes["lecture_id"].to_pylist() == ["A"]
 
 
 def test_window_is_configurable() -> None:
@@ -93,7 +94,7 @@ def test_first_matching_exposure_wins() -> None:
     )
     assert outcome(att, "s1", "B")["request_id"] == "r1"
     assert outcome(att, "s1", "A")["request_id"] == "r1"
-    n = att.exposures.set_index("request_id")["n_enrolled"]
+    n = att.exposures.to_pandas().set_index("request_id")["n_enrolled"]
     assert n.to_dict() == {"r3": 0, "r1": 2, "r2": 0}
 
 
@@ -131,7 +132,7 @@ def test_request_id_of_another_student_is_not_direct() -> None:
 
 def test_enrolment_of_a_lecture_never_shown_is_not_attributed() -> None:
     att = run([X("r1", "s1", ["A"], T0)], [E("s1", "B", "enrol", T0 + timedelta(hours=1))])
-    assert att.outcomes.empty
+    assert att.outcomes.num_rows == 0
     assert not att.students.iloc[0]["enrolled"]
 
 
@@ -160,7 +161,7 @@ def test_completion_follows_its_attributed_enrolment() -> None:
     assert pd.isna(outcome(att, "s1", "C")["completed_at"])
     s = att.students.iloc[0]
     assert (s["n_enrolled"], s["n_completed"], bool(s["completed"])) == (2, 1, True)
-    assert att.exposures.iloc[0]["n_completed"] == 1
+    assert att.exposures["n_completed"].to_pylist() == [1]
 
 
 def test_completion_window() -> None:
@@ -181,7 +182,7 @@ def test_per_student_table() -> None:
         [E("s1", "B", "enrol", T0 + timedelta(days=1, hours=1))],
     )
     assert list(att.students.columns) == list(STUDENT_COLUMNS)
-    assert list(att.outcomes.columns) == list(OUTCOME_COLUMNS)
+    assert att.outcomes.column_names == list(OUTCOME_COLUMNS)
     s = att.students.set_index("student_id")
     assert s.loc["s1", "variant"] == "challenger" and s.loc["s1", "n_exposures"] == 2
     assert s.loc["s1", "first_shown_at"] == T0 and s.loc["s1", "first_enrolled_at"] == T0 + timedelta(
@@ -198,7 +199,7 @@ def test_duplicates_and_non_experiment_exposures() -> None:
     )
     assert att.notes["duplicate_exposures_dropped"] == 1
     assert att.students["student_id"].tolist() == ["s1"]
-    assert len(att.exposures) == 1
+    assert att.exposures.num_rows == 1
 
 
 def test_each_experiment_attributes_separately() -> None:
@@ -206,7 +207,8 @@ def test_each_experiment_attributes_separately() -> None:
         [X("r1", "s1", ["A"], T0, exp="old"), X("r2", "s1", ["A"], T0 + timedelta(days=1), exp="new")],
         [E("s1", "A", "enrol", T0 + timedelta(days=2))],
     )
-    assert sorted(zip(att.outcomes["experiment"], att.outcomes["request_id"], strict=True)) == [
+    outcomes = att.outcomes.to_pylist()
+    assert sorted((o["experiment"], o["request_id"]) for o in outcomes) == [
         ("new", "r2"),
         ("old", "r1"),
     ]
@@ -214,7 +216,7 @@ def test_each_experiment_attributes_separately() -> None:
 
 def test_empty_events_and_missing_columns() -> None:
     att = run([X("r1", "s1", ["A"], T0)], [])
-    assert att.outcomes.empty and att.students.iloc[0]["n_enrolled"] == 0
+    assert att.outcomes.num_rows == 0 and att.students.iloc[0]["n_enrolled"] == 0
     with pytest.raises(AnalysisInputError, match=r"events: missing column\(s\) \['occurred_at'\]"):
         attribute(
             pd.DataFrame([X("r1", "s1", ["A"], T0)]),
@@ -251,6 +253,60 @@ def test_a_daily_look_equals_attributing_only_what_came_before_it() -> None:
         ).students
         got = as_of(full, cut)
         pd.testing.assert_frame_equal(got.reset_index(drop=True), again.reset_index(drop=True))
+        # each look's row is labelled by the student's row in the whole run's table (covariates join by it)
+        assert (full.students.loc[got.index, "student_id"] == got["student_id"]).all()
+        assert 0 < len(got) <= len(full.students)
+
+
+def test_a_look_reads_the_first_exposure_and_the_variants_shown_before_it() -> None:
+    """A student whose first exposure carries no region and who is switched to another variant later:
+    each look has the region and the number of variants seen before its cut, as attributing only what
+    came before gives them."""
+    from training.ab.attribution import as_of
+
+    day = pd.Timedelta(days=1)
+    exposures = [
+        {**X("r1", "s1", ["A"], T0), "region": None},
+        X("r2", "s1", ["B"], T0 + 2 * day, variant="treatment"),
+        X("r3", "s2", ["A"], T0 + 0.5 * day),
+    ]
+    events = [E("s1", "B", "enrol", T0 + 2.5 * day), E("s1", "B", "complete", T0 + 4 * day)]
+    full = run(exposures, events)
+    s1 = full.students.set_index("student_id").loc["s1"]
+    assert (s1["region"], s1["variant"], s1["n_variants"], s1["n_completed"]) == ("taebaek", "control", 2, 1)
+    for cut, region, n_variants, completed in (
+        (T0 + 1 * day, None, 1, 0),
+        (T0 + 3 * day, "taebaek", 2, 0),
+        (T0 + 4 * day, "taebaek", 2, 0),  # (a completion at the cut itself is after the look)
+        (T0 + 5 * day, "taebaek", 2, 1),
+    ):
+        look = as_of(full, cut)
+        row = look.set_index("student_id").loc["s1"]
+        assert (None if pd.isna(row["region"]) else row["region"]) == region
+        assert (row["n_variants"], row["n_completed"]) == (n_variants, completed)
+        again = run(
+            [x for x in exposures if x["shown_at"] < cut], [e for e in events if e["occurred_at"] < cut]
+        ).students
+        pd.testing.assert_frame_equal(look.reset_index(drop=True), again.reset_index(drop=True))
+
+
+def test_first_at_or_after_finds_what_a_loop_finds() -> None:
+    """The merge behind rules 2 and 4: for each query, the first row of its key at or after its time
+    (equal times: the row listed first), against a plain loop on random keys with many ties."""
+    import numpy as np
+
+    from training.ab.attribution import _first_at_or_after
+
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        n, q = int(rng.integers(0, 40)), int(rng.integers(0, 30))
+        keys, times = rng.integers(0, 6, n), rng.integers(-5, 5, n)
+        query_keys, query_times = rng.integers(0, 8, q), rng.integers(-6, 6, q)
+        expected = []
+        for k, t in zip(query_keys, query_times, strict=True):
+            found = [(times[i], i) for i in range(n) if keys[i] == k and times[i] >= t]
+            expected.append(min(found)[1] if found else -1)
+        assert _first_at_or_after(keys, times, query_keys, query_times).tolist() == expected
 
 
 def _plain_rules(exposures: list[dict], events: list[dict], window: timedelta, completion_window):  # type: ignore[no-untyped-def]
@@ -329,7 +385,7 @@ def test_the_rules_hold_on_random_logs_with_ties_redeliveries_and_two_experiment
     expected = _plain_rules(exposures, events, window, completion_window)
     frame = pd.DataFrame(events, columns=list(E("s", "l", "enrol", T0)))
     for ex, ev in ((pd.DataFrame(exposures), frame), (as_table(pd.DataFrame(exposures)), as_table(frame))):
-        got = attribute(ex, ev, window=window, completion_window=completion_window).outcomes
+        got = attribute(ex, ev, window=window, completion_window=completion_window).outcomes.to_pandas()
         rows = {
             (r.experiment, r.student_id, r.lecture_id): (
                 r.request_id, r.via, r.enrolled_at, None if pd.isna(r.completed_at) else r.completed_at
@@ -363,6 +419,49 @@ def test_events_and_exposures_without_an_id_or_a_time_are_left_out() -> None:
         {**E("s1", "B", "enrol", T0 + timedelta(hours=3)), "lecture_id": None},
     ]
     att = run(exposures, events)
-    assert att.outcomes[["student_id", "lecture_id", "request_id"]].values.tolist() == [["s1", "A", "r1"]]
-    assert att.outcomes["enrolled_at"].tolist() == [T0 + timedelta(hours=2)]
-    assert att.outcomes["completed_at"].isna().all()
+    assert att.outcomes.select(["student_id", "lecture_id", "request_id"]).to_pylist() == [
+        {"student_id": "s1", "lecture_id": "A", "request_id": "r1"}
+    ]
+    assert att.outcomes["enrolled_at"].to_pylist() == [T0 + timedelta(hours=2)]
+    assert att.outcomes["completed_at"].null_count == 1
+
+
+def test_each_daily_look_carries_the_covariates_of_its_own_students() -> None:
+    """`daily_looks` joins the covariates to a look's students by their row label in the attribution: the
+    same as joining by student id, whatever the order of the rows handed in."""
+    import numpy as np
+
+    from training.ab.attribution import as_of
+    from training.ab.covariates import COVARIATES, add_pre_activity
+    from training.ab.looks import daily_looks
+    from training.ab.stats import analyse, metric
+
+    rng = np.random.default_rng(5)
+    day = pd.Timedelta(days=1)
+    exposures, events = [], []
+    for i in range(120):
+        sid, variant = f"s{i}", "treatment" if i % 2 else "control"
+        for _ in range(int(rng.integers(0, 4))):  # activity before the experiment: the covariates
+            events.append(E(sid, "P", "enrol", T0 - float(rng.uniform(1, 20)) * day))
+        at = T0 + float(rng.uniform(0, 5)) * day
+        exposures.append(X(f"r{i}", sid, ["A", "B"], at, variant=variant))
+        if rng.random() < 0.3 + 0.1 * (i % 2) + 0.1 * min(i % 7, 3):
+            events.append(E(sid, "A", "enrol", at + float(rng.uniform(0, 2)) * day))
+    att = run(exposures, events)
+    students = add_pre_activity(att.students, pd.DataFrame(events))
+    assert students[list(COVARIATES)].to_numpy().sum() > 0
+    shares = {"control": 0.5, "treatment": 0.5}
+    looks = daily_looks(
+        att, students.sample(frac=1.0, random_state=1), shares, ["taebaek"], T0, T0 + 6 * day,
+        covariates=COVARIATES,
+    )  # fmt: skip
+    pooled = looks.loc[looks["region"] == "pooled"].set_index("day")
+    assert len(pooled) >= 5
+    by_id = students.set_index("student_id")[list(COVARIATES)]
+    for d, row in pooled.iterrows():
+        look = as_of(att, min(T0 + int(d) * day, T0 + 6 * day + pd.Timedelta(microseconds=1)))
+        look = look.join(by_id, on="student_id")
+        expected = analyse(look, shares, metrics=[metric("enrolments_per_student")], regions=["taebaek"],
+                           covariates=COVARIATES).comparisons  # fmt: skip
+        est = next(c for c in expected if c.region == "pooled").decision
+        assert (row["lift"], row["ci_low"], row["ci_high"]) == pytest.approx((est.abs_lift, *est.abs_ci))

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from features.ground_truth import GroundTruth
 from features.online_state import OnlineState
 from features.profile import StudentProfile
+from features.schemas import EVENTS
 from features.store import EventIn, FeatureStore
 from features.synth import SynthConfig, generate
 from models.base import Recommender, StudentBatch, TrainingData
@@ -26,6 +28,7 @@ from training.simulate import (
     SimConfig,
     Visiting,
     default_start,
+    events_table,
     experiment_for,
     load_population,
     prepare_models,
@@ -295,6 +298,33 @@ def test_fast_path_is_reproducible(population: Population, models: dict[str, Any
     assert {e.request_id for e in first.events} <= shown
     assert len({e.event_id for e in first.events}) == len(first.events)
     assert first.posted.accepted == len(first.events) and first.posted.duplicates == 0
+    # the events the analysis reads: the accepted ones as an Arrow table of the events schema
+    table = b1.events_table()
+    assert table.schema == EVENTS
+    text_and_times = [n for n in EVENTS.names if n != "progress"]
+    assert table.select(text_and_times).to_pylist() == [
+        {name: getattr(e, name) for name in text_and_times} for e in first.events
+    ]  # (times compared as instants)
+    assert (
+        table.column("progress").to_numpy().tolist()
+        == np.float32([e.progress for e in first.events]).tolist()
+    )
+
+
+def test_events_table_keeps_korean_text_and_reads_times_as_utc() -> None:
+    seoul = timezone(timedelta(hours=9))
+    events = [
+        EventIn("e1", "학생-1", "강의-국어", "enrol", 0.0, datetime(2025, 9, 1, 9, tzinfo=seoul), "r1"),
+        EventIn("e2", "학생-1", "강의-국어", "complete", 1.0, datetime(2025, 9, 2, tzinfo=UTC)),
+    ]
+    table = events_table(events)
+    assert table.column("student_id").to_pylist() == ["학생-1", "학생-1"]
+    assert table.column("occurred_at").cast(pa.int64()).to_pylist() == [
+        int(datetime(2025, 9, 1, tzinfo=UTC).timestamp() * 10**6),
+        int(datetime(2025, 9, 2, tzinfo=UTC).timestamp() * 10**6),
+    ]
+    assert table.column("request_id").to_pylist() == ["r1", None]
+    assert events_table([]).schema == EVENTS
 
 
 def test_aa_arms_differ_only_by_assignment(population: Population, models: dict[str, Any]) -> None:

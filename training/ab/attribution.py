@@ -20,7 +20,7 @@ Events of other types (``progress``, ``drop``) are not outcomes here. Exposures 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,6 @@ from features.ids import sorted_distinct
 from training.ab.columns import NONE, UTC, as_table, codes, index_in, micros, microseconds, text, times
 from training.ab.errors import AnalysisInputError
 
-_TS = pd.DatetimeTZDtype(unit="us", tz="UTC")
 EXPOSURE_COLUMNS = ("request_id", "student_id", "region", "experiment", "variant", "lecture_ids", "shown_at")
 EVENT_COLUMNS = ("student_id", "lecture_id", "type", "occurred_at")
 
@@ -69,11 +68,17 @@ OUTCOME_COLUMNS = (
 
 @dataclass(frozen=True)
 class Attribution:
-    """Outcome tables of one attribution run."""
+    """Outcome tables of one attribution run.
 
-    exposures: pd.DataFrame  # input exposures (without lecture_ids) + n_shown, n_enrolled, n_completed
-    students: pd.DataFrame  # STUDENT_COLUMNS
-    outcomes: pd.DataFrame  # OUTCOME_COLUMNS
+    The tables that grow with traffic stay Arrow (``exposures``: one row per exposure; ``outcomes``: one
+    per attributed lecture); ``students`` (one row per student, what the statistics read) is pandas.
+    `as_of` cuts the run at any moment from per-student arrays kept beside them.
+    """
+
+    exposures: pa.Table  # input exposures (without lecture_ids) + n_shown, n_enrolled, n_completed
+    students: pd.DataFrame  # STUDENT_COLUMNS, row label = the student's row in every `as_of` look
+    outcomes: pa.Table  # OUTCOME_COLUMNS
+    timeline: _Timeline = field(repr=False, compare=False)  # what `as_of` cuts
     notes: dict[str, int] = field(default_factory=dict)  # data-quality counts
 
 
@@ -92,8 +97,8 @@ def attribute(
     """Attribute enrolments and completions in ``events`` to ``exposures`` (rules in the module docstring).
 
     The work that grows with exposures and events is done on Arrow columns and numpy codes (the shown
-    lectures are never a row each in pandas, the events never a pandas frame); the outcome tables come
-    back as pandas frames (one row per exposure, per student, per attributed lecture).
+    lectures are never a row each in pandas, the events never a pandas frame); only the per-student
+    table comes back as a pandas frame.
 
     Args:
         exposures: rows of `training.ab.exposures.EXPOSURES` (exposures without an experiment are ignored).
@@ -127,16 +132,15 @@ def attribute(
     e = _Events(ev, x)
     attributed = _attribute_enrolments(x, e, window)
     completed_at = _completions(e, attributed, completion_window)
-    outcomes = _outcome_frame(x, e, attributed, completed_at)
     rows = attributed["request_row"]
     n_enrolled = np.bincount(rows, minlength=x.n).astype(np.int64)
     n_completed = np.bincount(rows[completed_at != NONE], minlength=x.n).astype(np.int64)
-    frame = ex.drop_columns(["lecture_ids"]).to_pandas()
-    frame["shown_at"] = frame["shown_at"].astype(_TS)
-    frame["n_shown"] = x.n_shown
-    frame["n_enrolled"] = n_enrolled
-    frame["n_completed"] = n_completed
-    return Attribution(frame, _per_student(frame, outcomes), outcomes, notes)
+    counted = ex.drop_columns(["lecture_ids"])
+    for name, values in (("n_shown", x.n_shown), ("n_enrolled", n_enrolled), ("n_completed", n_completed)):
+        counted = counted.append_column(name, pa.array(values, pa.int64()))
+    timeline = _Timeline(x, e.at[attributed["event"]], completed_at, x.group[rows])
+    outcomes = _outcome_table(x, e, attributed, completed_at)
+    return Attribution(counted, timeline.students(None), outcomes, timeline, notes)
 
 
 class _Exposures:
@@ -145,7 +149,7 @@ class _Exposures:
     def __init__(self, ex: pa.Table) -> None:
         self.table = ex
         self.n = ex.num_rows
-        self.experiment, _ = codes(ex.column("experiment"))
+        self.experiment, experiments = codes(ex.column("experiment"))
         self.student, self.students = codes(ex.column("student_id"))
         self.shown_at = micros(ex.column("shown_at"))
         lists = (
@@ -156,6 +160,18 @@ class _Exposures:
         )
         self.shown_row = np.asarray(pc.list_parent_indices(lists).to_numpy(), dtype=np.int64)
         self.shown_lecture = pc.list_flatten(lists)
+        # the (experiment, student) groups, in the text order of the pair: one row of `Attribution.students`
+        # each; an exposure without a student is in none (-1)
+        named = np.flatnonzero(self.student >= 0)
+        pair = (
+            _text_rank(experiments)[self.experiment[named]] * max(len(self.students), 1)
+            + _text_rank(self.students)[self.student[named]]
+        )
+        distinct = sorted_distinct(pair)
+        self.group = np.full(self.n, -1, dtype=np.int64)
+        self.group[named] = np.searchsorted(distinct, pair)
+        self.n_groups = distinct.size
+        self.group_row = _first_rows(self.group[named], named, self.n_groups)  # each group's first exposure
 
 
 class _Events:
@@ -195,9 +211,8 @@ def _attribute_enrolments(x: _Exposures, e: _Events, window: timedelta) -> dict[
         `_Exposures`), ``via_request`` (rule 1, else 2), in rule 3's order (enrolment time, event row).
     """
     # each enrolment once per experiment its student is in (an exposure without a student has none)
-    named = x.student >= 0
-    pairs = sorted_distinct(x.experiment[named] * len(x.students) + x.student[named])
-    member_experiment, member_student = pairs // len(x.students), pairs % len(x.students)
+    named = x.group >= 0
+    member_experiment, member_student = x.experiment[x.group_row], x.student[x.group_row]
     enrols = np.flatnonzero(e.is_enrol)
     order = np.argsort(member_student, kind="stable")
     starts = np.searchsorted(member_student[order], e.student[enrols], side="left")
@@ -227,7 +242,7 @@ def _attribute_enrolments(x: _Exposures, e: _Events, window: timedelta) -> dict[
         asked = event[rest]
         query_key = _key(x, e, experiment[rest], e.student[asked], e.lecture[asked])
         found = _first_at_or_after(
-            shown_key, x.shown_at[s_row], s_row, query_key, e.at[asked] - microseconds(window)
+            shown_key, x.shown_at[s_row], query_key, e.at[asked] - microseconds(window)
         )
         hit = found >= 0
         hit[hit] = x.shown_at[s_row[found[hit]]] <= e.at[event[rest[hit]]]
@@ -262,28 +277,60 @@ def _key(
 def _first_at_or_after(
     keys: npt.NDArray[np.int64],
     times: npt.NDArray[np.int64],
-    ties: npt.NDArray[np.int64],
     query_keys: npt.NDArray[np.int64],
     query_times: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.int64]:
     """For each query, the index (into ``keys``) of the row with its key and the earliest time at or
-    after its time (equal times: the smallest ``ties``), or -1."""
-    distinct = sorted_distinct(keys)
-    key_rank = np.searchsorted(distinct, keys)
-    query_rank = np.searchsorted(distinct, query_keys)
-    known = query_rank < distinct.size
-    known[known] = distinct[query_rank[known]] == query_keys[known]
-    instants = sorted_distinct(np.concatenate([times, query_times]))
-    span = np.int64(instants.size + 1)
-    composite = key_rank * span + np.searchsorted(instants, times)
-    query = query_rank * span + np.searchsorted(instants, query_times)
-    order = np.lexsort((ties, composite))
-    at = np.searchsorted(composite[order], query, side="left")
-    inside = known & (at < order.size)
-    inside[inside] = key_rank[order[at[inside]]] == query_rank[inside]
+    after its time (equal times: the first such row), or -1.
+
+    One merge: rows and queries ranked together by (key, time), queries before rows of the same rank, and
+    each query takes the next row in that order when the row has its key.
+    """
+    asked = np.flatnonzero(
+        np.asarray(pc.is_in(pa.array(keys), value_set=pa.array(query_keys)).to_numpy(zero_copy_only=False))
+    )  # (a hash look-up: only rows some query can find take part in the sorts below)
+    keys, times = keys[asked], times[asked]
+    n = keys.size
+    key = _dense_ranks(np.concatenate([keys, query_keys]))
+    instant = _dense_ranks(np.concatenate([times, query_times]))
+    rank = key * (int(instant.max(initial=0)) + 1) + instant
+    merged = np.argsort(np.concatenate([rank[n:], rank[:n]]), kind="stable")  # queries first at a tie
+    is_row = merged >= query_keys.size
+    position = np.where(is_row, np.arange(merged.size), merged.size)
+    following = np.minimum.accumulate(position[::-1])[::-1]  # the next row at or after each position
+    query_at = np.empty(query_keys.size, dtype=np.int64)
+    query_at[merged[~is_row]] = np.flatnonzero(~is_row)
+    next_row = np.append(merged, query_keys.size + n)[following[query_at]] - query_keys.size
     out = np.full(query_keys.size, -1, dtype=np.int64)
-    out[inside] = order[at[inside]]
+    inside = next_row < n
+    inside[inside] = key[next_row[inside]] == key[n:][inside]
+    out[inside] = asked[next_row[inside]]
     return out
+
+
+def _dense_ranks(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each value's rank among the distinct values (0 = the smallest), by one sort."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    ranks = np.empty(values.size, dtype=np.int64)
+    ranks[order] = np.cumsum(np.concatenate(([False], ordered[1:] != ordered[:-1])))
+    return ranks
+
+
+def _text_rank(values: pa.Array) -> npt.NDArray[np.int64]:
+    """Each of distinct text values' position in their sorted order (code points, as Python sorts)."""
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[np.asarray(pc.sort_indices(values).to_numpy(), dtype=np.int64)] = np.arange(len(values))
+    return ranks
+
+
+def _first_rows(
+    group: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], n_groups: int
+) -> npt.NDArray[np.int64]:
+    """Per group, the smallest of ``rows`` in it (aligned with ``group``), or -1 when none is."""
+    first = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, group, rows)
+    return np.where(first == np.iinfo(np.int64).max, -1, first)
 
 
 def _completions(
@@ -299,7 +346,7 @@ def _completions(
     n_lectures = max(len(e.lectures), 1)
     enrolled_at = e.at[event]
     found = _first_at_or_after(
-        e.student[completes] * n_lectures + e.lecture[completes], e.at[completes], completes,
+        e.student[completes] * n_lectures + e.lecture[completes], e.at[completes],
         e.student[event] * n_lectures + e.lecture[event], enrolled_at,
     )  # fmt: skip
     hit = found >= 0
@@ -310,9 +357,9 @@ def _completions(
     return out
 
 
-def _outcome_frame(
+def _outcome_table(
     x: _Exposures, e: _Events, attributed: dict[str, Any], completed_at: npt.NDArray[np.int64]
-) -> pd.DataFrame:
+) -> pa.Table:
     """`OUTCOME_COLUMNS`, sorted by experiment, enrolment time and student (ties in rule 3's order)."""
     rows = pa.array(attributed["request_row"])
     event = attributed["event"]
@@ -328,16 +375,111 @@ def _outcome_frame(
             "via": pa.array(np.where(attributed["via_request"], "request_id", "window"), pa.string()),
             "completed_at": pa.array(completed_at, UTC, mask=completed_at == NONE),
         }
+    )  # (Arrow's sort is stable)
+    return table.take(
+        pc.sort_indices(table, [(c, "ascending") for c in ("experiment", "enrolled_at", "student_id")])
     )
-    frame = table.to_pandas()
-    for column in ("enrolled_at", "completed_at"):
-        frame[column] = frame[column].astype(_TS)
-    frame = frame.sort_values(["experiment", "enrolled_at", "student_id"], kind="stable")
-    outcomes: pd.DataFrame = frame[list(OUTCOME_COLUMNS)].reset_index(drop=True)
-    return outcomes
 
 
-def as_of(attribution: Attribution, cut: pd.Timestamp) -> pd.DataFrame:
+#: A time no cut reaches: an exposure without a time counts in the whole run only.
+_LATE = np.iinfo(np.int64).max
+
+
+class _Timeline:
+    """Per (experiment, student) group, what a look at any moment counts: every exposure's and outcome's
+    time, the first exposure (in time order) with a region and with a variant, when each variant was
+    first shown. A look (`students`) is a few counts over masks, without attributing again."""
+
+    def __init__(
+        self,
+        x: _Exposures,
+        enrolled_at: npt.NDArray[np.int64],
+        completed_at: npt.NDArray[np.int64],
+        outcome_group: npt.NDArray[np.int64],
+    ) -> None:
+        n = self.n = x.n_groups
+        named = np.flatnonzero(x.group >= 0)
+        shown_at = np.where(x.shown_at == NONE, _LATE, x.shown_at)
+        self.experiment = text(x.table.column("experiment")).take(pa.array(x.group_row))
+        self.student = text(x.table.column("student_id")).take(pa.array(x.group_row))
+        self.exposure_group, self.exposure_at = x.group[named], shown_at[named]
+        self.first_shown = _group_min(self.exposure_group, self.exposure_at, n)
+        # the first exposure with a region, with a variant (pandas' groupby "first": nulls skipped)
+        self.first: dict[str, tuple[pa.Array, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        for column in ("region", "variant"):
+            value, values = codes(x.table.column(column))
+            rows = named[value[named] >= 0]
+            first = _first_rows(x.group[rows], rows, n)
+            has = first >= 0
+            self.first[column] = (
+                values,
+                np.where(has, value[first], -1),
+                np.where(has, shown_at[first], _LATE),
+            )
+            if column == "variant":  # when each of a group's variants was first shown (rows in time order)
+                pair = x.group[rows] * max(len(values), 1) + value[rows]
+                _, first_of_pair = np.unique(pair, return_index=True)
+                self.variant_group = x.group[rows][first_of_pair]
+                self.variant_at = shown_at[rows][first_of_pair]
+        self.outcome_group, self.enrolled_at = outcome_group, enrolled_at
+        done = completed_at != NONE
+        self.completed_group, self.completed_at = outcome_group[done], completed_at[done]
+        self.first_enrolled = _group_min(outcome_group, enrolled_at, n)
+        self.first_completed = _group_min(self.completed_group, self.completed_at, n)
+
+    def students(self, cut: int | None) -> pd.DataFrame:
+        """`STUDENT_COLUMNS` of the groups exposed before ``cut`` (UTC microseconds; None: the whole run),
+        labelled by group (the row of the whole run's table)."""
+
+        def count(group: npt.NDArray[np.int64], at: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+            return np.bincount(group if cut is None else group[at < cut], minlength=self.n).astype(np.int64)
+
+        def seen(at: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+            return (at != _LATE) if cut is None else (at < cut)
+
+        def instants(at: npt.NDArray[np.int64]) -> pa.Array:
+            return pa.array(at[rows], UTC, mask=~seen(at)[rows])
+
+        n_exposures = count(self.exposure_group, self.exposure_at)
+        rows = np.flatnonzero(n_exposures > 0)
+        taken = pa.array(rows)
+        n_enrolled = count(self.outcome_group, self.enrolled_at)[rows]
+        n_completed = count(self.completed_group, self.completed_at)[rows]
+        columns: dict[str, Any] = {
+            "experiment": self.experiment.take(taken),
+            "student_id": self.student.take(taken),
+        }
+        for column, (values, value, at) in self.first.items():
+            chosen = (value if cut is None else np.where(at < cut, value, -1))[rows]
+            columns[column] = values.take(pa.array(chosen, mask=chosen < 0))
+        columns |= {
+            "n_variants": count(self.variant_group, self.variant_at)[rows],
+            "n_exposures": n_exposures[rows],
+            "first_shown_at": instants(self.first_shown),
+            "n_enrolled": n_enrolled,
+            "n_completed": n_completed,
+            "first_enrolled_at": instants(self.first_enrolled),
+            "first_completed_at": instants(self.first_completed),
+            "enrolled": n_enrolled > 0,
+            "completed": n_completed > 0,
+        }
+        frame = pa.table(columns).to_pandas()
+        if rows.size < self.n:
+            frame.index = pd.Index(rows)
+        students: pd.DataFrame = frame[list(STUDENT_COLUMNS)]
+        return students
+
+
+def _group_min(
+    group: npt.NDArray[np.int64], at: npt.NDArray[np.int64], n_groups: int
+) -> npt.NDArray[np.int64]:
+    """Per group, the earliest of ``at`` (`_LATE` when none)."""
+    first = np.full(n_groups, _LATE, dtype=np.int64)
+    np.minimum.at(first, group, at)
+    return first
+
+
+def as_of(attribution: Attribution, cut: pd.Timestamp | datetime) -> pd.DataFrame:
     """Per-student outcomes as a report produced at ``cut`` would have them (a daily look).
 
     The same as attributing only the exposures and events before ``cut``: an enrolment is attributed to
@@ -347,39 +489,14 @@ def as_of(attribution: Attribution, cut: pd.Timestamp) -> pd.DataFrame:
 
     Args:
         attribution: the attribution of the whole period.
-        cut: the moment of the look (UTC).
+        cut: the moment of the look (UTC; a time without a zone is read as UTC).
 
     Returns:
-        `STUDENT_COLUMNS` rows of the students first exposed before ``cut``.
+        `STUDENT_COLUMNS` rows of the students first exposed before ``cut``, each labelled by its row in
+        ``attribution.students``.
     """
-    ex = attribution.exposures.loc[attribution.exposures["shown_at"] < cut]
-    out = attribution.outcomes.loc[attribution.outcomes["enrolled_at"] < cut].copy()
-    out["completed_at"] = out["completed_at"].where(out["completed_at"] < cut)
-    return _per_student(ex, out)
-
-
-def _per_student(ex: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
-    """One row per (experiment, student): the arm of the first exposure and the student's outcomes."""
-    sk = ["experiment", "student_id"]
-    students = ex.groupby(sk, sort=True).agg(
-        region=("region", "first"),  # ex is sorted by shown_at, so "first" = first exposure
-        variant=("variant", "first"),
-        n_variants=("variant", "nunique"),
-        n_exposures=("request_id", "size"),
-        first_shown_at=("shown_at", "min"),
-    )
-    outs = outcomes.groupby(sk).agg(
-        n_enrolled=("lecture_id", "size"),
-        n_completed=("completed_at", "count"),
-        first_enrolled_at=("enrolled_at", "min"),
-        first_completed_at=("completed_at", "min"),
-    )
-    students = students.join(outs, how="left").reset_index()
-    students[["n_enrolled", "n_completed"]] = (
-        students[["n_enrolled", "n_completed"]].fillna(0).astype("int64")
-    )
-    for c in ("first_shown_at", "first_enrolled_at", "first_completed_at"):
-        students[c] = students[c].astype(_TS)
-    students["enrolled"] = students["n_enrolled"] > 0
-    students["completed"] = students["n_completed"] > 0
-    return students[list(STUDENT_COLUMNS)]
+    at = pd.Timestamp(cut)
+    at = at.tz_localize("UTC") if at.tzinfo is None else at
+    return attribution.timeline.students(
+        -(-at.value // 1000)
+    )  # (before a nanosecond cut: before its next µs)

@@ -16,6 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.ids import arrow_dictionary
+from features.validation import epoch_microseconds
+
 #: The times' type: UTC microseconds.
 UTC = pa.timestamp("us", tz="UTC")
 #: An absent time among int64 microseconds.
@@ -69,21 +72,24 @@ def times(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if column.type == UTC:
         return column
     if pa.types.is_timestamp(column.type):
+        if column.type.unit == "ns":  # rounded down, as everywhere (a cast rounds toward zero)
+            column = pc.floor_temporal(column, unit="microsecond")
         return column.cast(pa.timestamp(column.type.unit, tz="UTC")).cast(UTC, safe=False)
     return pa.chunked_array([pa.array(utc(column.to_pandas()).dt.tz_localize(None).to_numpy(), UTC)])
 
 
 def micros(column: pa.ChunkedArray) -> npt.NDArray[np.int64]:
     """Times as int64 microseconds since the epoch (UTC); a null is `NONE`."""
-    return np.asarray(pc.fill_null(times(column).cast(pa.int64()), NONE).to_numpy(), dtype=np.int64)
+    return epoch_microseconds(times(column))
 
 
 def codes(column: pa.ChunkedArray | pa.Array) -> tuple[npt.NDArray[np.int64], pa.Array]:
-    """(code per row, -1 for a null; the distinct values) of a text column."""
-    coded = text(column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column]))
-    coded = coded.combine_chunks().dictionary_encode()
-    per_row = np.asarray(pc.fill_null(coded.indices.cast(pa.int64()), -1).to_numpy(), dtype=np.int64)
-    return per_row, coded.dictionary
+    """(code per row, -1 for a null; the distinct values as Arrow text) of a column read as text
+    (`features.ids.arrow_dictionary`; int64 codes: the attribution's keys multiply them)."""
+    per_row, distinct = arrow_dictionary(
+        text(column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column]))
+    )
+    return per_row.astype(np.int64), distinct
 
 
 def index_in(column: pa.ChunkedArray, values: pa.Array) -> npt.NDArray[np.int64]:

@@ -39,7 +39,8 @@ def daily_looks(
 
     Args:
         attribution: the attribution of the whole period (one experiment's exposures).
-        students: the experiment's students with their ``covariates`` (``student_id`` + covariate columns).
+        students: the experiment's rows of ``attribution.students`` (labelled as there) with their
+            ``covariates`` columns.
         shares: variant weights (first = control; the first treatment is read).
         regions: the regions analysed.
         start: the first day's start (UTC); looks at ``start + 1 day``, ``+ 2 days``, ... up to ``end``.
@@ -54,7 +55,7 @@ def daily_looks(
     """
     spec = metric(metric_name)
     experiment = str(students["experiment"].iloc[0]) if len(students) else None
-    pre = students.set_index("student_id")[list(covariates)] if covariates else None
+    pre = students[list(covariates)] if covariates else None  # joined by row label: one per student
     rows: list[dict[str, object]] = []
     days = max(1, math.ceil((end - start).total_seconds() / 86400.0))
     for day in range(1, days + 1):
@@ -62,7 +63,7 @@ def daily_looks(
         looked = as_of(attribution, min(cut, end + pd.Timedelta(microseconds=1)))
         looked = looked.loc[looked["experiment"] == experiment]
         if pre is not None:
-            looked = looked.join(pre, on="student_id")
+            looked = looked.join(pre)
             looked[list(covariates)] = looked[list(covariates)].fillna(0)
         arms = looked["variant"].isin(list(shares)) & (looked["n_variants"] == 1)
         if looked.loc[arms, "variant"].nunique() < 2:

@@ -127,13 +127,25 @@ def build_report(
     cumulative = stats.cumulative_rates(
         att.students.loc[(att.students["n_variants"] == 1) & att.students["variant"].isin(analysis.variants)]
     )
+    first_shown, last_shown = _shown_range(att)
     looks = daily_looks(
-        att, with_pre, shares, regions, _first_day(att, experiment),
-        pd.Timestamp(att.exposures["shown_at"].max()), covariates=COVARIATES, alpha=alpha,
+        att, with_pre, shares, regions, _first_day(first_shown, experiment), last_shown,
+        covariates=COVARIATES, alpha=alpha,
     )  # fmt: skip
     equity = _equity(with_pre, students, shares, alpha) if students is not None else {}
     served = dict(models) if models is not None else _versions_shown(att.exposures)
-    data = _document(experiment, att, analysis, cumulative, window, alpha, sources or {}, ev, regions)
+    data = _document(
+        experiment,
+        att,
+        analysis,
+        cumulative,
+        window,
+        alpha,
+        sources or {},
+        ev,
+        regions,
+        (first_shown, last_shown),
+    )
     data["models"] = {v: dict(served.get(v, {})) for v in shares}
     data["covariates"] = {
         "columns": list(COVARIATES),
@@ -190,21 +202,31 @@ def on_run_clock(
     return experiment.model_copy(update={"start": start, "end": end})
 
 
-def _first_day(att: Attribution, experiment: ExperimentConfig) -> pd.Timestamp:
+def _shown_range(att: Attribution) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first and the last exposure's time (NaT when no exposure has one)."""
+    first, last = pc.min_max(att.exposures.column("shown_at")).values()
+    return pd.Timestamp(first.as_py()), pd.Timestamp(last.as_py())
+
+
+def _first_day(first: pd.Timestamp, experiment: ExperimentConfig) -> pd.Timestamp:
     """Where the daily looks start: the experiment's start when its exposures begin on its first day (a
     simulated run's clock), else the UTC midnight before the first exposure."""
-    first = pd.Timestamp(att.exposures["shown_at"].min())
     start = pd.Timestamp(experiment.start)
     return start if start <= first < start + pd.Timedelta(days=1) else first.floor("D")
 
 
-def _versions_shown(exposures: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def _versions_shown(exposures: pa.Table) -> dict[str, dict[str, Any]]:
     """Variant -> the model versions its exposures name (when nothing better is known)."""
-    out: dict[str, dict[str, Any]] = {}
-    for variant, g in exposures.groupby("variant"):
-        versions = sorted(g["model_version"].astype(str).unique())
-        out[str(variant)] = {"version": ", ".join(versions)}
-    return out
+    pairs = pa.table(
+        {"variant": text(exposures.column("variant")), "version": text(exposures.column("model_version"))}
+    )
+    named = pairs.filter(pc.is_valid(pairs.column("variant"))).group_by(["variant", "version"]).aggregate([])
+    versions: dict[str, set[str]] = {}
+    for variant, version in zip(
+        named.column("variant").to_pylist(), named.column("version").to_pylist(), strict=True
+    ):
+        versions.setdefault(variant, set()).add(str(version))
+    return {v: {"version": ", ".join(sorted(versions[v]))} for v in sorted(versions)}
 
 
 def _equity(
@@ -238,8 +260,10 @@ def _document(
     sources: dict[str, str],
     events: pa.Table,
     regions: Sequence[str],
+    shown: tuple[pd.Timestamp, pd.Timestamp],
 ) -> dict[str, Any]:
     a = analysis.to_dict()
+    first_shown, last_shown = shown
     extra_regions = [r for r in regions if r not in experiment.regions]
     return {
         "experiment": {
@@ -257,13 +281,13 @@ def _document(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": {
             **sources,
-            "exposures": len(att.exposures),
+            "exposures": att.exposures.num_rows,
             "events": events.num_rows,
             "students": len(att.students),
-            "attributed_enrolments": len(att.outcomes),
-            "attributed_completions": int(att.outcomes["completed_at"].notna().sum()),
-            "first_exposure": _ts(att.exposures["shown_at"].min()),
-            "last_exposure": _ts(att.exposures["shown_at"].max()),
+            "attributed_enrolments": att.outcomes.num_rows,
+            "attributed_completions": att.outcomes.num_rows - att.outcomes.column("completed_at").null_count,
+            "first_exposure": _ts(first_shown),
+            "last_exposure": _ts(last_shown),
         },
         "settings": {
             "attribution_window_days": window / timedelta(days=1),

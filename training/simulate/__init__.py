@@ -61,7 +61,7 @@ from training.simulate.export import (
     stream_group,
 )
 from training.simulate.http import HttpBackend
-from training.simulate.in_process import InProcessBackend, events_frame
+from training.simulate.in_process import InProcessBackend, events_table
 from training.simulate.population import Population, load_population
 
 __all__ = [
@@ -84,7 +84,7 @@ __all__ = [
     "Visiting",
     "analyse_run",
     "default_start",
-    "events_frame",
+    "events_table",
     "experiment_for",
     "export_run",
     "load_population",

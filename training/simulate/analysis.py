@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 def run_students(
-    exposures: pd.DataFrame,
-    events: pd.DataFrame,
+    exposures: pa.Table | pd.DataFrame,
+    events: pa.Table | pd.DataFrame,
     experiment: ExperimentConfig,
     window: timedelta = timedelta(days=7),
     history: pa.Table | pd.DataFrame | None = None,
@@ -54,7 +54,7 @@ def run_students(
 
 def with_covariates(
     students: pd.DataFrame,
-    events: pd.DataFrame,
+    events: pa.Table | pd.DataFrame,
     experiment: ExperimentConfig,
     history: pa.Table | pd.DataFrame | None = None,
     pre_days: float | None = None,
@@ -68,8 +68,8 @@ def with_covariates(
 
 
 def analyse_run(
-    exposures: pd.DataFrame,
-    events: pd.DataFrame,
+    exposures: pa.Table | pd.DataFrame,
+    events: pa.Table | pd.DataFrame,
     experiment: ExperimentConfig,
     alpha: float = 0.05,
     metrics: Sequence[str] | None = None,
@@ -369,17 +369,17 @@ def repeat_experiment(
         )
         backend = InProcessBackend(population.state.fork(), models, next(iter(models)), [experiment])
         simulate(cfg, population, backend)
-        ex, ev = backend.exposures_table(), backend.events_frame()
+        ex, ev = backend.exposures_table(), backend.events_table()
         attribution = attribute(ex, ev)
         students = with_covariates(attribution.students, ev, experiment, population.history)
         for method, covs in (("plain", ()), ("cuped", COVARIATES)):
             analysis = analyse(students, shares, alpha=alpha, metrics=specs, regions=regions, covariates=covs)
             srm = {s.region: s.mismatch for s in analysis.srm}
             rows.extend(_row(rep, cfg.seed, method, c, srm, alpha) for c in analysis.comparisons)
-        pre = students.set_index("student_id")[list(COVARIATES)]
+        pre = students[list(COVARIATES)]  # labelled as `attribution.students`, as each look's rows are
         for day in range(1, config.days + 1) if looks else ():
             daily = as_of(attribution, pd.Timestamp(start + day * DAY))
-            daily = daily.loc[daily["experiment"] == experiment.key].join(pre, on="student_id")
+            daily = daily.loc[daily["experiment"] == experiment.key].join(pre)
             for method, covs in (("plain", ()), ("cuped", COVARIATES)):
                 analysis = analyse(
                     daily, shares, alpha=alpha, metrics=primary, regions=regions, covariates=covs

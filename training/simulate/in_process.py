@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from features.online_state import OnlineState
 from features.store import EventIn
 from training.errors import SimulationError
 from training.simulate.engine import PostSummary, Shown, Visit
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
     from features.experiments import ExperimentConfig
@@ -97,31 +94,25 @@ class InProcessBackend:
 
         return records_to_table(self.exposures)
 
-    def events_frame(self) -> pd.DataFrame:
-        """The events applied so far (columns of `features.schemas.EVENTS`)."""
-        return events_frame(self.accepted)
+    def events_table(self) -> pa.Table:
+        """The events applied so far (`features.schemas.EVENTS`)."""
+        return events_table(self.accepted)
 
 
-def events_frame(events: Sequence[EventIn]) -> pd.DataFrame:
-    """Events as a table with the columns of `features.schemas.EVENTS`.
+def events_table(events: Sequence[EventIn]) -> pa.Table:
+    """Events as an Arrow table of `features.schemas.EVENTS` (times UTC), one column at a time.
 
     Args:
         events: the events.
 
     Returns:
-        The frame (``occurred_at`` UTC).
+        The table.
     """
-    import pandas as pd
+    import pyarrow as pa
 
-    frame = pd.DataFrame(
-        {
-            "event_id": [e.event_id for e in events],
-            "student_id": [e.student_id for e in events],
-            "lecture_id": [e.lecture_id for e in events],
-            "type": [e.type for e in events],
-            "progress": np.asarray([e.progress for e in events], dtype=np.float32),
-            "occurred_at": pd.to_datetime([e.occurred_at for e in events], utc=True),
-            "request_id": [e.request_id for e in events],
-        }
-    )
-    return frame
+    from features.schemas import EVENTS
+
+    columns = {
+        name: pa.array([getattr(e, name) for e in events], EVENTS.field(name).type) for name in EVENTS.names
+    }
+    return pa.table(columns, schema=EVENTS)
