@@ -67,7 +67,6 @@ from features.stored_events import DICTIONARY_COLUMNS, check_event_columns, chec
 from features.tables import Dataset, Progress, sort_events
 from features.validation import (
     ZONE_SUFFIX,
-    generated_event_id_column,
     validate_lectures,
     validate_students,
 )
@@ -179,6 +178,18 @@ def load_event_files(
     return ds
 
 
+def read_checked_events(path: Path | str, student_ids: pd.Index, lecture_ids: pd.Index) -> pa.Table:
+    """One events file (CSV or Parquet, read by the rules above) checked against known students and
+    lectures, in the file's order: a split's or a test set's events beside a dataset.
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        SchemaError: the file cannot be parsed or breaks the events schema (names file, row and column).
+    """
+    table, _ = _read_events(Path(path))
+    return checked_events(str(path), table, student_ids, lecture_ids)
+
+
 def _known(table: pd.DataFrame | None, name: str, events: pa.Table) -> pd.Index:
     """The ids of a students / lectures table, or (derived) every id the events' column holds."""
     if table is not None:
@@ -253,32 +264,13 @@ def _read_events(path: Path, progress: Progress | None = None) -> tuple[pa.Table
         empty = pa.RecordBatch.from_pylist([], schema=_text_schema(names) if is_text else whole.schema)
         parts.append(_typed_columns(empty, file, 1, stats, is_text=is_text))
     table = pa.Table.from_batches(parts).unify_dictionaries()
-    if "event_id" not in table.column_names:
+    if "event_id" not in table.column_names:  # (given by the check, `features.stored_events.typed_events`)
         stats["event_ids_generated"] = table.num_rows
-        if _hashable(table):  # (otherwise the check converts what it can, gives the ids or names the rows)
-            ids = generated_event_id_column(*(table.column(c) for c in _HASHED))
-            table = table.add_column(0, "event_id", ids)
     return table, stats
 
 
 def _text_schema(names: list[str]) -> pa.Schema:
     return pa.schema([pa.field(n, pa.string()) for n in names])
-
-
-#: The columns a generated event id hashes (with the row number), in its order.
-_HASHED = ("student_id", "lecture_id", "type", "occurred_at", "progress")
-
-
-def _hashable(table: pa.Table) -> bool:
-    """Whether the columns a generated id hashes are there in the types it reads."""
-    if not all(c in table.column_names for c in _HASHED):
-        return False
-    kind = {name: table.schema.field(name).type for name in _HASHED}
-    return (
-        all(pa.types.is_dictionary(kind[c]) for c in DICTIONARY_COLUMNS)
-        and pa.types.is_floating(kind["progress"])
-        and pa.types.is_timestamp(kind["occurred_at"])
-    )
 
 
 @contextmanager

@@ -11,9 +11,11 @@ dictionary-encoded (an integer code per event, each distinct value once) and eve
 * progress: missing (null or NaN), not finite, outside 0..1; timestamps: missing.
 
 When every rule holds the table is already what `validate_events` would return and is kept as it is
-(`features.event_table`): the events never reach pandas. A file whose columns are not the
-schema's types (ids stored as integers, timestamps as text, `event_id` or `progress` missing) is not
-checked further here: `validate_events` converts what it can and names the rows of what it cannot. The
+(`features.event_table`): the events never reach pandas. A file without `event_id` or `progress` gets
+the validator's defaults on Arrow too (ids hashed from the row number and values, progress by type), and
+ISO 8601 text times with a zone are read on Arrow. A file whose columns break the schema's types (ids
+stored as integers, timestamps without a zone, progress as text) is not checked further here:
+`validate_events` names the rows (a dataset learnrec writes never has such columns). The
 errors of the two are the same (file, 1-based rows, column, message), which the tests hold rule by rule,
 so `features.validation` stays the one place that says what a valid events table is.
 """
@@ -33,7 +35,13 @@ import pyarrow.parquet as pq
 from features.errors import SchemaError
 from features.ids import arrow_codes
 from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED
-from features.validation import _rows, _show, duplicate_ids, hash_repeats
+from features.validation import (
+    _rows,
+    _show,
+    duplicate_ids,
+    generated_event_id_column,
+    hash_repeats,
+)
 
 #: Columns read dictionary-encoded (few distinct values, many rows).
 DICTIONARY_COLUMNS = ("student_id", "lecture_id", "type")
@@ -149,8 +157,9 @@ def check_whole_file(file: str, table: pa.Table, student_ids: pd.Index, lecture_
 
 
 def typed_events(file: str, table: pa.Table) -> pa.Table | None:
-    """The events in the schema's exact types, after the rules on their values; None when a column is
-    missing or not of a type these checks read (then `validate_events` converts and checks it).
+    """The events in the schema's exact types, after the rules on their values (a missing `event_id` or
+    `progress` given the validator's defaults); None when a column is not of a type these checks read
+    (then `validate_events` converts and checks it).
 
     Args:
         file: the events file (named in errors).
@@ -164,20 +173,23 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
         SchemaError: a progress value missing, not finite or outside 0..1; a timestamp missing.
     """
     names = table.column_names
-    if not all(c in names for c in ("event_id", "progress")) or not _is_text(
-        table.schema.field("event_id").type
-    ):
+    text = {c: _plain_text(table.column(c)) for c in ("event_id", "request_id") if c in names}
+    if any(column is None for column in text.values()):
         return None
-    progress, occurred = table.column("progress").type, table.column("occurred_at").type
-    numeric = pa.types.is_floating(progress) or pa.types.is_integer(progress)
-    if not numeric or not (pa.types.is_timestamp(occurred) and occurred.tz is not None):
-        return None
-    request = table.column("request_id").type if "request_id" in names else pa.null()
-    if not (_is_text(request) or pa.types.is_null(request)):
-        return None
-    columns = {name: table.column(name) for name in ("event_id", *DICTIONARY_COLUMNS)}
-    columns["progress"] = _checked_progress(file, table.column("progress"))
+    progress = table.column("progress").type if "progress" in names else pa.float32()
     times = table.column("occurred_at")
+    if _is_text(times.type):
+        times = _zoned_times(times)  # (ISO 8601 text, each value with its zone)
+    numeric = pa.types.is_floating(progress) or pa.types.is_integer(progress)
+    if times is None or not numeric or not (pa.types.is_timestamp(times.type) and times.type.tz is not None):
+        return None
+    columns = {name: table.column(name) for name in DICTIONARY_COLUMNS}
+    if "progress" in names:
+        columns["progress"] = _checked_progress(file, table.column("progress"))
+    else:  # the documented default (`features.validation.default_progress`)
+        codes, values = arrow_codes(table.column("type"))
+        complete = np.append(values == "complete", False)[codes]
+        columns["progress"] = pa.chunked_array([pa.array(np.where(complete, 1.0, 0.0).astype(np.float32))])
     if times.null_count:
         raise SchemaError(
             file, "occurred_at", _rows(_nulls(times)), "missing occurred_at: every row needs a value"
@@ -187,15 +199,41 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
     if times.type.unit == "ns":
         times = pc.floor_temporal(times, unit="microsecond")
     columns["occurred_at"] = times.cast(_TIMESTAMP, safe=False)
-    columns["request_id"] = (
-        table.column("request_id") if "request_id" in names else pa.nulls(table.num_rows, pa.string())
-    )
+    if "event_id" in names:
+        columns["event_id"] = text["event_id"]
+    else:  # the ids `validate_events` would give (a hash of the row number and the row's values)
+        columns["event_id"] = generated_event_id_column(
+            *(columns[c] for c in ("student_id", "lecture_id", "type", "occurred_at", "progress"))
+        )
+    request = text.get("request_id")
+    columns["request_id"] = request if request is not None else pa.nulls(table.num_rows, pa.string())
     typed = {f.name: columns[f.name] for f in EVENTS}
     for name, column in typed.items():
         want = EVENTS.field(name).type
         if not pa.types.is_dictionary(column.type) and column.type != want:
             typed[name] = column.cast(want)
     return pa.table(typed)
+
+
+def _plain_text(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """A text column as plain text (a dictionary-encoded one decoded, an all-null one as null text); None
+    when it holds something else."""
+    kind = column.type
+    if pa.types.is_dictionary(kind) and _is_text(kind.value_type):
+        return column.cast(kind.value_type)
+    if pa.types.is_null(kind):
+        return column.cast(pa.string())
+    return column if _is_text(kind) else None
+
+
+def _zoned_times(text: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """ISO 8601 text in which every value carries its zone (`Z` or an offset), as UTC microseconds; None
+    when a value has no zone or does not read (the validator names its rows). Arrow reads text into a
+    zoned type only when the text has a zone."""
+    try:
+        return pc.utf8_trim_whitespace(text).cast(_TIMESTAMP)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from features.event_table import (
     take_rows,
 )
 from features.fingerprint import FINGERPRINT_VERSION, table_digest
-from features.ids import arrow_codes
+from features.ids import arrow_codes, sorted_distinct
 from features.schemas import EVENTS, LECTURES, STUDENTS
 from features.stored_events import (
     check_whole_file,
@@ -210,6 +210,13 @@ def _dataset_order(ts: npt.NDArray[np.int64], ids: pa.ChunkedArray) -> npt.NDArr
         in_order = pc.less_equal(take_ascending(ids, ties), take_ascending(ids, ties + 1))
         if bool(pc.all(in_order).as_py()):
             return None
+        # in time order already: only the rows sharing an instant are put in id order, among themselves
+        tied = sorted_distinct(np.concatenate([ties, ties + 1]))
+        key = pa.table({"t": ts[tied], "id": take_ascending(ids, tied)})
+        within = np.asarray(pc.sort_indices(key, sort_keys=[("t", "ascending"), ("id", "ascending")]))
+        order = np.arange(ts.size, dtype=np.int64)
+        order[tied] = tied[within]
+        return order
     key = pa.table({"t": ts, "id": ids})
     order = pc.sort_indices(key, sort_keys=[("t", "ascending"), ("id", "ascending")])
     return np.asarray(order.to_numpy(), dtype=np.int64)
@@ -226,7 +233,26 @@ def sort_events(events: pd.DataFrame | pa.Table) -> pa.Table:
     """
     table = as_event_table(events)
     order = event_table_order(table)
-    return table if order is None else take_rows(table, order)
+    return table if order is None else _permuted(table, order)
+
+
+#: Stretches a permutation may move before `_permuted` copies the whole table instead of slicing it.
+_MOVED_STRETCHES = 4096
+
+
+def _permuted(table: pa.Table, order: npt.NDArray[np.int64]) -> pa.Table:
+    """The rows in `order` (a permutation of them): when it moves a few stretches of rows (a file in time
+    order whose ties are put in id order), the rows it leaves in place stay slices of the table, not a
+    copy; otherwise every row is taken (`take_rows`)."""
+    moved = order != np.arange(order.size)
+    edges = np.flatnonzero(np.diff(moved.astype(np.int8), prepend=0, append=0))  # starts and ends
+    if edges.size // 2 > _MOVED_STRETCHES:
+        return take_rows(table, order)
+    pieces, done = [], 0
+    for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        pieces += [table.slice(done, start - done), table.take(pa.array(order[start:stop]))]
+        done = stop
+    return pa.concat_tables([*pieces, table.slice(done)])
 
 
 def event_table_order(events: pa.Table) -> npt.NDArray[np.int64] | None:

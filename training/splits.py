@@ -476,6 +476,9 @@ def new_region(ds: Dataset, region: str = DEFAULT_NEW_REGION) -> Split:
 def read_events_file(path: Path | str, ds: Dataset) -> pa.Table:
     """Read and validate an events file (.parquet or .csv) against the dataset's students and lectures.
 
+    Read as `learnrec data import` reads events (`features.event_files`: Arrow blocks, ids as text, zone-less
+    times as UTC, missing event ids generated), never as a pandas frame.
+
     Args:
         path: the file.
         ds: the dataset whose students and lectures the events must reference.
@@ -489,20 +492,13 @@ def read_events_file(path: Path | str, ds: Dataset) -> pa.Table:
     """
     import pandas as pd
 
-    from features.errors import DatasetNotFoundError
-    from features.validation import validate_events
+    from features.event_files import read_checked_events
 
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"events file {path} does not exist")
-    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    checked = validate_events(
-        frame,
-        str(path),
+    return read_checked_events(
+        path,
         student_ids=pd.Index(ds.students["student_id"].astype(str)),
         lecture_ids=pd.Index(ds.lectures["lecture_id"].astype(str)),
     )
-    return as_event_table(checked)
 
 
 def explicit(

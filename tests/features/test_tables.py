@@ -250,6 +250,30 @@ def test_events_held_by_arrow_sort_as_in_pandas(tmp_path: Path) -> None:
     assert event_table_order(table) is None  # in order already
 
 
+def test_events_in_time_order_have_only_their_ties_put_in_id_order() -> None:
+    """A table already in time order (a file whose ids were generated) keeps its untied rows where they
+    are and orders each run of equal times by id: the rows a full sort gives, with their other columns."""
+    rng = np.random.default_rng(4)
+    for seed in range(40):
+        n = int(rng.integers(2, 80))
+        times = np.sort(rng.integers(0, n // 2 + 1, n)) * 10**6
+        ids = [f"ev-{int(v):04d}" for v in rng.permutation(n)]
+        table = pa.table(
+            {
+                "event_id": ids,
+                "occurred_at": pa.array(times, pa.timestamp("us", tz="UTC")),
+                "row": pa.array(np.arange(n)).dictionary_encode(),
+            }
+        )
+        full = table.take(pc.sort_indices(table, [("occurred_at", "ascending"), ("event_id", "ascending")]))
+        got = sort_events(table)
+        assert got.to_pylist() == full.to_pylist(), seed
+        untied = np.flatnonzero(
+            (np.diff(times, prepend=-1) != 0) & (np.diff(times, append=times[-1] + 1) != 0)
+        )
+        assert all(got["row"][int(i)].as_py() == int(i) for i in untied)
+
+
 def test_output_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "ds"
     target.write_text("x")

@@ -341,6 +341,33 @@ def test_explicit_from_files(ds: Dataset, tmp_path: Path) -> None:
     assert split.params == {"train_events": str(train_file), "test_events": str(test_file)}
 
 
+def test_explicit_files_are_read_on_arrow_as_the_import_reads_them(
+    ds: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test-events file never becomes a pandas frame: a CSV without event ids or progress and with
+    zone-less times gives the rows the dataset holds (ids generated as the import generates them)."""
+    import features.validation
+    from features.event_files import load_event_files
+
+    reference = temporal(ds)
+    test = reference.test.to_pandas()
+    plain = test[["student_id", "lecture_id", "type", "occurred_at"]].copy()
+    plain["occurred_at"] = plain["occurred_at"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f")  # no zone: UTC
+    test_file = tmp_path / "test.csv"
+    plain.to_csv(test_file, index=False)
+    expected = load_event_files(test_file).events  # (the import's reading of the same file)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the events went through pandas")
+
+    monkeypatch.setattr(features.validation, "validate_events", refuse)
+    monkeypatch.setattr(pd, "read_csv", refuse)
+    split = explicit(ds, reference.train.events, test_file)
+    assert split.test_students == reference.test_students
+    assert _pairs(split.relevant) == _pairs(reference.relevant)
+    assert sorted(split.test["event_id"].to_pylist()) == sorted(expected["event_id"].to_pylist())
+
+
 def test_explicit_file_with_unknown_lecture_names_row(ds: Dataset, tmp_path: Path) -> None:
     bad = ds.events.slice(0, 5).to_pandas()
     bad.loc[bad.index[3], "lecture_id"] = "NO-SUCH"
