@@ -67,6 +67,7 @@ from features.stored_events import DICTIONARY_COLUMNS, check_event_columns, chec
 from features.tables import Dataset, Progress, sort_events
 from features.validation import (
     ZONE_SUFFIX,
+    progress_defaults,
     validate_lectures,
     validate_students,
 )
@@ -519,14 +520,7 @@ def _progress(
     batch: pa.RecordBatch, file: str, first_row: int, stats: dict[str, int], *, is_text: bool
 ) -> pa.Array:
     """Progress as float64, a missing value (or a missing column) given the type's default."""
-    types = batch.column("type")
-    if pa.types.is_dictionary(types.type):
-        types = types.cast(types.type.value_type)
-    if pa.types.is_string(types.type) or pa.types.is_large_string(types.type):
-        complete = pc.fill_null(pc.equal(types, "complete"), False).to_numpy(zero_copy_only=False)
-    else:  # (types that are not text: the check names them)
-        complete = np.zeros(batch.num_rows, dtype=bool)
-    defaults = np.where(complete, 1.0, 0.0)
+    defaults = progress_defaults(batch.column("type"))
     if "progress" not in batch.schema.names:
         stats["progress_defaulted"] += batch.num_rows
         return pa.array(defaults)

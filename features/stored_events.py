@@ -41,6 +41,7 @@ from features.validation import (
     duplicate_ids,
     generated_event_id_column,
     hash_repeats,
+    progress_defaults,
 )
 
 #: Columns read dictionary-encoded (few distinct values, many rows).
@@ -69,7 +70,7 @@ def read_events_table(path: Path) -> pa.Table:
         table = pq.read_table(path, columns=[f.name for f in EVENTS if f.name in names], read_dictionary=text)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaError(file, "*", [], f"not a readable Parquet file ({exc}); rewrite the dataset") from exc
-    return table.unify_dictionaries()
+    return coded(table.unify_dictionaries())
 
 
 def check_event_columns(file: str, names: list[str]) -> None:
@@ -92,7 +93,8 @@ def check_event_columns(file: str, names: list[str]) -> None:
 def checked_events(file: str, table: pa.Table, student_ids: pd.Index, lecture_ids: pd.Index) -> pa.Table:
     """Events held by Arrow, every rule of `validate_events` checked against the students and lectures.
 
-    Text ids and types are dictionary-encoded first (a file read by `read_events_table` already is); a
+    The columns are put in the forms the checks read first (`coded`; a file read by `read_events_table`
+    already is); a
     table in the schema's types is then checked on its Arrow columns and returned as it is
     (`check_whole_file`, `typed_events`); any other goes through `validate_events`, which converts what
     it can and names the rows of what it cannot.
@@ -112,16 +114,27 @@ def checked_events(file: str, table: pa.Table, student_ids: pd.Index, lecture_id
     from features.event_table import as_event_table
     from features.validation import validate_events
 
-    names = table.column_names
-    for name in DICTIONARY_COLUMNS:
-        if name in names and _is_text(table.schema.field(name).type):
-            table = table.set_column(names.index(name), name, table.column(name).dictionary_encode())
+    table = coded(table)
     if is_coded(table):
         check_whole_file(file, table, student_ids, lecture_ids)
         typed = typed_events(file, table)
         if typed is not None:
             return typed
     return as_event_table(validate_events(table, file, student_ids=student_ids, lecture_ids=lecture_ids))
+
+
+def coded(table: pa.Table) -> pa.Table:
+    """The columns in the forms the checks read: text ids and types dictionary-encoded, event and request
+    ids as plain text (a dictionary decoded, an all-null column as null text: then its nulls are named)."""
+    names = table.column_names
+    for name in names:
+        column = table.column(name)
+        if name in DICTIONARY_COLUMNS and _is_text(column.type):
+            column = column.dictionary_encode()
+        elif name in ("event_id", "request_id"):
+            column = _plain_text(column)
+        table = table.set_column(names.index(name), name, column)
+    return table
 
 
 def is_coded(table: pa.Table) -> bool:
@@ -173,8 +186,8 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
         SchemaError: a progress value missing, not finite or outside 0..1; a timestamp missing.
     """
     names = table.column_names
-    text = {c: _plain_text(table.column(c)) for c in ("event_id", "request_id") if c in names}
-    if any(column is None for column in text.values()):
+    text = {c: table.column(c) for c in ("event_id", "request_id") if c in names}
+    if not all(_is_text(column.type) for column in text.values()):
         return None
     progress = table.column("progress").type if "progress" in names else pa.float32()
     times = table.column("occurred_at")
@@ -187,9 +200,7 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
     if "progress" in names:
         columns["progress"] = _checked_progress(file, table.column("progress"))
     else:  # the documented default (`features.validation.default_progress`)
-        codes, values = arrow_codes(table.column("type"))
-        complete = np.append(values == "complete", False)[codes]
-        columns["progress"] = pa.chunked_array([pa.array(np.where(complete, 1.0, 0.0).astype(np.float32))])
+        columns["progress"] = pa.chunked_array([pa.array(progress_defaults(table.column("type")))])
     if times.null_count:
         raise SchemaError(
             file, "occurred_at", _rows(_nulls(times)), "missing occurred_at: every row needs a value"
@@ -215,15 +226,15 @@ def typed_events(file: str, table: pa.Table) -> pa.Table | None:
     return pa.table(typed)
 
 
-def _plain_text(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
-    """A text column as plain text (a dictionary-encoded one decoded, an all-null one as null text); None
-    when it holds something else."""
+def _plain_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A text column as plain text (a dictionary-encoded one decoded, an all-null one as null text); any
+    other column as it is (the validator names its rows)."""
     kind = column.type
     if pa.types.is_dictionary(kind) and _is_text(kind.value_type):
         return column.cast(kind.value_type)
     if pa.types.is_null(kind):
         return column.cast(pa.string())
-    return column if _is_text(kind) else None
+    return column
 
 
 def _zoned_times(text: pa.ChunkedArray) -> pa.ChunkedArray | None:

@@ -236,22 +236,30 @@ def sort_events(events: pd.DataFrame | pa.Table) -> pa.Table:
     return table if order is None else _permuted(table, order)
 
 
-#: Stretches a permutation may move before `_permuted` copies the whole table instead of slicing it.
-_MOVED_STRETCHES = 4096
+#: Blocks a permutation may move before `_permuted` takes every row instead of slicing the table.
+_MOVED_BLOCKS = 4096
 
 
 def _permuted(table: pa.Table, order: npt.NDArray[np.int64]) -> pa.Table:
-    """The rows in `order` (a permutation of them): when it moves a few stretches of rows (a file in time
-    order whose ties are put in id order), the rows it leaves in place stay slices of the table, not a
-    copy; otherwise every row is taken (`take_rows`)."""
-    moved = order != np.arange(order.size)
-    edges = np.flatnonzero(np.diff(moved.astype(np.int8), prepend=0, append=0))  # starts and ends
-    if edges.size // 2 > _MOVED_STRETCHES:
+    """The rows in `order` (a permutation of them). When it moves rows only within a few blocks (a file
+    in time order whose ties are put in id order), the rows in between stay slices of the table and each
+    block is taken from its own slice (a take copies only the chunks it reads); otherwise every row is
+    taken (`take_rows`)."""
+    n = order.size
+    if n < 2:
+        return table
+    # the blocks order maps onto themselves: a prefix of it holds its own positions where its maximum is
+    # its last position
+    ends = np.flatnonzero(np.maximum.accumulate(order) == np.arange(n)) + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    moved = np.add.reduceat((order != np.arange(n)).astype(np.int64), starts) > 0
+    if int(moved.sum()) > _MOVED_BLOCKS:
         return take_rows(table, order)
     pieces, done = [], 0
-    for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-        pieces += [table.slice(done, start - done), table.take(pa.array(order[start:stop]))]
-        done = stop
+    for start, end in zip(starts[moved].tolist(), ends[moved].tolist(), strict=True):
+        block = table.slice(start, end - start)
+        pieces += [table.slice(done, start - done), block.take(pa.array(order[start:end] - start))]
+        done = end
     return pa.concat_tables([*pieces, table.slice(done)])
 
 

@@ -196,7 +196,17 @@ def default_progress(types: pd.Series[Any]) -> pd.Series[Any]:
     Returns:
         float32 progress values aligned with `types`.
     """
-    return pd.Series(np.where(types.to_numpy() == "complete", 1.0, 0.0).astype(np.float32), index=types.index)
+    return pd.Series(progress_defaults(types), index=types.index)
+
+
+def progress_defaults(types: Any) -> npt.NDArray[np.float32]:
+    """`default_progress` as numpy, per row of any column of types (pandas or Arrow, dictionary-encoded
+    or not; a missing type or one that is not text gets 0.0)."""
+    from features.ids import text_codes  # (features.ids reads this module)
+
+    codes, text = text_codes(types)
+    complete = np.append(text == "complete", False)[codes]
+    return np.where(complete, 1.0, 0.0).astype(np.float32)
 
 
 def generated_event_ids(

@@ -133,6 +133,24 @@ def test_each_broken_rule_gives_the_validators_error(tmp_path: Path, fault: str)
     assert _error(lambda: list(read_partitioned(out, partitions=2).partitions())) == expected
 
 
+@pytest.mark.parametrize("fault", ["event_id null", "event_id blank", "event_id repeated", "all null"])
+def test_dictionary_encoded_or_null_event_ids_keep_their_checks(tmp_path: Path, fault: str) -> None:
+    """Event ids written dictionary-encoded (a pandas categorical) or as an all-null column are checked as
+    plain text: missing, blank and repeated ids are named as the validator names them."""
+
+    def edit(table: pa.Table) -> pa.Table:
+        index = table.schema.get_field_index("event_id")
+        if fault == "all null":
+            return table.set_column(index, "event_id", pa.nulls(table.num_rows))
+        broken = FAULTS[fault](table)
+        return broken.set_column(index, "event_id", broken.column("event_id").dictionary_encode())
+
+    out = _written(tmp_path, edit)
+    expected = _error(lambda: _by_pandas(out))
+    assert _error(lambda: read_dataset(out)) == expected
+    assert _error(lambda: list(read_partitioned(out, partitions=2).partitions())) == expected
+
+
 @pytest.mark.parametrize(
     "variant",
     [

@@ -33,6 +33,10 @@ from features.ids import sorted_distinct
 from training.ab.columns import NONE, UTC, as_table, codes, index_in, micros, microseconds, text, times
 from training.ab.errors import AnalysisInputError
 
+#: A time no cut reaches: an exposure without a time counts in the whole run only.
+_LATE = np.iinfo(np.int64).max
+
+
 EXPOSURE_COLUMNS = ("request_id", "student_id", "region", "experiment", "variant", "lecture_ids", "shown_at")
 EVENT_COLUMNS = ("student_id", "lecture_id", "type", "occurred_at")
 
@@ -309,7 +313,8 @@ def _first_at_or_after(
 
 
 def _dense_ranks(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Each value's rank among the distinct values (0 = the smallest), by one sort."""
+    """Each value's rank among the distinct values (0 = the smallest), by one sort (what
+    `np.unique(..., return_inverse=True)` gives, which hashes int64 keys here: slower on tens of millions)."""
     order = np.argsort(values, kind="stable")
     ordered = values[order]
     ranks = np.empty(values.size, dtype=np.int64)
@@ -324,13 +329,21 @@ def _text_rank(values: pa.Array) -> npt.NDArray[np.int64]:
     return ranks
 
 
+def _group_min(
+    group: npt.NDArray[np.int64], at: npt.NDArray[np.int64], n_groups: int
+) -> npt.NDArray[np.int64]:
+    """Per group, the earliest of ``at`` (`_LATE` when none)."""
+    first = np.full(n_groups, _LATE, dtype=np.int64)
+    np.minimum.at(first, group, at)
+    return first
+
+
 def _first_rows(
     group: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], n_groups: int
 ) -> npt.NDArray[np.int64]:
     """Per group, the smallest of ``rows`` in it (aligned with ``group``), or -1 when none is."""
-    first = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, group, rows)
-    return np.where(first == np.iinfo(np.int64).max, -1, first)
+    first = _group_min(group, rows, n_groups)
+    return np.where(first == _LATE, -1, first)
 
 
 def _completions(
@@ -379,10 +392,6 @@ def _outcome_table(
     return table.take(
         pc.sort_indices(table, [(c, "ascending") for c in ("experiment", "enrolled_at", "student_id")])
     )
-
-
-#: A time no cut reaches: an exposure without a time counts in the whole run only.
-_LATE = np.iinfo(np.int64).max
 
 
 class _Timeline:
@@ -468,15 +477,6 @@ class _Timeline:
             frame.index = pd.Index(rows)
         students: pd.DataFrame = frame[list(STUDENT_COLUMNS)]
         return students
-
-
-def _group_min(
-    group: npt.NDArray[np.int64], at: npt.NDArray[np.int64], n_groups: int
-) -> npt.NDArray[np.int64]:
-    """Per group, the earliest of ``at`` (`_LATE` when none)."""
-    first = np.full(n_groups, _LATE, dtype=np.int64)
-    np.minimum.at(first, group, at)
-    return first
 
 
 def as_of(attribution: Attribution, cut: pd.Timestamp | datetime) -> pd.DataFrame:
