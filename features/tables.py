@@ -245,18 +245,20 @@ def _permuted(table: pa.Table, order: npt.NDArray[np.int64]) -> pa.Table:
     in time order whose ties are put in id order), the rows in between stay slices of the table and each
     block is taken from its own slice (a take copies only the chunks it reads); otherwise every row is
     taken (`take_rows`)."""
-    n = order.size
-    if n < 2:
+    moved = np.flatnonzero(order != np.arange(order.size))
+    if moved.size == 0:
         return table
-    # the blocks order maps onto themselves: a prefix of it holds its own positions where its maximum is
-    # its last position
-    ends = np.flatnonzero(np.maximum.accumulate(order) == np.arange(n)) + 1
-    starts = np.concatenate([[0], ends[:-1]])
-    moved = np.add.reduceat((order != np.arange(n)).astype(np.int64), starts) > 0
-    if int(moved.sum()) > _MOVED_BLOCKS:
+    # the blocks order maps onto themselves: the spans from each moved row to where it goes, merged
+    low, high = np.minimum(moved, order[moved]), np.maximum(moved, order[moved]) + 1
+    by_low = np.argsort(low, kind="stable")
+    low, high = low[by_low], np.maximum.accumulate(high[by_low])
+    first = np.flatnonzero(np.concatenate([[True], low[1:] >= high[:-1]]))
+    if first.size > _MOVED_BLOCKS:
         return take_rows(table, order)
     pieces, done = [], 0
-    for start, end in zip(starts[moved].tolist(), ends[moved].tolist(), strict=True):
+    for start, end in zip(
+        low[first].tolist(), high[np.append(first[1:], low.size) - 1].tolist(), strict=True
+    ):
         block = table.slice(start, end - start)
         pieces += [table.slice(done, start - done), block.take(pa.array(order[start:end] - start))]
         done = end

@@ -654,3 +654,21 @@ def test_event_ticks_counts_in_the_columns_own_unit() -> None:
     # an empty column
     empty = event_ticks(in_us.slice(0, 0))
     assert empty[0].dtype == np.int64 and empty[0].size == 0 and empty[1] == "us"
+
+
+def test_a_permutation_is_applied_block_by_block_or_whole() -> None:
+    """`sort_events`' reordering: random permutations and ones that move rows within small blocks (the
+    first and last rows too) of a table in several chunks give the rows a plain take gives."""
+    from features.tables import _permuted
+
+    rng = np.random.default_rng(1)
+    for seed in range(300):
+        n = int(rng.integers(0, 50))
+        order = rng.permutation(n) if seed % 3 == 0 else np.arange(n)
+        for _ in range(int(rng.integers(0, 6)) if seed % 3 and n > 1 else 0):
+            a = int(rng.integers(0, n - 1))
+            b = min(n, a + int(rng.integers(2, 6)))
+            order[a:b] = rng.permutation(order[a:b])
+        chunks = [pa.array(np.arange(n)[k : k + 7]) for k in range(0, n, 7)] or [pa.array([], pa.int64())]
+        table = pa.table({"x": pa.chunked_array(chunks, pa.int64())})
+        assert _permuted(table, order.astype(np.int64))["x"].to_pylist() == order.tolist(), seed
