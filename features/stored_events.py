@@ -93,11 +93,10 @@ def check_event_columns(file: str, names: list[str]) -> None:
 def checked_events(file: str, table: pa.Table, student_ids: pd.Index, lecture_ids: pd.Index) -> pa.Table:
     """Events held by Arrow, every rule of `validate_events` checked against the students and lectures.
 
-    The columns are put in the forms the checks read first (`coded`; a file read by `read_events_table`
-    already is); a
-    table in the schema's types is then checked on its Arrow columns and returned as it is
-    (`check_whole_file`, `typed_events`); any other goes through `validate_events`, which converts what
-    it can and names the rows of what it cannot.
+    The columns are first put in the forms the checks read (`coded`; a file read by `read_events_table`
+    already is). A table the checks can type is then checked on its Arrow columns and returned
+    (`check_whole_file`, `typed_events`); any other goes through `validate_events`, which names the rows
+    of the columns of other types.
 
     Args:
         file: what the errors name.
