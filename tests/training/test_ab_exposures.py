@@ -25,9 +25,11 @@ from training.ab.exposures import (
     EXPOSURES,
     explode,
     from_stream_fields,
+    of_experiment,
     read_events,
     read_exposures,
     records_to_table,
+    versions_shown,
 )
 
 SHOWN = datetime(2025, 9, 2, 8, 30, 0, 123456, tzinfo=UTC)
@@ -229,3 +231,23 @@ def test_read_events_refuses_unknown_types_and_bad_columns(tmp_path: Path) -> No
     pq.write_table(t, tmp_path / "b.parquet")
     with pytest.raises(SchemaError, match="column 'occurred_at': cannot read string"):
         read_events(tmp_path / "b.parquet")
+
+
+def test_an_experiments_exposures_and_the_versions_each_variant_was_served_by() -> None:
+    """The report and `learnrec ab report`'s model lookup read the same: one experiment's exposures, then
+    per variant the distinct model versions (sorted as text; exposures outside any experiment left out)."""
+    rows = [
+        {**_row("r1"), "model_version": "10"},
+        {**_row("r2"), "model_version": "9"},
+        {**_row("r3"), "model_version": "10"},
+        {**_row("r4"), "variant": "challenger", "model_version": "11"},
+        {**_row("r5", experiment="other"), "variant": "challenger", "model_version": "12"},
+        _row("r6", experiment=None),
+    ]
+    table = records_to_table(rows)
+    ours = of_experiment(table, "e")
+    assert ours.column("request_id").to_pylist() == ["r1", "r2", "r3", "r4"]
+    assert versions_shown(ours) == {"challenger": "11", "control": "10, 9"}
+    assert versions_shown(table) == {"challenger": "11, 12", "control": "10, 9"}  # (r6: no variant)
+    assert of_experiment(table, "none").num_rows == 0
+    assert of_experiment(table.drop_columns(["experiment"]), "e").num_rows == 6  # (the attribution names it)

@@ -15,12 +15,11 @@ from datetime import timedelta
 from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from training.ab.columns import as_table, codes, index_in, micros, microseconds, text
+from features.validation import epoch_microseconds
+from training.ab.columns import as_table, codes, index_in, micros, microseconds, text, utc
 from training.ab.errors import AnalysisInputError
 
 #: Per-student covariate columns `add_pre_activity` adds, in the order the adjustment uses them.
@@ -28,6 +27,7 @@ COVARIATES: tuple[str, ...] = ("pre_enrolments", "pre_completions")
 #: Default look-back before the first exposure.
 PRE_DAYS = 28.0
 _TYPES = {"enrol": "pre_enrolments", "complete": "pre_completions"}
+_KINDS = pa.array(list(_TYPES))
 
 EventsLike: TypeAlias = pa.Table | pd.DataFrame
 
@@ -63,12 +63,11 @@ def add_pre_activity(
     out = students.copy()
     firsts = out[["student_id", "first_shown_at"]].drop_duplicates("student_id")
     known = pa.array(firsts["student_id"].astype(str).tolist(), pa.string())
-    first_shown = pd.to_datetime(firsts["first_shown_at"], utc=True).dt.tz_localize(None)
-    first_at = first_shown.to_numpy(dtype="datetime64[us]").view(np.int64)
+    first_at = epoch_microseconds(utc(firsts["first_shown_at"]))
     students_of, kinds, times, ids = [], [], [], []
     for table in tables:
         student = index_in(table.column("student_id"), known)
-        kind = _kind(text(table.column("type")))
+        kind = index_in(table.column("type"), _KINDS)  # (0 enrolment, 1 completion, -1 another type)
         rows = np.flatnonzero((student >= 0) & (kind >= 0))
         taken = table.take(pa.array(rows))
         students_of.append(student[rows])
@@ -92,9 +91,3 @@ def add_pre_activity(
         per_student = np.bincount(student[chosen], minlength=len(known))
         out[column] = per_student[at_row].astype("int64")
     return out
-
-
-def _kind(types: pa.ChunkedArray) -> npt.NDArray[np.int64]:
-    """0 for an enrolment, 1 for a completion (`_TYPES` order), -1 for any other type."""
-    found = pc.index_in(types, value_set=pa.array(list(_TYPES)))
-    return np.asarray(pc.fill_null(found.cast(pa.int64()), -1).to_numpy(), dtype=np.int64)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from features.errors import DatasetNotFoundError, SchemaError
 from features.schemas import EVENT_TYPES, EVENTS, EVENTS_REQUIRED, STUDENTS, STUDENTS_REQUIRED
+from training.ab.columns import text
 
 EXPOSURES = pa.schema(
     [
@@ -99,6 +100,27 @@ def records_to_table(records: Iterable[Mapping[str, object]]) -> pa.Table:
         The table, typed by `EXPOSURES`.
     """
     return pa.Table.from_pylist(list(records), schema=EXPOSURES)
+
+
+def of_experiment(exposures: pa.Table, key: str) -> pa.Table:
+    """The exposures of experiment ``key`` (a table without an ``experiment`` column as it is: the
+    attribution names the missing column)."""
+    if "experiment" not in exposures.column_names:
+        return exposures
+    return exposures.filter(pc.fill_null(pc.equal(text(exposures.column("experiment")), key), False))
+
+
+def versions_shown(exposures: pa.Table) -> dict[str, str]:
+    """Variant -> the model versions its exposures name, sorted and comma-separated (exposures without a
+    variant left out)."""
+    pairs = pa.table(
+        {"variant": text(exposures.column("variant")), "version": text(exposures.column("model_version"))}
+    )
+    shown: dict[str, set[str]] = {}
+    for row in pairs.group_by(["variant", "version"]).aggregate([]).to_pylist():  # (the distinct pairs)
+        if row["variant"] is not None:
+            shown.setdefault(str(row["variant"]), set()).add(str(row["version"]))
+    return {variant: ", ".join(sorted(shown[variant])) for variant in sorted(shown)}
 
 
 def explode(exposures: pa.Table) -> pa.Table:

@@ -33,6 +33,7 @@ from training.ab.columns import as_table, text
 from training.ab.covariates import COVARIATES, PRE_DAYS, add_pre_activity
 from training.ab.equity import group_lifts
 from training.ab.errors import ExperimentNotFoundError
+from training.ab.exposures import of_experiment, versions_shown
 from training.ab.looks import daily_looks
 
 if TYPE_CHECKING:
@@ -110,10 +111,10 @@ def build_report(
         ExperimentNotFoundError: no exposure carries the experiment key.
     """
     table = as_table(exposures)
-    named = text(table.column("experiment")) if "experiment" in table.column_names else None
-    ex = table.filter(pc.fill_null(pc.equal(named, experiment.key), False)) if named is not None else table
+    ex = of_experiment(table, experiment.key)
     if ex.num_rows == 0:
-        present = [] if named is None else sorted(v for v in pc.unique(named).to_pylist() if v is not None)
+        named = text(table.column("experiment")) if "experiment" in table.column_names else pa.array([])
+        present = sorted(v for v in pc.unique(named).to_pylist() if v is not None)
         raise ExperimentNotFoundError(
             f"no exposures of experiment {experiment.key!r} in the input (experiments present: {present})"
         )
@@ -133,7 +134,11 @@ def build_report(
         covariates=COVARIATES, alpha=alpha,
     )  # fmt: skip
     equity = _equity(with_pre, students, shares, alpha) if students is not None else {}
-    served = dict(models) if models is not None else _versions_shown(att.exposures)
+    served = (
+        models
+        if models is not None
+        else {v: {"version": s} for v, s in versions_shown(att.exposures).items()}
+    )
     data = _document(
         experiment,
         att,
@@ -213,20 +218,6 @@ def _first_day(first: pd.Timestamp, experiment: ExperimentConfig) -> pd.Timestam
     simulated run's clock), else the UTC midnight before the first exposure."""
     start = pd.Timestamp(experiment.start)
     return start if start <= first < start + pd.Timedelta(days=1) else first.floor("D")
-
-
-def _versions_shown(exposures: pa.Table) -> dict[str, dict[str, Any]]:
-    """Variant -> the model versions its exposures name (when nothing better is known)."""
-    pairs = pa.table(
-        {"variant": text(exposures.column("variant")), "version": text(exposures.column("model_version"))}
-    )
-    named = pairs.filter(pc.is_valid(pairs.column("variant"))).group_by(["variant", "version"]).aggregate([])
-    versions: dict[str, set[str]] = {}
-    for variant, version in zip(
-        named.column("variant").to_pylist(), named.column("version").to_pylist(), strict=True
-    ):
-        versions.setdefault(variant, set()).add(str(version))
-    return {v: {"version": ", ".join(sorted(versions[v]))} for v in sorted(versions)}
 
 
 def _equity(

@@ -176,21 +176,11 @@ def served_models(
     that cannot be read, or a local store that does not exist (nothing is created for a report), leaves
     ``alias`` and ``model`` unknown rather than failing the report.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from training.ab.columns import text
+    from training.ab.exposures import of_experiment, versions_shown
     from training.registry import describe_versions
     from training.tracking import configure
 
-    named = text(exposures.column("experiment"))
-    ex = exposures.filter(pc.fill_null(pc.equal(named, experiment.key), False))
-    pairs = pa.table({"variant": text(ex.column("variant")), "version": text(ex.column("model_version"))})
-    shown: dict[str, set[str]] = {}
-    for row in pairs.group_by(["variant", "version"]).aggregate([]).to_pylist():  # (distinct pairs)
-        if row["variant"] is not None:
-            shown.setdefault(str(row["variant"]), set()).add(str(row["version"]))
-    versions = {variant: ", ".join(sorted(shown[variant])) for variant in sorted(shown)}
+    versions = versions_shown(of_experiment(exposures, experiment.key))
     if not versions:
         return None
     uri = settings.tracking_uri()

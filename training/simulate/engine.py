@@ -202,15 +202,15 @@ def visit_weights(
         return None
     import pyarrow as pa
 
-    from training.ab.columns import index_in, micros
+    from training.ab.columns import NONE, index_in, micros, microseconds
 
     n = len(population)
     activity = np.zeros(n, dtype=np.float64)
     history = population.history
     if history is not None and history.num_rows:
         at = micros(history.column("occurred_at"))
-        start_at = int((start - _EPOCH) // timedelta(microseconds=1))
-        before = (at < start_at) & (at != np.iinfo(np.int64).min)
+        start_at = microseconds(start - _EPOCH)
+        before = (at < start_at) & (at != NONE)
         age_days = (start_at - at[before]) / 1e6 / 86400.0  # (as pandas' total_seconds() / 86400)
         rows = index_in(history.column("student_id"), pa.array(population.student_ids, pa.string()))[before]
         known = rows >= 0
